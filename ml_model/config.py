@@ -1,0 +1,24 @@
+"""Names and defaults shared by training, evaluation, the CLI and the server."""
+
+from pathlib import Path
+
+# Label 1 is the positive class: the model outputs P(fracture).
+CLASS_NAMES: tuple[str, str] = ("normal", "fracture")
+POSITIVE_CLASS = "fracture"
+
+RESULT_POSITIVE = "Potentially Fracture"
+RESULT_NEGATIVE = "Normal"
+RESULT_OUT_OF_DISTRIBUTION = "Not a CT slice"
+
+DEFAULT_IMG_SIZE = 224
+
+# Bone window for DICOM input (Hounsfield units).
+BONE_WINDOW_LEVEL = 400.0
+BONE_WINDOW_WIDTH = 1800.0
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "default"
+# The shared real data set sits beside the checkout (see its README).
+SHARED_DATA_DIR = PACKAGE_DIR.parent.parent / "shared" / "data" / "cervical-ct"

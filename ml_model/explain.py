@@ -1,0 +1,52 @@
+"""Grad-CAM heatmaps and their overlay on the input slice."""
+
+from __future__ import annotations
+
+import io
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib import colormaps
+from PIL import Image
+
+
+def make_gradcam_fn(model: keras.Model, layer_name: str) -> tf.types.experimental.Function:
+    """Compile a function image batch (float32, 0-255) -> Grad-CAM maps at conv resolution."""
+    grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.outputs[0]])
+
+    @tf.function(reduce_retracing=True)
+    def gradcam(images: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            conv, probability = grad_model(images, training=False)
+            # Gradients of the logit, not the saturating sigmoid, keep the map informative.
+            p = tf.clip_by_value(probability[:, 0], 1e-7, 1 - 1e-7)
+            logit = tf.math.log(p) - tf.math.log1p(-p)
+        grads = tape.gradient(logit, conv)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1))
+
+    return gradcam
+
+
+def normalise_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale a raw CAM to [0, 1] and resize it to ``size`` (width, height)."""
+    cam = np.asarray(cam, dtype=np.float32)
+    peak = float(cam.max())
+    cam = cam / peak if peak > 0 else np.zeros_like(cam)
+    resized = Image.fromarray(cam).resize(size, Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def overlay_png(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> bytes:
+    """Blend a jet-coloured CAM over a grayscale slice; returns PNG bytes at the slice's size."""
+    height, width = gray.shape
+    heat = normalise_cam(cam, (width, height))
+    coloured = colormaps["jet"](heat)[..., :3] * 255.0
+    base = np.repeat(gray[..., np.newaxis].astype(np.float32), 3, axis=-1)
+    # Weight the colour by the heat so cold regions keep the original slice visible.
+    weight = alpha * heat[..., np.newaxis]
+    blended = np.clip(base * (1 - weight) + coloured * weight, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(blended).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,103 @@
+"""Load a model bundle once and run it: probabilities, thresholds, Grad-CAM.
+
+Used by the CLI, evaluation and the server, so every consumer applies the same
+calibration and operating points stored in the bundle's model card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ml_model.config import DEFAULT_MODEL_DIR, RESULT_NEGATIVE, RESULT_POSITIVE
+from ml_model.explain import make_gradcam_fn
+from ml_model.export import KERAS_FILE, read_card
+from ml_model.models import EMBEDDING_LAYER
+
+DEFAULT_OPERATING_POINT = "sensitive"
+OPERATING_POINTS = ("sensitive", "specific")
+
+
+class Predictor:
+    """A loaded model bundle. ``predict`` takes uint8 images (N, S, S, 3)."""
+
+    def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR) -> None:
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / KERAS_FILE).is_file():
+            raise FileNotFoundError(f"no {KERAS_FILE} in model directory {self.model_dir}")
+        self.card: dict[str, Any] = read_card(self.model_dir)
+        self.model: keras.Model = keras.models.load_model(
+            self.model_dir / KERAS_FILE, compile=False
+        )
+        self.img_size = int(self.model.input_shape[1])
+        self.temperature = float(self.card.get("temperature", 1.0))
+        outputs = [self.model.outputs[0]]
+        names = {layer.name for layer in self.model.layers}
+        if EMBEDDING_LAYER in names:
+            outputs.append(self.model.get_layer(EMBEDDING_LAYER).output)
+        self._with_embedding = len(outputs) == 2
+        forward_model = keras.Model(self.model.inputs, outputs)
+        spec = tf.TensorSpec([None, self.img_size, self.img_size, 3], tf.float32)
+        # One traced graph for every batch size: no per-request retracing, no model.predict.
+        self._forward = tf.function(
+            lambda x: forward_model(x, training=False), input_signature=[spec]
+        )
+        self._gradcam = make_gradcam_fn(self.model, self.card.get("gradcam_layer", "gradcam_conv"))
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", self.card.get("architecture", "model")))
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", "unversioned"))
+
+    def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
+        points = self.card.get("operating_points", {})
+        if operating_point not in OPERATING_POINTS:
+            raise ValueError(f"operating point must be one of {OPERATING_POINTS}")
+        if operating_point not in points:
+            return 0.5
+        return float(points[operating_point]["threshold"])
+
+    def label(self, probability: float, threshold: float) -> str:
+        return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[np.newaxis]
+        if images.shape[1:] != (self.img_size, self.img_size, 3):
+            raise ValueError(
+                f"expected images of shape (N, {self.img_size}, {self.img_size}, 3), "
+                f"got {images.shape}"
+            )
+        outputs = self._forward(tf.convert_to_tensor(images, tf.float32))
+        if self._with_embedding:
+            probs, embeddings = outputs
+            return self._calibrate(probs.numpy().reshape(-1)), embeddings.numpy()
+        return self._calibrate(outputs[0].numpy().reshape(-1)), None
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """P(fracture) for each image, after the bundle's temperature scaling."""
+        return self._run(images)[0]
+
+    def predict_with_embeddings(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and penultimate-layer embeddings from one forward pass."""
+        return self._run(images)
+
+    def gradcam(self, image: np.ndarray) -> np.ndarray:
+        """Raw Grad-CAM map (conv resolution) for one uint8 image (S, S, 3)."""
+        batch = tf.convert_to_tensor(np.asarray(image)[np.newaxis], tf.float32)
+        return self._gradcam(batch).numpy()[0]
+
+    def _calibrate(self, probs: np.ndarray) -> np.ndarray:
+        if self.temperature == 1.0:
+            return probs.astype(np.float64)
+        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        logits = np.log(p / (1 - p)) / self.temperature
+        return 1.0 / (1.0 + np.exp(-logits))

@@ -1,0 +1,115 @@
+"""Predict fracture / normal for image files or folders (searched recursively).
+
+python -m ml_model.predict scans/ slice.png [--model DIR] [--csv OUT.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS
+from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Predictor
+from ml_model.transforms import ImageDecodeError, load_image
+
+BATCH_SIZE = 32
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders searched recursively for image/DICOM files, sorted."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                )
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    predictor: Predictor,
+    files: list[Path],
+    operating_point: str = DEFAULT_OPERATING_POINT,
+    progress: bool = True,
+) -> tuple[list[dict[str, object]], list[tuple[Path, str]]]:
+    """One row per readable file (file, result, probability); unreadable files listed apart."""
+    threshold = predictor.threshold(operating_point)
+    rows: list[dict[str, object]] = []
+    errors: list[tuple[Path, str]] = []
+    with tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr) as bar:
+        for batch in _batches(files, BATCH_SIZE):
+            readable, arrays = [], []
+            for path in batch:
+                try:
+                    arrays.append(load_image(path, predictor.img_size))
+                    readable.append(path)
+                except (ImageDecodeError, OSError) as exc:
+                    errors.append((path, str(exc)))
+            if arrays:
+                probs = predictor.predict(np.stack(arrays))
+                for path, p in zip(readable, probs, strict=True):
+                    rows.append(
+                        {
+                            "file": str(path),
+                            "result": predictor.label(p, threshold),
+                            "probability": round(float(p), 6),
+                        }
+                    )
+            bar.update(len(batch))
+    return rows, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="image/DICOM files or folders")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="bundle folder")
+    parser.add_argument("--csv", help="write the rows to this CSV file")
+    parser.add_argument(
+        "--operating-point", default=DEFAULT_OPERATING_POINT, choices=OPERATING_POINTS
+    )
+    args = parser.parse_args(argv)
+
+    files = expand_paths(args.paths)
+    if not files:
+        parser.error("no image files found")
+    predictor = Predictor(args.model)
+    rows, errors = predict_files(predictor, files, args.operating_point)
+    for path, message in errors:
+        print(f"skipped {path}: {message}", file=sys.stderr)
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["file", "result", "probability"])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        for row in rows:
+            print(f"{row['file']}\t{row['result']}\t{row['probability']:.4f}")
+    print(
+        f"{len(rows)} predicted, {len(errors)} skipped "
+        f"(threshold {predictor.threshold(args.operating_point):.4f}, "
+        f"{args.operating_point})",
+        file=sys.stderr,
+    )
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

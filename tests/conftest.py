@@ -1,0 +1,71 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ml_model.config import SHARED_DATA_DIR  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real CT slices beside the checkout; tests that need them skip when absent."""
+    if not (SHARED_DATA_DIR / "train").is_dir():
+        pytest.skip(f"real CT data not found at {SHARED_DATA_DIR} (see its README)")
+    return SHARED_DATA_DIR
+
+
+def synthetic_slice(label: int, seed: int, size: int = 64) -> np.ndarray:
+    """A grayscale 'slice' whose class is learnable: a bright disc (fracture) or a ring."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    radius = np.hypot(yy - size / 2, xx - size / 2)
+    image = rng.normal(40, 10, (size, size))
+    if label:
+        image[radius < size / 5] += 160
+    else:
+        image[(radius > size / 4) & (radius < size / 3)] += 160
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+WriteDataset = Callable[..., Path]
+
+
+@pytest.fixture
+def write_dataset(tmp_path: Path) -> WriteDataset:
+    """Write a small labelled folder: ``layout`` is 'flat' or 'kaggle'; names mimic the real set."""
+
+    def write(layout: str = "flat", slices_per_class: int = 4, copies: int = 3) -> Path:
+        root = tmp_path / layout
+        base = root if layout == "flat" else root / "cervical fracture" / "train"
+        for label, name in enumerate(("normal", "fracture")):
+            folder = base / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for s in range(slices_per_class):
+                series = f"CSFDV1B1{label} ({s + 1})"
+                for c in range(copies):
+                    suffix = "" if c == 0 else f"-rotated{c}"
+                    pixels = synthetic_slice(label, seed=label * 1000 + s * 10 + c)
+                    image = Image.fromarray(pixels)
+                    if c % 2:  # mix modes like the real set: L originals, RGB copies
+                        image = image.convert("RGB")
+                    image.save(folder / f"{series}{suffix}.png")
+        if layout == "kaggle":
+            val = root / "cervical fracture" / "val"
+            for label, name in enumerate(("normal", "fracture")):
+                (val / name).mkdir(parents=True)
+                Image.fromarray(synthetic_slice(label, 99 + label)).save(
+                    val / name / f"VAL{label} (1).png"
+                )
+        return root
+
+    return write

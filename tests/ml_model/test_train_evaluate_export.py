@@ -1,0 +1,140 @@
+"""End to end on a tiny sample: train one epoch, export, reload three ways, evaluate, predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml_model import evaluate, predict
+from ml_model.config import DEFAULT_MODEL_DIR
+from ml_model.data import find_images, load_arrays
+from ml_model.export import (
+    CARD_FILE,
+    KERAS_FILE,
+    SAVED_MODEL_DIR,
+    TFLITE_FILE,
+    saved_model_predict,
+    tflite_predict,
+)
+from ml_model.predictor import Predictor
+from ml_model.train import TrainConfig, parse_args, train
+from tests.conftest import WriteDataset
+
+IMG_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One epoch of the custom CNN on synthetic slices; returns (data, bundle) folders."""
+    from tests.conftest import synthetic_slice
+
+    root = tmp_path_factory.mktemp("data")
+    from PIL import Image
+
+    for label, name in enumerate(("normal", "fracture")):
+        (root / name).mkdir()
+        for s in range(5):
+            for c in range(3):
+                pixels = synthetic_slice(label, seed=label * 100 + s * 10 + c)
+                Image.fromarray(pixels).save(root / name / f"S{label} ({s})-copy{c}.png")
+    out = tmp_path_factory.mktemp("bundle")
+    config = TrainConfig(
+        data=str(root), out=str(out), epochs=1, batch_size=8, img_size=IMG_SIZE, seed=1
+    )
+    train(config)
+    return root, out
+
+
+def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -> None:
+    _, out = trained_bundle
+    for name in (KERAS_FILE, SAVED_MODEL_DIR, TFLITE_FILE, CARD_FILE):
+        assert (out / name).exists(), name
+    for name in ("history.csv", "training_curves.png", "confusion_matrix.png", "roc_curve.png"):
+        assert (out / "report" / name).is_file(), name
+    card = json.loads((out / CARD_FILE).read_text())
+    assert card["architecture"] == "custom" and card["input"]["size"] == IMG_SIZE
+    assert set(card["operating_points"]) == {"sensitive", "specific"}
+    assert set(card["training"]["train_groups"]).isdisjoint(card["training"]["validation_groups"])
+    assert "not a diagnostic device" in card["intended_use"].lower()
+    assert any("one CT series" in caveat for caveat in card["caveats"])
+
+
+def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
+    data, out = trained_bundle
+    images, _ = load_arrays(find_images(data), IMG_SIZE, progress=False)
+    keras_probs = Predictor(out).predict(images)
+    saved_probs = saved_model_predict(out / SAVED_MODEL_DIR, images)
+    tflite_probs = tflite_predict(out / TFLITE_FILE, images)
+    np.testing.assert_allclose(saved_probs, keras_probs, atol=1e-4)
+    np.testing.assert_allclose(tflite_probs, keras_probs, atol=1e-4)
+
+
+def test_evaluate_metrics_match_hand_count(trained_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    data, bundle = trained_bundle
+    metrics = evaluate.evaluate(bundle, data, tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["confusion_matrix"] == metrics["confusion_matrix"]
+    with (tmp_path / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    threshold = written["threshold"]
+    tp = sum(1 for r in rows if r["label"] == "1" and float(r["probability"]) >= threshold)
+    fn = sum(1 for r in rows if r["label"] == "1" and float(r["probability"]) < threshold)
+    fp = sum(1 for r in rows if r["label"] == "0" and float(r["probability"]) >= threshold)
+    tn = sum(1 for r in rows if r["label"] == "0" and float(r["probability"]) < threshold)
+    assert written["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert written["n"] == len(rows) == 30
+    assert written["accuracy"] == pytest.approx((tp + tn) / len(rows))
+    assert written["recall"] == pytest.approx(tp / (tp + fn))
+    for key in ("precision", "f1", "auc", "loss"):
+        assert key in written
+    assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "roc_curve.png").is_file()
+
+
+def test_predict_cli_reports_and_skips_bad_files(
+    trained_bundle: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, bundle = trained_bundle
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    out_csv = tmp_path / "rows.csv"
+    code = predict.main([str(data), str(bad), "--model", str(bundle), "--csv", str(out_csv)])
+    assert code == 0
+    with out_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 30
+    assert {r["result"] for r in rows} <= {"Potentially Fracture", "Normal"}
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_parse_args_defaults_are_the_seed() -> None:
+    config = parse_args(["--data", "x"])
+    assert (config.arch, config.optimizer, config.batch_size, config.epochs) == (
+        "custom", "sgd", 16, 20,
+    )
+    assert config.out == "runs/custom"
+
+
+def test_write_dataset_fixture_layouts(write_dataset: WriteDataset) -> None:
+    assert find_images(write_dataset("kaggle"), splits=["train"])
+
+
+def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
+    """The committed model gives the same probabilities through .keras, SavedModel and TFLite."""
+    files = sorted((shared_data / "train" / "fracture").glob("*.png"))[:4] + sorted(
+        (shared_data / "train" / "normal").glob("*.png")
+    )[:4]
+    predictor = Predictor(DEFAULT_MODEL_DIR)
+    from ml_model.transforms import load_image
+
+    images = np.stack([load_image(f, predictor.img_size) for f in files])
+    probs = predictor.predict(images)
+    np.testing.assert_allclose(
+        saved_model_predict(DEFAULT_MODEL_DIR / SAVED_MODEL_DIR, images), probs, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images), probs, atol=1e-4
+    )

@@ -6,6 +6,7 @@ calibration and operating points stored in the bundle's model card.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,43 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml_model.config import DEFAULT_MODEL_DIR, RESULT_NEGATIVE, RESULT_POSITIVE
+from ml_model.config import (
+    DEFAULT_MODEL_DIR,
+    RESULT_NEGATIVE,
+    RESULT_OUT_OF_DISTRIBUTION,
+    RESULT_POSITIVE,
+)
 from ml_model.explain import make_gradcam_fn
 from ml_model.export import KERAS_FILE, read_card
-from ml_model.models import EMBEDDING_LAYER
+from ml_model.models import EMBEDDING_LAYER, GRADCAM_LAYER
+from ml_model.ood import OODGuard
 
 DEFAULT_OPERATING_POINT = "sensitive"
 OPERATING_POINTS = ("sensitive", "specific")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One forward pass: calibrated P(fracture) and the out-of-distribution verdict."""
+
+    probabilities: np.ndarray
+    features: np.ndarray
+    ood_distances: np.ndarray | None  # None when the bundle has no OOD guard
+    in_distribution: np.ndarray
+
+
+def ood_feature_layers(model: keras.Model, gradcam_layer: str) -> list[keras.KerasTensor]:
+    """Features the OOD guard measures: the embedding plus mean- and max-pooled activations
+    of the last conv layer. Pooled conv statistics catch photos whose embedding alone
+    happens to land near CT slices."""
+    conv = model.get_layer(gradcam_layer).output
+    features = [
+        keras.layers.GlobalAveragePooling2D(name="ood_gap")(conv),
+        keras.layers.GlobalMaxPooling2D(name="ood_gmp")(conv),
+    ]
+    if EMBEDDING_LAYER in {layer.name for layer in model.layers}:
+        features.insert(0, model.get_layer(EMBEDDING_LAYER).output)
+    return features
 
 
 class Predictor:
@@ -35,18 +66,19 @@ class Predictor:
         )
         self.img_size = int(self.model.input_shape[1])
         self.temperature = float(self.card.get("temperature", 1.0))
-        outputs = [self.model.outputs[0]]
-        names = {layer.name for layer in self.model.layers}
-        if EMBEDDING_LAYER in names:
-            outputs.append(self.model.get_layer(EMBEDDING_LAYER).output)
-        self._with_embedding = len(outputs) == 2
-        forward_model = keras.Model(self.model.inputs, outputs)
+        self.ood_guard = OODGuard.load(self.model_dir)
+        gradcam_layer = str(self.card.get("gradcam_layer", GRADCAM_LAYER))
+        features = ood_feature_layers(self.model, gradcam_layer)
+        forward_model = keras.Model(
+            self.model.inputs,
+            [self.model.outputs[0], keras.layers.Concatenate(name="ood_features")(features)],
+        )
         spec = tf.TensorSpec([None, self.img_size, self.img_size, 3], tf.float32)
         # One traced graph for every batch size: no per-request retracing, no model.predict.
         self._forward = tf.function(
             lambda x: forward_model(x, training=False), input_signature=[spec]
         )
-        self._gradcam = make_gradcam_fn(self.model, self.card.get("gradcam_layer", "gradcam_conv"))
+        self._gradcam = make_gradcam_fn(self.model, gradcam_layer)
 
     @property
     def name(self) -> str:
@@ -67,7 +99,8 @@ class Predictor:
     def label(self, probability: float, threshold: float) -> str:
         return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, images: np.ndarray) -> Prediction:
+        """Probabilities, OOD features and the in-distribution verdict for uint8 images."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[np.newaxis]
@@ -76,19 +109,24 @@ class Predictor:
                 f"expected images of shape (N, {self.img_size}, {self.img_size}, 3), "
                 f"got {images.shape}"
             )
-        outputs = self._forward(tf.convert_to_tensor(images, tf.float32))
-        if self._with_embedding:
-            probs, embeddings = outputs
-            return self._calibrate(probs.numpy().reshape(-1)), embeddings.numpy()
-        return self._calibrate(outputs[0].numpy().reshape(-1)), None
+        probs, features = self._forward(tf.convert_to_tensor(images, tf.float32))
+        features = features.numpy()
+        if self.ood_guard is None:
+            distances, inside = None, np.ones(len(images), dtype=bool)
+        else:
+            distances = self.ood_guard.distance(features)
+            inside = distances <= self.ood_guard.threshold
+        return Prediction(self._calibrate(probs.numpy().reshape(-1)), features, distances, inside)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """P(fracture) for each image, after the bundle's temperature scaling."""
-        return self._run(images)[0]
+        return self.run(images).probabilities
 
-    def predict_with_embeddings(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities and penultimate-layer embeddings from one forward pass."""
-        return self._run(images)
+    def result(self, probability: float, threshold: float, in_distribution: bool = True) -> str:
+        """The label shown to the user: no fracture call for an out-of-distribution input."""
+        if not in_distribution:
+            return RESULT_OUT_OF_DISTRIBUTION
+        return self.label(probability, threshold)
 
     def gradcam(self, image: np.ndarray) -> np.ndarray:
         """Raw Grad-CAM map (conv resolution) for one uint8 image (S, S, 3)."""

@@ -41,6 +41,7 @@ from ml_model.metrics import (
     plot_roc,
 )
 from ml_model.models import DEFAULT_IMG_SIZES, GRADCAM_LAYER, build_model
+from ml_model.ood import fit_bundle_guard
 
 DATA_CAVEATS = [
     "Augmented copies: each distinct slice appears about 20 times (rotated/sharpened); "
@@ -116,6 +117,10 @@ def split_records(
     summary = describe_split(records, train_idx, val_idx)
     print(f"{config.split} split:", json.dumps(summary))
     return [records[i] for i in train_idx], [records[i] for i in val_idx]
+
+
+def dataset_images(dataset: tf.data.Dataset) -> np.ndarray:
+    return np.concatenate([x.numpy() for x, _ in dataset])
 
 
 def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
@@ -205,6 +210,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         train_seconds,
     )
     export_bundle(model, out, card, tflite_float16=config.tflite_float16)
+    guard = fit_bundle_guard(out, dataset_images(train_eval_ds), dataset_images(val_ds))
+    print(f"out-of-distribution threshold {guard.threshold:.2f} (Mahalanobis)")
     print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
     print(f"bundle written to {out} (report in {report_dir})")
     return card

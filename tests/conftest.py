@@ -6,14 +6,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
-from ml_model.config import SHARED_DATA_DIR  # noqa: E402
+from ml_model.config import SHARED_DATA_DIR
 
 
 @pytest.fixture(scope="session")

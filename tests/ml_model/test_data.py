@@ -54,7 +54,7 @@ def test_find_images_can_pick_a_split(write_dataset: WriteDataset) -> None:
 def test_unknown_class_folder_is_named(write_dataset: WriteDataset) -> None:
     root = write_dataset("flat")
     (root / "maybe").mkdir()
-    with pytest.raises(DatasetError, match="unknown class folder .*maybe"):
+    with pytest.raises(DatasetError, match=r"unknown class folder .*maybe"):
         find_images(root)
 
 

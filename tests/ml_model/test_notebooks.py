@@ -24,7 +24,11 @@ def test_notebook_executes(path: Path, shared_data: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("WALKTHROUGH_EPOCHS", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parents[2])}})
+    client = NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parents[2])}},
+    )
     client.execute()
     assert len(NOTEBOOKS) >= 2

@@ -73,7 +73,9 @@ def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     np.testing.assert_allclose(tflite_probs, keras_probs, atol=1e-4)
 
 
-def test_evaluate_metrics_match_hand_count(trained_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+def test_evaluate_metrics_match_hand_count(
+    trained_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
     data, bundle = trained_bundle
     metrics = evaluate.evaluate(bundle, data, tmp_path)
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -113,7 +115,10 @@ def test_predict_cli_reports_and_skips_bad_files(
 def test_parse_args_defaults_are_the_seed() -> None:
     config = parse_args(["--data", "x"])
     assert (config.arch, config.optimizer, config.batch_size, config.epochs) == (
-        "custom", "sgd", 16, 20,
+        "custom",
+        "sgd",
+        16,
+        20,
     )
     assert config.out == "runs/custom"
 
@@ -124,9 +129,10 @@ def test_write_dataset_fixture_layouts(write_dataset: WriteDataset) -> None:
 
 def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
     """The committed model gives the same probabilities through .keras, SavedModel and TFLite."""
-    files = sorted((shared_data / "train" / "fracture").glob("*.png"))[:4] + sorted(
-        (shared_data / "train" / "normal").glob("*.png")
-    )[:4]
+    files = (
+        sorted((shared_data / "train" / "fracture").glob("*.png"))[:4]
+        + sorted((shared_data / "train" / "normal").glob("*.png"))[:4]
+    )
     predictor = Predictor(DEFAULT_MODEL_DIR)
     from ml_model.transforms import load_image
 

@@ -1,0 +1,74 @@
+"""GET /metrics: Prometheus request counts by status, latency histogram, predictions by result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(metrics: dict[Any, float], name: str, **labels: str) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_count_requests_latency_and_predictions(make_client: Any, images: Any) -> None:
+    client = make_client()  # a fresh app: a fresh registry, counts start at zero
+    good = images.png_bytes()
+    for _ in range(2):
+        assert client.post("/predict", files={"file": ("a.png", good)}).status_code == 200
+    assert client.post("/predict", files={"file": ("a.txt", b"text")}).status_code == 415
+    batch = client.post(
+        "/predict/batch",
+        params={"operating_point": "specific"},
+        files=[("files", ("a.png", good)), ("files", ("b.png", b""))],
+    )
+    assert batch.status_code == 200
+    single_result = client.post("/predict", files={"file": ("a.png", good)}).json()["result"]
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    metrics = samples(response.text)
+
+    requests = "http_requests_total"
+    assert value(metrics, requests, handler="/predict", method="POST", status="200") == 3
+    assert value(metrics, requests, handler="/predict", method="POST", status="415") == 1
+    assert value(metrics, requests, handler="/predict/batch", method="POST", status="200") == 1
+
+    histogram = "http_request_duration_highr_seconds_count"
+    assert value(metrics, histogram) >= 5
+    assert (
+        value(metrics, "http_request_duration_seconds_count", handler="/predict", method="POST")
+        == 4
+    )
+
+    predictions = "triage_predictions_total"
+    sensitive = sum(
+        value(metrics, predictions, result=result, operating_point="sensitive")
+        for result in ("Potentially Fracture", "Normal")
+    )
+    assert sensitive == 3
+    assert value(metrics, predictions, result=single_result, operating_point="sensitive") == 3
+    specific = sum(
+        value(metrics, predictions, result=result, operating_point="specific")
+        for result in ("Potentially Fracture", "Normal")
+    )
+    assert specific == 1
+    assert value(metrics, "triage_upload_errors_total", status="415") == 1
+    assert value(metrics, "triage_upload_errors_total", status="400") == 1
+    assert value(metrics, "triage_model_ready") == 1
+
+
+def test_main_app_exposes_metrics(client: Any) -> None:
+    client.get("/health")
+    text = client.get("/metrics").text
+    assert "http_requests_total" in text
+    assert "triage_predictions_total" in text or "# HELP triage_predictions_total" in text

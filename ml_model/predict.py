@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS
+from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS, RESULT_OUT_OF_DISTRIBUTION
 from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Predictor
+from ml_model.study import SliceFile, StudyError, predict_study
 from ml_model.transforms import ImageDecodeError, load_image
 
 BATCH_SIZE = 32
@@ -77,16 +78,65 @@ def predict_files(
     return rows, errors
 
 
+def run_study(
+    predictor: Predictor, folder: Path, operating_point: str, csv_path: str | None
+) -> int:
+    """Score one series folder slice by slice and print the study verdict."""
+    files = expand_paths([folder])
+    if not files:
+        raise SystemExit(f"no image or DICOM files in {folder}")
+    items = [SliceFile(path.name, path.read_bytes()) for path in files]
+    try:
+        study = predict_study(predictor, items, progress=True)
+    except StudyError as exc:
+        raise SystemExit(f"cannot process the study: {exc}") from exc
+    threshold = predictor.study_threshold(operating_point)
+    if not study.in_distribution.any():
+        verdict = RESULT_OUT_OF_DISTRIBUTION
+    else:
+        verdict = predictor.label(study.study_probability, threshold)
+    rows = [
+        {
+            "file": name,
+            "position": position,
+            "probability": round(float(p), 6),
+            "in_distribution": bool(inside),
+        }
+        for name, position, p, inside in zip(
+            study.names, study.positions, study.probabilities, study.in_distribution, strict=True
+        )
+    ]
+    if csv_path:
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        for row in rows:
+            flag = "" if row["in_distribution"] else "  (not a CT slice)"
+            print(f"{row['position']:>9.2f}  {row['probability']:.4f}  {row['file']}{flag}")
+    for name, message in study.errors:
+        print(f"skipped {name}: {message}", file=sys.stderr)
+    top = ", ".join(study.names[i] for i in study.top_indices)
+    print(
+        f"study: {verdict} (score {study.study_probability:.4f}, threshold {threshold:.4f}, "
+        f"{len(rows)} slices; most suspicious: {top})"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="image/DICOM files or folders")
+    parser.add_argument("paths", nargs="*", help="image/DICOM files or folders")
+    parser.add_argument("--study", help="a folder holding one CT series: one answer for all")
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="bundle folder")
     parser.add_argument("--csv", help="write the rows to this CSV file")
     parser.add_argument(
         "--operating-point", default=DEFAULT_OPERATING_POINT, choices=OPERATING_POINTS
     )
     args = parser.parse_args(argv)
-
+    if args.study:
+        return run_study(Predictor(args.model), Path(args.study), args.operating_point, args.csv)
     files = expand_paths(args.paths)
     if not files:
         parser.error("no image files found")

@@ -96,6 +96,13 @@ class Predictor:
             return 0.5
         return float(points[operating_point]["threshold"])
 
+    def study_threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
+        """Threshold on the aggregated study score; the slice threshold if none is stored."""
+        points = self.card.get("study", {}).get("operating_points", {})
+        if operating_point in points:
+            return float(points[operating_point]["threshold"])
+        return self.threshold(operating_point)
+
     def label(self, probability: float, threshold: float) -> str:
         return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE
 

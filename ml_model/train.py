@@ -42,6 +42,7 @@ from ml_model.metrics import (
 )
 from ml_model.models import DEFAULT_IMG_SIZES, GRADCAM_LAYER, build_model
 from ml_model.ood import fit_bundle_guard
+from ml_model.study import calibrate_study_threshold
 
 DATA_CAVEATS = [
     "Augmented copies: each distinct slice appears about 20 times (rotated/sharpened); "
@@ -208,6 +209,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         operating_points,
         metrics,
         train_seconds,
+    )
+    card["study"] = calibrate_study_threshold(
+        p_val, y_val, np.array([r.group for r in val_records]), seed=config.seed
     )
     export_bundle(model, out, card, tflite_float16=config.tflite_float16)
     guard = fit_bundle_guard(out, dataset_images(train_eval_ds), dataset_images(val_ds))

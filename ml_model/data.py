@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -177,14 +178,69 @@ def load_arrays(
     return images, labels_of(records)
 
 
+class RandomAffine(keras.layers.Layer):
+    """Rotation, zoom and translation as ONE projective warp per image.
+
+    Three separate Keras layers resample each image three times; composing the
+    matrices first resamples once, about 3x cheaper on CPU with the same range of
+    transforms (rotation +/- ``rotation`` x 360 degrees, zoom 1 +/- ``zoom``,
+    shift +/- ``translation`` x size).
+    """
+
+    def __init__(
+        self,
+        rotation: float = 0.05,
+        zoom: float = 0.1,
+        translation: float = 0.05,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.rotation, self.zoom, self.translation = rotation, zoom, translation
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images: tf.Tensor, training: bool = True) -> tf.Tensor:
+        if not training:
+            return images
+        batch = tf.shape(images)[0]
+        height = tf.cast(tf.shape(images)[1], tf.float32)
+        width = tf.cast(tf.shape(images)[2], tf.float32)
+
+        def uniform(limit: float) -> tf.Tensor:
+            return keras.random.uniform(
+                (batch,), -limit, limit, seed=self.seed_generator, dtype="float32"
+            )
+
+        angle = uniform(self.rotation) * 2.0 * np.pi
+        scale = 1.0 + uniform(self.zoom)
+        shift_x, shift_y = uniform(self.translation) * width, uniform(self.translation) * height
+        cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
+        transforms = tf.stack(
+            [
+                cos, -sin, cx - cos * cx + sin * cy - shift_x,
+                sin, cos, cy - sin * cx - cos * cy - shift_y,
+                tf.zeros_like(cos), tf.zeros_like(cos),
+            ],
+            axis=1,
+        )  # fmt: skip
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=images,
+            transforms=transforms,
+            output_shape=tf.shape(images)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
+
+
 def augmentation(seed: int = 42) -> keras.Sequential:
     """Train-time augmentation on [0, 255] float images; applied to training batches only."""
     return keras.Sequential(
         [
             # +/- 18 degrees: the data already holds rotated copies, so keep extra rotation mild.
-            keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed),
-            keras.layers.RandomZoom(0.1, seed=seed),
-            keras.layers.RandomTranslation(0.05, 0.05, seed=seed),
+            RandomAffine(rotation=0.05, zoom=0.1, translation=0.05, seed=seed),
             keras.layers.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed),
             keras.layers.RandomContrast(0.1, value_range=(0.0, 255.0), seed=seed),
         ],

@@ -137,3 +137,25 @@ def test_rgb_and_gray_copies_decode_alike(tmp_path: Path) -> None:
     from ml_model.transforms import load_image
 
     assert np.array_equal(load_image(tmp_path / "a.png", 50), load_image(tmp_path / "b.png", 50))
+
+
+def test_random_affine_without_ranges_is_identity() -> None:
+    from ml_model.data import RandomAffine
+
+    images = np.random.default_rng(0).uniform(0, 255, (2, 20, 20, 3)).astype(np.float32)
+    out = RandomAffine(0.0, 0.0, 0.0, seed=1)(images, training=True)
+    np.testing.assert_allclose(out.numpy(), images, atol=1e-3)
+
+
+def test_random_affine_stays_in_range_and_is_off_at_inference() -> None:
+    from ml_model.data import RandomAffine
+
+    images = np.zeros((4, 32, 32, 3), np.float32)
+    images[:, 12:20, 12:20] = 255.0  # a centred square
+    layer = RandomAffine(0.05, 0.1, 0.05, seed=3)
+    out = layer(images, training=True).numpy()
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255.0 + 1e-3
+    assert not np.allclose(out, images)  # something moved
+    # The square stays near the centre: the ranges are mild.
+    assert out[:, 14:18, 14:18].mean() > 200
+    assert np.array_equal(layer(images, training=False), images)

@@ -77,8 +77,18 @@ def running_server(
 
 def api_server_command(port: int) -> list[str]:
     """Exactly what `make serve` runs."""
-    return [sys.executable, "-m", "uvicorn", "backend.app.main:app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "backend.app.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
 
 
 def rss_mb(pid: int) -> float:

@@ -45,13 +45,21 @@ def seed_rates(data: Path) -> tuple[str, dict[str, float]]:
     except ImportError:
         return "plain PIL loop", _pil_loop_rates(data)
     generator = ImageDataGenerator(
-        rescale=1 / 255.0, rotation_range=18, zoom_range=0.1,
-        width_shift_range=0.05, height_shift_range=0.05, brightness_range=(0.9, 1.1),
+        rescale=1 / 255.0,
+        rotation_range=18,
+        zoom_range=0.1,
+        width_shift_range=0.05,
+        height_shift_range=0.05,
+        brightness_range=(0.9, 1.1),
     )
     class_root = data / "train" if (data / "train").is_dir() else data
     flow = generator.flow_from_directory(
-        str(class_root), target_size=(IMG_SIZE, IMG_SIZE), batch_size=BATCH,
-        class_mode="binary", shuffle=True, seed=0,
+        str(class_root),
+        target_size=(IMG_SIZE, IMG_SIZE),
+        batch_size=BATCH,
+        class_mode="binary",
+        shuffle=True,
+        seed=0,
     )
     rates = {}
     for label in ("cold", "cached"):  # the generator has no cache: both epochs decode

@@ -72,20 +72,26 @@ def decode_dicom(
     Multi-frame files are refused: a series is sent as one file per slice.
     """
     import pydicom  # imported lazily: only DICOM uploads pay for it
-    from pydicom.errors import InvalidDicomError
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        # pydicom parses elements lazily, on first access: a malformed element raises
+        # here (ValueError, NotImplementedError, BytesLengthException...), not in dcmread.
+        has_pixels = "PixelData" in dataset
+        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+        rows, cols = int(getattr(dataset, "Rows", 0)), int(getattr(dataset, "Columns", 0))
+        slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
+        intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
+    except MemoryError:
+        raise
+    except Exception as exc:  # InvalidDicomError, EOFError and the lazy-parsing errors above
         raise ImageDecodeError(f"the DICOM file could not be read: {exc}") from exc
-    if "PixelData" not in dataset:
+    if not has_pixels:
         raise ImageDecodeError("the DICOM file has no pixel data")
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise UnsupportedImageError(
             f"multi-frame DICOM ({frames} frames) is not supported; send one file per slice"
         )
-    rows, cols = int(getattr(dataset, "Rows", 0)), int(getattr(dataset, "Columns", 0))
     if rows * cols > MAX_IMAGE_PIXELS:
         raise ImageTooLargeError(f"the DICOM image is {cols}x{rows} pixels, over the limit")
     try:
@@ -99,8 +105,6 @@ def decode_dicom(
         pixels = pixels[..., :3].mean(axis=-1)
     if pixels.ndim != 2:
         raise UnsupportedImageError(f"unexpected DICOM pixel array shape {pixels.shape}")
-    slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
     hu = pixels.astype(np.float32) * slope + intercept
     return hu_window(hu, level, width)
 
@@ -110,7 +114,7 @@ def decode_raster(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             if image.format not in RASTER_FORMATS:
                 raise UnsupportedImageError(f"image format {image.format} is not accepted")
             if image.width * image.height > MAX_IMAGE_PIXELS:

@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from backend.app.core.config import Settings
 from backend.app.main import app, create_app
 from backend.app.services.inference import InferenceService
 from ml_model.config import DEFAULT_MODEL_DIR, SHARED_DATA_DIR
 from ml_model.predictor import Predictor
+from tests.conftest import make_dicom
 
 ClientFactory = Callable[..., TestClient]
 
@@ -141,30 +140,7 @@ class Images:
         """A CT DICOM (Part 10, explicit VR little endian) whose pixels decode to ``hu``."""
         stored = (np.asarray(hu, dtype=np.float64) - intercept) / slope
         assert np.array_equal(stored, np.rint(stored)), "choose HU values the slope can store"
-        assert stored.min() >= 0 and stored.max() < 2**16
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.Rows, ds.Columns = hu.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleSlope = f"{slope:g}"
-        ds.RescaleIntercept = f"{intercept:g}"
-        if with_pixels:
-            ds.PixelData = stored.astype("<u2").tobytes()
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
+        return make_dicom(stored.astype(np.uint16), slope, intercept, with_pixels=with_pixels)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ SETTINGS_ENV = [
     ("MAX_UPLOAD_MB", "5", "max_upload_bytes", 5 * 1024 * 1024),
     ("MAX_BATCH_FILES", "8", "max_batch_files", 8),
     ("MAX_BATCH_MB", "50", "max_batch_bytes", 50 * 1024 * 1024),
+    ("MAX_EXPLAIN_PIXELS", "1000000", "max_explain_pixels", 1_000_000),
     ("CORS_ORIGINS", "http://a.test, http://b.test", "cors_origins", ["http://a.test", "http://b.test"]),
     ("CORS_ORIGINS", '["http://a.test"]', "cors_origins", ["http://a.test"]),
     ("CORS_ORIGINS", "", "cors_origins", []),

@@ -67,7 +67,7 @@ def test_chunked_upload_without_content_length_is_413(make_client: Any) -> None:
 
     response = client.post("/predict", content=body(), headers={"content-type": MULTIPART})
     assert response.status_code == 413
-    assert "request body is larger" in response.json()["detail"]
+    assert response.json()["detail"] == "the upload is larger than the limit of 0.1 MiB per file"
 
 
 def _call_asgi(app: Any, headers: list[tuple[bytes, bytes]], receive: Any) -> list[Message]:

@@ -264,6 +264,16 @@ def test_real_slice_heatmap(client: TestClient, images: Any, ct_slice_path: Path
     assert heatmap.size == Image.open(ct_slice_path).size
 
 
+def test_explain_pixel_limit(make_client: Any, images: Any) -> None:
+    client = make_client(max_explain_pixels=100 * 100)
+    at_limit = post_image(client, images.png_bytes(100, 100), explain="true")
+    assert at_limit.status_code == 200
+    over = post_image(client, images.png_bytes(101, 100), explain="true")
+    assert over.status_code == 413
+    assert "explain=true" in over.json()["detail"]
+    assert post_image(client, images.png_bytes(101, 100)).status_code == 200  # no heatmap
+
+
 def test_no_heatmap_unless_asked(client: TestClient, images: Any) -> None:
     assert "heatmap_png_base64" not in post_image(client, images.png_bytes()).json()
     body = post_image(client, images.png_bytes(), explain="false").json()
@@ -282,6 +292,21 @@ def _dicom_without_pixels(images: Any) -> bytes:
     return images.dicom_bytes(np.full((4, 4), -1024.0), with_pixels=False)
 
 
+def _dicom_bad_intercept(images: Any) -> bytes:
+    """RescaleIntercept that is not a number (pydicom only notices on access)."""
+    data = images.dicom_bytes(np.full((4, 4), 100.0), intercept=-1024.0)
+    assert data.count(b"-1024") == 1
+    return data.replace(b"-1024", b"-10x4")
+
+
+def _dicom_bad_vr(images: Any) -> bytes:
+    """Columns (0028,0011) with an unknown value representation."""
+    data = images.dicom_bytes(np.full((4, 4), 100.0))
+    header = b"\x28\x00\x11\x00US"
+    assert data.count(header) == 1
+    return data.replace(header, b"\x28\x00\x11\x00\x55\xca")
+
+
 def _pdf(images: Any) -> bytes:
     return b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
 
@@ -295,6 +320,8 @@ ERROR_CASES = [
     ("empty", lambda images: b"", 400, "empty"),
     ("truncated-png", _truncated_png, 400, "could not be decoded"),
     ("dicom-without-pixels", _dicom_without_pixels, 400, "no pixel data"),
+    ("dicom-bad-intercept", _dicom_bad_intercept, 400, "DICOM file could not be read"),
+    ("dicom-bad-vr", _dicom_bad_vr, 400, "DICOM file could not be read"),
     ("text", lambda images: b"patient notes, not an image\n" * 10, 415, "not a recognised image"),
     ("pdf", _pdf, 415, "not a recognised image"),
     ("icon-format", _ico, 415, "ICO"),

@@ -1,0 +1,1 @@
+"""The inference API: FastAPI app factory, routes, settings and services."""

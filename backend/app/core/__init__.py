@@ -1,0 +1,1 @@
+"""Settings, logging, metrics and middleware shared by the whole app."""

@@ -1,0 +1,62 @@
+"""Prometheus metrics: HTTP metrics from prometheus-fastapi-instrumentator, plus our own.
+
+Each app gets its own ``CollectorRegistry``, so several apps (tests) never collide.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_fastapi_instrumentator import Instrumentator
+
+# Inference takes ~5 ms to a few seconds (batch, Grad-CAM, cold start).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class AppMetrics:
+    """Application metrics, registered in the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.predictions = Counter(
+            "triage_predictions_total",
+            "Images classified, by result and operating point.",
+            ["result", "operating_point"],
+            registry=registry,
+        )
+        self.upload_errors = Counter(
+            "triage_upload_errors_total",
+            "Uploaded files refused before inference, by HTTP status code.",
+            ["status"],
+            registry=registry,
+        )
+        self.model_ready = Gauge(
+            "triage_model_ready", "1 once the model is loaded and warmed up.", registry=registry
+        )
+
+    def record_prediction(self, result: str, operating_point: str) -> None:
+        self.predictions.labels(result=result, operating_point=operating_point).inc()
+
+    def record_upload_error(self, status_code: int) -> None:
+        self.upload_errors.labels(status=str(status_code)).inc()
+
+
+def instrument(app: FastAPI) -> AppMetrics:
+    """Add the HTTP metrics middleware and ``GET /metrics``; return the app metrics."""
+    registry = CollectorRegistry()
+    Instrumentator(
+        should_group_status_codes=False,  # status="413", not "4xx"
+        should_ignore_untemplated=False,
+        should_group_untemplated=True,  # unknown paths share handler="none"
+        excluded_handlers=["/metrics"],
+        registry=registry,
+    ).instrument(app, latency_highr_buckets=LATENCY_BUCKETS).expose(
+        app,
+        endpoint="/metrics",
+        include_in_schema=True,
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_description="Prometheus text exposition format.",
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    return AppMetrics(registry)

@@ -1,0 +1,1 @@
+"""Business logic behind the routes: decoding uploads and running the model."""

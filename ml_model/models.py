@@ -32,7 +32,8 @@ def build_custom(img_size: int = 224, dropout: float = 0.2) -> keras.Model:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(64, activation="relu", name="dense1")(x)
     x = layers.Dense(32, activation="relu", name=EMBEDDING_LAYER)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="fracture_probability")(x)
+    # float32 output keeps the sigmoid stable under mixed precision.
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="fracture_probability")(x)
     return keras.Model(inputs, outputs, name="custom_cnn")
 
 
@@ -47,3 +48,9 @@ def build_model(arch: str, img_size: int | None = None, **options: object) -> ke
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
     size = img_size or DEFAULT_IMG_SIZES.get(arch, 224)
     return ARCHITECTURES[arch](size, **options)
+
+
+# Registration hook: importing these adds inceptionv3, resnet50v2, xception, efficientnet_lite0/2
+# to ARCHITECTURES/DEFAULT_IMG_SIZES. At the bottom so the names above exist when they import
+# them back (circular import, resolved by ordering; transfer also imports efficientnet_lite).
+from ml_model import transfer  # noqa: E402, F401

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,16 @@ from ml_model.metrics import (
     plot_reliability,
     plot_roc,
 )
-from ml_model.models import DEFAULT_IMG_SIZES, GRADCAM_LAYER, build_model
+from ml_model.models import DEFAULT_IMG_SIZES, build_model
 from ml_model.ood import fit_bundle_guard
 from ml_model.study import calibrate_study_threshold
+from ml_model.transfer import (
+    extract_features_from_dataset,
+    freeze_backbone,
+    gradcam_layer,
+    head_model,
+    unfreeze_top,
+)
 
 DATA_CAVEATS = [
     "Augmented copies: each distinct slice appears about 20 times (rotated/sharpened); "
@@ -79,10 +86,10 @@ class TrainConfig:
     weights: str = "none"
     fine_tune_layers: int = 30
     fine_tune_epochs: int = 0
+    cache_features: bool = False
     strategy: str = "auto"
     mixed_precision: bool = False
     tflite_float16: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
@@ -130,16 +137,49 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     return np.concatenate([forward(x).numpy().reshape(-1) for x, _ in dataset])
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run one training job; returns the model card written with the bundle."""
-    keras.utils.set_random_seed(config.seed)
-    out = Path(config.out)
-    report_dir = Path(config.report_dir) if config.report_dir else out / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
+def _compile(model: keras.Model, optimizer: str, lr: float) -> None:
+    model.compile(
+        optimizer=make_optimizer(optimizer, lr),
+        loss="binary_crossentropy",
+        metrics=[
+            "accuracy",
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+    )
 
-    records = find_images(config.data)
-    train_records, val_records = split_records(records, config)
+
+def _callbacks(config: TrainConfig, report_dir: Path | None, phase: str) -> list[Any]:
+    callbacks: list[Any] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3),
+    ]
+    if report_dir is not None:
+        callbacks += [
+            # Best weights on validation loss, kept on disk in case a long run is cut short.
+            keras.callbacks.ModelCheckpoint(
+                str(report_dir / f"best_{phase}.keras"), monitor="val_loss", save_best_only=True
+            ),
+            keras.callbacks.CSVLogger(str(report_dir / f"history_{phase}.csv")),
+        ]
+    return callbacks
+
+
+def _merge(history: dict[str, list[float]], more: dict[str, list[float]]) -> None:
+    for key, values in more.items():
+        history.setdefault(key, []).extend(values)
+
+
+def image_datasets(
+    config: TrainConfig,
+    train_records: list[ImageRecord],
+    val_records: list[ImageRecord],
+    img_size: int,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+    """(augmented train, plain train, validation) datasets through the shared transform."""
 
     def dataset(rows: list[ImageRecord], training: bool) -> tf.data.Dataset:
         return make_dataset(
@@ -151,42 +191,107 @@ def train(config: TrainConfig) -> dict[str, Any]:
             config.seed,
         )
 
-    train_ds, val_ds = dataset(train_records, True), dataset(val_records, False)
+    return (
+        dataset(train_records, True),
+        dataset(train_records, False),
+        dataset(val_records, False),
+    )
 
+
+def fit_model(
+    config: TrainConfig,
+    datasets: tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset],
+    img_size: int,
+    report_dir: Path | None = None,
+    verbose: int = 2,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Build and fit one model; returns it (best weights restored) and its history.
+
+    custom: one phase, as the seed. Transfer models: phase 1 trains the head on a frozen
+    backbone (on cached embeddings with ``cache_features``: one backbone pass instead of
+    one per epoch); phase 2 unfreezes the top ``fine_tune_layers`` at a tenth of the
+    learning rate for ``fine_tune_epochs`` (BatchNorm stays frozen, in inference mode).
+    """
+    train_ds, train_plain_ds, val_ds = datasets
     if config.mixed_precision and tf.config.list_logical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = make_strategy(config.strategy)
+    history: dict[str, list[float]] = {}
     with strategy.scope():
         model = build_model(config.arch, img_size, **_builder_options(config))
-        model.compile(
-            optimizer=make_optimizer(config.optimizer, config.lr),
-            loss="binary_crossentropy",
-            metrics=[
-                "accuracy",
-                keras.metrics.AUC(name="auc"),
-                keras.metrics.Precision(name="precision"),
-                keras.metrics.Recall(name="recall"),
-            ],
+    if config.arch == "custom":
+        with strategy.scope():
+            _compile(model, config.optimizer, config.lr)
+        fitted = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            callbacks=_callbacks(config, report_dir, "train"),
+            verbose=verbose,
         )
+        return model, fitted.history
 
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            str(report_dir / "best.keras"), monitor="val_loss", save_best_only=True
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3),
-        keras.callbacks.CSVLogger(str(report_dir / "history.csv")),
-    ]
+    freeze_backbone(model)
+    if config.cache_features:
+        x_train, y_train = extract_features_from_dataset(model, train_plain_ds)
+        x_val, y_val = extract_features_from_dataset(model, val_ds)
+        head = head_model(model)  # shares the model's head layers
+        with strategy.scope():
+            _compile(head, config.optimizer, config.lr)
+        fitted = head.fit(
+            x_train,
+            y_train.astype("float32"),
+            validation_data=(x_val, y_val.astype("float32")),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            shuffle=True,
+            callbacks=_callbacks(config, report_dir, "head"),
+            verbose=verbose,
+        )
+    else:
+        with strategy.scope():
+            _compile(model, config.optimizer, config.lr)
+        fitted = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            callbacks=_callbacks(config, report_dir, "head"),
+            verbose=verbose,
+        )
+    _merge(history, fitted.history)
+    if config.fine_tune_epochs > 0:
+        unfreeze_top(model, config.fine_tune_layers)
+        with strategy.scope():
+            _compile(model, config.optimizer, config.lr / 10)
+        fitted = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.fine_tune_epochs,
+            callbacks=_callbacks(config, report_dir, "fine_tune"),
+            verbose=verbose,
+        )
+        _merge(history, fitted.history)
+    return model, history
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run one training job; returns the model card written with the bundle."""
+    keras.utils.set_random_seed(config.seed)
+    out = Path(config.out)
+    report_dir = Path(config.report_dir) if config.report_dir else out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
+
+    records = find_images(config.data)
+    train_records, val_records = split_records(records, config)
+    datasets = image_datasets(config, train_records, val_records, img_size)
+    _, train_eval_ds, val_ds = datasets
+
     started = time.perf_counter()
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=2
-    )
+    model, history = fit_model(config, datasets, img_size, report_dir)
     train_seconds = time.perf_counter() - started
 
-    # Re-read the unaugmented training set for honest train-side metrics.
-    train_eval_ds = dataset(train_records, False)
+    # The unaugmented training set gives honest train-side metrics.
     y_train = np.array([r.label for r in train_records])
     y_val = np.array([r.label for r in val_records])
     p_train = predict_dataset(model, train_eval_ds)
@@ -198,7 +303,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "train": compute_metrics(y_train, p_train, threshold),
         "validation": compute_metrics(y_val, p_val, threshold),
     }
-    _write_reports(report_dir, history.history, metrics, y_val, p_val)
+    _write_reports(report_dir, history, metrics, y_val, p_val)
 
     card = build_card(
         config,
@@ -215,7 +320,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     export_bundle(model, out, card, tflite_float16=config.tflite_float16)
     guard = fit_bundle_guard(out, dataset_images(train_eval_ds), dataset_images(val_ds))
-    print(f"out-of-distribution threshold {guard.threshold:.2f} (Mahalanobis)")
+    print(f"out-of-distribution guard: {guard.details}")
     print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
     print(f"bundle written to {out} (report in {report_dir})")
     return card
@@ -273,14 +378,10 @@ def build_card(
         "temperature": 1.0,
         "default_operating_point": "sensitive",
         "operating_points": operating_points,
-        "gradcam_layer": config.extra.get("gradcam_layer", GRADCAM_LAYER),
+        "gradcam_layer": gradcam_layer(config.arch),
         "metrics": metrics,
         "training": {
-            **{
-                k: v
-                for k, v in asdict(config).items()
-                if k not in ("extra", "out", "report_dir", "data")
-            },
+            **{k: v for k, v in asdict(config).items() if k not in ("out", "report_dir", "data")},
             "seconds": round(train_seconds, 1),
             "train_groups": sorted({r.group for r in train_records}),
             "validation_groups": sorted({r.group for r in val_records}),
@@ -319,6 +420,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--patience", type=int, default=defaults.patience)
     parser.add_argument("--weights", default=defaults.weights, help="imagenet | none | PATH")
+    parser.add_argument(
+        "--fine-tune-layers",
+        type=int,
+        default=defaults.fine_tune_layers,
+        help="transfer models: backbone layers unfrozen in phase 2",
+    )
+    parser.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=defaults.fine_tune_epochs,
+        help="transfer models: phase-2 epochs (0 = head only)",
+    )
+    parser.add_argument(
+        "--cache-features",
+        action="store_true",
+        help="transfer models: train the head on embeddings computed once",
+    )
     parser.add_argument(
         "--strategy", default=defaults.strategy, choices=["auto", "mirrored", "multiworker"]
     )

@@ -77,7 +77,9 @@ def test_reads_pth_without_torch(
     assert state["_bn0.num_batches_tracked"].dtype == np.int64
     assert len(lite._block_specs(variant)) == blocks
     assert state[f"_blocks.{blocks - 1}._bn2.running_var"].shape == (last_filters,)
-    assert min(v.min() for k, v in state.items() if k.endswith("running_var")) > 0
+    variances = np.concatenate([v for k, v in state.items() if k.endswith("running_var")])
+    # >= 0, not > 0: the checkpoints have a few dead (all-zero) channels with variance 0.
+    assert variances.min() >= 0 and np.mean(variances > 0) > 0.98
 
 
 def test_reads_zip_format_pth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,6 +94,7 @@ def test_reads_zip_format_pth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
     _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
     fake_torch.FloatStorage, fake_utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
     monkeypatch.setitem(sys.modules, "torch._utils", fake_utils)
@@ -146,6 +149,7 @@ def test_reader_refuses_arbitrary_globals(tmp_path: Path) -> None:
         read_torch_state_dict(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "image", "expected"), PHOTO_CASES)
 def test_imagenet_classifier_recognises_photos(
     classifiers: dict[str, keras.Model], variant: str, image: str, expected: set[int]
@@ -180,6 +184,7 @@ def test_registered(arch: str, native: int) -> None:
     assert transfer.gradcam_layer(arch) == "top_activation"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["lite0", "lite2"])
 def test_fracture_model_gets_the_imagenet_backbone(
     classifiers: dict[str, keras.Model], variant: str

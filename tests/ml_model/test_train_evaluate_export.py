@@ -53,7 +53,7 @@ def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -
     _, out = trained_bundle
     for name in (KERAS_FILE, SAVED_MODEL_DIR, TFLITE_FILE, CARD_FILE):
         assert (out / name).exists(), name
-    for name in ("history.csv", "training_curves.png", "confusion_matrix.png", "roc_curve.png"):
+    for name in ("history_train.csv", "training_curves.png", "confusion_matrix.png", "roc_curve.png"):
         assert (out / "report" / name).is_file(), name
     card = json.loads((out / CARD_FILE).read_text())
     assert card["architecture"] == "custom" and card["input"]["size"] == IMG_SIZE

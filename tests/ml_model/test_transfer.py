@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import urllib.error
 from pathlib import Path
@@ -48,6 +49,31 @@ def test_registered(arch: str, native: int, gradcam: str) -> None:
     assert transfer.GRADCAM_LAYERS[arch] == gradcam == transfer.gradcam_layer(arch)
 
 
+@pytest.mark.parametrize(
+    ("arch", "module", "url_attr"),
+    [
+        ("inceptionv3", "inception_v3", "WEIGHTS_PATH_NO_TOP"),
+        ("resnet50v2", "resnet", None),
+        ("xception", "xception", "WEIGHTS_PATH_NO_TOP"),
+    ],
+)
+def test_weight_file_table_matches_installed_keras(
+    arch: str, module: str, url_attr: str | None
+) -> None:
+    """Our copy of Keras' file names/URLs must stay what keras.applications downloads."""
+    import importlib
+
+    keras_module = importlib.import_module(f"keras.src.applications.{module}")
+    spec = transfer.KERAS_BACKBONES[arch]
+    if url_attr is None:  # resnet.py builds its URLs from a base path and a hash table
+        assert spec.weights_url == keras_module.BASE_WEIGHTS_PATH + spec.weights_file
+        assert spec.weights_hash == keras_module.WEIGHTS_HASHES[arch][1]
+    else:
+        assert spec.weights_url == getattr(keras_module, url_attr)
+    assert spec.weights_url.endswith("/" + spec.weights_file)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "size", "preprocess"), KERAS_ARCHS)
 def test_builds_flat_and_trains_one_step(
     models: dict[str, keras.Model], arch: str, size: int, preprocess: object
@@ -108,6 +134,59 @@ def test_missing_imagenet_weights_offline(
     assert caught.value.__suppress_context__  # no chained Keras/urllib traceback
 
 
+@pytest.fixture(scope="module")
+def notop_h5(models: dict[str, keras.Model], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet50V2 no-top file in the legacy .h5 layout keras.applications downloads."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    model = models["resnet50v2"]
+    backbone = keras.Model(model.input, model.get_layer("post_relu").output)
+    path = tmp_path_factory.mktemp("notop") / "resnet50v2_notop.h5"
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, backbone)
+    return path
+
+
+def _same_backbone(a: keras.Model, b: keras.Model) -> None:
+    x = _images(2, SIZES["resnet50v2"], seed=5)
+    np.testing.assert_allclose(
+        transfer.feature_extractor(a)(x), transfer.feature_extractor(b)(x), atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_imagenet_weights_from_the_keras_cache_offline(
+    models: dict[str, keras.Model],
+    notop_h5: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file already in $KERAS_HOME/models (right name, right md5) loads with no network."""
+    spec = transfer.KERAS_BACKBONES["resnet50v2"]
+    (tmp_path / "models").mkdir()
+    cached = tmp_path / "models" / spec.weights_file
+    cached.write_bytes(notop_h5.read_bytes())
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    # Our stand-in file has its own md5; everything else is the real lookup path.
+    md5 = keras.src.utils.file_utils.hash_file(cached, algorithm="md5")
+    monkeypatch.setitem(
+        transfer.KERAS_BACKBONES, "resnet50v2", dataclasses.replace(spec, weights_hash=md5)
+    )
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise AssertionError("tried to download although the file is cached")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    loaded = build_model("resnet50v2", SIZES["resnet50v2"], weights="imagenet")
+    _same_backbone(loaded, models["resnet50v2"])
+
+
+def test_weights_path_backbone_h5(models: dict[str, keras.Model], notop_h5: Path) -> None:
+    loaded = build_model("resnet50v2", SIZES["resnet50v2"], weights=str(notop_h5))
+    _same_backbone(loaded, models["resnet50v2"])
+
+
 def test_weights_path_full_checkpoint_round_trip(
     models: dict[str, keras.Model], tmp_path: Path
 ) -> None:
@@ -131,6 +210,7 @@ def test_bad_weights_path(name: str, exists: bool, error: type[Exception], tmp_p
         build_model("resnet50v2", 32, weights=str(path))
 
 
+@pytest.mark.slow
 def test_saved_model_round_trip_keeps_named_layers(
     models: dict[str, keras.Model], tmp_path: Path
 ) -> None:
@@ -172,6 +252,7 @@ def test_freeze_and_unfreeze_top_keep_batchnorm_frozen(
     np.testing.assert_array_equal(np.array(bn.moving_mean), mean_before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["custom", "resnet50v2", "xception"])
 def test_cached_features_give_the_full_model_predictions(
     models: dict[str, keras.Model], arch: str
@@ -196,10 +277,11 @@ def test_cached_features_give_the_full_model_predictions(
     np.testing.assert_allclose(head(features), model(images), atol=1e-5)
 
 
-def test_features_from_dataset_keep_labels_aligned(models: dict[str, keras.Model]) -> None:
+def test_features_from_dataset_keep_labels_aligned() -> None:
     import tensorflow as tf
 
-    model, size = models["resnet50v2"], SIZES["resnet50v2"]
+    size = 32
+    model = build_model("custom", size)
     images = _images(6, size, seed=4)
     labels = np.arange(6, dtype="float32")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(6, seed=1).batch(4)

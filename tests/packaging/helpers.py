@@ -248,9 +248,9 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
             return env.get(name) or default
         if operator == "-":
             return env.get(name, default)
-        if operator in {":?", "?"}:
-            if name not in env or (operator == ":?" and not env[name]):
-                raise KeyError(f"required variable {name} is not set: {default}")
+        missing = name not in env or (operator == ":?" and not env[name])
+        if operator in {":?", "?"} and missing:
+            raise KeyError(f"required variable {name} is not set: {default}")
         return env.get(name, "")
 
     return _INTERPOLATION.sub(replace, value)

@@ -1,0 +1,260 @@
+import { useCallback, useEffect, useMemo, useReducer, useRef, useState } from "react";
+import { analyse } from "./analyse";
+import { ApiError, describeError, getModelCard, getReadiness, predict, type ServerState } from "./api/client";
+import type { ModelCard, OperatingPoint } from "./api/types";
+import { BatchTable } from "./components/BatchTable";
+import { DropZone } from "./components/DropZone";
+import { ModelPanel } from "./components/ModelPanel";
+import { OperatingPointSelector } from "./components/OperatingPointSelector";
+import { ServerStatus } from "./components/ServerStatus";
+import { SliceCard } from "./components/SliceCard";
+import { resultTone } from "./lib/results";
+import { reducer } from "./state";
+
+const isRetryable = (status: number) => status <= 0 || status === 429 || status >= 500;
+
+export interface AppProps {
+  /** Milliseconds between /ready polls while the model is loading (tests pass a small value). */
+  readyPollMs?: number;
+}
+
+export default function App({ readyPollMs = 3000 }: AppProps) {
+  const [items, dispatch] = useReducer(reducer, []);
+  const [operatingPoint, setOperatingPoint] = useState<OperatingPoint>("sensitive");
+  const [busy, setBusy] = useState(false);
+  const [server, setServer] = useState<ServerState | "checking">("checking");
+  const [card, setCard] = useState<ModelCard | null>(null);
+  const [cardError, setCardError] = useState<string | null>(null);
+  const [announcement, setAnnouncement] = useState("");
+  const opChosen = useRef(false);
+  const itemsRef = useRef(items);
+  itemsRef.current = items;
+
+  // Readiness: poll while loading/unreachable, then less often.
+  useEffect(() => {
+    let cancelled = false;
+    let timer: ReturnType<typeof setTimeout>;
+    const check = async () => {
+      const state = await getReadiness();
+      if (cancelled) return;
+      setServer(state);
+      timer = setTimeout(check, state === "ready" ? readyPollMs * 10 : readyPollMs);
+    };
+    void check();
+    return () => {
+      cancelled = true;
+      clearTimeout(timer);
+    };
+  }, [readyPollMs]);
+
+  // The model card, fetched again once the server becomes ready if it failed before.
+  useEffect(() => {
+    if (card) return;
+    let cancelled = false;
+    getModelCard()
+      .then((c) => !cancelled && (setCard(c), setCardError(null)))
+      .catch((err: unknown) => !cancelled && setCardError(err instanceof Error ? err.message : String(err)));
+    return () => {
+      cancelled = true;
+    };
+  }, [server, card]);
+
+  // Start at the model card's default operating point unless the user already chose one.
+  useEffect(() => {
+    const preferred = card?.default_operating_point;
+    if (!opChosen.current && (preferred === "sensitive" || preferred === "specific")) setOperatingPoint(preferred);
+  }, [card]);
+
+  const run = useCallback(async (ids: string[], op: OperatingPoint) => {
+    const jobs = itemsRef.current.filter((i) => ids.includes(i.id)).map((i) => ({ id: i.id, file: i.file }));
+    if (!jobs.length) return;
+    setBusy(true);
+    setAnnouncement(`Analysing ${jobs.length} ${jobs.length === 1 ? "slice" : "slices"}…`);
+    dispatch({ type: "analysing", ids: jobs.map((j) => j.id) });
+    let ok = 0;
+    let failed = 0;
+    let flagged = 0;
+    await analyse(jobs, op, {
+      result: (id, result) => {
+        ok += 1;
+        if (resultTone(result.result) === "positive") flagged += 1;
+        dispatch({ type: "result", id, result });
+      },
+      error: (id, status, detail) => {
+        failed += 1;
+        dispatch({ type: "error", id, status, detail });
+      },
+    });
+    setBusy(false);
+    setAnnouncement(
+      `Analysis complete: ${ok} analysed, ${flagged} potentially fracture${failed ? `, ${failed} failed` : ""}.`,
+    );
+  }, []);
+
+  const onToggleHeatmap = useCallback(
+    (id: string) => {
+      const item = itemsRef.current.find((i) => i.id === id);
+      if (!item) return;
+      dispatch({ type: "toggleHeatmap", id });
+      if (item.showHeatmap || item.result?.heatmap_png_base64 || item.heatmapLoading) return;
+      // Batch results come without a heatmap: ask for this one file with explain=true.
+      dispatch({ type: "heatmapLoading", id });
+      const op = (item.result?.operating_point as OperatingPoint | undefined) ?? operatingPoint;
+      predict(item.file, op, true)
+        .then((r) => dispatch({ type: "heatmap", id, png: r.heatmap_png_base64 ?? null }))
+        .catch((err: unknown) =>
+          dispatch({
+            type: "heatmapError",
+            id,
+            message:
+              err instanceof ApiError
+                ? describeError(err.status, err.detail).title.toLowerCase()
+                : String(err),
+          }),
+        );
+    },
+    [operatingPoint],
+  );
+
+  // New files, and files whose failure may be temporary (server not ready, unreachable, busy).
+  const pending = items.filter(
+    (i) => i.status === "idle" || (i.status === "error" && i.error && isRetryable(i.error.status)),
+  );
+  const analysed = items.filter((i) => i.status === "done");
+  const toAnalyse = pending;
+
+  const onOperatingPoint = (op: OperatingPoint) => {
+    opChosen.current = true;
+    setOperatingPoint(op);
+    // Results are labelled against a threshold: re-run what was already analysed.
+    const redo = itemsRef.current.filter((i) => i.status === "done").map((i) => i.id);
+    if (redo.length && !busy) void run(redo, op);
+  };
+
+  const showSummary = useMemo(() => items.length > 1 && items.some((i) => i.status !== "idle"), [items]);
+
+  return (
+    <div className="app">
+      <a href="#main" className="skip-link">
+        Skip to content
+      </a>
+      <header className="topbar">
+        <div className="topbar__inner">
+          <div className="brand">
+            <svg className="brand__mark" viewBox="0 0 32 32" aria-hidden="true" focusable="false">
+              <rect width="32" height="32" rx="7" fill="currentColor" />
+              <g fill="#fff">
+                <rect x="11" y="5" width="10" height="4.5" rx="2" />
+                <rect x="11" y="11.5" width="10" height="4.5" rx="2" />
+                <rect x="11" y="18" width="10" height="4.5" rx="2" />
+                <rect x="11" y="24.5" width="10" height="3" rx="1.5" />
+              </g>
+            </svg>
+            <div>
+              <h1 className="brand__title">C-Spine CT Fracture Triage</h1>
+              <p className="brand__sub">Decision support — not a diagnosis</p>
+            </div>
+          </div>
+          <ServerStatus state={server} />
+        </div>
+      </header>
+
+      <div className="layout">
+        <main id="main" className="main" tabIndex={-1}>
+          <section className="panel upload" aria-labelledby="upload-title">
+            <h2 id="upload-title">Analyse CT slices</h2>
+            <DropZone onFiles={(files) => dispatch({ type: "add", files })} compact={items.length > 0} />
+            <div className="controls">
+              <OperatingPointSelector
+                value={operatingPoint}
+                onChange={onOperatingPoint}
+                card={card}
+                disabled={busy}
+              />
+              <div className="actions">
+                <button
+                  type="button"
+                  className="btn btn--primary"
+                  disabled={busy || toAnalyse.length === 0}
+                  onClick={() => void run(toAnalyse.map((i) => i.id), operatingPoint)}
+                  data-testid="analyse-button"
+                >
+                  {busy ? (
+                    <>
+                      <span className="spinner spinner--light" aria-hidden="true" /> Analysing…
+                    </>
+                  ) : toAnalyse.length > 1 ? (
+                    `Analyse ${toAnalyse.length} slices`
+                  ) : (
+                    "Analyse"
+                  )}
+                </button>
+                {items.length > 0 && (
+                  <button type="button" className="btn btn--ghost" disabled={busy} onClick={() => dispatch({ type: "clear" })}>
+                    Clear all
+                  </button>
+                )}
+              </div>
+            </div>
+            {server !== "ready" && server !== "checking" && (
+              <p className="notice notice--warn">
+                {server === "loading"
+                  ? "The model is still loading; analysis will be available shortly."
+                  : "The analysis server cannot be reached right now."}
+              </p>
+            )}
+            {analysed.length > 0 && (
+              <p className="hint">
+                Results use the <strong>{analysed[0]!.result?.operating_point ?? operatingPoint}</strong> operating
+                point. Changing it re-analyses every slice.
+              </p>
+            )}
+          </section>
+
+          <p className="visually-hidden" aria-live="polite" data-testid="announcer">
+            {announcement}
+          </p>
+
+          {showSummary && <BatchTable items={items} />}
+
+          {items.length > 0 ? (
+            <section aria-label="Slices" className="cards">
+              {items.map((item) => (
+                <SliceCard
+                  key={item.id}
+                  item={item}
+                  busy={busy}
+                  onRemove={(id) => dispatch({ type: "remove", id })}
+                  onToggleHeatmap={onToggleHeatmap}
+                />
+              ))}
+            </section>
+          ) : (
+            <section className="empty" aria-label="How it works">
+              <ol className="steps">
+                <li>
+                  <strong>Add slices.</strong> Axial CT images of the cervical spine, as PNG, JPEG or DICOM.
+                </li>
+                <li>
+                  <strong>Analyse.</strong> Each slice gets a fracture probability, compared with the threshold of the
+                  chosen operating point.
+                </li>
+                <li>
+                  <strong>Review.</strong> Open the Grad-CAM heatmap to see which regions drove the score. Every
+                  result needs a clinician’s read.
+                </li>
+              </ol>
+            </section>
+          )}
+        </main>
+
+        <ModelPanel card={card} error={cardError} />
+      </div>
+
+      <footer className="footer">
+        For clinical decision support only — not a diagnosis. Do not use as the sole basis for patient
+        management.
+      </footer>
+    </div>
+  );
+}

@@ -1,0 +1,155 @@
+import type {
+  BatchItem,
+  BatchQuery,
+  BatchResponse,
+  ModelCard,
+  OperatingPoint,
+  PredictQuery,
+  PredictResponse,
+  SliceResult,
+} from "./types";
+
+/** An error from the API (or the network), with wording a clinician can act on. */
+export class ApiError extends Error {
+  /** HTTP status, or 0 when the server could not be reached. */
+  readonly status: number;
+  /** The server's own `detail`, when it sent one. */
+  readonly detail: string | null;
+
+  constructor(status: number, detail: string | null) {
+    super(describeError(status, detail).title);
+    this.name = "ApiError";
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+export interface ErrorDescription {
+  title: string;
+  hint: string;
+}
+
+/** Plain-words explanation of an API failure. */
+export function describeError(status: number, detail: string | null = null): ErrorDescription {
+  switch (status) {
+    case 0:
+      return {
+        title: "Server unreachable",
+        hint: "The analysis server could not be contacted. Check the connection and try again.",
+      };
+    case 400:
+      return {
+        title: "Image could not be read",
+        hint: "The file is empty or damaged, or its contents could not be decoded as an image.",
+      };
+    case 413:
+      return {
+        title: "File too large",
+        hint: "This file is over the server's upload limit. Export a single slice and try again.",
+      };
+    case 415:
+      return {
+        title: "Not an image",
+        hint: "Only PNG, JPEG or DICOM CT slices can be analysed.",
+      };
+    case 422:
+      return {
+        title: "Request not accepted",
+        hint: "The server rejected the request. Check the file and try again.",
+      };
+    case 429:
+      return { title: "Server busy", hint: "Too many requests at once. Wait a moment and try again." };
+    case 503:
+      return {
+        title: "Server not ready",
+        hint: "The model is still loading or unavailable. Try again in a moment.",
+      };
+    default:
+      if (status >= 500) {
+        return { title: "Server error", hint: "The analysis failed on the server. Try again; if it persists, contact support." };
+      }
+      return { title: `Request failed (HTTP ${status})`, hint: detail ?? "The request could not be completed." };
+  }
+}
+
+/** FastAPI sends {detail: string} or, for validation errors, {detail: [{msg, loc, ...}]}. */
+export function detailText(body: unknown): string | null {
+  if (!body || typeof body !== "object") return null;
+  const detail = (body as { detail?: unknown }).detail;
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    const parts = detail
+      .map((d) => (d && typeof d === "object" && "msg" in d ? String((d as { msg: unknown }).msg) : null))
+      .filter((m): m is string => !!m);
+    return parts.length ? parts.join("; ") : null;
+  }
+  if (detail && typeof detail === "object" && "message" in detail) return String((detail as { message: unknown }).message);
+  return null;
+}
+
+function toSearch(query: Record<string, string | number | boolean | undefined | null>): string {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) if (value != null) params.set(key, String(value));
+  return params.toString();
+}
+
+async function request<T>(input: string, init?: RequestInit): Promise<T> {
+  let response: Response;
+  try {
+    response = await fetch(input, { headers: { Accept: "application/json" }, ...init });
+  } catch {
+    throw new ApiError(0, null);
+  }
+  let body: unknown = null;
+  const text = await response.text();
+  if (text) {
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = null;
+    }
+  }
+  if (!response.ok) throw new ApiError(response.status, detailText(body));
+  return body as T;
+}
+
+export function predict(file: File, operatingPoint: OperatingPoint, explain = true): Promise<PredictResponse> {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const query: PredictQuery = { explain, operating_point: operatingPoint };
+  return request<PredictResponse>(`/predict?${toSearch(query)}`, { method: "POST", body: form });
+}
+
+/** The batch endpoint returns no heatmaps: they are fetched per file on demand. */
+export function predictBatch(files: File[], operatingPoint: OperatingPoint): Promise<BatchResponse> {
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  const query: BatchQuery = { operating_point: operatingPoint };
+  return request<BatchResponse>(`/predict/batch?${toSearch(query)}`, { method: "POST", body: form });
+}
+
+export function getModelCard(): Promise<ModelCard> {
+  return request<ModelCard>("/model");
+}
+
+export type ServerState = "ready" | "loading" | "unreachable";
+
+/** /ready answers 200 once the model is loaded, 503 while it is loading. */
+export async function getReadiness(): Promise<ServerState> {
+  try {
+    await request<unknown>("/ready");
+    return "ready";
+  } catch (err) {
+    if (err instanceof ApiError && err.status !== 0 && err.status !== 404) return "loading";
+    return "unreachable";
+  }
+}
+
+/** Outcome of one file from a batch call: a prediction or an ApiError. */
+export type BatchOutcome = { ok: true; value: SliceResult } | { ok: false; error: ApiError };
+
+export function batchOutcome(item: BatchItem): BatchOutcome {
+  if ("error" in item) return { ok: false, error: new ApiError(item.status_code || 400, item.error || null) };
+  if (typeof item.prediction !== "number") return { ok: false, error: new ApiError(500, "no prediction for this file") };
+  return { ok: true, value: item };
+}

@@ -1,0 +1,189 @@
+"""Static checks of docker-compose.yml (no Docker engine needed): it parses, everything it
+builds from or mounts exists, and the services agree with each other and the images."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from tests.packaging.helpers import (
+    BACKEND_DOCKERFILE,
+    COMPOSE_FILE,
+    compose_variables,
+    healthcheck_command,
+    interpolate,
+    parse_dockerfile,
+)
+
+COMPOSE_DIR = COMPOSE_FILE.parent
+# Bind sources that live outside the repository on purpose, by container target. Each must
+# be overridable through an environment variable.
+EXTERNAL_BIND_TARGETS = {("train", "/data"), ("train-gpu", "/data")}
+BACKEND_SETTINGS = {"MODEL_DIR", "MAX_UPLOAD_MB", "CORS_ORIGINS", "INFERENCE_BACKEND"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _binds(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """Bind mounts in long form (short `src:dst[:ro]` strings are converted)."""
+    result = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            source, target = parts[0], parts[1]
+            if not source.startswith((".", "/", "$", "~")):
+                continue  # a named volume
+            mount = {"type": "bind", "source": source, "target": target}
+            mount["read_only"] = len(parts) > 2 and "ro" in parts[2].split(",")
+            result.append(mount)
+        elif volume.get("type") == "bind":
+            result.append(volume)
+    return result
+
+
+def _host_path(source: str) -> Path:
+    return (COMPOSE_DIR / interpolate(source)).resolve()
+
+
+def _env(service: dict[str, Any]) -> dict[str, str | None]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        pairs = [item.partition("=") for item in environment]
+        return {k: (v if sep else None) for k, sep, v in pairs}
+    return {k: (None if v is None else str(v)) for k, v in environment.items()}
+
+
+def test_compose_parses_with_the_expected_services(services):
+    assert set(services) >= {"backend", "tfserving", "train", "train-gpu"}
+    assert "profiles" not in services["backend"], "`docker compose up` starts the backend"
+    assert services["tfserving"]["profiles"] == ["tfserving"]
+    assert services["train"]["profiles"] == ["train"]
+    assert services["train-gpu"]["profiles"] == ["train-gpu"]
+
+
+def test_build_contexts_and_dockerfiles_exist(services):
+    built = {name: s["build"] for name, s in services.items() if "build" in s}
+    assert set(built) >= {"backend", "train", "train-gpu"}
+    for name, build in built.items():
+        build = {"context": build} if isinstance(build, str) else build
+        context = _host_path(build.get("context", "."))
+        assert context.is_dir(), f"{name}: build context {context} is missing"
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert dockerfile.is_file(), f"{name}: {dockerfile} is missing"
+        assert "image" in services[name], f"{name}: name the built image"
+
+
+def test_bind_mount_sources_exist(services):
+    for name, service in services.items():
+        for mount in _binds(service):
+            source, target = mount["source"], mount["target"]
+            if (name, target) in EXTERNAL_BIND_TARGETS:
+                assert compose_variables(source), f"{name}:{target}: make {source} overridable"
+                continue
+            if mount.get("bind", {}).get("create_host_path"):
+                assert not mount.get("read_only"), f"{name}:{target}: an output, so writable"
+                continue
+            host = _host_path(source)
+            assert host.exists(), f"{name}: bind source {source} -> {host} does not exist"
+            assert host.is_relative_to(COMPOSE_DIR.resolve()), f"{name}: {host} is outside"
+
+
+def test_backend_service(services):
+    backend = services["backend"]
+    assert backend["build"]["dockerfile"] == "docker/backend.Dockerfile"
+    assert "${PORT:-8000}:8000" in backend["ports"]
+    env = _env(backend)
+    assert BACKEND_SETTINGS | {"TFSERVING_URL"} <= set(env)
+    assert env["INFERENCE_BACKEND"] == "${INFERENCE_BACKEND:-local}"
+    assert interpolate(env["MAX_UPLOAD_MB"] or "") == "20"
+
+    # MODEL_DIR points into the read-only models mount, at a bundle that exists on the host.
+    model_dir = PurePosixPath(interpolate(env["MODEL_DIR"] or ""))
+    mounts = [m for m in _binds(backend) if model_dir.is_relative_to(m["target"])]
+    assert len(mounts) == 1, f"MODEL_DIR={model_dir} must be inside one mount"
+    mount = mounts[0]
+    assert mount.get("read_only") is True, "models are mounted read-only"
+    bundle = _host_path(mount["source"]) / model_dir.relative_to(mount["target"])
+    assert (bundle / "model_card.json").is_file(), bundle
+    assert (bundle / "model.keras").is_file(), bundle
+
+
+def test_backend_healthcheck_matches_the_image(services):
+    check = services["backend"]["healthcheck"]
+    assert check["test"][0] == "CMD"
+    image_check = healthcheck_command(parse_dockerfile(BACKEND_DOCKERFILE).final)
+    assert check["test"][1:] == image_check
+    assert "/ready" in check["test"][-1]
+
+
+def test_tfserving_serves_the_saved_model(services):
+    tfs = services["tfserving"]
+    image, _, tag = tfs["image"].partition(":")
+    assert image == "tensorflow/serving"
+    tag = interpolate(tag)
+    assert re.fullmatch(r"2\.\d+\.\d+", tag), f"pin a 2.x release, not {tag!r}"
+
+    model_name = _env(tfs)["MODEL_NAME"]
+    assert model_name == "fracture"
+    (mount,) = _binds(tfs)
+    target = PurePosixPath(mount["target"])
+    # TF Serving layout: <base>/<model name>/<numeric version>/saved_model.pb
+    assert target.parent == PurePosixPath("/models", model_name) and target.name.isdigit()
+    assert mount.get("read_only") is True
+    host = _host_path(mount["source"])
+    assert (host / "saved_model.pb").is_file() and (host / "variables").is_dir(), host
+
+    assert "ports" not in tfs, "no published ports, so `deploy.replicas` can scale it"
+    assert "8501" in {str(p) for p in tfs.get("expose", [])}
+    assert "replicas" in tfs.get("deploy", {})
+    assert "healthcheck" in tfs
+
+
+def test_backend_reaches_tfserving_rest_predict(services):
+    url = urlparse(_env(services["backend"])["TFSERVING_URL"] or "")
+    assert url.scheme == "http" and url.hostname == "tfserving" and url.port == 8501
+    model_name = _env(services["tfserving"])["MODEL_NAME"]
+    assert url.path == f"/v1/models/{model_name}:predict"
+
+
+@pytest.mark.parametrize("name", ["train", "train-gpu"])
+def test_train_services_mount_data_read_only_and_runs_writable(services, name):
+    train = services[name]
+    assert train["build"]["dockerfile"] == "docker/train.Dockerfile"
+    mounts = {m["target"]: m for m in _binds(train)}
+    assert mounts["/data"].get("read_only") is True
+    assert interpolate(mounts["/data"]["source"]) == "../shared/data/cervical-ct"
+    assert "DATA_DIR" in compose_variables(mounts["/data"]["source"])
+    assert not mounts["/runs"].get("read_only")
+    assert _host_path(mounts["/runs"]["source"]) == (COMPOSE_DIR / "runs").resolve()
+
+
+def test_gpu_is_reserved_only_by_train_gpu(services):
+    """A GPU reservation fails on hosts without the NVIDIA runtime: `train` must work there."""
+    devices = services["train-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    for name, service in services.items():
+        if name != "train-gpu":
+            reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+            assert "devices" not in reservations, name
+            assert "gpus" not in service, name
+
+
+def test_interpolation_helper():
+    assert interpolate("${A:-x}/${B-y}/$$C", {"A": "", "B": ""}) == "x//$C"
+    assert interpolate("${PORT:-8000}:8000", {"PORT": "9000"}) == "9000:8000"

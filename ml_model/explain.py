@@ -13,7 +13,7 @@ from PIL import Image
 
 def make_gradcam_fn(model: keras.Model, layer_name: str) -> tf.types.experimental.Function:
     """Compile a function image batch (float32, 0-255) -> Grad-CAM maps at conv resolution."""
-    grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.outputs[0]])
+    grad_model = keras.Model(model.input, [model.get_layer(layer_name).output, model.outputs[0]])
 
     @tf.function(reduce_retracing=True)
     def gradcam(images: tf.Tensor) -> tf.Tensor:

@@ -70,7 +70,7 @@ class Predictor:
         gradcam_layer = str(self.card.get("gradcam_layer", GRADCAM_LAYER))
         features = ood_feature_layers(self.model, gradcam_layer)
         forward_model = keras.Model(
-            self.model.inputs,
+            self.model.input,
             [self.model.outputs[0], keras.layers.Concatenate(name="ood_features")(features)],
         )
         spec = tf.TensorSpec([None, self.img_size, self.img_size, 3], tf.float32)

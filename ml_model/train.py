@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ import tensorflow as tf
 
 from ml_model import __version__
 from ml_model.data import (
+    DatasetError,
     ImageRecord,
     describe_split,
     find_images,
@@ -44,6 +47,7 @@ from ml_model.models import DEFAULT_IMG_SIZES, build_model
 from ml_model.ood import fit_bundle_guard
 from ml_model.study import calibrate_study_threshold
 from ml_model.transfer import (
+    WeightsUnavailableError,
     extract_features_from_dataset,
     freeze_backbone,
     gradcam_layer,
@@ -115,6 +119,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     raise ValueError(f"unknown strategy {name!r}; choose auto, mirrored or multiworker")
+
+
+def is_chief() -> bool:
+    """Only the chief (worker 0, or a single process) writes the bundle in multi-worker runs."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return task.get("type", "worker") in ("worker", "chief") and int(task.get("index", 0)) == 0
 
 
 def split_records(
@@ -204,6 +214,7 @@ def fit_model(
     img_size: int,
     report_dir: Path | None = None,
     verbose: int = 2,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build and fit one model; returns it (best weights restored) and its history.
 
@@ -215,7 +226,7 @@ def fit_model(
     train_ds, train_plain_ds, val_ds = datasets
     if config.mixed_precision and tf.config.list_logical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = make_strategy(config.strategy)
+    strategy = strategy or make_strategy(config.strategy)
     history: dict[str, list[float]] = {}
     with strategy.scope():
         model = build_model(config.arch, img_size, **_builder_options(config))
@@ -276,8 +287,10 @@ def fit_model(
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run one training job; returns the model card written with the bundle."""
+    # Multi-worker collectives must be configured before any other TensorFlow op runs.
+    strategy = make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
-    out = Path(config.out)
+    out = Path(config.out) if is_chief() else Path(tempfile.mkdtemp(prefix="worker-bundle-"))
     report_dir = Path(config.report_dir) if config.report_dir else out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
@@ -288,7 +301,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     _, train_eval_ds, val_ds = datasets
 
     started = time.perf_counter()
-    model, history = fit_model(config, datasets, img_size, report_dir)
+    model, history = fit_model(config, datasets, img_size, report_dir, strategy=strategy)
     train_seconds = time.perf_counter() - started
 
     # The unaugmented training set gives honest train-side metrics.
@@ -449,7 +462,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    config = parse_args(argv)
+    try:
+        train(config)
+    except (WeightsUnavailableError, DatasetError) as exc:
+        # One clear message (what is missing and how to fix it), not a stack trace.
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -53,7 +53,12 @@ def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -
     _, out = trained_bundle
     for name in (KERAS_FILE, SAVED_MODEL_DIR, TFLITE_FILE, CARD_FILE):
         assert (out / name).exists(), name
-    for name in ("history_train.csv", "training_curves.png", "confusion_matrix.png", "roc_curve.png"):
+    for name in (
+        "history_train.csv",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "roc_curve.png",
+    ):
         assert (out / "report" / name).is_file(), name
     card = json.loads((out / CARD_FILE).read_text())
     assert card["architecture"] == "custom" and card["input"]["size"] == IMG_SIZE
@@ -144,3 +149,40 @@ def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
     np.testing.assert_allclose(
         tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images), probs, atol=1e-4
     )
+
+
+def test_mirrored_strategy_trains_on_cpu_with_one_replica(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from ml_model.train import make_strategy
+
+    strategy = make_strategy("mirrored")
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.num_replicas_in_sync == 1
+    root = tmp_path / "data"
+    from PIL import Image
+
+    from tests.conftest import synthetic_slice
+
+    for label, name in enumerate(("normal", "fracture")):
+        (root / name).mkdir(parents=True)
+        for s in range(5):
+            Image.fromarray(synthetic_slice(label, s)).save(root / name / f"M{label} ({s}).png")
+    card = train(
+        TrainConfig(
+            data=str(root),
+            out=str(tmp_path / "out"),
+            epochs=1,
+            batch_size=4,
+            img_size=IMG_SIZE,
+            strategy="mirrored",
+        )
+    )
+    assert card["training"]["strategy"] == "mirrored"
+
+
+def test_missing_data_folder_is_one_clear_error(tmp_path: Path) -> None:
+    from ml_model.train import main
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])

@@ -145,7 +145,7 @@ def _write(results: dict[str, Any], out: Path) -> None:
     (out / "comparison.json").write_text(json.dumps(results, indent=2) + "\n")
     keys = [*REPORTED, "train_seconds", "inference_ms_per_image"]
     lines = [
-        f"Grouped {results['folds']}-fold CV ({results['split']} split), mean ± std over folds",
+        f"{results['folds']}-fold CV, {results['split']} split, mean ± std over folds",
         "",
         "| arch | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),

@@ -21,17 +21,25 @@ SERVING_INPUT = "image"
 SERVING_OUTPUT = "probability"
 
 
-def export_saved_model(model: keras.Model, path: Path, img_size: int) -> None:
+def export_saved_model(
+    model: keras.Model, path: Path, img_size: int, temperature: float = 1.0
+) -> None:
     """SavedModel whose ``serving_default`` takes uint8 images (N, S, S, 3).
 
-    The uint8 -> float cast and the scaling live in the graph, so a client only
-    has to decode, window and resize (ml_model.transforms.image_to_array).
+    The uint8 -> float cast, the scaling and the calibration (temperature) live in the
+    graph, so a client only has to decode, window and resize
+    (ml_model.transforms.image_to_array) and gets the same probability as the Predictor.
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {SERVING_OUTPUT: model(tf.cast(image, tf.float32), training=False)}
+        probability = model(tf.cast(image, tf.float32), training=False)
+        if temperature != 1.0:
+            # float32 throughout: TFLite has no float64 kernels.
+            p = tf.clip_by_value(tf.cast(probability, tf.float32), 1e-7, 1 - 1e-7)
+            probability = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
+        return {SERVING_OUTPUT: probability}
 
     archive.add_endpoint(
         name=SERVING_SIGNATURE,
@@ -65,7 +73,9 @@ def export_bundle(
     out.mkdir(parents=True, exist_ok=True)
     img_size = int(model.input_shape[1])
     model.save(out / KERAS_FILE)
-    export_saved_model(model, out / SAVED_MODEL_DIR, img_size)
+    export_saved_model(
+        model, out / SAVED_MODEL_DIR, img_size, float(card.get("temperature", 1.0))
+    )
     export_tflite(out / SAVED_MODEL_DIR, out / TFLITE_FILE, float16=tflite_float16)
     write_card(out, card)
     return out

@@ -116,12 +116,16 @@ def choose_operating_points(
     }
 
 
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """sigmoid(logit(p) / T): T > 1 softens over-confident scores, T < 1 sharpens."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
+
+
 def fit_temperature(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Temperature T minimising validation log-loss of sigmoid(logit / T) (grid search)."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
-    logits = np.log(p / (1 - p))
     grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 200))
-    losses = [binary_cross_entropy(y_true, 1 / (1 + np.exp(-logits / t))) for t in grid]
+    losses = [binary_cross_entropy(y_true, apply_temperature(probs, t)) for t in grid]
     return float(grid[int(np.argmin(losses))])
 
 

@@ -22,6 +22,7 @@ from ml_model.config import (
 )
 from ml_model.explain import make_gradcam_fn
 from ml_model.export import KERAS_FILE, read_card
+from ml_model.metrics import apply_temperature
 from ml_model.models import EMBEDDING_LAYER, GRADCAM_LAYER
 from ml_model.ood import OODGuard
 
@@ -143,6 +144,4 @@ class Predictor:
     def _calibrate(self, probs: np.ndarray) -> np.ndarray:
         if self.temperature == 1.0:
             return probs.astype(np.float64)
-        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-        logits = np.log(p / (1 - p)) / self.temperature
-        return 1.0 / (1.0 + np.exp(-logits))
+        return apply_temperature(probs, self.temperature)

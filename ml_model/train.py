@@ -35,8 +35,11 @@ from ml_model.data import (
 )
 from ml_model.export import export_bundle
 from ml_model.metrics import (
+    apply_temperature,
     choose_operating_points,
     compute_metrics,
+    expected_calibration_error,
+    fit_temperature,
     markdown_table,
     plot_confusion_matrix,
     plot_history,
@@ -64,6 +67,9 @@ DATA_CAVEATS = [
     "Small data: 50 distinct slices (25 per class) in the shared set; validation figures "
     "rest on a handful of slices and carry wide uncertainty.",
 ]
+# Validation ECE above this triggers temperature scaling.
+ECE_TOLERANCE = 0.05
+
 INTENDED_USE = (
     "Decision support for triage of axial cervical-spine CT slices by a physician. "
     "Not a diagnostic device: every slice must still be read by a qualified reader."
@@ -309,6 +315,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
     y_val = np.array([r.label for r in val_records])
     p_train = predict_dataset(model, train_eval_ds)
     p_val = predict_dataset(model, val_ds)
+    raw_ece = expected_calibration_error(y_val, p_val)
+    temperature = 1.0
+    if raw_ece > ECE_TOLERANCE:
+        # Badly calibrated sigmoid: temperature scaling fitted on validation, stored in the
+        # card and applied by the Predictor; thresholds are then picked on calibrated scores.
+        temperature = fit_temperature(y_val, p_val)
+        p_train, p_val = (
+            apply_temperature(p_train, temperature),
+            apply_temperature(p_val, temperature),
+        )
+    print(f"validation ECE {raw_ece:.4f} -> temperature {temperature:.3f}")
 
     operating_points = choose_operating_points(y_val, p_val)
     threshold = operating_points["sensitive"]["threshold"]
@@ -328,6 +345,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         metrics,
         train_seconds,
     )
+    card["temperature"] = temperature
+    card["calibration"] = {
+        "raw_validation_ece": raw_ece,
+        "calibrated_validation_ece": expected_calibration_error(y_val, p_val),
+        "method": "temperature scaling" if temperature != 1.0 else "none needed",
+        "tolerance": ECE_TOLERANCE,
+    }
     card["study"] = calibrate_study_threshold(
         p_val, y_val, np.array([r.group for r in val_records]), seed=config.seed
     )

@@ -3,11 +3,17 @@
 Training (through ``tf.data``), the CLI and the server all call
 :func:`image_to_array`; nothing else turns pixels into tensors. Each step is a
 small function so it can be tested and reused on its own.
+
+Untrusted bytes: every failure is one of the three errors below, never anything
+else (the API maps them to 400, 415 and 413). Animated GIF/APNG and multi-page
+TIFF are read as their first frame; multi-frame DICOM is refused.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import struct
 import warnings
 from pathlib import Path
 
@@ -23,6 +29,22 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 # Raster formats we accept; anything else Pillow might open (EPS, ICO...) is refused.
 RASTER_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF", "GIF", "MPO"})
+
+# Signatures of the accepted formats: a file that starts like one but cannot be opened
+# gets a message naming the format instead of "not a recognised image".
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+# Largest decoded DICOM pixel buffer (rows x columns x samples x bytes per sample):
+# a compressed (RLE, JPEG 2000) file can otherwise expand far past the upload limit.
+MAX_DICOM_PIXEL_BYTES = 4 * MAX_IMAGE_PIXELS
 
 _DICOM_MAGIC_OFFSET = 128
 
@@ -56,8 +78,13 @@ def hu_window(
 
 
 def rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Min-max stretch of a high-bit-depth grayscale array to uint8."""
+    """Min-max stretch of a high-bit-depth grayscale array to uint8.
+
+    NaN or infinite values (float TIFF) have no place on the stretch: refused.
+    """
     pixels = np.asarray(pixels, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise ImageDecodeError("the image has NaN or infinite pixel values")
     low, high = float(pixels.min()), float(pixels.max())
     if high <= low:
         return np.zeros(pixels.shape, dtype=np.uint8)
@@ -69,7 +96,10 @@ def decode_dicom(
 ) -> np.ndarray:
     """DICOM bytes -> Hounsfield units (RescaleSlope/Intercept) -> windowed uint8 slice.
 
-    Multi-frame files are refused: a series is sent as one file per slice.
+    Multi-frame files are refused: a series is sent as one file per slice. A slope
+    that is not a positive finite number, or a non-finite intercept, is refused
+    rather than guessed. Pixel data that cannot be decoded is a 415 when no installed
+    codec handles its transfer syntax (e.g. JPEG-LS), else a 400 (damaged data).
     """
     import pydicom  # imported lazily: only DICOM uploads pay for it
 
@@ -80,12 +110,15 @@ def decode_dicom(
         has_pixels = "PixelData" in dataset
         frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
         rows, cols = int(getattr(dataset, "Rows", 0)), int(getattr(dataset, "Columns", 0))
-        slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
+        samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
+        bits = int(getattr(dataset, "BitsAllocated", 16) or 16)
+        slope = _dicom_number(dataset, "RescaleSlope", 1.0)
+        intercept = _dicom_number(dataset, "RescaleIntercept", 0.0)
+        transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "unknown"))
     except MemoryError:
         raise
     except Exception as exc:  # InvalidDicomError, EOFError and the lazy-parsing errors above
-        raise ImageDecodeError(f"the DICOM file could not be read: {exc}") from exc
+        raise ImageDecodeError(f"the DICOM file could not be read: {_short(exc)}") from exc
     if not has_pixels:
         raise ImageDecodeError("the DICOM file has no pixel data")
     if frames > 1:
@@ -93,24 +126,95 @@ def decode_dicom(
             f"multi-frame DICOM ({frames} frames) is not supported; send one file per slice"
         )
     if rows * cols > MAX_IMAGE_PIXELS:
-        raise ImageTooLargeError(f"the DICOM image is {cols}x{rows} pixels, over the limit")
+        raise ImageTooLargeError(
+            f"the DICOM image is {cols}x{rows} pixels, over the limit of {MAX_IMAGE_PIXELS:,}"
+        )
+    if rows * cols * max(samples, 1) * math.ceil(max(bits, 1) / 8) > MAX_DICOM_PIXEL_BYTES:
+        raise ImageTooLargeError(
+            f"the DICOM pixel data ({cols}x{rows}, {samples} samples of {bits} bits) "
+            f"is over the limit of {MAX_DICOM_PIXEL_BYTES:,} bytes decoded"
+        )
+    if not (math.isfinite(slope) and slope > 0):
+        raise ImageDecodeError(f"the DICOM RescaleSlope must be a positive number, not {slope}")
+    if not math.isfinite(intercept):
+        raise ImageDecodeError(f"the DICOM RescaleIntercept must be a number, not {intercept}")
     try:
         pixels = dataset.pixel_array
+    except MemoryError:
+        raise
     except Exception as exc:  # pydicom raises many types for codec problems
-        raise UnsupportedImageError(
+        if not _has_pixel_decoder(transfer_syntax):
+            raise UnsupportedImageError(
+                f"the DICOM transfer syntax {_uid_name(transfer_syntax)} is not supported; "
+                "send uncompressed, RLE, JPEG baseline or JPEG 2000 DICOM"
+            ) from exc
+        raise ImageDecodeError(
             f"the DICOM pixel data could not be decoded "
-            f"(transfer syntax {dataset.file_meta.get('TransferSyntaxUID', 'unknown')}): {exc}"
+            f"(transfer syntax {_uid_name(transfer_syntax)}): {_short(exc)}"
         ) from exc
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        pixels = pixels[..., :3].mean(axis=-1)
+        pixels = pixels[..., :3].mean(axis=-1, dtype=np.float32)
     if pixels.ndim != 2:
         raise UnsupportedImageError(f"unexpected DICOM pixel array shape {pixels.shape}")
     hu = pixels.astype(np.float32) * slope + intercept
     return hu_window(hu, level, width)
 
 
+def _dicom_number(dataset: object, keyword: str, default: float) -> float:
+    """A numeric (DS) element as float; ``default`` when absent or empty."""
+    value = getattr(dataset, keyword, None)
+    if value is None or value == "":
+        return default
+    return float(value)
+
+
+def _has_pixel_decoder(transfer_syntax: str) -> bool:
+    """Whether an installed pydicom plugin decodes pixel data of this transfer syntax."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(transfer_syntax).is_available)
+    except Exception:  # unknown or non-image transfer syntax UID
+        return False
+
+
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def _short(exc: BaseException, limit: int = 240) -> str:
+    """A library's error message made fit for an API response: one line, bounded."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _sniff(data: bytes) -> str | None:
+    """The accepted format whose signature ``data`` starts with, if any."""
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return None
+
+
+def _verify_png(data: bytes) -> None:
+    """Check every chunk's CRC, IDAT included (``load`` skips those) and the chunk chain."""
+    try:
+        Image.open(io.BytesIO(data)).verify()
+    except Exception as exc:  # SyntaxError on a bad CRC; OSError, IndexError... on bad chunks
+        raise ImageDecodeError(
+            f"the image could not be decoded: the PNG file is damaged ({_short(exc)})"
+        ) from exc
+
+
 def decode_raster(data: bytes) -> np.ndarray:
-    """PNG/JPEG/BMP/TIFF/GIF bytes -> 2-D uint8 grayscale (EXIF orientation applied)."""
+    """PNG/JPEG/BMP/TIFF/GIF bytes -> 2-D uint8 grayscale (EXIF orientation applied).
+
+    Animated GIF/APNG and multi-page TIFF: the first frame is the image, the rest
+    is ignored. PNG chunk checksums are verified (Pillow skips the pixel chunks').
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -122,18 +226,36 @@ def decode_raster(data: bytes) -> np.ndarray:
                     f"the image is {image.width}x{image.height} pixels, "
                     f"over the limit of {MAX_IMAGE_PIXELS:,}"
                 )
-            image.seek(0)  # animated GIF/APNG: the first frame is the image
+            if image.format == "PNG":
+                _verify_png(data)
+            image.seek(0)  # animated GIF/APNG, multi-page TIFF: the first frame is the image
             image.load()
             image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(str(exc)) from exc
+        raise ImageTooLargeError(
+            f"the image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({exc})"
+        ) from exc
     except UnidentifiedImageError as exc:
-        raise UnsupportedImageError("the file is not a recognised image or DICOM") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        sniffed = _sniff(data)
+        if sniffed is None:
+            raise UnsupportedImageError("the file is not a recognised image or DICOM") from exc
+        raise UnsupportedImageError(
+            f"the file starts like a {sniffed} image but could not be opened: it is "
+            "damaged, truncated or a variant this server cannot read"
+        ) from exc
+    except ImageDecodeError:
+        raise
+    # Pillow's parsers raise these on malformed input (Image.open itself treats the
+    # last four as "not this format"); none of them means a server fault.
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+            TypeError, ZeroDivisionError) as exc:  # fmt: skip
+        raise ImageDecodeError(f"the image could not be decoded: {_short(exc)}") from exc
+    try:
+        return to_grayscale(image)
+    except ValueError as exc:  # a mode Pillow cannot convert to luminance (TIFF LAB...)
         if isinstance(exc, ImageDecodeError):
             raise
-        raise ImageDecodeError(f"the image could not be decoded: {exc}") from exc
-    return to_grayscale(image)
+        raise UnsupportedImageError(f"image mode {image.mode} is not supported") from exc
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:

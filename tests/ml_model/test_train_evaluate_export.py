@@ -146,8 +146,10 @@ def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
     np.testing.assert_allclose(
         saved_model_predict(DEFAULT_MODEL_DIR / SAVED_MODEL_DIR, images), probs, atol=1e-4
     )
+    # A float16 TFLite (kept small for the repository) rounds its weights: looser bound.
+    tolerance = 1e-3 if predictor.card["training"].get("tflite_float16") else 1e-4
     np.testing.assert_allclose(
-        tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images), probs, atol=1e-4
+        tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images), probs, atol=tolerance
     )
 
 

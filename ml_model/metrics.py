@@ -158,13 +158,15 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, path: Path) -> None:
         auc = roc_auc_score(y_true, probs)
         ax.plot(fpr, tpr, label=f"AUC = {auc:.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title("ROC curve")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(
+        fig,
+        ax,
+        path,
+        "ROC curve",
+        "false positive rate (1 - specificity)",
+        "true positive rate (recall)",
+        "lower right",
+    )
 
 
 def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: Path, bins: int = 10) -> None:
@@ -179,10 +181,24 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: Path, bins: in
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.plot(centres, observed, "o-", label=f"model (ECE {expected_calibration_error(y, p):.3f})")
-    ax.set_xlabel("predicted P(fracture)")
-    ax.set_ylabel("observed fraction of fractures")
-    ax.set_title("Reliability curve")
-    ax.legend(loc="upper left")
+    _finish(
+        fig,
+        ax,
+        path,
+        "Reliability curve",
+        "predicted P(fracture)",
+        "observed fraction of fractures",
+        "upper left",
+    )
+
+
+def _finish(
+    fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str, legend: str
+) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

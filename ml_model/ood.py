@@ -67,11 +67,9 @@ class OODGuard:
             "residual_threshold": self.residual_threshold,
             **self.details,
         }
-        np.savez_compressed(
-            Path(model_dir, OOD_FILE),
-            details=np.array(json.dumps(details)),
-            **{k: v.astype(np.float32) for k, v in arrays.items()},
-        )
+        stored: dict[str, Any] = {k: v.astype(np.float32) for k, v in arrays.items()}
+        stored["details"] = np.array(json.dumps(details))
+        np.savez_compressed(Path(model_dir, OOD_FILE), **stored)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> OODGuard | None:

@@ -236,17 +236,22 @@ def fit_model(
     history: dict[str, list[float]] = {}
     with strategy.scope():
         model = build_model(config.arch, img_size, **_builder_options(config))
-    if config.arch == "custom":
+
+    def fit_images(target: keras.Model, phase: str, epochs: int, lr: float) -> None:
         with strategy.scope():
-            _compile(model, config.optimizer, config.lr)
-        fitted = model.fit(
+            _compile(target, config.optimizer, lr)
+        fitted = target.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=config.epochs,
-            callbacks=_callbacks(config, report_dir, "train"),
+            epochs=epochs,
+            callbacks=_callbacks(config, report_dir, phase),
             verbose=verbose,
         )
-        return model, fitted.history
+        _merge(history, fitted.history)
+
+    if config.arch == "custom":
+        fit_images(model, "train", config.epochs, config.lr)
+        return model, history
 
     freeze_backbone(model)
     if config.cache_features:
@@ -265,29 +270,12 @@ def fit_model(
             callbacks=_callbacks(config, report_dir, "head"),
             verbose=verbose,
         )
+        _merge(history, fitted.history)
     else:
-        with strategy.scope():
-            _compile(model, config.optimizer, config.lr)
-        fitted = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            callbacks=_callbacks(config, report_dir, "head"),
-            verbose=verbose,
-        )
-    _merge(history, fitted.history)
+        fit_images(model, "head", config.epochs, config.lr)
     if config.fine_tune_epochs > 0:
         unfreeze_top(model, config.fine_tune_layers)
-        with strategy.scope():
-            _compile(model, config.optimizer, config.lr / 10)
-        fitted = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.fine_tune_epochs,
-            callbacks=_callbacks(config, report_dir, "fine_tune"),
-            verbose=verbose,
-        )
-        _merge(history, fitted.history)
+        fit_images(model, "fine_tune", config.fine_tune_epochs, config.lr / 10)
     return model, history
 
 

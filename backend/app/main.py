@@ -16,14 +16,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
 import ml_model
+from backend.app.api.deps import inference_unavailable_handler
 from backend.app.api.main import api_router
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME, configure_logging
+from backend.app.core.memory import limit_malloc_arenas
 from backend.app.core.metrics import instrument
 from backend.app.core.middleware import AccessLogMiddleware, BodyLimit, BodySizeLimitMiddleware
-from backend.app.services.inference import InferenceService, create_inference_service
+from backend.app.core.security import SecurityHeadersMiddleware
+from backend.app.services.inference import (
+    InferenceService,
+    InferenceUnavailableError,
+    create_inference_service,
+)
 
 BATCH_PATH = "/predict/batch"
+STUDY_PATH = "/predict/study"
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -36,7 +44,10 @@ def _keep_uploads_in_memory(settings: Settings) -> None:
     caps every request below this value, so no part can ever reach the rollover.
     The attribute is process-wide: only ever raise it.
     """
-    needed = max(settings.max_batch_bytes, settings.max_single_request_bytes) + 1
+    needed = (
+        max(settings.max_batch_bytes, settings.max_single_request_bytes, settings.max_study_bytes)
+        + 1
+    )
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, needed)
 
 
@@ -45,6 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     started = anyio.current_time()
     service: InferenceService | None = app.state.inference
+    owned = service is None  # built here, so closed here (a service passed in is shared)
     if service is None:
         service = await anyio.to_thread.run_sync(create_inference_service, settings)
     await anyio.to_thread.run_sync(service.warm_up)
@@ -60,11 +72,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "startup_s": round(anyio.current_time() - started, 2),
         },
     )
+    # Lifespans can nest (a test harness entering an app that is already running): only
+    # the last one out marks the app not ready.
+    app.state.lifespans = getattr(app.state, "lifespans", 0) + 1
     try:
         yield
     finally:
-        app.state.ready = False
-        app.state.metrics.model_ready.set(0)
+        app.state.lifespans -= 1
+        if app.state.lifespans == 0:
+            app.state.ready = False
+            app.state.metrics.model_ready.set(0)
+        if owned:
+            app.state.inference = None  # a restarted lifespan builds a fresh one
+            await anyio.to_thread.run_sync(service.close)  # drains the micro-batcher
 
 
 def create_app(
@@ -74,6 +94,7 @@ def create_app(
     the lifespan loads the one ``settings`` point at."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    limit_malloc_arenas()  # before the threadpool starts: RSS stays flat under load
     _keep_uploads_in_memory(settings)
 
     app = FastAPI(
@@ -98,10 +119,18 @@ def create_app(
         f"the upload is larger than the limit of {settings.max_upload_mb:g} MiB per file",
     )
 
+    study_limit = BodyLimit(
+        settings.max_study_bytes,
+        f"the study upload is larger than the limit of {settings.max_study_mb:g} MiB",
+    )
+
     def body_limit(path: str) -> BodyLimit:
+        if path == STUDY_PATH:
+            return study_limit
         return batch_limit if path == BATCH_PATH else single_limit
 
-    # Added innermost first: CORS -> access log -> metrics -> body limit -> routes.
+    # Added innermost first: security headers -> CORS -> access log -> metrics -> body limit
+    # -> routes.
     app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
     app.state.metrics = instrument(app)
     app.add_middleware(AccessLogMiddleware)
@@ -113,7 +142,9 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response, CORS's too
 
+    app.add_exception_handler(InferenceUnavailableError, inference_unavailable_handler)
     app.include_router(api_router)
     # The built web app, same-origin with the API. Frontend routes have the lowest
     # priority: every API route above always wins.

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-Result = Literal["Potentially Fracture", "Normal"]
+Result = Literal["Potentially Fracture", "Normal", "Not a CT slice"]
 
 
 class OperatingPoint(StrEnum):
@@ -25,13 +25,34 @@ class ModelInfo(BaseModel):
 _MODEL_EXAMPLE: dict[str, JsonValue] = {"name": "custom-cnn", "version": "2026.05.1"}
 
 
+RESULT_DESCRIPTION = (
+    "`Not a CT slice` when the out-of-distribution guard refuses the input (`in_distribution` "
+    "false): no fracture call is made. Otherwise `Potentially Fracture` when "
+    "prediction >= threshold, else `Normal`."
+)
+PREDICTION_DESCRIPTION = (
+    "Probability of fracture (0-1). Reported for transparency even when `result` is "
+    "`Not a CT slice`; it means nothing for such an input and must not be read as a call."
+)
+IN_DISTRIBUTION_DESCRIPTION = (
+    "Whether the input looks like the axial CT slices the model was trained on "
+    "(`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, "
+    "or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off)."
+)
+OOD_DISTANCE_DESCRIPTION = (
+    "Out-of-distribution score of the input's features (Mahalanobis distance, plus PCA "
+    "residual for wide backbones) divided by the bundle's threshold: <= 1 looks like a CT "
+    "slice, > 1 is refused. Null when no guard ran."
+)
+
+
 class PredictionBase(BaseModel):
-    result: Result = Field(
-        description="`Potentially Fracture` when prediction >= threshold, else `Normal`."
-    )
-    prediction: float = Field(ge=0.0, le=1.0, description="Probability of fracture (0-1).")
+    result: Result = Field(description=RESULT_DESCRIPTION)
+    prediction: float = Field(ge=0.0, le=1.0, description=PREDICTION_DESCRIPTION)
     threshold: float = Field(ge=0.0, le=1.0, description="Threshold of the operating point.")
     operating_point: OperatingPoint = Field(description="Operating point the threshold is from.")
+    in_distribution: bool | None = Field(description=IN_DISTRIBUTION_DESCRIPTION)
+    ood_distance: float | None = Field(ge=0.0, description=OOD_DISTANCE_DESCRIPTION)
     model: ModelInfo
 
 
@@ -49,19 +70,33 @@ class PredictionResponse(PredictionBase):
                 {
                     "result": "Potentially Fracture",
                     "prediction": 0.87,
-                    "threshold": 0.3,
+                    "threshold": 0.5,
                     "operating_point": "sensitive",
+                    "in_distribution": True,
+                    "ood_distance": 0.31,
                     "model": _MODEL_EXAMPLE,
                     "latency_ms": 12.4,
                 },
                 {
                     "result": "Normal",
                     "prediction": 0.08,
-                    "threshold": 0.7,
+                    "threshold": 0.5,
                     "operating_point": "specific",
+                    "in_distribution": True,
+                    "ood_distance": 0.22,
                     "model": _MODEL_EXAMPLE,
                     "latency_ms": 48.9,
                     "heatmap_png_base64": "iVBORw0KGgoAAAANSUhEUgAA...",
+                },
+                {
+                    "result": "Not a CT slice",
+                    "prediction": 0.95,
+                    "threshold": 0.5,
+                    "operating_point": "sensitive",
+                    "in_distribution": False,
+                    "ood_distance": 5.06,
+                    "model": _MODEL_EXAMPLE,
+                    "latency_ms": 11.0,
                 },
             ]
         }
@@ -94,8 +129,20 @@ class BatchResponse(BaseModel):
                             "filename": "c5.png",
                             "result": "Potentially Fracture",
                             "prediction": 0.91,
-                            "threshold": 0.3,
+                            "threshold": 0.5,
                             "operating_point": "sensitive",
+                            "in_distribution": True,
+                            "ood_distance": 0.4,
+                            "model": _MODEL_EXAMPLE,
+                        },
+                        {
+                            "filename": "holiday.jpg",
+                            "result": "Not a CT slice",
+                            "prediction": 0.81,
+                            "threshold": 0.5,
+                            "operating_point": "sensitive",
+                            "in_distribution": False,
+                            "ood_distance": 5.28,
                             "model": _MODEL_EXAMPLE,
                         },
                         {
@@ -110,6 +157,91 @@ class BatchResponse(BaseModel):
             ]
         }
     )
+
+
+class StudySlice(BaseModel):
+    name: str = Field(description="File name (inside a zip: the member's base name).")
+    position: float = Field(
+        description="Position along the neck: DICOM ImagePositionPatient z (mm), else the "
+        "InstanceNumber; PNG/JPEG: the slice number in the file name."
+    )
+    prediction: float = Field(ge=0.0, le=1.0, description="This slice's probability of fracture.")
+    in_distribution: bool | None = Field(description=IN_DISTRIBUTION_DESCRIPTION)
+
+
+class StudyTopSlice(BaseModel):
+    index: int = Field(ge=0, description="Index of the slice in `slices`.")
+    name: str
+    position: float
+    prediction: float = Field(ge=0.0, le=1.0)
+    heatmap_png_base64: str | None = Field(
+        None,
+        description="Only with `explain=true`: Grad-CAM overlay on this slice, base64 PNG "
+        "(absent for a slice over MAX_EXPLAIN_PIXELS).",
+    )
+
+
+class StudyFileError(BaseModel):
+    name: str = Field(description="The file (or zip member) that was left out.")
+    error: str = Field(description="Why it could not be read.")
+
+
+class StudyResponse(BaseModel):
+    result: Result = Field(
+        description="Study-level call at the study threshold: `Potentially Fracture` when "
+        "prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the "
+        "out-of-distribution guard."
+    )
+    prediction: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Study score: the aggregation (see `aggregation`) of the in-distribution "
+        "slices' probabilities; 0 when no slice is in distribution.",
+    )
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="Study threshold of the operating point (model card)."
+    )
+    operating_point: OperatingPoint
+    aggregation: str = Field(description="How slice scores become the study score, e.g. top2_mean.")
+    slice_count: int = Field(ge=0, description="Slices scored (files in `errors` excluded).")
+    slices: list[StudySlice] = Field(description="Every scored slice, head to foot.")
+    top_slices: list[StudyTopSlice] = Field(
+        description="The most suspicious in-distribution slices (the ones aggregated), "
+        "highest first."
+    )
+    errors: list[StudyFileError] = Field(description="Files that could not be decoded.")
+    model: ModelInfo
+    latency_ms: float = Field(description="Server time for unpacking, decoding and inference.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "result": "Potentially Fracture",
+                    "prediction": 0.93,
+                    "threshold": 0.5,
+                    "operating_point": "sensitive",
+                    "aggregation": "top2_mean",
+                    "slice_count": 3,
+                    "slices": [
+                        {"name": "IM001.dcm", "position": 12.5, "prediction": 0.04,
+                         "in_distribution": True},
+                        {"name": "IM002.dcm", "position": 10.0, "prediction": 0.97,
+                         "in_distribution": True},
+                        {"name": "IM003.dcm", "position": 7.5, "prediction": 0.89,
+                         "in_distribution": True},
+                    ],
+                    "top_slices": [
+                        {"index": 1, "name": "IM002.dcm", "position": 10.0, "prediction": 0.97},
+                        {"index": 2, "name": "IM003.dcm", "position": 7.5, "prediction": 0.89},
+                    ],
+                    "errors": [{"name": "IM004.dcm", "error": "the DICOM file has no pixel data"}],
+                    "model": _MODEL_EXAMPLE,
+                    "latency_ms": 412.0,
+                }
+            ]
+        }
+    )  # fmt: skip
 
 
 class ErrorResponse(BaseModel):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from backend.app.core.config import Settings
 from backend.app.core.metrics import AppMetrics
-from backend.app.services.inference import InferenceService
+from backend.app.services.inference import InferenceService, InferenceUnavailableError
 
 NOT_READY_DETAIL = "the model is not loaded yet; retry when GET /ready answers 200"
 
@@ -24,6 +25,12 @@ async def get_inference(request: Request) -> InferenceService:
     if service is None or not request.app.state.ready:
         raise HTTPException(status_code=503, detail=NOT_READY_DETAIL)
     return service
+
+
+async def inference_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A model that cannot answer (TF Serving down, shutting down): 503/502, never 500."""
+    assert isinstance(exc, InferenceUnavailableError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
 
 async def get_metrics(request: Request) -> AppMetrics:

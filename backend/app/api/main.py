@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
-from backend.app.api.routes import health, model, predict
+from backend.app.api.routes import health, model, predict, study
 
 api_router = APIRouter()
 api_router.include_router(predict.router)
+api_router.include_router(study.router)
 api_router.include_router(health.router)
 api_router.include_router(model.router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -60,8 +61,70 @@ class Settings(BaseSettings):
         default=REPO_ROOT / "frontend" / "dist",
         description="Built web app, served at / when the directory exists.",
     )
-    inference_backend: Literal["local"] = Field(
-        default="local", description="Where the model runs: `local` (in-process TensorFlow)."
+    inference_backend: Literal["local", "tfserving"] = Field(
+        default="local",
+        description="Where the classifier runs: `local` (in-process TensorFlow) or "
+        "`tfserving` (TF Serving's REST predict API at TFSERVING_URL). The out-of-distribution "
+        "guard and Grad-CAM always run on the local bundle in MODEL_DIR.",
+    )
+    tfserving_url: str = Field(
+        default="http://tfserving:8501/v1/models/fracture:predict",
+        description="TF Serving REST predict URL (INFERENCE_BACKEND=tfserving).",
+    )
+    tfserving_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of one TF Serving request, in seconds."
+    )
+    tfserving_local_ood: bool = Field(
+        default=True,
+        description="INFERENCE_BACKEND=tfserving: still run the local model for the "
+        "out-of-distribution guard (one extra local forward pass per image). Off: "
+        "`in_distribution` and `ood_distance` are null and no input is refused as not CT.",
+    )
+    batching: bool = Field(
+        default=True,
+        description="Group concurrent requests into one model call (dynamic micro-batching).",
+    )
+    batch_max_size: int = Field(
+        default=16, ge=1, le=256, description="Most images in one micro-batched model call."
+    )
+    batch_max_wait_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=5.0,
+        description="Longest wait, after a batch's first request, for more requests to join; "
+        "only spent while other requests are on their way (a lone request never waits).",
+    )
+    tf_intra_op_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="TensorFlow intra-op threads; default: the machine's CPU count.",
+    )
+    tf_inter_op_threads: int = Field(default=2, ge=1, description="TensorFlow inter-op threads.")
+    blas_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Threads of numpy's BLAS (the OOD guard's matrix products): 1, so that "
+        "they do not fight TensorFlow's threads.",
+    )
+    max_study_files: int = Field(
+        default=1000,
+        ge=1,
+        description="Most slices in one /predict/study call. Sent as separate files, a "
+        "request also stops at Starlette's 1000 multipart files; a zip does not.",
+    )
+    max_study_mb: float = Field(
+        default=512.0, gt=0, description="Largest /predict/study request body, in MiB."
+    )
+    max_zip_members: int = Field(
+        default=2000, ge=1, description="Most entries (files and folders) in a study zip."
+    )
+    max_zip_uncompressed_mb: float = Field(
+        default=1024.0, gt=0, description="Largest total uncompressed size of a study zip, MiB."
+    )
+    max_zip_ratio: float = Field(
+        default=200.0,
+        gt=1,
+        description="Largest compression ratio of one zip member (zip-bomb guard).",
     )
     log_level: str = Field(default="INFO", description="Level of the JSON logs.")
 
@@ -84,6 +147,18 @@ class Settings(BaseSettings):
     @property
     def max_batch_bytes(self) -> int:
         return int(self.max_batch_mb * MIB)
+
+    @property
+    def max_study_bytes(self) -> int:
+        return int(self.max_study_mb * MIB)
+
+    @property
+    def max_zip_uncompressed_bytes(self) -> int:
+        return int(self.max_zip_uncompressed_mb * MIB)
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.tf_intra_op_threads or os.cpu_count() or 1
 
     @property
     def max_single_request_bytes(self) -> int:

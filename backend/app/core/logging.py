@@ -42,6 +42,7 @@ def configure_logging(level: str = "INFO") -> None:
 
     Uvicorn's own access log is switched off: the access middleware writes one
     structured line per request instead, so requests are not logged twice.
+    pydicom's per-upload decoder tracebacks are switched off too.
     """
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level.upper())
@@ -52,3 +53,6 @@ def configure_logging(level: str = "INFO") -> None:
         logger.addHandler(handler)
     logger.propagate = False
     logging.getLogger("uvicorn.access").disabled = True
+    # pydicom logs a traceback (ERROR, plain text on stderr) for each codec plugin that
+    # fails on a damaged upload; that upload already gets its 400/415 with the reason.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)

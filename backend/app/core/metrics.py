@@ -20,7 +20,14 @@ class AppMetrics:
         self.registry = registry
         self.predictions = Counter(
             "triage_predictions_total",
-            "Images classified, by result and operating point.",
+            "Images classified, by result (`Potentially Fracture`, `Normal`, `Not a CT slice`) "
+            "and operating point.",
+            ["result", "operating_point"],
+            registry=registry,
+        )
+        self.studies = Counter(
+            "triage_studies_total",
+            "Studies (series) classified by /predict/study, by result and operating point.",
             ["result", "operating_point"],
             registry=registry,
         )
@@ -36,6 +43,9 @@ class AppMetrics:
 
     def record_prediction(self, result: str, operating_point: str) -> None:
         self.predictions.labels(result=result, operating_point=operating_point).inc()
+
+    def record_study(self, result: str, operating_point: str) -> None:
+        self.studies.labels(result=result, operating_point=operating_point).inc()
 
     def record_upload_error(self, status_code: int) -> None:
         self.upload_errors.labels(status=str(status_code)).inc()

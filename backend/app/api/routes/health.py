@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import anyio.to_thread
+from fastapi import APIRouter, HTTPException
 
 from backend.app.api.deps import InferenceDep
 from backend.app.schemas import ErrorResponse, HealthResponse, ModelInfo, ReadyResponse
 
 router = APIRouter(tags=["ops"])
+
+MODEL_SERVER_NOT_READY_DETAIL = "the model server (TF Serving) is not answering yet"
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness: the process answers")
@@ -18,8 +21,16 @@ async def health() -> HealthResponse:
 @router.get(
     "/ready",
     response_model=ReadyResponse,
-    responses={503: {"model": ErrorResponse, "description": "Model not loaded/warmed up yet."}},
+    responses={
+        503: {
+            "model": ErrorResponse,
+            "description": "Model not loaded/warmed up yet, or TF Serving not answering.",
+        }
+    },
     summary="Readiness: the model is loaded and has run one warm-up inference",
 )
 async def ready(service: InferenceDep) -> ReadyResponse:
+    # INFERENCE_BACKEND=tfserving: not ready until TF Serving reports the model AVAILABLE.
+    if not await anyio.to_thread.run_sync(service.is_ready):
+        raise HTTPException(status_code=503, detail=MODEL_SERVER_NOT_READY_DETAIL)
     return ReadyResponse(model=ModelInfo(name=service.name, version=service.version))

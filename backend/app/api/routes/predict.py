@@ -11,10 +11,11 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
 
 from backend.app.api.deps import InferenceDep, MetricsDep, SettingsDep
 from backend.app.core.metrics import AppMetrics
+from backend.app.core.security import one_part_named
 from backend.app.schemas import (
     BatchItemError,
     BatchItemPrediction,
@@ -24,6 +25,7 @@ from backend.app.schemas import (
     OperatingPoint,
     PredictionResponse,
 )
+from backend.app.services.batching import incoming
 from backend.app.services.imaging import (
     PreparedImage,
     UploadProblem,
@@ -31,7 +33,12 @@ from backend.app.services.imaging import (
     prepare,
     read_upload,
 )
-from backend.app.services.inference import InferenceService, label, operating_threshold
+from backend.app.services.inference import (
+    InferenceService,
+    ood_verdict,
+    operating_threshold,
+    triage_result,
+)
 
 router = APIRouter(tags=["predict"])
 
@@ -51,7 +58,10 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
         "the upload is larger than the limit of 20 MiB per file",
     ),
     415: _error("Not an image or DICOM we accept.", "the file is not a recognised image or DICOM"),
-    503: _error("The model is not loaded yet.", "the model is not loaded yet"),
+    503: _error(
+        "The model is not loaded yet, or the model server is unreachable.",
+        "the model is not loaded yet",
+    ),
 }
 
 OperatingPointQuery = Annotated[
@@ -75,8 +85,9 @@ def _upload_problem(metrics: AppMetrics, problem: UploadProblem) -> HTTPExceptio
 
 @router.post(
     "/predict",
+    dependencies=[Depends(one_part_named("file"))],  # two files in `file`: 400, not one dropped
     response_model=PredictionResponse,
-    response_model_exclude_none=True,
+    response_model_exclude_unset=True,
     responses=UPLOAD_ERRORS,
     summary="Triage one CT slice",
 )
@@ -91,33 +102,45 @@ def predict(
     ] = False,
 ) -> PredictionResponse:
     """Probability of fracture for one image, its triage result at the chosen operating
-    point and, with `explain=true`, a Grad-CAM heatmap over the input."""
+    point and, with `explain=true`, a Grad-CAM heatmap over the input.
+
+    An input the out-of-distribution guard refuses (a photo, a chest X-ray...) gets
+    `result` `Not a CT slice` and `in_distribution` false: no fracture call is made;
+    `prediction` is still reported, for transparency only."""
     start = time.perf_counter()
-    try:
-        data = read_upload(file.file, settings.max_upload_bytes)
-        image = prepare(data, settings, service.img_size)
-        if explain and image.gray.size > settings.max_explain_pixels:
-            height, width = image.gray.shape
-            raise UploadProblem(
-                413,
-                f"the image is {width}x{height} pixels; explain=true draws heatmaps for images "
-                f"up to {settings.max_explain_pixels:,} pixels",
-            )
-    except UploadProblem as problem:
-        raise _upload_problem(metrics, problem) from problem
-    probability = float(service.predict(image.array[np.newaxis])[0])
+    # Announced to the micro-batcher while decoding: a batch being formed waits for it.
+    with incoming(service):
+        try:
+            data = read_upload(file.file, settings.max_upload_bytes)
+            image = prepare(data, settings, service.img_size)
+            if explain and image.gray.size > settings.max_explain_pixels:
+                height, width = image.gray.shape
+                raise UploadProblem(
+                    413,
+                    f"the image is {width}x{height} pixels; explain=true draws heatmaps for "
+                    f"images up to {settings.max_explain_pixels:,} pixels",
+                )
+        except UploadProblem as problem:
+            raise _upload_problem(metrics, problem) from problem
+        prediction = service.run(image.array[np.newaxis])
+    probability = float(prediction.probabilities[0])
+    in_distribution, distance = ood_verdict(prediction, 0)
     threshold = operating_threshold(service, operating_point.value, settings.threshold)
-    result = label(probability, threshold)
-    heatmap = heatmap_base64(image.gray, service.gradcam(image.array)) if explain else None
+    result = triage_result(probability, threshold, in_distribution)
     metrics.record_prediction(result, operating_point.value)
+    extra = {}
+    if explain:
+        extra["heatmap_png_base64"] = heatmap_base64(image.gray, service.gradcam(image.array))
     return PredictionResponse(
         result=result,
         prediction=probability,
         threshold=threshold,
         operating_point=operating_point,
+        in_distribution=in_distribution,
+        ood_distance=distance,
         model=_model_info(service),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
-        heatmap_png_base64=heatmap,
+        **extra,
     )
 
 
@@ -141,7 +164,8 @@ def predict_batch(
     operating_point: OperatingPointQuery = OperatingPoint.sensitive,
 ) -> BatchResponse:
     """One result per file, in upload order, from one forward pass. A file that cannot be
-    read gets an entry with `error` and `status_code` instead of failing the batch."""
+    read gets an entry with `error` and `status_code` instead of failing the batch; a file
+    the out-of-distribution guard refuses gets `result` `Not a CT slice`."""
     start = time.perf_counter()
     if len(files) > settings.max_batch_files:
         raise HTTPException(
@@ -163,16 +187,20 @@ def predict_batch(
     threshold = operating_threshold(service, operating_point.value, settings.threshold)
     model = _model_info(service)
     if prepared:
-        probabilities = service.predict(np.stack([image.array for _, image in prepared]))
-        for (index, _), probability in zip(prepared, probabilities, strict=True):
-            result = label(float(probability), threshold)
+        prediction = service.run(np.stack([image.array for _, image in prepared]))
+        for row, (index, _) in enumerate(prepared):
+            probability = float(prediction.probabilities[row])
+            in_distribution, distance = ood_verdict(prediction, row)
+            result = triage_result(probability, threshold, in_distribution)
             metrics.record_prediction(result, operating_point.value)
             results[index] = BatchItemPrediction(
                 filename=files[index].filename or "",
                 result=result,
-                prediction=float(probability),
+                prediction=probability,
                 threshold=threshold,
                 operating_point=operating_point,
+                in_distribution=in_distribution,
+                ood_distance=distance,
                 model=model,
             )
     return BatchResponse(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -51,15 +52,15 @@ def test_metrics_count_requests_latency_and_predictions(make_client: Any, images
     )
 
     predictions = "triage_predictions_total"
+    results = ("Potentially Fracture", "Normal", "Not a CT slice")
     sensitive = sum(
         value(metrics, predictions, result=result, operating_point="sensitive")
-        for result in ("Potentially Fracture", "Normal")
+        for result in results
     )
     assert sensitive == 3
     assert value(metrics, predictions, result=single_result, operating_point="sensitive") == 3
     specific = sum(
-        value(metrics, predictions, result=result, operating_point="specific")
-        for result in ("Potentially Fracture", "Normal")
+        value(metrics, predictions, result=result, operating_point="specific") for result in results
     )
     assert specific == 1
     assert value(metrics, "triage_upload_errors_total", status="415") == 1
@@ -72,3 +73,16 @@ def test_main_app_exposes_metrics(client: Any) -> None:
     text = client.get("/metrics").text
     assert "http_requests_total" in text
     assert "triage_predictions_total" in text or "# HELP triage_predictions_total" in text
+
+
+def test_out_of_distribution_results_are_counted(make_client: Any, images: Any) -> None:
+    """A photo is refused as `Not a CT slice`; the counter carries that label value."""
+    from skimage import data as skimage_data
+
+    client = make_client()
+    photo = images.encode(Image.fromarray(skimage_data.coffee()), "JPEG")
+    body = client.post("/predict", files={"file": ("coffee.jpg", photo)}).json()
+    assert body["result"] == "Not a CT slice"
+    metrics = samples(client.get("/metrics").text)
+    refused = {"result": "Not a CT slice", "operating_point": "sensitive"}
+    assert value(metrics, "triage_predictions_total", **refused) == 1

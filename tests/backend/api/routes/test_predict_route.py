@@ -11,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ml_model.config import RESULT_NEGATIVE, RESULT_POSITIVE
+from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
 from ml_model.predictor import Predictor
 from ml_model.transforms import hu_window, image_to_array, resize, to_model_channels
 
-RESULTS = {RESULT_POSITIVE, RESULT_NEGATIVE}
+RESULTS = {RESULT_POSITIVE, RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION}
 
 
 def post_image(client: TestClient, data: bytes, filename: str = "slice.png", **params: Any) -> Any:
@@ -26,20 +26,30 @@ def expected_probability(predictor: Predictor, data: bytes) -> float:
     return float(predictor.predict(image_to_array(data, predictor.img_size)[np.newaxis])[0])
 
 
+def expected_result(body: dict[str, Any]) -> str:
+    """The triage rule: no fracture call out of distribution, else the threshold decides."""
+    if body["in_distribution"] is False:
+        return RESULT_OUT_OF_DISTRIBUTION
+    return RESULT_POSITIVE if body["prediction"] >= body["threshold"] else RESULT_NEGATIVE
+
+
 def check_prediction(body: dict[str, Any], service: Any, operating_point: str) -> None:
     assert set(body) == {
         "result",
         "prediction",
         "threshold",
         "operating_point",
+        "in_distribution",
+        "ood_distance",
         "model",
         "latency_ms",
     }
     assert 0.0 <= body["prediction"] <= 1.0
     assert body["operating_point"] == operating_point
     assert body["threshold"] == service.threshold(operating_point)
-    expected = RESULT_POSITIVE if body["prediction"] >= body["threshold"] else RESULT_NEGATIVE
-    assert body["result"] == expected
+    assert isinstance(body["in_distribution"], bool)
+    assert body["ood_distance"] >= 0.0
+    assert body["result"] == expected_result(body)
     assert body["model"] == {"name": service.name, "version": service.version}
     assert body["latency_ms"] >= 0.0
 
@@ -87,9 +97,7 @@ def test_threshold_setting_overrides_the_default_operating_point(
     data = images.png_bytes()
     sensitive = post_image(client, data).json()
     assert sensitive["threshold"] == 0.99
-    assert sensitive["result"] == (
-        RESULT_POSITIVE if sensitive["prediction"] >= 0.99 else RESULT_NEGATIVE
-    )
+    assert sensitive["result"] == expected_result(sensitive)
     specific = post_image(client, data, operating_point="specific").json()
     assert specific["threshold"] == service.threshold("specific")
 
@@ -183,13 +191,12 @@ class InputSpy:
     """Records what reaches the real model; the real model still answers."""
 
     def __init__(self, service: Any) -> None:
-        self.real_predict = service.predict
+        self.real_run = service.run
         self.inputs: list[np.ndarray] = []
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> Any:
         self.inputs.append(np.array(images))
-        result: np.ndarray = self.real_predict(images)
-        return result
+        return self.real_run(images)
 
 
 def test_dicom_round_trip_bone_window(
@@ -199,7 +206,7 @@ def test_dicom_round_trip_bone_window(
     hu = _hu_phantom(size)
     data = images.dicom_bytes(hu, slope=2.0, intercept=-1024.0)
     spy = InputSpy(service)
-    monkeypatch.setattr(service, "predict", spy)
+    monkeypatch.setattr(service, "run", spy)
 
     response = post_image(client, data, "slice.dcm")
 
@@ -221,7 +228,7 @@ def test_dicom_window_comes_from_settings(
     hu = _hu_phantom(96)  # not the model size: windowed, then resized like a PNG
     client = make_client(window_level=40.0, window_width=400.0)  # a soft-tissue window
     spy = InputSpy(service)
-    monkeypatch.setattr(service, "predict", spy)
+    monkeypatch.setattr(service, "run", spy)
 
     response = post_image(client, images.dicom_bytes(hu), "slice.dcm")
 

@@ -1,0 +1,148 @@
+"""Security headers on every response (pure ASGI middleware).
+
+Every response gets ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``,
+``X-Frame-Options: DENY`` and a strict Content-Security-Policy: the built web app
+(``frontend/dist``) loads its one script and one stylesheet from its own origin, with
+no inline script or style, so ``'self'`` is all it needs; heatmaps are ``data:`` URLs
+and previews ``blob:`` URLs. On JSON responses the same CSP is harmless and stops a
+browser from running anything it is tricked into rendering.
+
+The interactive API docs are third-party pages FastAPI renders: Swagger UI at
+``/docs`` (plus its ``/docs/oauth2-redirect``) and ReDoc at ``/redoc`` load their
+JS/CSS from the jsDelivr CDN, ReDoc its fonts from Google Fonts, and both inject
+styles at run time. Those three paths get their own CSP: the CDNs are allowed,
+inline styles too, and inline scripts only by the SHA-256 hash of the exact
+``<script>`` blocks of the page being sent (computed from the response body), so
+not even the docs allow arbitrary inline script.
+
+Headers a route already set are kept. 500 responses built by Starlette's outermost
+``ServerErrorMiddleware`` (which wraps every user middleware) do not get them.
+
+Also here: :func:`one_part_named`, which refuses an ambiguous multipart upload.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Iterable
+
+from fastapi import HTTPException, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+STRICT_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+)
+
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+DOCS_CDN = "https://cdn.jsdelivr.net"
+
+BASE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+# An inline script: a <script> start tag without a src attribute, and its text.
+_INLINE_SCRIPT = re.compile(
+    rb"<script(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL
+)
+
+
+def docs_csp(inline_scripts: Iterable[bytes] = ()) -> str:
+    """The CSP of the docs pages: CDN assets, inline styles, and only these inline scripts."""
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
+        for script in inline_scripts
+    )
+    script_src = f"script-src 'self' {DOCS_CDN}" + (f" {hashes}" if hashes else "")
+    return (
+        f"default-src 'self'; {script_src}; "
+        f"style-src 'self' 'unsafe-inline' {DOCS_CDN} https://fonts.googleapis.com; "
+        "font-src 'self' https://fonts.gstatic.com; "
+        "img-src 'self' data: blob: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+        "worker-src 'self' blob:; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+    )
+
+
+def _with_headers(
+    headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus each of ``extra`` the response does not already set."""
+    merged = list(headers)
+    present = {name.lower() for name, _ in merged}
+    merged.extend((name, value) for name, value in extra if name not in present)
+    return merged
+
+
+class SecurityHeadersMiddleware:
+    """Add the security headers above to every HTTP response."""
+
+    def __init__(self, app: ASGIApp, docs_paths: Iterable[str] = DOCS_PATHS) -> None:
+        self.app = app
+        self.docs_paths = frozenset(docs_paths)
+        self.strict = (*BASE_HEADERS, (b"content-security-policy", STRICT_CSP.encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] in self.docs_paths:
+            await self._docs(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = _with_headers(message.get("headers", []), self.strict)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hold the (small) docs page until its end, hash its inline scripts, then send it."""
+        start: Message | None = None
+        body: list[bytes] = []
+
+        async def buffering_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            content = b"".join(body)
+            csp = docs_csp(_INLINE_SCRIPT.findall(content))
+            extra = (*BASE_HEADERS, (b"content-security-policy", csp.encode()))
+            await send({**start, "headers": _with_headers(start.get("headers", []), extra)})
+            await send({"type": "http.response.body", "body": content})
+
+        await self.app(scope, receive, buffering_send)
+
+
+def one_part_named(field: str) -> Callable[[Request], Awaitable[None]]:
+    """A route dependency: 400 when the multipart body repeats ``field``.
+
+    FastAPI binds a single ``UploadFile`` parameter to the *last* part of that name and
+    silently drops the others: a client sending two slices to ``/predict`` would get a
+    result for only one of them, without knowing which.
+    """
+
+    async def check(request: Request) -> None:
+        form = await request.form()  # the form FastAPI already parsed (cached on the request)
+        count = len(form.getlist(field))
+        if count > 1:
+            raise HTTPException(
+                status_code=400,
+                detail=f"{count} parts named '{field}' were sent; send exactly one file "
+                "(several slices go to /predict/batch)",
+            )
+
+    return check

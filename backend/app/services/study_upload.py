@@ -1,0 +1,206 @@
+"""A study upload -> ``ml_model.study.SliceFile`` list: many files, or one zip read in memory.
+
+Ordering, series checks, scoring and aggregation are ``ml_model.study``'s; this module
+only unpacks and polices the upload:
+
+* a zip is read with :mod:`zipfile` from memory, never extracted to disk;
+* a member with path traversal (``..``), an absolute path, a drive letter or a NUL,
+  a symlink, or encryption refuses the whole upload (400);
+* more than ``MAX_ZIP_MEMBERS`` entries, more than ``MAX_ZIP_UNCOMPRESSED_MB`` declared
+  *or actually read*, a member over ``MAX_ZIP_RATIO`` compression ratio, or a member
+  that inflates past its declared size refuses it too (413);
+* folders are fine (a member is named by its base name), ``__MACOSX``, hidden files and
+  ``DICOMDIR`` are skipped;
+* a file that is neither DICOM nor a raster image, or an empty one, becomes an entry in
+  ``errors`` rather than breaking the series.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import stat
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+from backend.app.core.config import Settings
+from backend.app.services.imaging import UploadProblem
+from ml_model.study import SliceFile
+from ml_model.transforms import is_dicom
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Magic numbers of the raster formats ml_model.transforms accepts.
+RASTER_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",  # JPEG
+    b"BM",
+    b"II*\x00",  # TIFF little endian
+    b"MM\x00*",  # TIFF big endian
+    b"GIF87a",
+    b"GIF89a",
+)
+SKIPPED_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
+READ_CHUNK = 1024 * 1024
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass
+class StudyUpload:
+    slices: list[SliceFile] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def is_zip(data: bytes) -> bool:
+    return data[:4] in ZIP_MAGIC
+
+
+def looks_like_slice(data: bytes) -> bool:
+    return is_dicom(data) or data.startswith(RASTER_MAGIC)
+
+
+def _unsafe(name: str) -> str | None:
+    """Why a member name is unsafe to even consider, or None."""
+    if "\x00" in name:
+        return "a NUL byte in the name"
+    normal = name.replace("\\", "/")
+    if normal.startswith("/") or _DRIVE.match(normal):
+        return "an absolute path"
+    if ".." in normal.split("/"):
+        return "path traversal (..)"
+    return None
+
+
+def _skipped(name: str) -> bool:
+    """Folders' metadata, hidden files, DICOMDIR: not slices."""
+    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".")]
+    if not parts:
+        return True
+    if any(part == "__MACOSX" or part.startswith(".") for part in parts):
+        return True
+    return parts[-1].lower() in SKIPPED_NAMES
+
+
+def _basename(name: str) -> str:
+    return name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _shown(name: str) -> str:
+    """A member name safe to echo in an error detail."""
+    return repr(name[:200])
+
+
+def read_zip(data: bytes, settings: Settings) -> StudyUpload:
+    """Unpack a study zip in memory under the limits above."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise UploadProblem(400, f"the zip archive could not be read: {exc}") from exc
+    if len(members) > settings.max_zip_members:
+        raise UploadProblem(
+            413,
+            f"the zip has {len(members)} entries; at most {settings.max_zip_members} are accepted",
+        )
+    wanted: list[zipfile.ZipInfo] = []
+    for info in members:
+        problem = _unsafe(info.filename)
+        if problem:
+            raise UploadProblem(400, f"zip member {_shown(info.filename)} refused: {problem}")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UploadProblem(400, f"zip member {_shown(info.filename)} refused: a symlink")
+        if info.is_dir() or _skipped(info.filename):
+            continue
+        if info.flag_bits & 0x1:
+            raise UploadProblem(400, f"zip member {_shown(info.filename)} is encrypted")
+        wanted.append(info)
+
+    budget = settings.max_zip_uncompressed_bytes
+    limit_mb = f"{settings.max_zip_uncompressed_mb:g} MiB"
+    declared = sum(info.file_size for info in wanted)
+    if declared > budget:
+        raise UploadProblem(413, f"the zip unpacks to {declared:,} bytes, over the {limit_mb}")
+    for info in wanted:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > READ_CHUNK and ratio > settings.max_zip_ratio:
+            raise UploadProblem(
+                413,
+                f"zip member {_shown(info.filename)} has a compression ratio of {ratio:.0f}:1, "
+                f"over the limit of {settings.max_zip_ratio:g}:1",
+            )
+    if len(wanted) > settings.max_study_files:
+        raise UploadProblem(
+            413,
+            f"the zip holds {len(wanted)} files; at most {settings.max_study_files} slices "
+            "per study",
+        )
+
+    names = Counter(_basename(info.filename) for info in wanted)
+    upload = StudyUpload()
+    total = 0
+    for info in wanted:
+        name = _basename(info.filename)
+        if names[name] > 1:  # the same base name in two folders: keep them apart
+            name = info.filename.replace("\\", "/")
+        if info.file_size > settings.max_upload_bytes:
+            upload.errors.append(
+                (name, f"larger than the limit of {settings.max_upload_mb:g} MiB per file")
+            )
+            continue
+        chunks: list[bytes] = []
+        read = 0
+        try:
+            with archive.open(info) as member:
+                while chunk := member.read(READ_CHUNK):
+                    read += len(chunk)
+                    total += len(chunk)
+                    if read > info.file_size:
+                        raise UploadProblem(
+                            413,
+                            f"zip member {_shown(info.filename)} inflates past its declared size",
+                        )
+                    if total > budget:
+                        raise UploadProblem(413, f"the zip unpacks to more than {limit_mb}")
+                    chunks.append(chunk)
+        except UploadProblem:
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
+            upload.errors.append((name, f"the zip member could not be read: {exc}"))
+            continue
+        _add(upload, name, b"".join(chunks))
+    return upload
+
+
+def _add(upload: StudyUpload, name: str, data: bytes) -> None:
+    if not data:
+        upload.errors.append((name, "the file is empty"))
+    elif not looks_like_slice(data):
+        upload.errors.append((name, "the file is not a recognised image or DICOM"))
+    else:
+        upload.slices.append(SliceFile(name, data))
+
+
+def collect_study(uploads: list[tuple[str, bytes]], settings: Settings) -> StudyUpload:
+    """Many uploaded files (each at most MAX_UPLOAD_MB), or one zip of them."""
+    if len(uploads) == 1 and is_zip(uploads[0][1]):
+        return read_zip(uploads[0][1], settings)
+    if len(uploads) > 1 and any(is_zip(data) for _, data in uploads):
+        raise UploadProblem(400, "send either slice files or one zip, not a zip among files")
+    if len(uploads) > settings.max_study_files:
+        raise UploadProblem(
+            413,
+            f"{len(uploads)} files sent; at most {settings.max_study_files} slices per study",
+        )
+    names = Counter(name for name, _ in uploads)
+    upload = StudyUpload()
+    for index, (name, data) in enumerate(uploads):
+        if not name or names[name] > 1:
+            name = f"{index + 1}/{name or 'unnamed'}"
+        if len(data) > settings.max_upload_bytes:
+            upload.errors.append(
+                (name, f"larger than the limit of {settings.max_upload_mb:g} MiB per file")
+            )
+            continue
+        _add(upload, name, data)
+    return upload

@@ -5,11 +5,13 @@
 // Starts `uvicorn backend.app.main:app` on a free port from the repo root (it serves
 // frontend/dist at /), waits for /ready, drives the page like a user, saves screenshots
 // under <repo>/test-output/frontend-e2e/ and stops the server at the end.
+// Fails on any page error, console error or Content-Security-Policy violation: the page runs
+// under the CSP the backend sends (script-src 'self'; style-src 'self').
 // Env: CHROMIUM_PATH (default /usr/bin/chromium), PYTHON (default <repo>/.venv/bin/python),
 //      E2E_READY_TIMEOUT_S (default 300), MODEL_DIR (passed through to the backend),
 //      E2E_CT_DIR (default ../shared/data/cervical-ct/train; a synthetic PNG is used when absent).
-import { spawn } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { copyFileSync, createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -67,7 +69,7 @@ function chunk(type, data) {
   return Buffer.concat([len, body, crc]);
 }
 
-function syntheticSlicePng(size = 224) {
+function syntheticSlicePng(size = 224, lineAt = 6) {
   const raw = Buffer.alloc((size + 1) * size);
   const c = size / 2;
   for (let y = 0; y < size; y++) {
@@ -77,21 +79,58 @@ function syntheticSlicePng(size = 224) {
       let v = r < 95 ? 70 : 10; // soft tissue disc on air
       if (r > 28 && r < 40) v = 235; // vertebral body cortex
       if (r <= 28) v = 150; // cancellous bone
-      if (Math.abs(x - c - 6) < 2 && r < 40) v = 60; // a "fracture line"
+      if (Math.abs(x - c - lineAt) < 2 && r < 40) v = 60; // a "fracture line"
       raw[y * (size + 1) + 1 + x] = v;
     }
   }
+  return png(size, size, 0, raw);
+}
+
+function png(width, height, colorType, raw) {
   const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(size, 0);
-  ihdr.writeUInt32BE(size, 4);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
   ihdr[8] = 8; // bit depth
-  ihdr[9] = 0; // grayscale
+  ihdr[9] = colorType; // 0 gray, 2 RGB
   return Buffer.concat([
     Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
     chunk("IHDR", ihdr),
     chunk("IDAT", deflateSync(raw)),
     chunk("IEND", Buffer.alloc(0)),
   ]);
+}
+
+/** A colourful synthetic landscape (sky, sun, house, striped field): nothing like a CT slice. */
+function syntheticPhotoPng(w = 320, h = 240) {
+  const row = w * 3 + 1;
+  const raw = Buffer.alloc(row * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const o = y * row + 1 + x * 3;
+      const sky = y < h * 0.55;
+      let rgb = sky
+        ? [90 + y * 0.4, 150 + y * 0.3, 230]
+        : [60 + 40 * Math.sin(x / 9), 140 + 30 * Math.sin((x + y) / 7), 50];
+      if (Math.hypot(x - w * 0.75, y - h * 0.2) < 28) rgb = [255, 210, 60];
+      const hy = y - h * 0.35;
+      if (hy > 0 && hy < 70 && Math.abs(x - w * 0.3) < 45 - hy * 0.1) rgb = [200, 60 + hy, 50];
+      raw.set(rgb.map(Math.round), o);
+    }
+  }
+  return png(w, h, 2, raw);
+}
+
+/** A natural photo: scikit-image's chelsea() (the cat) when the venv has it, else a synthetic one. */
+function naturalPhoto() {
+  const file = join(OUT, "photo-chelsea.png");
+  const made = spawnSync(
+    PYTHON,
+    ["-c", "import sys; from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()).save(sys.argv[1])", file],
+    { encoding: "utf-8" },
+  );
+  if (made.status === 0 && existsSync(file)) return { name: "chelsea.png", mimeType: "image/png", buffer: readFileSync(file) };
+  log("scikit-image not available: using a synthetic photo");
+  return { name: "landscape.png", mimeType: "image/png", buffer: syntheticPhotoPng() };
 }
 
 function pickSlices() {
@@ -118,6 +157,63 @@ const asPayload = (file) =>
   typeof file === "string"
     ? { name: file.split("/").pop(), mimeType: /\.png$/i.test(file) ? "image/png" : "image/jpeg", buffer: readFileSync(file) }
     : file;
+
+/**
+ * One series for study mode, as a folder under test-output: the original (un-augmented)
+ * slices of the largest fracture series and of the largest normal series of the shared
+ * data set, named `SERIES (N).png` as the backend orders them, then (when given) the photo
+ * numbered after them as an out-of-distribution slice. Synthetic numbered slices when the
+ * data set is absent.
+ */
+function buildSeries(photo) {
+  const dir = join(OUT, "series");
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
+  const largestSeries = (sub) => {
+    const path = join(CT_DIR, sub);
+    if (!existsSync(path)) return [];
+    const groups = new Map();
+    for (const f of readdirSync(path).filter((f) => /^[A-Za-z0-9]+ \(\d+\)\.png$/.test(f))) {
+      const series = f.split(" (")[0];
+      groups.set(series, [...(groups.get(series) ?? []), f]);
+    }
+    const best = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
+    return best.sort((a, b) => number(a) - number(b)).map((f) => join(path, f));
+  };
+  const fracture = largestSeries("fracture");
+  const normal = largestSeries("normal").slice(0, 12);
+  let names = [];
+  const real = fracture.length > 0 && normal.length > 0;
+  if (real) {
+    for (const file of [...fracture, ...normal]) {
+      const name = file.split("/").pop();
+      copyFileSync(file, join(dir, name));
+      names.push(name);
+    }
+  } else {
+    for (let i = 1; i <= 10; i++) {
+      const name = `synthetic (${i}).png`;
+      writeFileSync(join(dir, name), syntheticSlicePng(224, i * 3 - 15));
+      names.push(name);
+    }
+  }
+  let photoName = null;
+  if (photo) {
+    photoName = `photo (${Math.max(...names.map(number)) + 20}).png`;
+    writeFileSync(join(dir, photoName), photo.buffer);
+    names.push(photoName);
+  }
+  return { dir, real, count: names.length, photoName };
+}
+
+async function apiPredict(base, file) {
+  const form = new FormData();
+  form.append("file", new Blob([file.buffer], { type: file.mimeType }), file.name);
+  const res = await fetch(`${base}/predict`, { method: "POST", body: form });
+  assert(res.ok, `/predict answered ${res.status} for ${file.name}`);
+  return res.json();
+}
 
 // ---- the real backend ----
 async function startBackend(port) {
@@ -190,8 +286,12 @@ async function stopBackend(server) {
 }
 
 // ---- accessibility: axe-core over the page with results, errors and the model card on it ----
-async function checkAccessibility(page) {
-  await page.addScriptTag({ path: require.resolve("axe-core/axe.min.js") });
+const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf-8");
+
+async function checkAccessibility(page, where) {
+  // Evaluated over the DevTools protocol: a <script> tag (addScriptTag) is inline script,
+  // which the app's CSP rightly refuses.
+  if (!(await page.evaluate(() => typeof window.axe === "object"))) await page.evaluate(AXE_SOURCE);
   const violations = await page.evaluate(async () => {
     const res = await window.axe.run(document, { resultTypes: ["violations"] });
     return res.violations.map((v) => ({
@@ -204,19 +304,21 @@ async function checkAccessibility(page) {
   const serious = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
   for (const v of violations) log(`axe ${v.impact}: ${v.id} (${v.help}) at ${v.nodes.join(", ")}`);
   assert(serious.length === 0, `no serious accessibility violations, got ${serious.map((v) => v.id).join(", ")}`);
-  ok(`axe-core: no serious or critical accessibility violations (${violations.length} minor)`);
+  ok(`axe-core (${where}): no serious or critical accessibility violations (${violations.length} minor)`);
 }
 
 // ---- the scenario ----
-async function scenario(page, base) {
+async function scenario(page, base, photo) {
   const slices = pickSlices();
   const card = (name) => page.locator("article", { has: page.getByRole("heading", { name, exact: true }) });
   const nameOf = (f) => (typeof f === "string" ? f.split("/").pop() : f.name);
 
-  await page.goto(base);
+  const home = await page.goto(base);
+  const csp = home.headers()["content-security-policy"] ?? "";
+  assert(/script-src 'self'(;|$)/.test(csp) && /style-src 'self'(;|$)/.test(csp), `strict CSP on the page, got "${csp}"`);
   await page.getByRole("heading", { name: "C-Spine CT Fracture Triage" }).waitFor();
   await page.getByText("Model ready").waitFor({ timeout: UI_TIMEOUT });
-  ok("page served by the backend, model ready");
+  ok("page served by the backend under a strict CSP (script-src 'self'; style-src 'self'), model ready");
 
   const modelCard = await (await fetch(`${base}/model`)).json();
   const panel = page.getByRole("complementary", { name: "Model" });
@@ -251,6 +353,13 @@ async function scenario(page, base) {
   const shown = (await first.getByTestId("probability").textContent()).trim();
   assert(/^(<1|>99|\d{1,3})%$/.test(shown), `probability text "${shown}"`);
   await first.getByText(new RegExp(`threshold ${Math.round(api.threshold * 100)}%`)).waitFor();
+  // The bar's width is a React style (CSSOM, which the CSP allows): check it took effect.
+  if (api.in_distribution !== false) {
+    const fill = await first
+      .locator(".prob__fill")
+      .evaluate((el) => el.getBoundingClientRect().width / el.parentElement.getBoundingClientRect().width);
+    assert(Math.abs(fill - api.prediction) < 0.02, `bar fill ${fill.toFixed(3)} drawn at ${api.prediction.toFixed(3)}`);
+  }
   await first.getByTestId("model-name").filter({ hasText: api.model.name }).waitFor();
   ok(`${nameOf(slices.first)}: "${labelText}", P(fracture) ${shown} (API ${api.prediction.toFixed(4)}), threshold ${api.threshold}`);
 
@@ -319,7 +428,34 @@ async function scenario(page, base) {
   await second.getByRole("img", { name: /grad-cam heatmap overlaid/i }).waitFor({ timeout: UI_TIMEOUT });
   ok("heatmap fetched on demand for a batch result");
   await page.screenshot({ path: join(OUT, "2-batch.png"), fullPage: true });
-  await checkAccessibility(page);
+  await checkAccessibility(page, "slices");
+
+  // 4b. A natural photo: the out-of-distribution guard refuses it, and the card says so in words.
+  const photoApi = await apiPredict(base, photo);
+  if (photoApi.in_distribution === null) {
+    log(`this model has no out-of-distribution guard (in_distribution null): refusal not checked`);
+  } else {
+    assert(
+      photoApi.in_distribution === false && photoApi.result === "Not a CT slice",
+      `the API refuses ${photo.name}, got ${JSON.stringify(photoApi)}`,
+    );
+    await page.getByTestId("file-input").setInputFiles(photo);
+    await page.getByTestId("analyse-button").click();
+    const photoCard = card(photo.name);
+    await photoCard.getByTestId("result-label").filter({ hasText: "Not a CT slice" }).waitFor({ timeout: UI_TIMEOUT });
+    await photoCard
+      .getByText("This image does not look like an axial CT slice, so no fracture call was made.")
+      .waitFor();
+    await photoCard.getByTestId("unused-score").filter({ hasText: "not used" }).waitFor();
+    assert((await photoCard.getByRole("meter").count()) === 0, "no probability bar as a verdict for a refused image");
+    assert((await photoCard.getByRole("switch").count()) === 0, "no heatmap switch for a refused image");
+    await page.getByTestId("count-refused").filter({ hasText: "1 not a CT slice" }).waitFor();
+    await page.screenshot({ path: join(OUT, "2b-not-a-ct-slice.png"), fullPage: true });
+    ok(
+      `${photo.name}: "Not a CT slice" (OOD distance ${photoApi.ood_distance.toFixed(2)}), explained, counted apart; ` +
+        "screenshot 2b-not-a-ct-slice.png",
+    );
+  }
 
   // 5. Operating point: switching re-analyses at the other threshold.
   const specific = modelCard.operating_points?.specific?.threshold;
@@ -337,6 +473,150 @@ async function scenario(page, base) {
   assert(overflow <= 0, `no horizontal overflow at 768px (got ${overflow}px)`);
   await page.screenshot({ path: join(OUT, "3-tablet.png"), fullPage: true });
   ok("tablet layout (768px) fits; screenshot 3-tablet.png");
+}
+
+// ---- study mode: one series in, one verdict, the slice scores along the neck ----
+async function studyScenario(page, base, photo, photoRefused) {
+  const series = buildSeries(photoRefused ? photo : null);
+  await page.setViewportSize({ width: 1366, height: 900 });
+  await page.getByRole("tab", { name: "Study (whole series)" }).click();
+  const panel = page.getByRole("tabpanel", { name: "Study (whole series)" });
+  await panel.getByRole("heading", { name: "Analyse a whole series" }).waitFor();
+
+  // 7. A folder of slices, through the folder picker.
+  await panel.getByTestId("study-folder-input").setInputFiles(series.dir);
+  await panel.getByTestId("study-selection").filter({ hasText: `${series.count} files` }).waitFor();
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === "/predict/study", { timeout: UI_TIMEOUT }),
+    panel.getByTestId("study-analyse-button").click(),
+  ]);
+  assert(response.status() === 200, `/predict/study answered ${response.status()}`);
+  assert(new URL(response.url()).searchParams.get("explain") === "true", "asked for the top slices' heatmaps");
+  const api = await response.json();
+  assert(api.slice_count === series.count && api.errors.length === 0, `all ${series.count} slices scored`);
+  const positions = api.slices.map((s) => s.position);
+  assert(positions.every((p, i) => i === 0 || p >= positions[i - 1]), "slices ordered head to foot");
+
+  // The verdict, as the API gave it.
+  const verdict = panel.getByTestId("study-verdict");
+  const badge = verdict.getByTestId("study-result");
+  await badge.waitFor({ timeout: UI_TIMEOUT });
+  assert((await badge.textContent()).trim() === api.result, `verdict "${await badge.textContent()}" = API "${api.result}"`);
+  if (series.real) assert(api.result === "Potentially Fracture", `a series with fracture slices is flagged, got ${api.result}`);
+  if (api.result !== "Not a CT slice") {
+    const meter = verdict.getByRole("meter", { name: "Study score" });
+    const now = Number(await meter.getAttribute("aria-valuenow"));
+    assert(now === Math.round(api.prediction * 100), `study score bar ${now} = ${api.prediction}`);
+  }
+
+  // The chart: one bar per slice, kinds and top slices as in the answer.
+  const chart = panel.getByRole("img", { name: /fracture probability of each slice, head to foot/i });
+  await chart.waitFor();
+  const bars = chart.getByTestId("chart-bar");
+  assert((await bars.count()) === api.slices.length, `chart has ${api.slices.length} bars, got ${await bars.count()}`);
+  const drawn = await bars.evaluateAll((els) => els.map((e) => [e.getAttribute("data-kind"), e.getAttribute("data-top")]));
+  const expected = api.slices.map((s, i) => [
+    s.in_distribution === false ? "ood" : s.prediction >= api.threshold ? "above" : "below",
+    api.top_slices.findIndex((t) => t.index === i) + 1 || null,
+  ]);
+  assert(
+    JSON.stringify(drawn.map(([k, t]) => [k, t && Number(t)])) === JSON.stringify(expected),
+    `bars drawn as ${JSON.stringify(drawn)}, expected ${JSON.stringify(expected)}`,
+  );
+  if (series.photoName) {
+    const i = api.slices.findIndex((s) => s.name === series.photoName);
+    assert(i >= 0 && drawn[i][0] === "ood", `${series.photoName} is marked as not a CT slice`);
+  }
+  const viewer = panel.getByTestId("study-viewer");
+  const heading = (i) => viewer.getByRole("heading", { name: `Slice ${i + 1} of ${api.slices.length}` });
+  const decoded = (img) => img.evaluate((el) => el.decode().then(() => el.naturalWidth));
+
+  // The most suspicious slice first, with the heatmap from the study answer.
+  if (api.top_slices.length) {
+    const top = api.top_slices[0];
+    await heading(top.index).waitFor();
+    const heat = viewer.getByRole("img", { name: `Grad-CAM heatmap overlaid on ${top.name}` });
+    await heat.waitFor();
+    assert((await heat.getAttribute("src")) === `data:image/png;base64,${top.heatmap_png_base64}`, "top slice's heatmap shown");
+    assert((await decoded(heat)) > 0, "heatmap decodes");
+    assert((await decoded(viewer.getByRole("img", { name: `Slice ${top.name}` }))) > 0, "slice image decodes");
+  }
+  await page.screenshot({ path: join(OUT, "4-study.png"), fullPage: true });
+  ok(
+    `study of ${api.slice_count} slices: "${api.result}", score ${api.prediction.toFixed(4)} vs ${api.threshold.toFixed(3)} ` +
+      `(${api.aggregation}), chart of ${api.slices.length} bars, top slice ${api.top_slices[0]?.name ?? "none"} with heatmap; ` +
+      "screenshot 4-study.png",
+  );
+
+  // 8. Another slice, from the chart: its heatmap on demand from /predict?explain=true.
+  const tops = new Set(api.top_slices.map((t) => t.index));
+  const other = api.slices.findIndex((s, i) => s.in_distribution !== false && !tops.has(i) && s.prediction < api.threshold);
+  const pick = other >= 0 ? other : api.slices.findIndex((s, i) => s.in_distribution !== false && !tops.has(i));
+  if (pick >= 0) {
+    await bars.nth(pick).click();
+    await heading(pick).waitFor();
+    const [single] = await Promise.all([
+      page.waitForResponse((r) => {
+        const u = new URL(r.url());
+        return u.pathname === "/predict" && u.searchParams.get("explain") === "true";
+      }),
+      viewer.getByRole("button", { name: "Show heatmap" }).click(),
+    ]);
+    assert(single.status() === 200, `/predict?explain=true answered ${single.status()}`);
+    const heat = viewer.getByRole("img", { name: `Grad-CAM heatmap overlaid on ${api.slices[pick].name}` });
+    await heat.waitFor({ timeout: UI_TIMEOUT });
+    assert((await decoded(heat)) > 0, "on-demand heatmap decodes");
+    // The chart and the selected slice together, as a user sees them.
+    await page.evaluate(() => {
+      const y = document.getElementById("chart-title").closest("section").getBoundingClientRect().top;
+      window.scrollBy(0, y - 16);
+    });
+    await page.screenshot({ path: join(OUT, "4b-study-slice.png") });
+    ok(`clicked bar ${pick + 1} (${api.slices[pick].name}): heatmap fetched on demand; screenshot 4b-study-slice.png`);
+  }
+
+  // The table alternative selects too; the photo is explained as not scored.
+  const table = panel.getByRole("table", { name: /fracture probability of each slice/i });
+  if (series.photoName) {
+    await table.getByRole("button", { name: series.photoName }).click();
+    await viewer.getByTestId("viewer-name").filter({ hasText: series.photoName }).waitFor();
+    await viewer.getByText(/left out of the study score/).waitFor();
+    ok(`table row ${series.photoName}: "Not a CT slice", left out of the study score`);
+  }
+  // The keyboard: the scrubber under the chart.
+  const scrubber = panel.getByRole("slider", { name: "Selected slice" });
+  await scrubber.focus();
+  await page.keyboard.press("Home");
+  await heading(0).waitFor();
+  await page.keyboard.press("ArrowRight");
+  await heading(1).waitFor();
+  ok("scrubber moves through the slices with the keyboard");
+  await checkAccessibility(page, "study");
+
+  // Tablet: the chart scales, nothing overflows.
+  await page.setViewportSize({ width: 768, height: 1024 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert(overflow <= 0, `no horizontal overflow in the study view at 768px (got ${overflow}px)`);
+  await page.screenshot({ path: join(OUT, "5-study-tablet.png"), fullPage: true });
+  ok("study view at 768px fits; screenshot 5-study-tablet.png");
+  await page.setViewportSize({ width: 1366, height: 900 });
+
+  // 9. Not one series (no slice numbers in the names): the 400 in words.
+  const slice = syntheticSlicePng();
+  await panel.getByTestId("study-files-input").setInputFiles([
+    { name: "scan.png", mimeType: "image/png", buffer: slice },
+    { name: "another-scan.png", mimeType: "image/png", buffer: slice },
+  ]);
+  const [refused] = await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === "/predict/study"),
+    panel.getByTestId("study-analyse-button").click(),
+  ]);
+  assert(refused.status() === 400, `/predict/study answered ${refused.status()} to unnumbered files`);
+  const alert = panel.getByTestId("study-error");
+  await alert.waitFor();
+  const alertText = (await alert.innerText()).replace(/\s+/g, " ");
+  assert(/Not one series/.test(alertText) && /slice number/.test(alertText), `400 in words, got "${alertText}"`);
+  ok(`unnumbered files: "${alertText.trim()}"`);
 }
 
 async function main() {
@@ -363,6 +643,13 @@ async function main() {
     });
     const page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
     page.setDefaultTimeout(20_000);
+    // CSP violations, reported by the page itself (the init script runs outside the page's CSP).
+    await page.addInitScript(() => {
+      window.__cspViolations = [];
+      document.addEventListener("securitypolicyviolation", (e) =>
+        window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`),
+      );
+    });
     page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
     page.on("console", (msg) => {
       // The browser logs every HTTP error response; those for the deliberate bad uploads are expected.
@@ -371,7 +658,13 @@ async function main() {
       }
     });
     try {
-      await scenario(page, server.base);
+      const photo = naturalPhoto();
+      await scenario(page, server.base, photo);
+      const photoRefused = (await apiPredict(server.base, photo)).in_distribution === false;
+      await studyScenario(page, server.base, photo, photoRefused);
+      const violations = await page.evaluate(() => window.__cspViolations ?? []);
+      assert(violations.length === 0, `no CSP violations:\n  ${violations.join("\n  ")}`);
+      ok("no Content-Security-Policy violations");
     } catch (err) {
       await page.screenshot({ path: join(OUT, "failure.png"), fullPage: true }).catch(() => {});
       throw err;

@@ -71,6 +71,61 @@ describe("upload flow", () => {
     expect(within(b).getByTestId("result-label")).toHaveClass("badge--neutral");
   });
 
+  it("refuses a non-CT image in words: grey badge, explanation, score shown only as not used", async () => {
+    mockApi({
+      predict: () =>
+        json(prediction(0.95, 0.3, { result: "Not a CT slice", in_distribution: false, ood_distance: 2.26 })),
+    });
+    const user = setup();
+    await renderReady();
+    await user.upload(screen.getByLabelText(/choose files/i), pngFile("cat.png"));
+    await user.click(screen.getByRole("button", { name: "Analyse" }));
+    const card = screen.getByRole("article", { name: "cat.png" });
+    const badge = await within(card).findByTestId("result-label");
+    expect(badge).toHaveTextContent("Not a CT slice");
+    expect(badge).toHaveClass("badge--neutral");
+    expect(card).toHaveClass("card--neutral");
+    expect(within(card).getByTestId("refusal")).toHaveTextContent(
+      "This image does not look like an axial CT slice, so no fracture call was made.",
+    );
+    // No verdict bar, no heatmap: the raw score is there for transparency only.
+    expect(within(card).queryByRole("meter")).not.toBeInTheDocument();
+    expect(within(card).queryByText(/threshold 30%/)).not.toBeInTheDocument();
+    expect(within(card).getByTestId("unused-score")).toHaveTextContent("Model score 95% · not used");
+    expect(within(card).getByTestId("ood-distance")).toHaveTextContent("2.26");
+    expect(within(card).queryByRole("switch", { name: /grad-cam heatmap/i })).not.toBeInTheDocument();
+    expect(within(card).queryByTestId("heatmap-image")).not.toBeInTheDocument();
+    expect(screen.getByTestId("announcer")).toHaveTextContent("1 not a CT slice");
+  });
+
+  it("counts refused images on their own in the batch summary", async () => {
+    mockApi({
+      batch: () =>
+        json({
+          results: [
+            { filename: "n.png", ...prediction(0.12) },
+            { filename: "cat.jpg", ...prediction(0.97, 0.3, { result: "Not a CT slice", in_distribution: false, ood_distance: 5.1 }) },
+            { filename: "f.png", ...prediction(0.91) },
+          ],
+        }),
+    });
+    const user = setup();
+    await renderReady();
+    await user.upload(screen.getByLabelText(/choose files/i), [pngFile("n.png"), pngFile("cat.jpg"), pngFile("f.png")]);
+    await user.click(screen.getByRole("button", { name: "Analyse 3 slices" }));
+    const table = await screen.findByRole("table", { name: /results for each file/i });
+    await waitFor(() => expect(within(table).getAllByText(/Potentially Fracture|Normal|Not a CT slice/)).toHaveLength(3));
+    const counts = screen.getByTestId("batch-counts");
+    expect(counts).toHaveTextContent("3 analysed");
+    expect(counts).toHaveTextContent("1 potentially fracture");
+    expect(within(counts).getByTestId("count-refused")).toHaveTextContent("1 not a CT slice");
+    // Fractures first; the refused image's high score does not rank it as one.
+    const rows = within(table).getAllByRole("row").slice(1);
+    expect(rows.map((r) => within(r).getByRole("rowheader").textContent)).toEqual(["f.png", "cat.jpg", "n.png"]);
+    expect(rows[1]).toHaveTextContent("97% not used");
+    expect(within(rows[1]!).getByText("Not a CT slice")).toHaveClass("dot-label--neutral");
+  });
+
   it("shows a DICOM placeholder instead of a preview", async () => {
     mockApi();
     const user = setup();

@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useMemo, useReducer, useRef, useState } from "react";
+import { useCallback, useEffect, useMemo, useReducer, useRef, useState, type KeyboardEvent } from "react";
 import { analyse } from "./analyse";
 import { ApiError, describeError, getModelCard, getReadiness, predict, type ServerState } from "./api/client";
 import type { ModelCard, OperatingPoint } from "./api/types";
@@ -8,17 +8,27 @@ import { ModelPanel } from "./components/ModelPanel";
 import { OperatingPointSelector } from "./components/OperatingPointSelector";
 import { ServerStatus } from "./components/ServerStatus";
 import { SliceCard } from "./components/SliceCard";
-import { resultTone } from "./lib/results";
+import { StudyView } from "./components/StudyView";
+import { isRefused, resultTone } from "./lib/results";
 import { reducer } from "./state";
 
 const isRetryable = (status: number) => status <= 0 || status === 429 || status >= 500;
 
+export type Mode = "slices" | "study";
+const MODES: { id: Mode; label: string }[] = [
+  { id: "slices", label: "Single slices" },
+  { id: "study", label: "Study (whole series)" },
+];
+
 export interface AppProps {
   /** Milliseconds between /ready polls while the model is loading (tests pass a small value). */
   readyPollMs?: number;
+  initialMode?: Mode;
 }
 
-export default function App({ readyPollMs = 3000 }: AppProps) {
+export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppProps) {
+  const [mode, setMode] = useState<Mode>(initialMode);
+  const tabs = useRef<Record<Mode, HTMLButtonElement | null>>({ slices: null, study: null });
   const [items, dispatch] = useReducer(reducer, []);
   const [operatingPoint, setOperatingPoint] = useState<OperatingPoint>("sensitive");
   const [busy, setBusy] = useState(false);
@@ -74,10 +84,12 @@ export default function App({ readyPollMs = 3000 }: AppProps) {
     let ok = 0;
     let failed = 0;
     let flagged = 0;
+    let refused = 0;
     await analyse(jobs, op, {
       result: (id, result) => {
         ok += 1;
         if (resultTone(result.result) === "positive") flagged += 1;
+        if (isRefused(result)) refused += 1;
         dispatch({ type: "result", id, result });
       },
       error: (id, status, detail) => {
@@ -87,7 +99,9 @@ export default function App({ readyPollMs = 3000 }: AppProps) {
     });
     setBusy(false);
     setAnnouncement(
-      `Analysis complete: ${ok} analysed, ${flagged} potentially fracture${failed ? `, ${failed} failed` : ""}.`,
+      `Analysis complete: ${ok} analysed, ${flagged} potentially fracture${
+        refused ? `, ${refused} not a CT slice` : ""
+      }${failed ? `, ${failed} failed` : ""}.`,
     );
   }, []);
 
@@ -131,6 +145,22 @@ export default function App({ readyPollMs = 3000 }: AppProps) {
     if (redo.length && !busy) void run(redo, op);
   };
 
+  // Tabs: arrow keys move between them (and select), Home/End jump to the ends.
+  const onTabKey = (event: KeyboardEvent<HTMLDivElement>) => {
+    const i = MODES.findIndex((m) => m.id === mode);
+    const next =
+      event.key === "ArrowRight" ? (i + 1) % MODES.length
+      : event.key === "ArrowLeft" ? (i - 1 + MODES.length) % MODES.length
+      : event.key === "Home" ? 0
+      : event.key === "End" ? MODES.length - 1
+      : -1;
+    if (next < 0) return;
+    event.preventDefault();
+    const id = MODES[next]!.id;
+    setMode(id);
+    tabs.current[id]?.focus();
+  };
+
   const showSummary = useMemo(() => items.length > 1 && items.some((i) => i.status !== "idle"), [items]);
 
   return (
@@ -161,91 +191,125 @@ export default function App({ readyPollMs = 3000 }: AppProps) {
 
       <div className="layout">
         <main id="main" className="main" tabIndex={-1}>
-          <section className="panel upload" aria-labelledby="upload-title">
-            <h2 id="upload-title">Analyse CT slices</h2>
-            <DropZone onFiles={(files) => dispatch({ type: "add", files })} compact={items.length > 0} />
-            <div className="controls">
-              <OperatingPointSelector
-                value={operatingPoint}
-                onChange={onOperatingPoint}
-                card={card}
-                disabled={busy}
-              />
-              <div className="actions">
-                <button
-                  type="button"
-                  className="btn btn--primary"
-                  disabled={busy || toAnalyse.length === 0}
-                  onClick={() => void run(toAnalyse.map((i) => i.id), operatingPoint)}
-                  data-testid="analyse-button"
-                >
-                  {busy ? (
-                    <>
-                      <span className="spinner spinner--light" aria-hidden="true" /> Analysing…
-                    </>
-                  ) : toAnalyse.length > 1 ? (
-                    `Analyse ${toAnalyse.length} slices`
-                  ) : (
-                    "Analyse"
-                  )}
-                </button>
-                {items.length > 0 && (
-                  <button type="button" className="btn btn--ghost" disabled={busy} onClick={() => dispatch({ type: "clear" })}>
-                    Clear all
-                  </button>
-                )}
-              </div>
-            </div>
-            {server !== "ready" && server !== "checking" && (
-              <p className="notice notice--warn">
-                {server === "loading"
-                  ? "The model is still loading; analysis will be available shortly."
-                  : "The analysis server cannot be reached right now."}
-              </p>
-            )}
-            {analysed.length > 0 && (
-              <p className="hint">
-                Results use the <strong>{analysed[0]!.result?.operating_point ?? operatingPoint}</strong> operating
-                point. Changing it re-analyses every slice.
-              </p>
-            )}
-          </section>
+          <div className="tabs" role="tablist" aria-label="Mode" onKeyDown={onTabKey}>
+            {MODES.map((m) => (
+              <button
+                key={m.id}
+                ref={(el) => {
+                  tabs.current[m.id] = el;
+                }}
+                type="button"
+                role="tab"
+                id={`tab-${m.id}`}
+                aria-selected={mode === m.id}
+                aria-controls={`panel-${m.id}`}
+                tabIndex={mode === m.id ? 0 : -1}
+                className={`tab${mode === m.id ? " tab--selected" : ""}`}
+                onClick={() => setMode(m.id)}
+                data-testid={`tab-${m.id}`}
+              >
+                {m.label}
+              </button>
+            ))}
+          </div>
 
-          <p className="visually-hidden" aria-live="polite" data-testid="announcer">
-            {announcement}
-          </p>
-
-          {showSummary && <BatchTable items={items} />}
-
-          {items.length > 0 ? (
-            <section aria-label="Slices" className="cards">
-              {items.map((item) => (
-                <SliceCard
-                  key={item.id}
-                  item={item}
-                  busy={busy}
-                  onRemove={(id) => dispatch({ type: "remove", id })}
-                  onToggleHeatmap={onToggleHeatmap}
+          <div
+            role="tabpanel"
+            id="panel-slices"
+            aria-labelledby="tab-slices"
+            className="tabpanel"
+            hidden={mode !== "slices"}
+          >
+            <section className="panel upload" aria-labelledby="upload-title">
+              <h2 id="upload-title">Analyse CT slices</h2>
+              <DropZone onFiles={(files) => dispatch({ type: "add", files })} compact={items.length > 0} />
+              <div className="controls">
+                <OperatingPointSelector
+                  value={operatingPoint}
+                  onChange={onOperatingPoint}
+                  card={card}
+                  disabled={busy}
                 />
-              ))}
+                <div className="actions">
+                  <button
+                    type="button"
+                    className="btn btn--primary"
+                    disabled={busy || toAnalyse.length === 0}
+                    onClick={() => void run(toAnalyse.map((i) => i.id), operatingPoint)}
+                    data-testid="analyse-button"
+                  >
+                    {busy ? (
+                      <>
+                        <span className="spinner spinner--light" aria-hidden="true" /> Analysing…
+                      </>
+                    ) : toAnalyse.length > 1 ? (
+                      `Analyse ${toAnalyse.length} slices`
+                    ) : (
+                      "Analyse"
+                    )}
+                  </button>
+                  {items.length > 0 && (
+                    <button type="button" className="btn btn--ghost" disabled={busy} onClick={() => dispatch({ type: "clear" })}>
+                      Clear all
+                    </button>
+                  )}
+                </div>
+              </div>
+              {server !== "ready" && server !== "checking" && (
+                <p className="notice notice--warn">
+                  {server === "loading"
+                    ? "The model is still loading; analysis will be available shortly."
+                    : "The analysis server cannot be reached right now."}
+                </p>
+              )}
+              {analysed.length > 0 && (
+                <p className="hint">
+                  Results use the <strong>{analysed[0]!.result?.operating_point ?? operatingPoint}</strong> operating
+                  point. Changing it re-analyses every slice.
+                </p>
+              )}
             </section>
-          ) : (
-            <section className="empty" aria-label="How it works">
-              <ol className="steps">
-                <li>
-                  <strong>Add slices.</strong> Axial CT images of the cervical spine, as PNG, JPEG or DICOM.
-                </li>
-                <li>
-                  <strong>Analyse.</strong> Each slice gets a fracture probability, compared with the threshold of the
-                  chosen operating point.
-                </li>
-                <li>
-                  <strong>Review.</strong> Open the Grad-CAM heatmap to see which regions drove the score. Every
-                  result needs a clinician’s read.
-                </li>
-              </ol>
-            </section>
-          )}
+
+            <p className="visually-hidden" aria-live="polite" data-testid="announcer">
+              {announcement}
+            </p>
+
+            {showSummary && <BatchTable items={items} />}
+
+            {items.length > 0 ? (
+              <section aria-label="Slices" className="cards">
+                {items.map((item) => (
+                  <SliceCard
+                    key={item.id}
+                    item={item}
+                    busy={busy}
+                    onRemove={(id) => dispatch({ type: "remove", id })}
+                    onToggleHeatmap={onToggleHeatmap}
+                  />
+                ))}
+              </section>
+            ) : (
+              <section className="empty" aria-label="How it works">
+                <ol className="steps">
+                  <li>
+                    <strong>Add slices.</strong> Axial CT images of the cervical spine, as PNG, JPEG or DICOM.
+                  </li>
+                  <li>
+                    <strong>Analyse.</strong> Each slice gets a fracture probability, compared with the threshold of the
+                    chosen operating point.
+                  </li>
+                  <li>
+                    <strong>Review.</strong> Open the Grad-CAM heatmap to see which regions drove the score. Every
+                    result needs a clinician’s read.
+                  </li>
+                </ol>
+              </section>
+            )}
+          </div>
+
+          <div role="tabpanel" id="panel-study" aria-labelledby="tab-study" className="tabpanel" hidden={mode !== "study"}>
+            <StudyView card={card} />
+          </div>
         </main>
 
         <ModelPanel card={card} error={cardError} />

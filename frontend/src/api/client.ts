@@ -7,6 +7,8 @@ import type {
   PredictQuery,
   PredictResponse,
   SliceResult,
+  StudyQuery,
+  StudyResponse,
 } from "./types";
 
 /** An error from the API (or the network), with wording a clinician can act on. */
@@ -126,6 +128,17 @@ export function predictBatch(files: File[], operatingPoint: OperatingPoint): Pro
   for (const file of files) form.append("files", file, file.name);
   const query: BatchQuery = { operating_point: operatingPoint };
   return request<BatchResponse>(`/predict/batch?${toSearch(query)}`, { method: "POST", body: form });
+}
+
+/**
+ * One CT series: many slice files or one zip. Heatmaps come back for the top slices only
+ * (`explain`); any other slice's heatmap is a /predict?explain=true call on demand.
+ */
+export function predictStudy(files: File[], operatingPoint: OperatingPoint, explain = true): Promise<StudyResponse> {
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  const query: StudyQuery = { operating_point: operatingPoint, explain };
+  return request<StudyResponse>(`/predict/study?${toSearch(query)}`, { method: "POST", body: form });
 }
 
 export function getModelCard(): Promise<ModelCard> {

@@ -37,6 +37,10 @@ export interface paths {
          * Triage one CT slice
          * @description Probability of fracture for one image, its triage result at the chosen operating
          *     point and, with `explain=true`, a Grad-CAM heatmap over the input.
+         *
+         *     An input the out-of-distribution guard refuses (a photo, a chest X-ray...) gets
+         *     `result` `Not a CT slice` and `in_distribution` false: no fracture call is made;
+         *     `prediction` is still reported, for transparency only.
          */
         post: operations["predict_predict_post"];
         delete?: never;
@@ -57,9 +61,35 @@ export interface paths {
         /**
          * Triage several CT slices in one call
          * @description One result per file, in upload order, from one forward pass. A file that cannot be
-         *     read gets an entry with `error` and `status_code` instead of failing the batch.
+         *     read gets an entry with `error` and `status_code` instead of failing the batch; a file
+         *     the out-of-distribution guard refuses gets `result` `Not a CT slice`.
          */
         post: operations["predict_batch_predict_batch_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/predict/study": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Triage a whole CT series
+         * @description Orders the slices head to foot, scores each one, and aggregates the in-distribution
+         *     slices into a study score compared with the model card's study threshold.
+         *
+         *     Slices the out-of-distribution guard refuses are listed with `in_distribution` false
+         *     and left out of the score; if none is left, `result` is `Not a CT slice`. Files that
+         *     cannot be decoded are listed in `errors` and do not fail the study.
+         */
+        post: operations["predict_study_route_predict_study_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -146,13 +176,13 @@ export interface components {
         BatchItemPrediction: {
             /**
              * Result
-             * @description `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @description `Not a CT slice` when the out-of-distribution guard refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
              * @enum {string}
              */
-            result: "Potentially Fracture" | "Normal";
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
             /**
              * Prediction
-             * @description Probability of fracture (0-1).
+             * @description Probability of fracture (0-1). Reported for transparency even when `result` is `Not a CT slice`; it means nothing for such an input and must not be read as a call.
              */
             prediction: number;
             /**
@@ -162,6 +192,16 @@ export interface components {
             threshold: number;
             /** @description Operating point the threshold is from. */
             operating_point: components["schemas"]["OperatingPoint"];
+            /**
+             * In Distribution
+             * @description Whether the input looks like the axial CT slices the model was trained on (`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             */
+            in_distribution: boolean | null;
+            /**
+             * Ood Distance
+             * @description Out-of-distribution score of the input's features (Mahalanobis distance, plus PCA residual for wide backbones) divided by the bundle's threshold: <= 1 looks like a CT slice, > 1 is refused. Null when no guard ran.
+             */
+            ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];
             /**
              * Filename
@@ -180,14 +220,29 @@ export interface components {
          *       "results": [
          *         {
          *           "filename": "c5.png",
+         *           "in_distribution": true,
          *           "model": {
          *             "name": "custom-cnn",
          *             "version": "2026.05.1"
          *           },
+         *           "ood_distance": 0.4,
          *           "operating_point": "sensitive",
          *           "prediction": 0.91,
          *           "result": "Potentially Fracture",
-         *           "threshold": 0.3
+         *           "threshold": 0.5
+         *         },
+         *         {
+         *           "filename": "holiday.jpg",
+         *           "in_distribution": false,
+         *           "model": {
+         *             "name": "custom-cnn",
+         *             "version": "2026.05.1"
+         *           },
+         *           "ood_distance": 5.28,
+         *           "operating_point": "sensitive",
+         *           "prediction": 0.81,
+         *           "result": "Not a CT slice",
+         *           "threshold": 0.5
          *         },
          *         {
          *           "error": "the file is not a recognised image or DICOM",
@@ -225,6 +280,14 @@ export interface components {
              * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, bone-windowed from Hounsfield units).
              */
             file: string;
+        };
+        /** Body_predict_study_route_predict_study_post */
+        Body_predict_study_route_predict_study_post: {
+            /**
+             * Files
+             * @description The slices of one series: DICOM files (ordered by ImagePositionPatient, else InstanceNumber) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
+             */
+            files: string[];
         };
         /** ErrorResponse */
         ErrorResponse: {
@@ -316,39 +379,56 @@ export interface components {
         /**
          * PredictionResponse
          * @example {
+         *       "in_distribution": true,
          *       "latency_ms": 12.4,
          *       "model": {
          *         "name": "custom-cnn",
          *         "version": "2026.05.1"
          *       },
+         *       "ood_distance": 0.31,
          *       "operating_point": "sensitive",
          *       "prediction": 0.87,
          *       "result": "Potentially Fracture",
-         *       "threshold": 0.3
+         *       "threshold": 0.5
          *     }
          * @example {
          *       "heatmap_png_base64": "iVBORw0KGgoAAAANSUhEUgAA...",
+         *       "in_distribution": true,
          *       "latency_ms": 48.9,
          *       "model": {
          *         "name": "custom-cnn",
          *         "version": "2026.05.1"
          *       },
+         *       "ood_distance": 0.22,
          *       "operating_point": "specific",
          *       "prediction": 0.08,
          *       "result": "Normal",
-         *       "threshold": 0.7
+         *       "threshold": 0.5
+         *     }
+         * @example {
+         *       "in_distribution": false,
+         *       "latency_ms": 11,
+         *       "model": {
+         *         "name": "custom-cnn",
+         *         "version": "2026.05.1"
+         *       },
+         *       "ood_distance": 5.06,
+         *       "operating_point": "sensitive",
+         *       "prediction": 0.95,
+         *       "result": "Not a CT slice",
+         *       "threshold": 0.5
          *     }
          */
         PredictionResponse: {
             /**
              * Result
-             * @description `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @description `Not a CT slice` when the out-of-distribution guard refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
              * @enum {string}
              */
-            result: "Potentially Fracture" | "Normal";
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
             /**
              * Prediction
-             * @description Probability of fracture (0-1).
+             * @description Probability of fracture (0-1). Reported for transparency even when `result` is `Not a CT slice`; it means nothing for such an input and must not be read as a call.
              */
             prediction: number;
             /**
@@ -358,6 +438,16 @@ export interface components {
             threshold: number;
             /** @description Operating point the threshold is from. */
             operating_point: components["schemas"]["OperatingPoint"];
+            /**
+             * In Distribution
+             * @description Whether the input looks like the axial CT slices the model was trained on (`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             */
+            in_distribution: boolean | null;
+            /**
+             * Ood Distance
+             * @description Out-of-distribution score of the input's features (Mahalanobis distance, plus PCA residual for wide backbones) divided by the bundle's threshold: <= 1 looks like a CT slice, > 1 is refused. Null when no guard ran.
+             */
+            ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];
             /**
              * Latency Ms
@@ -379,6 +469,167 @@ export interface components {
              */
             status: "ready";
             model: components["schemas"]["ModelInfo"];
+        };
+        /** StudyFileError */
+        StudyFileError: {
+            /**
+             * Name
+             * @description The file (or zip member) that was left out.
+             */
+            name: string;
+            /**
+             * Error
+             * @description Why it could not be read.
+             */
+            error: string;
+        };
+        /**
+         * StudyResponse
+         * @example {
+         *       "aggregation": "top2_mean",
+         *       "errors": [
+         *         {
+         *           "error": "the DICOM file has no pixel data",
+         *           "name": "IM004.dcm"
+         *         }
+         *       ],
+         *       "latency_ms": 412,
+         *       "model": {
+         *         "name": "custom-cnn",
+         *         "version": "2026.05.1"
+         *       },
+         *       "operating_point": "sensitive",
+         *       "prediction": 0.93,
+         *       "result": "Potentially Fracture",
+         *       "slice_count": 3,
+         *       "slices": [
+         *         {
+         *           "in_distribution": true,
+         *           "name": "IM001.dcm",
+         *           "position": 12.5,
+         *           "prediction": 0.04
+         *         },
+         *         {
+         *           "in_distribution": true,
+         *           "name": "IM002.dcm",
+         *           "position": 10,
+         *           "prediction": 0.97
+         *         },
+         *         {
+         *           "in_distribution": true,
+         *           "name": "IM003.dcm",
+         *           "position": 7.5,
+         *           "prediction": 0.89
+         *         }
+         *       ],
+         *       "threshold": 0.5,
+         *       "top_slices": [
+         *         {
+         *           "index": 1,
+         *           "name": "IM002.dcm",
+         *           "position": 10,
+         *           "prediction": 0.97
+         *         },
+         *         {
+         *           "index": 2,
+         *           "name": "IM003.dcm",
+         *           "position": 7.5,
+         *           "prediction": 0.89
+         *         }
+         *       ]
+         *     }
+         */
+        StudyResponse: {
+            /**
+             * Result
+             * @description Study-level call at the study threshold: `Potentially Fracture` when prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the out-of-distribution guard.
+             * @enum {string}
+             */
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            /**
+             * Prediction
+             * @description Study score: the aggregation (see `aggregation`) of the in-distribution slices' probabilities; 0 when no slice is in distribution.
+             */
+            prediction: number;
+            /**
+             * Threshold
+             * @description Study threshold of the operating point (model card).
+             */
+            threshold: number;
+            operating_point: components["schemas"]["OperatingPoint"];
+            /**
+             * Aggregation
+             * @description How slice scores become the study score, e.g. top2_mean.
+             */
+            aggregation: string;
+            /**
+             * Slice Count
+             * @description Slices scored (files in `errors` excluded).
+             */
+            slice_count: number;
+            /**
+             * Slices
+             * @description Every scored slice, head to foot.
+             */
+            slices: components["schemas"]["StudySlice"][];
+            /**
+             * Top Slices
+             * @description The most suspicious in-distribution slices (the ones aggregated), highest first.
+             */
+            top_slices: components["schemas"]["StudyTopSlice"][];
+            /**
+             * Errors
+             * @description Files that could not be decoded.
+             */
+            errors: components["schemas"]["StudyFileError"][];
+            model: components["schemas"]["ModelInfo"];
+            /**
+             * Latency Ms
+             * @description Server time for unpacking, decoding and inference.
+             */
+            latency_ms: number;
+        };
+        /** StudySlice */
+        StudySlice: {
+            /**
+             * Name
+             * @description File name (inside a zip: the member's base name).
+             */
+            name: string;
+            /**
+             * Position
+             * @description Position along the neck: DICOM ImagePositionPatient z (mm), else the InstanceNumber; PNG/JPEG: the slice number in the file name.
+             */
+            position: number;
+            /**
+             * Prediction
+             * @description This slice's probability of fracture.
+             */
+            prediction: number;
+            /**
+             * In Distribution
+             * @description Whether the input looks like the axial CT slices the model was trained on (`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             */
+            in_distribution: boolean | null;
+        };
+        /** StudyTopSlice */
+        StudyTopSlice: {
+            /**
+             * Index
+             * @description Index of the slice in `slices`.
+             */
+            index: number;
+            /** Name */
+            name: string;
+            /** Position */
+            position: number;
+            /** Prediction */
+            prediction: number;
+            /**
+             * Heatmap Png Base64
+             * @description Only with `explain=true`: Grad-CAM overlay on this slice, base64 PNG (absent for a slice over MAX_EXPLAIN_PIXELS).
+             */
+            heatmap_png_base64?: string | null;
         };
         /** ValidationError */
         ValidationError: {
@@ -501,7 +752,7 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description The model is not loaded yet. */
+            /** @description The model is not loaded yet, or the model server is unreachable. */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -565,7 +816,87 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
-            /** @description The model is not loaded yet. */
+            /** @description The model is not loaded yet, or the model server is unreachable. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the model is not loaded yet"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    predict_study_route_predict_study_post: {
+        parameters: {
+            query?: {
+                /** @description `sensitive` (default) or `specific`: which model-card threshold. */
+                operating_point?: components["schemas"]["OperatingPoint"];
+                /** @description Add a Grad-CAM `heatmap_png_base64` to each of the `top_slices`. */
+                explain?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Body_predict_study_route_predict_study_post"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StudyResponse"];
+                };
+            };
+            /** @description Not one orderable series (mixed series, DICOM mixed with PNG, no slice numbers, nothing decodable), or a zip member with path traversal, an absolute path or a symlink. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the files come from 2 different series (SeriesInstanceUID); upload one series at a time"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Too many slices or zip entries, request over MAX_STUDY_MB, zip over its uncompressed-size or compression-ratio limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "1200 files sent; at most 1000 slices per study"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The model is not loaded yet, or the model server is unreachable. */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -619,7 +950,7 @@ export interface operations {
                     "application/json": components["schemas"]["ReadyResponse"];
                 };
             };
-            /** @description Model not loaded/warmed up yet. */
+            /** @description Model not loaded/warmed up yet, or TF Serving not answering. */
             503: {
                 headers: {
                     [name: string]: unknown;

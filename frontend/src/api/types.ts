@@ -1,8 +1,8 @@
 /**
  * Domain types for the UI, derived from the generated OpenAPI types (schema.d.ts, made by
  * `npm run gen:api` from the backend). Only two deliberate widenings:
- *  - `result` accepts any string: later model versions add labels (e.g. "Not a CT slice"),
- *    which the UI renders neutrally rather than failing;
+ *  - `result` accepts any string: a later model version may add a label, which the UI
+ *    renders neutrally rather than failing ("Not a CT slice" is already in the schema);
  *  - the model card keeps its open-ended extra keys (intended use, caveats, ...).
  */
 import type { components, operations } from "./schema";
@@ -17,8 +17,6 @@ export type ModelRef = Schemas["ModelInfo"];
 type KnownResult = Schemas["PredictionResponse"]["result"];
 type WidenResult<T> = Omit<T, "result"> & {
   result: KnownResult | (string & {});
-  /** Added by a later issue: false when the input is not a CT slice. */
-  in_distribution?: boolean | null;
 };
 
 /** POST /predict 200 body. */
@@ -53,6 +51,13 @@ export type ModelCard = operations["model_card_model_get"]["responses"][200]["co
   data?: unknown;
   default_operating_point?: string;
 };
+
+export type StudyQuery = NonNullable<operations["predict_study_route_predict_study_post"]["parameters"]["query"]>;
+/** POST /predict/study 200 body: one verdict for a whole series, and every slice's score. */
+export type StudyResponse = WidenResult<Schemas["StudyResponse"]>;
+export type StudySlice = Schemas["StudySlice"];
+export type StudyTopSlice = Schemas["StudyTopSlice"];
+export type StudyFileError = Schemas["StudyFileError"];
 
 /** What the UI keeps per file: a /predict answer or a /predict/batch entry (no latency, no heatmap). */
 export type SliceResult = Omit<PredictResponse, "latency_ms"> & { latency_ms?: number; filename?: string };

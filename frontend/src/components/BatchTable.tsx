@@ -1,13 +1,15 @@
 import { describeError } from "../api/client";
 import { formatPercent } from "../lib/files";
-import { resultTone } from "../lib/results";
+import { isRefused, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
 
 /** One row per file: a worklist view of a multi-file analysis, fractures first. */
 export function BatchTable({ items }: { items: SliceItem[] }) {
   const done = items.filter((i) => i.status === "done");
   const positives = done.filter((i) => i.result && resultTone(i.result.result) === "positive").length;
+  const refused = done.filter((i) => i.result && isRefused(i.result)).length;
   const errors = items.filter((i) => i.status === "error").length;
+  // Possible fractures first, then anything without a normal call (refused, unknown labels).
   const rank = (i: SliceItem) =>
     i.status === "done" && i.result
       ? resultTone(i.result.result) === "positive"
@@ -18,8 +20,10 @@ export function BatchTable({ items }: { items: SliceItem[] }) {
       : i.status === "error"
         ? 3
         : 4;
+  // A refused input's score is not a call: it must not sort as if it were one.
+  const score = (i: SliceItem) => (i.result && !isRefused(i.result) ? (i.result.prediction ?? 0) : 0);
   const sorted = [...items].sort(
-    (a, b) => rank(a) - rank(b) || (b.result?.prediction ?? 0) - (a.result?.prediction ?? 0),
+    (a, b) => rank(a) - rank(b) || score(b) - score(a),
   );
 
   return (
@@ -29,6 +33,11 @@ export function BatchTable({ items }: { items: SliceItem[] }) {
         <p className="batch__counts" data-testid="batch-counts">
           <span>{done.length} analysed</span>
           <span className={positives ? "count count--positive" : "count"}>{positives} potentially fracture</span>
+          {refused > 0 && (
+            <span className="count count--neutral" data-testid="count-refused">
+              {refused} not a CT slice
+            </span>
+          )}
           {errors > 0 && <span className="count count--error">{errors} failed</span>}
         </p>
       </div>
@@ -50,6 +59,7 @@ export function BatchTable({ items }: { items: SliceItem[] }) {
           <tbody>
             {sorted.map((item) => {
               const tone = item.result ? resultTone(item.result.result) : null;
+              const unused = !!item.result && isRefused(item.result);
               return (
                 <tr key={item.id}>
                   <th scope="row">
@@ -70,8 +80,19 @@ export function BatchTable({ items }: { items: SliceItem[] }) {
                       <span className="muted">Not analysed</span>
                     )}
                   </td>
-                  <td className="num">
-                    {typeof item.result?.prediction === "number" ? formatPercent(item.result.prediction) : "—"}
+                  <td className={unused ? "num unused" : "num"}>
+                    {typeof item.result?.prediction === "number" ? (
+                      unused ? (
+                        <>
+                          <s>{formatPercent(item.result.prediction)}</s>
+                          <span className="unused__note"> not used</span>
+                        </>
+                      ) : (
+                        formatPercent(item.result.prediction)
+                      )
+                    ) : (
+                      "—"
+                    )}
                   </td>
                   <td className="num">
                     {typeof item.result?.threshold === "number" ? formatPercent(item.result.threshold) : "—"}

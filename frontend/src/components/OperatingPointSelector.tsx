@@ -6,6 +6,11 @@ interface Props {
   onChange(value: OperatingPoint): void;
   card: ModelCard | null;
   disabled?: boolean;
+  /** Radio group name: one per selector on the page. */
+  name?: string;
+  /** Thresholds to show instead of the model card's slice thresholds (a study's). */
+  thresholds?: Partial<Record<OperatingPoint, number>>;
+  legend?: string;
 }
 
 const DESCRIPTIONS: Record<OperatingPoint, { title: string; text: string }> = {
@@ -13,18 +18,26 @@ const DESCRIPTIONS: Record<OperatingPoint, { title: string; text: string }> = {
   specific: { title: "Specific", text: "Fewer false alarms, more missed fractures." },
 };
 
-export function OperatingPointSelector({ value, onChange, card, disabled }: Props) {
+export function OperatingPointSelector({
+  value,
+  onChange,
+  card,
+  disabled,
+  name = "operating-point",
+  thresholds,
+  legend = "Operating point",
+}: Props) {
   return (
     <fieldset className="op" disabled={disabled}>
-      <legend className="op__legend">Operating point</legend>
+      <legend className="op__legend">{legend}</legend>
       <div className="op__options">
         {(Object.keys(DESCRIPTIONS) as OperatingPoint[]).map((op) => {
-          const threshold = card?.operating_points?.[op]?.threshold;
+          const threshold = thresholds ? thresholds[op] : card?.operating_points?.[op]?.threshold;
           return (
             <label key={op} className={`op__option${value === op ? " op__option--checked" : ""}`}>
               <input
                 type="radio"
-                name="operating-point"
+                name={name}
                 value={op}
                 checked={value === op}
                 onChange={() => onChange(op)}

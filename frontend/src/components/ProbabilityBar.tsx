@@ -6,30 +6,40 @@ interface Props {
   threshold: number;
   tone: Tone;
   operatingPoint?: string;
+  /** What the bar measures ("Study score" for a series). */
+  label?: string;
+  testId?: string;
 }
 
 const clamp = (x: number) => Math.min(1, Math.max(0, x));
 
 /** P(fracture) as a horizontal bar, with the decision threshold marked on it. */
-export function ProbabilityBar({ probability, threshold, tone, operatingPoint }: Props) {
+export function ProbabilityBar({
+  probability,
+  threshold,
+  tone,
+  operatingPoint,
+  label = "Fracture probability",
+  testId = "probability",
+}: Props) {
   const p = clamp(probability);
   const t = clamp(threshold);
   const above = p >= t;
-  const valueText = `Fracture probability ${formatPercent(p)}, ${above ? "at or above" : "below"} the ${
+  const valueText = `${label} ${formatPercent(p)}, ${above ? "at or above" : "below"} the ${
     operatingPoint ? `${operatingPoint} ` : ""
   }threshold of ${formatPercent(t)}`;
   return (
     <div className="prob">
       <div className="prob__head">
-        <span className="prob__label">Fracture probability</span>
-        <span className="prob__value" data-testid="probability">
+        <span className="prob__label">{label}</span>
+        <span className="prob__value" data-testid={testId}>
           {formatPercent(p)}
         </span>
       </div>
       <div
         className={`prob__track prob__track--${tone}`}
         role="meter"
-        aria-label="Fracture probability"
+        aria-label={label}
         aria-valuemin={0}
         aria-valuemax={100}
         aria-valuenow={Math.round(p * 100)}

@@ -1,7 +1,7 @@
 import { useRef, useState } from "react";
 import { describeError } from "../api/client";
-import { formatBytes } from "../lib/files";
-import { resultTone } from "../lib/results";
+import { formatBytes, formatPercent } from "../lib/files";
+import { REFUSAL_TEXT, isRefused, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
 import { ProbabilityBar } from "./ProbabilityBar";
 import { ResultBadge } from "./ResultBadge";
@@ -44,8 +44,10 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
   const { result, error, status } = item;
   const [previewFailed, setPreviewFailed] = useState(false);
   const heatmap = result?.heatmap_png_base64 ? `data:image/png;base64,${result.heatmap_png_base64}` : null;
-  const showingHeatmap = item.showHeatmap && !!heatmap;
   const tone = result ? resultTone(result.result) : null;
+  const refused = result ? isRefused(result) : false;
+  // No heatmap for a refused input: where the model "looked" in a photo means nothing.
+  const showingHeatmap = item.showHeatmap && !!heatmap && !refused;
   const err = error ? describeError(error.status, error.detail) : null;
   const titleId = `${item.id}-title`;
   const dialog = useRef<HTMLDialogElement>(null);
@@ -179,7 +181,17 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
         {status === "done" && result && tone && (
           <div className="result" data-testid="slice-result">
             <ResultBadge result={result.result} />
-            {typeof result.prediction === "number" && typeof result.threshold === "number" && (
+            {refused && (
+              <div className="refusal" data-testid="refusal">
+                <p>{REFUSAL_TEXT}</p>
+                {typeof result.prediction === "number" && (
+                  <p className="refusal__score" data-testid="unused-score">
+                    Model score {formatPercent(result.prediction)} <span>· not used</span>
+                  </p>
+                )}
+              </div>
+            )}
+            {!refused && typeof result.prediction === "number" && typeof result.threshold === "number" && (
               <ProbabilityBar
                 probability={result.prediction}
                 threshold={result.threshold}
@@ -203,6 +215,14 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
                     : ""}
                 </dd>
               </div>
+              {refused && typeof result.ood_distance === "number" && (
+                <div>
+                  <dt>Out-of-distribution score</dt>
+                  <dd data-testid="ood-distance">
+                    {result.ood_distance.toFixed(2)} <span className="muted">(limit 1.00)</span>
+                  </dd>
+                </div>
+              )}
               {typeof result.latency_ms === "number" && (
                 <div>
                   <dt>Time</dt>
@@ -210,26 +230,28 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
                 </div>
               )}
             </dl>
-            <div className="heat-row">
-              <button
-                type="button"
-                role="switch"
-                aria-checked={item.showHeatmap}
-                className="switch"
-                onClick={() => onToggleHeatmap(item.id)}
-                disabled={item.heatmapLoading}
-              >
-                <span className="switch__track" aria-hidden="true">
-                  <span className="switch__thumb" />
-                </span>
-                <span className="switch__label">Grad-CAM heatmap</span>
-              </button>
-              {item.heatmapLoading && (
-                <span className="card__note" role="status">
-                  Computing heatmap…
-                </span>
-              )}
-            </div>
+            {!refused && (
+              <div className="heat-row">
+                <button
+                  type="button"
+                  role="switch"
+                  aria-checked={item.showHeatmap}
+                  className="switch"
+                  onClick={() => onToggleHeatmap(item.id)}
+                  disabled={item.heatmapLoading}
+                >
+                  <span className="switch__track" aria-hidden="true">
+                    <span className="switch__thumb" />
+                  </span>
+                  <span className="switch__label">Grad-CAM heatmap</span>
+                </button>
+                {item.heatmapLoading && (
+                  <span className="card__note" role="status">
+                    Computing heatmap…
+                  </span>
+                )}
+              </div>
+            )}
             {item.heatmapError && (
               <p className="card__note card__note--error" role="alert">
                 Heatmap unavailable: {item.heatmapError}

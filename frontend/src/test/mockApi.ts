@@ -1,5 +1,5 @@
 import { vi } from "vitest";
-import type { ModelCard, PredictResponse } from "../api/types";
+import type { ModelCard, PredictResponse, StudyResponse, StudySlice } from "../api/types";
 
 export const CARD: ModelCard = {
   name: "custom-cnn",
@@ -29,6 +29,8 @@ export function prediction(p: number, threshold = 0.3, extra: Partial<PredictRes
     prediction: p,
     threshold,
     operating_point: threshold === 0.3 ? "sensitive" : "specific",
+    in_distribution: true,
+    ood_distance: 0.4,
     model: { name: "custom-cnn", version: "1.2.0" },
     latency_ms: 42.5,
     heatmap_png_base64: PNG_B64,
@@ -42,12 +44,15 @@ export const json = (body: unknown, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
 
 /** Stubs global fetch: /ready and /model answer by default; `predict` handles POSTs. */
-export function mockApi(handlers: { predict?: Handler; batch?: Handler; ready?: Handler; model?: Handler } = {}) {
+export function mockApi(
+  handlers: { predict?: Handler; batch?: Handler; study?: Handler; ready?: Handler; model?: Handler } = {},
+) {
   const fetchMock = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => {
     const url = new URL(String(input), "http://localhost");
     if (url.pathname === "/ready") return handlers.ready ? handlers.ready(url, init) : json({ status: "ready" });
     if (url.pathname === "/model") return handlers.model ? handlers.model(url, init) : json(CARD);
     if (url.pathname === "/predict/batch" && handlers.batch) return handlers.batch(url, init);
+    if (url.pathname === "/predict/study" && handlers.study) return handlers.study(url, init);
     if (url.pathname === "/predict" && handlers.predict) return handlers.predict(url, init);
     return json({ detail: "Not Found" }, 404);
   });
@@ -57,3 +62,42 @@ export function mockApi(handlers: { predict?: Handler; batch?: Handler; ready?: 
 
 export const pngFile = (name = "slice.png") =>
   new File([Uint8Array.from(atob(PNG_B64), (c) => c.charCodeAt(0))], name, { type: "image/png" });
+
+/** A /predict/study answer: slices named `neck (N).png`, top-k = the 2 highest in-distribution. */
+export function studyAnswer(
+  probabilities: number[],
+  { threshold = 0.5, ood = [] as number[], extra = {} as Partial<StudyResponse> } = {},
+): StudyResponse {
+  const slices: StudySlice[] = probabilities.map((p, i) => ({
+    name: `neck (${i + 1}).png`,
+    position: i + 1,
+    prediction: p,
+    in_distribution: !ood.includes(i),
+  }));
+  const top = slices
+    .map((s, index) => ({ ...s, index }))
+    .filter((s) => s.in_distribution)
+    .sort((a, b) => b.prediction - a.prediction)
+    .slice(0, 2);
+  const score = top.length ? top.reduce((n, s) => n + s.prediction, 0) / top.length : 0;
+  return {
+    result: !top.length ? "Not a CT slice" : score >= threshold ? "Potentially Fracture" : "Normal",
+    prediction: score,
+    threshold,
+    operating_point: "sensitive",
+    aggregation: "top2_mean",
+    slice_count: slices.length,
+    slices,
+    top_slices: top.map((s) => ({
+      index: s.index,
+      name: s.name,
+      position: s.position,
+      prediction: s.prediction,
+      heatmap_png_base64: PNG_B64,
+    })),
+    errors: [],
+    model: { name: "custom-cnn", version: "1.2.0" },
+    latency_ms: 812.4,
+    ...extra,
+  };
+}

@@ -55,4 +55,7 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # pydicom logs a traceback (ERROR, plain text on stderr) for each codec plugin that
     # fails on a damaged upload; that upload already gets its 400/415 with the reason.
+    # Imported first: pydicom sets its logger's level when it is imported.
+    import pydicom.config  # noqa: F401
+
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)

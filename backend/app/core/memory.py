@@ -3,11 +3,12 @@
 glibc's malloc gives threads up to 8 x CPU-count arenas, and each arena keeps its own
 high-water mark of freed memory. The API decodes uploads on ~40 threadpool threads,
 so under concurrent traffic (uploads of a few MB, decoded images, TensorFlow buffers)
-RSS climbs in steps: the 10,000-request soak (``tests/load/soak.py``) went from 0.8 to
-1.06-1.37 GiB (+29 %, +32 %) and was still climbing. Nothing leaks (the same run with
-a fixed mmap threshold stays flat, at 4x the CPU cost); the memory is retained.
-Capping the arenas at 2 kept growth within a few percent, at the same CPU per request
-(3 interleaved A/B runs of 2,000 requests each).
+RSS climbs in steps: two 10,000-request soaks (``tests/load/soak.py``, concurrency 32)
+grew +29 % (820 -> 1058 MiB) and +32 % (1040 -> 1373 MiB), still climbing at the end.
+Nothing leaks: with a fixed mmap threshold the same load stays flat (but inference gets
+slower: every large buffer becomes an mmap), so memory is retained, not lost. With the
+arenas capped at 2 the same soak grew +0.7 % and +1.7 %, at the same server CPU per
+request (~19 ms).
 
 An explicit ``MALLOC_ARENA_MAX`` in the environment wins (glibc reads it at start);
 nothing happens off glibc (musl, macOS).

@@ -25,39 +25,8 @@ import numpy as np
 from PIL import Image
 
 from bench.common import RESULTS_DIR, api_server_command, free_port, running_server, sample_pngs
-from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
+from ml_model.dicom import gray_to_bone_window_dicom
 from ml_model.transforms import decode_image
-
-
-def ct_dicom(gray: np.ndarray, z: float, instance: int, series_uid: str) -> bytes:
-    """A CT DICOM whose bone-windowed pixels are ``gray`` (uint8)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = f"{BONE_WINDOW_WIDTH / 255:g}"
-    ds.RescaleIntercept = f"{BONE_WINDOW_LEVEL - BONE_WINDOW_WIDTH / 2:g}"
-    ds.ImagePositionPatient = [0.0, 0.0, z]
-    ds.InstanceNumber = instance
-    ds.SeriesInstanceUID = series_uid
-    ds.PixelData = gray.astype("<u2").tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def build_series(slices: int, size: int) -> tuple[list[tuple[str, bytes]], str]:
@@ -67,7 +36,14 @@ def build_series(slices: int, size: int) -> tuple[list[tuple[str, bytes]], str]:
     for index, data in enumerate(pngs):
         gray = decode_image(data)
         big = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR))
-        files.append((f"IM{index:04d}.dcm", ct_dicom(big, -1.0 * index, index + 1, series_uid)))
+        files.append(
+            (
+                f"IM{index:04d}.dcm",
+                gray_to_bone_window_dicom(
+                    big, z=-1.0 * index, instance=index + 1, series_uid=series_uid
+                ),
+            )
+        )
     random.Random(0).shuffle(files)
     return files, source
 

@@ -28,6 +28,7 @@ from ml_model.ood import OODGuard
 
 DEFAULT_OPERATING_POINT = "sensitive"
 OPERATING_POINTS = ("sensitive", "specific")
+MAX_FORWARD_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -117,14 +118,20 @@ class Predictor:
                 f"expected images of shape (N, {self.img_size}, {self.img_size}, 3), "
                 f"got {images.shape}"
             )
-        probs, features = self._forward(tf.convert_to_tensor(images, tf.float32))
-        features = features.numpy()
+        # Bounded chunks: a 1000-image call would otherwise hold ~0.6 GB of float activations
+        # at once and run slower per image than batches that fit in cache.
+        chunks = [
+            self._forward(tf.convert_to_tensor(images[i : i + MAX_FORWARD_BATCH], tf.float32))
+            for i in range(0, len(images), MAX_FORWARD_BATCH)
+        ]
+        probs = np.concatenate([p.numpy().reshape(-1) for p, _ in chunks])
+        features = np.concatenate([f.numpy() for _, f in chunks])
         if self.ood_guard is None:
             distances, inside = None, np.ones(len(images), dtype=bool)
         else:
             distances = self.ood_guard.distance(features)
             inside = distances <= self.ood_guard.threshold
-        return Prediction(self._calibrate(probs.numpy().reshape(-1)), features, distances, inside)
+        return Prediction(self._calibrate(probs), features, distances, inside)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """P(fracture) for each image, after the bundle's temperature scaling."""

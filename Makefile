@@ -33,7 +33,7 @@ lint: venv
 	$(PY) scripts/gen_environment.py --check
 	$(PY) -m mypy
 
-test-python: venv
+test-python: venv frontend-build  # the SPA tests (headers, mount) need the built app
 	$(PY) -m pytest
 
 test: lint test-python test-frontend

@@ -3,6 +3,7 @@ import { describeError } from "../api/client";
 import { formatBytes, formatPercent } from "../lib/files";
 import { REFUSAL_TEXT, isRefused, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
+import { ErrorNotice } from "./ErrorNotice";
 import { ProbabilityBar } from "./ProbabilityBar";
 import { ResultBadge } from "./ResultBadge";
 
@@ -160,22 +161,13 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
         )}
 
         {status === "error" && err && error && (
-          <div className="error" role="alert" data-testid="slice-error">
-            <svg className="error__icon" viewBox="0 0 20 20" aria-hidden="true" focusable="false">
-              <circle cx="10" cy="10" r="8.5" fill="none" stroke="currentColor" strokeWidth="1.5" />
-              <path d="M9.1 5h1.8l-.3 6.5H9.4L9.1 5Zm.9 8.3a1.1 1.1 0 1 1 0 2.2 1.1 1.1 0 0 1 0-2.2Z" fill="currentColor" />
-            </svg>
-            <div>
-              <p className="error__title">{err.title}</p>
-              <p className="error__hint">{err.hint}</p>
-              {error.detail && error.detail !== err.hint && (
-                <p className="error__detail">
-                  Server says: <q>{error.detail}</q>
-                  {error.status > 0 ? ` (HTTP ${error.status})` : ""}
-                </p>
-              )}
-            </div>
-          </div>
+          <ErrorNotice
+            title={err.title}
+            hint={err.hint}
+            detail={error.detail}
+            status={error.status}
+            testId="slice-error"
+          />
         )}
 
         {status === "done" && result && tone && (

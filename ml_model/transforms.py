@@ -208,6 +208,7 @@ def _verify_png(data: bytes) -> None:
     which matters in the training input pipeline.
     """
     position = len(_PNG_SIGNATURE)
+    view = memoryview(data)  # slices of a memoryview do not copy the chunk data
     while True:
         header = data[position : position + 8]
         if len(header) < 8:
@@ -221,7 +222,7 @@ def _verify_png(data: bytes) -> None:
                 "the image could not be decoded: the PNG file is damaged (truncated chunk)"
             )
         (expected,) = struct.unpack(">I", data[end : end + 4])
-        if zlib.crc32(data[position + 4 : end]) != expected:
+        if zlib.crc32(view[position + 4 : end]) != expected:
             name = kind.decode("latin-1", "replace")
             raise ImageDecodeError(
                 f"the image could not be decoded: the PNG file is damaged (bad CRC in {name})"

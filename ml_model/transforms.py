@@ -316,6 +316,11 @@ def to_model_channels(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., np.newaxis], 3, axis=-1)
 
 
+def gray_to_model_input(gray: np.ndarray, size: int = DEFAULT_IMG_SIZE) -> np.ndarray:
+    """A decoded 2-D slice -> uint8 (size, size, 3): the steps after decoding."""
+    return to_model_channels(resize(gray, size))
+
+
 def image_to_array(
     data: bytes,
     size: int = DEFAULT_IMG_SIZE,
@@ -323,7 +328,7 @@ def image_to_array(
     width: float = BONE_WINDOW_WIDTH,
 ) -> np.ndarray:
     """Bytes -> uint8 array of shape (size, size, 3): decode, window, resize."""
-    return to_model_channels(resize(decode_image(data, level, width), size))
+    return gray_to_model_input(decode_image(data, level, width), size)
 
 
 def load_image(path: str | Path, size: int = DEFAULT_IMG_SIZE) -> np.ndarray:

@@ -15,8 +15,7 @@ from ml_model.transforms import (
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
-    resize,
-    to_model_channels,
+    gray_to_model_input,
 )
 
 
@@ -63,7 +62,7 @@ def prepare(data: bytes, settings: Settings, img_size: int) -> PreparedImage:
         gray = decode_image(data, settings.window_level, settings.window_width)
     except ImageDecodeError as exc:
         raise UploadProblem(status_for(exc), str(exc)) from exc
-    return PreparedImage(gray=gray, array=to_model_channels(resize(gray, img_size)))
+    return PreparedImage(gray=gray, array=gray_to_model_input(gray, img_size))
 
 
 def heatmap_base64(gray: np.ndarray, cam: np.ndarray) -> str:

@@ -14,19 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ml_model.data import find_images, load_arrays
 from ml_model.metrics import compute_metrics, plot_confusion_matrix, plot_reliability, plot_roc
 from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Predictor
-
-BATCH_SIZE = 32
-
-
-def predict_in_batches(predictor: Predictor, images: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [predictor.predict(images[i : i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
-    )
 
 
 def evaluate(
@@ -50,7 +40,7 @@ def evaluate(
         if not records:
             raise SystemExit("every image belongs to a slice the model was trained on")
     images, labels = load_arrays(records, predictor.img_size)
-    probs = predict_in_batches(predictor, images)
+    probs = predictor.predict(images)  # the Predictor bounds its own forward batches
     threshold = predictor.threshold(operating_point)
 
     metrics = compute_metrics(labels, probs, threshold)

@@ -149,15 +149,10 @@ def fit_bundle_guard(
     """Fit the guard on a bundle's own features and write ``ood.json`` into the bundle."""
     from ml_model.predictor import Predictor  # the predictor imports this module
 
-    predictor = Predictor(model_dir)
-    batch = 64
-
-    def features(images: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [predictor.run(images[i : i + batch]).features for i in range(0, len(images), batch)]
-        )
-
-    guard = fit_guard(features(train_images), features(calibration_images))
+    predictor = Predictor(model_dir)  # runs its forward pass in bounded batches itself
+    guard = fit_guard(
+        predictor.run(train_images).features, predictor.run(calibration_images).features
+    )
     guard.save(model_dir)
     return guard
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS, RESULT_OUT_OF_DISTRIBUTION
+from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS
 from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Predictor
 from ml_model.study import SliceFile, StudyError, predict_study
 from ml_model.transforms import ImageDecodeError, load_image
@@ -91,10 +91,9 @@ def run_study(
     except StudyError as exc:
         raise SystemExit(f"cannot process the study: {exc}") from exc
     threshold = predictor.study_threshold(operating_point)
-    if not study.in_distribution.any():
-        verdict = RESULT_OUT_OF_DISTRIBUTION
-    else:
-        verdict = predictor.label(study.study_probability, threshold)
+    verdict = predictor.result(
+        study.study_probability, threshold, bool(study.in_distribution.any())
+    )
     rows = [
         {
             "file": name,

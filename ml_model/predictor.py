@@ -31,6 +31,14 @@ OPERATING_POINTS = ("sensitive", "specific")
 MAX_FORWARD_BATCH = 64
 
 
+def triage_result(probability: float, threshold: float, in_distribution: bool | None = True) -> str:
+    """The label shown to the user: positive if p >= threshold, and no fracture call for an
+    input the out-of-distribution guard refused (``None``: no guard applied)."""
+    if in_distribution is False:
+        return RESULT_OUT_OF_DISTRIBUTION
+    return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One forward pass: calibrated P(fracture) and the out-of-distribution verdict."""
@@ -106,7 +114,7 @@ class Predictor:
         return self.threshold(operating_point)
 
     def label(self, probability: float, threshold: float) -> str:
-        return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE
+        return triage_result(probability, threshold)
 
     def run(self, images: np.ndarray) -> Prediction:
         """Probabilities, OOD features and the in-distribution verdict for uint8 images."""
@@ -139,9 +147,7 @@ class Predictor:
 
     def result(self, probability: float, threshold: float, in_distribution: bool = True) -> str:
         """The label shown to the user: no fracture call for an out-of-distribution input."""
-        if not in_distribution:
-            return RESULT_OUT_OF_DISTRIBUTION
-        return self.label(probability, threshold)
+        return triage_result(probability, threshold, in_distribution)
 
     def gradcam(self, image: np.ndarray) -> np.ndarray:
         """Raw Grad-CAM map (conv resolution) for one uint8 image (S, S, 3)."""

@@ -19,8 +19,8 @@ import numpy as np
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME
 from backend.app.schemas import Result
-from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
 from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Prediction, Predictor
+from ml_model.predictor import triage_result as predictor_triage_result
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -98,19 +98,9 @@ def operating_threshold(
     return service.threshold(operating_point)
 
 
-def label(probability: float, threshold: float) -> Result:
-    """The triage result for a probability at a threshold (same rule as the Predictor)."""
-    return cast(Result, RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE)
-
-
 def triage_result(probability: float, threshold: float, in_distribution: bool | None) -> Result:
-    """Same rule as ``Predictor.result``: no fracture call for an out-of-distribution input.
-
-    ``None`` (no guard applied) is treated as in distribution.
-    """
-    if in_distribution is False:
-        return cast(Result, RESULT_OUT_OF_DISTRIBUTION)
-    return label(probability, threshold)
+    """``ml_model.predictor.triage_result``, typed as the API's ``Result``."""
+    return cast(Result, predictor_triage_result(probability, threshold, in_distribution))
 
 
 def ood_verdict(prediction: Prediction, index: int) -> tuple[bool | None, float | None]:

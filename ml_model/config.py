@@ -10,9 +10,15 @@ RESULT_POSITIVE = "Potentially Fracture"
 RESULT_NEGATIVE = "Normal"
 RESULT_OUT_OF_DISTRIBUTION = "Not a CT slice"
 
-DEFAULT_IMG_SIZE = 224
+# The committed bundles take the whole slice at this size (cropped around the spine inside).
+DEFAULT_IMG_SIZE = 384
 
-# Bone window for DICOM input (Hounsfield units).
+# The window the training PNGs were exported with (Hounsfield units): fat near grey 107,
+# muscle near 207, bone saturated (see the data README). DICOM input is brought to it.
+EXPORT_WINDOW_LEVEL = -70.0
+EXPORT_WINDOW_WIDTH = 380.0
+
+# Bone window (Hounsfield units), for viewing.
 BONE_WINDOW_LEVEL = 400.0
 BONE_WINDOW_WIDTH = 1800.0
 

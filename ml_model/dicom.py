@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 
-from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
+from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 
 
 def ct_dicom_bytes(
@@ -57,12 +57,12 @@ def ct_dicom_bytes(
     return buffer.getvalue()
 
 
-def gray_to_bone_window_dicom(gray: np.ndarray, **tags: object) -> bytes:
-    """Store a uint8 slice as DICOM whose HU, seen through the bone window, give it back."""
-    low = BONE_WINDOW_LEVEL - BONE_WINDOW_WIDTH / 2
+def gray_to_export_window_dicom(gray: np.ndarray, **tags: object) -> bytes:
+    """Store a uint8 slice as DICOM whose HU, seen through the export window, give it back."""
+    low = EXPORT_WINDOW_LEVEL - EXPORT_WINDOW_WIDTH / 2
     return ct_dicom_bytes(
         np.asarray(gray, dtype=np.uint16),
-        slope=BONE_WINDOW_WIDTH / 255,
+        slope=EXPORT_WINDOW_WIDTH / 255,
         intercept=low,
         **tags,  # type: ignore[arg-type]
     )

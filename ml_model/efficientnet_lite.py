@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from ml_model.models import ARCHITECTURES, DEFAULT_IMG_SIZES, EMBEDDING_LAYER
+from ml_model.models import ARCHITECTURES, DEFAULT_IMG_SIZES, EMBEDDING_LAYER, slice_input
 from ml_model.transfer import (
     GRADCAM_LAYERS,
     HEAD_DROPOUT_LAYER,
@@ -290,6 +290,7 @@ def build_efficientnet_lite(
     img_size: int | None = None,
     weights: str | None = "imagenet",
     dropout: float | None = None,
+    input_size: int | None = None,
 ) -> keras.Model:
     """Fracture classifier: Lite backbone, GAP ``embedding``, Dropout, Dense(1, sigmoid).
 
@@ -299,8 +300,8 @@ def build_efficientnet_lite(
     _, _, native, native_dropout = LITE_PARAMS[variant]
     size = img_size or native
     weights = normalise_weights_option(weights)
-    inputs = keras.Input(shape=(size, size, 3), name="image")
-    x = lite_backbone(inputs, variant)
+    inputs, x = slice_input(size, input_size)
+    x = lite_backbone(x, variant)
     x = layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(x)
     x = layers.Dropout(native_dropout if dropout is None else dropout, name=HEAD_DROPOUT_LAYER)(x)
     # float32 output keeps the sigmoid stable under mixed precision (as in build_custom).

@@ -29,6 +29,25 @@ def make_gradcam_fn(model: keras.Model, layer_name: str) -> tf.types.experimenta
     return gradcam
 
 
+def place_cam(cam: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """A CAM of a crop -> a (size, size) map of the whole input: the CAM resized into the
+    crop's box (normalised ``[y0, x0, y1, x1]``), zero elsewhere."""
+    y0, x0, y1, x1 = (float(v) * (size - 1) for v in box)
+    height, width = max(1, round(y1 - y0)), max(1, round(x1 - x0))
+    resized = np.asarray(
+        Image.fromarray(np.asarray(cam, np.float32)).resize(
+            (width, height), Image.Resampling.BILINEAR
+        )
+    )
+    full = np.zeros((size, size), np.float32)
+    top, left = round(y0), round(x0)
+    ys, xs = max(0, -top), max(0, -left)
+    ye, xe = min(height, size - top), min(width, size - left)
+    if ye > ys and xe > xs:
+        full[top + ys : top + ye, left + xs : left + xe] = resized[ys:ye, xs:xe]
+    return full
+
+
 def normalise_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Scale a raw CAM to [0, 1] and resize it to ``size`` (width, height)."""
     cam = np.asarray(cam, dtype=np.float32)

@@ -10,6 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ml_model.gate import CTGate, gate_features_tf
+from ml_model.models import EMBEDDING_LAYER
+
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILE = "model.tflite"
@@ -19,10 +22,15 @@ CARD_FILE = "model_card.json"
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "image"
 SERVING_OUTPUT = "probability"
+SERVING_GATE_OUTPUT = "ct_logit"  # the CT gate's logit; "a CT slice" when >= card gate.threshold
 
 
 def export_saved_model(
-    model: keras.Model, path: Path, img_size: int, temperature: float = 1.0
+    model: keras.Model,
+    path: Path,
+    img_size: int,
+    temperature: float = 1.0,
+    gate: CTGate | None = None,
 ) -> None:
     """SavedModel whose ``serving_default`` takes uint8 images (N, S, S, 3).
 
@@ -32,14 +40,22 @@ def export_saved_model(
     """
     archive = keras.export.ExportArchive()
     archive.track(model)
+    # One forward, two heads: P(fracture) and the embedding the CT gate reads.
+    both = keras.Model(model.input, [model.outputs[0], model.get_layer(EMBEDDING_LAYER).output])
+    archive.track(both)
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        probability = model(tf.cast(image, tf.float32), training=False)
+        pixels = tf.cast(image, tf.float32)
+        probability, embedding = both(pixels, training=False)
         if temperature != 1.0:
             # float32 throughout: TFLite has no float64 kernels.
             p = tf.clip_by_value(tf.cast(probability, tf.float32), 1e-7, 1 - 1e-7)
             probability = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
-        return {SERVING_OUTPUT: probability}
+        outputs = {SERVING_OUTPUT: probability}
+        if gate is not None:
+            features = tf.concat([tf.cast(embedding, tf.float32), gate_features_tf(pixels)], 1)
+            outputs[SERVING_GATE_OUTPUT] = gate.logit_tf(features)[:, tf.newaxis]
+        return outputs
 
     archive.add_endpoint(
         name=SERVING_SIGNATURE,
@@ -67,6 +83,7 @@ def export_bundle(
     out_dir: str | Path,
     card: dict[str, Any],
     tflite_float16: bool = False,
+    gate: CTGate | None = None,
 ) -> Path:
     """Write all four bundle files into ``out_dir`` and return it."""
     out = Path(out_dir)
@@ -74,7 +91,7 @@ def export_bundle(
     img_size = int(model.input_shape[1])
     model.save(out / KERAS_FILE)
     export_saved_model(
-        model, out / SAVED_MODEL_DIR, img_size, float(card.get("temperature", 1.0))
+        model, out / SAVED_MODEL_DIR, img_size, float(card.get("temperature", 1.0)), gate
     )
     export_tflite(out / SAVED_MODEL_DIR, out / TFLITE_FILE, float16=tflite_float16)
     write_card(out, card)
@@ -106,8 +123,14 @@ def tflite_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
     return np.concatenate(outputs).reshape(-1)
 
 
-def saved_model_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
-    """Run the SavedModel's serving signature on uint8 images."""
+def saved_model_outputs(path: str | Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of the SavedModel's serving signature for uint8 images."""
     loaded = tf.saved_model.load(str(path))
     fn = loaded.signatures[SERVING_SIGNATURE]
-    return fn(**{SERVING_INPUT: tf.constant(images, tf.uint8)})[SERVING_OUTPUT].numpy().reshape(-1)
+    outputs = fn(**{SERVING_INPUT: tf.constant(images, tf.uint8)})
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def saved_model_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
+    """P(fracture) from the SavedModel's serving signature for uint8 images."""
+    return saved_model_outputs(path, images)[SERVING_OUTPUT].reshape(-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,68 @@ def markdown_table(rows: dict[str, dict[str, Any]], keys: list[str]) -> str:
         ]
         body += f"| {name} | " + " | ".join(cells) + " |\n"
     return header + body
+
+
+# --- new-patient reporting ---------------------------------------------------------------
+
+
+def product_metrics(labels: np.ndarray, results: Sequence[str]) -> dict[str, Any]:
+    """What the user gets, from the answer strings the product shows: a refused ("Not a CT
+    slice") fracture is a miss, a refused normal is no call (neither a true negative nor a
+    false alarm)."""
+    from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
+
+    y = np.asarray(labels).astype(int)
+    r = np.asarray(results)
+    positives, negatives = y == 1, y == 0
+    called_positive, called_negative = r == RESULT_POSITIVE, r == RESULT_NEGATIVE
+    correct = (positives & called_positive) | (negatives & called_negative)
+    return {
+        "accuracy": _ratio(float(correct.sum()), float(len(y))),
+        "recall": _ratio(float((positives & called_positive).sum()), float(positives.sum())),
+        "specificity": _ratio(float((negatives & called_negative).sum()), float(negatives.sum())),
+        "refused": int((r == RESULT_OUT_OF_DISTRIBUTION).sum()),
+        "refused_fractures": int((positives & (r == RESULT_OUT_OF_DISTRIBUTION)).sum()),
+        "refused_normals": int((negatives & (r == RESULT_OUT_OF_DISTRIBUTION)).sum()),
+    }
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def bootstrap_intervals(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    threshold: float,
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """95 % percentile intervals of AUC, recall and specificity, resampling base slices
+    (augmented copies of a slice move together), stratified by class."""
+    rng = np.random.default_rng(seed)
+    y, p, g = np.asarray(labels).astype(int), np.asarray(probs, np.float64), np.asarray(groups)
+    members: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    for group in np.unique(g):
+        index = np.flatnonzero(g == group)
+        members[int(y[index[0]])].append(index)
+    draws: dict[str, list[float]] = {"auc": [], "recall": [], "specificity": []}
+    for _ in range(rounds):
+        chosen = [
+            members[c][k]
+            for c in (0, 1)
+            if members[c]
+            for k in rng.integers(0, len(members[c]), len(members[c]))
+        ]
+        index = np.concatenate(chosen)
+        yy, pp = y[index], p[index] >= threshold
+        draws["auc"].append(_auc(y[index], p[index]))
+        draws["recall"].append(_ratio(float((pp & (yy == 1)).sum()), float((yy == 1).sum())))
+        draws["specificity"].append(_ratio(float((~pp & (yy == 0)).sum()), float((yy == 0).sum())))
+    return {
+        key: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))]
+        if np.isfinite(v).any()
+        else [float("nan"), float("nan")]
+        for key, v in draws.items()
+    }

@@ -12,18 +12,38 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from ml_model.spine_crop import SpineCrop
+
 GRADCAM_LAYER = "gradcam_conv"
 EMBEDDING_LAYER = "embedding"
 
 
-def build_custom(img_size: int = 224, dropout: float = 0.2) -> keras.Model:
+SPINE_CROP_LAYER = "spine_crop"
+
+
+def slice_input(
+    img_size: int, input_size: int | None
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """(model input, tensor the network sees). With ``input_size`` the model takes the whole
+    slice at that size and crops it around the spine to ``img_size`` in its own graph;
+    without, it takes ``img_size`` images as they are."""
+    if input_size is None:
+        inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
+        return inputs, inputs
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
+    return inputs, SpineCrop(img_size, name=SPINE_CROP_LAYER)(inputs)
+
+
+def build_custom(
+    img_size: int = 224, dropout: float = 0.2, input_size: int | None = None
+) -> keras.Model:
     """The seed CNN: Conv2D x2, Dropout, BatchNorm, MaxPool2D, Flatten, Dense x2, sigmoid.
 
     The convolutions use stride 2 and the pool is 4x4 so that Flatten feeds
     ~6k features instead of ~400k: same layer list, a 1.6 MB model instead of 200 MB.
     """
-    inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    inputs, x = slice_input(img_size, input_size)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
     x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name=GRADCAM_LAYER)(x)
     x = layers.Dropout(dropout, name="dropout")(x)

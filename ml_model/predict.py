@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 
 from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS
 from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Predictor
-from ml_model.study import SliceFile, StudyError, predict_study
+from ml_model.study import DEFAULT_TOP_K, SliceFile, StudyError, predict_study, threshold_for
 from ml_model.transforms import ImageDecodeError, load_image
+from ml_model.verdict import triage_result
 
 BATCH_SIZE = 32
 
@@ -65,13 +66,16 @@ def predict_files(
                 except (ImageDecodeError, OSError) as exc:
                     errors.append((path, str(exc)))
             if arrays:
-                probs = predictor.predict(np.stack(arrays))
-                for path, p in zip(readable, probs, strict=True):
+                prediction = predictor.run(np.stack(arrays))
+                for path, p, inside in zip(
+                    readable, prediction.probabilities, prediction.in_distribution, strict=True
+                ):
                     rows.append(
                         {
                             "file": str(path),
-                            "result": predictor.label(p, threshold),
+                            "result": triage_result(float(p), threshold, bool(inside)),
                             "probability": round(float(p), 6),
+                            "ct_gate": "accepted" if inside else "refused",
                         }
                     )
             bar.update(len(batch))
@@ -90,10 +94,14 @@ def run_study(
         study = predict_study(predictor, items, progress=True)
     except StudyError as exc:
         raise SystemExit(f"cannot process the study: {exc}") from exc
-    threshold = predictor.study_threshold(operating_point)
-    verdict = predictor.result(
-        study.study_probability, threshold, bool(study.in_distribution.any())
+    top_k = int(predictor.card.get("study", {}).get("top_k", DEFAULT_TOP_K))
+    threshold = threshold_for(
+        len(study.names),
+        top_k,
+        predictor.threshold(operating_point),
+        predictor.study_threshold(operating_point),
     )
+    verdict = triage_result(study.study_probability, threshold, bool(study.in_distribution.any()))
     rows = [
         {
             "file": name,
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {path}: {message}", file=sys.stderr)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["file", "result", "probability"])
+            writer = csv.DictWriter(handle, fieldnames=["file", "result", "probability", "ct_gate"])
             writer.writeheader()
             writer.writerows(rows)
     else:

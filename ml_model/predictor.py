@@ -14,53 +14,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml_model.config import (
-    DEFAULT_MODEL_DIR,
-    RESULT_NEGATIVE,
-    RESULT_OUT_OF_DISTRIBUTION,
-    RESULT_POSITIVE,
-)
-from ml_model.explain import make_gradcam_fn
+from ml_model.config import DEFAULT_MODEL_DIR
+from ml_model.explain import make_gradcam_fn, place_cam
 from ml_model.export import KERAS_FILE, read_card
+from ml_model.gate import CTGate, gate_features_tf
 from ml_model.metrics import apply_temperature
-from ml_model.models import EMBEDDING_LAYER, GRADCAM_LAYER
-from ml_model.ood import OODGuard
+from ml_model.models import EMBEDDING_LAYER, GRADCAM_LAYER, SPINE_CROP_LAYER
+from ml_model.verdict import triage_result
 
 DEFAULT_OPERATING_POINT = "sensitive"
 OPERATING_POINTS = ("sensitive", "specific")
 MAX_FORWARD_BATCH = 64
 
 
-def triage_result(probability: float, threshold: float, in_distribution: bool | None = True) -> str:
-    """The label shown to the user: positive if p >= threshold, and no fracture call for an
-    input the out-of-distribution guard refused (``None``: no guard applied)."""
-    if in_distribution is False:
-        return RESULT_OUT_OF_DISTRIBUTION
-    return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE
-
-
 @dataclass(frozen=True)
 class Prediction:
-    """One forward pass: calibrated P(fracture) and the out-of-distribution verdict."""
+    """One forward pass: calibrated P(fracture) and the CT gate's verdict."""
 
     probabilities: np.ndarray
-    features: np.ndarray
-    ood_distances: np.ndarray | None  # None when the bundle has no OOD guard
+    features: np.ndarray  # the CT gate's inputs (embedding + image statistics)
+    ood_distances: np.ndarray | None  # exp(gate threshold - gate logit): <= 1 is CT
     in_distribution: np.ndarray
-
-
-def ood_feature_layers(model: keras.Model, gradcam_layer: str) -> list[keras.KerasTensor]:
-    """Features the OOD guard measures: the embedding plus mean- and max-pooled activations
-    of the last conv layer. Pooled conv statistics catch photos whose embedding alone
-    happens to land near CT slices."""
-    conv = model.get_layer(gradcam_layer).output
-    features = [
-        keras.layers.GlobalAveragePooling2D(name="ood_gap")(conv),
-        keras.layers.GlobalMaxPooling2D(name="ood_gmp")(conv),
-    ]
-    if EMBEDDING_LAYER in {layer.name for layer in model.layers}:
-        features.insert(0, model.get_layer(EMBEDDING_LAYER).output)
-    return features
 
 
 class Predictor:
@@ -76,19 +50,23 @@ class Predictor:
         )
         self.img_size = int(self.model.input_shape[1])
         self.temperature = float(self.card.get("temperature", 1.0))
-        self.ood_guard = OODGuard.load(self.model_dir)
+        self.gate = CTGate.load(self.model_dir)
         gradcam_layer = str(self.card.get("gradcam_layer", GRADCAM_LAYER))
-        features = ood_feature_layers(self.model, gradcam_layer)
-        forward_model = keras.Model(
+        both = keras.Model(
             self.model.input,
-            [self.model.outputs[0], keras.layers.Concatenate(name="ood_features")(features)],
+            [self.model.outputs[0], self.model.get_layer(EMBEDDING_LAYER).output],
         )
+
+        def forward(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            probability, embedding = both(x, training=False)
+            return probability, tf.concat([embedding, gate_features_tf(x)], axis=1)
+
         spec = tf.TensorSpec([None, self.img_size, self.img_size, 3], tf.float32)
         # One traced graph for every batch size: no per-request retracing, no model.predict.
-        self._forward = tf.function(
-            lambda x: forward_model(x, training=False), input_signature=[spec]
-        )
+        self._forward = tf.function(forward, input_signature=[spec])
         self._gradcam = make_gradcam_fn(self.model, gradcam_layer)
+        names = {layer.name for layer in self.model.layers}
+        self._crop = self.model.get_layer(SPINE_CROP_LAYER) if SPINE_CROP_LAYER in names else None
 
     @property
     def name(self) -> str:
@@ -113,9 +91,6 @@ class Predictor:
             return float(points[operating_point]["threshold"])
         return self.threshold(operating_point)
 
-    def label(self, probability: float, threshold: float) -> str:
-        return triage_result(probability, threshold)
-
     def run(self, images: np.ndarray) -> Prediction:
         """Probabilities, OOD features and the in-distribution verdict for uint8 images."""
         images = np.asarray(images)
@@ -134,12 +109,9 @@ class Predictor:
         ]
         probs = np.concatenate([p.numpy().reshape(-1) for p, _ in chunks])
         features = np.concatenate([f.numpy() for _, f in chunks])
-        if self.ood_guard is None:
-            distances, inside = None, np.ones(len(images), dtype=bool)
-        else:
-            distances = self.ood_guard.distance(features)
-            inside = distances <= self.ood_guard.threshold
-        return Prediction(self._calibrate(probs), features, distances, inside)
+        logits = self.gate.logits(features)
+        inside = logits >= self.gate.threshold
+        return Prediction(self._calibrate(probs), features, self.gate.distance(logits), inside)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """P(fracture) for each image, after the bundle's temperature scaling."""
@@ -150,9 +122,15 @@ class Predictor:
         return triage_result(probability, threshold, in_distribution)
 
     def gradcam(self, image: np.ndarray) -> np.ndarray:
-        """Raw Grad-CAM map (conv resolution) for one uint8 image (S, S, 3)."""
+        """Grad-CAM map for one uint8 image (S, S, 3), in the frame of the whole input: for
+        a model that crops around the spine the map is placed back where the crop came from
+        (zero elsewhere)."""
         batch = tf.convert_to_tensor(np.asarray(image)[np.newaxis], tf.float32)
-        return self._gradcam(batch).numpy()[0]
+        cam = self._gradcam(batch).numpy()[0]
+        if self._crop is None:
+            return cam
+        box = self._crop.boxes(batch).numpy()[0]
+        return place_cam(cam, box, self.img_size)
 
     def _calibrate(self, probs: np.ndarray) -> np.ndarray:
         if self.temperature == 1.0:

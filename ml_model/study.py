@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
+from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from ml_model.metrics import choose_operating_points
 from ml_model.transforms import ImageDecodeError, image_to_array, is_dicom
 
@@ -134,8 +134,8 @@ def predict_study(
     predictor: Any,
     items: Sequence[SliceFile],
     top_k: int = DEFAULT_TOP_K,
-    level: float = BONE_WINDOW_LEVEL,
-    width: float = BONE_WINDOW_WIDTH,
+    level: float = EXPORT_WINDOW_LEVEL,
+    width: float = EXPORT_WINDOW_WIDTH,
     progress: bool = False,
 ) -> StudyPrediction:
     """Order, decode (the shared image path), score in batches and aggregate one series.
@@ -215,3 +215,9 @@ def calibrate_study_threshold(
             "source": "grouped-validation slices of the training split",
         },
     }
+
+
+def threshold_for(slices: int, top_k: int, slice_threshold: float, study_threshold: float) -> float:
+    """The study threshold was calibrated on many-slice studies; a "study" of fewer slices
+    than ``top_k`` is its slices' mean and is judged as a slice is."""
+    return slice_threshold if slices < top_k else study_threshold

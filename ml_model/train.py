@@ -10,8 +10,11 @@ export (.keras, SavedModel, TFLite, model card).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -22,18 +25,26 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from ml_model import __version__
+from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from ml_model.data import (
     DatasetError,
     ImageRecord,
+    array_dataset,
     describe_split,
     find_images,
     grouped_split,
+    groups_of,
+    leave_one_series_out,
+    load_arrays,
     make_dataset,
     naive_split,
+    series_of,
 )
 from ml_model.export import export_bundle
+from ml_model.gate import GATE_FILE, CTGate, fit_ct_gate, gate_inputs, gate_with_threshold
 from ml_model.metrics import (
     apply_temperature,
     choose_operating_points,
@@ -46,8 +57,9 @@ from ml_model.metrics import (
     plot_reliability,
     plot_roc,
 )
-from ml_model.models import DEFAULT_IMG_SIZES, build_model
-from ml_model.ood import fit_bundle_guard
+from ml_model.models import DEFAULT_IMG_SIZES, SPINE_CROP_LAYER, build_model
+from ml_model.negatives import generate as generate_negatives
+from ml_model.report import held_out_report, series_report
 from ml_model.study import calibrate_study_threshold
 from ml_model.transfer import (
     WeightsUnavailableError,
@@ -57,16 +69,23 @@ from ml_model.transfer import (
     head_model,
     unfreeze_top,
 )
+from ml_model.transforms import gray_to_model_input
 
 DATA_CAVEATS = [
     "Augmented copies: each distinct slice appears about 20 times (rotated/sharpened); "
-    "splits and metrics are by base slice, file-level splits inflate scores.",
-    "All normal slices in the shared training data come from one CT series (CSFDV1B10).",
-    "Level shortcut: fracture slices are high in the neck (skull base, C1/C2) and normal ones "
-    "lower, so the model may have learned the vertebral level rather than the fracture.",
-    "Small data: 50 distinct slices (25 per class) in the shared set; validation figures "
-    "rest on a handful of slices and carry wide uncertainty.",
+    "splits and metrics are by base slice or series, file-level splits inflate scores.",
+    "Three CT series (patients) only: B10 (1 fracture slice, 25 normal), B11 (7, 48), "
+    "B12 (75, 18). Leave-one-series-out figures rest on one to a few dozen slices each.",
+    "Level shortcut: in every series the fracture slices lie at the skull base to C2/C3 and "
+    "the normal slices lower in the neck, so level and label cannot be told apart in this "
+    "data. The spine crop removes brain, table and field of view, but the vertebral shape "
+    "still tells the level: a normal C1/C2 slice may be called a fracture, a fracture low "
+    "in the neck may be missed.",
+    "Export window: the slices were exported at about level -70 / width 380 HU; other "
+    "windows are out of the training distribution.",
 ]
+TRAINING_SPLITS = ("train",)
+SEED_TEST_NUMBERS = {"accuracy": 0.8605, "precision": 0.905, "recall": 0.795}
 # Validation ECE above this triggers temperature scaling.
 ECE_TOLERANCE = 0.05
 
@@ -100,6 +119,12 @@ class TrainConfig:
     strategy: str = "auto"
     mixed_precision: bool = False
     tflite_float16: bool = False
+    # The model takes the whole slice at input_size and crops it around the spine to
+    # img_size in its own graph (0: no crop, the image as given).
+    input_size: int = 384
+    cv: str = "series"  # "series": leave-one-series-out out-of-fold calibration; "none"
+    gate_negatives: int = 120  # synthetic/photo negatives per kind for the CT gate
+    test_data: str | None = None  # scored once at the end, never used for any choice
 
 
 def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
@@ -279,8 +304,127 @@ def fit_model(
     return model, history
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run one training job; returns the model card written with the bundle."""
+def window_jitter(images: np.ndarray, seed: int) -> np.ndarray:
+    """CT slices as another scanner or export might render them: a linear grey-level map
+    around fat (gain 0.6-1.6, offset +/-60) and, for half of them, a lifted background."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        gray = image.astype(np.float32)
+        mapped = rng.uniform(0.6, 1.6) * (gray - 107.0) + 107.0 + rng.uniform(-60.0, 60.0)
+        if rng.random() < 0.5:
+            mapped = np.where(gray < 30, rng.uniform(0.0, 120.0), mapped)
+        out[i] = np.clip(np.rint(mapped), 0, 255).astype(np.uint8)
+    return out
+
+
+def reexport(images: np.ndarray, seed: int) -> np.ndarray:
+    """CT slices as a user's copy might have been re-saved: JPEG quality 50, noise sigma 5,
+    contrast x1.1 or a 224-pixel round trip (one each, in turn). The CT gate's threshold
+    must accept these; ``window_jitter`` is the harsher training-time variant."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    size = images.shape[1]
+    for i, image in enumerate(images):
+        gray = image[..., 0]
+        kind = i % 4
+        if kind == 0:
+            buffer = io.BytesIO()
+            Image.fromarray(gray).save(buffer, "JPEG", quality=50)
+            gray = np.asarray(Image.open(buffer).convert("L"))
+        elif kind == 1:
+            gray = np.clip(gray + rng.normal(0, 5, gray.shape), 0, 255).astype(np.uint8)
+        elif kind == 2:
+            gray = np.clip((gray.astype(np.float32) - 128) * 1.1 + 128, 0, 255).astype(np.uint8)
+        else:
+            small = Image.fromarray(gray).resize((224, 224), Image.Resampling.BILINEAR)
+            gray = np.asarray(small.resize((size, size), Image.Resampling.BILINEAR))
+        out[i] = gray[..., np.newaxis]
+    return out
+
+
+def predict_arrays(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """P(fracture) for uint8 images, in bounded batches."""
+    forward = tf.function(lambda x: model(x, training=False))
+    return np.concatenate(
+        [forward(tf.cast(images[i : i + batch], tf.float32)).numpy().reshape(-1)
+         for i in range(0, len(images), batch)]
+    )  # fmt: skip
+
+
+def fit_on(
+    config: TrainConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    img_size: int,
+    strategy: tf.distribute.Strategy,
+    report_dir: Path | None = None,
+    verbose: int = 2,
+) -> tuple[keras.Model, dict[str, list[float]], np.ndarray]:
+    """Fit one model on arrays; a split by base slice (``config.split``) picks the epoch.
+
+    Returns the model, its history and the index of the epoch-choosing slices."""
+    records = [ImageRecord(Path(""), int(y), str(g)) for y, g in zip(labels, groups, strict=True)]
+    splitter = grouped_split if config.split == "grouped" else naive_split
+    fit_idx, val_idx = splitter(records, config.val_fraction, config.seed)
+    datasets = (
+        array_dataset(images[fit_idx], labels[fit_idx], config.batch_size, True, config.seed),
+        array_dataset(images[fit_idx], labels[fit_idx], config.batch_size, False),
+        array_dataset(images[val_idx], labels[val_idx], config.batch_size, False),
+    )
+    model, history = fit_model(config, datasets, img_size, report_dir, verbose, strategy)
+    return model, history, val_idx
+
+
+def cross_validate_series(
+    config: TrainConfig,
+    records: list[ImageRecord],
+    images: np.ndarray,
+    labels: np.ndarray,
+    jittered: np.ndarray,
+    negatives: np.ndarray,
+    img_size: int,
+    strategy: tf.distribute.Strategy,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Leave one CT series out at a time: out-of-fold P(fracture) and CT-gate logits for
+    every slice (and a re-exported copy of it), and per fold the threshold that fold's model
+    chose on its own epoch-choosing slices."""
+    groups = groups_of(records)
+    oof = np.full(len(records), np.nan)
+    oof_gate = np.full(len(records), np.nan)
+    oof_gate_reexported = np.full(len(records), np.nan)
+    folds: dict[str, Any] = {}
+    for name, tr, te in leave_one_series_out(records):
+        print(f"-- fold: {name} held out ({len(te)} files)")
+        keras.utils.set_random_seed(config.seed)
+        model, _, val_idx = fit_on(
+            config, images[tr], labels[tr], groups[tr], img_size, strategy, verbose=0
+        )
+        oof[te] = predict_arrays(model, images[te])
+        inner = tr[val_idx]
+        point = choose_operating_points(labels[inner], predict_arrays(model, images[inner]))
+        gate = fit_ct_gate(model, np.concatenate([images[tr], jittered[tr]]), negatives)
+        oof_gate[te] = gate.logits(gate_inputs(model, images[te]))
+        oof_gate_reexported[te] = gate.logits(gate_inputs(model, reexport(images[te], config.seed)))
+        folds[name] = {
+            "threshold": point["sensitive"]["threshold"],
+            "gate_threshold": gate.threshold,
+            "index": te,
+        }
+        keras.backend.clear_session()
+    return oof, oof_gate, oof_gate_reexported, folds
+
+
+def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run one training job; returns the model card written with the bundle.
+
+    1. leave-one-series-out (``cv="series"``): a model per held-out CT series gives
+       out-of-fold scores for every training slice and the per-series report;
+    2. the bundle's model is fitted on every series;
+    3. temperature, operating points, the study threshold and the CT gate's threshold
+       are set on the out-of-fold scores, never on the slices that chose an epoch.
+    """
     # Multi-worker collectives must be configured before any other TensorFlow op runs.
     strategy = make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
@@ -288,71 +432,113 @@ def train(config: TrainConfig) -> dict[str, Any]:
     report_dir = Path(config.report_dir) if config.report_dir else out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
+    input_size = config.input_size or img_size
 
-    records = find_images(config.data)
-    train_records, val_records = split_records(records, config)
-    datasets = image_datasets(config, train_records, val_records, img_size)
-    _, train_eval_ds, val_ds = datasets
+    # A folder with train/ and val/ splits: only train/ is ever trained, tuned or calibrated on.
+    records = find_images(config.data, splits=TRAINING_SPLITS)
+    images, labels = load_arrays(records, input_size)
+    groups = groups_of(records)
+    print(f"{len(records)} files, {len(set(groups))} base slices, series: "
+          f"{sorted({series_of(g) for g in groups})}")  # fmt: skip
+    jittered = window_jitter(images, config.seed)
+    negatives = generate_negatives(config.gate_negatives, seed=config.seed)
+    neg_images = np.stack([gray_to_model_input(n.gray, input_size) for n in negatives])
+    neg_train = np.array([not n.held_out for n in negatives])
 
     started = time.perf_counter()
-    model, history = fit_model(config, datasets, img_size, report_dir, strategy=strategy)
+    if config.cv == "series":
+        oof, oof_gate, oof_gate_reexported, folds = cross_validate_series(
+            config, records, images, labels, jittered, neg_images[neg_train], img_size, strategy
+        )
+    else:
+        oof = oof_gate = oof_gate_reexported = np.full(len(records), np.nan)
+        folds = {}
+    keras.utils.set_random_seed(config.seed)
+    model, history, val_idx = fit_on(config, images, labels, groups, img_size, strategy, report_dir)
     train_seconds = time.perf_counter() - started
 
-    # The unaugmented training set gives honest train-side metrics.
-    y_train = np.array([r.label for r in train_records])
-    y_val = np.array([r.label for r in val_records])
-    p_train = predict_dataset(model, train_eval_ds)
-    p_val = predict_dataset(model, val_ds)
-    raw_ece = expected_calibration_error(y_val, p_val)
-    temperature = 1.0
-    if raw_ece > ECE_TOLERANCE:
-        # Badly calibrated sigmoid: temperature scaling fitted on validation, stored in the
-        # card and applied by the Predictor; thresholds are then picked on calibrated scores.
-        temperature = fit_temperature(y_val, p_val)
-        p_train, p_val = (
-            apply_temperature(p_train, temperature),
-            apply_temperature(p_val, temperature),
+    have_oof = bool(np.isfinite(oof).all())
+    # Calibration data: out-of-fold scores when there are folds; else (cv="none") the
+    # epoch-choosing slices, which the card then says.
+    if have_oof:
+        cal_p, cal_y, cal_groups, cal_source = (
+            oof,
+            labels,
+            groups,
+            "leave-one-series-out out-of-fold",
         )
-    print(f"validation ECE {raw_ece:.4f} -> temperature {temperature:.3f}")
+    else:
+        cal_p = predict_arrays(model, images[val_idx])
+        cal_y, cal_groups, cal_source = (
+            labels[val_idx],
+            groups[val_idx],
+            "epoch-choosing validation slices",
+        )
+    raw_ece = expected_calibration_error(cal_y, cal_p)
+    temperature = fit_temperature(cal_y, cal_p) if raw_ece > ECE_TOLERANCE else 1.0
+    cal_p = apply_temperature(cal_p, temperature)
+    print(f"{cal_source} ECE {raw_ece:.4f} -> temperature {temperature:.3f}")
+    operating_points = choose_operating_points(cal_y, cal_p)
 
-    operating_points = choose_operating_points(y_val, p_val)
+    gate = fit_ct_gate(model, np.concatenate([images, jittered]), neg_images[neg_train])
+    neg_logits = gate.logits(gate_inputs(model, neg_images))
+    ct_floor = (
+        float(np.nanmin(np.concatenate([oof_gate, oof_gate_reexported]))) if have_oof else None
+    )
+    np.savez(
+        report_dir / "out_of_fold.npz",
+        probability=oof,
+        gate_logit=oof_gate,
+        gate_logit_reexported=oof_gate_reexported,
+        label=labels,
+        group=groups,
+    )
+    gate = gate_with_threshold(gate, ct_floor, neg_logits[neg_train], negatives, neg_logits)
+
+    p_train = apply_temperature(predict_arrays(model, images), temperature)
     threshold = operating_points["sensitive"]["threshold"]
-    metrics = {
-        "train": compute_metrics(y_train, p_train, threshold),
-        "validation": compute_metrics(y_val, p_val, threshold),
-    }
-    _write_reports(report_dir, history, metrics, y_val, p_val)
+    metrics: dict[str, Any] = {"train (in-sample)": compute_metrics(labels, p_train, threshold)}
+    if have_oof:
+        metrics["out_of_fold (pooled)"] = compute_metrics(labels, cal_p, threshold)
+    _write_reports(report_dir, history, metrics, cal_y, cal_p)
 
-    card = build_card(
-        config,
-        img_size,
-        records,
-        train_records,
-        val_records,
-        operating_points,
-        metrics,
-        train_seconds,
+    card = build_card(config, img_size, records, operating_points, metrics, train_seconds, argv)
+    card["input"]["size"] = input_size
+    card["input"]["crop"] = (
+        {"method": "spine", "output_size": img_size, "layer": SPINE_CROP_LAYER}
+        if config.input_size
+        else None
     )
     card["temperature"] = temperature
     card["calibration"] = {
-        "raw_validation_ece": raw_ece,
-        "calibrated_validation_ece": expected_calibration_error(y_val, p_val),
+        "source": cal_source,
+        "raw_ece": raw_ece,
+        "calibrated_ece": expected_calibration_error(cal_y, cal_p),
         "method": "temperature scaling" if temperature != 1.0 else "none needed",
         "tolerance": ECE_TOLERANCE,
     }
-    card["study"] = calibrate_study_threshold(
-        p_val, y_val, np.array([r.group for r in val_records]), seed=config.seed
-    )
-    export_bundle(model, out, card, tflite_float16=config.tflite_float16)
-    guard = fit_bundle_guard(out, dataset_images(train_eval_ds), dataset_images(val_ds))
-    print(f"out-of-distribution guard: {guard.details}")
+    card["study"] = calibrate_study_threshold(cal_p, cal_y, cal_groups, seed=config.seed)
+    card["study"]["calibration"]["source"] = cal_source
+    card["gate"] = gate.details | {"threshold": gate.threshold, "file": GATE_FILE}
+    if have_oof:
+        card["leave_one_series_out"] = series_report(
+            labels, oof, oof_gate, groups, folds, config.seed
+        )
+        print(
+            json.dumps({k: v["summary"] for k, v in card["leave_one_series_out"].items()}, indent=1)
+        )
+    if config.test_data:
+        card["test"] = test_table(model, config, input_size, temperature, threshold, gate)
+    export_bundle(model, out, card, tflite_float16=config.tflite_float16, gate=gate)
+    gate.save(out)
     print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
-    print(f"bundle written to {out} (report in {report_dir})")
+    print(f"bundle written to {out} (report in {report_dir}); {train_seconds:.0f} s of training")
     return card
 
 
 def _builder_options(config: TrainConfig) -> dict[str, Any]:
-    return {} if config.arch == "custom" else {"weights": config.weights}
+    options: dict[str, Any] = {"input_size": config.input_size or None}
+    return options if config.arch == "custom" else options | {"weights": config.weights}
 
 
 def _write_reports(
@@ -363,10 +549,11 @@ def _write_reports(
     p_val: np.ndarray,
 ) -> None:
     plot_history(history, report_dir / "training_curves.png")
+    shown = list(metrics)[-1]  # the out-of-fold scores when there are folds
     plot_confusion_matrix(
-        metrics["validation"]["confusion_matrix"],
+        metrics[shown]["confusion_matrix"],
         report_dir / "confusion_matrix.png",
-        title="Validation confusion matrix",
+        title=f"Confusion matrix: {shown}",
     )
     plot_roc(y_val, p_val, report_dir / "roc_curve.png")
     plot_reliability(y_val, p_val, report_dir / "reliability.png")
@@ -375,15 +562,47 @@ def _write_reports(
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
+def data_fingerprint(root: str | Path) -> dict[str, str]:
+    """sha256 of the data MANIFEST (in the folder or its parent), else of the file list."""
+    root = Path(root)
+    for candidate in (root / "MANIFEST.csv", root.parent / "MANIFEST.csv"):
+        if candidate.is_file():
+            return {
+                "manifest": candidate.name,
+                "sha256": hashlib.sha256(candidate.read_bytes()).hexdigest(),
+            }
+    listing = "\n".join(
+        f"{p.relative_to(root)}:{p.stat().st_size}" for p in sorted(root.rglob("*")) if p.is_file()
+    )
+    return {"manifest": "file list", "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def test_table(
+    model: keras.Model,
+    config: TrainConfig,
+    input_size: int,
+    temperature: float,
+    threshold: float,
+    gate: CTGate,
+) -> dict[str, Any]:
+    """The seeds' test table on a held-back split, scored once after every choice is made."""
+    assert config.test_data is not None
+    records = find_images(config.test_data)
+    images, labels = load_arrays(records, input_size)
+    probs = apply_temperature(predict_arrays(model, images), temperature)
+    accepted = gate.logits(gate_inputs(model, images)) >= gate.threshold
+    report = held_out_report(labels, probs, accepted, groups_of(records), threshold, config.seed)
+    return report | {"data": str(config.test_data), "seed_reported": SEED_TEST_NUMBERS}
+
+
 def build_card(
     config: TrainConfig,
     img_size: int,
     records: list[ImageRecord],
-    train_records: list[ImageRecord],
-    val_records: list[ImageRecord],
     operating_points: dict[str, dict[str, float]],
     metrics: dict[str, dict[str, Any]],
     train_seconds: float,
+    argv: list[str] | None,
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
@@ -396,8 +615,10 @@ def build_card(
             "size": img_size,
             "channels": 3,
             "serving_dtype": "uint8",
-            "preprocessing": "decode -> grayscale (DICOM: HU bone window 400/1800) -> "
-            "bilinear resize -> 3 channels; scaling is inside the model",
+            "window": {"level": EXPORT_WINDOW_LEVEL, "width": EXPORT_WINDOW_WIDTH},
+            "preprocessing": "decode -> grayscale (DICOM: HU through the card's window) -> "
+            "bilinear resize to input.size -> 3 channels; the spine crop, scaling and "
+            "calibration are inside the model",
         },
         "output": "P(fracture) from a sigmoid",
         "temperature": 1.0,
@@ -406,18 +627,17 @@ def build_card(
         "gradcam_layer": gradcam_layer(config.arch),
         "metrics": metrics,
         "training": {
+            "argv": list(argv) if argv is not None else None,
             **{k: v for k, v in asdict(config).items() if k not in ("out", "report_dir", "data")},
             "seconds": round(train_seconds, 1),
-            "train_groups": sorted({r.group for r in train_records}),
-            "validation_groups": sorted({r.group for r in val_records}),
+            "series": sorted({series_of(r.group) for r in records}),
         },
         "data": {
             "description": "Axial cervical-spine CT slices, fracture vs normal "
-            "(Kaggle 'Spine Fracture Prediction from C.T. Dataset' subset).",
+            "(Kaggle 'Spine Fracture Prediction from C.T. Dataset', train split).",
             "files": len(records),
             "distinct_slices": len({r.group for r in records}),
-            "train_files": len(train_records),
-            "validation_files": len(val_records),
+            **data_fingerprint(config.data),
         },
         "caveats": DATA_CAVEATS,
         "intended_use": INTENDED_USE,
@@ -467,6 +687,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU")
     parser.add_argument("--tflite-float16", action="store_true", help="float16 TFLite weights")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=defaults.input_size,
+        help="whole-slice input side, cropped around the spine in the graph (0 = no crop)",
+    )
+    parser.add_argument("--cv", default=defaults.cv, choices=["series", "none"])
+    parser.add_argument("--gate-negatives", type=int, default=defaults.gate_negatives)
+    parser.add_argument("--test-data", default=None, help="held-back split scored once at the end")
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if v is not None}
     values.setdefault("out", f"runs/{args.arch}")
@@ -474,9 +703,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_args(argv)
     try:
-        train(config)
+        train(config, argv)
     except (WeightsUnavailableError, DatasetError) as exc:
         # One clear message (what is missing and how to fix it), not a stack trace.
         raise SystemExit(f"error: {exc}") from None

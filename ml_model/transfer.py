@@ -35,7 +35,13 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from ml_model.models import ARCHITECTURES, DEFAULT_IMG_SIZES, EMBEDDING_LAYER, GRADCAM_LAYER
+from ml_model.models import (
+    ARCHITECTURES,
+    DEFAULT_IMG_SIZES,
+    EMBEDDING_LAYER,
+    GRADCAM_LAYER,
+    slice_input,
+)
 from ml_model.weights import WeightsUnavailableError, fetch_keras_weights
 
 HEAD_DROPOUT_LAYER = "head_dropout"
@@ -129,6 +135,7 @@ def build_keras_transfer(
     img_size: int | None = None,
     weights: str | Path | None = "imagenet",
     dropout: float = 0.2,
+    input_size: int | None = None,
 ) -> keras.Model:
     """Fracture classifier on a keras.applications backbone, built flat.
 
@@ -156,10 +163,10 @@ def build_keras_transfer(
         else:
             full_model_file = path
 
-    inputs = keras.Input(shape=(size, size, 3), name="image")
+    inputs, x = slice_input(size, input_size)
     # All three backbones use preprocess_input mode "tf": x / 127.5 - 1. A Rescaling layer
     # computes exactly that and, unlike raw ops, serialises to .keras / SavedModel / TFLite.
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS_LAYER)(inputs)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS_LAYER)(x)
     # With input_tensor the application is built on our tensor, so its layers become
     # top-level layers of the model below (Grad-CAM and get_layer need that).
     backbone = spec.constructor(include_top=False, weights=backbone_weights, input_tensor=x)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH, DEFAULT_IMG_SIZE
+from ml_model.config import DEFAULT_IMG_SIZE, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 
 # Decompression-bomb guard: set explicitly, and enforced as an error (Pillow only
 # warns between 1x and 2x of its limit). 40 MP is far above any CT slice.
@@ -69,7 +69,7 @@ def is_dicom(data: bytes) -> bool:
 
 
 def hu_window(
-    hu: np.ndarray, level: float = BONE_WINDOW_LEVEL, width: float = BONE_WINDOW_WIDTH
+    hu: np.ndarray, level: float = EXPORT_WINDOW_LEVEL, width: float = EXPORT_WINDOW_WIDTH
 ) -> np.ndarray:
     """Map Hounsfield units to uint8 through a linear window (level +/- width/2)."""
     if width <= 0:
@@ -93,8 +93,18 @@ def rescale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.rint((pixels - low) / (high - low) * 255.0).astype(np.uint8)
 
 
+# DICOM modalities whose pixels are not CT: refused at the door with a reason, before any
+# model sees them (a de-identified file without Modality is not refused for that alone).
+NON_CT_MODALITIES = frozenset(
+    {"MR", "US", "CR", "DX", "MG", "NM", "PT", "XA", "RF", "IO", "OP", "SM", "ES", "XC", "OCT"}
+)
+
+
 def decode_dicom(
-    data: bytes, level: float = BONE_WINDOW_LEVEL, width: float = BONE_WINDOW_WIDTH
+    data: bytes,
+    level: float = EXPORT_WINDOW_LEVEL,
+    width: float = EXPORT_WINDOW_WIDTH,
+    require_ct: bool = True,
 ) -> np.ndarray:
     """DICOM bytes -> Hounsfield units (RescaleSlope/Intercept) -> windowed uint8 slice.
 
@@ -110,6 +120,7 @@ def decode_dicom(
         # pydicom parses elements lazily, on first access: a malformed element raises
         # here (ValueError, NotImplementedError, BytesLengthException...), not in dcmread.
         has_pixels = "PixelData" in dataset
+        modality = str(dataset.get("Modality", "") or "").strip().upper()
         frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
         rows, cols = int(getattr(dataset, "Rows", 0)), int(getattr(dataset, "Columns", 0))
         samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
@@ -121,6 +132,10 @@ def decode_dicom(
         raise
     except Exception as exc:  # InvalidDicomError, EOFError and the lazy-parsing errors above
         raise ImageDecodeError(f"the DICOM file could not be read: {_short(exc)}") from exc
+    if require_ct and modality in NON_CT_MODALITIES:
+        raise UnsupportedImageError(
+            f"the DICOM file is a {modality} image, not CT; this product reads CT slices only"
+        )
     if not has_pixels:
         raise ImageDecodeError("the DICOM file has no pixel data")
     if frames > 1:
@@ -294,7 +309,7 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 
 
 def decode_image(
-    data: bytes, level: float = BONE_WINDOW_LEVEL, width: float = BONE_WINDOW_WIDTH
+    data: bytes, level: float = EXPORT_WINDOW_LEVEL, width: float = EXPORT_WINDOW_WIDTH
 ) -> np.ndarray:
     """Image or DICOM bytes -> 2-D uint8 grayscale at the file's own size."""
     if not data:
@@ -324,8 +339,8 @@ def gray_to_model_input(gray: np.ndarray, size: int = DEFAULT_IMG_SIZE) -> np.nd
 def image_to_array(
     data: bytes,
     size: int = DEFAULT_IMG_SIZE,
-    level: float = BONE_WINDOW_LEVEL,
-    width: float = BONE_WINDOW_WIDTH,
+    level: float = EXPORT_WINDOW_LEVEL,
+    width: float = EXPORT_WINDOW_WIDTH,
 ) -> np.ndarray:
     """Bytes -> uint8 array of shape (size, size, 3): decode, window, resize."""
     return gray_to_model_input(decode_image(data, level, width), size)

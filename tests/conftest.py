@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ml_model.config import SHARED_DATA_DIR
-from ml_model.dicom import ct_dicom_bytes, gray_to_bone_window_dicom  # noqa: F401
+from ml_model.dicom import ct_dicom_bytes, gray_to_export_window_dicom  # noqa: F401
 
 
 @pytest.fixture(scope="session")

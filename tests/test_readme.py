@@ -95,16 +95,16 @@ def upload_files(tmp_path: Path) -> Path:
 
     from PIL import Image
 
-    from tests.conftest import gray_to_bone_window_dicom, synthetic_slice
+    from tests.conftest import gray_to_export_window_dicom, synthetic_slice
 
     for index, name in enumerate(("slice.png", "a.png")):
         Image.fromarray(synthetic_slice(index % 2, index, size=224)).save(tmp_path / name)
     for name in ("slice.dcm", "b.dcm"):
-        (tmp_path / name).write_bytes(gray_to_bone_window_dicom(synthetic_slice(1, 5, size=224)))
+        (tmp_path / name).write_bytes(gray_to_export_window_dicom(synthetic_slice(1, 5, size=224)))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for z in range(4):
-            data = gray_to_bone_window_dicom(
+            data = gray_to_export_window_dicom(
                 synthetic_slice(z % 2, z, size=224),
                 z=float(z),
                 instance=z + 1,

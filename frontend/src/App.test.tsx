@@ -346,6 +346,10 @@ describe("model panel", () => {
     expect(within(panel).getByText(/Version 1.2.0/)).toBeInTheDocument();
     expect(within(panel).getByText(/decision support, not a diagnosis/i)).toBeInTheDocument();
     expect(within(panel).getByText(CARD.intended_use as string)).toBeInTheDocument();
+    // New-patient numbers lead: a row per held-out series, intervals in brackets.
+    const newPatients = within(panel).getByTestId("new-patient-table");
+    expect(within(newPatients).getByRole("rowheader", { name: "SERIES_A (held out)" })).toBeInTheDocument();
+    expect(within(newPatients).getByText("0.812 [0.700–0.910]")).toBeInTheDocument();
     const points = within(panel).getByTestId("operating-points");
     expect(within(points).getByRole("columnheader", { name: "Sensitive" })).toBeInTheDocument();
     expect(within(points).getByRole("rowheader", { name: "Threshold" })).toBeInTheDocument();

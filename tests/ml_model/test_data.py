@@ -15,9 +15,11 @@ from ml_model.data import (
     find_images,
     grouped_kfold,
     grouped_split,
+    leave_one_series_out,
     load_arrays,
     make_dataset,
     naive_split,
+    series_of,
 )
 from tests.conftest import WriteDataset
 
@@ -100,11 +102,23 @@ def test_naive_split_leaks_slices(write_dataset: WriteDataset) -> None:
 
 
 def test_real_data_grouped_split(shared_data: Path) -> None:
-    records = find_images(shared_data)
-    assert len(records) == 1000
-    assert len({r.group for r in records}) == 50
+    records = find_images(shared_data, splits=["train"])
+    assert len(records) == 3632
+    assert len({r.group for r in records}) == 174
     train, val = grouped_split(records, 0.2, seed=42)
     assert {records[i].group for i in train}.isdisjoint({records[i].group for i in val})
+
+
+def test_real_data_leave_one_series_out(shared_data: Path) -> None:
+    """A fold per CT series (patient): no series on both sides, every file held out once."""
+    records = find_images(shared_data, splits=["train"])
+    folds = leave_one_series_out(records)
+    assert [name for name, _, _ in folds] == ["CSFDV1B10", "CSFDV1B11", "CSFDV1B12"]
+    held = np.concatenate([test for _, _, test in folds])
+    assert sorted(held.tolist()) == list(range(len(records)))
+    for name, train, test in folds:
+        assert {series_of(records[i].group) for i in test} == {name}
+        assert name not in {series_of(records[i].group) for i in train}
 
 
 def test_make_dataset_batches_decoded_images(write_dataset: WriteDataset) -> None:

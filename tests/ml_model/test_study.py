@@ -22,7 +22,7 @@ from ml_model.study import (
     slice_number,
 )
 from ml_model.transforms import decode_image, image_to_array
-from tests.conftest import gray_to_bone_window_dicom, make_dicom, synthetic_slice
+from tests.conftest import gray_to_export_window_dicom, make_dicom, synthetic_slice
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def real_series(shared_data: Path, fracture_slices: int) -> list[SliceFile]:
     items = []
     for index, path in enumerate(paths):
         gray = decode_image(path.read_bytes())
-        data = gray_to_bone_window_dicom(
+        data = gray_to_export_window_dicom(
             gray, z=-3.0 * index, instance=index + 1, series_uid="1.2.826.0.1"
         )
         items.append(SliceFile(f"{index:03d}.dcm", data))
@@ -130,7 +130,7 @@ def real_series(shared_data: Path, fracture_slices: int) -> list[SliceFile]:
 def test_dicom_written_slice_decodes_to_the_original(shared_data: Path) -> None:
     path = sorted((shared_data / "train" / "normal").glob("*.png"))[0]
     gray = decode_image(path.read_bytes())
-    assert np.array_equal(decode_image(gray_to_bone_window_dicom(gray)), gray)
+    assert np.array_equal(decode_image(gray_to_export_window_dicom(gray)), gray)
 
 
 def test_study_on_real_slices(shared_data: Path, predictor: Predictor) -> None:

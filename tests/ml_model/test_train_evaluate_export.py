@@ -16,7 +16,9 @@ from ml_model.export import (
     CARD_FILE,
     KERAS_FILE,
     SAVED_MODEL_DIR,
+    SERVING_GATE_OUTPUT,
     TFLITE_FILE,
+    saved_model_outputs,
     saved_model_predict,
     tflite_predict,
 )
@@ -25,6 +27,7 @@ from ml_model.train import TrainConfig, parse_args, train
 from tests.conftest import WriteDataset
 
 IMG_SIZE = 64
+INPUT_SIZE = 96
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +38,25 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("data")
     from PIL import Image
 
+    # Two "series", both labels in each, so leave-one-series-out has a fold per series.
     for label, name in enumerate(("normal", "fracture")):
         (root / name).mkdir()
-        for s in range(5):
+        for s in range(6):
             for c in range(3):
                 pixels = synthetic_slice(label, seed=label * 100 + s * 10 + c)
-                Image.fromarray(pixels).save(root / name / f"S{label} ({s})-copy{c}.png")
+                Image.fromarray(pixels).save(root / name / f"SER{s % 2} ({label}{s})-copy{c}.png")
     out = tmp_path_factory.mktemp("bundle")
     config = TrainConfig(
-        data=str(root), out=str(out), epochs=1, batch_size=8, img_size=IMG_SIZE, seed=1
+        data=str(root),
+        out=str(out),
+        epochs=1,
+        batch_size=8,
+        img_size=IMG_SIZE,
+        input_size=INPUT_SIZE,
+        gate_negatives=4,
+        seed=1,
     )
-    train(config)
+    train(config, ["--data", str(root), "--epochs", "1"])
     return root, out
 
 
@@ -61,21 +72,36 @@ def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -
     ):
         assert (out / "report" / name).is_file(), name
     card = json.loads((out / CARD_FILE).read_text())
-    assert card["architecture"] == "custom" and card["input"]["size"] == IMG_SIZE
+    assert card["architecture"] == "custom" and card["input"]["size"] == INPUT_SIZE
+    assert card["input"]["crop"]["output_size"] == IMG_SIZE
     assert set(card["operating_points"]) == {"sensitive", "specific"}
-    assert set(card["training"]["train_groups"]).isdisjoint(card["training"]["validation_groups"])
+    assert card["training"]["argv"] == ["--data", str(_), "--epochs", "1"]
+    assert len(card["data"]["sha256"]) == 64
+    # Calibrated on out-of-fold scores; a report per held-out series, with intervals.
+    assert card["calibration"]["source"].startswith("leave-one-series-out")
+    assert set(card["leave_one_series_out"]) == {"SER0", "SER1"}
+    for row in card["leave_one_series_out"].values():
+        assert set(row["intervals_95"]) == {"auc", "recall", "specificity"}
+        assert {"recall", "specificity", "accuracy"} <= set(row["product"])
+    assert card["gate"]["threshold_rule"]
+    assert (out / "gate.npz").is_file()
     assert "not a diagnostic device" in card["intended_use"].lower()
-    assert any("one CT series" in caveat for caveat in card["caveats"])
+    assert any("Level shortcut" in caveat for caveat in card["caveats"])
 
 
 def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     data, out = trained_bundle
-    images, _ = load_arrays(find_images(data), IMG_SIZE, progress=False)
-    keras_probs = Predictor(out).predict(images)
+    predictor = Predictor(out)
+    images, _ = load_arrays(find_images(data), predictor.img_size, progress=False)
+    keras_probs = predictor.predict(images)
     saved_probs = saved_model_predict(out / SAVED_MODEL_DIR, images)
     tflite_probs = tflite_predict(out / TFLITE_FILE, images)
     np.testing.assert_allclose(saved_probs, keras_probs, atol=1e-4)
     np.testing.assert_allclose(tflite_probs, keras_probs, atol=1e-4)
+    # The exported graph carries the CT gate too (TF Serving mode needs no local model).
+    logits = saved_model_outputs(out / SAVED_MODEL_DIR, images)[SERVING_GATE_OUTPUT].reshape(-1)
+    features = predictor.run(images).features
+    np.testing.assert_allclose(logits, predictor.gate.logits(features), atol=1e-3)
 
 
 def test_evaluate_metrics_match_hand_count(
@@ -93,7 +119,17 @@ def test_evaluate_metrics_match_hand_count(
     fp = sum(1 for r in rows if r["label"] == "0" and float(r["probability"]) >= threshold)
     tn = sum(1 for r in rows if r["label"] == "0" and float(r["probability"]) < threshold)
     assert written["confusion_matrix"] == [[tn, fp], [fn, tp]]
-    assert written["n"] == len(rows) == 30
+    assert written["n"] == len(rows) == 36
+    assert {"refused", "product", "per_series", "intervals_95"} <= set(written)
+    refused = sum(1 for r in rows if r["result"] == "Not a CT slice")
+    assert written["refused"] == refused
+    shortcut = json.loads((tmp_path / "shortcut.json").read_text())
+    assert set(shortcut["counterfactuals"]) == {
+        "uniform_bright_ellipse",
+        "fracture_bone_to_soft_tissue",
+        "normal_upper_half_blanked",
+    }
+    assert (tmp_path / "shortcut.png").is_file()
     assert written["accuracy"] == pytest.approx((tp + tn) / len(rows))
     assert written["recall"] == pytest.approx(tp / (tp + fn))
     for key in ("precision", "f1", "auc", "loss"):
@@ -112,8 +148,8 @@ def test_predict_cli_reports_and_skips_bad_files(
     assert code == 0
     with out_csv.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 30
-    assert {r["result"] for r in rows} <= {"Potentially Fracture", "Normal"}
+    assert len(rows) == 36
+    assert {r["result"] for r in rows} <= {"Potentially Fracture", "Normal", "Not a CT slice"}
     assert "skipped" in capsys.readouterr().err
 
 
@@ -177,6 +213,9 @@ def test_mirrored_strategy_trains_on_cpu_with_one_replica(tmp_path: Path) -> Non
             epochs=1,
             batch_size=4,
             img_size=IMG_SIZE,
+            input_size=0,
+            cv="none",
+            gate_negatives=3,
             strategy="mirrored",
         )
     )
@@ -188,3 +227,30 @@ def test_missing_data_folder_is_one_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+
+
+def test_compare_series_writes_per_series_intervals(
+    trained_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`compare --split series`: a row per held-out series, intervals, table and plot."""
+    from ml_model import compare
+
+    data, _ = trained_bundle
+    compare.RECIPES["custom"] = {
+        "input_size": INPUT_SIZE,
+        "img_size": IMG_SIZE,
+        "gate_negatives": 4,
+    }
+    try:
+        compare.main(["--data", str(data), "--split", "series", "--archs", "custom",
+                      "--epochs", "1", "--out", str(tmp_path)])  # fmt: skip
+    finally:
+        compare.RECIPES["custom"] = {}
+    results = json.loads((tmp_path / "comparison_series.json").read_text())
+    rows = results["archs"]["custom"]["series"]
+    assert set(rows) == {"SER0", "SER1"}
+    for row in rows.values():
+        assert set(row["intervals_95"]) == {"auc", "recall", "specificity"}
+        assert "product" in row and "refused" in row
+    assert "SER0" in (tmp_path / "comparison_series.md").read_text()
+    assert (tmp_path / "comparison_series.png").is_file()

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH, DEFAULT_MODEL_DIR
+from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MIB = 1024 * 1024
@@ -53,9 +53,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed by CORS: a JSON list or comma-separated. Empty: no CORS.",
     )
-    window_level: float = Field(default=BONE_WINDOW_LEVEL, description="DICOM window level, HU.")
+    window_level: float = Field(default=EXPORT_WINDOW_LEVEL, description="DICOM window level, HU.")
     window_width: float = Field(
-        default=BONE_WINDOW_WIDTH, gt=0, description="DICOM window width, HU."
+        default=EXPORT_WINDOW_WIDTH, gt=0, description="DICOM window width, HU."
     )
     frontend_dist: Path = Field(
         default=REPO_ROOT / "frontend" / "dist",

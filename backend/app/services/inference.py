@@ -20,7 +20,7 @@ from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME
 from backend.app.schemas import Result
 from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Prediction, Predictor
-from ml_model.predictor import triage_result as predictor_triage_result
+from ml_model.verdict import triage_result as predictor_triage_result
 
 logger = logging.getLogger(LOGGER_NAME)
 

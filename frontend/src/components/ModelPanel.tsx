@@ -241,7 +241,71 @@ function asList(value: unknown): string[] {
   return [String(value)];
 }
 
+type Interval = [number, number];
+interface HeldOut {
+  base_slices?: { fracture?: number; normal?: number };
+  model?: Record<string, unknown>;
+  intervals_95?: Record<string, Interval>;
+  product?: Record<string, unknown>;
+  refused?: number;
+}
+
+function num(v: unknown): string {
+  return typeof v === "number" && Number.isFinite(v) ? formatRatio(v) : "—";
+}
+
+function withInterval(row: HeldOut, key: string): string {
+  const ci = row.intervals_95?.[key];
+  const value = num(row.model?.[key]);
+  return ci && ci.every((x) => Number.isFinite(x)) ? `${value} [${formatRatio(ci[0])}–${formatRatio(ci[1])}]` : value;
+}
+
+/** Per held-out CT series (a patient the model never saw), then the archive's val split. */
+export function NewPatientTable({ series, test }: { series: Record<string, HeldOut>; test?: HeldOut }) {
+  const rows: [string, HeldOut][] = [
+    ...Object.entries(series).map(([name, row]) => [`${name} (held out)`, row] as [string, HeldOut]),
+    ...(test ? [["Archive val split (test)", test] as [string, HeldOut]] : []),
+  ];
+  return (
+    <div className="table-wrap">
+      <table className="op-table" data-testid="new-patient-table">
+        <caption>Brackets: 95 % interval over base slices. Product: what the user is told, the CT gate included.</caption>
+        <thead>
+          <tr>
+            <th scope="col">Data</th>
+            <th scope="col" className="num">Slices F/N</th>
+            <th scope="col" className="num">ROC AUC</th>
+            <th scope="col" className="num">Sensitivity</th>
+            <th scope="col" className="num">Specificity</th>
+            <th scope="col" className="num">Product sensitivity</th>
+            <th scope="col" className="num">Product specificity</th>
+            <th scope="col" className="num">Refused</th>
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map(([name, row]) => (
+            <tr key={name}>
+              <th scope="row">{name}</th>
+              <td className="num">
+                {row.base_slices?.fracture ?? "—"}/{row.base_slices?.normal ?? "—"}
+              </td>
+              <td className="num">{withInterval(row, "auc")}</td>
+              <td className="num">{withInterval(row, "recall")}</td>
+              <td className="num">{withInterval(row, "specificity")}</td>
+              <td className="num">{num(row.product?.recall)}</td>
+              <td className="num">{num(row.product?.specificity)}</td>
+              <td className="num">{row.refused ?? "—"}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
 const SHOWN = new Set([
+  "leave_one_series_out",
+  "test",
   "name",
   "version",
   "architecture",
@@ -297,6 +361,20 @@ export function ModelPanel({ card, error }: Props) {
             <p className="notice notice--warn">
               This bundle is marked as an untrained placeholder. Its outputs are not meaningful.
             </p>
+          )}
+
+          {isRecord(card.leave_one_series_out) && (
+            <section className="model__section" aria-labelledby="new-patient-title">
+              <h3 id="new-patient-title">How it does on a new patient</h3>
+              <p className="plain-text">
+                Each CT series scored by a model trained without it (leave-one-series-out). Only three series exist, so
+                these numbers are uncertain; they are the honest ones.
+              </p>
+              <NewPatientTable
+                series={card.leave_one_series_out as Record<string, HeldOut>}
+                test={isRecord(card.test) ? (card.test as HeldOut) : undefined}
+              />
+            </section>
           )}
 
           <section className="model__section" aria-labelledby="intended-title">

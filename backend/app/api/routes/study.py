@@ -27,7 +27,7 @@ from backend.app.services.imaging import UploadProblem, heatmap_base64, prepare
 from backend.app.services.inference import InferenceService, triage_result
 from backend.app.services.study_upload import collect_study
 from ml_model.predictor import Prediction
-from ml_model.study import DEFAULT_TOP_K, StudyError, predict_study
+from ml_model.study import DEFAULT_TOP_K, StudyError, predict_study, threshold_for
 
 router = APIRouter(tags=["predict"])
 
@@ -122,7 +122,12 @@ def predict_study_route(
         metrics.record_upload_error(400)
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
-    threshold = service.study_threshold(operating_point.value)
+    threshold = threshold_for(
+        len(study.names),
+        top_k,
+        service.threshold(operating_point.value),
+        service.study_threshold(operating_point.value),
+    )
     any_inside = bool(study.top_indices)
     result = triage_result(study.study_probability, threshold, any_inside)
     metrics.record_study(result, operating_point.value)

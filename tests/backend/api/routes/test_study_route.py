@@ -30,7 +30,7 @@ from ml_model.config import (
 from ml_model.predictor import Predictor
 from ml_model.study import SliceFile, predict_study
 from ml_model.transforms import decode_image, image_to_array
-from tests.conftest import gray_to_bone_window_dicom, make_dicom, synthetic_slice
+from tests.conftest import gray_to_export_window_dicom, make_dicom, synthetic_slice
 
 SERIES_UID = "1.2.826.0.1.3680043.2.1125.1"
 REAL = (SHARED_DATA_DIR / "train" / "normal").is_dir()
@@ -54,7 +54,7 @@ def dicom_series(grays: list[np.ndarray], series_uid: str = SERIES_UID) -> list[
     return [
         (
             f"IM{index:04d}.dcm",
-            gray_to_bone_window_dicom(
+            gray_to_export_window_dicom(
                 gray, z=-3.0 * index, instance=index + 1, series_uid=series_uid
             ),
         )
@@ -419,7 +419,7 @@ def test_oversized_slice_is_an_error_entry(
     client = make_client(max_upload_mb=limit_mb)
     side = int(np.sqrt(limit_mb * 2**20 / 2)) + 64  # 16-bit pixels: over the limit
     large = np.asarray(Image.fromarray(grays[0]).resize((side, side)))
-    big = gray_to_bone_window_dicom(large, z=30.0, instance=100, series_uid=SERIES_UID)
+    big = gray_to_export_window_dicom(large, z=30.0, instance=100, series_uid=SERIES_UID)
     assert len(big) > limit_mb * 2**20
     response = post_study(client, [*series[:3], ("big.dcm", big)])
     assert response.status_code == 200, response.text

@@ -1,0 +1,13 @@
+"""The answer the product shows for one slice or study: the only place it is decided."""
+
+from __future__ import annotations
+
+from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
+
+
+def triage_result(probability: float, threshold: float, in_distribution: bool | None = True) -> str:
+    """ "Potentially Fracture" if p >= threshold, "Normal" below it, and no fracture call at
+    all ("Not a CT slice") for an input the CT gate refused (``None``: no gate applied)."""
+    if in_distribution is False:
+        return RESULT_OUT_OF_DISTRIBUTION
+    return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE

@@ -1,0 +1,82 @@
+"""The worker's configuration, from environment variables (and a ``.env`` file if present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Every setting is an environment variable ``PACS_<NAME>`` (``API_URL`` also works)."""
+
+    model_config = SettingsConfigDict(env_prefix="PACS_", extra="ignore")
+
+    url: str = Field(
+        default="http://127.0.0.1:8042",
+        description="Base URL of the PACS's web server (PACS_URL).",
+    )
+    dicomweb_path: str = Field(
+        default="/dicom-web",
+        description="Path of the DICOMweb root under PACS_URL (Orthanc: /dicom-web).",
+    )
+    user: str | None = Field(default=None, description="HTTP basic-auth user (PACS_USER).")
+    password: SecretStr | None = Field(
+        default=None, description="HTTP basic-auth password (PACS_PASSWORD)."
+    )
+    ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM CA bundle to verify the PACS's TLS certificate (PACS_CA_BUNDLE); "
+        "the system's store when unset.",
+    )
+    api_url: str = Field(
+        default="http://127.0.0.1:8000",
+        validation_alias=AliasChoices("PACS_API_URL", "API_URL"),
+        description="Base URL of the product's API.",
+    )
+    operating_point: Literal["sensitive", "specific"] = Field(
+        default="sensitive", description="Operating point asked of the API."
+    )
+    state_db: Path = Field(
+        default=Path("pacs-worker.sqlite3"),
+        description="SQLite file with each series' status (kept across restarts).",
+    )
+    poll_seconds: float = Field(default=10.0, gt=0, description="QIDO-RS polling interval.")
+    stable_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A series is processed once its instance count has not changed for "
+        "this long (it has finished arriving).",
+    )
+    lookback_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="Only look at studies of the last N days (QIDO StudyDate range); all "
+        "studies when unset. Set it on a hospital PACS.",
+    )
+    page_size: int = Field(default=200, ge=1, description="QIDO-RS page size.")
+    concurrency: int = Field(default=2, ge=1, description="Series processed at once.")
+    max_attempts: int = Field(
+        default=8, ge=1, description="Attempts per series before it is marked failed."
+    )
+    backoff_seconds: float = Field(default=2.0, gt=0, description="First retry delay.")
+    backoff_max_seconds: float = Field(default=300.0, gt=0, description="Longest retry delay.")
+    max_slices: int = Field(
+        default=1000, ge=1, description="Larger series are skipped (the API's study limit)."
+    )
+    http_timeout_seconds: float = Field(default=60.0, gt=0, description="PACS request timeout.")
+    api_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Timeout of one /predict/study call."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Prometheus metrics address.")
+    metrics_port: int = Field(
+        default=9108, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off."
+    )
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web."""
+        return self.url.rstrip("/") + "/" + self.dicomweb_path.strip("/")

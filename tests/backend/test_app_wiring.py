@@ -49,7 +49,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_upload_mb == 20
     assert settings.max_batch_files == 32
     assert settings.cors_origins == []
-    assert (settings.window_level, settings.window_width) == (400.0, 1800.0)
+    assert (settings.window_level, settings.window_width) == (-70.0, 380.0)  # export window
     assert settings.frontend_dist == REPO_ROOT / "frontend" / "dist"
     assert settings.inference_backend == "local"
 

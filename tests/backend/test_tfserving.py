@@ -217,8 +217,9 @@ def test_tfserving_matches_local(
         (request,) = fake.requests  # the classification really went to TF Serving
         assert request["signature_name"] == "serving_default"
         sent = np.asarray(request["instances"])
-        assert sent.shape == (1, 224, 224, 3)
-        np.testing.assert_array_equal(sent[0], image_to_array(data))
+        size = int(fake.signature.structured_input_signature[1][SERVING_INPUT].shape[1])
+        assert sent.shape == (1, size, size, 3)
+        np.testing.assert_array_equal(sent[0], image_to_array(data, size))
 
     # The OOD guard still runs (locally) in tfserving mode.
     refused = post(remote, photo(images), "rocket.jpg").json()
@@ -340,7 +341,8 @@ def test_ready_follows_tfserving(fake: FakeTFServing, predictor: Predictor) -> N
 def test_columnar_inputs_and_outputs_are_understood(fake: FakeTFServing) -> None:
     import httpx
 
-    images = np.zeros((2, 224, 224, 3), np.uint8)
+    size = int(fake.signature.structured_input_signature[1][SERVING_INPUT].shape[1])
+    images = np.zeros((2, size, size, 3), np.uint8)
     body = {"signature_name": "serving_default", "inputs": {"image": images.tolist()}}
     answer = httpx.post(fake.url, json=body, timeout=30).json()
     assert decode_predictions(answer, 2).shape == (2,)

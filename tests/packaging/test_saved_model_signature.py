@@ -74,9 +74,11 @@ def test_serving_default_signature_matches_tf_serving_rest_predict(signature):
     assert set(inputs) == {"image"}, "REST `instances`/`inputs` are keyed by this name"
     assert inputs["image"]["dtype"] == "DT_UINT8"
     assert inputs["image"]["shape"] == (-1, size, size, 3)
-    assert set(outputs) == {"probability"}
-    assert outputs["probability"]["dtype"] == "DT_FLOAT"
-    assert outputs["probability"]["shape"] == (-1, 1)
+    # P(fracture) and the CT gate's logit: TF Serving mode needs no local model for either.
+    assert set(outputs) == {"probability", "ct_logit"}
+    for name in ("probability", "ct_logit"):
+        assert outputs[name]["dtype"] == "DT_FLOAT"
+        assert outputs[name]["shape"] == (-1, 1)
 
 
 def test_parse_signature_reads_saved_model_cli_output():

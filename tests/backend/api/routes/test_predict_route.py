@@ -174,7 +174,8 @@ def test_content_type_and_extension_are_not_trusted(client: TestClient, images: 
 # --- DICOM -------------------------------------------------------------------------------
 
 # HU values the bone window (level 400, width 1800: -500..1300 HU) maps to known bytes.
-HU_TO_BYTE = [(-1000, 0), (-500, 0), (400, 128), (1300, 255), (2000, 255), (100, 85)]
+# Through the export window (level -70, width 380 HU): the window the training PNGs use.
+HU_TO_BYTE = [(-1000, 0), (-260, 0), (-70, 128), (120, 255), (2000, 255), (0, 174)]
 
 
 def _hu_phantom(size: int) -> np.ndarray:
@@ -199,7 +200,7 @@ class InputSpy:
         return self.real_run(images)
 
 
-def test_dicom_round_trip_bone_window(
+def test_dicom_round_trip_export_window(
     client: TestClient, service: Any, predictor: Predictor, images: Any, monkeypatch: Any
 ) -> None:
     size = service.img_size  # model size: no resize, so every pixel is checkable
@@ -217,7 +218,7 @@ def test_dicom_round_trip_bone_window(
     band = size // len(HU_TO_BYTE)
     for i, (value, byte) in enumerate(HU_TO_BYTE):
         assert np.all(model_input[0, :, i * band : (i + 1) * band] == byte), (value, byte)
-    np.testing.assert_array_equal(model_input[0], to_model_channels(hu_window(hu, 400, 1800)))
+    np.testing.assert_array_equal(model_input[0], to_model_channels(hu_window(hu, -70, 380)))
     expected = predictor.predict(to_model_channels(hu_window(hu))[np.newaxis])[0]
     assert response.json()["prediction"] == pytest.approx(float(expected), abs=1e-6)
 

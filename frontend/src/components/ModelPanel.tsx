@@ -267,18 +267,17 @@ export function NewPatientTable({ series, test }: { series: Record<string, HeldO
     ...(test ? [["Archive val split (test)", test] as [string, HeldOut]] : []),
   ];
   return (
-    <div className="table-wrap">
-      <table className="op-table" data-testid="new-patient-table">
-        <caption>Brackets: 95 % interval over base slices. Product: what the user is told, the CT gate included.</caption>
+    <>
+    {/* Focusable: the table scrolls sideways in the narrow panel, keyboard users must reach it. */}
+    <div className="table-wrap" tabIndex={0} role="region" aria-label="Results on new patients">
+      <table className="op-table new-patients" data-testid="new-patient-table">
         <thead>
           <tr>
             <th scope="col">Data</th>
             <th scope="col" className="num">Slices F/N</th>
             <th scope="col" className="num">ROC AUC</th>
-            <th scope="col" className="num">Sensitivity</th>
-            <th scope="col" className="num">Specificity</th>
-            <th scope="col" className="num">Product sensitivity</th>
-            <th scope="col" className="num">Product specificity</th>
+            <th scope="col" className="num">Sensitivity · specificity</th>
+            <th scope="col" className="num">Product</th>
             <th scope="col" className="num">Refused</th>
           </tr>
         </thead>
@@ -290,16 +289,27 @@ export function NewPatientTable({ series, test }: { series: Record<string, HeldO
                 {row.base_slices?.fracture ?? "—"}/{row.base_slices?.normal ?? "—"}
               </td>
               <td className="num">{withInterval(row, "auc")}</td>
-              <td className="num">{withInterval(row, "recall")}</td>
-              <td className="num">{withInterval(row, "specificity")}</td>
-              <td className="num">{num(row.product?.recall)}</td>
-              <td className="num">{num(row.product?.specificity)}</td>
+              <td className="num">
+                {withInterval(row, "recall")}
+                <br />
+                {withInterval(row, "specificity")}
+              </td>
+              <td className="num">
+                {num(row.product?.recall)}
+                <br />
+                {num(row.product?.specificity)}
+              </td>
               <td className="num">{row.refused ?? "—"}</td>
             </tr>
           ))}
         </tbody>
       </table>
     </div>
+    <p className="plain-text muted">
+      Brackets: 95 % interval over base slices. Product: sensitivity and specificity of what the user is told, the CT
+      gate included (a refused fracture counts as missed).
+    </p>
+    </>
   );
 }
 

@@ -35,14 +35,14 @@ PREDICTION_DESCRIPTION = (
     "`Not a CT slice`; it means nothing for such an input and must not be read as a call."
 )
 IN_DISTRIBUTION_DESCRIPTION = (
-    "Whether the input looks like the axial CT slices the model was trained on "
-    "(`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, "
-    "or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off)."
+    "Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when "
+    "no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off)."
 )
 OOD_DISTANCE_DESCRIPTION = (
-    "Out-of-distribution score of the input's features (Mahalanobis distance, plus PCA "
-    "residual for wide backbones) divided by the bundle's threshold: <= 1 looks like a CT "
-    "slice, > 1 is refused. Null when no guard ran."
+    "The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT "
+    "slice, > 1 is refused as not CT. The gate is a logistic regression on the model's "
+    "embedding and image statistics, trained against non-CT images (model card `gate`). "
+    "Null when no gate ran."
 )
 
 

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     tfserving_local_ood: bool = Field(
         default=True,
         description="INFERENCE_BACKEND=tfserving: still run the local model for the "
-        "out-of-distribution guard (one extra local forward pass per image). Off: "
+        "CT gate (one extra local forward pass per image). Off: "
         "`in_distribution` and `ood_distance` are null and no input is refused as not CT.",
     )
     batching: bool = Field(
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     blas_threads: int = Field(
         default=1,
         ge=1,
-        description="Threads of numpy's BLAS (the OOD guard's matrix products): 1, so that "
+        description="Threads of numpy's BLAS (the CT gate's matrix products): 1, so that "
         "they do not fight TensorFlow's threads.",
     )
     max_study_files: int = Field(

@@ -194,12 +194,12 @@ export interface components {
             operating_point: components["schemas"]["OperatingPoint"];
             /**
              * In Distribution
-             * @description Whether the input looks like the axial CT slices the model was trained on (`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
              */
             in_distribution: boolean | null;
             /**
              * Ood Distance
-             * @description Out-of-distribution score of the input's features (Mahalanobis distance, plus PCA residual for wide backbones) divided by the bundle's threshold: <= 1 looks like a CT slice, > 1 is refused. Null when no guard ran.
+             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on the model's embedding and image statistics, trained against non-CT images (model card `gate`). Null when no gate ran.
              */
             ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];
@@ -440,12 +440,12 @@ export interface components {
             operating_point: components["schemas"]["OperatingPoint"];
             /**
              * In Distribution
-             * @description Whether the input looks like the axial CT slices the model was trained on (`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
              */
             in_distribution: boolean | null;
             /**
              * Ood Distance
-             * @description Out-of-distribution score of the input's features (Mahalanobis distance, plus PCA residual for wide backbones) divided by the bundle's threshold: <= 1 looks like a CT slice, > 1 is refused. Null when no guard ran.
+             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on the model's embedding and image statistics, trained against non-CT images (model card `gate`). Null when no gate ran.
              */
             ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];
@@ -608,7 +608,7 @@ export interface components {
             prediction: number;
             /**
              * In Distribution
-             * @description Whether the input looks like the axial CT slices the model was trained on (`ood_distance` <= 1). Null when no guard ran (a bundle without an OOD guard file, or INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
              */
             in_distribution: boolean | null;
         };

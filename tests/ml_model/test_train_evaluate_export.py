@@ -182,11 +182,13 @@ def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
     np.testing.assert_allclose(
         saved_model_predict(DEFAULT_MODEL_DIR / SAVED_MODEL_DIR, images), probs, atol=1e-4
     )
-    # A float16 TFLite (kept small for the repository) rounds its weights: looser bound.
-    tolerance = 1e-3 if predictor.card["training"].get("tflite_float16") else 1e-4
-    np.testing.assert_allclose(
-        tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images), probs, atol=tolerance
-    )
+    # A float16 TFLite (kept small for the repository) rounds its weights to ~3 significant
+    # digits: a looser bound on the probability, and the same side of the threshold.
+    tolerance = 5e-3 if predictor.card["training"].get("tflite_float16") else 1e-4
+    lite = tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images)
+    np.testing.assert_allclose(lite, probs, atol=tolerance)
+    threshold = predictor.threshold()
+    assert np.array_equal(lite >= threshold, probs >= threshold)
 
 
 def test_mirrored_strategy_trains_on_cpu_with_one_replica(tmp_path: Path) -> None:

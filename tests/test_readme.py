@@ -73,10 +73,13 @@ def test_readme_documents_every_setting() -> None:
     [c for c in PYTHON_COMMANDS if "ml_model.evaluate" in c or "ml_model.predict ../" in c],
 )
 def test_cheap_cli_commands_run(command: str, shared_data: Path, tmp_path: Path) -> None:
-    argv = [sys.executable if a.endswith("python") else a for a in shlex.split(command)]
-    # Only README arguments that are /tmp/ paths move to tmp_path: a clone under /tmp keeps
-    # its own paths (the interpreter, the bundle) as they are.
-    argv = [f"{tmp_path}/{a[len('/tmp/'):]}" if a.startswith("/tmp/") else a for a in argv]
+    # README arguments that are /tmp/ paths move to tmp_path first; then the interpreter is
+    # this one (which may itself live under /tmp, in a clone there: it is not rewritten).
+    argv = [
+        f"{tmp_path}/{a[len('/tmp/'):]}" if a.startswith("/tmp/") else a
+        for a in shlex.split(command)
+    ]
+    argv = [sys.executable if a.endswith("python") else a for a in argv]
     subprocess.run(argv, cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
     assert any(tmp_path.iterdir())
 

@@ -76,7 +76,7 @@ def test_cheap_cli_commands_run(command: str, shared_data: Path, tmp_path: Path)
     # README arguments that are /tmp/ paths move to tmp_path first; then the interpreter is
     # this one (which may itself live under /tmp, in a clone there: it is not rewritten).
     argv = [
-        f"{tmp_path}/{a[len('/tmp/'):]}" if a.startswith("/tmp/") else a
+        f"{tmp_path}/{a[len('/tmp/') :]}" if a.startswith("/tmp/") else a
         for a in shlex.split(command)
     ]
     argv = [sys.executable if a.endswith("python") else a for a in argv]

@@ -168,7 +168,7 @@ def compare_series(
     metrics with 95 % intervals over base slices."""
     records = find_images(data, splits=TRAINING_SPLITS)
     results: dict[str, Any] = {"split": "series", "seed": seed, "archs": {}}
-    negatives_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    negatives_cache: dict[int, np.ndarray] = {}  # training negatives per input size
     for arch in archs:
         recipe = dict(RECIPES.get(arch, {"weights": "none"}))
         if epochs is not None:
@@ -179,16 +179,13 @@ def compare_series(
         images, labels = load_arrays(records, input_size)
         if input_size not in negatives_cache:
             negatives = generate_negatives(config.gate_negatives, seed=seed)
-            negatives_cache[input_size] = (
-                np.stack(
-                    [gray_to_model_input(n.gray, input_size) for n in negatives if not n.held_out]
-                ),
-                np.zeros(0),
+            negatives_cache[input_size] = np.stack(
+                [gray_to_model_input(n.gray, input_size) for n in negatives if not n.held_out]
             )
         started = time.perf_counter()
         oof, oof_gate, _, folds = cross_validate_series(
             config, records, images, labels, window_jitter(images, seed),
-            negatives_cache[input_size][0], img_size, make_strategy("auto"),
+            negatives_cache[input_size], img_size, make_strategy("auto"),
         )  # fmt: skip
         report = series_report(labels, oof, oof_gate, groups_of(records), folds, seed)
         results["archs"][arch] = {

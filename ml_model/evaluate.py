@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,9 @@ def shortcut_audit(
             mass.append(float((heat * bone).sum() / max(heat.sum(), 1e-9)))
             area.append(float(bone.mean()))
             if len(montage) < 8:
-                montage.append(np.asarray(Image.open(_png(overlay_png(images[i][..., 0], cam)))))
+                montage.append(
+                    np.asarray(Image.open(io.BytesIO(overlay_png(images[i][..., 0], cam))))
+                )
         if mass:
             audit["grad_cam"][name] = {
                 "slices": len(mass),
@@ -235,15 +238,9 @@ def shortcut_audit(
             "results": results,
             "called_fracture": sum(r == "Potentially Fracture" for r in results),
         }
-        montage.append(np.repeat(arrays[0], 1, axis=-1).astype(np.uint8))
+        montage.append(arrays[0])
     _save_montage(montage, out / "shortcut.png")
     return audit
-
-
-def _png(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 def _save_montage(tiles: list[np.ndarray], path: Path, tile: int = 192) -> None:

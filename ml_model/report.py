@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from ml_model.data import series_of
 from ml_model.metrics import bootstrap_intervals, compute_metrics, product_metrics
 from ml_model.verdict import triage_result
 
@@ -70,7 +69,3 @@ def series_report(
             labels[index], oof[index], accepted, groups[index], fold["threshold"], seed
         ) | {"threshold": fold["threshold"], "series": name}
     return report
-
-
-def series_names(groups: np.ndarray) -> list[str]:
-    return sorted({series_of(str(g)) for g in groups})

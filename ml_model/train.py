@@ -33,7 +33,6 @@ from ml_model.data import (
     DatasetError,
     ImageRecord,
     array_dataset,
-    describe_split,
     find_images,
     grouped_split,
     groups_of,
@@ -156,20 +155,6 @@ def is_chief() -> bool:
     """Only the chief (worker 0, or a single process) writes the bundle in multi-worker runs."""
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
     return task.get("type", "worker") in ("worker", "chief") and int(task.get("index", 0)) == 0
-
-
-def split_records(
-    records: list[ImageRecord], config: TrainConfig
-) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    splitter = grouped_split if config.split == "grouped" else naive_split
-    train_idx, val_idx = splitter(records, config.val_fraction, config.seed)
-    summary = describe_split(records, train_idx, val_idx)
-    print(f"{config.split} split:", json.dumps(summary))
-    return [records[i] for i in train_idx], [records[i] for i in val_idx]
-
-
-def dataset_images(dataset: tf.data.Dataset) -> np.ndarray:
-    return np.concatenate([x.numpy() for x, _ in dataset])
 
 
 def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:

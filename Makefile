@@ -11,7 +11,7 @@ ARCH ?= efficientnet_lite0
 # The committed default's recipe (its model card's training.argv says the same).
 TRAIN_ARGS ?= --weights imagenet --cache-features --optimizer adam --lr 0.001 --epochs 40 --tflite-float16
 
-.PHONY: help venv test test-python test-frontend lint run serve bench frontend-build e2e clean compare \
+.PHONY: help venv test test-python test-frontend lint run serve bench frontend-build e2e clean compare samples \
 	environment default-model docker-build docker-up docker-train
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make serve      start only the API (PORT=NNNN)"
 	@echo "make bench      run the benchmark suite (not part of make test)"
 	@echo "make lint       ruff + mypy"
+	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm)"
 	@echo "make pacs       a local development Orthanc (PACS) on loopback"
 	@echo "make pacs-worker  the PACS worker (PACS_URL=... API_URL=...)"
 
@@ -32,9 +33,10 @@ $(VENV)/.installed: requirements.txt requirements-train.txt requirements-dev.txt
 venv: $(VENV)/.installed
 
 lint: venv
-	$(PY) -m ruff check ml_model backend pacs tests bench scripts
+	$(PY) -m ruff check ml_model backend pacs tests bench scripts testing
 	$(PY) scripts/gen_environment.py --check
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test-python: venv frontend-build  # the SPA tests (headers, mount) need the built app
 	$(PY) -m pytest
@@ -74,6 +76,10 @@ bench: venv
 
 environment:
 	$(PY) scripts/gen_environment.py
+
+# The README's curl samples: pydicom's MIT-licensed CT_small.dcm, a PNG of it, a zip (committed).
+samples: venv
+	$(PY) scripts/make_samples.py
 
 # ---- PACS (pacs/): a development Orthanc (Debian's orthanc + orthanc-dicomweb) and the worker
 PACS_URL ?= http://127.0.0.1:8042

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ml_model.config import DEFAULT_MODEL_DIR
-from ml_model.predictor import Predictor
+from ml_model.inference.core import Predictor
 
 BATCH = 32
 

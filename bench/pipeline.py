@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ml_model.config import SHARED_DATA_DIR
-from ml_model.data import find_images, make_dataset
+from ml_model.data.dataset import find_images, make_dataset
 
 BATCH = 16
 IMG_SIZE = 224

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from bench.common import RESULTS_DIR, api_server_command, free_port, running_server, sample_pngs
-from ml_model.dicom import gray_to_export_window_dicom
-from ml_model.transforms import decode_image
+from ml_model.imaging.transforms import decode_image
+from testing.dicom_writers import gray_to_export_window_dicom
 
 
 def build_series(slices: int, size: int) -> tuple[list[tuple[str, bytes]], str]:

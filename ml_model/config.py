@@ -1,14 +1,15 @@
 """Names and defaults shared by training, evaluation, the CLI and the server."""
 
 from pathlib import Path
+from typing import Final
 
 # Label 1 is the positive class: the model outputs P(fracture).
 CLASS_NAMES: tuple[str, str] = ("normal", "fracture")
 POSITIVE_CLASS = "fracture"
 
-RESULT_POSITIVE = "Potentially Fracture"
-RESULT_NEGATIVE = "Normal"
-RESULT_OUT_OF_DISTRIBUTION = "Not a CT slice"
+RESULT_POSITIVE: Final = "Potentially Fracture"
+RESULT_NEGATIVE: Final = "Normal"
+RESULT_OUT_OF_DISTRIBUTION: Final = "Not a CT slice"
 
 # The committed bundles take the whole slice at this size (cropped around the spine inside).
 DEFAULT_IMG_SIZE = 384

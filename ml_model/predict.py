@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ml_model.card import CardError
 from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS
-from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Predictor
-from ml_model.study import DEFAULT_TOP_K, SliceFile, StudyError, predict_study, threshold_for
-from ml_model.transforms import ImageDecodeError, load_image
-from ml_model.verdict import triage_result
+from ml_model.imaging.errors import ImageDecodeError
+from ml_model.inference.core import DEFAULT_OPERATING_POINT, OPERATING_POINTS, InferenceCore
+from ml_model.inference.gate import GateFileError
+from ml_model.inference.study import SliceFile, StudyError
 
 BATCH_SIZE = 32
 
@@ -47,13 +48,13 @@ def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 
 def predict_files(
-    predictor: Predictor,
+    core: InferenceCore,
     files: list[Path],
     operating_point: str = DEFAULT_OPERATING_POINT,
     progress: bool = True,
 ) -> tuple[list[dict[str, object]], list[tuple[Path, str]]]:
-    """One row per readable file (file, result, probability); unreadable files listed apart."""
-    threshold = predictor.threshold(operating_point)
+    """One row per readable file (file, result, probability, CT gate); unreadable files
+    listed apart. Files are decoded and judged by the inference core, in batches."""
     rows: list[dict[str, object]] = []
     errors: list[tuple[Path, str]] = []
     with tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr) as bar:
@@ -61,47 +62,36 @@ def predict_files(
             readable, arrays = [], []
             for path in batch:
                 try:
-                    arrays.append(load_image(path, predictor.img_size))
+                    arrays.append(core.model_input(core.decode(path.read_bytes())))
                     readable.append(path)
                 except (ImageDecodeError, OSError) as exc:
-                    errors.append((path, str(exc)))
+                    errors.append((path, f"{path}: {exc}"))
             if arrays:
-                prediction = predictor.run(np.stack(arrays))
-                for path, p, inside in zip(
-                    readable, prediction.probabilities, prediction.in_distribution, strict=True
+                for path, verdict in zip(
+                    readable, core.classify(np.stack(arrays), operating_point), strict=True
                 ):
                     rows.append(
                         {
                             "file": str(path),
-                            "result": triage_result(float(p), threshold, bool(inside)),
-                            "probability": round(float(p), 6),
-                            "ct_gate": "accepted" if inside else "refused",
+                            "result": verdict.result,
+                            "probability": round(verdict.probability, 6),
+                            "ct_gate": "accepted" if verdict.in_distribution else "refused",
                         }
                     )
             bar.update(len(batch))
     return rows, errors
 
 
-def run_study(
-    predictor: Predictor, folder: Path, operating_point: str, csv_path: str | None
-) -> int:
+def run_study(core: InferenceCore, folder: Path, operating_point: str, csv_path: str | None) -> int:
     """Score one series folder slice by slice and print the study verdict."""
     files = expand_paths([folder])
     if not files:
         raise SystemExit(f"no image or DICOM files in {folder}")
     items = [SliceFile(path.name, path.read_bytes()) for path in files]
     try:
-        study = predict_study(predictor, items, progress=True)
+        study = core.study(items, operating_point, progress=True)
     except StudyError as exc:
         raise SystemExit(f"cannot process the study: {exc}") from exc
-    top_k = int(predictor.card.get("study", {}).get("top_k", DEFAULT_TOP_K))
-    threshold = threshold_for(
-        len(study.names),
-        top_k,
-        predictor.threshold(operating_point),
-        predictor.study_threshold(operating_point),
-    )
-    verdict = triage_result(study.study_probability, threshold, bool(study.in_distribution.any()))
     rows = [
         {
             "file": name,
@@ -126,7 +116,7 @@ def run_study(
         print(f"skipped {name}: {message}", file=sys.stderr)
     top = ", ".join(study.names[i] for i in study.top_indices)
     print(
-        f"study: {verdict} (score {study.study_probability:.4f}, threshold {threshold:.4f}, "
+        f"study: {study.result} (score {study.probability:.4f}, threshold {study.threshold:.4f}, "
         f"{len(rows)} slices; most suspicious: {top})"
     )
     return 0
@@ -142,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         "--operating-point", default=DEFAULT_OPERATING_POINT, choices=OPERATING_POINTS
     )
     args = parser.parse_args(argv)
-    if args.study:
-        return run_study(Predictor(args.model), Path(args.study), args.operating_point, args.csv)
-    files = expand_paths(args.paths)
-    if not files:
+    files = [] if args.study else expand_paths(args.paths)
+    if not args.study and not files:
         parser.error("no image files found")
-    predictor = Predictor(args.model)
-    rows, errors = predict_files(predictor, files, args.operating_point)
+    try:
+        core = InferenceCore(args.model)
+    except (CardError, GateFileError, OSError) as exc:
+        parser.exit(2, f"cannot load the model bundle: {exc}\n")
+    if args.study:
+        return run_study(core, Path(args.study), args.operating_point, args.csv)
+    rows, errors = predict_files(core, files, args.operating_point)
     for path, message in errors:
         print(f"skipped {path}: {message}", file=sys.stderr)
     if args.csv:
@@ -161,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['file']}\t{row['result']}\t{row['probability']:.4f}")
     print(
         f"{len(rows)} predicted, {len(errors)} skipped "
-        f"(threshold {predictor.threshold(args.operating_point):.4f}, "
+        f"(threshold {core.threshold(args.operating_point):.4f}, "
         f"{args.operating_point})",
         file=sys.stderr,
     )

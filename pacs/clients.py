@@ -27,7 +27,10 @@ _MODALITY = "00080060"
 _SERIES_DESCRIPTION = "0008103E"
 _INSTANCE_COUNT = "00201209"
 _QIDO_FIELDS = [
-    "StudyInstanceUID", "Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances"
+    "StudyInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "NumberOfSeriesRelatedInstances",
 ]
 
 
@@ -214,8 +217,9 @@ class ApiClient:
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise TransientError(f"API answered {response.status_code}: {_detail(response)}")
         if response.status_code != 200:
-            raise PermanentError(f"API refused the series ({response.status_code}): "
-                                 f"{_detail(response)}")
+            raise PermanentError(
+                f"API refused the series ({response.status_code}): {_detail(response)}"
+            )
         body: dict[str, Any] = response.json()
         return body
 

@@ -238,9 +238,7 @@ def sr_text_values(dataset: Dataset) -> dict[str, list[str]]:
             if kind == "TEXT":
                 values.setdefault(name, []).append(str(item.TextValue))
             elif kind == "NUM":
-                values.setdefault(name, []).append(
-                    str(item.MeasuredValueSequence[0].NumericValue)
-                )
+                values.setdefault(name, []).append(str(item.MeasuredValueSequence[0].NumericValue))
             elif kind == "UIDREF":
                 values.setdefault(name, []).append(str(item.UID))
             elif kind == "IMAGE":

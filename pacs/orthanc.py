@@ -53,9 +53,11 @@ def find_orthanc() -> tuple[str, str]:
         raise OrthancUnavailable(
             "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)"
         )
-    patterns = [os.environ["ORTHANC_DICOMWEB_PLUGIN"]] if os.environ.get(
-        "ORTHANC_DICOMWEB_PLUGIN"
-    ) else list(PLUGIN_CANDIDATES)
+    patterns = (
+        [os.environ["ORTHANC_DICOMWEB_PLUGIN"]]
+        if os.environ.get("ORTHANC_DICOMWEB_PLUGIN")
+        else list(PLUGIN_CANDIDATES)
+    )
     for pattern in patterns:
         for candidate in sorted(glob.glob(pattern)):
             if Path(candidate).is_file():

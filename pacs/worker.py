@@ -39,9 +39,7 @@ log = logging.getLogger("pacs.worker")
 SERIES_PROCESSED = Counter(
     "pacs_series_processed_total", "Series whose results were stored in the PACS.", ["result"]
 )
-SERIES_FAILED = Counter(
-    "pacs_series_failed_total", "Failed attempts at a series.", ["kind"]
-)
+SERIES_FAILED = Counter("pacs_series_failed_total", "Failed attempts at a series.", ["kind"])
 SERIES_SKIPPED = Counter("pacs_series_skipped_total", "Series skipped.", ["reason"])
 SERIES_LATENCY = Histogram(
     "pacs_series_latency_seconds",
@@ -185,16 +183,22 @@ class Worker:
             reason = f"{type(exc).__name__}: {exc}"[:500]
             if attempt >= self.settings.max_attempts:
                 self.state.fail(ref.series_uid, ref.study_uid, reason)
-                log.error("series %s: failed after %d attempts: %s", ref.series_uid, attempt,
-                          reason)
+                log.error(
+                    "series %s: failed after %d attempts: %s", ref.series_uid, attempt, reason
+                )
                 return
             delay = min(
                 self.settings.backoff_seconds * 2 ** (attempt - 1),
                 self.settings.backoff_max_seconds,
             )
             self.state.retry(ref.series_uid, ref.study_uid, reason, time.time() + delay)
-            log.warning("series %s: attempt %d failed (%s); retry in %.0fs",
-                        ref.series_uid, attempt, reason, delay)
+            log.warning(
+                "series %s: attempt %d failed (%s); retry in %.0fs",
+                ref.series_uid,
+                attempt,
+                reason,
+                delay,
+            )
             return
         if result is not None:
             SERIES_PROCESSED.labels(result).inc()
@@ -207,21 +211,31 @@ class Worker:
             self.state.skip(ref.series_uid, ref.study_uid, "own output", own_output=True)
             SERIES_SKIPPED.labels("own_output").inc()
             return None
-        slices = [ds for ds in datasets if str(ds.get("Modality", "")).upper() == "CT"
-                  and "PixelData" in ds]
+        slices = [
+            ds
+            for ds in datasets
+            if str(ds.get("Modality", "")).upper() == "CT" and "PixelData" in ds
+        ]
         if not slices:
             raise PermanentError("no CT image instances in the series")
         uids = output_uids(ref.series_uid, len(datasets))
         if self.pacs.series_exists(ref.study_uid, uids.sr_series):
             # Results stored by an earlier run whose state was lost: the PACS says done.
             self.state.done(
-                ref.series_uid, ref.study_uid, instance_count=ref.instance_count,
-                result="(already in the PACS)", sr_uid=uids.sr_instance,
-                sr_series_uid=uids.sr_series, sc_series_uid=uids.sc_series,
+                ref.series_uid,
+                ref.study_uid,
+                instance_count=ref.instance_count,
+                result="(already in the PACS)",
+                sr_uid=uids.sr_instance,
+                sr_series_uid=uids.sr_series,
+                sc_series_uid=uids.sc_series,
                 reason="results found in the PACS",
             )
-            log.info("series %s: results already in the PACS (SR series %s)",
-                     ref.series_uid, uids.sr_series)
+            log.info(
+                "series %s: results already in the PACS (SR series %s)",
+                ref.series_uid,
+                uids.sr_series,
+            )
             return None
         files = [(f"{ds.SOPInstanceUID}.dcm", dataset_bytes(ds)) for ds in slices]
         study = self.api.predict_study(files)
@@ -235,13 +249,23 @@ class Worker:
         outputs: list[Dataset] = [*heatmaps, sr]
         self.pacs.store(outputs, ref.study_uid)
         self.state.done(
-            ref.series_uid, ref.study_uid, instance_count=ref.instance_count, result=verdict,
-            sr_uid=uids.sr_instance, sr_series_uid=uids.sr_series, sc_series_uid=sc_series,
+            ref.series_uid,
+            ref.study_uid,
+            instance_count=ref.instance_count,
+            result=verdict,
+            sr_uid=uids.sr_instance,
+            sr_series_uid=uids.sr_series,
+            sc_series_uid=sc_series,
         )
         log.info(
             "series %s: %s (score %.3f, threshold %.3f, %d slices); SR %s, %d heatmap(s)",
-            ref.series_uid, verdict, float(study["prediction"]), float(study["threshold"]),
-            len(slices), uids.sr_instance, len(heatmaps),
+            ref.series_uid,
+            verdict,
+            float(study["prediction"]),
+            float(study["threshold"]),
+            len(slices),
+            uids.sr_instance,
+            len(heatmaps),
         )
         return verdict
 

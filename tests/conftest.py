@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ml_model.config import SHARED_DATA_DIR
-from ml_model.dicom import ct_dicom_bytes, gray_to_export_window_dicom  # noqa: F401
+from testing.dicom_writers import ct_dicom_bytes, gray_to_export_window_dicom  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -72,5 +72,5 @@ def write_dataset(tmp_path: Path) -> WriteDataset:
     return write
 
 
-# The DICOM writers live in ml_model.dicom; the tests use them under this name.
+# The DICOM writers live in testing.dicom_writers; the tests use them under this name.
 make_dicom = ct_dicom_bytes

@@ -92,43 +92,50 @@ def server() -> Iterator[str]:
         yield base
 
 
-@pytest.fixture
-def upload_files(tmp_path: Path) -> Path:
-    """slice.png / slice.dcm / a.png / b.dcm / series.zip as the README's curl lines name them."""
-    import io
-    import zipfile
-
-    from PIL import Image
-
-    from tests.conftest import gray_to_export_window_dicom, synthetic_slice
-
-    for index, name in enumerate(("slice.png", "a.png")):
-        Image.fromarray(synthetic_slice(index % 2, index, size=224)).save(tmp_path / name)
-    for name in ("slice.dcm", "b.dcm"):
-        (tmp_path / name).write_bytes(gray_to_export_window_dicom(synthetic_slice(1, 5, size=224)))
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for z in range(4):
-            data = gray_to_export_window_dicom(
-                synthetic_slice(z % 2, z, size=224),
-                z=float(z),
-                instance=z + 1,
-                series_uid="1.2.3.4",
-            )
-            archive.writestr(f"series/{z:03d}.dcm", data)
-    (tmp_path / "series.zip").write_bytes(buffer.getvalue())
-    return tmp_path
+@pytest.fixture(scope="module")
+def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding samples/ as `make samples` writes it (the curl lines' cwd)."""
+    cwd = tmp_path_factory.mktemp("readme-curl")
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "make_samples.py"), "--out", "samples"],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+    return cwd
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c.startswith("curl ")])
-def test_curl_examples_work(command: str, server: str, upload_files: Path) -> None:
+def test_samples_are_committed_as_make_samples_writes_them(samples_dir: Path) -> None:
+    for name in ("CT_small.dcm", "CT_small.png", "series.zip"):
+        committed = REPO_ROOT / "samples" / name
+        assert committed.is_file(), f"{committed}: run `make samples` and commit it"
+        assert committed.read_bytes() == (samples_dir / "samples" / name).read_bytes(), name
+
+
+CURL_COMMANDS = [c for c in COMMANDS if c.startswith("curl ")]
+
+
+def test_curl_examples_use_the_samples() -> None:
+    assert any("/report" in c for c in CURL_COMMANDS)
+    for command in CURL_COMMANDS:
+        for argument in shlex.split(command):
+            if "=@" in argument:
+                assert argument.split("=@", 1)[1].startswith("samples/"), command
+
+
+@pytest.mark.parametrize("command", CURL_COMMANDS)
+def test_curl_examples_work(command: str, server: str, samples_dir: Path) -> None:
     argv = [a.replace("localhost:8000", server) for a in shlex.split(command)]
     result = subprocess.run(
         [*argv, "--silent", "--show-error", "--fail-with-body"],
-        cwd=upload_files,
+        cwd=samples_dir,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert '"result"' in result.stdout or '"results"' in result.stdout
+    if "-o" in argv:  # the report: a PDF
+        written = samples_dir / argv[argv.index("-o") + 1]
+        assert written.read_bytes().startswith(b"%PDF-")
+    else:
+        assert '"result"' in result.stdout or '"results"' in result.stdout

@@ -16,19 +16,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
 import ml_model
-from backend.app.api.deps import inference_unavailable_handler
+from backend.app.api.errors import register_error_handlers
 from backend.app.api.main import api_router
+from backend.app.api.routes import docs
+from backend.app.api.routes.report import REPORT_PATH
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME, configure_logging
 from backend.app.core.memory import limit_malloc_arenas
 from backend.app.core.metrics import instrument
 from backend.app.core.middleware import AccessLogMiddleware, BodyLimit, BodySizeLimitMiddleware
 from backend.app.core.security import SecurityHeadersMiddleware
-from backend.app.services.inference import (
-    InferenceService,
-    InferenceUnavailableError,
-    create_inference_service,
-)
+from backend.app.services.inference import configure, create_core, warm_up
+from ml_model.inference.core import InferenceCore
 
 BATCH_PATH = "/predict/batch"
 STUDY_PATH = "/predict/study"
@@ -55,19 +54,21 @@ def _keep_uploads_in_memory(settings: Settings) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     started = anyio.current_time()
-    service: InferenceService | None = app.state.inference
-    owned = service is None  # built here, so closed here (a service passed in is shared)
-    if service is None:
-        service = await anyio.to_thread.run_sync(create_inference_service, settings)
-    await anyio.to_thread.run_sync(service.warm_up)
-    app.state.inference = service
+    core: InferenceCore | None = app.state.inference
+    owned = core is None  # built here, so closed here (a core passed in is shared)
+    if core is None:
+        core = await anyio.to_thread.run_sync(create_core, settings)
+    else:
+        core = configure(core, settings)  # a shared core, with this app's settings
+    await anyio.to_thread.run_sync(warm_up, core, settings)
+    app.state.inference = core
     app.state.ready = True
     app.state.metrics.model_ready.set(1)
     logger.info(
         "model ready",
         extra={
-            "model_name": service.name,
-            "model_version": service.version,
+            "model_name": core.name,
+            "model_version": core.version,
             "inference_backend": settings.inference_backend,
             "startup_s": round(anyio.current_time() - started, 2),
         },
@@ -84,12 +85,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.metrics.model_ready.set(0)
         if owned:
             app.state.inference = None  # a restarted lifespan builds a fresh one
-            await anyio.to_thread.run_sync(service.close)  # drains the micro-batcher
+            await anyio.to_thread.run_sync(core.close)  # drains the micro-batcher
 
 
-def create_app(
-    settings: Settings | None = None, inference: InferenceService | None = None
-) -> FastAPI:
+def create_app(settings: Settings | None = None, inference: InferenceCore | None = None) -> FastAPI:
     """Build the app. ``inference`` reuses an already loaded model (tests); by default
     the lifespan loads the one ``settings`` point at."""
     settings = settings or Settings()
@@ -105,6 +104,8 @@ def create_app(
             "to prioritise reading. A triage aid, not a diagnosis."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served offline by api/routes/docs.py
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.inference = inference
@@ -125,7 +126,7 @@ def create_app(
     )
 
     def body_limit(path: str) -> BodyLimit:
-        if path == STUDY_PATH:
+        if path in (STUDY_PATH, REPORT_PATH):
             return study_limit
         return batch_limit if path == BATCH_PATH else single_limit
 
@@ -144,8 +145,9 @@ def create_app(
         )
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response, CORS's too
 
-    app.add_exception_handler(InferenceUnavailableError, inference_unavailable_handler)
+    register_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(docs.router)
     # The built web app, same-origin with the API. Frontend routes have the lowest
     # priority: every API route above always wins.
     dist = settings.frontend_dist

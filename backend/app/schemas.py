@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-Result = Literal["Potentially Fracture", "Normal", "Not a CT slice"]
+from ml_model.inference.verdict import Result
 
 
 class OperatingPoint(StrEnum):
@@ -255,32 +255,3 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: ModelInfo
-
-
-class ModelCard(BaseModel):
-    """The bundle's model_card.json, passed through whole (unknown keys included)."""
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "custom-cnn",
-                    "version": "2026.05.1",
-                    "architecture": "custom",
-                    "operating_points": {
-                        "sensitive": {"threshold": 0.3, "sensitivity": 0.95, "specificity": 0.7},
-                        "specific": {"threshold": 0.7, "sensitivity": 0.8, "specificity": 0.93},
-                    },
-                    "metrics": {"roc_auc": 0.94},
-                    "intended_use": "Triage aid for axial cervical-spine CT slices.",
-                    "limitations": ["Not a diagnosis; a radiologist reads every study."],
-                }
-            ]
-        },
-    )
-
-    name: str | None = None
-    version: str | None = None
-    operating_points: dict[str, dict[str, Any]] | None = None
-    metrics: dict[str, Any] | None = None

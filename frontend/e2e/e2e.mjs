@@ -7,6 +7,9 @@
 // under <repo>/test-output/frontend-e2e/ and stops the server at the end.
 // Fails on any page error, console error or Content-Security-Policy violation: the page runs
 // under the CSP the backend sends (script-src 'self'; style-src 'self').
+// Also: the reading workflow (viewer, DICOM preview, study keys and wheel, PDF reports read with
+// the venv's pypdf, CSVs, the IndexedDB history across a reload) and /docs + /redoc with every
+// request to a host other than 127.0.0.1 aborted.
 // Env: CHROMIUM_PATH (default /usr/bin/chromium), PYTHON (default <repo>/.venv/bin/python),
 //      E2E_READY_TIMEOUT_S (default 300), MODEL_DIR (passed through to the backend),
 //      E2E_CT_DIR (default ../shared/data/cervical-ct/train; a synthetic PNG is used when absent).
@@ -207,6 +210,38 @@ function buildSeries(photo) {
   return { dir, real, count: names.length, photoName };
 }
 
+/** pydicom's MIT-licensed CT_small.dcm, as `make samples` writes it (written here when absent). */
+function sampleDicom() {
+  let file = join(ROOT, "samples", "CT_small.dcm");
+  if (!existsSync(file)) {
+    const made = spawnSync(PYTHON, [join(ROOT, "scripts", "make_samples.py"), "--out", join(OUT, "samples")], {
+      encoding: "utf-8",
+    });
+    assert(made.status === 0, `make_samples.py failed: ${made.stderr}`);
+    file = join(OUT, "samples", "CT_small.dcm");
+  }
+  return { name: "CT_small.dcm", mimeType: "application/dicom", buffer: readFileSync(file) };
+}
+
+/** The text of a PDF, read with pypdf (a dev requirement) in the repo's venv. */
+function pdfText(file) {
+  const read = spawnSync(
+    PYTHON,
+    ["-c", "import sys; from pypdf import PdfReader; print(' '.join(p.extract_text() or '' for p in PdfReader(sys.argv[1]).pages))", file],
+    { encoding: "utf-8" },
+  );
+  assert(read.status === 0, `pypdf could not read ${file}: ${read.stderr}`);
+  return read.stdout.replace(/\s+/g, " ");
+}
+
+/** Saves the download `click()` starts under OUT as `name`; returns its path. */
+async function download(page, click, name) {
+  const [file] = await Promise.all([page.waitForEvent("download", { timeout: UI_TIMEOUT }), click()]);
+  const path = join(OUT, name);
+  await file.saveAs(path);
+  return path;
+}
+
 async function apiPredict(base, file) {
   const form = new FormData();
   form.append("file", new Blob([file.buffer], { type: file.mimeType }), file.name);
@@ -327,14 +362,16 @@ async function scenario(page, base, photo) {
   ok(`model panel shows ${modelCard.name} ${modelCard.version ?? ""}`);
   await page.screenshot({ path: join(OUT, "0-start.png"), fullPage: true });
 
-  // 1. One real slice: label, probability bar with threshold, model name.
-  await page.getByTestId("file-input").setInputFiles(slices.first);
-  const first = card(nameOf(slices.first));
-  await first.getByRole("img", { name: /preview of/i }).waitFor();
+  // 1. One real slice, analysed as soon as it is added (the default): label, probability bar
+  //    with threshold, model name.
+  const onDrop = page.getByRole("checkbox", { name: "Analyse as soon as files are added" });
+  assert(await onDrop.isChecked(), "analyse on drop is on by default");
   const [response] = await Promise.all([
     page.waitForResponse((r) => new URL(r.url()).pathname === "/predict"),
-    page.getByTestId("analyse-button").click(),
+    page.getByTestId("file-input").setInputFiles(slices.first),
   ]);
+  const first = card(nameOf(slices.first));
+  await first.getByRole("img", { name: /preview of/i }).waitFor();
   assert(response.status() === 200, `/predict answered ${response.status()}`);
   const api = await response.json();
   assert(new URL(response.url()).searchParams.get("explain") === "true", "asked for a heatmap");
@@ -361,7 +398,14 @@ async function scenario(page, base, photo) {
     assert(Math.abs(fill - api.prediction) < 0.02, `bar fill ${fill.toFixed(3)} drawn at ${api.prediction.toFixed(3)}`);
   }
   await first.getByTestId("model-name").filter({ hasText: api.model.name }).waitFor();
-  ok(`${nameOf(slices.first)}: "${labelText}", P(fracture) ${shown} (API ${api.prediction.toFixed(4)}), threshold ${api.threshold}`);
+  ok(`${nameOf(slices.first)}: analysed on drop, "${labelText}", P(fracture) ${shown} (API ${api.prediction.toFixed(4)}), threshold ${api.threshold}`);
+  const levelLimit = [modelCard.caveats, modelCard.limitations].flat().some((c) => /level shortcut/i.test(c ?? ""));
+  if (labelText === "Potentially Fracture" && levelLimit) {
+    await first.getByTestId("level-caveat").filter({ hasText: /vertebral level/ }).waitFor();
+    ok("positive card carries the level-shortcut caveat of the model card");
+  }
+  // The rest of this scenario clicks Analyse itself.
+  await onDrop.uncheck();
 
   // 2. Heatmap toggle: the Grad-CAM overlay replaces the preview, and back.
   const toggle = first.getByRole("switch", { name: /grad-cam heatmap/i });
@@ -376,11 +420,45 @@ async function scenario(page, base, photo) {
   ok(`heatmap overlay shown (${decoded}px wide); screenshot 1-result-heatmap.png`);
   await first.getByRole("button", { name: /^Enlarge/ }).click();
   const viewer = page.getByRole("dialog");
-  await viewer.getByRole("img", { name: /grad-cam heatmap overlaid/i }).waitFor();
+  const overlay = viewer.getByRole("img", { name: /grad-cam heatmap overlaid/i });
+  await overlay.waitFor();
+  await viewer.getByRole("img", { name: /, enlarged$/ }).waitFor();
+  await viewer.getByText("Heatmap: where the model looked — not a fracture outline").waitFor();
+  const opacity = viewer.getByRole("slider", { name: "Heatmap opacity" });
+  await opacity.focus();
+  await page.keyboard.press("Home");
+  for (let i = 0; i < 6; i++) await page.keyboard.press("ArrowRight"); // steps of 5%
+  assert((await overlay.evaluate((el) => getComputedStyle(el).opacity)) === "0.3", "heatmap opacity follows the slider");
+  const width = await viewer.getByTestId("card-viewer-stage").evaluate((el) => el.getBoundingClientRect().width);
+  assert(width >= 600, `enlarged slice is large (${width}px wide)`);
+  await viewer.getByRole("button", { name: "Zoom in" }).click();
+  await viewer.getByTestId("card-viewer-zoom").filter({ hasText: "125%" }).waitFor();
+  const stage = viewer.getByTestId("card-viewer-stage");
+  const box = await stage.boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width / 2 + 40, box.y + box.height / 2 + 25, { steps: 4 });
+  await page.mouse.up();
+  const moved = await stage.locator(".iv__canvas").evaluate((el) => el.style.transform);
+  assert(/translate\((?!0px, 0px)/.test(moved), `drag pans the zoomed slice (${moved})`);
+  await page.keyboard.down("Control");
+  await page.mouse.wheel(0, -100);
+  await page.keyboard.up("Control");
+  await viewer.getByTestId("card-viewer-zoom").filter({ hasText: "156%" }).waitFor();
   await page.screenshot({ path: join(OUT, "1b-enlarged.png") });
+  const full = viewer.getByRole("button", { name: "Full screen" });
+  await full.click();
+  await page.waitForFunction(() => !!document.querySelector(".iv--full"));
+  const fullWidth = await stage.evaluate((el) => el.getBoundingClientRect().width);
+  await full.click();
+  await page.waitForFunction(() => !document.querySelector(".iv--full") && !document.fullscreenElement);
+  await checkAccessibility(page, "enlarged slice");
   await page.keyboard.press("Escape");
   await viewer.waitFor({ state: "hidden" });
-  ok("enlarged view opens and closes with Escape; screenshot 1b-enlarged.png");
+  ok(
+    `enlarged view: ${Math.round(width)}px, heatmap overlay at 30%, zoom by button and Ctrl+wheel, drag pans, ` +
+      `full screen (${Math.round(fullWidth)}px) and back, closes with Escape; screenshot 1b-enlarged.png`,
+  );
   await toggle.press("Space");
   await first.getByRole("img", { name: /preview of/i }).waitFor();
   ok("heatmap toggled off with the keyboard");
@@ -397,6 +475,13 @@ async function scenario(page, base, photo) {
   const badText = await bad.innerText();
   assert(/Not an image/.test(badText), `error in words, got "${badText}"`);
   assert(/PNG, JPEG or DICOM/.test(badText), "error says what is accepted");
+  const notesCard = page.getByRole("article", { name: "notes.txt" });
+  const colours = await page.evaluate(() => {
+    const css = getComputedStyle(document.documentElement);
+    return [css.getPropertyValue("--error").trim(), css.getPropertyValue("--positive").trim()];
+  });
+  assert(colours[0] !== colours[1], `error colour ${colours[0]} differs from fracture colour ${colours[1]}`);
+  assert((await notesCard.locator('svg[data-shape="error"]').count()) === 1, "the error has its own shape (crossed square)");
   assert((await first.getByTestId("result-label").textContent()).trim() === labelText, "first result kept");
   ok(`notes.txt: "${badText.replace(/\s+/g, " ").trim()}"`);
 
@@ -467,12 +552,67 @@ async function scenario(page, base, photo) {
     ok(`switched to the specific operating point (threshold ${specific})`);
   }
 
+  // 5b. A DICOM upload: the server's windowed preview is the card's image, header facts beside it
+  //     (never patient fields), and the bone / soft-tissue window switch asks again.
+  const dicom = sampleDicom();
+  const schema = await (await fetch(`${base}/openapi.json`)).json();
+  const declaresPreview = JSON.stringify(schema.components?.schemas ?? {}).includes('"preview_png_base64"');
+  await page.getByTestId("file-input").setInputFiles(dicom);
+  const dicomCard = card(dicom.name);
+  const [dicomResponse] = await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === "/predict"),
+    page.getByTestId("analyse-button").click(),
+  ]);
+  const dicomApi = await dicomResponse.json();
+  await dicomCard.getByTestId("result-label").waitFor({ timeout: UI_TIMEOUT });
+  if (declaresPreview) {
+    assert(dicomApi.preview_png_base64, "the API declares preview_png_base64 and sends it for a DICOM upload");
+    const img = dicomCard.getByRole("img", { name: `Preview of ${dicom.name}` });
+    await img.waitFor();
+    assert((await img.evaluate((el) => el.decode().then(() => el.naturalWidth))) > 0, "the DICOM preview decodes");
+    for (const [field, label] of [
+      ["modality", "Modality"],
+      ["slice_thickness_mm", "Slice thickness"],
+    ]) {
+      if (dicomApi.dicom?.[field] != null) await dicomCard.getByText(label, { exact: true }).waitFor();
+    }
+    const cardText = await dicomCard.innerText();
+    assert(!/CompressedSamples|1CT1/.test(cardText), "no patient field of the DICOM on the card");
+    const [soft] = await Promise.all([
+      page.waitForRequest((r) => new URL(r.url()).searchParams.get("preview_window") === "soft_tissue"),
+      dicomCard.getByRole("radio", { name: "Soft tissue" }).check(),
+    ]);
+    assert(new URL(soft.url()).pathname === "/predict", "the window switch asks /predict again");
+    await dicomCard.getByRole("radio", { name: "Soft tissue" }).and(page.locator(":checked")).waitFor();
+    await img.waitFor();
+    await page.screenshot({ path: join(OUT, "2c-dicom.png"), fullPage: true });
+    ok(`${dicom.name}: "${dicomApi.result}", shown as the server's preview image, soft-tissue window asked; screenshot 2c-dicom.png`);
+  } else {
+    // Depends on the backend's DICOM preview (preview_png_base64 in /predict's schema).
+    log("the API does not declare preview_png_base64 yet: DICOM image check skipped, placeholder checked");
+    await dicomCard.getByText(/the server decodes DICOM/i).waitFor();
+    await dicomCard.getByRole("button", { name: "Show image" }).waitFor();
+  }
+
+  // 5c. Take away: a PDF report of one slice (verdict, "not a diagnosis") and a CSV of the scores.
+  const firstNow = (await first.getByTestId("result-label").textContent()).trim();
+  const slicePdf = await download(page, () => first.getByTestId("slice-report").click(), "report-slice.pdf");
+  const sliceText = pdfText(slicePdf);
+  assert(readFileSync(slicePdf).subarray(0, 5).toString() === "%PDF-", "the report is a PDF");
+  assert(sliceText.includes("not a diagnosis"), "the report says: not a diagnosis");
+  assert(sliceText.includes(firstNow), `the report holds the verdict "${firstNow}"`);
+  const csv = readFileSync(await download(page, () => page.getByTestId("slices-csv").click(), "slice-results.csv"), "utf-8");
+  assert(csv.startsWith("name,result,fracture_probability"), `CSV header, got ${csv.split("\n")[0]}`);
+  assert(csv.includes(nameOf(slices.first)), "CSV lists the first slice");
+  ok(`report of ${nameOf(slices.first)} downloaded (PDF text: "${firstNow}", "not a diagnosis"); CSV of ${csv.trim().split("\n").length - 1} rows`);
+
   // 6. Tablet: no horizontal scrolling, screenshot.
   await page.setViewportSize({ width: 768, height: 1024 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   assert(overflow <= 0, `no horizontal overflow at 768px (got ${overflow}px)`);
   await page.screenshot({ path: join(OUT, "3-tablet.png"), fullPage: true });
   ok("tablet layout (768px) fits; screenshot 3-tablet.png");
+  return nameOf(slices.first);
 }
 
 // ---- study mode: one series in, one verdict, the slice scores along the neck ----
@@ -591,6 +731,70 @@ async function studyScenario(page, base, photo, photoRefused) {
   await page.keyboard.press("ArrowRight");
   await heading(1).waitFor();
   ok("scrubber moves through the slices with the keyboard");
+
+  // 8b. The reader: the mouse wheel over the viewer, the keys from anywhere in it, the top
+  //     slices one key away; a click on a bar hands the keys to the viewer.
+  const n = api.slices.length;
+  const svStage = viewer.getByTestId("sv-viewer-stage");
+  await svStage.scrollIntoViewIfNeeded();
+  const stageBox = await svStage.boundingBox();
+  assert(stageBox.width >= 500, `the study slice is large (${Math.round(stageBox.width)}px wide)`);
+  await page.mouse.move(stageBox.x + stageBox.width / 2, stageBox.y + stageBox.height / 2);
+  await page.mouse.wheel(0, 100);
+  await heading(2).waitFor();
+  await page.mouse.wheel(0, -100);
+  await heading(1).waitFor();
+  await svStage.click();
+  await page.keyboard.press("ArrowDown");
+  await heading(2).waitFor();
+  await page.keyboard.press("ArrowUp");
+  await heading(1).waitFor();
+  await page.keyboard.press("End");
+  await heading(n - 1).waitFor();
+  for (const [r, top] of api.top_slices.slice(0, 9).entries()) {
+    await page.keyboard.press(String(r + 1));
+    await heading(top.index).waitFor();
+  }
+  await bars.nth(0).click();
+  await heading(0).waitFor();
+  await page.keyboard.press("ArrowDown");
+  await heading(1).waitFor();
+  ok(`reader: wheel and arrow keys step through ${n} slices, End jumps to the last, keys 1–${Math.min(9, api.top_slices.length)} to the top slices`);
+
+  // The chart to scale: bars where their positions are (even spacing only without an order).
+  const positionsStrict =
+    positions.every((p, i) => i === 0 || p > positions[i - 1]) || positions.every((p, i) => i === 0 || p < positions[i - 1]);
+  const axis = positionsStrict ? (api.position_unit === "mm" ? "Position along the neck (mm)" : "Slice number") : "Series order";
+  await chart.getByText(axis, { exact: true }).waitFor();
+  if (positionsStrict && n > 2) {
+    const xs = await bars.evaluateAll((els) =>
+      els.map((g) => {
+        const r = g.querySelector(".chart__bar");
+        return Number(r.getAttribute("x")) + Number(r.getAttribute("width")) / 2;
+      }),
+    );
+    const k = (xs[n - 1] - xs[0]) / (positions[n - 1] - positions[0]);
+    xs.forEach((x, i) => assert(Math.abs(x - xs[0] - k * (positions[i] - positions[0])) < 0.5, `bar ${i} drawn at its position`));
+  }
+  ok(`chart x axis: "${axis}"${positionsStrict ? ", bars at their positions" : ""}`);
+
+  // Full screen, and back.
+  await viewer.getByRole("button", { name: "Full screen" }).click();
+  await page.waitForFunction(() => !!document.querySelector(".iv--full"));
+  await page.screenshot({ path: join(OUT, "4c-study-fullscreen.png") });
+  await viewer.getByRole("button", { name: "Full screen" }).click();
+  await page.waitForFunction(() => !document.querySelector(".iv--full") && !document.fullscreenElement);
+  ok("study viewer goes full screen and back; screenshot 4c-study-fullscreen.png");
+
+  // Take away: the study's PDF report and a CSV of every slice.
+  const studyPdf = await download(page, () => panel.getByTestId("study-report").click(), "report-study.pdf");
+  const studyText = pdfText(studyPdf);
+  assert(studyText.includes(api.result), `the study report holds the verdict "${api.result}"`);
+  assert(studyText.includes("not a diagnosis"), "the study report says: not a diagnosis");
+  assert(!api.slices.some((s) => studyText.includes(s.name)), "no file name in the report");
+  const studyCsv = readFileSync(await download(page, () => panel.getByTestId("study-csv").click(), "slice-scores.csv"), "utf-8");
+  assert(studyCsv.trim().split("\n").length === n + 1, `CSV has a row per slice (${n})`);
+  ok(`study report downloaded (PDF text: "${api.result}", "not a diagnosis", no file names); CSV of ${n} slices`);
   await checkAccessibility(page, "study");
 
   // Tablet: the chart scales, nothing overflows.
@@ -617,6 +821,79 @@ async function studyScenario(page, base, photo, photoRefused) {
   const alertText = (await alert.innerText()).replace(/\s+/g, " ");
   assert(/Not one series/.test(alertText) && /slice number/.test(alertText), `400 in words, got "${alertText}"`);
   ok(`unnumbered files: "${alertText.trim()}"`);
+  return { studyLabel: "series", studyResult: api.result };
+}
+
+// ---- history: kept in this browser (IndexedDB), reopened after a reload, cleared ----
+async function historyScenario(page, sliceName, study) {
+  await page.reload();
+  await page.getByText("Model ready").waitFor({ timeout: UI_TIMEOUT });
+  const history = page.getByRole("region", { name: "Recent results" });
+  await history.waitFor();
+  const count = await history.getByTestId("history-entry").count();
+  assert(count >= 2, `history lists the results after a reload (${count})`);
+  await history.getByRole("button", { name: `Open ${study.studyLabel} (study)` }).click();
+  const studyPanel = page.getByRole("tabpanel", { name: "Study (whole series)" });
+  await studyPanel.getByTestId("study-result").filter({ hasText: study.studyResult }).waitFor();
+  await studyPanel.getByTestId("study-chart").waitFor();
+  await history.getByRole("button", { name: `Open ${sliceName} (slice)` }).first().click();
+  const reopened = page.getByRole("article", { name: sliceName });
+  await reopened.getByTestId("result-label").waitFor();
+  await reopened.getByRole("img", { name: /preview of/i }).waitFor();
+  await page.screenshot({ path: join(OUT, "6-history.png"), fullPage: true });
+  await checkAccessibility(page, "history");
+  await history.getByTestId("history-clear").click();
+  await history.waitFor({ state: "detached" });
+  await page.reload();
+  await page.getByText("Model ready").waitFor({ timeout: UI_TIMEOUT });
+  assert((await page.getByRole("region", { name: "Recent results" }).count()) === 0, "history empty after Clear");
+  ok(`history: ${count} results back after a reload, a study and a slice reopened, cleared; screenshot 6-history.png`);
+}
+
+// ---- /docs and /redoc offline: every request to a host other than 127.0.0.1 is aborted ----
+async function docsScenario(browser, base) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const outside = [];
+  await context.route("**/*", (route) => {
+    const url = new URL(route.request().url());
+    if (url.hostname === "127.0.0.1") return route.continue();
+    outside.push(url.href);
+    return route.abort();
+  });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  await page.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener("securitypolicyviolation", (e) =>
+      window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"}`),
+    );
+  });
+  try {
+    const docs = await page.goto(`${base}/docs`);
+    const csp = docs.headers()["content-security-policy"] ?? "";
+    assert(/script-src 'self'(;|$)/.test(csp) && !/https?:/.test(csp), `docs CSP: scripts from the app only, got "${csp}"`);
+    await page.locator('.opblock-summary-path[data-path="/predict"]').waitFor({ timeout: UI_TIMEOUT });
+    await page.locator('.opblock-summary-path[data-path="/report"]').waitFor();
+    await page.screenshot({ path: join(OUT, "7-docs-offline.png") });
+    ok("/docs: Swagger UI from the app's own copy lists POST /predict and /report with the outside network blocked");
+    await page.goto(`${base}/redoc`);
+    await page.getByRole("heading", { name: "Triage a whole CT series" }).waitFor({ timeout: UI_TIMEOUT });
+    ok("/redoc: ReDoc renders offline too");
+    // ReDoc's sidebar always asks for its maker's logo from cdn.redoc.ly: the CSP blocks it
+    // (nothing leaves the machine) and ReDoc hides the broken image. Anything else fails.
+    const violations = (await page.evaluate(() => window.__cspViolations ?? [])).filter(
+      (v) => v !== "img-src blocked https://cdn.redoc.ly/redoc/logo-mini.svg",
+    );
+    assert(violations.length === 0, `no CSP violations on the docs pages:\n  ${violations.join("\n  ")}`);
+    assert(outside.length === 0, `the docs asked nothing of the outside, asked:\n  ${outside.join("\n  ")}`);
+    assert(problems.length === 0, `no page errors on the docs pages:\n  ${problems.join("\n  ")}`);
+  } catch (err) {
+    await page.screenshot({ path: join(OUT, "failure-docs.png"), fullPage: true }).catch(() => {});
+    throw err;
+  } finally {
+    await context.close();
+  }
 }
 
 async function main() {
@@ -659,9 +936,10 @@ async function main() {
     });
     try {
       const photo = naturalPhoto();
-      await scenario(page, server.base, photo);
+      const firstSlice = await scenario(page, server.base, photo);
       const photoRefused = (await apiPredict(server.base, photo)).in_distribution === false;
-      await studyScenario(page, server.base, photo, photoRefused);
+      const study = await studyScenario(page, server.base, photo, photoRefused);
+      await historyScenario(page, firstSlice, study);
       const violations = await page.evaluate(() => window.__cspViolations ?? []);
       assert(violations.length === 0, `no CSP violations:\n  ${violations.join("\n  ")}`);
       ok("no Content-Security-Policy violations");
@@ -671,6 +949,7 @@ async function main() {
     }
     assert(problems.length === 0, `no page/console errors:\n  ${problems.join("\n  ")}`);
     ok("no page or console errors");
+    await docsScenario(browser, server.base);
     log(`PASS (screenshots in ${OUT})`);
   } finally {
     await browser?.close().catch(() => {});

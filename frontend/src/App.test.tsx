@@ -7,7 +7,7 @@ import { CARD, json, mockApi, pngFile, prediction } from "./test/mockApi";
 const setup = () => userEvent.setup({ applyAccept: false });
 
 async function renderReady() {
-  render(<App readyPollMs={20} />);
+  render(<App readyPollMs={20} analyseOnDrop={false} history={null} />);
   await screen.findByText("Model ready");
 }
 
@@ -133,7 +133,7 @@ describe("upload flow", () => {
     await user.upload(screen.getByLabelText(/choose files/i), new File([new Uint8Array(200)], "IM0001.dcm"));
     const card = screen.getByRole("article", { name: "IM0001.dcm" });
     expect(within(card).queryByRole("img")).not.toBeInTheDocument();
-    expect(within(card).getByText(/browsers cannot display dicom/i)).toBeInTheDocument();
+    expect(within(card).getByText(/the server decodes DICOM/i)).toBeInTheDocument();
   });
 
   it("re-analyses at the other operating point when it is changed", async () => {
@@ -180,7 +180,7 @@ describe("error rendering", () => {
       throw new TypeError("Failed to fetch");
     });
     const user = setup();
-    render(<App readyPollMs={20} />);
+    render(<App readyPollMs={20} analyseOnDrop={false} history={null} />);
     expect(await screen.findByText("Server unreachable")).toBeInTheDocument();
     expect(await screen.findByText(/model card unavailable/i)).toBeInTheDocument();
     await user.upload(screen.getByLabelText(/choose files/i), pngFile("a.png"));
@@ -191,7 +191,7 @@ describe("error rendering", () => {
 
   it("shows the model loading while /ready answers 503", async () => {
     mockApi({ ready: () => json({ detail: "loading" }, 503) });
-    render(<App readyPollMs={20} />);
+    render(<App readyPollMs={20} analyseOnDrop={false} history={null} />);
     expect(await screen.findByText("Model loading…")).toBeInTheDocument();
     expect(screen.getByText(/still loading/)).toBeInTheDocument();
   });

@@ -1,16 +1,21 @@
 import { useCallback, useEffect, useMemo, useReducer, useRef, useState, type KeyboardEvent } from "react";
 import { analyse } from "./analyse";
 import { ApiError, describeError, getModelCard, getReadiness, predict, type ServerState } from "./api/client";
-import type { ModelCard, OperatingPoint } from "./api/types";
+import type { ModelCard, OperatingPoint, PreviewWindow, SliceResult } from "./api/types";
 import { BatchTable } from "./components/BatchTable";
 import { DropZone } from "./components/DropZone";
+import { HistoryPanel } from "./components/HistoryPanel";
 import { ModelPanel } from "./components/ModelPanel";
 import { OperatingPointSelector } from "./components/OperatingPointSelector";
+import { AnalyseOnDropSetting } from "./components/ReadingBits";
 import { ServerStatus } from "./components/ServerStatus";
 import { SliceCard } from "./components/SliceCard";
-import { StudyView } from "./components/StudyView";
-import { isRefused, resultTone } from "./lib/results";
-import { reducer } from "./state";
+import { StudyView, type ReopenedStudy } from "./components/StudyView";
+import { csvBlob, saveBlob, slicesCsv } from "./lib/csv";
+import { openHistory, restoreFile, storeFile, type HistoryEntry, type HistoryStore } from "./lib/history";
+import { isRefused, levelCaveat, resultTone } from "./lib/results";
+import { loadAnalyseOnDrop, saveAnalyseOnDrop } from "./lib/settings";
+import { makeItem, reducer, restoredItem, type SliceItem } from "./state";
 
 const isRetryable = (status: number) => status <= 0 || status === 429 || status >= 500;
 
@@ -24,9 +29,18 @@ export interface AppProps {
   /** Milliseconds between /ready polls while the model is loading (tests pass a small value). */
   readyPollMs?: number;
   initialMode?: Mode;
+  /** Analyse files as soon as they are added, unless the user chose otherwise (stored). */
+  analyseOnDrop?: boolean;
+  /** The browser history store; null for none. Default: IndexedDB when the browser has it. */
+  history?: HistoryStore | null;
 }
 
-export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppProps) {
+export default function App({
+  readyPollMs = 3000,
+  initialMode = "slices",
+  analyseOnDrop: analyseOnDropDefault = true,
+  history: historyStore,
+}: AppProps) {
   const [mode, setMode] = useState<Mode>(initialMode);
   const tabs = useRef<Record<Mode, HTMLButtonElement | null>>({ slices: null, study: null });
   const [items, dispatch] = useReducer(reducer, []);
@@ -39,6 +53,78 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
   const opChosen = useRef(false);
   const itemsRef = useRef(items);
   itemsRef.current = items;
+  const [analyseOnDrop, setAnalyseOnDropState] = useState(() => loadAnalyseOnDrop(analyseOnDropDefault));
+  const setAnalyseOnDrop = (value: boolean) => {
+    setAnalyseOnDropState(value);
+    saveAnalyseOnDrop(value);
+  };
+  const history = useMemo(() => (historyStore !== undefined ? historyStore : openHistory()), [historyStore]);
+  const [entries, setEntries] = useState<HistoryEntry[]>([]);
+  const [reopened, setReopened] = useState<ReopenedStudy | null>(null);
+  const saved = useRef(new Map<string, SliceResult>());
+  const caveat = levelCaveat(card);
+
+  // ---- history (this browser only) ----
+  const refreshHistory = useCallback(() => {
+    history
+      ?.list()
+      .then(setEntries)
+      .catch(() => setEntries([]));
+  }, [history]);
+  useEffect(refreshHistory, [refreshHistory]);
+
+  // Every finished slice result (a new object each time it changes: heatmap, preview, op).
+  useEffect(() => {
+    if (!history) return;
+    for (const item of items) {
+      if (item.status !== "done" || !item.result || saved.current.get(item.historyId) === item.result) continue;
+      saved.current.set(item.historyId, item.result);
+      const result = item.result;
+      void (item.file.size ? storeFile(item.file) : Promise.resolve(undefined))
+        .then((file) =>
+          history.put({ id: item.historyId, savedAt: Date.now(), kind: "slice", label: item.file.name, result, file }),
+        )
+        .then(refreshHistory)
+        .catch(() => {});
+    }
+  }, [items, history, refreshHistory]);
+
+  const onStudyResult = useCallback(
+    (entry: ReopenedStudy) => {
+      history
+        ?.put({ id: entry.historyId, savedAt: Date.now(), kind: "study", label: entry.label, study: entry.study })
+        .then(refreshHistory)
+        .catch(() => {});
+    },
+    [history, refreshHistory],
+  );
+
+  const openEntry = (entry: HistoryEntry) => {
+    if (entry.kind === "study") {
+      setReopened({ historyId: entry.id, label: entry.label, study: entry.study });
+      setMode("study");
+      return;
+    }
+    setMode("slices");
+    let item = itemsRef.current.find((i) => i.historyId === entry.id);
+    if (!item) {
+      const file = entry.file ? restoreFile(entry.file) : new File([], entry.label);
+      item = restoredItem(file, entry.result, entry.id);
+      saved.current.set(entry.id, entry.result);
+      dispatch({ type: "addItems", items: [item] });
+    }
+    const id = item.id;
+    setAnnouncement(`Reopened from history: ${entry.label}, ${entry.result.result}.`);
+    requestAnimationFrame(() => document.getElementById(id)?.scrollIntoView?.({ block: "nearest" }));
+  };
+
+  const clearHistory = () => {
+    history
+      ?.clear()
+      .then(() => setEntries([]))
+      .catch(() => {});
+    setAnnouncement("History cleared.");
+  };
 
   // Readiness: poll while loading/unreachable, then less often.
   useEffect(() => {
@@ -75,8 +161,7 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
     if (!opChosen.current && (preferred === "sensitive" || preferred === "specific")) setOperatingPoint(preferred);
   }, [card]);
 
-  const run = useCallback(async (ids: string[], op: OperatingPoint) => {
-    const jobs = itemsRef.current.filter((i) => ids.includes(i.id)).map((i) => ({ id: i.id, file: i.file }));
+  const runJobs = useCallback(async (jobs: { id: string; file: File }[], op: OperatingPoint) => {
     if (!jobs.length) return;
     setBusy(true);
     setAnnouncement(`Analysing ${jobs.length} ${jobs.length === 1 ? "slice" : "slices"}…`);
@@ -104,6 +189,61 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
       }${failed ? `, ${failed} failed` : ""}.`,
     );
   }, []);
+  const run = useCallback(
+    (ids: string[], op: OperatingPoint) =>
+      runJobs(
+        itemsRef.current.filter((i) => ids.includes(i.id)).map((i) => ({ id: i.id, file: i.file })),
+        op,
+      ),
+    [runJobs],
+  );
+
+  // New files: analysed at once (the setting), or left for the Analyse button.
+  const onFiles = (files: File[]) => {
+    const added: SliceItem[] = files.map(makeItem);
+    dispatch({ type: "addItems", items: added });
+    if (analyseOnDrop && !busy) void runJobs(added.map((i) => ({ id: i.id, file: i.file })), operatingPoint);
+  };
+
+  // DICOM: the preview image in another window (bone / soft tissue), from /predict.
+  const onWindow = useCallback(
+    (id: string, window: PreviewWindow) => {
+      const item = itemsRef.current.find((i) => i.id === id);
+      if (!item) return;
+      dispatch({ type: "previewLoading", id, window });
+      const op = (item.result?.operating_point as OperatingPoint | undefined) ?? operatingPoint;
+      predict(item.file, op, false, window)
+        .then((r) => dispatch({ type: "preview", id, window, png: r.preview_png_base64 ?? null, dicom: r.dicom }))
+        .catch((err: unknown) =>
+          dispatch({
+            type: "previewError",
+            id,
+            message: err instanceof ApiError ? describeError(err.status, err.detail).title : String(err),
+          }),
+        );
+    },
+    [operatingPoint],
+  );
+
+  const downloadCsv = () =>
+    saveBlob(
+      csvBlob(
+        slicesCsv(
+          itemsRef.current
+            .filter((i) => i.status === "done" || i.status === "error")
+            .map((i) => ({
+              name: i.file.name,
+              result: i.result?.result,
+              prediction: i.result?.prediction,
+              threshold: i.result?.threshold,
+              operatingPoint: i.result?.operating_point,
+              inDistribution: i.result?.in_distribution,
+              error: i.error ? describeError(i.error.status, i.error.detail).title : null,
+            })),
+        ),
+      ),
+      "slice-results.csv",
+    );
 
   const onToggleHeatmap = useCallback(
     (id: string) => {
@@ -222,7 +362,7 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
           >
             <section className="panel upload" aria-labelledby="upload-title">
               <h2 id="upload-title">Analyse CT slices</h2>
-              <DropZone onFiles={(files) => dispatch({ type: "add", files })} compact={items.length > 0} />
+              <DropZone onFiles={onFiles} compact={items.length > 0} />
               <div className="controls">
                 <OperatingPointSelector
                   value={operatingPoint}
@@ -230,6 +370,7 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
                   card={card}
                   disabled={busy}
                 />
+                <AnalyseOnDropSetting id="analyse-on-drop" value={analyseOnDrop} onChange={setAnalyseOnDrop} />
                 <div className="actions">
                   <button
                     type="button"
@@ -248,6 +389,11 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
                       "Analyse"
                     )}
                   </button>
+                  {analysed.length > 0 && (
+                    <button type="button" className="btn btn--ghost" onClick={downloadCsv} data-testid="slices-csv">
+                      Scores (CSV)
+                    </button>
+                  )}
                   {items.length > 0 && (
                     <button type="button" className="btn btn--ghost" disabled={busy} onClick={() => dispatch({ type: "clear" })}>
                       Clear all
@@ -285,6 +431,8 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
                     busy={busy}
                     onRemove={(id) => dispatch({ type: "remove", id })}
                     onToggleHeatmap={onToggleHeatmap}
+                    onWindow={onWindow}
+                    caveat={caveat}
                   />
                 ))}
               </section>
@@ -308,8 +456,16 @@ export default function App({ readyPollMs = 3000, initialMode = "slices" }: AppP
           </div>
 
           <div role="tabpanel" id="panel-study" aria-labelledby="tab-study" className="tabpanel" hidden={mode !== "study"}>
-            <StudyView card={card} />
+            <StudyView
+              card={card}
+              analyseOnDrop={analyseOnDrop}
+              onAnalyseOnDrop={setAnalyseOnDrop}
+              onResult={onStudyResult}
+              reopened={reopened}
+            />
           </div>
+
+          {entries.length > 0 && <HistoryPanel entries={entries} onOpen={openEntry} onClear={clearHistory} />}
         </main>
 
         <ModelPanel card={card} error={cardError} />

@@ -10,7 +10,7 @@ const setup = () => userEvent.setup({ applyAccept: false });
 const SERIES = [0.02, 0.05, 0.91, 0.97, 0.4, 0.03, 0.88];
 
 async function openStudy() {
-  render(<App readyPollMs={20} />);
+  render(<App readyPollMs={20} analyseOnDrop={false} history={null} />);
   await screen.findByText("Model ready");
   const user = setup();
   await user.click(screen.getByRole("tab", { name: "Study (whole series)" }));
@@ -32,7 +32,7 @@ async function analyse(user: ReturnType<typeof setup>, files: File[]) {
 describe("mode tabs", () => {
   it("switches between single slices and study mode by click and arrow keys", async () => {
     mockApi();
-    render(<App readyPollMs={20} />);
+    render(<App readyPollMs={20} analyseOnDrop={false} history={null} />);
     await screen.findByText("Model ready");
     const user = setup();
     const slices = screen.getByRole("tab", { name: "Single slices" });
@@ -92,7 +92,7 @@ describe("study view", () => {
 
     // The chart: one bar per slice in series order, out-of-distribution and top slices marked.
     const chart = screen.getByRole("img", { name: /fracture probability of each slice, head to foot/i });
-    expect(chart).toHaveAccessibleDescription(/7 slices in series order.*2 of them at or above.*1 not a CT slice/);
+    expect(chart).toHaveAccessibleDescription(/7 slices from position 1 \(head\) to 7 \(foot\), drawn to scale.*2 of them at or above.*1 not a CT slice/);
     const bars = within(chart).getAllByTestId("chart-bar");
     expect(bars).toHaveLength(7);
     expect(bars.map((b) => b.getAttribute("data-kind"))).toEqual([
@@ -119,7 +119,7 @@ describe("study view", () => {
     );
     const heat = within(viewer).getByRole("img", { name: /grad-cam heatmap overlaid on neck \(4\)\.png/i });
     expect(heat.getAttribute("src")).toBe(`data:image/png;base64,${PNG_B64}`);
-    expect(within(viewer).getByText("Top 1")).toBeInTheDocument();
+    expect(within(viewer).getByText("Top 1", { selector: ".tag" })).toBeInTheDocument();
     expect(bars[3]).toHaveClass("chart__slot--selected");
 
     // The table alternative: every slice, the selected one marked.

@@ -1,5 +1,6 @@
-import type { OperatingPoint, SliceResult } from "./api/types";
+import type { DicomInfo, OperatingPoint, PreviewWindow, SliceResult } from "./api/types";
 import { nextId, previewKind, type PreviewKind } from "./lib/files";
+import { historyId } from "./lib/history";
 
 export type ItemStatus = "idle" | "analysing" | "done" | "error";
 
@@ -15,10 +16,17 @@ export interface SliceItem {
   /** Batch results carry no heatmap: it is fetched from /predict?explain=true on demand. */
   heatmapLoading?: boolean;
   heatmapError?: string | null;
+  /** This file's entry in the browser's history (kept across reloads). */
+  historyId: string;
+  /** DICOM: the window of the preview image, and its fetch. */
+  previewWindow?: PreviewWindow;
+  previewLoading?: boolean;
+  previewError?: string | null;
 }
 
 export type Action =
   | { type: "add"; files: File[] }
+  | { type: "addItems"; items: SliceItem[] }
   | { type: "remove"; id: string }
   | { type: "clear" }
   | { type: "analysing"; ids: string[] }
@@ -27,7 +35,16 @@ export type Action =
   | { type: "toggleHeatmap"; id: string }
   | { type: "heatmapLoading"; id: string }
   | { type: "heatmap"; id: string; png: string | null }
-  | { type: "heatmapError"; id: string; message: string };
+  | { type: "heatmapError"; id: string; message: string }
+  | { type: "previewLoading"; id: string; window: PreviewWindow }
+  | {
+      type: "preview";
+      id: string;
+      window: PreviewWindow;
+      png: string | null;
+      dicom?: DicomInfo | null;
+    }
+  | { type: "previewError"; id: string; message: string };
 
 function createPreviewUrl(file: File, kind: PreviewKind): string | null {
   if (kind !== "image" || typeof URL.createObjectURL !== "function") return null;
@@ -36,7 +53,20 @@ function createPreviewUrl(file: File, kind: PreviewKind): string | null {
 
 export function makeItem(file: File): SliceItem {
   const kind = previewKind(file);
-  return { id: nextId(), file, kind, previewUrl: createPreviewUrl(file, kind), status: "idle", showHeatmap: false };
+  return {
+    id: nextId(),
+    file,
+    kind,
+    previewUrl: createPreviewUrl(file, kind),
+    status: "idle",
+    showHeatmap: false,
+    historyId: historyId(),
+  };
+}
+
+/** A result reopened from the history, with its file when the history kept it. */
+export function restoredItem(file: File, result: SliceResult, id: string): SliceItem {
+  return { ...makeItem(file), historyId: id, status: "done", result };
 }
 
 function revoke(item: SliceItem) {
@@ -51,6 +81,8 @@ export function reducer(items: SliceItem[], action: Action): SliceItem[] {
   switch (action.type) {
     case "add":
       return [...items, ...action.files.map(makeItem)];
+    case "addItems":
+      return [...items, ...action.items];
     case "remove": {
       const gone = items.find((i) => i.id === action.id);
       if (gone) revoke(gone);
@@ -71,6 +103,9 @@ export function reducer(items: SliceItem[], action: Action): SliceItem[] {
         result: {
           ...action.result,
           heatmap_png_base64: action.result.heatmap_png_base64 ?? i.result?.heatmap_png_base64 ?? null,
+          // likewise the DICOM preview and header facts (a batch answer has neither)
+          preview_png_base64: action.result.preview_png_base64 ?? i.result?.preview_png_base64 ?? null,
+          dicom: action.result.dicom ?? i.result?.dicom ?? null,
         },
         error: undefined,
       }));
@@ -105,6 +140,24 @@ export function reducer(items: SliceItem[], action: Action): SliceItem[] {
         showHeatmap: false,
         heatmapError: action.message,
       }));
+    case "previewLoading":
+      return update(items, action.id, (i) => ({ ...i, previewLoading: true, previewError: null, previewWindow: action.window }));
+    case "preview":
+      return update(items, action.id, (i) => ({
+        ...i,
+        previewLoading: false,
+        previewWindow: action.window,
+        previewError: action.png ? null : "The server sent no image for this DICOM file.",
+        result: i.result
+          ? {
+              ...i.result,
+              preview_png_base64: action.png ?? i.result.preview_png_base64 ?? null,
+              dicom: action.dicom ?? i.result.dicom ?? null,
+            }
+          : i.result,
+      }));
+    case "previewError":
+      return update(items, action.id, (i) => ({ ...i, previewLoading: false, previewError: action.message }));
   }
 }
 

@@ -21,9 +21,8 @@ from PIL import Image
 
 from backend.app.core.config import Settings
 from backend.app.main import app, create_app
-from backend.app.services.inference import InferenceService
 from ml_model.config import DEFAULT_MODEL_DIR, SHARED_DATA_DIR
-from ml_model.predictor import Predictor
+from ml_model.inference.core import InferenceCore
 from tests.conftest import make_dicom
 
 ClientFactory = Callable[..., TestClient]
@@ -37,19 +36,20 @@ def client() -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="session")
-def service(client: TestClient) -> InferenceService:
-    loaded: InferenceService = client.app.state.inference  # type: ignore[attr-defined]
+def service(client: TestClient) -> InferenceCore:
+    loaded: InferenceCore = client.app.state.inference  # type: ignore[attr-defined]
     return loaded
 
 
 @pytest.fixture(scope="session")
-def predictor() -> Predictor:
-    """An independent Predictor over the same bundle: the reference the API must match."""
-    return Predictor(DEFAULT_MODEL_DIR)
+def predictor() -> InferenceCore:
+    """An independent inference core over the same bundle (its own forward): the reference
+    the API must match."""
+    return InferenceCore(DEFAULT_MODEL_DIR)
 
 
 @pytest.fixture
-def make_client(service: InferenceService, tmp_path: Path) -> Iterator[ClientFactory]:
+def make_client(service: InferenceCore, tmp_path: Path) -> Iterator[ClientFactory]:
     """Apps with other settings (limits, CORS, windows...), sharing the loaded model."""
     opened: list[TestClient] = []
 

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from backend.app.core.config import REPO_ROOT, Settings
 from backend.app.main import create_app
+from ml_model.card import CardError
 from ml_model.config import DEFAULT_MODEL_DIR
 
 # --- settings ---------------------------------------------------------------------------
@@ -49,7 +50,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_upload_mb == 20
     assert settings.max_batch_files == 32
     assert settings.cors_origins == []
-    assert (settings.window_level, settings.window_width) == (-70.0, 380.0)  # export window
+    assert (settings.window_level, settings.window_width) == (None, None)  # the card's window
     assert settings.frontend_dist == REPO_ROOT / "frontend" / "dist"
     assert settings.inference_backend == "local"
 
@@ -71,7 +72,10 @@ def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: str,
 
 def test_missing_model_dir_fails_start_up(tmp_path: Path) -> None:
     app = create_app(Settings(model_dir=tmp_path / "no-bundle", frontend_dist=tmp_path / "none"))
-    with pytest.raises(FileNotFoundError, match=r"model\.keras"), TestClient(app):
+    with (
+        pytest.raises(CardError, match=r"no-bundle/model_card\.json: the bundle has no model card"),
+        TestClient(app),
+    ):
         pass
 
 

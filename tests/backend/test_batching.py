@@ -1,8 +1,10 @@
-"""Dynamic micro-batching over the REAL model: same answers, fewer model calls, isolation.
+"""Dynamic micro-batching of the REAL forward: same answers, fewer model calls, isolation.
 
-Model calls are counted by wrapping the real ``Predictor.run`` (the real model still
-answers every call). Ordering is made deterministic where it matters by holding the
-first model call on an event, so that later requests queue up behind it.
+Micro-batching wraps only the forward function (``MicroBatcher`` / ``BatchedForward``
+around a ``KerasForward``). Model calls are counted by wrapping the reference core's real
+forward (the real model still answers every call). Ordering is made deterministic where it
+matters by holding the first model call on an event, so that later requests queue up
+behind it.
 """
 
 from __future__ import annotations
@@ -22,87 +24,86 @@ from pydantic import ValidationError
 from backend.app.core.config import Settings
 from backend.app.main import create_app
 from backend.app.services import inference as inference_module
-from backend.app.services.batching import BatchingInference, MicroBatcher, incoming
-from backend.app.services.inference import (
-    InferenceUnavailableError,
-    LocalInference,
-    create_inference_service,
-)
-from ml_model.config import SHARED_DATA_DIR
-from ml_model.predictor import Prediction, Predictor
-from ml_model.transforms import image_to_array
+from backend.app.services.inference import create_core
+from ml_model.config import DEFAULT_MODEL_DIR, SHARED_DATA_DIR
+from ml_model.inference.batching import BatchedForward, MicroBatcher
+from ml_model.inference.core import InferenceCore
+from ml_model.inference.forward import ForwardOutput, KerasForward, ModelUnavailableError
+from ml_model.inference.gradcam import GradCam
 
 TOLERANCE = 1e-5  # batch size changes float summation order only
+LOGIT_TOLERANCE = 1e-4  # the CT gate's logit: a sum over many features, same story
 
 
 @pytest.fixture(scope="module")
-def slices(predictor: Predictor) -> np.ndarray:
+def slices(predictor: InferenceCore) -> np.ndarray:
     """24 model inputs: real CT slices when the shared data is there, else noise images."""
     paths = sorted((SHARED_DATA_DIR / "train").rglob("*.png"))[::40][:24]
     if len(paths) == 24:
-        return np.stack([image_to_array(p.read_bytes(), predictor.img_size) for p in paths])
+        return np.stack([predictor.model_input(predictor.decode(p.read_bytes())) for p in paths])
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (24, predictor.img_size, predictor.img_size, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
-def reference(predictor: Predictor, slices: np.ndarray) -> list[Prediction]:
-    """Each image alone through the real predictor: what every caller must get back."""
-    return [predictor.run(image[np.newaxis]) for image in slices]
+def reference(predictor: InferenceCore, slices: np.ndarray) -> list[ForwardOutput]:
+    """Each image alone through the reference core's real forward: what every caller must
+    get back."""
+    return [predictor.forward(image[np.newaxis]) for image in slices]
 
 
-class CallCounter:
-    """Wraps the real ``Predictor.run``: counts calls and their batch sizes."""
+class CountingForward:
+    """A forward around the real one: counts calls and their batch sizes."""
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.real = predictor.run
+    def __init__(self, real: Callable[[np.ndarray], ForwardOutput]) -> None:
+        self.real = real
         self.sizes: list[int] = []
         self.lock = threading.Lock()
+        self.closed = False
 
-    def __call__(self, images: np.ndarray) -> Prediction:
+    def __call__(self, images: np.ndarray) -> ForwardOutput:
         with self.lock:
             self.sizes.append(len(images))
         return self.real(images)
 
+    def is_ready(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
 
 @pytest.fixture
-def counter(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> CallCounter:
-    counting = CallCounter(predictor)
-    monkeypatch.setattr(predictor, "run", counting)
-    return counting
+def batched(predictor: InferenceCore) -> Iterator[Callable[..., BatchedForward]]:
+    """``BatchedForward`` around a counting wrapper of the reference's real forward."""
+    made: list[BatchedForward] = []
 
-
-@pytest.fixture
-def batching(predictor: Predictor) -> Iterator[Callable[..., BatchingInference]]:
-    made: list[BatchingInference] = []
-
-    def make(max_size: int = 16, max_wait_s: float = 0.005) -> BatchingInference:
-        service = BatchingInference(LocalInference(predictor), max_size, max_wait_s)
-        made.append(service)
-        return service
+    def make(max_size: int = 16, max_wait_s: float = 0.005) -> BatchedForward:
+        forward = BatchedForward(CountingForward(predictor.forward), max_size, max_wait_s)
+        made.append(forward)
+        return forward
 
     yield make
-    for service in made:
-        service.batcher.close()
+    for forward in made:
+        forward.close()
 
 
-def check_same(got: Prediction, expected: Prediction) -> None:
-    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=TOLERANCE)
-    assert got.ood_distances is not None and expected.ood_distances is not None
-    np.testing.assert_allclose(got.ood_distances, expected.ood_distances, rtol=1e-4)
-    np.testing.assert_array_equal(got.in_distribution, expected.in_distribution)
-    assert got.features.shape == expected.features.shape
+def check_same(got: ForwardOutput, expected: ForwardOutput) -> None:
+    assert isinstance(got, ForwardOutput), got
+    assert got.probability.shape == expected.probability.shape
+    np.testing.assert_allclose(got.probability, expected.probability, atol=TOLERANCE)
+    np.testing.assert_allclose(got.ct_logit, expected.ct_logit, atol=LOGIT_TOLERANCE)
 
 
-def run_concurrently(service: BatchingInference, images: np.ndarray) -> list[Any]:
+def run_concurrently(forward: BatchedForward, images: np.ndarray) -> list[Any]:
     """One thread per image, all released at once, each announcing itself first."""
     barrier = threading.Barrier(len(images))
 
     def call(image: np.ndarray) -> Any:
-        with incoming(service):
+        with forward.incoming():
             barrier.wait()
             try:
-                return service.run(image[np.newaxis])
+                return forward(image[np.newaxis])
             except Exception as exc:
                 return exc
 
@@ -111,49 +112,50 @@ def run_concurrently(service: BatchingInference, images: np.ndarray) -> list[Any
 
 
 def test_batched_results_equal_unbatched(
-    batching: Any, slices: np.ndarray, reference: list[Prediction]
+    batched: Any, predictor: InferenceCore, slices: np.ndarray, reference: list[ForwardOutput]
 ) -> None:
-    service = batching()
+    forward = batched()
     for image, expected in zip(slices[:4], reference, strict=False):
-        check_same(service.run(image[np.newaxis]), expected)
-    # And one multi-image call through the batcher equals the images one by one.
-    together = service.run(slices[:8])
+        check_same(forward(image[np.newaxis]), expected)
+    # One multi-image call through the batcher equals the images one by one...
+    together = forward(slices[:8])
+    assert len(together) == 8
     for row, expected in enumerate(reference[:8]):
-        check_same(
-            Prediction(
-                together.probabilities[row : row + 1],
-                together.features[row : row + 1],
-                None if together.ood_distances is None else together.ood_distances[row : row + 1],
-                together.in_distribution[row : row + 1],
-            ),
-            expected,
-        )
+        check_same(together.rows(row, row + 1), expected)
+    # ...and so do the verdicts a core over the batched forward gives.
+    core = InferenceCore(DEFAULT_MODEL_DIR, forward, gradcam=predictor.gradcam)
+    for verdict, expected in zip(core.classify(slices[:8]), reference[:8], strict=True):
+        (alone,) = predictor.judge(expected)
+        assert verdict.result == alone.result
+        assert verdict.in_distribution is alone.in_distribution
+        assert verdict.probability == pytest.approx(alone.probability, abs=TOLERANCE)
 
 
 def test_concurrent_callers_get_their_own_answers_from_fewer_model_calls(
-    batching: Any, counter: CallCounter, slices: np.ndarray, reference: list[Prediction]
+    batched: Any, slices: np.ndarray, reference: list[ForwardOutput]
 ) -> None:
-    service = batching(max_size=16)
-    counter.sizes.clear()
-    results = run_concurrently(service, slices)
+    forward = batched(max_size=16)
+    counter = forward.inner
+    results = run_concurrently(forward, slices)
     for got, expected in zip(results, reference, strict=True):
-        assert isinstance(got, Prediction), got
         check_same(got, expected)
     assert sum(counter.sizes) == len(slices)  # every image ran exactly once
     assert len(counter.sizes) < len(slices)  # ...in fewer calls than requests
     assert max(counter.sizes) <= 16
+    assert forward.batcher.requests == len(slices)
+    assert forward.batcher.model_calls == len(counter.sizes)
 
 
 class Gate:
-    """Wraps the real run; the first call waits until ``open`` so that others queue."""
+    """Wraps a real forward; the first call waits until ``release`` so that others queue."""
 
-    def __init__(self, real: Callable[[np.ndarray], Prediction]) -> None:
+    def __init__(self, real: Callable[[np.ndarray], ForwardOutput]) -> None:
         self.real = real
         self.entered = threading.Event()
         self.release = threading.Event()
         self.sizes: list[int] = []
 
-    def __call__(self, images: np.ndarray) -> Prediction:
+    def __call__(self, images: np.ndarray) -> ForwardOutput:
         self.sizes.append(len(images))
         if len(self.sizes) == 1:
             self.entered.set()
@@ -169,9 +171,9 @@ def wait_queued(batcher: MicroBatcher, count: int) -> None:
 
 
 def test_queued_requests_run_as_one_batch(
-    predictor: Predictor, slices: np.ndarray, reference: list[Prediction]
+    predictor: InferenceCore, slices: np.ndarray, reference: list[ForwardOutput]
 ) -> None:
-    gate = Gate(predictor.run)
+    gate = Gate(predictor.forward)
     batcher = MicroBatcher(gate, max_size=16, max_wait_s=0.0)
     try:
         first = batcher.submit(slices[:1])
@@ -188,8 +190,8 @@ def test_queued_requests_run_as_one_batch(
         batcher.close()
 
 
-def test_max_size_splits_batches(predictor: Predictor, slices: np.ndarray) -> None:
-    gate = Gate(predictor.run)
+def test_max_size_splits_batches(predictor: InferenceCore, slices: np.ndarray) -> None:
+    gate = Gate(predictor.forward)
     batcher = MicroBatcher(gate, max_size=4, max_wait_s=0.0)
     try:
         first = batcher.submit(slices[:1])
@@ -198,23 +200,31 @@ def test_max_size_splits_batches(predictor: Predictor, slices: np.ndarray) -> No
         futures.append(batcher.submit(slices[13:21]))  # 8 images: over max, runs alone
         wait_queued(batcher, 5)
         gate.release.set()
-        for future in [first, *futures]:
-            future.result(10)
+        for future, size in zip([first, *futures], [1, 3, 3, 3, 3, 8], strict=True):
+            assert len(future.result(10)) == size
         assert gate.sizes == [1, 3, 3, 3, 3, 8]
     finally:
         gate.release.set()
         batcher.close()
 
 
+def test_max_size_must_be_positive(predictor: InferenceCore) -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        MicroBatcher(predictor.forward, max_size=0)
+
+
 def test_one_bad_request_does_not_poison_the_batch(
-    predictor: Predictor, slices: np.ndarray, reference: list[Prediction]
+    predictor: InferenceCore, slices: np.ndarray, reference: list[ForwardOutput]
 ) -> None:
     poison_value = 7
 
-    def model(images: np.ndarray) -> Prediction:
+    def model(images: np.ndarray) -> ForwardOutput:
         if np.any(np.all(images == poison_value, axis=(1, 2, 3))):
             raise RuntimeError("the model choked on this image")
-        return predictor.run(images)
+        # The core's shape check, then the real forward. A wrong shape must never reach
+        # KerasForward's tf.function itself: TensorFlow (2.21) keeps the function's lock
+        # when its input signature refuses a call, and every later call then hangs.
+        return predictor.scores(images)
 
     gate = Gate(model)
     batcher = MicroBatcher(gate, max_size=16, max_wait_s=0.0)
@@ -243,8 +253,47 @@ def test_one_bad_request_does_not_poison_the_batch(
         batcher.close()
 
 
-def test_a_lone_request_does_not_wait(predictor: Predictor, slices: np.ndarray) -> None:
-    batcher = MicroBatcher(predictor.run, max_size=16, max_wait_s=2.0)  # a huge wait
+def test_a_cancelled_request_does_not_fail_its_batch(
+    predictor: InferenceCore, slices: np.ndarray, reference: list[ForwardOutput]
+) -> None:
+    """A caller that gives up (cancels its queued future) leaves the rest of the batch
+    answered, and its images are not run."""
+    gate = Gate(predictor.forward)
+    batcher = MicroBatcher(gate, max_size=16, max_wait_s=0.0)
+    try:
+        first = batcher.submit(slices[:1])
+        assert gate.entered.wait(5)
+        given_up = batcher.submit(slices[1:2])
+        kept = batcher.submit(slices[2:3])
+        wait_queued(batcher, 2)
+        assert given_up.cancel()
+        gate.release.set()
+        check_same(first.result(10), reference[0])
+        check_same(kept.result(10), reference[2])
+        assert given_up.cancelled()
+        assert gate.sizes == [1, 1]
+        check_same(batcher.run(slices[3:4]), reference[3])  # still working
+    finally:
+        gate.release.set()
+        batcher.close()
+
+
+def test_a_forward_that_returns_the_wrong_row_count_fails_its_callers(
+    predictor: InferenceCore, slices: np.ndarray
+) -> None:
+    def short(images: np.ndarray) -> ForwardOutput:
+        return predictor.forward(images).rows(0, len(images) - 1)
+
+    batcher = MicroBatcher(short, max_size=16, max_wait_s=0.0)
+    try:
+        with pytest.raises(RuntimeError, match="returned 1 results for 2 images"):
+            batcher.run(slices[:2])
+    finally:
+        batcher.close()
+
+
+def test_a_lone_request_does_not_wait(predictor: InferenceCore, slices: np.ndarray) -> None:
+    batcher = MicroBatcher(predictor.forward, max_size=16, max_wait_s=2.0)  # a huge wait
     try:
         batcher.run(slices[:1])
         started = time.perf_counter()
@@ -256,14 +305,14 @@ def test_a_lone_request_does_not_wait(predictor: Predictor, slices: np.ndarray) 
         batcher.close()
 
 
-def test_worker_waits_for_announced_requests(predictor: Predictor, slices: np.ndarray) -> None:
-    counting = CallCounter(predictor)
+def test_worker_waits_for_announced_requests(predictor: InferenceCore, slices: np.ndarray) -> None:
+    counting = CountingForward(predictor.forward)
     batcher = MicroBatcher(counting, max_size=16, max_wait_s=2.0)
     try:
         batcher.run(slices[:1])
         counting.sizes.clear()
         announced = threading.Event()
-        result: list[Prediction] = []
+        result: list[ForwardOutput] = []
 
         def late_caller() -> None:
             with batcher.incoming():
@@ -277,13 +326,16 @@ def test_worker_waits_for_announced_requests(predictor: Predictor, slices: np.nd
         mine = batcher.run(slices[2:3])
         thread.join(10)
         assert counting.sizes == [2]  # the early request waited for the announced one
-        assert result and mine.probabilities.shape == (1,)
+        assert len(result) == 1 and len(result[0]) == 1
+        assert mine.probability.shape == (1,) and mine.ct_logit.shape == (1,)
     finally:
         batcher.close()
 
 
-def test_withdrawn_announcement_stops_the_wait(predictor: Predictor, slices: np.ndarray) -> None:
-    batcher = MicroBatcher(predictor.run, max_size=16, max_wait_s=3.0)
+def test_withdrawn_announcement_stops_the_wait(
+    predictor: InferenceCore, slices: np.ndarray
+) -> None:
+    batcher = MicroBatcher(predictor.forward, max_size=16, max_wait_s=3.0)
     try:
         batcher.run(slices[:1])
         announced = threading.Event()
@@ -301,14 +353,15 @@ def test_withdrawn_announcement_stops_the_wait(predictor: Predictor, slices: np.
         batcher.run(slices[1:2])
         thread.join(10)
         assert time.perf_counter() - started < 2.0  # did not sit out the 3 s wait
+        assert batcher._announced == 0
     finally:
         batcher.close()
 
 
 def test_close_drains_queued_requests_then_refuses(
-    predictor: Predictor, slices: np.ndarray, reference: list[Prediction]
+    predictor: InferenceCore, slices: np.ndarray, reference: list[ForwardOutput]
 ) -> None:
-    gate = Gate(predictor.run)
+    gate = Gate(predictor.forward)
     batcher = MicroBatcher(gate, max_size=16, max_wait_s=0.0)
     first = batcher.submit(slices[:1])
     assert gate.entered.wait(5)
@@ -321,61 +374,87 @@ def test_close_drains_queued_requests_then_refuses(
     check_same(first.result(1), reference[0])
     check_same(queued.result(1), reference[1])  # accepted before close: still answered
     assert not batcher._thread.is_alive()
-    with pytest.raises(InferenceUnavailableError, match="shutting down"):
+    with pytest.raises(ModelUnavailableError, match="shutting down") as refused:
         batcher.run(slices[:1])
+    assert refused.value.status_code == 503
 
 
-def test_lifespan_closes_the_service_it_built(
-    predictor: Predictor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_closed_batched_forward_is_not_ready(batched: Any) -> None:
+    forward = batched()
+    assert forward.is_ready()
+    forward.close()
+    assert not forward.is_ready()
+    assert forward.inner.closed  # closing the wrapper closes the forward it wraps
+
+
+def test_lifespan_closes_the_core_it_built(
+    predictor: InferenceCore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    built: list[BatchingInference] = []
+    built: list[InferenceCore] = []
 
-    def build(settings: Settings) -> BatchingInference:
-        service = BatchingInference(LocalInference(predictor), settings.batch_max_size, 0.002)
-        built.append(service)
-        return service
+    def build(settings: Settings) -> InferenceCore:
+        forward = BatchedForward(CountingForward(predictor.forward), settings.batch_max_size, 0.002)
+        core = InferenceCore(settings.model_dir, forward, gradcam=predictor.gradcam)
+        built.append(core)
+        return core
 
-    monkeypatch.setattr("backend.app.main.create_inference_service", build)
+    monkeypatch.setattr("backend.app.main.create_core", build)
     app = create_app(Settings(frontend_dist=tmp_path / "none"))
     with TestClient(app) as client:
-        (service,) = built
+        (core,) = built
+        forward = core.forward
+        assert isinstance(forward, BatchedForward)
         assert client.get("/ready").status_code == 200
-        assert service.batcher._thread.is_alive()
-    assert not service.batcher._thread.is_alive()
-    assert service.batcher.closed
+        assert forward.batcher._thread.is_alive()
+        assert forward.inner.sizes  # warm-up ran through the batched forward
+    assert not forward.batcher._thread.is_alive()
+    assert forward.batcher.closed
+    assert forward.inner.closed
     assert app.state.inference is None
+
+
+def test_lifespan_leaves_a_shared_core_open(service: InferenceCore, tmp_path: Path) -> None:
+    """An app handed a loaded core (``create_app(inference=...)``) must not close it."""
+    app = create_app(Settings(frontend_dist=tmp_path / "none"), inference=service)
+    with TestClient(app) as other:
+        assert other.get("/ready").status_code == 200
+    forward = service.forward
+    assert isinstance(forward, BatchedForward)
+    assert not forward.batcher.closed
+    assert service.is_ready()
 
 
 def test_concurrent_api_requests_are_batched(
     client: TestClient,
-    service: Any,
-    predictor: Predictor,
+    service: InferenceCore,
+    predictor: InferenceCore,
     monkeypatch: pytest.MonkeyPatch,
     ct_slice_paths: list[Path],
 ) -> None:
     """Through the production app: 16 clients at once, each gets its own slice's answer."""
-    assert isinstance(service, BatchingInference)
-    inner = service.inner
-    assert isinstance(inner, LocalInference)
-    counting = CallCounter(inner.predictor)
-    monkeypatch.setattr(inner.predictor, "run", counting)
+    forward = service.forward
+    assert isinstance(forward, BatchedForward)
+    assert isinstance(forward.inner, KerasForward)
+    counting = CountingForward(forward.batcher._forward)
+    monkeypatch.setattr(forward.batcher, "_forward", counting)
     uploads = [ct_slice_paths[i % len(ct_slice_paths)] for i in range(16)]
-    expected = {
-        path: float(predictor.predict(image_to_array(path.read_bytes()))[0]) for path in uploads
-    }
+    expected = {path: predictor.verdict(path.read_bytes()) for path in set(uploads)}
     barrier = threading.Barrier(len(uploads))
 
-    def post(path: Path) -> float:
+    def post(path: Path) -> dict[str, Any]:
         data = path.read_bytes()
         barrier.wait()
         response = client.post("/predict", files={"file": (path.name, data)})
         assert response.status_code == 200, response.text
-        return float(response.json()["prediction"])
+        body: dict[str, Any] = response.json()
+        return body
 
     with ThreadPoolExecutor(len(uploads)) as pool:
         answers = list(pool.map(post, uploads))
     for path, answer in zip(uploads, answers, strict=True):
-        assert answer == pytest.approx(expected[path], abs=TOLERANCE)
+        assert answer["prediction"] == pytest.approx(expected[path].probability, abs=TOLERANCE)
+        assert answer["result"] == expected[path].result
+        assert answer["in_distribution"] is expected[path].in_distribution
     assert sum(counting.sizes) == len(uploads)
     assert len(counting.sizes) < len(uploads)  # overlapping requests shared model calls
 
@@ -420,13 +499,37 @@ def test_bad_batching_settings_refused(monkeypatch: pytest.MonkeyPatch, env: str
 
 
 @pytest.mark.parametrize("batching_on", [True, False])
-def test_create_inference_service_honours_batching(batching_on: bool, tmp_path: Path) -> None:
-    service = create_inference_service(Settings(batching=batching_on))
+def test_create_core_honours_batching(
+    batching_on: bool, predictor: InferenceCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``create_core`` in local mode: a KerasForward, wrapped in a BatchedForward (with
+    the configured size and wait) exactly when BATCHING is on. The model load itself is
+    the reference's already loaded forward (``from_bundle`` is the only thing replaced)."""
+    loaded: list[tuple[Path, float]] = []
+
+    def from_bundle(cls: type[KerasForward], model_dir: Path, temperature: float) -> KerasForward:
+        loaded.append((Path(model_dir), temperature))
+        assert isinstance(predictor.forward, KerasForward)
+        return predictor.forward
+
+    monkeypatch.setattr(KerasForward, "from_bundle", classmethod(from_bundle))
+    settings = Settings(batching=batching_on, batch_max_size=8, batch_max_wait_ms=1.5)
+    core = create_core(settings)
     try:
-        assert isinstance(service, BatchingInference) is batching_on
-        assert isinstance(service, LocalInference) is not batching_on
+        assert loaded == [(Path(settings.model_dir), core.card.temperature)]
+        forward = core.forward
+        assert isinstance(forward, BatchedForward) is batching_on
+        if isinstance(forward, BatchedForward):
+            assert forward.inner is predictor.forward
+            assert forward.batcher.max_size == 8
+            assert forward.batcher.max_wait_s == pytest.approx(0.0015)
+        else:
+            assert forward is predictor.forward
+        assert isinstance(core._gradcam, GradCam)  # local: Grad-CAM on the loaded model
     finally:
-        service.close()
+        core.close()
+    if batching_on:
+        assert isinstance(core.forward, BatchedForward) and core.forward.batcher.closed
 
 
 def test_thread_pools_set_at_start(monkeypatch: pytest.MonkeyPatch) -> None:

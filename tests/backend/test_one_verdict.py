@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from skimage import data as skdata
 
-from ml_model import evaluate, predict
+from ml_model import predict
 from ml_model.config import DEFAULT_MODEL_DIR, SHARED_DATA_DIR
+from ml_model.evaluation import evaluate
 
 
 def _png(gray: np.ndarray) -> bytes:

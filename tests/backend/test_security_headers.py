@@ -152,30 +152,28 @@ def inline_script_hashes(html: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("path", ["/docs", "/docs/oauth2-redirect", "/redoc"])
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
 def test_docs_pages_get_their_own_csp(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200
     for name, value in BASE.items():
         assert response.headers[name] == value
     directives = csp_directives(response.headers["content-security-policy"])
-    script_src = directives["script-src"]
-    assert "'unsafe-inline'" not in script_src and "'unsafe-eval'" not in script_src
-    assert "https://cdn.jsdelivr.net" in script_src
-    # exactly the page's own inline scripts are allowed, by hash
-    hashes = {value for value in script_src if value.startswith("'sha256-")}
-    assert hashes == inline_script_hashes(response.text)
-    assert (path == "/redoc") == (hashes == set())  # ReDoc has no inline script
+    # Served offline: scripts from the app only, no CDN, no inline script on the page.
+    assert directives["script-src"] == ["'self'"]
+    assert inline_script_hashes(response.text) == set()
+    assert "http" not in response.headers["content-security-policy"]
     assert directives["frame-ancestors"] == ["'none'"]
     assert directives["object-src"] == ["'none'"]
     assert directives["connect-src"] == ["'self'"]
-    # every external script and stylesheet the page loads is allowed by its CSP
-    for url in re.findall(r'<script[^>]*\bsrc="(https://[^/"]+)', response.text):
-        assert url in script_src
-    for tag in re.findall(r"<link\b[^>]*>", response.text):
-        host = re.search(r'href="(https://[^/"]+)', tag)
-        if 'rel="stylesheet"' in tag and host:
-            assert host.group(1) in directives["style-src"]
+    # every script and stylesheet the page loads is the app's own
+    for url in re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"', response.text):
+        assert url.startswith("/docs/assets/"), url
+
+
+def test_the_old_oauth2_redirect_page_is_gone(client: TestClient) -> None:
+    # No OAuth in this API: the page (and its inline script) is not served any more.
+    assert "swagger" not in client.get("/docs/oauth2-redirect").text.lower()
 
 
 def test_docs_csp_hashes_what_it_is_given() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_model.data import (
+from ml_model.data.dataset import (
     DatasetError,
     base_slice_id,
     describe_split,
@@ -133,7 +133,7 @@ def test_make_dataset_batches_decoded_images(write_dataset: WriteDataset) -> Non
 
 def test_dataset_matches_the_shared_transform(write_dataset: WriteDataset) -> None:
     """tf.data decodes through the same function as the CLI and server."""
-    from ml_model.transforms import load_image
+    from ml_model.imaging.transforms import load_image
 
     records = find_images(write_dataset("flat", slices_per_class=1, copies=2))
     dataset = make_dataset(
@@ -148,13 +148,13 @@ def test_rgb_and_gray_copies_decode_alike(tmp_path: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 255, (50, 50), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
     Image.fromarray(pixels).convert("RGB").save(tmp_path / "b.png")
-    from ml_model.transforms import load_image
+    from ml_model.imaging.transforms import load_image
 
     assert np.array_equal(load_image(tmp_path / "a.png", 50), load_image(tmp_path / "b.png", 50))
 
 
 def test_random_affine_without_ranges_is_identity() -> None:
-    from ml_model.data import RandomAffine
+    from ml_model.data.dataset import RandomAffine
 
     images = np.random.default_rng(0).uniform(0, 255, (2, 20, 20, 3)).astype(np.float32)
     out = RandomAffine(0.0, 0.0, 0.0, seed=1)(images, training=True)
@@ -162,7 +162,7 @@ def test_random_affine_without_ranges_is_identity() -> None:
 
 
 def test_random_affine_stays_in_range_and_is_off_at_inference() -> None:
-    from ml_model.data import RandomAffine
+    from ml_model.data.dataset import RandomAffine
 
     images = np.zeros((4, 32, 32, 3), np.float32)
     images[:, 12:20, 12:20] = 255.0  # a centred square

@@ -20,10 +20,16 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from ml_model import efficientnet_lite as lite
-from ml_model import transfer
-from ml_model.models import ARCHITECTURES, DEFAULT_IMG_SIZES, EMBEDDING_LAYER, build_model
-from ml_model.weights import WeightsUnavailableError, read_torch_state_dict
+from ml_model.architectures import efficientnet_lite as lite
+from ml_model.architectures import transfer
+from ml_model.architectures.layers import EMBEDDING_LAYER
+from ml_model.architectures.registry import (
+    ARCHITECTURES,
+    DEFAULT_IMG_SIZES,
+    build_model,
+    gradcam_layer,
+)
+from ml_model.architectures.weights import WeightsUnavailableError, read_torch_state_dict
 
 # ImageNet class ids: 281 tabby, 282 tiger cat, 283 Persian, 284 Siamese, 285 Egyptian cat;
 # 504 coffee mug, 967 espresso, 968 cup.
@@ -181,7 +187,7 @@ def test_conversion_is_cached(
 def test_registered(arch: str, native: int) -> None:
     assert arch in ARCHITECTURES
     assert DEFAULT_IMG_SIZES[arch] == native
-    assert transfer.gradcam_layer(arch) == "top_activation"
+    assert gradcam_layer(arch) == "top_activation"
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ml_model.metrics import (
+from ml_model.evaluation.metrics import (
     choose_operating_points,
     compute_metrics,
     confusion,

@@ -11,23 +11,22 @@ from PIL import Image
 
 from ml_model import predict
 from ml_model.config import DEFAULT_MODEL_DIR
-from ml_model.predictor import Predictor
-from ml_model.study import (
+from ml_model.imaging.transforms import decode_image, image_to_array
+from ml_model.inference.core import InferenceCore
+from ml_model.inference.study import (
     SliceFile,
     StudyError,
     aggregate,
-    calibrate_study_threshold,
     order_slices,
-    predict_study,
     slice_number,
 )
-from ml_model.transforms import decode_image, image_to_array
+from ml_model.training.study_threshold import calibrate_study_threshold
 from tests.conftest import gray_to_export_window_dicom, make_dicom, synthetic_slice
 
 
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor(DEFAULT_MODEL_DIR)
+def predictor() -> InferenceCore:
+    return InferenceCore(DEFAULT_MODEL_DIR)
 
 
 @pytest.mark.parametrize(
@@ -133,21 +132,21 @@ def test_dicom_written_slice_decodes_to_the_original(shared_data: Path) -> None:
     assert np.array_equal(decode_image(gray_to_export_window_dicom(gray)), gray)
 
 
-def test_study_on_real_slices(shared_data: Path, predictor: Predictor) -> None:
+def test_study_on_real_slices(shared_data: Path, predictor: InferenceCore) -> None:
     items = real_series(shared_data, fracture_slices=2)
-    result = predict_study(predictor, items)
+    result = predictor.study(items)
     # Order follows z (head first), not upload order, and each score is the single-slice score.
     assert result.names == [f"{i:03d}.dcm" for i in range(len(items))]
     for item, p in zip(items, result.probabilities, strict=True):
-        expected = predictor.predict(image_to_array(item.data, predictor.img_size))[0]
+        expected = predictor.scores(image_to_array(item.data, predictor.img_size)).probability[0]
         assert p == pytest.approx(expected, abs=1e-5)
-    assert result.study_probability == pytest.approx(aggregate(result.probabilities))
+    assert result.probability == pytest.approx(aggregate(result.probabilities))
     assert set(result.top_indices) == set(np.argsort(-result.probabilities)[:2].tolist())
     shuffled = list(items)
     random.Random(3).shuffle(shuffled)
-    again = predict_study(predictor, shuffled)
+    again = predictor.study(shuffled)
     assert again.names == result.names
-    assert again.study_probability == pytest.approx(result.study_probability)
+    assert again.probability == pytest.approx(result.probability)
 
 
 def test_study_cli(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,21 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_model import evaluate, predict
+from ml_model import predict
+from ml_model.bundle import CARD_FILE, KERAS_FILE, SAVED_MODEL_DIR, SERVING_GATE_OUTPUT, TFLITE_FILE
 from ml_model.config import DEFAULT_MODEL_DIR
-from ml_model.data import find_images, load_arrays
-from ml_model.export import (
-    CARD_FILE,
-    KERAS_FILE,
-    SAVED_MODEL_DIR,
-    SERVING_GATE_OUTPUT,
-    TFLITE_FILE,
-    saved_model_outputs,
-    saved_model_predict,
-    tflite_predict,
-)
-from ml_model.predictor import Predictor
-from ml_model.train import TrainConfig, parse_args, train
+from ml_model.data.dataset import find_images, load_arrays
+from ml_model.evaluation import evaluate
+from ml_model.inference.core import InferenceCore
+from ml_model.inference.gate import CTGate
+from ml_model.training.export import saved_model_outputs, saved_model_predict, tflite_predict
+from ml_model.training.gate_fit import gate_inputs
+from ml_model.training.train import TrainConfig, parse_args, train
 from tests.conftest import WriteDataset
 
 IMG_SIZE = 64
@@ -91,17 +86,19 @@ def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -
 
 def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     data, out = trained_bundle
-    predictor = Predictor(out)
+    predictor = InferenceCore(out)
     images, _ = load_arrays(find_images(data), predictor.img_size, progress=False)
-    keras_probs = predictor.predict(images)
+    keras_probs = predictor.scores(images).probability
     saved_probs = saved_model_predict(out / SAVED_MODEL_DIR, images)
     tflite_probs = tflite_predict(out / TFLITE_FILE, images)
     np.testing.assert_allclose(saved_probs, keras_probs, atol=1e-4)
     np.testing.assert_allclose(tflite_probs, keras_probs, atol=1e-4)
     # The exported graph carries the CT gate too (TF Serving mode needs no local model).
     logits = saved_model_outputs(out / SAVED_MODEL_DIR, images)[SERVING_GATE_OUTPUT].reshape(-1)
-    features = predictor.run(images).features
-    np.testing.assert_allclose(logits, predictor.gate.logits(features), atol=1e-3)
+    # ... and equals the gate's own float64 numpy logit of the same features.
+    features = gate_inputs(predictor.forward.model, images)
+    np.testing.assert_allclose(logits, CTGate.load(out).logits(features), atol=1e-3)
+    np.testing.assert_allclose(predictor.scores(images).ct_logit, logits, atol=1e-4)
 
 
 def test_evaluate_metrics_match_hand_count(
@@ -174,17 +171,17 @@ def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
         sorted((shared_data / "train" / "fracture").glob("*.png"))[:4]
         + sorted((shared_data / "train" / "normal").glob("*.png"))[:4]
     )
-    predictor = Predictor(DEFAULT_MODEL_DIR)
-    from ml_model.transforms import load_image
+    predictor = InferenceCore(DEFAULT_MODEL_DIR)
+    from ml_model.imaging.transforms import load_image
 
     images = np.stack([load_image(f, predictor.img_size) for f in files])
-    probs = predictor.predict(images)
+    probs = predictor.scores(images).probability
     np.testing.assert_allclose(
         saved_model_predict(DEFAULT_MODEL_DIR / SAVED_MODEL_DIR, images), probs, atol=1e-4
     )
     # A float16 TFLite (kept small for the repository) rounds its weights to ~3 significant
     # digits: a looser bound on the probability, and the same side of the threshold.
-    tolerance = 5e-3 if predictor.card["training"].get("tflite_float16") else 1e-4
+    tolerance = 5e-3 if (predictor.card.training or {}).get("tflite_float16") else 1e-4
     lite = tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images)
     np.testing.assert_allclose(lite, probs, atol=tolerance)
     threshold = predictor.threshold()
@@ -194,7 +191,7 @@ def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
 def test_mirrored_strategy_trains_on_cpu_with_one_replica(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from ml_model.train import make_strategy
+    from ml_model.training.train import make_strategy
 
     strategy = make_strategy("mirrored")
     assert isinstance(strategy, tf.distribute.MirroredStrategy)
@@ -225,7 +222,7 @@ def test_mirrored_strategy_trains_on_cpu_with_one_replica(tmp_path: Path) -> Non
 
 
 def test_missing_data_folder_is_one_clear_error(tmp_path: Path) -> None:
-    from ml_model.train import main
+    from ml_model.training.train import main
 
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
@@ -235,7 +232,7 @@ def test_compare_series_writes_per_series_intervals(
     trained_bundle: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """`compare --split series`: a row per held-out series, intervals, table and plot."""
-    from ml_model import compare
+    from ml_model.training import compare
 
     data, _ = trained_bundle
     compare.RECIPES["custom"] = {

@@ -11,9 +11,16 @@ import keras
 import numpy as np
 import pytest
 
-from ml_model import transfer
-from ml_model.models import ARCHITECTURES, DEFAULT_IMG_SIZES, EMBEDDING_LAYER, build_model
-from ml_model.weights import WeightsUnavailableError
+from ml_model.architectures import transfer
+from ml_model.architectures.layers import EMBEDDING_LAYER
+from ml_model.architectures.registry import (
+    ARCHITECTURES,
+    DEFAULT_IMG_SIZES,
+    GRADCAM_LAYERS,
+    build_model,
+    gradcam_layer,
+)
+from ml_model.architectures.weights import WeightsUnavailableError
 
 # arch, smallest img_size keras.applications accepts (keeps CPU time low), preprocess_input
 KERAS_ARCHS = [
@@ -46,7 +53,7 @@ def models() -> dict[str, keras.Model]:
 def test_registered(arch: str, native: int, gradcam: str) -> None:
     assert arch in ARCHITECTURES
     assert DEFAULT_IMG_SIZES[arch] == native
-    assert transfer.GRADCAM_LAYERS[arch] == gradcam == transfer.gradcam_layer(arch)
+    assert GRADCAM_LAYERS[arch] == gradcam == gradcam_layer(arch)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +90,7 @@ def test_builds_flat_and_trains_one_step(
     assert model.output_shape == (None, 1)
     # Grad-CAM and the predictor's OOD stats read these from the top-level graph.
     names = {layer.name for layer in model.layers}
-    assert {transfer.gradcam_layer(arch), EMBEDDING_LAYER, "fracture_probability"} <= names
+    assert {gradcam_layer(arch), EMBEDDING_LAYER, "fracture_probability"} <= names
     assert not any(isinstance(layer, keras.Model) for layer in model.layers), "backbone nested"
     # The in-model scaling is exactly the architecture's own preprocess_input.
     x = _images(2, size)
@@ -218,7 +225,7 @@ def test_saved_model_round_trip_keeps_named_layers(
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path, compile=False)
-    assert loaded.get_layer(transfer.gradcam_layer("resnet50v2")) is not None
+    assert loaded.get_layer(gradcam_layer("resnet50v2")) is not None
     assert loaded.get_layer(EMBEDDING_LAYER) is not None
     x = _images(2, SIZES["resnet50v2"])
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)

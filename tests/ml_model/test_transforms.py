@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_model.transforms import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    UnsupportedImageError,
-    decode_image,
-    hu_window,
-    image_to_array,
-    resize,
-)
+from ml_model.imaging.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from ml_model.imaging.transforms import decode_image, image_to_array, resize
+from ml_model.imaging.window import hu_window
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:

@@ -39,9 +39,11 @@ def base_slices(data_root: Path, label: str, count: int) -> list[SliceSource]:
     if manifest.is_file():
         with manifest.open(newline="") as handle:
             for row in csv.DictReader(handle):
-                if row["label"] == label and row["seed_split"] == "train" and not row[
-                    "augmentation"
-                ]:
+                if (
+                    row["label"] == label
+                    and row["seed_split"] == "train"
+                    and not row["augmentation"]
+                ):
                     source = SliceSource(
                         data_root / row["path"], row["ct_series"], int(row["slice_no"])
                     )

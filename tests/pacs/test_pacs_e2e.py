@@ -103,6 +103,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             assert process.poll() is None, "API exited:\n" + log_path.read_text()[-3000:]
             return requests.get(f"{url}/ready", timeout=2).status_code == 200

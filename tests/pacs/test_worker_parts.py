@@ -56,10 +56,19 @@ def test_split_multipart_reads_parts_with_and_without_preamble() -> None:
     without = buffer.getvalue()
     assert without[128:132] != b"DICM"
     boundary = "b0undary-42"
-    body = b"".join(
-        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
-        for part in (with_preamble, without)
-    ) + b"--" + boundary.encode() + b"--\r\n"
+    body = (
+        b"".join(
+            b"--"
+            + boundary.encode()
+            + b"\r\nContent-Type: application/dicom\r\n\r\n"
+            + part
+            + b"\r\n"
+            for part in (with_preamble, without)
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
     content_type = f'multipart/related; type="application/dicom"; boundary="{boundary}"'
     parts = split_multipart(body, content_type)
     assert parts == [with_preamble, without]

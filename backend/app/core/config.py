@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
+from ml_model.config import DEFAULT_MODEL_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MIB = 1024 * 1024
@@ -53,9 +53,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed by CORS: a JSON list or comma-separated. Empty: no CORS.",
     )
-    window_level: float = Field(default=EXPORT_WINDOW_LEVEL, description="DICOM window level, HU.")
-    window_width: float = Field(
-        default=EXPORT_WINDOW_WIDTH, gt=0, description="DICOM window width, HU."
+    window_level: float | None = Field(
+        default=None, description="DICOM window level, HU; default: the model card's window."
+    )
+    window_width: float | None = Field(
+        default=None, gt=0, description="DICOM window width, HU; default: the model card's."
     )
     frontend_dist: Path = Field(
         default=REPO_ROOT / "frontend" / "dist",
@@ -64,8 +66,9 @@ class Settings(BaseSettings):
     inference_backend: Literal["local", "tfserving"] = Field(
         default="local",
         description="Where the classifier runs: `local` (in-process TensorFlow) or "
-        "`tfserving` (TF Serving's REST predict API at TFSERVING_URL). The out-of-distribution "
-        "guard and Grad-CAM always run on the local bundle in MODEL_DIR.",
+        "`tfserving` (TF Serving's REST predict API at TFSERVING_URL: it returns the "
+        "probability and the CT gate's logit, so no model runs here; Grad-CAM loads the "
+        "bundle in MODEL_DIR on the first explain=true).",
     )
     tfserving_url: str = Field(
         default="http://tfserving:8501/v1/models/fracture:predict",
@@ -73,12 +76,6 @@ class Settings(BaseSettings):
     )
     tfserving_timeout_s: float = Field(
         default=10.0, gt=0, description="Timeout of one TF Serving request, in seconds."
-    )
-    tfserving_local_ood: bool = Field(
-        default=True,
-        description="INFERENCE_BACKEND=tfserving: still run the local model for the "
-        "CT gate (one extra local forward pass per image). Off: "
-        "`in_distribution` and `ood_distance` are null and no input is refused as not CT.",
     )
     batching: bool = Field(
         default=True,

@@ -7,13 +7,13 @@ no inline script or style, so ``'self'`` is all it needs; heatmaps are ``data:``
 and previews ``blob:`` URLs. On JSON responses the same CSP is harmless and stops a
 browser from running anything it is tricked into rendering.
 
-The interactive API docs are third-party pages FastAPI renders: Swagger UI at
-``/docs`` (plus its ``/docs/oauth2-redirect``) and ReDoc at ``/redoc`` load their
-JS/CSS from the jsDelivr CDN, ReDoc its fonts from Google Fonts, and both inject
-styles at run time. Those three paths get their own CSP: the CDNs are allowed,
-inline styles too, and inline scripts only by the SHA-256 hash of the exact
-``<script>`` blocks of the page being sent (computed from the response body), so
-not even the docs allow arbitrary inline script.
+The interactive API docs, Swagger UI at ``/docs`` and ReDoc at ``/redoc``, are served
+offline by the app itself (``api/routes/docs.py``: assets from a packaged copy, start-up
+code in static files). Those two pages get their own CSP: scripts from the app only (and
+any inline script only by the SHA-256 hash of the exact ``<script>`` blocks of the page
+being sent, computed from the response body; the pages have none today), no CDN, no
+web fonts, and inline styles, because both UIs style their components at run time
+(ReDoc injects ``<style>`` elements); ReDoc runs its search in a ``blob:`` worker.
 
 Headers a route already set are kept. 500 responses built by Starlette's outermost
 ``ServerErrorMiddleware`` (which wraps every user middleware) do not get them.
@@ -36,8 +36,7 @@ STRICT_CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
 )
 
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
-DOCS_CDN = "https://cdn.jsdelivr.net"
+DOCS_PATHS = frozenset({"/docs", "/redoc"})
 
 BASE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
@@ -52,19 +51,17 @@ _INLINE_SCRIPT = re.compile(
 
 
 def docs_csp(inline_scripts: Iterable[bytes] = ()) -> str:
-    """The CSP of the docs pages: CDN assets, inline styles, and only these inline scripts."""
+    """The CSP of the docs pages: the app's own assets, inline styles, and only these
+    inline scripts."""
     hashes = " ".join(
         f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
         for script in inline_scripts
     )
-    script_src = f"script-src 'self' {DOCS_CDN}" + (f" {hashes}" if hashes else "")
+    script_src = "script-src 'self'" + (f" {hashes}" if hashes else "")
     return (
-        f"default-src 'self'; {script_src}; "
-        f"style-src 'self' 'unsafe-inline' {DOCS_CDN} https://fonts.googleapis.com; "
-        "font-src 'self' https://fonts.gstatic.com; "
-        "img-src 'self' data: blob: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-        "worker-src 'self' blob:; connect-src 'self'; "
-        "frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+        f"default-src 'self'; {script_src}; style-src 'self' 'unsafe-inline'; "
+        "font-src 'self'; img-src 'self' data: blob:; worker-src 'self' blob:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
     )
 
 

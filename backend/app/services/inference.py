@@ -1,113 +1,22 @@
-"""The model behind the routes. Routes only see :class:`InferenceService`.
+"""The inference core the routes use, built from ``Settings``.
 
-``LocalInference`` runs the bundle in-process through ``ml_model.predictor.Predictor``
-(one traced ``tf.function``, never ``model.predict`` per request).
-``TFServingInference`` (``services/tfserving.py``) sends the classification to TF
-Serving's REST API. ``BatchingInference`` (``services/batching.py``) wraps either one
-and groups concurrent requests into one model call. ``create_inference_service``
-builds what ``Settings`` ask for.
+``ml_model.inference.core.InferenceCore`` decides every verdict; this module only picks
+where its forward runs (in-process TensorFlow, or TF Serving), wraps that forward in the
+micro-batcher when ``BATCHING`` is on, and sizes the thread pools once at start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Protocol, cast, runtime_checkable
-
-import numpy as np
 
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME
-from backend.app.schemas import Result
-from ml_model.predictor import DEFAULT_OPERATING_POINT, OPERATING_POINTS, Prediction, Predictor
-from ml_model.verdict import triage_result as predictor_triage_result
+from ml_model.inference.batching import BatchedForward
+from ml_model.inference.core import InferenceCore
+from ml_model.inference.forward import Forward, KerasForward
 
 logger = logging.getLogger(LOGGER_NAME)
-
-
-class InferenceUnavailableError(RuntimeError):
-    """The model cannot answer right now (remote model server down, shutting down).
-
-    The app turns it into a JSON error with ``status_code`` (503, or 502 for a bad
-    answer from the model server) instead of a 500.
-    """
-
-    def __init__(self, detail: str, status_code: int = 503) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status_code = status_code
-
-
-@runtime_checkable
-class InferenceService(Protocol):
-    """What the API needs from a model, wherever it runs."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def img_size(self) -> int: ...
-
-    @property
-    def card(self) -> dict[str, Any]: ...
-
-    def run(self, images: np.ndarray) -> Prediction:
-        """uint8 images (N, S, S, 3) -> calibrated P(fracture) and the OOD verdict per image.
-
-        ``ood_distances`` is None when no out-of-distribution guard was applied.
-        """
-        ...
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (N, S, S, 3) -> P(fracture) per image, float64 (N,)."""
-        ...
-
-    def gradcam(self, image: np.ndarray) -> np.ndarray:
-        """One uint8 image (S, S, 3) -> raw Grad-CAM map (conv resolution)."""
-        ...
-
-    def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float: ...
-
-    def study_threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float: ...
-
-    def warm_up(self) -> None:
-        """Run one inference so the first request does not pay for tracing."""
-        ...
-
-    def is_ready(self) -> bool:
-        """Whether the model can answer now (a remote model server is reachable)."""
-        ...
-
-    def close(self) -> None:
-        """Release threads and connections (the lifespan calls it at shut-down)."""
-        ...
-
-
-def operating_threshold(
-    service: InferenceService, operating_point: str, override: float | None = None
-) -> float:
-    """The model card's threshold for ``operating_point``; the ``THRESHOLD`` setting, when
-    set, replaces the threshold of the default (sensitive) operating point only."""
-    if operating_point not in OPERATING_POINTS:
-        raise ValueError(f"operating point must be one of {OPERATING_POINTS}")
-    if override is not None and operating_point == DEFAULT_OPERATING_POINT:
-        return override
-    return service.threshold(operating_point)
-
-
-def triage_result(probability: float, threshold: float, in_distribution: bool | None) -> Result:
-    """``ml_model.predictor.triage_result``, typed as the API's ``Result``."""
-    return cast(Result, predictor_triage_result(probability, threshold, in_distribution))
-
-
-def ood_verdict(prediction: Prediction, index: int) -> tuple[bool | None, float | None]:
-    """(in_distribution, distance) of one image; (None, None) when no guard was applied."""
-    if prediction.ood_distances is None:
-        return None, None
-    return bool(prediction.in_distribution[index]), float(prediction.ood_distances[index])
 
 
 def configure_threads(settings: Settings) -> None:
@@ -151,81 +60,49 @@ def configure_threads(settings: Settings) -> None:
     )
 
 
-class LocalInference:
-    """In-process TensorFlow inference over a loaded :class:`Predictor`.
+def create_core(settings: Settings) -> InferenceCore:
+    """Load the bundle and build its forward (seconds: call from a worker thread).
 
-    ``run`` is thread-safe (a traced ``tf.function``), so sync routes may call
-    it concurrently from the threadpool.
-    """
+    Raises ``CardError`` / ``GateFileError`` for an invalid or incomplete bundle: the
+    server then refuses to start, naming the file and the field."""
+    from ml_model.card import load_card
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LocalInference:
-        return cls(Predictor(settings.model_dir))
-
-    @property
-    def name(self) -> str:
-        return self.predictor.name
-
-    @property
-    def version(self) -> str:
-        return self.predictor.version
-
-    @property
-    def img_size(self) -> int:
-        return self.predictor.img_size
-
-    @property
-    def card(self) -> dict[str, Any]:
-        return self.predictor.card
-
-    def run(self, images: np.ndarray) -> Prediction:
-        return self.predictor.run(images)
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.run(images).probabilities
-
-    def gradcam(self, image: np.ndarray) -> np.ndarray:
-        return self.predictor.gradcam(image)
-
-    def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
-        return self.predictor.threshold(operating_point)
-
-    def study_threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
-        return self.predictor.study_threshold(operating_point)
-
-    def warm_up(self) -> None:
-        blank = np.zeros((1, self.img_size, self.img_size, 3), dtype=np.uint8)
-        probabilities = self.run(blank).probabilities
-        if probabilities.shape != (1,) or not np.all(np.isfinite(probabilities)):
-            raise RuntimeError(f"warm-up inference returned {probabilities!r}")
-        self.gradcam(blank[0])  # trace Grad-CAM too: the first explain=true is not slow
-
-    def is_ready(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        return None
-
-
-def create_inference_service(settings: Settings) -> InferenceService:
-    """Build the configured backend (loads the model: seconds, call from a worker thread)."""
-    configure_threads(settings)
-    service: InferenceService
+    card = load_card(settings.model_dir)  # validated before any model is loaded
+    forward: Forward
     if settings.inference_backend == "local":
-        service = LocalInference.from_settings(settings)
+        configure_threads(settings)
+        forward = KerasForward.from_bundle(settings.model_dir, card.temperature)
     elif settings.inference_backend == "tfserving":
-        from backend.app.services.tfserving import TFServingInference
+        from ml_model.inference.forward_tfserving import TFServingForward
 
-        service = TFServingInference.from_settings(settings)
+        forward = TFServingForward(settings.tfserving_url, settings.tfserving_timeout_s)
     else:
         raise ValueError(f"unknown inference backend {settings.inference_backend!r}")
-    if settings.batching:
-        from backend.app.services.batching import BatchingInference
+    gradcam = None
+    if isinstance(forward, KerasForward):
+        from ml_model.inference.gradcam import GradCam
 
-        service = BatchingInference(
-            service, settings.batch_max_size, settings.batch_max_wait_ms / 1000.0
+        gradcam = GradCam(forward.model, card.gradcam_layer)
+    if settings.batching:
+        forward = BatchedForward(
+            forward, settings.batch_max_size, settings.batch_max_wait_ms / 1000.0
         )
-    return service
+    return configure(InferenceCore(settings.model_dir, forward, gradcam=gradcam), settings)
+
+
+def configure(core: InferenceCore, settings: Settings) -> InferenceCore:
+    """The core with this app's ``THRESHOLD`` override and DICOM window settings."""
+    window = None
+    if settings.window_level is not None or settings.window_width is not None:
+        card = core.card.input.window
+        window = (
+            card.level if settings.window_level is None else settings.window_level,
+            card.width if settings.window_width is None else settings.window_width,
+        )
+    return core.configured(settings.threshold, window)
+
+
+def warm_up(core: InferenceCore, settings: Settings) -> None:
+    """Trace the forward at the batch sizes it will see (one, and a full micro-batch)."""
+    sizes = (1, settings.batch_max_size) if settings.batching else (1,)
+    core.warm_up(sizes)

@@ -1,6 +1,7 @@
-"""A study upload -> ``ml_model.study.SliceFile`` list: many files, or one zip read in memory.
+"""A study upload -> a list of ``SliceFile`` (``ml_model.inference.study``): many files, or
+one zip read in memory.
 
-Ordering, series checks, scoring and aggregation are ``ml_model.study``'s; this module
+Ordering, series checks, scoring and aggregation are ``ml_model.inference.study``'s; this module
 only unpacks and polices the upload:
 
 * a zip is read with :mod:`zipfile` from memory, never extracted to disk;
@@ -27,11 +28,11 @@ from dataclasses import dataclass, field
 
 from backend.app.core.config import Settings
 from backend.app.services.imaging import UploadProblem
-from ml_model.study import SliceFile
-from ml_model.transforms import is_dicom
+from ml_model.imaging.dicom import is_dicom
+from ml_model.inference.study import SliceFile
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-# Magic numbers of the raster formats ml_model.transforms accepts.
+# Magic numbers of the raster formats ml_model.imaging.transforms accepts.
 RASTER_MAGIC = (
     b"\x89PNG\r\n\x1a\n",
     b"\xff\xd8\xff",  # JPEG

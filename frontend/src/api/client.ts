@@ -6,6 +6,7 @@ import type {
   OperatingPoint,
   PredictQuery,
   PredictResponse,
+  PreviewWindow,
   SliceResult,
   StudyQuery,
   StudyResponse,
@@ -115,11 +116,20 @@ async function request<T>(input: string, init?: RequestInit): Promise<T> {
   return body as T;
 }
 
-export function predict(file: File, operatingPoint: OperatingPoint, explain = true): Promise<PredictResponse> {
+/**
+ * One slice. `previewWindow` (DICOM only) asks for the preview image in that window; a server
+ * without the parameter ignores it, and without `preview_png_base64` the UI shows a placeholder.
+ */
+export function predict(
+  file: File,
+  operatingPoint: OperatingPoint,
+  explain = true,
+  previewWindow?: PreviewWindow,
+): Promise<PredictResponse> {
   const form = new FormData();
   form.append("file", file, file.name);
-  const query: PredictQuery = { explain, operating_point: operatingPoint };
-  return request<PredictResponse>(`/predict?${toSearch(query)}`, { method: "POST", body: form });
+  const query: PredictQuery = { explain, operating_point: operatingPoint, preview_window: previewWindow };
+  return request<PredictResponse>(`/predict?${toSearch({ ...query })}`, { method: "POST", body: form });
 }
 
 /** The batch endpoint returns no heatmaps: they are fetched per file on demand. */
@@ -139,6 +149,35 @@ export function predictStudy(files: File[], operatingPoint: OperatingPoint, expl
   for (const file of files) form.append("files", file, file.name);
   const query: StudyQuery = { operating_point: operatingPoint, explain };
   return request<StudyResponse>(`/predict/study?${toSearch(query)}`, { method: "POST", body: form });
+}
+
+/**
+ * POST /report: the same upload as /predict/study (or one slice) as a PDF report. Resolves to
+ * the PDF; rejects with an ApiError in words (400 not one series, 413 too large, ...).
+ */
+export async function getReport(files: File[], operatingPoint: OperatingPoint): Promise<Blob> {
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  let response: Response;
+  try {
+    response = await fetch(`/report?${toSearch({ operating_point: operatingPoint })}`, {
+      method: "POST",
+      body: form,
+      headers: { Accept: "application/pdf, application/json" },
+    });
+  } catch {
+    throw new ApiError(0, null);
+  }
+  if (!response.ok) {
+    let body: unknown = null;
+    try {
+      body = JSON.parse(await response.text());
+    } catch {
+      body = null;
+    }
+    throw new ApiError(response.status, detailText(body));
+  }
+  return response.blob();
 }
 
 export function getModelCard(): Promise<ModelCard> {

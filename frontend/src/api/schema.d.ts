@@ -139,11 +139,35 @@ export interface paths {
         };
         /**
          * Model card: metrics, thresholds, intended use, limitations
-         * @description The loaded bundle's `model_card.json`, unchanged.
+         * @description The loaded bundle's `model_card.json`, as validated at start-up
+         *     (`ml_model.card.ModelCard`; sections it does not type are passed through).
          */
         get: operations["model_card_model_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/report": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A PDF report of a series (or one slice) to take away
+         * @description Analyses the upload exactly as `POST /predict/study?explain=true` does and returns the
+         *     answer as `application/pdf` (an attachment). Decision support — not a diagnosis.
+         *
+         *     One file is one slice (or one zip): its name needs no slice number.
+         */
+        post: operations["report_route_report_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -191,7 +215,7 @@ export interface components {
              */
             threshold: number;
             /** @description Operating point the threshold is from. */
-            operating_point: components["schemas"]["OperatingPoint"];
+            operating_point: components["schemas"]["backend__app__schemas__OperatingPoint"];
             /**
              * In Distribution
              * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
@@ -269,7 +293,7 @@ export interface components {
         Body_predict_batch_predict_batch_post: {
             /**
              * Files
-             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, bone-windowed from Hounsfield units). Repeat the field.
+             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window). Repeat the field.
              */
             files: string[];
         };
@@ -277,7 +301,7 @@ export interface components {
         Body_predict_predict_post: {
             /**
              * File
-             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, bone-windowed from Hounsfield units).
+             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window).
              */
             file: string;
         };
@@ -289,6 +313,34 @@ export interface components {
              */
             files: string[];
         };
+        /** Body_report_route_report_post */
+        Body_report_route_report_post: {
+            /**
+             * Files
+             * @description The slices of one series: DICOM files (ordered by ImagePositionPatient, else InstanceNumber) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
+             */
+            files: string[];
+        };
+        /** Crop */
+        Crop: {
+            /**
+             * Method
+             * @description How the network's view is cut from the slice.
+             */
+            method: string;
+            /**
+             * Output Size
+             * @description Side of the crop the network sees, pixels.
+             */
+            output_size: number;
+            /**
+             * Layer
+             * @description The Keras layer that crops, inside the graph.
+             */
+            layer: string;
+        } & {
+            [key: string]: unknown;
+        };
         /** ErrorResponse */
         ErrorResponse: {
             /**
@@ -296,6 +348,22 @@ export interface components {
              * @description What was wrong.
              */
             detail: string;
+        };
+        /** GateSettings */
+        GateSettings: {
+            /**
+             * Threshold
+             * @description A slice is CT when the gate's logit is >= this.
+             */
+            threshold: number;
+            /**
+             * File
+             * @description The gate's weights in the bundle.
+             * @default gate.npz
+             */
+            file: string;
+        } & {
+            [key: string]: unknown;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -311,47 +379,99 @@ export interface components {
              */
             status: "ok";
         };
+        /** InputSpec */
+        InputSpec: {
+            /**
+             * Size
+             * @description The model takes (N, size, size, channels) pixels.
+             */
+            size: number;
+            /**
+             * Channels
+             * @default 3
+             */
+            channels: number;
+            /**
+             * Serving Dtype
+             * @default uint8
+             */
+            serving_dtype: string;
+            /** @description The HU window the training images were exported with. */
+            window: components["schemas"]["Window"];
+            /** Preprocessing */
+            preprocessing?: string | null;
+            crop?: components["schemas"]["Crop"] | null;
+        } & {
+            [key: string]: unknown;
+        };
         /**
          * ModelCard
-         * @description The bundle's model_card.json, passed through whole (unknown keys included).
-         * @example {
-         *       "architecture": "custom",
-         *       "intended_use": "Triage aid for axial cervical-spine CT slices.",
-         *       "limitations": [
-         *         "Not a diagnosis; a radiologist reads every study."
-         *       ],
-         *       "metrics": {
-         *         "roc_auc": 0.94
-         *       },
-         *       "name": "custom-cnn",
-         *       "operating_points": {
-         *         "sensitive": {
-         *           "sensitivity": 0.95,
-         *           "specificity": 0.7,
-         *           "threshold": 0.3
-         *         },
-         *         "specific": {
-         *           "sensitivity": 0.8,
-         *           "specificity": 0.93,
-         *           "threshold": 0.7
-         *         }
-         *       },
-         *       "version": "2026.05.1"
-         *     }
+         * @description A bundle's ``model_card.json``.
          */
         ModelCard: {
             /** Name */
-            name?: string | null;
+            name: string;
             /** Version */
-            version?: string | null;
+            version: string;
+            /** Architecture */
+            architecture: string;
+            /** Created */
+            created?: string | null;
+            /** Package Version */
+            package_version?: string | null;
+            input: components["schemas"]["InputSpec"];
+            /** Output */
+            output?: string | null;
+            /**
+             * Temperature
+             * @description Calibration: logits are divided by it.
+             */
+            temperature: number;
+            /**
+             * Default Operating Point
+             * @default sensitive
+             * @enum {string}
+             */
+            default_operating_point: "sensitive" | "specific";
             /** Operating Points */
-            operating_points?: {
-                [key: string]: {
-                    [key: string]: unknown;
-                };
-            } | null;
+            operating_points: {
+                [key: string]: components["schemas"]["ml_model__card__OperatingPoint"];
+            };
+            /** Gradcam Layer */
+            gradcam_layer: string;
+            study: components["schemas"]["StudySettings"];
+            gate: components["schemas"]["GateSettings"];
+            /** Intended Use */
+            intended_use?: string | null;
+            /** Caveats */
+            caveats?: string[];
+            /** Limitations */
+            limitations?: string[];
             /** Metrics */
             metrics?: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * Training
+             * @description Provenance: the exact argv, data fingerprint, seeds.
+             */
+            training?: {
+                [key: string]: unknown;
+            } | null;
+            /** Data */
+            data?: {
+                [key: string]: unknown;
+            } | null;
+            /** Calibration */
+            calibration?: {
+                [key: string]: unknown;
+            } | null;
+            /** Leave One Series Out */
+            leave_one_series_out?: {
+                [key: string]: unknown;
+            } | null;
+            /** Test */
+            test?: {
                 [key: string]: unknown;
             } | null;
         } & {
@@ -375,7 +495,7 @@ export interface components {
          * @description `sensitive` misses fewer fractures (more false alarms); `specific` the reverse.
          * @enum {string}
          */
-        OperatingPoint: "sensitive" | "specific";
+        "OperatingPoint-Input": "sensitive" | "specific";
         /**
          * PredictionResponse
          * @example {
@@ -437,7 +557,7 @@ export interface components {
              */
             threshold: number;
             /** @description Operating point the threshold is from. */
-            operating_point: components["schemas"]["OperatingPoint"];
+            operating_point: components["schemas"]["backend__app__schemas__OperatingPoint"];
             /**
              * In Distribution
              * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
@@ -556,7 +676,7 @@ export interface components {
              * @description Study threshold of the operating point (model card).
              */
             threshold: number;
-            operating_point: components["schemas"]["OperatingPoint"];
+            operating_point: components["schemas"]["backend__app__schemas__OperatingPoint"];
             /**
              * Aggregation
              * @description How slice scores become the study score, e.g. top2_mean.
@@ -588,6 +708,28 @@ export interface components {
              * @description Server time for unpacking, decoding and inference.
              */
             latency_ms: number;
+        };
+        /** StudySettings */
+        StudySettings: {
+            /**
+             * Aggregation
+             * @description How slice scores become a study score.
+             */
+            aggregation: string;
+            /**
+             * Top K
+             * @description Slices averaged into the study score.
+             */
+            top_k: number;
+            /**
+             * Operating Points
+             * @description Thresholds on the study score.
+             */
+            operating_points?: {
+                [key: string]: components["schemas"]["ml_model__card__OperatingPoint"];
+            };
+        } & {
+            [key: string]: unknown;
         };
         /** StudySlice */
         StudySlice: {
@@ -644,6 +786,47 @@ export interface components {
             /** Context */
             ctx?: Record<string, never>;
         };
+        /** Window */
+        Window: {
+            /**
+             * Level
+             * @description Window level (centre), Hounsfield units.
+             */
+            level: number;
+            /**
+             * Width
+             * @description Window width, Hounsfield units.
+             */
+            width: number;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * OperatingPoint
+         * @description `sensitive` misses fewer fractures (more false alarms); `specific` the reverse.
+         * @enum {string}
+         */
+        backend__app__schemas__OperatingPoint: "sensitive" | "specific";
+        /** OperatingPoint */
+        ml_model__card__OperatingPoint: {
+            /**
+             * Threshold
+             * @description P(fracture) at or above: fracture.
+             */
+            threshold: number;
+            /**
+             * Recall
+             * @description Out-of-fold recall here.
+             */
+            recall?: number | null;
+            /**
+             * Specificity
+             * @description Out-of-fold specificity here.
+             */
+            specificity?: number | null;
+        } & {
+            [key: string]: unknown;
+        };
     };
     responses: never;
     parameters: never;
@@ -678,7 +861,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `sensitive` (default) or `specific`: which model-card threshold. */
-                operating_point?: components["schemas"]["OperatingPoint"];
+                operating_point?: components["schemas"]["OperatingPoint-Input"];
                 /** @description Add `heatmap_png_base64`, a Grad-CAM overlay of the input. */
                 explain?: boolean;
             };
@@ -772,7 +955,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `sensitive` (default) or `specific`: which model-card threshold. */
-                operating_point?: components["schemas"]["OperatingPoint"];
+                operating_point?: components["schemas"]["OperatingPoint-Input"];
             };
             header?: never;
             path?: never;
@@ -836,7 +1019,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `sensitive` (default) or `specific`: which model-card threshold. */
-                operating_point?: components["schemas"]["OperatingPoint"];
+                operating_point?: components["schemas"]["OperatingPoint-Input"];
                 /** @description Add a Grad-CAM `heatmap_png_base64` to each of the `top_slices`. */
                 explain?: boolean;
             };
@@ -980,6 +1163,69 @@ export interface operations {
                 };
             };
             /** @description Model not loaded yet. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    report_route_report_post: {
+        parameters: {
+            query?: {
+                /** @description `sensitive` (default) or `specific`: which study threshold. */
+                operating_point?: components["schemas"]["OperatingPoint-Input"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Body_report_route_report_post"];
+            };
+        };
+        responses: {
+            /** @description The report: verdict and score, operating point and threshold, the top slices with Grad-CAM heatmaps, model name and version, intended use and known limits. No patient identifier, no file name. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/pdf": unknown;
+                };
+            };
+            /** @description Not one orderable series (as for /predict/study). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Too many slices or too large (as for /predict/study). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The model is not loaded yet, or the model server is unreachable. */
             503: {
                 headers: {
                     [name: string]: unknown;

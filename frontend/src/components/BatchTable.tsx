@@ -2,6 +2,7 @@ import { describeError } from "../api/client";
 import { formatPercent } from "../lib/files";
 import { isRefused, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
+import { ToneIcon } from "./ResultBadge";
 
 /** One row per file: a worklist view of a multi-file analysis, fractures first. */
 export function BatchTable({ items }: { items: SliceItem[] }) {
@@ -38,7 +39,12 @@ export function BatchTable({ items }: { items: SliceItem[] }) {
               {refused} not a CT slice
             </span>
           )}
-          {errors > 0 && <span className="count count--error">{errors} failed</span>}
+          {errors > 0 && (
+            <span className="count count--error">
+              <ToneIcon tone="error" className="count__icon" />
+              {errors} failed
+            </span>
+          )}
         </p>
       </div>
       <div className="table-wrap">
@@ -69,10 +75,14 @@ export function BatchTable({ items }: { items: SliceItem[] }) {
                   </th>
                   <td>
                     {item.status === "done" && item.result ? (
-                      <span className={`dot-label dot-label--${tone}`}>{item.result.result}</span>
+                      <span className={`dot-label dot-label--${tone}`}>
+                        <ToneIcon tone={tone ?? "neutral"} className="dot-label__icon" />
+                        {item.result.result}
+                      </span>
                     ) : item.status === "error" && item.error ? (
                       <span className="dot-label dot-label--error">
-                        {describeError(item.error.status, item.error.detail).title}
+                        <ToneIcon tone="error" className="dot-label__icon" />
+                        Error: {describeError(item.error.status, item.error.detail).title}
                       </span>
                     ) : item.status === "analysing" ? (
                       <span className="muted">Analysing…</span>

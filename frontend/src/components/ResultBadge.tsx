@@ -1,4 +1,4 @@
-import { resultTone } from "../lib/results";
+import { resultTone, type Tone } from "../lib/results";
 
 interface Props {
   result: string;
@@ -7,26 +7,37 @@ interface Props {
   testId?: string;
 }
 
+/**
+ * The shape of each kind of outcome, so that none is told apart by colour alone: a warning
+ * triangle for a possible fracture, a tick for normal, a slashed circle for no call (not a CT
+ * slice, unknown label), and a crossed square for an error (the file was not analysed).
+ */
+export function ToneIcon({ tone, className = "badge__icon" }: { tone: Tone | "error"; className?: string }) {
+  return (
+    <svg className={className} viewBox="0 0 20 20" aria-hidden="true" focusable="false" data-shape={tone}>
+      {tone === "positive" && <path d="M10 2 1 18h18L10 2Zm-1 6h2v5H9V8Zm0 6h2v2H9v-2Z" fill="currentColor" />}
+      {tone === "negative" && <path d="m8 13.6-3.6-3.6L3 11.4l5 5 9-9L15.6 6 8 13.6Z" fill="currentColor" />}
+      {tone === "neutral" && (
+        <>
+          <circle cx="10" cy="10" r="7.25" fill="none" stroke="currentColor" strokeWidth="2" />
+          <path d="m5 15 10-10" stroke="currentColor" strokeWidth="2" />
+        </>
+      )}
+      {tone === "error" && (
+        <>
+          <rect x="3" y="3" width="14" height="14" rx="2" fill="none" stroke="currentColor" strokeWidth="2" />
+          <path d="m7 7 6 6m0-6-6 6" stroke="currentColor" strokeWidth="2" />
+        </>
+      )}
+    </svg>
+  );
+}
+
 export function ResultBadge({ result, large, testId = "result-label" }: Props) {
   const tone = resultTone(result);
   return (
     <span className={`badge badge--${tone}${large ? " badge--large" : ""}`} data-testid={testId}>
-      {tone === "positive" && (
-        <svg className="badge__icon" viewBox="0 0 20 20" aria-hidden="true" focusable="false">
-          <path d="M10 2 1 18h18L10 2Zm-1 6h2v5H9V8Zm0 6h2v2H9v-2Z" fill="currentColor" />
-        </svg>
-      )}
-      {tone === "negative" && (
-        <svg className="badge__icon" viewBox="0 0 20 20" aria-hidden="true" focusable="false">
-          <path d="m8 13.6-3.6-3.6L3 11.4l5 5 9-9L15.6 6 8 13.6Z" fill="currentColor" />
-        </svg>
-      )}
-      {tone === "neutral" && (
-        <svg className="badge__icon" viewBox="0 0 20 20" aria-hidden="true" focusable="false">
-          <circle cx="10" cy="10" r="7.25" fill="none" stroke="currentColor" strokeWidth="2" />
-          <path d="m5 15 10-10" stroke="currentColor" strokeWidth="2" />
-        </svg>
-      )}
+      <ToneIcon tone={tone} />
       {result}
     </span>
   );

@@ -1,10 +1,15 @@
 import { useRef, useState } from "react";
-import { describeError } from "../api/client";
+import { ApiError, describeError, getReport } from "../api/client";
+import { PREVIEW_WINDOWS, type OperatingPoint, type PreviewWindow } from "../api/types";
+import { saveBlob } from "../lib/csv";
+import { dicomFacts } from "../lib/dicom";
 import { formatBytes, formatPercent } from "../lib/files";
 import { REFUSAL_TEXT, isRefused, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
 import { ErrorNotice } from "./ErrorNotice";
+import { ImageViewer } from "./ImageViewer";
 import { ProbabilityBar } from "./ProbabilityBar";
+import { LevelCaveat } from "./ReadingBits";
 import { ResultBadge } from "./ResultBadge";
 
 interface Props {
@@ -12,6 +17,10 @@ interface Props {
   busy: boolean;
   onRemove(id: string): void;
   onToggleHeatmap(id: string): void;
+  /** DICOM: (re)load the preview image in this window. */
+  onWindow?(id: string, window: PreviewWindow): void;
+  /** The level-shortcut caveat for a positive call (null: the model card does not list it). */
+  caveat?: string | null;
 }
 
 function Placeholder({ kind }: { kind: SliceItem["kind"] }) {
@@ -26,7 +35,7 @@ function Placeholder({ kind }: { kind: SliceItem["kind"] }) {
         />
       </svg>
       <span>{kind === "dicom" ? "DICOM" : "No preview"}</span>
-      <small>{kind === "dicom" ? "Browsers cannot display DICOM; it is analysed on the server" : "Preview not available"}</small>
+      <small>{kind === "dicom" ? "The server decodes DICOM: the image shows once it is analysed" : "Preview not available"}</small>
     </div>
   );
 }
@@ -41,9 +50,15 @@ function Legend({ inline }: { inline?: boolean }) {
   );
 }
 
-export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
+export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, caveat }: Props) {
   const { result, error, status } = item;
   const [previewFailed, setPreviewFailed] = useState(false);
+  const [report, setReport] = useState<{ busy: boolean; error: string | null }>({ busy: false, error: null });
+  // The slice itself: the browser's own decoding, or for DICOM the server's windowed preview.
+  const serverPreview = result?.preview_png_base64 ? `data:image/png;base64,${result.preview_png_base64}` : null;
+  const localPreview = item.previewUrl && !previewFailed ? item.previewUrl : null;
+  const baseSrc = localPreview ?? serverPreview;
+  const facts = dicomFacts(result?.dicom);
   const heatmap = result?.heatmap_png_base64 ? `data:image/png;base64,${result.heatmap_png_base64}` : null;
   const tone = result ? resultTone(result.result) : null;
   const refused = result ? isRefused(result) : false;
@@ -52,11 +67,25 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
   const err = error ? describeError(error.status, error.detail) : null;
   const titleId = `${item.id}-title`;
   const dialog = useRef<HTMLDialogElement>(null);
-  const shownSrc = showingHeatmap ? heatmap : item.previewUrl && !previewFailed ? item.previewUrl : null;
-  const shownAlt = showingHeatmap ? `Grad-CAM heatmap overlaid on ${item.file.name}` : `${item.file.name}, enlarged`;
+  const shownSrc = showingHeatmap ? heatmap : baseSrc;
+  const downloadReport = async () => {
+    setReport({ busy: true, error: null });
+    try {
+      const op = (result?.operating_point as OperatingPoint | undefined) ?? "sensitive";
+      saveBlob(await getReport([item.file], op), "fracture-triage-report.pdf");
+      setReport({ busy: false, error: null });
+    } catch (err) {
+      setReport({
+        busy: false,
+        error: err instanceof ApiError ? describeError(err.status, err.detail).title : String(err),
+      });
+    }
+  };
+  const [large, setLarge] = useState(false);
   const openLarge = () => {
     const d = dialog.current;
     if (!d) return;
+    setLarge(true);
     if (typeof d.showModal === "function") d.showModal();
     else d.setAttribute("open", "");
   };
@@ -65,6 +94,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
     if (!d) return;
     if (typeof d.close === "function") d.close();
     else d.removeAttribute("open");
+    setLarge(false);
   };
 
   return (
@@ -78,17 +108,19 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
       <div className="thumb">
         {showingHeatmap ? (
           <img src={heatmap!} alt={`Grad-CAM heatmap overlaid on ${item.file.name}`} data-testid="heatmap-image" />
-        ) : item.previewUrl && !previewFailed ? (
+        ) : localPreview ? (
           <img
-            src={item.previewUrl}
+            src={localPreview}
             alt={`Preview of ${item.file.name}`}
             data-testid="preview-image"
             onError={() => setPreviewFailed(true)}
           />
+        ) : serverPreview ? (
+          <img src={serverPreview} alt={`Preview of ${item.file.name}`} data-testid="preview-image" />
         ) : (
           <Placeholder kind={previewFailed ? "other" : item.kind} />
         )}
-        {(status === "analysing" || (item.showHeatmap && item.heatmapLoading)) && (
+        {(status === "analysing" || (item.showHeatmap && item.heatmapLoading) || item.previewLoading) && (
           <div className="thumb__busy" aria-hidden="true">
             <span className="spinner" />
           </div>
@@ -110,6 +142,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
         className="viewer"
         aria-labelledby={`${item.id}-viewer-title`}
         onClick={(e) => e.target === dialog.current && closeLarge()}
+        onClose={() => setLarge(false)}
       >
         <div className="viewer__head">
           <h3 id={`${item.id}-viewer-title`}>
@@ -122,12 +155,15 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
             </svg>
           </button>
         </div>
-        {shownSrc && <img src={shownSrc} alt={shownAlt} className="viewer__img" />}
-        {showingHeatmap && (
-          <p className="viewer__note">
-            <Legend inline /> Warm colours mark the regions that raised the fracture score most. It shows where the
-            model looked, not where a fracture is.
-          </p>
+        {large && (
+        <ImageViewer
+          base={baseSrc ? { src: baseSrc, alt: `${item.file.name}, enlarged` } : null}
+          overlay={heatmap && !refused ? { src: heatmap, alt: `Grad-CAM heatmap overlaid on ${item.file.name}` } : null}
+          initialOpacity={showingHeatmap ? 0.7 : 0}
+          label={`${item.file.name}: plus and minus zoom, drag to pan`}
+          className="iv--dark"
+          testId="card-viewer"
+        />
         )}
       </dialog>
 
@@ -151,6 +187,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
         <p className="card__meta">
           {formatBytes(item.file.size)}
           {item.kind === "dicom" ? " · DICOM" : ""}
+          {item.file.size === 0 && status === "done" ? " · file not kept (history)" : ""}
         </p>
 
         {status === "idle" && <p className="card__state">Ready to analyse</p>}
@@ -173,6 +210,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
         {status === "done" && result && tone && (
           <div className="result" data-testid="slice-result">
             <ResultBadge result={result.result} />
+            {tone === "positive" && caveat && <LevelCaveat text={caveat} />}
             {refused && (
               <div className="refusal" data-testid="refusal">
                 <p>{REFUSAL_TEXT}</p>
@@ -221,7 +259,45 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
                   <dd>{Math.round(result.latency_ms)} ms</dd>
                 </div>
               )}
+              {facts.map(([label, value]) => (
+                <div key={label} data-testid="dicom-fact">
+                  <dt>{label}</dt>
+                  <dd>{value}</dd>
+                </div>
+              ))}
             </dl>
+            {item.kind === "dicom" && onWindow && item.file.size > 0 && (
+              <fieldset className="window-switch" disabled={item.previewLoading || busy}>
+                <legend>DICOM window</legend>
+                {result.preview_png_base64 ? (
+                  PREVIEW_WINDOWS.map((w) => (
+                    <label key={w.id} className="window-switch__option">
+                      <input
+                        type="radio"
+                        name={`${item.id}-window`}
+                        value={w.id}
+                        checked={(item.previewWindow ?? "bone") === w.id}
+                        onChange={() => onWindow(item.id, w.id)}
+                      />
+                      {w.label}
+                    </label>
+                  ))
+                ) : (
+                  <button
+                    type="button"
+                    className="btn btn--ghost btn--small"
+                    onClick={() => onWindow(item.id, item.previewWindow ?? "bone")}
+                  >
+                    Show image
+                  </button>
+                )}
+                {item.previewError && (
+                  <span className="card__note card__note--error" role="alert">
+                    {item.previewError}
+                  </span>
+                )}
+              </fieldset>
+            )}
             {!refused && (
               <div className="heat-row">
                 <button
@@ -240,6 +316,30 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap }: Props) {
                 {item.heatmapLoading && (
                   <span className="card__note" role="status">
                     Computing heatmap…
+                  </span>
+                )}
+                {showingHeatmap && (
+                  <span className="card__note" data-testid="heatmap-legend">
+                    Heatmap: where the model looked — not a fracture outline
+                  </span>
+                )}
+              </div>
+            )}
+            {item.file.size > 0 && (
+              <div className="take-away">
+                <button
+                  type="button"
+                  className="btn btn--ghost btn--small"
+                  onClick={() => void downloadReport()}
+                  disabled={report.busy || busy}
+                  aria-label={`Download a PDF report of ${item.file.name}`}
+                  data-testid="slice-report"
+                >
+                  {report.busy ? "Preparing report…" : "Report (PDF)"}
+                </button>
+                {report.error && (
+                  <span className="card__note card__note--error" role="alert">
+                    Report not made: {report.error}
                   </span>
                 )}
               </div>

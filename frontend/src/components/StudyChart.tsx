@@ -1,6 +1,7 @@
 import { useId } from "react";
 import type { StudySlice } from "../api/types";
 import { formatPercent } from "../lib/files";
+import { positionAxisLabel, sliceScale } from "../lib/chartScale";
 import { formatPosition } from "../lib/study";
 
 interface Props {
@@ -11,6 +12,8 @@ interface Props {
   selected: number | null;
   onSelect(index: number): void;
   operatingPoint?: string;
+  /** The API's `position_unit`: "mm" for DICOM geometry; absent: slice numbers. */
+  positionUnit?: string | null;
 }
 
 // Drawing units; the SVG scales to its container's width.
@@ -19,19 +22,17 @@ const H = 280;
 const M = { left: 46, right: 14, top: 30, bottom: 46 };
 const PW = W - M.left - M.right;
 const PH = H - M.top - M.bottom;
-// .scrubber in styles.css lines the range input up with the plot: padding 5.75% / 1.75%.
 
 const y = (p: number) => M.top + PH * (1 - Math.min(1, Math.max(0, p)));
 
-function tickIndices(n: number, wanted = 8): number[] {
-  if (n <= wanted) return Array.from({ length: n }, (_, i) => i);
-  const out = new Set<number>();
-  for (let k = 0; k < wanted; k++) out.add(Math.round((k * (n - 1)) / (wanted - 1)));
-  return [...out];
-}
-
-export function describeSlice(slice: StudySlice, index: number, count: number, rank?: number): string {
-  const where = `Slice ${index + 1} of ${count}, position ${formatPosition(slice.position)}`;
+export function describeSlice(
+  slice: StudySlice,
+  index: number,
+  count: number,
+  rank?: number,
+  unit?: string | null,
+): string {
+  const where = `Slice ${index + 1} of ${count}, position ${formatPosition(slice.position)}${unit === "mm" ? " mm" : ""}`;
   if (slice.in_distribution === false) return `${where}: ${slice.name}, not a CT slice (score not used)`;
   return `${where}: ${slice.name}, fracture probability ${formatPercent(slice.prediction)}${
     rank ? `, top slice ${rank}` : ""
@@ -39,17 +40,21 @@ export function describeSlice(slice: StudySlice, index: number, count: number, r
 }
 
 /**
- * Slice scores along the neck: one bar per slice in series order (head to foot), the
- * study threshold as a dashed line, out-of-distribution slices hatched grey, the top
- * slices numbered. Clicking a bar selects that slice; the keyboard uses the scrubber
- * and the table that go with the chart.
+ * Slice scores along the neck: one bar per slice head to foot, drawn to scale at its position
+ * (mm, or slice number), so a gap in the series shows; the study threshold as a dashed line,
+ * out-of-distribution slices hatched grey, the top slices numbered. Clicking a bar selects
+ * that slice; the keyboard uses the reader's keys, the scrubber and the table.
  */
-export function StudyChart({ slices, threshold, topRank, selected, onSelect, operatingPoint }: Props) {
+export function StudyChart({ slices, threshold, topRank, selected, onSelect, operatingPoint, positionUnit }: Props) {
   const uid = `chart${useId().replace(/[^a-zA-Z0-9_-]/g, "")}`;
   const n = slices.length;
-  const slot = n ? PW / n : PW;
-  const barW = Math.max(1, Math.min(28, slot * (n > 200 ? 1 : 0.72)));
-  const x = (i: number) => M.left + slot * i + slot / 2;
+  const scale = sliceScale(
+    slices.map((s) => s.position),
+    M.left,
+    PW,
+  );
+  const barW = scale.barWidth;
+  const x = (i: number) => scale.x[i] ?? M.left;
   const ty = y(threshold);
   const refused = slices.filter((s) => s.in_distribution === false).length;
   const above = slices.filter((s) => s.in_distribution !== false && s.prediction >= threshold).length;
@@ -68,8 +73,8 @@ export function StudyChart({ slices, threshold, topRank, selected, onSelect, ope
   const first = slices[0];
   const last = slices[n - 1];
   const summary =
-    `${n} slices in series order from position ${first ? formatPosition(first.position) : "?"} (head) to ` +
-    `${last ? formatPosition(last.position) : "?"} (foot). ` +
+    `${n} slices from position ${first ? formatPosition(first.position) : "?"} (head) to ` +
+    `${last ? formatPosition(last.position) : "?"} (foot)${positionUnit === "mm" ? " mm" : ""}, ${scale.toScale ? "drawn to scale" : "evenly spaced"}. ` +
     `${above} of them at or above the ${operatingPoint ? `${operatingPoint} ` : ""}study threshold of ${formatPercent(threshold)}` +
     `${refused ? `; ${refused} not a CT slice, not scored` : ""}.` +
     (best && slices[best[0]] ? ` Highest: ${slices[best[0]]!.name}, ${formatPercent(slices[best[0]]!.prediction)}.` : "");
@@ -123,8 +128,14 @@ export function StudyChart({ slices, threshold, topRank, selected, onSelect, ope
               data-kind={kind}
               data-top={rank ?? undefined}
             >
-              <title>{describeSlice(s, i, n, rank)}</title>
-              <rect className="chart__band" x={M.left + slot * i} y={M.top} width={slot} height={PH} />
+              <title>{describeSlice(s, i, n, rank, positionUnit)}</title>
+              <rect
+                className="chart__band"
+                x={scale.bandLeft[i]}
+                y={M.top}
+                width={Math.max(0.5, scale.bandRight[i]! - scale.bandLeft[i]!)}
+                height={PH}
+              />
               <rect
                 className="chart__bar"
                 x={x(i) - barW / 2}
@@ -140,7 +151,7 @@ export function StudyChart({ slices, threshold, topRank, selected, onSelect, ope
       </g>
 
       {/* where the selected slice is, when the bars are too thin for their outline to show */}
-      {selected != null && slices[selected] && slot < 10 && (
+      {selected != null && slices[selected] && barW < 6 && (
         <line
           className="chart__cursor"
           x1={x(selected)}
@@ -178,15 +189,15 @@ export function StudyChart({ slices, threshold, topRank, selected, onSelect, ope
       {/* x axis: slice positions, head on the left */}
       <g className="chart__axis" aria-hidden="true">
         <line x1={M.left} x2={W - M.right} y1={M.top + PH} y2={M.top + PH} />
-        {tickIndices(n).map((i) => {
+        {scale.ticks.map(({ value, x: tx0 }) => {
           // A label that would run off the drawing is anchored at its end instead of its middle.
-          const label = formatPosition(slices[i]!.position);
+          const label = formatPosition(value);
           const half = label.length * 3.6;
-          const anchor = x(i) + half > W - 1 ? "end" : x(i) - half < 1 ? "start" : "middle";
-          const tx = anchor === "end" ? W - 1 : anchor === "start" ? 1 : x(i);
+          const anchor = tx0 + half > W - 1 ? "end" : tx0 - half < 1 ? "start" : "middle";
+          const tx = anchor === "end" ? W - 1 : anchor === "start" ? 1 : tx0;
           return (
-            <g key={i}>
-              <line x1={x(i)} x2={x(i)} y1={M.top + PH} y2={M.top + PH + 4} />
+            <g key={value} data-testid="chart-tick">
+              <line x1={tx0} x2={tx0} y1={M.top + PH} y2={M.top + PH + 4} />
               <text x={tx} y={M.top + PH + 16} textAnchor={anchor}>
                 {label}
               </text>
@@ -197,7 +208,7 @@ export function StudyChart({ slices, threshold, topRank, selected, onSelect, ope
           ← Head
         </text>
         <text className="chart__axis-title" x={M.left + PW / 2} y={H - 6} textAnchor="middle">
-          Slice position (series order)
+          {scale.toScale ? positionAxisLabel(positionUnit) : "Series order"}
         </text>
         <text className="chart__axis-title" x={W - M.right} y={H - 6} textAnchor="end">
           Foot →

@@ -2,6 +2,7 @@ import { useEffect, useRef } from "react";
 import type { StudySlice } from "../api/types";
 import { formatPercent } from "../lib/files";
 import { formatPosition } from "../lib/study";
+import { ToneIcon } from "./ResultBadge";
 
 interface Props {
   slices: StudySlice[];
@@ -9,10 +10,11 @@ interface Props {
   topRank: Map<number, number>;
   selected: number | null;
   onSelect(index: number): void;
+  positionUnit?: string | null;
 }
 
 /** The chart as a table: every slice, head to foot; a row (or its button) selects the slice. */
-export function StudyTable({ slices, threshold, topRank, selected, onSelect }: Props) {
+export function StudyTable({ slices, threshold, topRank, selected, onSelect, positionUnit }: Props) {
   const wrap = useRef<HTMLDivElement>(null);
 
   // Keep the selected row in view inside the table's own scroll box (never scroll the page)
@@ -42,7 +44,7 @@ export function StudyTable({ slices, threshold, topRank, selected, onSelect }: P
             </th>
             <th scope="col">Slice</th>
             <th scope="col" className="num">
-              Position
+              {positionUnit === "mm" ? "Position (mm)" : "Position"}
             </th>
             <th scope="col" className="num">
               Probability
@@ -93,7 +95,10 @@ export function StudyTable({ slices, threshold, topRank, selected, onSelect }: P
                 </td>
                 <td>
                   {ood ? (
-                    <span className="dot-label dot-label--neutral">Not a CT slice</span>
+                    <span className="dot-label dot-label--neutral">
+                      <ToneIcon tone="neutral" className="dot-label__icon" />
+                      Not a CT slice
+                    </span>
                   ) : rank ? (
                     <span className="tag tag--top">Top {rank}</span>
                   ) : s.prediction >= threshold ? (

@@ -1,8 +1,11 @@
-import { useCallback, useEffect, useMemo, useRef, useState } from "react";
-import { ApiError, describeError, predict, predictStudy } from "../api/client";
+import { useCallback, useEffect, useMemo, useRef, useState, type KeyboardEvent, type MouseEvent } from "react";
+import { ApiError, describeError, getReport, predict, predictStudy } from "../api/client";
 import type { ModelCard, OperatingPoint, StudyResponse } from "../api/types";
+import { csvBlob, saveBlob, studyCsv } from "../lib/csv";
 import { formatBytes, formatPercent, previewKind } from "../lib/files";
-import { isRefused, resultTone } from "../lib/results";
+import { historyId } from "../lib/history";
+import { isRefused, levelCaveat, resultTone } from "../lib/results";
+import { ownsKeys, readerKey } from "../lib/viewer";
 import {
   SliceFiles,
   describeAggregation,
@@ -21,9 +24,24 @@ import { StudyChart, describeSlice } from "./StudyChart";
 import { StudyDropZone } from "./StudyDropZone";
 import { StudySliceViewer, type HeatState, type PreviewState } from "./StudySliceViewer";
 import { StudyTable } from "./StudyTable";
+import { AnalyseOnDropSetting, LevelCaveat } from "./ReadingBits";
+
+/** A study answer reopened from the history: no files, the answer only. */
+export interface ReopenedStudy {
+  historyId: string;
+  label: string;
+  study: StudyResponse;
+}
 
 interface Props {
   card: ModelCard | null;
+  /** Analyse as soon as a series is added (the user's setting). */
+  analyseOnDrop?: boolean;
+  onAnalyseOnDrop?(value: boolean): void;
+  /** Every study answer, for the history (with this selection's history id). */
+  onResult?(entry: ReopenedStudy): void;
+  /** An answer to show again (a new object each time the user reopens one). */
+  reopened?: ReopenedStudy | null;
 }
 
 type Status = "idle" | "analysing" | "done" | "error";
@@ -35,7 +53,7 @@ function modelName(model: StudyResponse["model"] | undefined): string {
 }
 
 /** Study mode: one CT series in, one verdict out, with every slice's score along the neck. */
-export function StudyView({ card }: Props) {
+export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResult, reopened }: Props) {
   const [source, setSource] = useState<StudySource | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
   const [operatingPoint, setOperatingPoint] = useState<OperatingPoint>("sensitive");
@@ -48,6 +66,14 @@ export function StudyView({ card }: Props) {
   const [preview, setPreview] = useState<PreviewState>({ status: "loading" });
   const [fileAtHand, setFileAtHand] = useState(false);
   const [announcement, setAnnouncement] = useState("");
+  const [report, setReport] = useState<{ status: "idle" | "busy" } | { status: "error"; message: string }>({
+    status: "idle",
+  });
+  /** The history entry of the current selection (a new one per selection). */
+  const entryId = useRef(historyId());
+  const onResultRef = useRef(onResult);
+  onResultRef.current = onResult;
+  const stage = useRef<HTMLDivElement | null>(null);
   const runId = useRef(0);
   const sliceFiles = useMemo(() => (source ? new SliceFiles(source) : null), [source]);
   const thresholds = useMemo(() => studyThresholds(card), [card]);
@@ -67,6 +93,7 @@ export function StudyView({ card }: Props) {
       if (id !== runId.current) return;
       setStudy(answer);
       setStatus("done");
+      onResultRef.current?.({ historyId: entryId.current, label: src.label, study: answer });
       // Heatmaps do not depend on the operating point: keep those already fetched.
       setHeatmaps((old) => {
         const next = { ...old };
@@ -100,6 +127,8 @@ export function StudyView({ card }: Props) {
   const onFiles = (picked: File[], folder?: string) => {
     const src = toSource(picked, folder);
     runId.current += 1; // an answer still on its way belongs to the old selection
+    entryId.current = historyId();
+    setReport({ status: "idle" });
     setStudy(null);
     setError(null);
     setSelected(null);
@@ -107,10 +136,33 @@ export function StudyView({ card }: Props) {
     setStatus("idle");
     setSource(src);
     setNotice(src ? null : "No slice files found in what was dropped.");
+    const fits = src && (src.kind === "zip" || src.files.length <= MAX_FILES_PER_REQUEST);
+    if (analyseOnDrop && src && fits) void analyse(src, operatingPoint);
   };
+
+  // A study reopened from the history: its answer, without its files.
+  useEffect(() => {
+    if (!reopened) return;
+    runId.current += 1;
+    entryId.current = reopened.historyId;
+    setSource(null);
+    setNotice(null);
+    setError(null);
+    setReport({ status: "idle" });
+    setStudy(reopened.study);
+    setStatus("done");
+    const heat: Record<string, HeatState> = {};
+    for (const top of reopened.study.top_slices)
+      if (top.heatmap_png_base64) heat[top.name] = { status: "done", png: top.heatmap_png_base64 };
+    setHeatmaps(heat);
+    setSelected(reopened.study.top_slices[0]?.index ?? (reopened.study.slices.length ? 0 : null));
+    setAnnouncement(`Reopened from history: ${reopened.label}, ${reopened.study.result}.`);
+  }, [reopened]);
 
   const clear = () => {
     runId.current += 1;
+    entryId.current = historyId();
+    setReport({ status: "idle" });
     setSource(null);
     setStudy(null);
     setError(null);
@@ -127,6 +179,21 @@ export function StudyView({ card }: Props) {
     if (source && status === "done") void analyse(source, op);
   };
 
+  const downloadReport = async () => {
+    if (!source || !study) return;
+    setReport({ status: "busy" });
+    try {
+      saveBlob(await getReport(source.files, study.operating_point as OperatingPoint), "fracture-triage-report.pdf");
+      setReport({ status: "idle" });
+      setAnnouncement("Report downloaded.");
+    } catch (err) {
+      const message =
+        err instanceof ApiError ? describeStudyError(err.status, err.detail).title : err instanceof Error ? err.message : String(err);
+      setReport({ status: "error", message });
+    }
+  };
+  const downloadCsv = () => study && saveBlob(csvBlob(studyCsv(study)), "slice-scores.csv");
+
   const slice = study && selected != null ? study.slices[selected] : undefined;
   const topRank = useMemo(
     () => new Map((study?.top_slices ?? []).map((t, i) => [t.index, i + 1] as const)),
@@ -135,7 +202,8 @@ export function StudyView({ card }: Props) {
 
   // The selected slice's image: the user's own file (for a zip, the member unpacked here).
   useEffect(() => {
-    if (!slice || !sliceFiles) return;
+    if (!slice) return;
+    if (!sliceFiles) return setPreview({ status: "none", kind: "missing" });
     let cancelled = false;
     let url: string | null = null;
     setPreview({ status: "loading" });
@@ -164,7 +232,11 @@ export function StudyView({ card }: Props) {
     if (!file) return fail("the file is not available in the browser");
     try {
       const r = await predict(file, operatingPoint, true);
-      if (r.heatmap_png_base64) setHeatmaps((h) => ({ ...h, [name]: { status: "done", png: r.heatmap_png_base64! } }));
+      if (r.heatmap_png_base64)
+        setHeatmaps((h) => ({
+          ...h,
+          [name]: { status: "done", png: r.heatmap_png_base64!, preview: r.preview_png_base64 ?? null },
+        }));
       else fail("the server returned no heatmap for this slice");
     } catch (err) {
       fail(err instanceof ApiError ? describeError(err.status, err.detail).title.toLowerCase() : String(err));
@@ -172,12 +244,36 @@ export function StudyView({ card }: Props) {
   }, [slice, sliceFiles, operatingPoint]);
 
   const select = (index: number) => study && setSelected(Math.max(0, Math.min(study.slices.length - 1, index)));
+  const topIndices = useMemo(() => (study?.top_slices ?? []).map((t) => t.index), [study]);
+
+  // The reader's keys, from anywhere in the chart and the viewer (form controls keep theirs).
+  const onReaderKey = (event: KeyboardEvent<HTMLDivElement>) => {
+    if (!study || selected == null || ownsKeys(event.target)) return;
+    const action = readerKey(event);
+    if (!action) return;
+    const last = study.slices.length - 1;
+    const next =
+      action.type === "step" ? selected + action.delta
+      : action.type === "first" ? 0
+      : action.type === "last" ? last
+      : topIndices[action.rank - 1];
+    if (next == null) return;
+    event.preventDefault();
+    select(next);
+  };
+  // A click on the reader's background (a bar, the panel) hands the keys to the viewer.
+  const onReaderClick = (event: MouseEvent<HTMLDivElement>) => {
+    const control = (event.target as Element).closest("button, a, input, select, textarea, label, [tabindex]");
+    if (control && event.currentTarget.contains(control)) return; // it keeps the focus it took
+    stage.current?.focus({ preventScroll: true });
+  };
   const busy = status === "analysing";
   const tooMany = !!source && source.kind !== "zip" && source.files.length > MAX_FILES_PER_REQUEST;
   const err = error ? describeStudyError(error.status, error.detail) : null;
   const summary = study ? summarise(study) : null;
   const refused = study ? isRefused(study) : false;
   const tone = study ? resultTone(study.result) : null;
+  const caveat = levelCaveat(card);
 
   return (
     <>
@@ -239,6 +335,9 @@ export function StudyView({ card }: Props) {
             thresholds={thresholds}
             legend="Operating point (study threshold)"
           />
+          {onAnalyseOnDrop && (
+            <AnalyseOnDropSetting id="study-analyse-on-drop" value={analyseOnDrop} onChange={onAnalyseOnDrop} />
+          )}
           <div className="actions">
             <button
               type="button"
@@ -309,6 +408,7 @@ export function StudyView({ card }: Props) {
                   compared with the study threshold of the <strong>{study.operating_point}</strong> operating point.
                 </p>
               )}
+              {tone === "positive" && caveat && <LevelCaveat text={caveat} />}
               <dl className="facts">
                 <div>
                   <dt>Model</dt>
@@ -319,6 +419,26 @@ export function StudyView({ card }: Props) {
                   <dd>{(study.latency_ms / 1000).toFixed(1)} s</dd>
                 </div>
               </dl>
+              <div className="take-away" data-testid="study-take-away">
+                <button
+                  type="button"
+                  className="btn btn--ghost btn--small"
+                  onClick={() => void downloadReport()}
+                  disabled={!source || busy || report.status === "busy"}
+                  data-testid="study-report"
+                >
+                  {report.status === "busy" ? "Preparing report…" : "Download report (PDF)"}
+                </button>
+                <button type="button" className="btn btn--ghost btn--small" onClick={downloadCsv} data-testid="study-csv">
+                  Slice scores (CSV)
+                </button>
+                {!source && <span className="hint">Reopened from history: add the files again for a report.</span>}
+                {report.status === "error" && (
+                  <span className="card__note card__note--error" role="alert">
+                    Report not made: {report.message}
+                  </span>
+                )}
+              </div>
             </div>
             <dl className="verdict__stats" data-testid="study-stats">
               <div>
@@ -355,6 +475,8 @@ export function StudyView({ card }: Props) {
             </details>
           )}
 
+          {/* The reader: chart and viewer share the keys (arrows, Page Up/Down, Home/End, 1–9). */}
+          <div className="reader" onKeyDown={onReaderKey} onClick={onReaderClick} data-testid="study-reader">
           {study.slices.length > 0 && (
             <section className="panel chart-panel" aria-labelledby="chart-title">
               <div className="panel__head panel__head--row">
@@ -384,6 +506,7 @@ export function StudyView({ card }: Props) {
                 selected={selected}
                 onSelect={select}
                 operatingPoint={study.operating_point}
+                positionUnit={study.position_unit}
               />
               {study.slices.length > 1 && (
                 <div className="scrubber">
@@ -397,7 +520,7 @@ export function StudyView({ card }: Props) {
                     aria-label="Selected slice"
                     aria-valuetext={
                       slice && selected != null
-                        ? describeSlice(slice, selected, study.slices.length, topRank.get(selected))
+                        ? describeSlice(slice, selected, study.slices.length, topRank.get(selected), study.position_unit)
                         : undefined
                     }
                     data-testid="slice-scrubber"
@@ -419,8 +542,13 @@ export function StudyView({ card }: Props) {
               canRequestHeatmap={fileAtHand}
               onRequestHeatmap={() => void requestHeatmap()}
               onStep={(d) => select(selected + d)}
+              positionUnit={study.position_unit}
+              topIndices={topIndices}
+              onSelect={select}
+              stageRef={stage}
             />
           )}
+          </div>
 
           {study.slices.length > 0 && (
             <section className="panel" aria-labelledby="slices-title">
@@ -434,6 +562,7 @@ export function StudyView({ card }: Props) {
                 topRank={topRank}
                 selected={selected}
                 onSelect={select}
+                positionUnit={study.position_unit}
               />
             </section>
           )}

@@ -18,3 +18,31 @@ export function isRefused(result: { result: string; in_distribution?: boolean | 
 }
 
 export const REFUSAL_TEXT = "This image does not look like an axial CT slice, so no fracture call was made.";
+
+/** The model card's limits, in card order (the same keys the model panel and the report read). */
+export function cardLimits(card: unknown): string[] {
+  if (!card || typeof card !== "object") return [];
+  const c = card as Record<string, unknown>;
+  const out: string[] = [];
+  for (const key of ["limitations", "known_limitations", "caveats"]) {
+    const value = c[key];
+    if (typeof value === "string") out.push(value);
+    else if (Array.isArray(value)) out.push(...value.filter((v): v is string => typeof v === "string" && !!v));
+  }
+  return [...new Set(out)];
+}
+
+/**
+ * A short caveat for every positive call while the model card lists the level shortcut as a
+ * limit: in the training data fracture slices lie high in the neck, so the vertebral level
+ * itself pushes the score. Null when the card says nothing of it.
+ */
+export function levelCaveat(card: unknown): string | null {
+  const limit = cardLimits(card).find((l) => /level shortcut|vertebral level|level and label/i.test(l));
+  if (!limit) return null;
+  return (
+    "The model partly reads the vertebral level: upper-neck slices (skull base to C2/C3) score higher, so a " +
+    "normal C1/C2 slice may be called a fracture and a fracture low in the neck may be missed (model card: " +
+    "level shortcut)."
+  );
+}

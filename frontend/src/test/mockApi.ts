@@ -54,7 +54,14 @@ export const json = (body: unknown, status = 200) =>
 
 /** Stubs global fetch: /ready and /model answer by default; `predict` handles POSTs. */
 export function mockApi(
-  handlers: { predict?: Handler; batch?: Handler; study?: Handler; ready?: Handler; model?: Handler } = {},
+  handlers: {
+    predict?: Handler;
+    batch?: Handler;
+    study?: Handler;
+    ready?: Handler;
+    model?: Handler;
+    report?: Handler;
+  } = {},
 ) {
   const fetchMock = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => {
     const url = new URL(String(input), "http://localhost");
@@ -63,6 +70,7 @@ export function mockApi(
     if (url.pathname === "/predict/batch" && handlers.batch) return handlers.batch(url, init);
     if (url.pathname === "/predict/study" && handlers.study) return handlers.study(url, init);
     if (url.pathname === "/predict" && handlers.predict) return handlers.predict(url, init);
+    if (url.pathname === "/report" && handlers.report) return handlers.report(url, init);
     return json({ detail: "Not Found" }, 404);
   });
   vi.stubGlobal("fetch", fetchMock);

@@ -11,6 +11,7 @@ if (typeof URL.createObjectURL !== "function") {
 
 afterEach(() => {
   cleanup();
+  if (typeof localStorage !== "undefined") localStorage.clear(); // the analyse-on-drop setting
   vi.restoreAllMocks();
   vi.unstubAllGlobals();
 });

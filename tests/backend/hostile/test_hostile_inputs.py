@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ml_model.transforms import decode_image
+from ml_model.imaging.transforms import decode_image
 from tests.backend.hostile import corpus
 from tests.backend.hostile.corpus import FILE_CASES, MIB, FileCase
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException
 
-from backend.app.api.deps import InferenceDep
+from backend.app.api.deps import CoreDep
 from backend.app.schemas import ErrorResponse, HealthResponse, ModelInfo, ReadyResponse
 
 router = APIRouter(tags=["ops"])
@@ -29,8 +29,8 @@ async def health() -> HealthResponse:
     },
     summary="Readiness: the model is loaded and has run one warm-up inference",
 )
-async def ready(service: InferenceDep) -> ReadyResponse:
+async def ready(core: CoreDep) -> ReadyResponse:
     # INFERENCE_BACKEND=tfserving: not ready until TF Serving reports the model AVAILABLE.
-    if not await anyio.to_thread.run_sync(service.is_ready):
+    if not await anyio.to_thread.run_sync(core.is_ready):
         raise HTTPException(status_code=503, detail=MODEL_SERVER_NOT_READY_DETAIL)
-    return ReadyResponse(model=ModelInfo(name=service.name, version=service.version))
+    return ReadyResponse(model=ModelInfo(name=core.name, version=core.version))

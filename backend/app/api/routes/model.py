@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.app.api.deps import InferenceDep
-from backend.app.schemas import ErrorResponse, ModelCard
+from backend.app.api.deps import CoreDep
+from backend.app.schemas import ErrorResponse
+from ml_model.card import ModelCard
 
 router = APIRouter(tags=["model"])
 
@@ -17,6 +18,7 @@ router = APIRouter(tags=["model"])
     responses={503: {"model": ErrorResponse, "description": "Model not loaded yet."}},
     summary="Model card: metrics, thresholds, intended use, limitations",
 )
-async def model_card(service: InferenceDep) -> ModelCard:
-    """The loaded bundle's `model_card.json`, unchanged."""
-    return ModelCard.model_validate(service.card)
+async def model_card(core: CoreDep) -> ModelCard:
+    """The loaded bundle's `model_card.json`, as validated at start-up
+    (`ml_model.card.ModelCard`; sections it does not type are passed through)."""
+    return core.card

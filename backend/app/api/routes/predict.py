@@ -13,57 +13,24 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
 
-from backend.app.api.deps import InferenceDep, MetricsDep, SettingsDep
+from backend.app.api.deps import CoreDep, MetricsDep, SettingsDep
+from backend.app.api.errors import DomainError, detail_of, status_for
+from backend.app.api.responses import UPLOAD_ERRORS, error_response
 from backend.app.core.metrics import AppMetrics
 from backend.app.core.security import one_part_named
 from backend.app.schemas import (
     BatchItemError,
     BatchItemPrediction,
     BatchResponse,
-    ErrorResponse,
     ModelInfo,
     OperatingPoint,
     PredictionResponse,
 )
-from backend.app.services.batching import incoming
-from backend.app.services.imaging import (
-    PreparedImage,
-    UploadProblem,
-    heatmap_base64,
-    prepare,
-    read_upload,
-)
-from backend.app.services.inference import (
-    InferenceService,
-    ood_verdict,
-    operating_threshold,
-    triage_result,
-)
-from ml_model.predictor import Prediction
+from backend.app.services.imaging import UploadProblem, heatmap_base64, read_upload
+from ml_model.imaging.errors import ImageDecodeError
+from ml_model.inference.core import InferenceCore, SliceVerdict
 
 router = APIRouter(tags=["predict"])
-
-
-def _error(description: str, example: str) -> dict[str, Any]:
-    return {
-        "model": ErrorResponse,
-        "description": description,
-        "content": {"application/json": {"example": {"detail": example}}},
-    }
-
-
-UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("Empty, truncated or undecodable file.", "the file is empty"),
-    413: _error(
-        "Request or file over the size limit, or image over the pixel limit.",
-        "the upload is larger than the limit of 20 MiB per file",
-    ),
-    415: _error("Not an image or DICOM we accept.", "the file is not a recognised image or DICOM"),
-    503: _error(
-        "The model is not loaded yet, or the model server is unreachable.",
-        "the model is not loaded yet",
-    ),
-}
 
 OperatingPointQuery = Annotated[
     OperatingPoint,
@@ -71,39 +38,27 @@ OperatingPointQuery = Annotated[
 ]
 FILE_DESCRIPTION = (
     "PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, "
-    "bone-windowed from Hounsfield units)."
+    "Hounsfield units through the model card's window)."
 )
 
 
-def _model_info(service: InferenceService) -> ModelInfo:
-    return ModelInfo(name=service.name, version=service.version)
+def model_info(core: InferenceCore) -> ModelInfo:
+    return ModelInfo(name=core.name, version=core.version)
 
 
-def _verdict(
-    prediction: Prediction,
-    row: int,
-    threshold: float,
-    operating_point: OperatingPoint,
-    metrics: AppMetrics,
+def verdict_fields(
+    verdict: SliceVerdict, operating_point: OperatingPoint, metrics: AppMetrics
 ) -> dict[str, Any]:
-    """The response fields for one image of a forward pass; counts the result."""
-    probability = float(prediction.probabilities[row])
-    in_distribution, distance = ood_verdict(prediction, row)
-    result = triage_result(probability, threshold, in_distribution)
-    metrics.record_prediction(result, operating_point.value)
+    """The response fields of one slice's verdict; counts the result."""
+    metrics.record_prediction(verdict.result, operating_point.value)
     return {
-        "result": result,
-        "prediction": probability,
-        "threshold": threshold,
+        "result": verdict.result,
+        "prediction": verdict.probability,
+        "threshold": verdict.threshold,
         "operating_point": operating_point,
-        "in_distribution": in_distribution,
-        "ood_distance": distance,
+        "in_distribution": verdict.in_distribution,
+        "ood_distance": verdict.ct_distance,
     }
-
-
-def _upload_problem(metrics: AppMetrics, problem: UploadProblem) -> HTTPException:
-    metrics.record_upload_error(problem.status_code)
-    return HTTPException(status_code=problem.status_code, detail=problem.detail)
 
 
 @router.post(
@@ -116,7 +71,7 @@ def _upload_problem(metrics: AppMetrics, problem: UploadProblem) -> HTTPExceptio
 )
 def predict(
     file: Annotated[UploadFile, File(description=FILE_DESCRIPTION)],
-    service: InferenceDep,
+    core: CoreDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     operating_point: OperatingPointQuery = OperatingPoint.sensitive,
@@ -132,26 +87,22 @@ def predict(
     `prediction` is still reported, for transparency only."""
     start = time.perf_counter()
     # Announced to the micro-batcher while decoding: a batch being formed waits for it.
-    with incoming(service):
-        try:
-            data = read_upload(file.file, settings.max_upload_bytes)
-            image = prepare(data, settings, service.img_size)
-            if explain and image.gray.size > settings.max_explain_pixels:
-                height, width = image.gray.shape
-                raise UploadProblem(
-                    413,
-                    f"the image is {width}x{height} pixels; explain=true draws heatmaps for "
-                    f"images up to {settings.max_explain_pixels:,} pixels",
-                )
-        except UploadProblem as problem:
-            raise _upload_problem(metrics, problem) from problem
-        prediction = service.run(image.array[np.newaxis])
-    threshold = operating_threshold(service, operating_point.value, settings.threshold)
-    extra = _verdict(prediction, 0, threshold, operating_point, metrics)
+    with core.incoming():
+        gray = core.decode(read_upload(file.file, settings.max_upload_bytes))
+        if explain and gray.size > settings.max_explain_pixels:
+            height, width = gray.shape
+            raise UploadProblem(
+                413,
+                f"the image is {width}x{height} pixels; explain=true draws heatmaps for "
+                f"images up to {settings.max_explain_pixels:,} pixels",
+            )
+        image = core.model_input(gray)
+        verdict = core.classify(image, operating_point.value)[0]
+    extra = verdict_fields(verdict, operating_point, metrics)
     if explain:
-        extra["heatmap_png_base64"] = heatmap_base64(image.gray, service.gradcam(image.array))
+        extra["heatmap_png_base64"] = heatmap_base64(gray, core.gradcam(image))
     return PredictionResponse(
-        model=_model_info(service),
+        model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
         **extra,
     )
@@ -161,7 +112,7 @@ def predict(
     "/predict/batch",
     response_model=BatchResponse,
     responses={
-        413: _error(
+        413: error_response(
             "Too many files, or the request body is over the batch limit.",
             "40 files sent; at most 32 files per batch",
         ),
@@ -171,7 +122,7 @@ def predict(
 )
 def predict_batch(
     files: Annotated[list[UploadFile], File(description=FILE_DESCRIPTION + " Repeat the field.")],
-    service: InferenceDep,
+    core: CoreDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     operating_point: OperatingPointQuery = OperatingPoint.sensitive,
@@ -186,26 +137,27 @@ def predict_batch(
             detail=f"{len(files)} files sent; at most {settings.max_batch_files} files per batch",
         )
     results: list[BatchItemPrediction | BatchItemError | None] = [None] * len(files)
-    prepared: list[tuple[int, PreparedImage]] = []
+    prepared: list[tuple[int, np.ndarray]] = []
     for index, upload in enumerate(files):
-        filename = upload.filename or ""
         try:
             data = read_upload(upload.file, settings.max_upload_bytes)
-            prepared.append((index, prepare(data, settings, service.img_size)))
-        except UploadProblem as problem:
-            metrics.record_upload_error(problem.status_code)
+            prepared.append((index, core.model_input(core.decode(data))))
+        except (ImageDecodeError, UploadProblem) as exc:
+            problem: DomainError = exc
+            metrics.record_upload_error(status_for(problem))
             results[index] = BatchItemError(
-                filename=filename, error=problem.detail, status_code=problem.status_code
+                filename=upload.filename or "",
+                error=detail_of(problem),
+                status_code=status_for(problem),
             )
-    threshold = operating_threshold(service, operating_point.value, settings.threshold)
-    model = _model_info(service)
+    model = model_info(core)
     if prepared:
-        prediction = service.run(np.stack([image.array for _, image in prepared]))
-        for row, (index, _) in enumerate(prepared):
+        verdicts = core.classify(np.stack([image for _, image in prepared]), operating_point.value)
+        for (index, _), verdict in zip(prepared, verdicts, strict=True):
             results[index] = BatchItemPrediction(
                 filename=files[index].filename or "",
                 model=model,
-                **_verdict(prediction, row, threshold, operating_point, metrics),
+                **verdict_fields(verdict, operating_point, metrics),
             )
     return BatchResponse(
         results=[item for item in results if item is not None],

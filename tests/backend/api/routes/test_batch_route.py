@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ml_model.predictor import Predictor
-from ml_model.transforms import image_to_array
+from ml_model.imaging.transforms import image_to_array
+from ml_model.inference.core import InferenceCore
 
 
 def post_batch(client: TestClient, uploads: list[tuple[str, bytes]], **params: Any) -> Any:
@@ -22,7 +22,7 @@ def post_batch(client: TestClient, uploads: list[tuple[str, bytes]], **params: A
 
 
 def test_batch_with_one_broken_file(
-    client: TestClient, service: Any, predictor: Predictor, images: Any
+    client: TestClient, service: Any, predictor: InferenceCore, images: Any
 ) -> None:
     good = [images.png_bytes(seed=seed) for seed in range(3)]
     uploads = [
@@ -47,7 +47,7 @@ def test_batch_with_one_broken_file(
     assert all(set(item) == {"filename", "error", "status_code"} for item in errors.values())
 
     goods = [item for item in results if "error" not in item]
-    expected = predictor.predict(np.stack([image_to_array(data) for data in good]))
+    expected = predictor.scores(np.stack([image_to_array(data) for data in good])).probability
     for item, probability in zip(goods, expected, strict=True):
         assert item["prediction"] == pytest.approx(float(probability), abs=1e-5)
         assert item["threshold"] == service.threshold("sensitive")

@@ -68,14 +68,18 @@ class CountingService:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    def warm_up(self) -> None:
+    def configured(self, *args: Any) -> CountingService:
+        self.real = self.real.configured(*args)
+        return self
+
+    def warm_up(self, *args: Any) -> None:
         self.calls.append("warm_up")
         self.warm_ups += 1
-        self.real.warm_up()
+        self.real.warm_up(*args)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         self.calls.append("predict")
-        result: np.ndarray = self.real.predict(images)
+        result: np.ndarray = self.real.scores(images)
         return result
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
-from ml_model.predictor import Predictor
-from ml_model.transforms import image_to_array
+from ml_model.imaging.transforms import image_to_array
+from ml_model.inference.core import InferenceCore
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 FORMATS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -33,7 +33,7 @@ def photo_bytes(images: Any, name: str, fmt: str, options: dict[str, Any]) -> by
 @pytest.mark.parametrize("fmt", FORMATS, ids=[f[0] for f in FORMATS])
 @pytest.mark.parametrize("name", PHOTOS)
 def test_photos_are_not_ct_slices(
-    client: TestClient, predictor: Predictor, images: Any, name: str, fmt: tuple[Any, ...]
+    client: TestClient, predictor: InferenceCore, images: Any, name: str, fmt: tuple[Any, ...]
 ) -> None:
     pillow_format, extension, options = fmt
     data = photo_bytes(images, name, pillow_format, options)
@@ -44,26 +44,23 @@ def test_photos_are_not_ct_slices(
     assert body["in_distribution"] is False
     assert body["ood_distance"] > 1.0
     # The probability is still reported (for transparency), and is the model's own.
-    expected = predictor.run(image_to_array(data, predictor.img_size))
-    assert body["prediction"] == pytest.approx(float(expected.probabilities[0]), abs=1e-6)
-    assert expected.ood_distances is not None
-    assert body["ood_distance"] == pytest.approx(float(expected.ood_distances[0]), rel=1e-5)
+    expected = predictor.classify(image_to_array(data, predictor.img_size))[0]
+    assert body["prediction"] == pytest.approx(expected.probability, abs=1e-6)
+    assert body["ood_distance"] == pytest.approx(expected.ct_distance, rel=1e-5)
 
 
 def test_real_ct_slices_pass_the_guard(
-    client: TestClient, predictor: Predictor, ct_slice_paths: list[Path]
+    client: TestClient, predictor: InferenceCore, ct_slice_paths: list[Path]
 ) -> None:
     for path in ct_slice_paths:
         data = path.read_bytes()
         body = client.post("/predict", files={"file": (path.name, data)}).json()
         assert body["in_distribution"] is True, path.name
         assert body["result"] in (RESULT_POSITIVE, RESULT_NEGATIVE)
-        expected = predictor.run(image_to_array(data, predictor.img_size))
-        assert expected.ood_distances is not None
-        assert body["ood_distance"] == pytest.approx(float(expected.ood_distances[0]), rel=1e-5)
+        expected = predictor.classify(image_to_array(data, predictor.img_size))[0]
+        assert body["ood_distance"] == pytest.approx(expected.ct_distance, rel=1e-5)
         assert body["ood_distance"] <= 1.0
-        label = predictor.result(body["prediction"], body["threshold"], True)
-        assert body["result"] == label
+        assert body["result"] == expected.result
 
 
 def test_batch_refuses_photos_and_keeps_slices(

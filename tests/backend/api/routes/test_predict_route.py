@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
-from ml_model.predictor import Predictor
-from ml_model.transforms import hu_window, image_to_array, resize, to_model_channels
+from ml_model.imaging.transforms import image_to_array, resize, to_model_channels
+from ml_model.imaging.window import hu_window
+from ml_model.inference.core import InferenceCore
 
 RESULTS = {RESULT_POSITIVE, RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION}
 
@@ -22,8 +23,10 @@ def post_image(client: TestClient, data: bytes, filename: str = "slice.png", **p
     return client.post("/predict", params=params, files={"file": (filename, data)})
 
 
-def expected_probability(predictor: Predictor, data: bytes) -> float:
-    return float(predictor.predict(image_to_array(data, predictor.img_size)[np.newaxis])[0])
+def expected_probability(predictor: InferenceCore, data: bytes) -> float:
+    return float(
+        predictor.scores(image_to_array(data, predictor.img_size)[np.newaxis]).probability[0]
+    )
 
 
 def expected_result(body: dict[str, Any]) -> str:
@@ -58,7 +61,7 @@ def check_prediction(body: dict[str, Any], service: Any, operating_point: str) -
 
 
 def test_real_ct_slice_matches_predictor(
-    client: TestClient, service: Any, predictor: Predictor, ct_slice_path: Path
+    client: TestClient, service: Any, predictor: InferenceCore, ct_slice_path: Path
 ) -> None:
     data = ct_slice_path.read_bytes()
     response = post_image(client, data, ct_slice_path.name)
@@ -148,7 +151,7 @@ FORMATS = [
 def test_formats_match_predictor(
     client: TestClient,
     service: Any,
-    predictor: Predictor,
+    predictor: InferenceCore,
     images: Any,
     fmt: str,
     mode: str,
@@ -192,7 +195,7 @@ class InputSpy:
     """Records what reaches the real model; the real model still answers."""
 
     def __init__(self, service: Any) -> None:
-        self.real_run = service.run
+        self.real_run = service.forward
         self.inputs: list[np.ndarray] = []
 
     def __call__(self, images: np.ndarray) -> Any:
@@ -201,13 +204,13 @@ class InputSpy:
 
 
 def test_dicom_round_trip_export_window(
-    client: TestClient, service: Any, predictor: Predictor, images: Any, monkeypatch: Any
+    client: TestClient, service: Any, predictor: InferenceCore, images: Any, monkeypatch: Any
 ) -> None:
     size = service.img_size  # model size: no resize, so every pixel is checkable
     hu = _hu_phantom(size)
     data = images.dicom_bytes(hu, slope=2.0, intercept=-1024.0)
     spy = InputSpy(service)
-    monkeypatch.setattr(service, "run", spy)
+    monkeypatch.setattr(service, "forward", spy)
 
     response = post_image(client, data, "slice.dcm")
 
@@ -219,7 +222,7 @@ def test_dicom_round_trip_export_window(
     for i, (value, byte) in enumerate(HU_TO_BYTE):
         assert np.all(model_input[0, :, i * band : (i + 1) * band] == byte), (value, byte)
     np.testing.assert_array_equal(model_input[0], to_model_channels(hu_window(hu, -70, 380)))
-    expected = predictor.predict(to_model_channels(hu_window(hu))[np.newaxis])[0]
+    expected = predictor.scores(to_model_channels(hu_window(hu))[np.newaxis]).probability[0]
     assert response.json()["prediction"] == pytest.approx(float(expected), abs=1e-6)
 
 
@@ -228,8 +231,9 @@ def test_dicom_window_comes_from_settings(
 ) -> None:
     hu = _hu_phantom(96)  # not the model size: windowed, then resized like a PNG
     client = make_client(window_level=40.0, window_width=400.0)  # a soft-tissue window
-    spy = InputSpy(service)
-    monkeypatch.setattr(service, "run", spy)
+    core = client.app.state.inference  # type: ignore[attr-defined]
+    spy = InputSpy(core)
+    monkeypatch.setattr(core, "forward", spy)
 
     response = post_image(client, images.dicom_bytes(hu), "slice.dcm")
 

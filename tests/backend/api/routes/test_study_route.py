@@ -27,9 +27,9 @@ from ml_model.config import (
     RESULT_POSITIVE,
     SHARED_DATA_DIR,
 )
-from ml_model.predictor import Predictor
-from ml_model.study import SliceFile, predict_study
-from ml_model.transforms import decode_image, image_to_array
+from ml_model.imaging.transforms import decode_image, image_to_array
+from ml_model.inference.core import InferenceCore
+from ml_model.inference.study import SliceFile
 from tests.conftest import gray_to_export_window_dicom, make_dicom, synthetic_slice
 
 SERIES_UID = "1.2.826.0.1.3680043.2.1125.1"
@@ -103,13 +103,15 @@ def check_study(body: dict[str, Any], service: Any, expected_names: list[str]) -
     }
     assert [item["name"] for item in body["slices"]] == expected_names
     assert body["slice_count"] == len(expected_names)
-    assert body["aggregation"] == service.card["study"]["aggregation"]
-    assert body["threshold"] == service.study_threshold(body["operating_point"])
+    assert body["aggregation"] == service.card.study.aggregation
+    assert body["threshold"] == service.study_threshold(
+        body["slice_count"], body["operating_point"]
+    )
     assert body["model"] == {"name": service.name, "version": service.version}
     positions = [item["position"] for item in body["slices"]]
     assert positions == sorted(positions, reverse=True)  # head (larger z) first
     inside = [item for item in body["slices"] if item["in_distribution"]]
-    top_k = service.card["study"]["top_k"]
+    top_k = service.card.study.top_k
     assert len(body["top_slices"]) == min(top_k, len(inside))
     for top in body["top_slices"]:
         assert set(top) == {"index", "name", "position", "prediction"}
@@ -128,7 +130,7 @@ def check_study(body: dict[str, Any], service: Any, expected_names: list[str]) -
 
 
 def test_study_matches_ml_model_study(
-    client: TestClient, service: Any, predictor: Predictor, series: list[Upload]
+    client: TestClient, service: Any, predictor: InferenceCore, series: list[Upload]
 ) -> None:
     response = post_study(client, shuffled(series, 1))
     assert response.status_code == 200, response.text
@@ -137,12 +139,12 @@ def test_study_matches_ml_model_study(
     assert body["errors"] == []
     assert body["operating_point"] == "sensitive"
     # The same numbers as the library's own study path on the same files.
-    direct = predict_study(predictor, [SliceFile(name, data) for name, data in series])
-    assert body["prediction"] == pytest.approx(direct.study_probability, abs=1e-5)
+    direct = predictor.study([SliceFile(name, data) for name, data in series])
+    assert body["prediction"] == pytest.approx(direct.probability, abs=1e-5)
     for item, probability in zip(body["slices"], direct.probabilities, strict=True):
         assert item["prediction"] == pytest.approx(float(probability), abs=1e-5)
     for item, (_, data) in zip(body["slices"], series, strict=True):
-        single = predictor.predict(image_to_array(data, predictor.img_size))[0]
+        single = predictor.scores(image_to_array(data, predictor.img_size)).probability[0]
         assert item["prediction"] == pytest.approx(float(single), abs=1e-5)
     if REAL:
         assert all(item["in_distribution"] for item in body["slices"])
@@ -173,7 +175,7 @@ def test_operating_point_picks_the_study_threshold(
 ) -> None:
     body = post_study(client, series, operating_point="specific").json()
     assert body["operating_point"] == "specific"
-    assert body["threshold"] == service.study_threshold("specific")
+    assert body["threshold"] == service.study_threshold(body["slice_count"], "specific")
 
 
 def test_png_series_ordered_by_slice_number(client: TestClient, grays: list[np.ndarray]) -> None:

@@ -1,0 +1,81 @@
+"""POST /report: the same upload as /predict/study (a series, a zip, or one slice) -> a PDF.
+
+The answer is ``/predict/study``'s own (called with ``explain=true`` so the top slices
+come with their heatmaps), rendered by :mod:`backend.app.report_pdf`; errors are that
+route's too (400 not one series, 413 too large, 503 not ready).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Query, UploadFile
+from fastapi.responses import Response
+
+from backend.app.api.deps import CoreDep, MetricsDep, SettingsDep
+from backend.app.api.routes.study import STUDY_FILES_DESCRIPTION, predict_study_route
+from backend.app.report_pdf import render_report
+from backend.app.schemas import ErrorResponse, OperatingPoint
+
+REPORT_PATH = "/report"
+REPORT_FILENAME = "fracture-triage-report.pdf"
+
+router = APIRouter(tags=["report"])
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+@router.post(
+    REPORT_PATH,
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/pdf": {}},
+            "description": "The report: verdict and score, operating point and threshold, the "
+            "top slices with Grad-CAM heatmaps, model name and version, intended use and known "
+            "limits. No patient identifier, no file name.",
+        },
+        400: _error("Not one orderable series (as for /predict/study)."),
+        413: _error("Too many slices or too large (as for /predict/study)."),
+        503: _error("The model is not loaded yet, or the model server is unreachable."),
+    },
+    summary="A PDF report of a series (or one slice) to take away",
+)
+def report_route(
+    files: Annotated[list[UploadFile], File(description=STUDY_FILES_DESCRIPTION)],
+    core: CoreDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    operating_point: Annotated[
+        OperatingPoint,
+        Query(description="`sensitive` (default) or `specific`: which study threshold."),
+    ] = OperatingPoint.sensitive,
+) -> Response:
+    """Analyses the upload exactly as `POST /predict/study?explain=true` does and returns the
+    answer as `application/pdf` (an attachment). Decision support — not a diagnosis.
+
+    One file is one slice (or one zip): its name needs no slice number."""
+    if len(files) == 1:
+        # Series order needs a number in a PNG/JPEG name; one slice has no order. The report
+        # shows no file name, so this one is renamed rather than refused.
+        files[0].filename = "slice (1)" + PurePosixPath(files[0].filename or "").suffix
+    study = predict_study_route(
+        files=files,
+        core=core,
+        settings=settings,
+        metrics=metrics,
+        operating_point=operating_point,
+        explain=True,
+    )
+    pdf = render_report(study, core.card.model_dump())
+    return Response(
+        content=pdf,
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": f'attachment; filename="{REPORT_FILENAME}"',
+            "Cache-Control": "no-store",
+        },
+    )

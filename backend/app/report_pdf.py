@@ -1,0 +1,251 @@
+"""A study answer as a PDF report to take away (``POST /report``).
+
+Rendered with fpdf2's core fonts (Helvetica, Windows-1252): no font files, no network.
+What it holds: the verdict and score, the operating point and its threshold, the top
+slices with their Grad-CAM heatmaps, the model's name and version, the intended use
+("Decision support — not a diagnosis") and the model card's known limits.
+
+What it never holds: anything that identifies a patient. The report is built from the
+:class:`StudyResponse` alone (scores, positions, heatmaps), never from DICOM headers, and
+slices are named by their place in the series, not by their file names (which a PACS
+export often builds from patient or accession numbers).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from fpdf import FPDF
+from fpdf.enums import XPos, YPos
+
+from backend.app.schemas import StudyResponse
+
+INTENDED_USE = "Decision support — not a diagnosis"
+HEATMAP_NOTE = "Grad-CAM heatmap: where the model looked — not a fracture outline."
+RESULT_POSITIVE = "Potentially Fracture"
+RESULT_NEGATIVE = "Normal"
+
+# Model-card keys whose entries are the model's known limits (the web app reads the same).
+LIMIT_KEYS = ("limitations", "known_limitations", "caveats")
+
+_TEXT_FALLBACKS = str.maketrans({"≥": ">=", "≤": "<=", "≈": "~", "→": "->", "←": "<-"})
+_ENCODING = "windows-1252"
+
+_INK = (33, 37, 41)
+_MUTED = (95, 99, 104)
+_TONES = {
+    RESULT_POSITIVE: (178, 34, 34),  # warning red
+    RESULT_NEGATIVE: (25, 110, 60),  # calm green
+}
+_NEUTRAL = (85, 85, 85)
+
+
+def text(value: object) -> str:
+    """``value`` as text the core fonts can draw (anything else becomes ``?``)."""
+    cleaned = str(value).translate(_TEXT_FALLBACKS)
+    return cleaned.encode(_ENCODING, errors="replace").decode(_ENCODING)
+
+
+def percent(probability: float) -> str:
+    pct = probability * 100.0
+    if 0 < pct < 1:
+        return "<1%"
+    if 99 < pct < 100:
+        return ">99%"
+    return f"{pct:.0f}%"
+
+
+def known_limits(card: Mapping[str, Any]) -> list[str]:
+    """The model card's limits, in card order, from each of :data:`LIMIT_KEYS`."""
+    limits: list[str] = []
+    for key in LIMIT_KEYS:
+        value = card.get(key)
+        if isinstance(value, str):
+            limits.append(value)
+        elif isinstance(value, Iterable) and not isinstance(value, Mapping):
+            limits.extend(str(item) for item in value if item)
+    return list(dict.fromkeys(limits))
+
+
+def describe_aggregation(aggregation: str) -> str:
+    if aggregation.startswith("top") and aggregation.endswith("_mean"):
+        k = aggregation[3:-5]
+        if k.isdigit():
+            return (
+                "the highest slice probability"
+                if int(k) == 1
+                else f"the mean of the {k} highest slice probabilities"
+            )
+    return {"max": "the highest slice probability", "mean": "the mean slice probability"}.get(
+        aggregation, aggregation.replace("_", " ")
+    )
+
+
+def position_text(position: float, unit: str | None) -> str:
+    value = f"{position:g}" if float(position).is_integer() else f"{position:.1f}"
+    return f"{value} mm" if unit == "mm" else f"slice number {value}"
+
+
+def _png(data: str | None) -> io.BytesIO | None:
+    if not data:
+        return None
+    try:
+        return io.BytesIO(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+class _Report(FPDF):
+    def __init__(self) -> None:
+        super().__init__(orientation="portrait", unit="mm", format="A4")
+        self.core_fonts_encoding = _ENCODING
+        self.set_auto_page_break(auto=True, margin=18)
+        self.set_margins(16, 16, 16)
+
+    def footer(self) -> None:
+        self.set_y(-12)
+        self.set_font("helvetica", size=8)
+        self.set_text_color(*_MUTED)
+        self.cell(0, 5, text(f"{INTENDED_USE}.  Page {self.page_no()}/{{nb}}"), align="C")
+
+    def heading(self, title: str) -> None:
+        self.ln(3)
+        self.set_font("helvetica", "B", 12)
+        self.set_text_color(*_INK)
+        self.cell(0, 7, text(title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+    def para(self, body: str, size: float = 10, color: tuple[int, int, int] = _INK) -> None:
+        self.set_font("helvetica", size=size)
+        self.set_text_color(*color)
+        self.multi_cell(0, size * 0.5, text(body), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+    def fact(self, label: str, value: str) -> None:
+        self.set_font("helvetica", "B", 10)
+        self.set_text_color(*_MUTED)
+        self.cell(48, 6, text(label))
+        self.set_font("helvetica", size=10)
+        self.set_text_color(*_INK)
+        self.multi_cell(0, 6, text(value), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+
+def _top_slices(pdf: _Report, study: StudyResponse, unit: str | None) -> None:
+    """The top slices two to a row: where each lies, its probability, its heatmap."""
+    gap = 6.0
+    width = (pdf.epw - gap) / 2
+    tops = list(enumerate(study.top_slices, start=1))
+    for start in range(0, len(tops), 2):
+        row = [(rank, top, _png(top.heatmap_png_base64)) for rank, top in tops[start : start + 2]]
+        image_h = width if any(image for _, _, image in row) else 0.0
+        if pdf.get_y() + 12 + image_h > pdf.page_break_trigger:
+            pdf.add_page()
+        y = pdf.get_y()
+        for column, (rank, top, image) in enumerate(row):
+            x = pdf.l_margin + column * (width + gap)
+            pdf.set_xy(x, y)
+            pdf.set_font("helvetica", "B", 10)
+            pdf.set_text_color(*_INK)
+            pdf.multi_cell(
+                width,
+                5,
+                text(
+                    f"Top {rank}: slice {top.index + 1} of {study.slice_count}, "
+                    f"{position_text(top.position, unit)}\n"
+                    f"fracture probability {percent(top.prediction)}"
+                ),
+                align="L",
+            )
+            if image:
+                pdf.image(image, x=x, y=y + 11, w=width, h=width, keep_aspect_ratio=True)
+        pdf.set_xy(pdf.l_margin, y + 12 + image_h)
+
+
+def render_report(
+    study: StudyResponse,
+    card: Mapping[str, Any],
+    *,
+    position_unit: str | None = None,
+    generated: datetime | None = None,
+) -> bytes:
+    """The PDF bytes of the report on ``study`` (the model card gives use and limits)."""
+    when = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    # `position_unit` ("mm" for DICOM geometry) is a newer StudyResponse field: read it when there.
+    unit = position_unit or getattr(study, "position_unit", None)
+    result = str(study.result)
+    refused = result not in (RESULT_POSITIVE, RESULT_NEGATIVE)
+    model = f"{study.model.name} (version {study.model.version})"
+
+    pdf = _Report()
+    pdf.set_title("Cervical-spine CT fracture triage report")
+    pdf.set_subject(INTENDED_USE)
+    pdf.set_creator(text(model))
+    pdf.add_page()
+
+    pdf.set_font("helvetica", "B", 16)
+    pdf.set_text_color(*_INK)
+    pdf.cell(0, 9, "Cervical-spine CT fracture triage", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("helvetica", "B", 11)
+    pdf.set_text_color(*_TONES[RESULT_POSITIVE])
+    pdf.cell(0, 6, text(f"{INTENDED_USE}."), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.para(
+        "Every study must still be read by a qualified reader. This report names no patient; "
+        f"slices are numbered in series order, head to foot. Generated {when}.",
+        size=9,
+        color=_MUTED,
+    )
+
+    pdf.heading("Result")
+    pdf.set_font("helvetica", "B", 14)
+    pdf.set_text_color(*_TONES.get(result, _NEUTRAL))
+    pdf.cell(0, 8, text(result), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if refused:
+        pdf.para(
+            "No slice looked like an axial CT slice, so no fracture call was made "
+            f"(model score {percent(study.prediction)}, not used)."
+        )
+    else:
+        pdf.fact("Study score", f"{percent(study.prediction)} ({study.prediction:.3f})")
+    pdf.fact(
+        "Operating point",
+        f"{study.operating_point.value}: study threshold {percent(study.threshold)} "
+        f"({study.threshold:.3f})",
+    )
+    pdf.fact("How the score is made", describe_aggregation(study.aggregation))
+    not_ct = sum(1 for s in study.slices if s.in_distribution is False)
+    above = sum(
+        1
+        for s in study.slices
+        if s.in_distribution is not False and s.prediction >= study.threshold
+    )
+    pdf.fact(
+        "Slices",
+        f"{study.slice_count} scored, {above} at or above the threshold, {not_ct} not a CT "
+        f"slice (left out), {len(study.errors)} files not read",
+    )
+    pdf.fact("Model", model)
+
+    pdf.heading("Top slices")
+    if not study.top_slices:
+        pdf.para("None: no slice was scored.")
+    _top_slices(pdf, study, unit)
+    if any(top.heatmap_png_base64 for top in study.top_slices):
+        pdf.para(HEATMAP_NOTE, size=9, color=_MUTED)
+
+    pdf.heading("Intended use")
+    intended = card.get("intended_use")
+    pdf.para(f"{INTENDED_USE}. {intended}" if isinstance(intended, str) else f"{INTENDED_USE}.")
+
+    pdf.heading("Known limits (model card)")
+    limits = known_limits(card)
+    for limit in limits or ["The model card lists no limits."]:
+        pdf.set_font("helvetica", size=9)
+        pdf.set_text_color(*_INK)
+        pdf.cell(5, 4.5, "-")
+        pdf.multi_cell(0, 4.5, text(limit), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.ln(1)
+
+    return bytes(pdf.output())

@@ -1,0 +1,18 @@
+"""What a model bundle folder holds, by name (written by training, read by inference).
+
+A bundle: ``model.keras`` (Keras), ``saved_model/`` (TF Serving), ``model.tflite``,
+``gate.npz`` (the CT gate) and ``model_card.json`` (``ml_model.card.ModelCard``).
+"""
+
+KERAS_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+TFLITE_FILE = "model.tflite"
+CARD_FILE = "model_card.json"
+GATE_FILE = "gate.npz"
+
+# The serving signature, as TF Serving's REST `predict` sees it: uint8 pixels in, the
+# calibrated P(fracture) and the CT gate's logit out (a CT slice when >= gate.threshold).
+SERVING_SIGNATURE = "serving_default"
+SERVING_INPUT = "image"
+SERVING_OUTPUT = "probability"
+SERVING_GATE_OUTPUT = "ct_logit"

@@ -1,0 +1,173 @@
+"""The model card: one typed description of a bundle, written by training, validated on load.
+
+Everything inference needs from a bundle is a typed field here — input size and window,
+calibration temperature, operating points, study aggregation, the CT gate's threshold, the
+Grad-CAM layer — so a bundle with a missing or malformed value is refused when it is loaded
+(with the file and the field named), not on the first request. Reports (metrics, per-series
+results, provenance) are kept as they were written: the card allows extra fields.
+
+The API's ``GET /model`` answers with this model, and the web app's types are generated
+from the API's OpenAPI schema, so all three read one definition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ml_model.bundle import CARD_FILE, GATE_FILE
+
+OperatingPointName = Literal["sensitive", "specific"]
+OPERATING_POINTS: tuple[OperatingPointName, ...] = ("sensitive", "specific")
+DEFAULT_OPERATING_POINT: OperatingPointName = "sensitive"
+
+
+class CardError(ValueError):
+    """A bundle whose model card is missing, unreadable or invalid (the message names the
+    file and the field)."""
+
+
+class _Open(BaseModel):
+    """A card section that keeps keys this version does not know (newer reports)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class OperatingPoint(_Open):
+    threshold: float = Field(ge=0.0, le=1.0, description="P(fracture) at or above: fracture.")
+    recall: float | None = Field(default=None, description="Out-of-fold recall here.")
+    specificity: float | None = Field(default=None, description="Out-of-fold specificity here.")
+
+
+class Window(_Open):
+    level: float = Field(description="Window level (centre), Hounsfield units.")
+    width: float = Field(gt=0.0, description="Window width, Hounsfield units.")
+
+
+class Crop(_Open):
+    method: str = Field(description="How the network's view is cut from the slice.")
+    output_size: int = Field(gt=0, description="Side of the crop the network sees, pixels.")
+    layer: str = Field(description="The Keras layer that crops, inside the graph.")
+
+
+class InputSpec(_Open):
+    size: int = Field(gt=0, description="The model takes (N, size, size, channels) pixels.")
+    channels: int = Field(default=3, ge=1)
+    serving_dtype: str = Field(default="uint8")
+    window: Window = Field(description="The HU window the training images were exported with.")
+    preprocessing: str | None = None
+    crop: Crop | None = None
+
+
+class StudySettings(_Open):
+    aggregation: str = Field(description="How slice scores become a study score.")
+    top_k: int = Field(ge=1, description="Slices averaged into the study score.")
+    operating_points: dict[OperatingPointName, OperatingPoint] = Field(
+        default_factory=dict, description="Thresholds on the study score."
+    )
+
+
+class GateSettings(_Open):
+    threshold: float = Field(description="A slice is CT when the gate's logit is >= this.")
+    file: str = Field(default=GATE_FILE, description="The gate's weights in the bundle.")
+
+
+class ModelCard(_Open):
+    """A bundle's ``model_card.json``."""
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    architecture: str
+    created: str | None = None
+    package_version: str | None = None
+    input: InputSpec
+    output: str | None = None
+    temperature: float = Field(gt=0.0, description="Calibration: logits are divided by it.")
+    default_operating_point: OperatingPointName = DEFAULT_OPERATING_POINT
+    operating_points: dict[OperatingPointName, OperatingPoint]
+    gradcam_layer: str = Field(min_length=1)
+    study: StudySettings
+    gate: GateSettings
+    intended_use: str | None = None
+    caveats: list[str] = Field(default_factory=list)
+    limitations: list[str] = Field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    training: dict[str, Any] | None = Field(
+        default=None, description="Provenance: the exact argv, data fingerprint, seeds."
+    )
+    data: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    leave_one_series_out: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _both_operating_points(self) -> ModelCard:
+        missing = [p for p in OPERATING_POINTS if p not in self.operating_points]
+        if missing:
+            raise ValueError(f"operating_points lacks {', '.join(missing)}")
+        return self
+
+    def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
+        """The slice threshold of an operating point."""
+        return self.operating_points[_operating_point(operating_point)].threshold
+
+    def study_threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
+        """The threshold on the study score; the slice threshold if none is stored."""
+        point = self.study.operating_points.get(_operating_point(operating_point))
+        return point.threshold if point is not None else self.threshold(operating_point)
+
+
+def _operating_point(name: str) -> OperatingPointName:
+    for point in OPERATING_POINTS:
+        if name == point:
+            return point
+    raise ValueError(f"operating point must be one of {OPERATING_POINTS}")
+
+
+def card_path(model_dir: str | Path) -> Path:
+    return Path(model_dir, CARD_FILE)
+
+
+def load_card(model_dir: str | Path) -> ModelCard:
+    """Read and validate a bundle's card; :class:`CardError` names the file and the field."""
+    path = card_path(model_dir)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CardError(f"{path}: the bundle has no model card") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CardError(f"{path}: unreadable model card ({exc})") from exc
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field `{'.'.join(str(p) for p in error['loc']) or '(card)'}`: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise CardError(f"{path}: invalid model card: {problems}") from exc
+
+
+def read_card(model_dir: str | Path) -> dict[str, Any]:
+    """The card as written (a plain dict): for reports and re-writing, not for inference."""
+    card: dict[str, Any] = json.loads(card_path(model_dir).read_text())
+    return card
+
+
+def write_card(out_dir: str | Path, card: dict[str, Any] | ModelCard) -> None:
+    """Write the card, validating it first: training never writes a card inference refuses."""
+    data = card.model_dump(exclude_none=True) if isinstance(card, ModelCard) else card
+    data = json.loads(json.dumps(data, default=_json_default))
+    ModelCard.model_validate(data)
+    card_path(out_dir).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,1 @@
+"""Imaging: bytes -> greyscale slice -> model input (raster and DICOM decoding, HU windows)."""

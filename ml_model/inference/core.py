@@ -1,0 +1,283 @@
+"""The inference core: the one path from bytes to a verdict.
+
+decode (raster or DICOM, through the card's window) -> model input -> forward (calibrated
+P(fracture) + the CT gate's logit) -> the gate's decision -> the operating point's
+threshold -> the triage result. The API (single, batch, study), the CLI (files and
+``--study``) and ``evaluate`` all call :class:`InferenceCore`; nothing else decides a
+verdict. Where the forward runs (in-process TensorFlow, TF Serving, micro-batched or not)
+is a :class:`~ml_model.inference.forward.Forward` handed in at construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ml_model.card import DEFAULT_OPERATING_POINT, OPERATING_POINTS, CardError, load_card
+from ml_model.config import DEFAULT_MODEL_DIR
+from ml_model.imaging.errors import ImageDecodeError
+from ml_model.imaging.transforms import decode_image, gray_to_model_input
+from ml_model.inference.forward import Forward, ForwardOutput
+from ml_model.inference.gate import CTGate
+from ml_model.inference.study import SliceFile, StudyError, aggregate, order_slices, threshold_for
+from ml_model.inference.verdict import Result, triage_result
+
+__all__ = [
+    "DEFAULT_OPERATING_POINT",
+    "OPERATING_POINTS",
+    "InferenceCore",
+    "SliceVerdict",
+    "StudyVerdict",
+]
+
+# Slices per forward call in study mode: bounded memory for a 1,000-slice series.
+STUDY_BATCH = 32
+# The gate's threshold is stored twice (gate.npz, card): they must agree to this.
+GATE_THRESHOLD_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class SliceVerdict:
+    """What the product says about one slice."""
+
+    result: Result
+    probability: float  # calibrated P(fracture); reported even when the gate refused
+    threshold: float  # of the operating point used
+    in_distribution: bool  # the CT gate accepted the slice
+    ct_distance: float  # exp(gate threshold - gate logit): <= 1 is "a CT slice"
+
+
+@dataclass
+class StudyVerdict:
+    """What the product says about one series, and every slice's share in it."""
+
+    result: Result
+    probability: float  # the study score (aggregation of in-distribution slices)
+    threshold: float
+    aggregation: str
+    names: list[str]
+    positions: list[float]
+    probabilities: np.ndarray
+    in_distribution: np.ndarray
+    top_indices: list[int]
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+class InferenceCore:
+    """A loaded bundle (card, gate threshold) and a forward; see the module docstring.
+
+    ``threshold_override`` replaces the threshold of the default (sensitive) operating point
+    (the server's ``THRESHOLD`` setting); ``window`` overrides the card's DICOM window.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path = DEFAULT_MODEL_DIR,
+        forward: Forward | None = None,
+        gradcam: Callable[[np.ndarray], np.ndarray] | None = None,
+        threshold_override: float | None = None,
+        window: tuple[float, float] | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.card = load_card(self.model_dir)
+        gate = CTGate.load(self.model_dir)  # GateFileError names the file
+        if abs(gate.threshold - self.card.gate.threshold) > GATE_THRESHOLD_TOLERANCE:
+            raise CardError(
+                f"{self.model_dir}: field `gate.threshold` of the model card "
+                f"({self.card.gate.threshold}) differs from {self.card.gate.file} "
+                f"({gate.threshold})"
+            )
+        self.gate_threshold = self.card.gate.threshold
+        self.threshold_override = threshold_override
+        card_window = self.card.input.window
+        self.window = window or (card_window.level, card_window.width)
+        if forward is None:
+            from ml_model.inference.forward import KerasForward
+
+            forward = KerasForward.from_bundle(self.model_dir, self.card.temperature)
+        self.forward = forward
+        self._gradcam = gradcam or self._default_gradcam(forward)
+
+    def _default_gradcam(self, forward: Forward) -> Callable[[np.ndarray], np.ndarray]:
+        from ml_model.inference.forward import KerasForward
+        from ml_model.inference.gradcam import GradCam, LazyGradCam
+
+        inner = getattr(forward, "inner", forward)  # a batched forward's own
+        if isinstance(inner, KerasForward):
+            return GradCam(inner.model, self.card.gradcam_layer)
+        return LazyGradCam(self.model_dir, self.card.gradcam_layer)
+
+    def configured(
+        self, threshold_override: float | None, window: tuple[float, float] | None
+    ) -> InferenceCore:
+        """This core (same bundle, same forward) with another threshold override / window."""
+        other = copy.copy(self)
+        other.threshold_override = threshold_override
+        card_window = self.card.input.window
+        other.window = window or (card_window.level, card_window.width)
+        return other
+
+    # ---- the bundle ------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def img_size(self) -> int:
+        return self.card.input.size
+
+    def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
+        """The slice threshold of ``operating_point`` (ValueError for an unknown one)."""
+        if self.threshold_override is not None and operating_point == DEFAULT_OPERATING_POINT:
+            return self.threshold_override
+        return self.card.threshold(operating_point)
+
+    def study_threshold(self, slices: int, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
+        """The threshold on the study score of a study of ``slices`` slices."""
+        return threshold_for(
+            slices,
+            self.card.study.top_k,
+            self.threshold(operating_point),
+            self.card.study_threshold(operating_point),
+        )
+
+    # ---- bytes -> model input -------------------------------------------------------
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Image or DICOM bytes -> 2-D uint8 slice (DICOM through the window); raises the
+        errors of ``ml_model.imaging.errors``."""
+        return decode_image(data, *self.window)
+
+    def model_input(self, gray: np.ndarray) -> np.ndarray:
+        """A decoded slice -> uint8 (S, S, 3), the forward's input."""
+        return gray_to_model_input(gray, self.img_size)
+
+    # ---- model input -> verdict -----------------------------------------------------
+
+    def scores(self, images: np.ndarray) -> ForwardOutput:
+        """The forward's two outputs for uint8 images (N, S, S, 3) (or one (S, S, 3))."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[np.newaxis]
+        expected = (self.img_size, self.img_size, 3)
+        if images.shape[1:] != expected:
+            raise ValueError(f"expected images of shape (N, {expected}), got {images.shape}")
+        return self.forward(images)
+
+    def accepts(self, output: ForwardOutput) -> np.ndarray:
+        """Per row: the CT gate accepts it as a CT slice (bool (N,))."""
+        return np.asarray(output.ct_logit >= self.gate_threshold)
+
+    def judge(
+        self, output: ForwardOutput, operating_point: str = DEFAULT_OPERATING_POINT
+    ) -> list[SliceVerdict]:
+        """The verdict on each row of a forward's output."""
+        threshold = self.threshold(operating_point)
+        inside = self.accepts(output)
+        distance = np.exp(np.clip(self.gate_threshold - output.ct_logit, -50.0, 50.0))
+        return [
+            SliceVerdict(triage_result(p, threshold, ok), p, threshold, ok, d)
+            for p, ok, d in zip(
+                output.probability.tolist(), inside.tolist(), distance.tolist(), strict=True
+            )
+        ]
+
+    def classify(
+        self, images: np.ndarray, operating_point: str = DEFAULT_OPERATING_POINT
+    ) -> list[SliceVerdict]:
+        """uint8 model inputs -> one verdict each."""
+        return self.judge(self.scores(images), operating_point)
+
+    def verdict(self, data: bytes, operating_point: str = DEFAULT_OPERATING_POINT) -> SliceVerdict:
+        """Bytes -> verdict: the whole path for one file."""
+        return self.classify(self.model_input(self.decode(data)), operating_point)[0]
+
+    def study(
+        self,
+        items: Sequence[SliceFile],
+        operating_point: str = DEFAULT_OPERATING_POINT,
+        progress: bool = False,
+    ) -> StudyVerdict:
+        """Order one series head to foot, score every decodable slice, aggregate the slices
+        the gate accepts into the study score and judge it. ``StudyError`` when the files
+        are not one orderable series or nothing can be scored."""
+        from tqdm.auto import tqdm
+
+        ordered = order_slices(items)
+        names, positions, arrays, errors = [], [], [], []
+        for item in ordered:
+            try:
+                arrays.append(self.model_input(self.decode(item.data)))
+                names.append(item.name)
+                positions.append(item.position)
+            except ImageDecodeError as exc:
+                errors.append((item.name, str(exc)))
+        if not arrays:
+            raise StudyError("no slice in the study could be decoded")
+        parts = []
+        with tqdm(total=len(arrays), unit="slice", disable=not progress) as bar:
+            for start in range(0, len(arrays), STUDY_BATCH):
+                parts.append(self.scores(np.stack(arrays[start : start + STUDY_BATCH])))
+                bar.update(len(parts[-1]))
+        output = ForwardOutput.concat(parts)
+        inside = self.accepts(output)
+        probabilities = output.probability
+        top_k = self.card.study.top_k
+        ranked = np.where(inside, probabilities, -np.inf)
+        top = [int(i) for i in np.argsort(-ranked, kind="stable")[:top_k] if np.isfinite(ranked[i])]
+        score = aggregate(probabilities[inside], top_k) if top else 0.0
+        threshold = self.study_threshold(len(names), operating_point)
+        return StudyVerdict(
+            result=triage_result(score, threshold, bool(top)),
+            probability=score,
+            threshold=threshold,
+            aggregation=self.card.study.aggregation,
+            names=names,
+            positions=positions,
+            probabilities=probabilities,
+            in_distribution=inside,
+            top_indices=top,
+            errors=errors,
+        )
+
+    def gradcam(self, image: np.ndarray) -> np.ndarray:
+        """Grad-CAM of one uint8 model input, in the frame of the whole slice."""
+        return self._gradcam(image)
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def incoming(self) -> contextlib.AbstractContextManager[None]:
+        """Announce an upcoming single-image call to a micro-batched forward (else a no-op)."""
+        announce = getattr(self.forward, "incoming", None)
+        return announce() if announce is not None else contextlib.nullcontext()
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1,), gradcam: bool = True) -> None:
+        """Run the forward once per batch size (and Grad-CAM) so no request pays for
+        tracing; a forward that cannot answer yet (TF Serving starting) is left to
+        ``is_ready``."""
+        from ml_model.inference.forward import ModelUnavailableError
+
+        blank = np.zeros((max(batch_sizes), self.img_size, self.img_size, 3), np.uint8)
+        try:
+            for size in batch_sizes:
+                self.scores(blank[:size])
+        except ModelUnavailableError:
+            return
+        if gradcam and not getattr(self._gradcam, "lazy", False):
+            self.gradcam(blank[0])
+
+    def is_ready(self) -> bool:
+        return self.forward.is_ready()
+
+    def close(self) -> None:
+        self.forward.close()

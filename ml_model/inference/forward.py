@@ -1,0 +1,162 @@
+"""The forward pass: uint8 slices in, calibrated P(fracture) and the CT gate's logit out.
+
+A *forward* is anything with the :class:`Forward` shape. The product has two:
+:class:`KerasForward` runs the bundle in this process (TensorFlow), and
+``forward_tfserving.TFServingForward`` asks TF Serving for exactly the same two outputs
+(the exported SavedModel's signature is built from :func:`serving_function` below, so both
+compute one graph). ``batching.BatchedForward`` wraps either one. Everything after the
+forward (thresholds, the gate's decision, study aggregation) is ``core.InferenceCore``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from ml_model.bundle import KERAS_FILE, SERVING_GATE_OUTPUT, SERVING_OUTPUT
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from ml_model.inference.gate import CTGate
+
+# Bounded chunks: a 1000-image call would otherwise hold ~0.6 GB of float activations at
+# once and run slower per image than batches that fit in cache.
+MAX_FORWARD_BATCH = 64
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model cannot answer right now (model server down, shutting down): the API
+    answers ``status_code`` (503, or 502 for a bad answer from the model server)."""
+
+    def __init__(self, detail: str, status_code: int = 503) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    """Per image: calibrated P(fracture) and the CT gate's logit (both float64, (N,))."""
+
+    probability: np.ndarray
+    ct_logit: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.probability)
+
+    def rows(self, start: int, stop: int) -> ForwardOutput:
+        return ForwardOutput(self.probability[start:stop], self.ct_logit[start:stop])
+
+    @staticmethod
+    def concat(parts: list[ForwardOutput]) -> ForwardOutput:
+        return ForwardOutput(
+            np.concatenate([p.probability for p in parts]),
+            np.concatenate([p.ct_logit for p in parts]),
+        )
+
+    def check(self, count: int) -> ForwardOutput:
+        """This output, if it has ``count`` finite rows; ValueError otherwise."""
+        shapes = (self.probability.shape, self.ct_logit.shape)
+        if shapes != ((count,), (count,)):
+            raise ValueError(f"expected {count} results per output, got shapes {shapes}")
+        if not (np.all(np.isfinite(self.probability)) and np.all(np.isfinite(self.ct_logit))):
+            raise ValueError("the model returned a non-finite value")
+        return self
+
+
+@runtime_checkable
+class Forward(Protocol):
+    """uint8 images (N, S, S, 3) -> :class:`ForwardOutput`; thread-safe."""
+
+    def __call__(self, images: np.ndarray) -> ForwardOutput: ...
+
+    def is_ready(self) -> bool:
+        """Whether it can answer now (a remote model server is reachable)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def serving_function(
+    model: keras.Model, temperature: float, gate: CTGate
+) -> tuple[Callable[[tf.Tensor], dict[str, tf.Tensor]], keras.Model]:
+    """The bundle's forward as one TensorFlow function: uint8 (N, S, S, 3) ->
+    {``probability``: calibrated P(fracture) (N, 1), ``ct_logit``: the gate's logit (N, 1)}.
+
+    The uint8 -> float cast, scaling, spine crop, temperature and the gate's features all
+    live in the graph. The SavedModel (TF Serving, TFLite) exports this function and
+    :class:`KerasForward` runs it: one graph. Returns the function and the two-headed
+    Keras model it calls (an exporter must track it).
+    """
+    import keras
+    import tensorflow as tf
+
+    from ml_model.architectures.layers import EMBEDDING_LAYER
+    from ml_model.inference.gate import gate_features_tf
+
+    both = keras.Model(model.input, [model.outputs[0], model.get_layer(EMBEDDING_LAYER).output])
+
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(image, tf.float32)
+        probability, embedding = both(pixels, training=False)
+        if temperature != 1.0:
+            # float32 throughout: TFLite has no float64 kernels.
+            p = tf.clip_by_value(tf.cast(probability, tf.float32), 1e-7, 1 - 1e-7)
+            probability = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
+        features = tf.concat([tf.cast(embedding, tf.float32), gate_features_tf(pixels)], 1)
+        return {
+            SERVING_OUTPUT: probability,
+            SERVING_GATE_OUTPUT: gate.logit_tf(features)[:, tf.newaxis],
+        }
+
+    return serve, both
+
+
+class KerasForward:
+    """The bundle's ``model.keras`` run in this process by TensorFlow: one traced
+    ``tf.function`` for every batch size (no per-request retracing, no ``model.predict``)."""
+
+    def __init__(self, model: keras.Model, temperature: float, gate: CTGate) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.img_size = int(model.input_shape[1])
+        serve, _ = serving_function(model, temperature, gate)
+        spec = tf.TensorSpec([None, self.img_size, self.img_size, 3], tf.uint8)
+        self._serve = tf.function(serve, input_signature=[spec])
+
+    @classmethod
+    def from_bundle(cls, model_dir: str | Path, temperature: float) -> KerasForward:
+        from ml_model.architectures.layers import load_model
+        from ml_model.inference.gate import CTGate
+
+        gate = CTGate.load(model_dir)
+        model = load_model(Path(model_dir, KERAS_FILE))
+        return cls(model, temperature, gate)
+
+    def __call__(self, images: np.ndarray) -> ForwardOutput:
+        import tensorflow as tf
+
+        images = np.asarray(images, np.uint8)
+        parts = []
+        for start in range(0, len(images), MAX_FORWARD_BATCH):
+            out = self._serve(tf.convert_to_tensor(images[start : start + MAX_FORWARD_BATCH]))
+            parts.append(
+                ForwardOutput(
+                    out[SERVING_OUTPUT].numpy().reshape(-1).astype(np.float64),
+                    out[SERVING_GATE_OUTPUT].numpy().reshape(-1).astype(np.float64),
+                )
+            )
+        return ForwardOutput.concat(parts).check(len(images))
+
+    def is_ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None

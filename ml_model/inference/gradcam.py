@@ -1,0 +1,82 @@
+"""Grad-CAM of a bundle's Keras model: where the fracture logit is sensitive in the last
+convolutional block, placed back in the frame of the whole slice."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ml_model.architectures.layers import SPINE_CROP_LAYER
+from ml_model.bundle import KERAS_FILE
+from ml_model.inference.explain import place_cam
+
+if TYPE_CHECKING:
+    import keras
+
+
+def make_gradcam_fn(model: keras.Model, layer_name: str) -> Any:
+    """Compile a function image batch (float32, 0-255) -> Grad-CAM maps at conv resolution."""
+    import keras
+    import tensorflow as tf
+
+    grad_model = keras.Model(model.input, [model.get_layer(layer_name).output, model.outputs[0]])
+
+    @tf.function(reduce_retracing=True)
+    def gradcam(images: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            conv, probability = grad_model(images, training=False)
+            # Gradients of the logit, not the saturating sigmoid, keep the map informative.
+            p = tf.clip_by_value(probability[:, 0], 1e-7, 1 - 1e-7)
+            logit = tf.math.log(p) - tf.math.log1p(-p)
+        grads = tape.gradient(logit, conv)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1))
+
+    return gradcam
+
+
+class GradCam:
+    """Grad-CAM for one uint8 image (S, S, 3), in the frame of the whole input: for a model
+    that crops around the spine the map is placed back where the crop came from (zero
+    elsewhere)."""
+
+    def __init__(self, model: keras.Model, layer_name: str) -> None:
+        self.img_size = int(model.input_shape[1])
+        self._fn = make_gradcam_fn(model, layer_name)
+        names = {layer.name for layer in model.layers}
+        self._crop = model.get_layer(SPINE_CROP_LAYER) if SPINE_CROP_LAYER in names else None
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        batch = tf.convert_to_tensor(np.asarray(image)[np.newaxis], tf.float32)
+        cam = self._fn(batch).numpy()[0]
+        if self._crop is None:
+            return np.asarray(cam)
+        box = self._crop.boxes(batch).numpy()[0]
+        return place_cam(cam, box, self.img_size)
+
+
+class LazyGradCam:
+    """A :class:`GradCam` built on first use from the bundle's ``model.keras`` (seconds once):
+    a forward that runs elsewhere (TF Serving) never loads Keras unless a heatmap is asked."""
+
+    lazy = True  # warm-up leaves it alone
+
+    def __init__(self, model_dir: str | Path, layer_name: str) -> None:
+        self.model_dir = Path(model_dir)
+        self.layer_name = layer_name
+        self._lock = threading.Lock()
+        self._gradcam: GradCam | None = None
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if self._gradcam is None:
+                from ml_model.architectures.layers import load_model
+
+                model = load_model(self.model_dir / KERAS_FILE)
+                self._gradcam = GradCam(model, self.layer_name)
+        return self._gradcam(image)

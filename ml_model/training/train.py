@@ -1,0 +1,702 @@
+"""Train a fracture classifier on a folder of labelled slices and export a model bundle.
+
+    python -m ml_model.train --arch custom --data ../shared/data/cervical-ct --out runs/custom
+
+Steps: find files -> split by base slice -> tf.data -> fit (best checkpoint, early
+stopping, LR schedule, CSV log) -> pick operating points on validation -> plots ->
+export (.keras, SavedModel, TFLite, model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from ml_model import __version__
+from ml_model.architectures.layers import SPINE_CROP_LAYER
+from ml_model.architectures.registry import DEFAULT_IMG_SIZES, build_model, gradcam_layer
+from ml_model.architectures.transfer import (
+    WeightsUnavailableError,
+    extract_features_from_dataset,
+    freeze_backbone,
+    head_model,
+    unfreeze_top,
+)
+from ml_model.bundle import GATE_FILE
+from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
+from ml_model.data.dataset import (
+    DatasetError,
+    ImageRecord,
+    array_dataset,
+    find_images,
+    grouped_split,
+    groups_of,
+    leave_one_series_out,
+    load_arrays,
+    make_dataset,
+    naive_split,
+    series_of,
+)
+from ml_model.data.negatives import generate as generate_negatives
+from ml_model.evaluation.metrics import (
+    apply_temperature,
+    choose_operating_points,
+    compute_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    markdown_table,
+    plot_confusion_matrix,
+    plot_history,
+    plot_reliability,
+    plot_roc,
+)
+from ml_model.evaluation.report import held_out_report, series_report
+from ml_model.imaging.transforms import gray_to_model_input
+from ml_model.inference.gate import CTGate
+from ml_model.training.export import export_bundle
+from ml_model.training.gate_fit import fit_ct_gate, gate_inputs, gate_with_threshold
+from ml_model.training.study_threshold import calibrate_study_threshold
+
+DATA_CAVEATS = [
+    "Augmented copies: each distinct slice appears about 20 times (rotated/sharpened); "
+    "splits and metrics are by base slice or series, file-level splits inflate scores.",
+    "Three CT series (patients) only: B10 (1 fracture slice, 25 normal), B11 (7, 48), "
+    "B12 (75, 18). Leave-one-series-out figures rest on one to a few dozen slices each.",
+    "Level shortcut: in every series the fracture slices lie at the skull base to C2/C3 and "
+    "the normal slices lower in the neck, so level and label cannot be told apart in this "
+    "data. The spine crop removes brain, table and field of view, but the vertebral shape "
+    "still tells the level: a normal C1/C2 slice may be called a fracture, a fracture low "
+    "in the neck may be missed.",
+    "Export window: the slices were exported at about level -70 / width 380 HU; other "
+    "windows are out of the training distribution.",
+]
+TRAINING_SPLITS = ("train",)
+SEED_TEST_NUMBERS = {"accuracy": 0.8605, "precision": 0.905, "recall": 0.795}
+# Validation ECE above this triggers temperature scaling.
+ECE_TOLERANCE = 0.05
+
+INTENDED_USE = (
+    "Decision support for triage of axial cervical-spine CT slices by a physician. "
+    "Not a diagnostic device: every slice must still be read by a qualified reader."
+)
+
+
+@dataclass
+class TrainConfig:
+    """Every training parameter in one place (defaults are the seed's)."""
+
+    arch: str = "custom"
+    data: str = "../shared/data/cervical-ct"
+    out: str = "runs/custom"
+    report_dir: str | None = None  # default: <out>/report
+    epochs: int = 20
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    img_size: int | None = None
+    seed: int = 42
+    split: str = "grouped"  # or "naive" (file-level, for showing the inflation only)
+    val_fraction: float = 0.2
+    patience: int = 6
+    weights: str = "none"
+    fine_tune_layers: int = 30
+    fine_tune_epochs: int = 0
+    cache_features: bool = False
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    tflite_float16: bool = False
+    # The model takes the whole slice at input_size and crops it around the spine to
+    # img_size in its own graph (0: no crop, the image as given).
+    input_size: int = 384
+    cv: str = "series"  # "series": leave-one-series-out out-of-fold calibration; "none"
+    gate_negatives: int = 120  # synthetic/photo negatives per kind for the CT gate
+    test_data: str | None = None  # scored once at the end, never used for any choice
+
+
+def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
+    optimizers: dict[str, type[keras.optimizers.Optimizer]] = {
+        "sgd": keras.optimizers.SGD,
+        "adam": keras.optimizers.Adam,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    if name not in optimizers:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(optimizers)}")
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+    return optimizers[name](learning_rate=lr)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """``auto``: all local GPUs when there are several. ``multiworker`` reads TF_CONFIG."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    raise ValueError(f"unknown strategy {name!r}; choose auto, mirrored or multiworker")
+
+
+def is_chief() -> bool:
+    """Only the chief (worker 0, or a single process) writes the bundle in multi-worker runs."""
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    return task.get("type", "worker") in ("worker", "chief") and int(task.get("index", 0)) == 0
+
+
+def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+    """Probabilities over a batched dataset without model.predict's per-call overhead."""
+    forward = tf.function(lambda x: model(x, training=False))
+    return np.concatenate([forward(x).numpy().reshape(-1) for x, _ in dataset])
+
+
+def _compile(model: keras.Model, optimizer: str, lr: float) -> None:
+    model.compile(
+        optimizer=make_optimizer(optimizer, lr),
+        loss="binary_crossentropy",
+        metrics=[
+            "accuracy",
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+    )
+
+
+def _callbacks(config: TrainConfig, report_dir: Path | None, phase: str) -> list[Any]:
+    callbacks: list[Any] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3),
+    ]
+    if report_dir is not None:
+        callbacks += [
+            # Best weights on validation loss, kept on disk in case a long run is cut short.
+            keras.callbacks.ModelCheckpoint(
+                str(report_dir / f"best_{phase}.keras"), monitor="val_loss", save_best_only=True
+            ),
+            keras.callbacks.CSVLogger(str(report_dir / f"history_{phase}.csv")),
+        ]
+    return callbacks
+
+
+def _merge(history: dict[str, list[float]], more: dict[str, list[float]]) -> None:
+    for key, values in more.items():
+        history.setdefault(key, []).extend(values)
+
+
+def image_datasets(
+    config: TrainConfig,
+    train_records: list[ImageRecord],
+    val_records: list[ImageRecord],
+    img_size: int,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+    """(augmented train, plain train, validation) datasets through the shared transform."""
+
+    def dataset(rows: list[ImageRecord], training: bool) -> tf.data.Dataset:
+        return make_dataset(
+            [r.path for r in rows],
+            [r.label for r in rows],
+            img_size,
+            config.batch_size,
+            training,
+            config.seed,
+        )
+
+    return (
+        dataset(train_records, True),
+        dataset(train_records, False),
+        dataset(val_records, False),
+    )
+
+
+def fit_model(
+    config: TrainConfig,
+    datasets: tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset],
+    img_size: int,
+    report_dir: Path | None = None,
+    verbose: int = 2,
+    strategy: tf.distribute.Strategy | None = None,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Build and fit one model; returns it (best weights restored) and its history.
+
+    custom: one phase, as the seed. Transfer models: phase 1 trains the head on a frozen
+    backbone (on cached embeddings with ``cache_features``: one backbone pass instead of
+    one per epoch); phase 2 unfreezes the top ``fine_tune_layers`` at a tenth of the
+    learning rate for ``fine_tune_epochs`` (BatchNorm stays frozen, in inference mode).
+    """
+    train_ds, train_plain_ds, val_ds = datasets
+    if config.mixed_precision and tf.config.list_logical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = strategy or make_strategy(config.strategy)
+    history: dict[str, list[float]] = {}
+    with strategy.scope():
+        model = build_model(config.arch, img_size, **_builder_options(config))
+
+    def fit_images(target: keras.Model, phase: str, epochs: int, lr: float) -> None:
+        with strategy.scope():
+            _compile(target, config.optimizer, lr)
+        fitted = target.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            callbacks=_callbacks(config, report_dir, phase),
+            verbose=verbose,
+        )
+        _merge(history, fitted.history)
+
+    if config.arch == "custom":
+        fit_images(model, "train", config.epochs, config.lr)
+        return model, history
+
+    freeze_backbone(model)
+    if config.cache_features:
+        x_train, y_train = extract_features_from_dataset(model, train_plain_ds)
+        x_val, y_val = extract_features_from_dataset(model, val_ds)
+        head = head_model(model)  # shares the model's head layers
+        with strategy.scope():
+            _compile(head, config.optimizer, config.lr)
+        fitted = head.fit(
+            x_train,
+            y_train.astype("float32"),
+            validation_data=(x_val, y_val.astype("float32")),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            shuffle=True,
+            callbacks=_callbacks(config, report_dir, "head"),
+            verbose=verbose,
+        )
+        _merge(history, fitted.history)
+    else:
+        fit_images(model, "head", config.epochs, config.lr)
+    if config.fine_tune_epochs > 0:
+        unfreeze_top(model, config.fine_tune_layers)
+        fit_images(model, "fine_tune", config.fine_tune_epochs, config.lr / 10)
+    return model, history
+
+
+def window_jitter(images: np.ndarray, seed: int) -> np.ndarray:
+    """CT slices as another scanner or export might render them: a linear grey-level map
+    around fat (gain 0.6-1.6, offset +/-60) and, for half of them, a lifted background."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        gray = image.astype(np.float32)
+        mapped = rng.uniform(0.6, 1.6) * (gray - 107.0) + 107.0 + rng.uniform(-60.0, 60.0)
+        if rng.random() < 0.5:
+            mapped = np.where(gray < 30, rng.uniform(0.0, 120.0), mapped)
+        out[i] = np.clip(np.rint(mapped), 0, 255).astype(np.uint8)
+    return out
+
+
+def reexport(images: np.ndarray, seed: int) -> np.ndarray:
+    """CT slices as a user's copy might have been re-saved: JPEG quality 50, noise sigma 5,
+    contrast x1.1 or a 224-pixel round trip (one each, in turn). The CT gate's threshold
+    must accept these; ``window_jitter`` is the harsher training-time variant."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    size = images.shape[1]
+    for i, image in enumerate(images):
+        gray = image[..., 0]
+        kind = i % 4
+        if kind == 0:
+            buffer = io.BytesIO()
+            Image.fromarray(gray).save(buffer, "JPEG", quality=50)
+            gray = np.asarray(Image.open(buffer).convert("L"))
+        elif kind == 1:
+            gray = np.clip(gray + rng.normal(0, 5, gray.shape), 0, 255).astype(np.uint8)
+        elif kind == 2:
+            gray = np.clip((gray.astype(np.float32) - 128) * 1.1 + 128, 0, 255).astype(np.uint8)
+        else:
+            small = Image.fromarray(gray).resize((224, 224), Image.Resampling.BILINEAR)
+            gray = np.asarray(small.resize((size, size), Image.Resampling.BILINEAR))
+        out[i] = gray[..., np.newaxis]
+    return out
+
+
+def predict_arrays(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """P(fracture) for uint8 images, in bounded batches."""
+    forward = tf.function(lambda x: model(x, training=False))
+    return np.concatenate(
+        [forward(tf.cast(images[i : i + batch], tf.float32)).numpy().reshape(-1)
+         for i in range(0, len(images), batch)]
+    )  # fmt: skip
+
+
+def fit_on(
+    config: TrainConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    img_size: int,
+    strategy: tf.distribute.Strategy,
+    report_dir: Path | None = None,
+    verbose: int = 2,
+) -> tuple[keras.Model, dict[str, list[float]], np.ndarray]:
+    """Fit one model on arrays; a split by base slice (``config.split``) picks the epoch.
+
+    Returns the model, its history and the index of the epoch-choosing slices."""
+    records = [ImageRecord(Path(""), int(y), str(g)) for y, g in zip(labels, groups, strict=True)]
+    splitter = grouped_split if config.split == "grouped" else naive_split
+    fit_idx, val_idx = splitter(records, config.val_fraction, config.seed)
+    datasets = (
+        array_dataset(images[fit_idx], labels[fit_idx], config.batch_size, True, config.seed),
+        array_dataset(images[fit_idx], labels[fit_idx], config.batch_size, False),
+        array_dataset(images[val_idx], labels[val_idx], config.batch_size, False),
+    )
+    model, history = fit_model(config, datasets, img_size, report_dir, verbose, strategy)
+    return model, history, val_idx
+
+
+def cross_validate_series(
+    config: TrainConfig,
+    records: list[ImageRecord],
+    images: np.ndarray,
+    labels: np.ndarray,
+    jittered: np.ndarray,
+    negatives: np.ndarray,
+    img_size: int,
+    strategy: tf.distribute.Strategy,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Leave one CT series out at a time: out-of-fold P(fracture) and CT-gate logits for
+    every slice (and a re-exported copy of it), and per fold the threshold that fold's model
+    chose on its own epoch-choosing slices."""
+    groups = groups_of(records)
+    oof = np.full(len(records), np.nan)
+    oof_gate = np.full(len(records), np.nan)
+    oof_gate_reexported = np.full(len(records), np.nan)
+    folds: dict[str, Any] = {}
+    for name, tr, te in leave_one_series_out(records):
+        print(f"-- fold: {name} held out ({len(te)} files)")
+        keras.utils.set_random_seed(config.seed)
+        model, _, val_idx = fit_on(
+            config, images[tr], labels[tr], groups[tr], img_size, strategy, verbose=0
+        )
+        oof[te] = predict_arrays(model, images[te])
+        inner = tr[val_idx]
+        point = choose_operating_points(labels[inner], predict_arrays(model, images[inner]))
+        gate = fit_ct_gate(model, np.concatenate([images[tr], jittered[tr]]), negatives)
+        oof_gate[te] = gate.logits(gate_inputs(model, images[te]))
+        oof_gate_reexported[te] = gate.logits(gate_inputs(model, reexport(images[te], config.seed)))
+        folds[name] = {
+            "threshold": point["sensitive"]["threshold"],
+            "gate_threshold": gate.threshold,
+            "index": te,
+        }
+        keras.backend.clear_session()
+    return oof, oof_gate, oof_gate_reexported, folds
+
+
+def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run one training job; returns the model card written with the bundle.
+
+    1. leave-one-series-out (``cv="series"``): a model per held-out CT series gives
+       out-of-fold scores for every training slice and the per-series report;
+    2. the bundle's model is fitted on every series;
+    3. temperature, operating points, the study threshold and the CT gate's threshold
+       are set on the out-of-fold scores, never on the slices that chose an epoch.
+    """
+    # Multi-worker collectives must be configured before any other TensorFlow op runs.
+    strategy = make_strategy(config.strategy)
+    keras.utils.set_random_seed(config.seed)
+    out = Path(config.out) if is_chief() else Path(tempfile.mkdtemp(prefix="worker-bundle-"))
+    report_dir = Path(config.report_dir) if config.report_dir else out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
+    input_size = config.input_size or img_size
+
+    # A folder with train/ and val/ splits: only train/ is ever trained, tuned or calibrated on.
+    records = find_images(config.data, splits=TRAINING_SPLITS)
+    images, labels = load_arrays(records, input_size)
+    groups = groups_of(records)
+    print(f"{len(records)} files, {len(set(groups))} base slices, series: "
+          f"{sorted({series_of(g) for g in groups})}")  # fmt: skip
+    jittered = window_jitter(images, config.seed)
+    negatives = generate_negatives(config.gate_negatives, seed=config.seed)
+    neg_images = np.stack([gray_to_model_input(n.gray, input_size) for n in negatives])
+    neg_train = np.array([not n.held_out for n in negatives])
+
+    started = time.perf_counter()
+    if config.cv == "series":
+        oof, oof_gate, oof_gate_reexported, folds = cross_validate_series(
+            config, records, images, labels, jittered, neg_images[neg_train], img_size, strategy
+        )
+    else:
+        oof = oof_gate = oof_gate_reexported = np.full(len(records), np.nan)
+        folds = {}
+    keras.utils.set_random_seed(config.seed)
+    model, history, val_idx = fit_on(config, images, labels, groups, img_size, strategy, report_dir)
+    train_seconds = time.perf_counter() - started
+
+    have_oof = bool(np.isfinite(oof).all())
+    # Calibration data: out-of-fold scores when there are folds; else (cv="none") the
+    # epoch-choosing slices, which the card then says.
+    if have_oof:
+        cal_p, cal_y, cal_groups, cal_source = (
+            oof,
+            labels,
+            groups,
+            "leave-one-series-out out-of-fold",
+        )
+    else:
+        cal_p = predict_arrays(model, images[val_idx])
+        cal_y, cal_groups, cal_source = (
+            labels[val_idx],
+            groups[val_idx],
+            "epoch-choosing validation slices",
+        )
+    raw_ece = expected_calibration_error(cal_y, cal_p)
+    temperature = fit_temperature(cal_y, cal_p) if raw_ece > ECE_TOLERANCE else 1.0
+    cal_p = apply_temperature(cal_p, temperature)
+    print(f"{cal_source} ECE {raw_ece:.4f} -> temperature {temperature:.3f}")
+    operating_points = choose_operating_points(cal_y, cal_p)
+
+    gate = fit_ct_gate(model, np.concatenate([images, jittered]), neg_images[neg_train])
+    neg_logits = gate.logits(gate_inputs(model, neg_images))
+    ct_floor = (
+        float(np.nanmin(np.concatenate([oof_gate, oof_gate_reexported]))) if have_oof else None
+    )
+    np.savez(
+        report_dir / "out_of_fold.npz",
+        probability=oof,
+        gate_logit=oof_gate,
+        gate_logit_reexported=oof_gate_reexported,
+        label=labels,
+        group=groups,
+    )
+    gate = gate_with_threshold(gate, ct_floor, neg_logits[neg_train], negatives, neg_logits)
+
+    p_train = apply_temperature(predict_arrays(model, images), temperature)
+    threshold = operating_points["sensitive"]["threshold"]
+    metrics: dict[str, Any] = {"train (in-sample)": compute_metrics(labels, p_train, threshold)}
+    if have_oof:
+        metrics["out_of_fold (pooled)"] = compute_metrics(labels, cal_p, threshold)
+    _write_reports(report_dir, history, metrics, cal_y, cal_p)
+
+    card = build_card(config, img_size, records, operating_points, metrics, train_seconds, argv)
+    card["input"]["size"] = input_size
+    card["input"]["crop"] = (
+        {"method": "spine", "output_size": img_size, "layer": SPINE_CROP_LAYER}
+        if config.input_size
+        else None
+    )
+    card["temperature"] = temperature
+    card["calibration"] = {
+        "source": cal_source,
+        "raw_ece": raw_ece,
+        "calibrated_ece": expected_calibration_error(cal_y, cal_p),
+        "method": "temperature scaling" if temperature != 1.0 else "none needed",
+        "tolerance": ECE_TOLERANCE,
+    }
+    card["study"] = calibrate_study_threshold(cal_p, cal_y, cal_groups, seed=config.seed)
+    card["study"]["calibration"]["source"] = cal_source
+    card["gate"] = gate.details | {"threshold": gate.threshold, "file": GATE_FILE}
+    if have_oof:
+        card["leave_one_series_out"] = series_report(
+            labels, oof, oof_gate, groups, folds, config.seed
+        )
+        print(
+            json.dumps({k: v["summary"] for k, v in card["leave_one_series_out"].items()}, indent=1)
+        )
+    if config.test_data:
+        card["test"] = test_table(model, config, input_size, temperature, threshold, gate)
+    export_bundle(model, out, card, gate, tflite_float16=config.tflite_float16)
+    print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
+    print(f"bundle written to {out} (report in {report_dir}); {train_seconds:.0f} s of training")
+    return card
+
+
+def _builder_options(config: TrainConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {"input_size": config.input_size or None}
+    return options if config.arch == "custom" else options | {"weights": config.weights}
+
+
+def _write_reports(
+    report_dir: Path,
+    history: dict[str, list[float]],
+    metrics: dict[str, dict[str, Any]],
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+) -> None:
+    plot_history(history, report_dir / "training_curves.png")
+    shown = list(metrics)[-1]  # the out-of-fold scores when there are folds
+    plot_confusion_matrix(
+        metrics[shown]["confusion_matrix"],
+        report_dir / "confusion_matrix.png",
+        title=f"Confusion matrix: {shown}",
+    )
+    plot_roc(y_val, p_val, report_dir / "roc_curve.png")
+    plot_reliability(y_val, p_val, report_dir / "reliability.png")
+    keys = ["accuracy", "precision", "recall", "f1", "auc", "loss"]
+    (report_dir / "metrics_table.md").write_text(markdown_table(metrics, keys))
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def data_fingerprint(root: str | Path) -> dict[str, str]:
+    """sha256 of the data MANIFEST (in the folder or its parent), else of the file list."""
+    root = Path(root)
+    for candidate in (root / "MANIFEST.csv", root.parent / "MANIFEST.csv"):
+        if candidate.is_file():
+            return {
+                "manifest": candidate.name,
+                "sha256": hashlib.sha256(candidate.read_bytes()).hexdigest(),
+            }
+    listing = "\n".join(
+        f"{p.relative_to(root)}:{p.stat().st_size}" for p in sorted(root.rglob("*")) if p.is_file()
+    )
+    return {"manifest": "file list", "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def test_table(
+    model: keras.Model,
+    config: TrainConfig,
+    input_size: int,
+    temperature: float,
+    threshold: float,
+    gate: CTGate,
+) -> dict[str, Any]:
+    """The seeds' test table on a held-back split, scored once after every choice is made."""
+    assert config.test_data is not None
+    records = find_images(config.test_data)
+    images, labels = load_arrays(records, input_size)
+    probs = apply_temperature(predict_arrays(model, images), temperature)
+    accepted = gate.logits(gate_inputs(model, images)) >= gate.threshold
+    report = held_out_report(labels, probs, accepted, groups_of(records), threshold, config.seed)
+    return report | {"data": str(config.test_data), "seed_reported": SEED_TEST_NUMBERS}
+
+
+def build_card(
+    config: TrainConfig,
+    img_size: int,
+    records: list[ImageRecord],
+    operating_points: dict[str, dict[str, float]],
+    metrics: dict[str, dict[str, Any]],
+    train_seconds: float,
+    argv: list[str] | None,
+) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "name": f"{config.arch}-cervical-fracture",
+        "version": now.strftime("%Y.%m.%d"),
+        "architecture": config.arch,
+        "created": now.isoformat(timespec="seconds"),
+        "package_version": __version__,
+        "input": {
+            "size": img_size,
+            "channels": 3,
+            "serving_dtype": "uint8",
+            "window": {"level": EXPORT_WINDOW_LEVEL, "width": EXPORT_WINDOW_WIDTH},
+            "preprocessing": "decode -> grayscale (DICOM: HU through the card's window) -> "
+            "bilinear resize to input.size -> 3 channels; the spine crop, scaling and "
+            "calibration are inside the model",
+        },
+        "output": "P(fracture) from a sigmoid",
+        "temperature": 1.0,
+        "default_operating_point": "sensitive",
+        "operating_points": operating_points,
+        "gradcam_layer": gradcam_layer(config.arch),
+        "metrics": metrics,
+        "training": {
+            "argv": list(argv) if argv is not None else None,
+            **{k: v for k, v in asdict(config).items() if k not in ("out", "report_dir", "data")},
+            "seconds": round(train_seconds, 1),
+            "series": sorted({series_of(r.group) for r in records}),
+        },
+        "data": {
+            "description": "Axial cervical-spine CT slices, fracture vs normal "
+            "(Kaggle 'Spine Fracture Prediction from C.T. Dataset', train split).",
+            "files": len(records),
+            "distinct_slices": len({r.group for r in records}),
+            **data_fingerprint(config.data),
+        },
+        "caveats": DATA_CAVEATS,
+        "intended_use": INTENDED_USE,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default=defaults.arch)
+    parser.add_argument("--data", default=defaults.data, help="folder of labelled slices")
+    parser.add_argument("--out", default=None, help="bundle folder (default runs/<arch>)")
+    parser.add_argument("--report-dir", default=None, help="plots, history, checkpoint")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument(
+        "--optimizer", default=defaults.optimizer, choices=["sgd", "adam", "rmsprop"]
+    )
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument(
+        "--img-size", type=int, default=None, help="default: the arch's native size"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--split", default=defaults.split, choices=["grouped", "naive"])
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    parser.add_argument("--patience", type=int, default=defaults.patience)
+    parser.add_argument("--weights", default=defaults.weights, help="imagenet | none | PATH")
+    parser.add_argument(
+        "--fine-tune-layers",
+        type=int,
+        default=defaults.fine_tune_layers,
+        help="transfer models: backbone layers unfrozen in phase 2",
+    )
+    parser.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=defaults.fine_tune_epochs,
+        help="transfer models: phase-2 epochs (0 = head only)",
+    )
+    parser.add_argument(
+        "--cache-features",
+        action="store_true",
+        help="transfer models: train the head on embeddings computed once",
+    )
+    parser.add_argument(
+        "--strategy", default=defaults.strategy, choices=["auto", "mirrored", "multiworker"]
+    )
+    parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU")
+    parser.add_argument("--tflite-float16", action="store_true", help="float16 TFLite weights")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=defaults.input_size,
+        help="whole-slice input side, cropped around the spine in the graph (0 = no crop)",
+    )
+    parser.add_argument("--cv", default=defaults.cv, choices=["series", "none"])
+    parser.add_argument("--gate-negatives", type=int, default=defaults.gate_negatives)
+    parser.add_argument("--test-data", default=None, help="held-back split scored once at the end")
+    args = parser.parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if v is not None}
+    values.setdefault("out", f"runs/{args.arch}")
+    return TrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = parse_args(argv)
+    try:
+        train(config, argv)
+    except (WeightsUnavailableError, DatasetError) as exc:
+        # One clear message (what is missing and how to fix it), not a stack trace.
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

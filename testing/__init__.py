@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks (not part of the product): test DICOM writers."""

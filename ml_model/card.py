@@ -37,7 +37,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class OperatingPoint(_Open):
+class OperatingPointStats(_Open):
     threshold: float = Field(ge=0.0, le=1.0, description="P(fracture) at or above: fracture.")
     recall: float | None = Field(default=None, description="Out-of-fold recall here.")
     specificity: float | None = Field(default=None, description="Out-of-fold specificity here.")
@@ -66,7 +66,7 @@ class InputSpec(_Open):
 class StudySettings(_Open):
     aggregation: str = Field(description="How slice scores become a study score.")
     top_k: int = Field(ge=1, description="Slices averaged into the study score.")
-    operating_points: dict[OperatingPointName, OperatingPoint] = Field(
+    operating_points: dict[OperatingPointName, OperatingPointStats] = Field(
         default_factory=dict, description="Thresholds on the study score."
     )
 
@@ -88,7 +88,7 @@ class ModelCard(_Open):
     output: str | None = None
     temperature: float = Field(gt=0.0, description="Calibration: logits are divided by it.")
     default_operating_point: OperatingPointName = DEFAULT_OPERATING_POINT
-    operating_points: dict[OperatingPointName, OperatingPoint]
+    operating_points: dict[OperatingPointName, OperatingPointStats]
     gradcam_layer: str = Field(min_length=1)
     study: StudySettings
     gate: GateSettings

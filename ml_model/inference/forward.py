@@ -144,6 +144,11 @@ class KerasForward:
         import tensorflow as tf
 
         images = np.asarray(images, np.uint8)
+        expected = (self.img_size, self.img_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            # Checked here, not by TensorFlow: a tf.function called with a shape outside its
+            # signature raises while holding its lock, and every later call would hang.
+            raise ValueError(f"expected images of shape (N, {expected}), got {images.shape}")
         parts = []
         for start in range(0, len(images), MAX_FORWARD_BATCH):
             out = self._serve(tf.convert_to_tensor(images[start : start + MAX_FORWARD_BATCH]))

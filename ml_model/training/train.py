@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,10 +160,16 @@ def is_chief() -> bool:
     return task.get("type", "worker") in ("worker", "chief") and int(task.get("index", 0)) == 0
 
 
+def predict_batches(model: keras.Model, batches: Iterable[Any]) -> np.ndarray:
+    """Raw P(fracture) (before calibration) over image batches, without model.predict's
+    per-call overhead: the training-time forward (serving uses inference.forward)."""
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return np.concatenate([forward(tf.cast(x, tf.float32)).numpy().reshape(-1) for x in batches])
+
+
 def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """Probabilities over a batched dataset without model.predict's per-call overhead."""
-    forward = tf.function(lambda x: model(x, training=False))
-    return np.concatenate([forward(x).numpy().reshape(-1) for x, _ in dataset])
+    """:func:`predict_batches` over a batched (images, labels) dataset."""
+    return predict_batches(model, (x for x, _ in dataset))
 
 
 def _compile(model: keras.Model, optimizer: str, lr: float) -> None:
@@ -331,12 +338,8 @@ def reexport(images: np.ndarray, seed: int) -> np.ndarray:
 
 
 def predict_arrays(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """P(fracture) for uint8 images, in bounded batches."""
-    forward = tf.function(lambda x: model(x, training=False))
-    return np.concatenate(
-        [forward(tf.cast(images[i : i + batch], tf.float32)).numpy().reshape(-1)
-         for i in range(0, len(images), batch)]
-    )  # fmt: skip
+    """:func:`predict_batches` over uint8 images, in bounded batches."""
+    return predict_batches(model, (images[i : i + batch] for i in range(0, len(images), batch)))
 
 
 def fit_on(

@@ -391,9 +391,10 @@ def test_lifespan_closes_the_core_it_built(
     predictor: InferenceCore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     built: list[InferenceCore] = []
+    counting = CountingForward(predictor.forward)
 
     def build(settings: Settings) -> InferenceCore:
-        forward = BatchedForward(CountingForward(predictor.forward), settings.batch_max_size, 0.002)
+        forward = BatchedForward(counting, settings.batch_max_size, 0.002)
         core = InferenceCore(settings.model_dir, forward, gradcam=predictor.gradcam)
         built.append(core)
         return core
@@ -406,10 +407,10 @@ def test_lifespan_closes_the_core_it_built(
         assert isinstance(forward, BatchedForward)
         assert client.get("/ready").status_code == 200
         assert forward.batcher._thread.is_alive()
-        assert forward.inner.sizes  # warm-up ran through the batched forward
+        assert counting.sizes  # warm-up ran through the batched forward
     assert not forward.batcher._thread.is_alive()
     assert forward.batcher.closed
-    assert forward.inner.closed
+    assert counting.closed  # ...and the forward it wraps
     assert app.state.inference is None
 
 

@@ -274,7 +274,7 @@ def test_tfserving_matches_local(
     samples: list[tuple[str, bytes]],
     images: Any,
 ) -> None:
-    core = remote.app.state.inference
+    core: InferenceCore = remote.app.state.inference  # type: ignore[attr-defined]
     assert isinstance(core.forward, BatchedForward)
     assert isinstance(core.forward.inner, TFServingForward)
     assert remote.get("/ready").status_code == 200

@@ -215,7 +215,7 @@ export interface components {
              */
             threshold: number;
             /** @description Operating point the threshold is from. */
-            operating_point: components["schemas"]["backend__app__schemas__OperatingPoint"];
+            operating_point: components["schemas"]["OperatingPoint"];
             /**
              * In Distribution
              * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
@@ -435,7 +435,7 @@ export interface components {
             default_operating_point: "sensitive" | "specific";
             /** Operating Points */
             operating_points: {
-                [key: string]: components["schemas"]["ml_model__card__OperatingPoint"];
+                [key: string]: components["schemas"]["OperatingPointStats"];
             };
             /** Gradcam Layer */
             gradcam_layer: string;
@@ -495,7 +495,27 @@ export interface components {
          * @description `sensitive` misses fewer fractures (more false alarms); `specific` the reverse.
          * @enum {string}
          */
-        "OperatingPoint-Input": "sensitive" | "specific";
+        OperatingPoint: "sensitive" | "specific";
+        /** OperatingPointStats */
+        OperatingPointStats: {
+            /**
+             * Threshold
+             * @description P(fracture) at or above: fracture.
+             */
+            threshold: number;
+            /**
+             * Recall
+             * @description Out-of-fold recall here.
+             */
+            recall?: number | null;
+            /**
+             * Specificity
+             * @description Out-of-fold specificity here.
+             */
+            specificity?: number | null;
+        } & {
+            [key: string]: unknown;
+        };
         /**
          * PredictionResponse
          * @example {
@@ -557,7 +577,7 @@ export interface components {
              */
             threshold: number;
             /** @description Operating point the threshold is from. */
-            operating_point: components["schemas"]["backend__app__schemas__OperatingPoint"];
+            operating_point: components["schemas"]["OperatingPoint"];
             /**
              * In Distribution
              * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
@@ -676,7 +696,7 @@ export interface components {
              * @description Study threshold of the operating point (model card).
              */
             threshold: number;
-            operating_point: components["schemas"]["backend__app__schemas__OperatingPoint"];
+            operating_point: components["schemas"]["OperatingPoint"];
             /**
              * Aggregation
              * @description How slice scores become the study score, e.g. top2_mean.
@@ -726,7 +746,7 @@ export interface components {
              * @description Thresholds on the study score.
              */
             operating_points?: {
-                [key: string]: components["schemas"]["ml_model__card__OperatingPoint"];
+                [key: string]: components["schemas"]["OperatingPointStats"];
             };
         } & {
             [key: string]: unknown;
@@ -801,32 +821,6 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
-        /**
-         * OperatingPoint
-         * @description `sensitive` misses fewer fractures (more false alarms); `specific` the reverse.
-         * @enum {string}
-         */
-        backend__app__schemas__OperatingPoint: "sensitive" | "specific";
-        /** OperatingPoint */
-        ml_model__card__OperatingPoint: {
-            /**
-             * Threshold
-             * @description P(fracture) at or above: fracture.
-             */
-            threshold: number;
-            /**
-             * Recall
-             * @description Out-of-fold recall here.
-             */
-            recall?: number | null;
-            /**
-             * Specificity
-             * @description Out-of-fold specificity here.
-             */
-            specificity?: number | null;
-        } & {
-            [key: string]: unknown;
-        };
     };
     responses: never;
     parameters: never;
@@ -861,7 +855,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `sensitive` (default) or `specific`: which model-card threshold. */
-                operating_point?: components["schemas"]["OperatingPoint-Input"];
+                operating_point?: components["schemas"]["OperatingPoint"];
                 /** @description Add `heatmap_png_base64`, a Grad-CAM overlay of the input. */
                 explain?: boolean;
             };
@@ -955,7 +949,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `sensitive` (default) or `specific`: which model-card threshold. */
-                operating_point?: components["schemas"]["OperatingPoint-Input"];
+                operating_point?: components["schemas"]["OperatingPoint"];
             };
             header?: never;
             path?: never;
@@ -1019,7 +1013,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `sensitive` (default) or `specific`: which model-card threshold. */
-                operating_point?: components["schemas"]["OperatingPoint-Input"];
+                operating_point?: components["schemas"]["OperatingPoint"];
                 /** @description Add a Grad-CAM `heatmap_png_base64` to each of the `top_slices`. */
                 explain?: boolean;
             };
@@ -1177,7 +1171,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description `sensitive` (default) or `specific`: which study threshold. */
-                operating_point?: components["schemas"]["OperatingPoint-Input"];
+                operating_point?: components["schemas"]["OperatingPoint"];
             };
             header?: never;
             path?: never;

@@ -3,7 +3,7 @@
  * `npm run gen:api` from the backend). Only two deliberate widenings:
  *  - `result` accepts any string: a later model version may add a label, which the UI
  *    renders neutrally rather than failing ("Not a CT slice" is already in the schema);
- *  - the model card keeps its open-ended extra keys (intended use, caveats, ...).
+ *  - the model card keeps the report sections its schema leaves open (metrics, per-series...).
  */
 import type { components, operations } from "./schema";
 
@@ -46,19 +46,13 @@ export type BatchResponse = Omit<
 
 export type ErrorBody = Schemas["ErrorResponse"];
 
-type GeneratedCard = operations["model_card_model_get"]["responses"][200]["content"]["application/json"];
 /**
- * GET /model: the bundle's model_card.json, unknown keys included. The UI reads it defensively:
- * beyond name and version every section may be missing (older bundles, other models).
+ * GET /model: the bundle's model card, typed by the backend's `ml_model.card.ModelCard` (the
+ * server validates it at start-up, so the typed sections are always there); report sections
+ * the card does not type (metrics, leave_one_series_out, test...) arrive as open objects.
  */
-export type ModelCard = Partial<GeneratedCard> & Pick<GeneratedCard, "name" | "version"> & {
-  architecture?: string;
-  intended_use?: unknown;
-  caveats?: unknown;
-  limitations?: unknown;
+export type ModelCard = operations["model_card_model_get"]["responses"][200]["content"]["application/json"] & {
   known_limitations?: unknown;
-  data?: unknown;
-  default_operating_point?: string;
 };
 
 export type StudyQuery = NonNullable<operations["predict_study_route_predict_study_post"]["parameters"]["query"]>;

@@ -6,6 +6,11 @@ export const CARD: ModelCard = {
   version: "1.2.0",
   architecture: "custom CNN, 224×224 input",
   intended_use: "Triage of axial cervical-spine CT slices for radiologist review.",
+  input: { size: 384, channels: 3, serving_dtype: "uint8", window: { level: -70, width: 380 } },
+  temperature: 1.5,
+  gradcam_layer: "gradcam_conv",
+  study: { aggregation: "top2_mean", top_k: 2, operating_points: {} },
+  gate: { threshold: -1.2, file: "gate.npz" },
   operating_points: {
     sensitive: { threshold: 0.3, sensitivity: 0.95, specificity: 0.71 },
     specific: { threshold: 0.7, sensitivity: 0.82, specificity: 0.93 },

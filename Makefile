@@ -43,11 +43,16 @@ test-python: venv frontend-build  # the SPA tests (headers, mount) need the buil
 
 test: lint test-python test-frontend
 
+# Header and body read deadlines (HEADER_TIMEOUT_S, BODY_TIMEOUT_S: backend/app/core/http.py),
+# idle keep-alive, and at most 20 s of graceful shutdown (the backend image's CMD: the same).
+UVICORN_FLAGS := --http backend.app.core.http:BoundedHttpProtocol --timeout-keep-alive 5 \
+	--timeout-graceful-shutdown 20
+
 run: venv frontend-build
-	MODEL_DIR=$(MODEL_DIR) $(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT)
+	MODEL_DIR=$(MODEL_DIR) $(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT) $(UVICORN_FLAGS)
 
 serve: venv
-	MODEL_DIR=$(MODEL_DIR) $(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT)
+	MODEL_DIR=$(MODEL_DIR) $(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT) $(UVICORN_FLAGS)
 
 # ---- web app (frontend/): node_modules from package-lock.json, dist rebuilt only when sources change
 FRONTEND_SRC := $(shell find frontend/src frontend/public -type f 2>/dev/null) \

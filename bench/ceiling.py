@@ -1,40 +1,161 @@
-"""Compute ceiling: the model's own batched forward throughput in-process (batch 32)."""
+"""Compute ceiling: a runtime's own forward throughput in-process, no HTTP.
+
+Each runtime runs in a fresh interpreter (``python -m bench.ceiling --runtime NAME``), so
+ONNX Runtime is measured without TensorFlow loaded beside it, and rounds alternate between
+runtimes so background load hits them alike:
+
+* ``onnx``: ``OnnxForward`` exactly as the server builds it (the serving default);
+* ``onnx-split``: an experiment, not the product: a one-thread session run on equal parts of
+  each batch from one thread per CPU (the spine crop and the CT gate's features are many
+  small ops that a pool of threads synchronises on; split runs never wait for each other);
+* ``tensorflow``: ``KerasForward`` (``INFERENCE_BACKEND=local``, the reference).
+
+    python -m bench.ceiling [--rounds 3]
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
+from bench.common import REPO_ROOT, sample_images
 from ml_model.config import DEFAULT_MODEL_DIR
-from ml_model.inference.core import Predictor
 
-BATCH = 32
+BATCH = 16  # the micro-batcher's largest batch
+RUNTIMES = ("onnx", "onnx-split", "tensorflow")
 
 
-def run(batches: int = 20) -> dict[str, Any]:
-    predictor = Predictor(DEFAULT_MODEL_DIR)
-    size = predictor.img_size
-    images = np.random.default_rng(0).integers(0, 255, (BATCH, size, size, 3), dtype=np.uint8)
-    predictor.run(images)  # trace once
+def _forward(runtime: str) -> Any:
+    from ml_model.card import load_card
+
+    if runtime == "onnx":
+        from ml_model.inference.forward_onnx import OnnxForward
+
+        return OnnxForward.from_bundle(DEFAULT_MODEL_DIR)
+    if runtime == "onnx-split":
+        return _SplitForward()
+    from ml_model.inference.forward import KerasForward
+
+    return KerasForward.from_bundle(DEFAULT_MODEL_DIR, load_card(DEFAULT_MODEL_DIR).temperature)
+
+
+class _SplitForward:
+    """``onnx-split`` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ml_model.inference.forward_onnx import OnnxForward, available_cpus
+
+        self.parts = available_cpus()
+        self.inner = OnnxForward.from_bundle(DEFAULT_MODEL_DIR, threads=1)
+        self.img_size = self.inner.img_size
+        self.pool = ThreadPoolExecutor(self.parts)
+
+    def __call__(self, images: np.ndarray) -> Any:
+        from ml_model.inference.forward import ForwardOutput
+
+        parts = [p for p in np.array_split(images, self.parts) if len(p)]
+        return ForwardOutput.concat(list(self.pool.map(self.inner, parts)))
+
+
+def measure(runtime: str, seconds: float = 6.0) -> dict[str, Any]:
+    """Images/s at batch ``BATCH`` and the single-image latency, in this process."""
     started = time.perf_counter()
-    for _ in range(batches):
-        predictor.run(images)
-    elapsed = time.perf_counter() - started
+    forward = _forward(runtime)
+    load_s = time.perf_counter() - started
+    images = sample_images(BATCH, forward.img_size)
+    forward(images)  # trace / allocate once
+    forward(images[:1])
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        forward(images)
+        done += BATCH
+    batched = (time.perf_counter() - started) / done
     single = []
-    for image in images[:16]:
+    for image in images:
         t = time.perf_counter()
-        predictor.run(image)
+        forward(image[np.newaxis])
         single.append(time.perf_counter() - t)
+    by_batch = {}  # ms per image at smaller batches: where the per-image cost is lowest
+    for size in (4, 8):
+        forward(images[:size])
+        t = time.perf_counter()
+        for start in range(0, 2 * BATCH, size):
+            forward(images[start % BATCH : start % BATCH + size])
+        by_batch[f"ms_per_image_b{size}"] = (time.perf_counter() - t) / (2 * BATCH) * 1000
     return {
-        "model": f"{predictor.name} {predictor.version}",
+        "runtime": runtime,
         "batch": BATCH,
-        "images_per_s": batches * BATCH / elapsed,
-        "ms_per_image_batched": elapsed / (batches * BATCH) * 1000,
+        "images_per_s": 1.0 / batched,
+        "ms_per_image_batched": batched * 1000,
         "ms_single_image": float(np.median(single) * 1000),
+        **by_batch,
+        "load_s": load_s,
     }
 
 
+def run(rounds: int = 3, runtimes: tuple[str, ...] = RUNTIMES) -> dict[str, Any]:
+    """Median over ``rounds`` alternating fresh processes per runtime."""
+    raw: dict[str, list[dict[str, Any]]] = {name: [] for name in runtimes}
+    for _ in range(rounds):
+        for name in runtimes:
+            result = subprocess.run(
+                [sys.executable, "-m", "bench.ceiling", "--runtime", name, "--json"],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )
+            raw[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    summary = {
+        name: {
+            key: statistics.median(row[key] for row in rows)
+            for key in (
+                "images_per_s",
+                "ms_per_image_batched",
+                "ms_single_image",
+                "ms_per_image_b4",
+                "ms_per_image_b8",
+                "load_s",
+            )
+        }
+        | {"runtime": name, "batch": BATCH}
+        for name, rows in raw.items()
+    }
+    return {"model": _model_name(), "batch": BATCH, "runtimes": summary, "raw": raw}
+
+
+def _model_name() -> str:
+    from ml_model.card import load_card
+
+    card = load_card(DEFAULT_MODEL_DIR)
+    return f"{card.name} {card.version}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime", choices=RUNTIMES, help="measure one runtime, here")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.runtime:
+        result = measure(args.runtime)
+        print(json.dumps(result) if args.json else result)
+        return
+    report = run(args.rounds)
+    for row in report["runtimes"].values():
+        print(row)
+
+
 if __name__ == "__main__":
-    print(run())
+    main()

@@ -8,8 +8,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -37,10 +39,75 @@ def sample_pngs(count: int) -> tuple[list[bytes], str]:
     return [files[i % len(files)] for i in range(count)], "synthetic 224x224 PNGs"
 
 
+def sample_images(count: int, size: int) -> np.ndarray:
+    """``count`` model inputs (uint8 (count, size, size, 3)) decoded from :func:`sample_pngs`."""
+    from ml_model.imaging.transforms import decode_image, gray_to_model_input
+
+    files, _ = sample_pngs(count)
+    return np.stack([gray_to_model_input(decode_image(data), size) for data in files])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A started server: its process and how long it took from exec to ``ready_url``."""
+
+    process: subprocess.Popen[bytes]
+    cold_start_s: float
+
+
+@contextlib.contextmanager
+def server_process(
+    command: Sequence[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> Iterator[Server]:
+    """Start a server process, wait until ``ready_url`` answers 200 (polled every 50 ms: the
+    cold start is timed to that resolution), stop it and its children afterwards."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        list(command),
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"server exited with {process.returncode}: {command}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(ready_url).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{ready_url} not ready after {timeout:.0f} s")
+                time.sleep(0.05)
+        yield Server(process, time.perf_counter() - started)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    for child in children:  # LitServe's workers
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 @contextlib.contextmanager
@@ -48,35 +115,12 @@ def running_server(
     command: Sequence[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 180
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server process, wait until ``ready_url`` answers 200, stop it afterwards."""
-    process = subprocess.Popen(
-        list(command),
-        cwd=REPO_ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}: {command}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{ready_url} not ready after {timeout:.0f} s")
-            time.sleep(0.5)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with server_process(command, ready_url, env, timeout) as server:
+        yield server.process
 
 
 def api_server_command(port: int) -> list[str]:
-    """Exactly what `make serve` runs."""
+    """Exactly what `make serve` runs (its UVICORN_FLAGS too), with quieter logs."""
     return [
         sys.executable,
         "-m",
@@ -86,15 +130,57 @@ def api_server_command(port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        *make_serve_flags(),
         "--log-level",
         "warning",
     ]
 
 
+def make_serve_flags() -> list[str]:
+    """The Makefile's ``UVICORN_FLAGS`` (none if it has none)."""
+    import re
+    import shlex
+
+    text = (REPO_ROOT / "Makefile").read_text().replace("\\\n", " ")
+    match = re.search(r"^UVICORN_FLAGS\s*:?=\s*(.*)$", text, re.M)
+    return shlex.split(match.group(1)) if match else []
+
+
 def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (LitServe runs workers), MiB."""
     import psutil
 
-    return psutil.Process(pid).memory_info().rss / 2**20
+    process = psutil.Process(pid)
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += member.memory_info().rss
+    return total / 2**20
+
+
+@dataclass
+class PeakRss:
+    """Samples :func:`rss_mb` every ``interval`` s in a thread while in the ``with`` block."""
+
+    pid: int
+    interval: float = 0.1
+    peak_mb: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
+            self._stop.wait(self.interval)
 
 
 def table(rows: list[dict[str, object]], columns: list[str]) -> str:

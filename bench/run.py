@@ -1,6 +1,9 @@
 """`make bench`: every benchmark in one run on this machine; prints tables, writes JSON.
 
-python -m bench.run [--quick]
+python -m bench.run [--quick] [--rounds N]
+
+Numbers depend on what else the machine is doing: the load average at the start and the
+end is printed with them (re-run on a quiet machine for the figures that go in a note).
 """
 
 from __future__ import annotations
@@ -13,56 +16,71 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import ceiling, pipeline, scaling, serving
+from bench import ceiling, parity, pipeline, request_path, scaling, serving
 from bench.common import RESULTS_DIR, table
+
+
+def _ceiling_for(server: str, ceilings: dict[str, Any]) -> float:
+    runtime = "tensorflow" if ("TensorFlow" in server or server == "seed") else "onnx"
+    return float(ceilings[runtime]["images_per_s"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    parser.add_argument("--rounds", type=int, help="serving rounds (medians); default 1")
     args = parser.parse_args()
-    requests, seed_requests = (80, 40) if args.quick else (400, 120)
+    requests = 80 if args.quick else 400
+    rounds = args.rounds or 1
     started = time.perf_counter()
     report: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+        "loadavg_start": os.getloadavg(),
     }
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
-
-    report["ceiling"] = ceiling.run()
-    c = report["ceiling"]
-    print(f"\n== Compute ceiling ({c['model']}, batch {c['batch']}, in-process)")
     print(
-        f"{c['images_per_s']:.1f} images/s  ({c['ms_per_image_batched']:.2f} ms/image batched, "
-        f"{c['ms_single_image']:.2f} ms single image)"
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
+        f"load average {report['loadavg_start'][0]:.1f}"
     )
 
-    report["serving"] = serving.run(requests, seed_requests)
+    report["ceiling"] = ceiling.run(rounds=1 if args.quick else 3)
+    c = report["ceiling"]
+    print(f"\n== Compute ceiling ({c['model']}, in-process, batch {c['batch']}, medians)")
+    print(
+        table(
+            list(c["runtimes"].values()),
+            [
+                "runtime",
+                "images_per_s",
+                "ms_per_image_batched",
+                "ms_per_image_b8",
+                "ms_per_image_b4",
+                "ms_single_image",
+                "load_s",
+            ],
+        )
+    )
+
+    report["serving"] = serving.run(requests, rounds)
     s = report["serving"]
-    columns = [
-        "concurrency",
-        "requests",
-        "errors",
-        "throughput_rps",
-        "p50_ms",
-        "p95_ms",
-        "p99_ms",
-        "rss_mb",
-    ]
-    print(f"\n== Serving: this API ({s['images']})")
-    print(table(s["project"], columns))
-    print("\n== Serving: seed-style server (Flask + model.predict per request)")
-    print(table(s["seed"], columns))
-    print("\n== Ratio (API / seed) and fraction of the compute ceiling")
-    rows = [
-        {
-            "concurrency": row["concurrency"],
-            "x_seed": s["throughput_ratio"][row["concurrency"]],
-            "pct_of_ceiling": 100 * row["throughput_rps"] / c["images_per_s"],
-        }
-        for row in s["project"]
-    ]
-    print(table(rows, ["concurrency", "x_seed", "pct_of_ceiling"]))
+    rows = serving.summary_rows(s)
+    for row in rows:
+        if row["c16_rps"]:
+            row["c16_pct_of_ceiling"] = (
+                100 * row["c16_rps"] / _ceiling_for(row["server"], c["runtimes"])
+            )
+    print(f"\n== Serving ({s['images']}; % of ceiling: of the server's runtime)")
+    print(table(rows, serving.SUMMARY_COLUMNS))
+    print()
+    print(table(serving.level_rows(s), serving.LEVEL_COLUMNS))
+
+    report["request_path"] = request_path.run(requests)
+    print("\n== Where a request's time goes (API, concurrency 16)")
+    request_path.print_report(report["request_path"])
+
+    report["parity"] = parity.run(limit=50 if args.quick else None)
+    print("\n== Parity: ONNX Runtime against TensorFlow (verdicts must be identical)")
+    print(table(report["parity"]["rows"], parity.COLUMNS))
 
     report["pipeline"] = pipeline.run()
     p = report["pipeline"]
@@ -89,10 +107,14 @@ def main() -> None:
     print("\n== Scaling (cost per image should stay flat)")
     print(table(report["scaling"]["rows"], ["path", "images", "seconds", "ms_per_image"]))
 
+    report["loadavg_end"] = os.getloadavg()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / "latest.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten to {out} in {time.perf_counter() - started:.0f} s")
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(
+        f"\nwritten to {out} in {time.perf_counter() - started:.0f} s; load average at the "
+        f"end {report['loadavg_end'][0]:.1f} (start {report['loadavg_start'][0]:.1f})"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 #   docker build --network host -f docker/backend.Dockerfile -t cspine-triage/backend .
 #
 # Stages: `frontend` (node: npm ci && npm run build -> frontend/dist), `builder` (a venv
-# from requirements.txt only: no test/lint tooling), `runtime` (python slim, non-root).
+# from requirements.txt only, without TensorFlow: the API serves with ONNX Runtime, Grad-CAM
+# included; no test/lint tooling), `runtime` (python slim, non-root).
 #
 # Base images are build arguments. The defaults are the public images; where Docker Hub
 # cannot be reached, `make docker-base` builds local stand-ins from Debian packages and PyPI
@@ -29,9 +30,13 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
-# Runtime pins only; requirements-dev.txt never enters the image.
+# Runtime pins only; requirements-dev.txt never enters the image. TensorFlow and Keras (for
+# training and INFERENCE_BACKEND=local) are dropped from the copy: INFERENCE_BACKEND=onnx
+# (the default) and tfserving never import them, and the venv is ~1.3 GB smaller.
 COPY requirements.txt /tmp/requirements.txt
-RUN /opt/venv/bin/pip install --upgrade pip \
+RUN sed -i -E '/^(tensorflow-cpu|keras)==/d' /tmp/requirements.txt \
+    && ! grep -qiE '^(tensorflow|keras)' /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 
 # --- runtime -----------------------------------------------------------------------------
@@ -53,7 +58,7 @@ RUN groupadd --gid 10001 app \
 
 WORKDIR /app
 # Code and assets stay owned by root: the server process can read but not change them.
-# Small layers first, the ~1.5 GB venv last (every later layer would copy it again on
+# Small layers first, the venv (the largest layer) last (every later layer would copy it again on
 # copy-based storage drivers such as vfs).
 COPY ml_model/ /app/ml_model/
 COPY backend/ /app/backend/
@@ -76,4 +81,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status == 200 else 1)"]
 
-CMD ["uvicorn", "backend.app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# The Makefile's `serve` flags: header/body read deadlines (backend/app/core/http.py) and a
+# bound on graceful shutdown (compose's stop_grace_period is longer).
+CMD ["uvicorn", "backend.app.main:app", "--host", "0.0.0.0", "--port", "8000", "--http", "backend.app.core.http:BoundedHttpProtocol", "--timeout-keep-alive", "5", "--timeout-graceful-shutdown", "20"]

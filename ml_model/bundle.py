@@ -1,7 +1,8 @@
 """What a model bundle folder holds, by name (written by training, read by inference).
 
 A bundle: ``model.keras`` (Keras), ``saved_model/`` (TF Serving), ``model.tflite``,
-``gate.npz`` (the CT gate) and ``model_card.json`` (``ml_model.card.ModelCard``).
+``model.onnx`` and ``gradcam.onnx`` (ONNX Runtime, the serving default), ``gate.npz`` (the
+CT gate) and ``model_card.json`` (``ml_model.card.ModelCard``).
 """
 
 KERAS_FILE = "model.keras"
@@ -16,3 +17,13 @@ SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "image"
 SERVING_OUTPUT = "probability"
 SERVING_GATE_OUTPUT = "ct_logit"
+
+# ONNX Runtime (the serving default): ``model.onnx`` has the serving signature's input and
+# outputs; ``gradcam.onnx`` (one image at a time) maps Grad-CAM and the spine crop's box. Its
+# weights are byte ranges of model.onnx (ONNX external data), so the two ship once.
+ONNX_FILE = "model.onnx"
+GRADCAM_ONNX_FILE = "gradcam.onnx"
+GRADCAM_OUTPUT = "gradcam"
+GRADCAM_BOX_OUTPUT = "crop_box"
+# gradcam.onnx's metadata: "<file> sha256:<hex>" of the file whose bytes it borrows.
+SHARED_WEIGHTS_KEY = "shares_weights_of"

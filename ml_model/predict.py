@@ -114,6 +114,8 @@ def run_study(core: InferenceCore, folder: Path, operating_point: str, csv_path:
             print(f"{row['position']:>9.2f}  {row['probability']:.4f}  {row['file']}{flag}")
     for name, message in study.errors:
         print(f"skipped {name}: {message}", file=sys.stderr)
+    for warning in study.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     top = ", ".join(study.names[i] for i in study.top_indices)
     print(
         f"study: {study.result} (score {study.probability:.4f}, threshold {study.threshold:.4f}, "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# In-process apps (TestClient) wait for the model in their lifespan, so a client is ready on
+# entry; the product loads it behind an open port (tests/backend/test_server_bounds.py).
+os.environ.setdefault("LOAD_MODEL_IN_BACKGROUND", "false")
 
 from collections.abc import Callable
 from pathlib import Path

@@ -1,15 +1,23 @@
-"""The FastAPI app: ``uvicorn backend.app.main:app``.
+"""The FastAPI app: ``uvicorn backend.app.main:app`` (with the flags of the Makefile's
+``serve``: header and body timeouts, a graceful-shutdown bound).
 
-``create_app`` builds an app from :class:`Settings`; the lifespan loads the model
-once (in a worker thread), runs one warm-up inference, then marks the app ready.
+``create_app`` builds an app from :class:`Settings`. The lifespan checks the bundle's card
+and gate (an invalid bundle stops the server before its port opens), then loads the model
+in the background (a worker thread) while the port is already open: ``/health`` answers
+200 and ``/ready`` 503 with the stage until one warm-up inference has run. A model that
+fails to load stops the process. ``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,14 +28,26 @@ from backend.app.api.errors import register_error_handlers
 from backend.app.api.main import api_router
 from backend.app.api.routes import docs
 from backend.app.api.routes.report import REPORT_PATH
+from backend.app.core.admission import MemoryBudget, StudySlots
+from backend.app.core.auth import BearerAuthMiddleware
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME, configure_logging
 from backend.app.core.memory import limit_malloc_arenas
 from backend.app.core.metrics import instrument
-from backend.app.core.middleware import AccessLogMiddleware, BodyLimit, BodySizeLimitMiddleware
+from backend.app.core.middleware import (
+    AccessLogMiddleware,
+    AdmissionMiddleware,
+    BodyLimit,
+    BodySizeLimitMiddleware,
+    MethodGuardMiddleware,
+)
 from backend.app.core.security import SecurityHeadersMiddleware
+from backend.app.services.admission import decode_guard
 from backend.app.services.inference import configure, create_core, warm_up
+from ml_model.card import load_card
+from ml_model.imaging.errors import short_message
 from ml_model.inference.core import InferenceCore
+from ml_model.inference.gate import CTGate
 
 BATCH_PATH = "/predict/batch"
 STUDY_PATH = "/predict/study"
@@ -50,16 +70,36 @@ def _keep_uploads_in_memory(settings: Settings) -> None:
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, needed)
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    started = anyio.current_time()
-    core: InferenceCore | None = app.state.inference
-    owned = core is None  # built here, so closed here (a core passed in is shared)
-    if core is None:
+def check_bundle(settings: Settings) -> None:
+    """The bundle's model card and CT gate (milliseconds): raises ``CardError`` /
+    ``GateFileError`` naming the file and the field, before the port opens."""
+    load_card(settings.model_dir)
+    CTGate.load(settings.model_dir)
+
+
+@dataclass
+class Loading:
+    """Where start-up stands, for ``/ready``'s 503 reason."""
+
+    started: float
+    stage: str = "loading the model bundle"
+    error: str | None = None
+
+    def reason(self) -> str:
+        if self.error is not None:
+            return f"the model could not be loaded: {self.error}"
+        return f"{self.stage} ({time.monotonic() - self.started:.0f} s so far)"
+
+
+async def _load(app: FastAPI, settings: Settings, shared: InferenceCore | None) -> InferenceCore:
+    """Build (or configure a shared) core, warm it up, mark the app ready."""
+    loading: Loading = app.state.loading
+    if shared is None:
         core = await anyio.to_thread.run_sync(create_core, settings)
     else:
-        core = configure(core, settings)  # a shared core, with this app's settings
+        core = configure(shared, settings)  # a shared core, with this app's settings
+    core = core.with_decode_guard(decode_guard)  # every decode within the memory budget
+    loading.stage = "warming up the model"
     await anyio.to_thread.run_sync(warm_up, core, settings)
     app.state.inference = core
     app.state.ready = True
@@ -70,22 +110,56 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "model_name": core.name,
             "model_version": core.version,
             "inference_backend": settings.inference_backend,
-            "startup_s": round(anyio.current_time() - started, 2),
+            "startup_s": round(time.monotonic() - loading.started, 2),
         },
     )
+    return core
+
+
+async def _load_in_background(app: FastAPI, settings: Settings) -> None:
+    """The port is already open (``/health`` 200, ``/ready`` 503 with the stage). A bundle
+    that cannot be loaded stops the process: logged (naming the file), then SIGTERM to
+    ourselves, so the server shuts down and the process ends non-zero."""
+    try:
+        await _load(app, settings, None)
+    except Exception as exc:
+        app.state.loading.error = short_message(exc, 1000)
+        logger.critical(
+            "the model could not be loaded; stopping",
+            extra={"error": str(exc), "model_dir": str(settings.model_dir)},
+        )
+        signal.raise_signal(signal.SIGTERM)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    shared: InferenceCore | None = app.state.inference
+    owned = shared is None  # built here, so closed here (a core passed in is shared)
+    app.state.loading = Loading(time.monotonic())
+    if owned:
+        # An invalid card or gate stops the server at once, before its port opens.
+        await anyio.to_thread.run_sync(check_bundle, settings)
     # Lifespans can nest (a test harness entering an app that is already running): only
     # the last one out marks the app not ready.
     app.state.lifespans = getattr(app.state, "lifespans", 0) + 1
-    try:
-        yield
-    finally:
-        app.state.lifespans -= 1
-        if app.state.lifespans == 0:
-            app.state.ready = False
-            app.state.metrics.model_ready.set(0)
-        if owned:
-            app.state.inference = None  # a restarted lifespan builds a fresh one
-            await anyio.to_thread.run_sync(core.close)  # drains the micro-batcher
+    async with anyio.create_task_group() as tasks:
+        if owned and settings.load_model_in_background:
+            tasks.start_soon(_load_in_background, app, settings)
+        else:
+            await _load(app, settings, shared)
+        try:
+            yield
+        finally:
+            app.state.lifespans -= 1
+            if app.state.lifespans == 0:
+                app.state.ready = False
+                app.state.metrics.model_ready.set(0)
+    # (the task group waits for a load still running: a model thread cannot be cancelled)
+    core: InferenceCore | None = app.state.inference
+    if owned and core is not None:
+        app.state.inference = None  # a restarted lifespan builds a fresh one
+        await anyio.to_thread.run_sync(core.close)  # drains the micro-batcher
 
 
 def create_app(settings: Settings | None = None, inference: InferenceCore | None = None) -> FastAPI:
@@ -110,6 +184,9 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
     app.state.settings = settings
     app.state.inference = inference
     app.state.ready = False
+    app.state.loading = Loading(time.monotonic())
+    app.state.budget = MemoryBudget(settings.memory_budget_bytes)
+    app.state.study_slots = StudySlots(settings.max_concurrent_studies)
 
     batch_limit = BodyLimit(
         settings.max_batch_bytes,
@@ -130,11 +207,23 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
             return study_limit
         return batch_limit if path == BATCH_PATH else single_limit
 
-    # Added innermost first: security headers -> CORS -> access log -> metrics -> body limit
-    # -> routes.
+    # Added innermost first: security headers -> CORS -> method guard -> access log ->
+    # metrics -> bearer auth (+ audit) -> body limit -> admission control -> routes.
+    app.add_middleware(
+        AdmissionMiddleware,
+        budget=app.state.budget,
+        slots=app.state.study_slots,
+        request_limit=settings.max_request_memory_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        is_study=lambda path: path in (STUDY_PATH, REPORT_PATH),
+        on_refused=lambda reason: app.state.metrics.record_refusal(reason),
+    )
     app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
+    app.add_middleware(BearerAuthMiddleware, digests=settings.auth_token_hashes)
     app.state.metrics = instrument(app)
+    app.state.metrics.watch_admission(app.state.budget, app.state.study_slots)
     app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(MethodGuardMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

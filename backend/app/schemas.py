@@ -56,12 +56,52 @@ class PredictionBase(BaseModel):
     model: ModelInfo
 
 
+class PreviewWindow(StrEnum):
+    """The window of a DICOM preview: `model` (the model card's, what the model sees),
+    `bone` (level 400 / width 1800 HU) or `soft_tissue` (40 / 400 HU)."""
+
+    model = "model"
+    bone = "bone"
+    soft_tissue = "soft_tissue"
+
+
+class DicomInfo(BaseModel):
+    """Acquisition facts of an uploaded DICOM slice. Never a patient identifier, a UID, a
+    date or an institution."""
+
+    modality: str | None = Field(
+        None, description="Modality (stated, or inferred from the SOP class / rescale), e.g. CT."
+    )
+    series_description: str | None = Field(None, description="SeriesDescription, as written.")
+    slice_location_mm: float | None = Field(
+        None, description="SliceLocation, else the position along the slice normal (mm)."
+    )
+    pixel_spacing_mm: list[float] | None = Field(
+        None, description="PixelSpacing: [row spacing, column spacing] in mm."
+    )
+    slice_thickness_mm: float | None = Field(None, description="SliceThickness (mm).")
+    rows: int | None = Field(None, description="Rows (pixels).")
+    columns: int | None = Field(None, description="Columns (pixels).")
+    transfer_syntax: str | None = Field(
+        None, description="The transfer syntax's name, e.g. `JPEG 2000 Image Compression`."
+    )
+
+
 class PredictionResponse(PredictionBase):
     latency_ms: float = Field(description="Server time for decoding, inference and heatmap.")
     heatmap_png_base64: str | None = Field(
         None,
         description="Only with `explain=true`: Grad-CAM overlay on the input, a base64 PNG "
         "of the input image's size.",
+    )
+    preview_png_base64: str | None = Field(
+        None,
+        description="DICOM uploads only: the decoded slice through the `preview_window` "
+        "(default: the model's window), a greyscale base64 PNG whose longest side is at "
+        "most 512 px. Absent for PNG/JPEG uploads, which a browser shows itself.",
+    )
+    dicom: DicomInfo | None = Field(
+        None, description="DICOM uploads only: header facts of the slice (no patient data)."
     )
 
     model_config = ConfigDict(
@@ -160,10 +200,15 @@ class BatchResponse(BaseModel):
 
 
 class StudySlice(BaseModel):
-    name: str = Field(description="File name (inside a zip: the member's base name).")
+    name: str = Field(
+        description="File name (inside a zip: the member's base name); a frame of an "
+        "enhanced multi-frame DICOM is named `file.dcm [frame 3/120]`."
+    )
     position: float = Field(
-        description="Position along the neck: DICOM ImagePositionPatient z (mm), else the "
-        "InstanceNumber; PNG/JPEG: the slice number in the file name."
+        description="Position along the neck, in `position_unit`: `mm` along the slice "
+        "normal towards the head (ImagePositionPatient x ImageOrientationPatient; z for "
+        "axial slices); `index`: the InstanceNumber (DICOM without usable geometry) or the "
+        "slice number in a PNG/JPEG file name."
     )
     prediction: float = Field(ge=0.0, le=1.0, description="This slice's probability of fracture.")
     in_distribution: bool | None = Field(description=IN_DISTRIBUTION_DESCRIPTION)
@@ -210,6 +255,15 @@ class StudyResponse(BaseModel):
         "highest first."
     )
     errors: list[StudyFileError] = Field(description="Files that could not be decoded.")
+    position_unit: Literal["mm", "index"] = Field(
+        description="Unit of the slices' `position`: `mm` (DICOM geometry) or `index` "
+        "(instance or slice numbers).",
+    )
+    warnings: list[str] = Field(
+        description="What looked wrong in the series geometry without stopping it: mixed "
+        "orientation, spacing gaps (slices missing), duplicate positions, non-axial slices, "
+        "unusable header values.",
+    )
     model: ModelInfo
     latency_ms: float = Field(description="Server time for unpacking, decoding and inference.")
 
@@ -236,6 +290,8 @@ class StudyResponse(BaseModel):
                         {"index": 2, "name": "IM003.dcm", "position": 7.5, "prediction": 0.89},
                     ],
                     "errors": [{"name": "IM004.dcm", "error": "the DICOM file has no pixel data"}],
+                    "position_unit": "mm",
+                    "warnings": [],
                     "model": _MODEL_EXAMPLE,
                     "latency_ms": 412.0,
                 }

@@ -1,5 +1,6 @@
 """What decoding untrusted bytes can fail with: three errors, never anything else (the API
-maps them to 400, 415 and 413), and the pixel limit they enforce."""
+maps them to 400, 415 and 413), and the pixel limit they enforce (the structure limits are
+``raster.py``'s, the memory estimates ``budget.py``'s)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ class UnsupportedImageError(ImageDecodeError):
 
 
 class ImageTooLargeError(ImageDecodeError):
-    """The image has more pixels than :data:`MAX_IMAGE_PIXELS` (HTTP 413)."""
+    """The image is over a decoding limit (HTTP 413): more pixels than
+    :data:`MAX_IMAGE_PIXELS`, more structure (PNG chunks, JPEG markers, GIF blocks, TIFF
+    values) than a slice has, or more memory to decode than a request may use."""
 
 
 def short_message(exc: BaseException, limit: int = 240) -> str:

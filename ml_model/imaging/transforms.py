@@ -14,20 +14,36 @@ import numpy as np
 from PIL import Image
 
 from ml_model.config import DEFAULT_IMG_SIZE, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
-from ml_model.imaging.dicom import decode_dicom, is_dicom
+from ml_model.imaging.dicom import DicomImage, is_dicom, read_dicom
 from ml_model.imaging.errors import ImageDecodeError
 from ml_model.imaging.raster import decode_raster
 
 
-def decode_image(
-    data: bytes, level: float = EXPORT_WINDOW_LEVEL, width: float = EXPORT_WINDOW_WIDTH
-) -> np.ndarray:
-    """Image or DICOM bytes -> 2-D uint8 grayscale at the file's own size."""
+def decode_source(
+    data: bytes,
+    level: float = EXPORT_WINDOW_LEVEL,
+    width: float = EXPORT_WINDOW_WIDTH,
+    frame: int | None = None,
+) -> tuple[np.ndarray, DicomImage | None]:
+    """:func:`decode_image`, and for DICOM the decoded image itself (HU or display values,
+    header facts), so a caller can show it in other windows without decoding it again."""
     if not data:
         raise ImageDecodeError("the file is empty")
     if is_dicom(data):
-        return decode_dicom(data, level, width)
-    return decode_raster(data)
+        image = read_dicom(data, frame=frame)
+        return image.window(level, width), image
+    return decode_raster(data), None
+
+
+def decode_image(
+    data: bytes,
+    level: float = EXPORT_WINDOW_LEVEL,
+    width: float = EXPORT_WINDOW_WIDTH,
+    frame: int | None = None,
+) -> np.ndarray:
+    """Image or DICOM bytes -> 2-D uint8 grayscale at the file's own size (DICOM through the
+    window; ``frame``: which frame of a multi-frame DICOM; None refuses one)."""
+    return decode_source(data, level, width, frame)[0]
 
 
 def resize(gray: np.ndarray, size: int = DEFAULT_IMG_SIZE) -> np.ndarray:

@@ -20,11 +20,20 @@ import numpy as np
 
 from ml_model.card import DEFAULT_OPERATING_POINT, OPERATING_POINTS, CardError, load_card
 from ml_model.config import DEFAULT_MODEL_DIR
+from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
-from ml_model.imaging.transforms import decode_image, gray_to_model_input
+from ml_model.imaging.transforms import decode_image, decode_source, gray_to_model_input
 from ml_model.inference.forward import Forward, ForwardOutput
 from ml_model.inference.gate import CTGate
-from ml_model.inference.study import SliceFile, StudyError, aggregate, order_slices, threshold_for
+from ml_model.inference.study import (
+    OrderedSlice,
+    PositionUnit,
+    SliceFile,
+    StudyError,
+    aggregate,
+    arrange_slices,
+    threshold_for,
+)
 from ml_model.inference.verdict import Result, triage_result
 
 __all__ = [
@@ -37,6 +46,8 @@ __all__ = [
 
 # Slices per forward call in study mode: bounded memory for a 1,000-slice series.
 STUDY_BATCH = 32
+# What the server wraps every decode in (``InferenceCore.with_decode_guard``).
+DecodeGuard = Callable[[bytes], contextlib.AbstractContextManager[object]]
 # The gate's threshold is stored twice (gate.npz, card): they must agree to this.
 GATE_THRESHOLD_TOLERANCE = 1e-6
 
@@ -66,6 +77,9 @@ class StudyVerdict:
     in_distribution: np.ndarray
     top_indices: list[int]
     errors: list[tuple[str, str]] = field(default_factory=list)
+    position_unit: PositionUnit = "index"  # "mm" along the slice normal, or indices
+    warnings: list[str] = field(default_factory=list)  # geometry: gaps, duplicates, orientation
+    sources: list[OrderedSlice] = field(default_factory=list)  # the scored slices, in order
 
 
 class InferenceCore:
@@ -102,6 +116,7 @@ class InferenceCore:
             forward = KerasForward.from_bundle(self.model_dir, self.card.temperature)
         self.forward = forward
         self._gradcam = gradcam or self._default_gradcam(forward)
+        self.decode_guard: DecodeGuard | None = None
 
     def _default_gradcam(self, forward: Forward) -> Callable[[np.ndarray], np.ndarray]:
         from ml_model.inference.forward import KerasForward
@@ -153,10 +168,28 @@ class InferenceCore:
 
     # ---- bytes -> model input -------------------------------------------------------
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """Image or DICOM bytes -> 2-D uint8 slice (DICOM through the window); raises the
-        errors of ``ml_model.imaging.errors``."""
-        return decode_image(data, *self.window)
+    def with_decode_guard(self, guard: DecodeGuard | None) -> InferenceCore:
+        """This core (same bundle, same forward) with every decode run inside ``guard(data)``:
+        a context manager the server uses to estimate a file's decoding memory from its
+        headers and hold it in its budget (or refuse the file) before any pixel is decoded."""
+        other = copy.copy(self)
+        other.decode_guard = guard
+        return other
+
+    def _guarded(self, data: bytes) -> contextlib.AbstractContextManager[object]:
+        return self.decode_guard(data) if self.decode_guard else contextlib.nullcontext()
+
+    def decode(self, data: bytes, frame: int | None = None) -> np.ndarray:
+        """Image or DICOM bytes -> 2-D uint8 slice (DICOM through the window; ``frame`` of a
+        multi-frame DICOM); raises the errors of ``ml_model.imaging.errors``."""
+        with self._guarded(data):
+            return decode_image(data, *self.window, frame=frame)
+
+    def decode_source(self, data: bytes) -> tuple[np.ndarray, DicomImage | None]:
+        """:meth:`decode`, and for DICOM the decoded image itself (HU, header facts) so a
+        caller can show it in other windows without decoding it again."""
+        with self._guarded(data):
+            return decode_source(data, *self.window)
 
     def model_input(self, gray: np.ndarray) -> np.ndarray:
         """A decoded slice -> uint8 (S, S, 3), the forward's input."""
@@ -213,22 +246,31 @@ class InferenceCore:
         are not one orderable series or nothing can be scored."""
         from tqdm.auto import tqdm
 
-        ordered = order_slices(items)
-        names, positions, arrays, errors = [], [], [], []
-        for item in ordered:
-            try:
-                arrays.append(self.model_input(self.decode(item.data)))
-                names.append(item.name)
-                positions.append(item.position)
-            except ImageDecodeError as exc:
-                errors.append((item.name, str(exc)))
-        if not arrays:
-            raise StudyError("no slice in the study could be decoded")
-        parts = []
-        with tqdm(total=len(arrays), unit="slice", disable=not progress) as bar:
-            for start in range(0, len(arrays), STUDY_BATCH):
-                parts.append(self.scores(np.stack(arrays[start : start + STUDY_BATCH])))
-                bar.update(len(parts[-1]))
+        order = arrange_slices(items)
+        names, positions, sources = [], [], []
+        errors = list(order.errors)
+        # Decoded and scored STUDY_BATCH slices at a time: memory stays that of one batch,
+        # however many slices (or frames) the series has.
+        parts: list[ForwardOutput] = []
+        batch: list[np.ndarray] = []
+        with tqdm(total=len(order.slices), unit="slice", disable=not progress) as bar:
+            for item in order.slices:
+                try:
+                    batch.append(self.model_input(self.decode(item.data, item.frame)))
+                    names.append(item.name)
+                    positions.append(item.position)
+                    sources.append(item)
+                except ImageDecodeError as exc:
+                    errors.append((item.name, str(exc)))
+                if len(batch) == STUDY_BATCH:
+                    parts.append(self.scores(np.stack(batch)))
+                    batch = []
+                bar.update(1)
+            if batch:
+                parts.append(self.scores(np.stack(batch)))
+        if not parts:
+            first = f" ({errors[0][0]}: {errors[0][1]})" if errors else ""
+            raise StudyError(f"no slice in the study could be decoded{first}")
         output = ForwardOutput.concat(parts)
         inside = self.accepts(output)
         probabilities = output.probability
@@ -248,6 +290,9 @@ class InferenceCore:
             in_distribution=inside,
             top_indices=top,
             errors=errors,
+            position_unit=order.position_unit,
+            warnings=order.warnings,
+            sources=sources,
         )
 
     def gradcam(self, image: np.ndarray) -> np.ndarray:

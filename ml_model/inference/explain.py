@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image
 
 
@@ -40,6 +39,8 @@ def normalise_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def overlay_png(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> bytes:
     """Blend a jet-coloured CAM over a grayscale slice; returns PNG bytes at the slice's size."""
+    from matplotlib import colormaps  # on the first heatmap, not at the server's start-up
+
     height, width = gray.shape
     heat = normalise_cam(cam, (width, height))
     coloured = colormaps["jet"](heat)[..., :3] * 255.0

@@ -1,10 +1,12 @@
 """The forward pass: uint8 slices in, calibrated P(fracture) and the CT gate's logit out.
 
-A *forward* is anything with the :class:`Forward` shape. The product has two:
-:class:`KerasForward` runs the bundle in this process (TensorFlow), and
-``forward_tfserving.TFServingForward`` asks TF Serving for exactly the same two outputs
-(the exported SavedModel's signature is built from :func:`serving_function` below, so both
-compute one graph). ``batching.BatchedForward`` wraps either one. Everything after the
+A *forward* is anything with the :class:`Forward` shape. The product has three:
+``forward_onnx.OnnxForward`` runs the bundle's ``model.onnx`` in this process (ONNX
+Runtime, the server's default, no TensorFlow), :class:`KerasForward` runs ``model.keras``
+in this process (TensorFlow, the reference), and ``forward_tfserving.TFServingForward``
+asks TF Serving for exactly the same two outputs. The exported SavedModel's signature and
+model.onnx are both built from :func:`serving_function` below, so all three compute one
+graph. ``batching.BatchedForward`` wraps any of them. Everything after the
 forward (thresholds, the gate's decision, study aggregation) is ``core.InferenceCore``'s.
 """
 

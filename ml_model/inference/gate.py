@@ -14,16 +14,24 @@ and the exported graph computes it too (:func:`gate_logit_tf`).
 
 from __future__ import annotations
 
+import functools
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 
 from ml_model.bundle import GATE_FILE
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# TensorFlow is imported inside the functions that build graphs, never at module level:
+# the server loads a CTGate (its threshold) without TensorFlow when the forward runs
+# elsewhere (ONNX Runtime, TF Serving).
 
 GREY_EDGES = tuple(k / 32.0 for k in range(1, 32))
 EDGE_STRENGTHS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
@@ -42,6 +50,8 @@ class GateFileError(ValueError):
 
 def gate_features_tf(images: tf.Tensor) -> tf.Tensor:
     """Float images (N, S, S, C) in 0-255 -> gate features (N, 103)."""
+    import tensorflow as tf
+
     gray = tf.cast(images, tf.float32)[..., 0] / 255.0
     grey = [tf.reduce_mean(tf.cast(gray >= e, tf.float32), axis=(1, 2)) for e in GREY_EDGES]
     black = tf.reduce_mean(tf.cast(gray <= 1.0 / 255.0, tf.float32), axis=(1, 2))
@@ -61,16 +71,24 @@ def gate_features_tf(images: tf.Tensor) -> tf.Tensor:
     return tf.concat([tf.stack([*grey, black, saturated, *edges], axis=1), thumb], axis=1)
 
 
-_features_fn = tf.function(gate_features_tf)  # one trace per input size (the pooling is static)
+@functools.cache
+def _features_fn() -> Callable[[tf.Tensor], tf.Tensor]:
+    """:func:`gate_features_tf` as one ``tf.function`` (one trace per input size: the
+    pooling is static), built on first use."""
+    import tensorflow as tf
+
+    return tf.function(gate_features_tf)
 
 
 def gate_features(images: np.ndarray, batch: int = 64) -> np.ndarray:
     """Numpy convenience over :func:`gate_features_tf`, in bounded batches."""
+    import tensorflow as tf
+
     images = np.asarray(images)
     return (
         np.concatenate(
             [
-                _features_fn(tf.convert_to_tensor(images[i : i + batch])).numpy()
+                _features_fn()(tf.convert_to_tensor(images[i : i + batch])).numpy()
                 for i in range(0, len(images), batch)
             ]
         )
@@ -100,6 +118,8 @@ class CTGate:
 
     def logit_tf(self, features: tf.Tensor) -> tf.Tensor:
         """The same logit in a TensorFlow graph (float32: TFLite has no float64 kernels)."""
+        import tensorflow as tf
+
         weights = tf.constant((self.coef / self.scale).astype(np.float32))
         bias = float(self.intercept - np.sum(self.coef * self.mean / self.scale))
         return tf.linalg.matvec(tf.cast(features, tf.float32), weights) + bias

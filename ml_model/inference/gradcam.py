@@ -1,5 +1,10 @@
 """Grad-CAM of a bundle's Keras model: where the fracture logit is sensitive in the last
-convolutional block, placed back in the frame of the whole slice."""
+convolutional block, placed back in the frame of the whole slice.
+
+:func:`gradcam_function` is the same computation as one graph for exporters (the bundle's
+``gradcam.onnx``, run by ``forward_onnx.OnnxGradCam`` without TensorFlow). Keras and
+TensorFlow are imported on first use only: importing this module costs neither.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ml_model.architectures.layers import SPINE_CROP_LAYER
-from ml_model.bundle import KERAS_FILE
+from ml_model.bundle import GRADCAM_BOX_OUTPUT, GRADCAM_OUTPUT, KERAS_FILE
 from ml_model.inference.explain import place_cam
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import keras
+    import tensorflow as tf
 
 
 def make_gradcam_fn(model: keras.Model, layer_name: str) -> Any:
@@ -29,11 +36,39 @@ def make_gradcam_fn(model: keras.Model, layer_name: str) -> Any:
         with tf.GradientTape() as tape:
             conv, probability = grad_model(images, training=False)
             # Gradients of the logit, not the saturating sigmoid, keep the map informative.
-            p = tf.clip_by_value(probability[:, 0], 1e-7, 1 - 1e-7)
+            p = tf.clip_by_value(tf.reshape(probability, [-1]), 1e-7, 1 - 1e-7)
             logit = tf.math.log(p) - tf.math.log1p(-p)
         grads = tape.gradient(logit, conv)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         return tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1))
+
+    return gradcam
+
+
+def _spine_crop(model: keras.Model) -> Any:
+    from ml_model.architectures.layers import SPINE_CROP_LAYER
+
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(SPINE_CROP_LAYER) if SPINE_CROP_LAYER in names else None
+
+
+def gradcam_function(
+    model: keras.Model, layer_name: str
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """Grad-CAM as one function for exporters: uint8 images (N, S, S, 3) ->
+    {``gradcam``: maps at conv resolution (N, h, w), ``crop_box``: the spine crop's
+    normalised box (N, 4), for a model that crops}; :class:`GradCam` computes the same."""
+    import tensorflow as tf
+
+    fn = make_gradcam_fn(model, layer_name)
+    crop = _spine_crop(model)
+
+    def gradcam(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(image, tf.float32)
+        outputs = {GRADCAM_OUTPUT: fn(pixels)}
+        if crop is not None:
+            outputs[GRADCAM_BOX_OUTPUT] = crop.boxes(pixels)
+        return outputs
 
     return gradcam
 
@@ -46,8 +81,7 @@ class GradCam:
     def __init__(self, model: keras.Model, layer_name: str) -> None:
         self.img_size = int(model.input_shape[1])
         self._fn = make_gradcam_fn(model, layer_name)
-        names = {layer.name for layer in model.layers}
-        self._crop = model.get_layer(SPINE_CROP_LAYER) if SPINE_CROP_LAYER in names else None
+        self._crop = _spine_crop(model)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         import tensorflow as tf

@@ -1,8 +1,18 @@
 """Write a model bundle (``ml_model.bundle``): model.keras, gate.npz, a SavedModel for TF
-Serving, model.tflite and model_card.json."""
+Serving, model.tflite, model.onnx + gradcam.onnx (ONNX Runtime, checked against TensorFlow:
+the card's ``runtimes.onnx``) and model_card.json.
+
+Add the ONNX files to an existing bundle without retraining (parity on the val split and
+the training slices of ``--data``; on synthetic slices only without it):
+
+    python -m ml_model.training.export --bundle ml_model/models/default \
+        [--data ../shared/data/cervical-ct]
+"""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +28,10 @@ from ml_model.bundle import (
     SERVING_SIGNATURE,
     TFLITE_FILE,
 )
-from ml_model.card import write_card
+from ml_model.card import load_card, read_card, write_card
 from ml_model.inference.forward import serving_function
 from ml_model.inference.gate import CTGate
+from ml_model.training.export_onnx import onnx_card_section, synthetic_slices
 
 
 def export_saved_model(
@@ -60,8 +71,12 @@ def export_bundle(
     card: dict[str, Any],
     gate: CTGate,
     tflite_float16: bool = False,
+    parity_slices: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write every bundle file into ``out_dir`` (the card validated first) and return it."""
+    """Write every bundle file into ``out_dir`` (the card validated first) and return it.
+
+    ``parity_slices`` (named uint8 model inputs: the val split, the training slices) are
+    where ONNX Runtime is checked against TensorFlow; synthetic slices are always added."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     img_size = int(model.input_shape[1])
@@ -69,8 +84,29 @@ def export_bundle(
     gate.save(out)
     export_saved_model(model, out / SAVED_MODEL_DIR, img_size, float(card["temperature"]), gate)
     export_tflite(out / SAVED_MODEL_DIR, out / TFLITE_FILE, float16=tflite_float16)
-    write_card(out, card)
+    write_card(out, card)  # validated before the slow part
+    add_onnx(model, out, gate, parity_slices)
     return out
+
+
+def add_onnx(
+    model: keras.Model,
+    bundle: str | Path,
+    gate: CTGate,
+    parity_slices: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Write the bundle's ONNX files from ``model`` and record them and their parity with
+    TensorFlow in its card (``runtimes.onnx``); returns that section."""
+    card = load_card(bundle)
+    slices = dict(parity_slices or {})
+    slices["synthetic"] = synthetic_slices(card.input.size)
+    section = onnx_card_section(model, bundle, card.temperature, gate, card.gradcam_layer, slices)
+    written = read_card(bundle)
+    written.setdefault("runtimes", {})["onnx"] = section
+    write_card(bundle, written)
+    if not section["parity"]["verdicts_identical"]:
+        print(f"WARNING: ONNX Runtime and TensorFlow disagree on a verdict: {section['parity']}")
+    return section
 
 
 def tflite_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
@@ -92,3 +128,67 @@ def saved_model_outputs(path: str | Path, images: np.ndarray) -> dict[str, np.nd
 def saved_model_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
     """P(fracture) from the SavedModel's serving signature for uint8 images."""
     return saved_model_outputs(path, images)[SERVING_OUTPUT].reshape(-1)
+
+
+def data_slices(data: Path, img_size: int, limit: int | None) -> dict[str, np.ndarray]:
+    """The val split and the training slices of a data folder (``limit`` of each at most,
+    spread over the folder), and the CT gate's non-CT negatives."""
+    from ml_model.data.dataset import find_images, load_arrays
+
+    slices: dict[str, np.ndarray] = {}
+    for split, name in (("val", "val"), ("train", "train (the out-of-fold slices)")):
+        records = find_images(data, splits=[split])
+        if limit is not None and len(records) > limit:
+            step = len(records) / limit
+            records = [records[int(i * step)] for i in range(limit)]
+        slices[name] = load_arrays(records, img_size)[0]
+    try:
+        from ml_model.data.negatives import generate
+        from ml_model.imaging.transforms import gray_to_model_input
+    except ImportError:  # pragma: no cover - scikit-image is a training pin
+        return slices
+    negatives = generate(per_kind=4, seed=0)
+    slices["non-CT (gate negatives)"] = np.stack(
+        [gray_to_model_input(n.gray, img_size) for n in negatives]
+    )
+    return slices
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Add model.onnx and gradcam.onnx to an existing bundle (no retraining); "
+        "the card records their parity with TensorFlow."
+    )
+    parser.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="a data folder with train/ and val/: parity on both (else synthetic slices only)",
+    )
+    parser.add_argument("--limit", type=int, help="at most this many slices per split")
+    args = parser.parse_args(argv)
+
+    from ml_model.architectures.layers import load_model
+
+    card = load_card(args.bundle)
+    model = load_model(args.bundle / KERAS_FILE)
+    gate = CTGate.load(args.bundle)
+    slices = data_slices(args.data, card.input.size, args.limit) if args.data else {}
+    section = add_onnx(model, args.bundle, gate, slices)
+    sizes = {
+        name: section[key]
+        for name, key in (("model.onnx", "bytes"), ("gradcam.onnx", "gradcam_bytes"))
+    }
+    print(f"{args.bundle}: {sizes}")
+    for name, row in section["parity"]["slices"].items():
+        print(
+            f"  {name}: n={row['n']} max|Δp|={row['max_abs_dp']:.2e} "
+            f"(unsaturated {row['max_abs_dp_unsaturated']}) "
+            f"max|Δct_logit|={row['max_abs_dct_logit']:.2e} "
+            f"verdicts identical: {row['verdicts_identical']}"
+        )
+    print(f"  gradcam: {section['parity'].get('gradcam')}")
+
+
+if __name__ == "__main__":
+    main()

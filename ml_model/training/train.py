@@ -517,9 +517,18 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         print(
             json.dumps({k: v["summary"] for k, v in card["leave_one_series_out"].items()}, indent=1)
         )
+    # ONNX Runtime is checked against TensorFlow on every training slice (the slices of the
+    # out-of-fold predictions), the held-back split and the gate's negatives.
+    parity_slices = {
+        "train (the out-of-fold slices)": images,
+        "non-CT (gate negatives)": neg_images,
+    }
     if config.test_data:
         card["test"] = test_table(model, config, input_size, temperature, threshold, gate)
-    export_bundle(model, out, card, gate, tflite_float16=config.tflite_float16)
+        parity_slices["val"] = load_arrays(find_images(config.test_data), input_size)[0]
+    export_bundle(
+        model, out, card, gate, tflite_float16=config.tflite_float16, parity_slices=parity_slices
+    )
     print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
     print(f"bundle written to {out} (report in {report_dir}); {train_seconds:.0f} s of training")
     return card

@@ -43,8 +43,18 @@ def service(client: TestClient) -> InferenceCore:
 
 @pytest.fixture(scope="session")
 def predictor() -> InferenceCore:
-    """An independent inference core over the same bundle (its own forward): the reference
-    the API must match."""
+    """An independent inference core over the same bundle and runtime as the served app
+    (ONNX Runtime: its own session, no micro-batching): the reference the API must match.
+    TensorFlow's answers are held to ONNX Runtime's by tests/ml_model/test_onnx_parity.py."""
+    from backend.app.services.inference import create_core
+
+    return create_core(Settings(model_dir=DEFAULT_MODEL_DIR, batching=False, threshold=None))
+
+
+@pytest.fixture(scope="session")
+def keras_predictor() -> InferenceCore:
+    """The same bundle in TensorFlow (KerasForward, INFERENCE_BACKEND=local): the reference
+    of the TensorFlow-based paths (TF Serving's SavedModel, local mode)."""
     return InferenceCore(DEFAULT_MODEL_DIR)
 
 

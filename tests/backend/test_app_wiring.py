@@ -52,7 +52,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.cors_origins == []
     assert (settings.window_level, settings.window_width) == (None, None)  # the card's window
     assert settings.frontend_dist == REPO_ROOT / "frontend" / "dist"
-    assert settings.inference_backend == "local"
+    assert settings.inference_backend == "onnx"  # ONNX Runtime: no TensorFlow when serving
 
 
 @pytest.mark.parametrize(

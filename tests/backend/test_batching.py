@@ -1,10 +1,10 @@
 """Dynamic micro-batching of the REAL forward: same answers, fewer model calls, isolation.
 
 Micro-batching wraps only the forward function (``MicroBatcher`` / ``BatchedForward``
-around a ``KerasForward``). Model calls are counted by wrapping the reference core's real
-forward (the real model still answers every call). Ordering is made deterministic where it
-matters by holding the first model call on an event, so that later requests queue up
-behind it.
+around the served ``OnnxForward``, or a ``KerasForward``). Model calls are counted by
+wrapping the reference core's real forward (the real model still answers every call).
+Ordering is made deterministic where it matters by holding the first model call on an
+event, so that later requests queue up behind it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ml_model.config import DEFAULT_MODEL_DIR, SHARED_DATA_DIR
 from ml_model.inference.batching import BatchedForward, MicroBatcher
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.forward import ForwardOutput, KerasForward, ModelUnavailableError
+from ml_model.inference.forward_onnx import OnnxForward, OnnxGradCam
 from ml_model.inference.gradcam import GradCam
 
 TOLERANCE = 1e-5  # batch size changes float summation order only
@@ -435,7 +436,7 @@ def test_concurrent_api_requests_are_batched(
     """Through the production app: 16 clients at once, each gets its own slice's answer."""
     forward = service.forward
     assert isinstance(forward, BatchedForward)
-    assert isinstance(forward.inner, KerasForward)
+    assert isinstance(forward.inner, OnnxForward)
     counting = CountingForward(forward.batcher._forward)
     monkeypatch.setattr(forward.batcher, "_forward", counting)
     uploads = [ct_slice_paths[i % len(ct_slice_paths)] for i in range(16)]
@@ -499,36 +500,55 @@ def test_bad_batching_settings_refused(monkeypatch: pytest.MonkeyPatch, env: str
         Settings()
 
 
+@pytest.fixture
+def keras_forward(keras_predictor: InferenceCore) -> KerasForward:
+    """The bundle in TensorFlow (INFERENCE_BACKEND=local)."""
+    assert isinstance(keras_predictor.forward, KerasForward)
+    return keras_predictor.forward
+
+
+@pytest.mark.parametrize("backend", ["onnx", "local"])
 @pytest.mark.parametrize("batching_on", [True, False])
 def test_create_core_honours_batching(
-    batching_on: bool, predictor: InferenceCore, monkeypatch: pytest.MonkeyPatch
+    batching_on: bool,
+    backend: str,
+    predictor: InferenceCore,
+    keras_forward: KerasForward,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``create_core`` in local mode: a KerasForward, wrapped in a BatchedForward (with
-    the configured size and wait) exactly when BATCHING is on. The model load itself is
-    the reference's already loaded forward (``from_bundle`` is the only thing replaced)."""
-    loaded: list[tuple[Path, float]] = []
+    """``create_core`` with ONNX Runtime (the default) and in local mode (TensorFlow): the
+    backend's forward, wrapped in a BatchedForward (with the configured size and wait)
+    exactly when BATCHING is on. The model load itself is an already loaded forward
+    (``from_bundle`` is the only thing replaced)."""
+    loaded: list[Path] = []
+    ready = predictor.forward if backend == "onnx" else keras_forward
 
-    def from_bundle(cls: type[KerasForward], model_dir: Path, temperature: float) -> KerasForward:
-        loaded.append((Path(model_dir), temperature))
-        assert isinstance(predictor.forward, KerasForward)
-        return predictor.forward
+    def from_bundle(cls: type, model_dir: Path, *args: Any) -> Any:
+        loaded.append(Path(model_dir))
+        return ready
 
-    monkeypatch.setattr(KerasForward, "from_bundle", classmethod(from_bundle))
-    settings = Settings(batching=batching_on, batch_max_size=8, batch_max_wait_ms=1.5)
+    owner = OnnxForward if backend == "onnx" else KerasForward
+    monkeypatch.setattr(owner, "from_bundle", classmethod(from_bundle))
+    settings = Settings(
+        batching=batching_on, batch_max_size=8, batch_max_wait_ms=1.5, inference_backend=backend
+    )
     core = create_core(settings)
     try:
-        assert loaded == [(Path(settings.model_dir), core.card.temperature)]
+        assert loaded == [Path(settings.model_dir)]
         forward = core.forward
         assert isinstance(forward, BatchedForward) is batching_on
         if isinstance(forward, BatchedForward):
-            assert forward.inner is predictor.forward
+            assert forward.inner is ready
             assert forward.batcher.max_size == 8
             assert forward.batcher.max_wait_s == pytest.approx(0.0015)
         else:
-            assert forward is predictor.forward
-        assert isinstance(core._gradcam, GradCam)  # local: Grad-CAM on the loaded model
+            assert forward is ready
+        # local: Grad-CAM on the loaded model; onnx: the bundle's gradcam.onnx, no TensorFlow
+        assert isinstance(core._gradcam, GradCam if backend == "local" else OnnxGradCam)
     finally:
-        core.close()
+        if batching_on:
+            assert isinstance(core.forward, BatchedForward)
+            core.forward.batcher.close()  # the loaded forward itself stays open for others
     if batching_on:
         assert isinstance(core.forward, BatchedForward) and core.forward.batcher.closed
 

@@ -41,6 +41,7 @@ from ml_model.config import DEFAULT_MODEL_DIR, RESULT_OUT_OF_DISTRIBUTION, SHARE
 from ml_model.inference.batching import BatchedForward
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.forward import ForwardOutput, KerasForward, ModelUnavailableError
+from ml_model.inference.forward_onnx import OnnxGradCam
 from ml_model.inference.forward_tfserving import (
     BAD_ANSWER_DETAIL,
     TIMEOUT_DETAIL,
@@ -50,11 +51,14 @@ from ml_model.inference.forward_tfserving import (
     encode_instances,
     status_url,
 )
-from ml_model.inference.gradcam import LazyGradCam
 
 MODEL_NAME = "fracture"
 TOLERANCE = 1e-5
 LOGIT_TOLERANCE = 1e-4
+# TF Serving (TensorFlow) against the local app (ONNX Runtime, the default): float32 noise
+# between runtimes, as bounded by tests/ml_model/test_onnx_parity.py; verdicts equal.
+CROSS_RUNTIME_TOLERANCE = 5e-3
+CROSS_RUNTIME_LOGIT_TOLERANCE = 1e-2
 
 
 class FakeTFServing:
@@ -231,18 +235,25 @@ def photo(images: Any) -> bytes:
 
 
 def check_same_answer(via_tfs: dict[str, Any], local: dict[str, Any]) -> None:
-    """The fields of a /predict answer that come from the model: equal in both modes."""
-    assert via_tfs["prediction"] == pytest.approx(local["prediction"], abs=TOLERANCE)
+    """The fields of a /predict answer that come from the model: the same verdict in both
+    modes, the numbers within the runtimes' float32 noise (TensorFlow vs ONNX Runtime)."""
+    assert via_tfs["prediction"] == pytest.approx(local["prediction"], abs=CROSS_RUNTIME_TOLERANCE)
     assert via_tfs["result"] == local["result"]
     assert via_tfs["in_distribution"] is local["in_distribution"]
-    assert via_tfs["ood_distance"] == pytest.approx(local["ood_distance"], rel=LOGIT_TOLERANCE)
+    assert via_tfs["ood_distance"] == pytest.approx(
+        local["ood_distance"], rel=CROSS_RUNTIME_LOGIT_TOLERANCE
+    )
     assert via_tfs["threshold"] == local["threshold"]
 
 
 def test_tfserving_forward_equals_the_local_forward(
-    fake: FakeTFServing, predictor: InferenceCore, samples: list[tuple[str, bytes]], images: Any
+    fake: FakeTFServing,
+    keras_predictor: InferenceCore,
+    samples: list[tuple[str, bytes]],
+    images: Any,
 ) -> None:
     """Both outputs of the served SavedModel equal the in-process KerasForward's."""
+    predictor = keras_predictor
     batch = np.stack(
         [predictor.model_input(predictor.decode(data)) for _, data in samples]
         + [predictor.model_input(predictor.decode(photo(images)))]
@@ -299,11 +310,11 @@ def test_tfserving_matches_local(
     check_same_answer(refused, post(client, photo(images), "rocket.jpg").json())
     assert len(fake.requests) == 1
 
-    # explain=true: Grad-CAM from the local bundle (loaded lazily, on this first use).
+    # explain=true: Grad-CAM from the bundle's gradcam.onnx (opened on this first use).
     explained = post(remote, samples[0][1], explain="true").json()
     assert explained["heatmap_png_base64"]
-    assert isinstance(core._gradcam, LazyGradCam)
-    assert core._gradcam._gradcam is not None
+    assert isinstance(core._gradcam, OnnxGradCam)
+    assert core._gradcam._session is not None
 
 
 def test_tfserving_batch_matches_local(
@@ -349,7 +360,7 @@ def test_tfserving_mode_runs_no_local_model(
         assert isinstance(forward, BatchedForward)
         forward = forward.inner
     assert isinstance(forward, TFServingForward)
-    assert isinstance(core._gradcam, LazyGradCam)
+    assert isinstance(core._gradcam, OnnxGradCam)
     assert fake.requests  # warm-up went to TF Serving, not to a local model
 
     fake.requests.clear()
@@ -361,7 +372,7 @@ def test_tfserving_mode_runs_no_local_model(
     batch = remote.post("/predict/batch", files=[("files", ("a.png", samples[1][1]))])
     assert batch.status_code == 200, batch.text
     assert len(fake.requests) == 3  # every verdict was computed by TF Serving
-    assert core._gradcam._gradcam is None  # Grad-CAM (Keras) never loaded
+    assert core._gradcam._session is None  # Grad-CAM never loaded
 
 
 def test_create_core_in_tfserving_mode(fake: FakeTFServing) -> None:

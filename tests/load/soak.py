@@ -87,10 +87,16 @@ def free_port() -> int:
         return port
 
 
+# The Makefile's UVICORN_FLAGS (tests/packaging/test_serve_flags.py holds them equal).
+UVICORN_FLAGS = ["--http", "backend.app.core.http:BoundedHttpProtocol", "--timeout-keep-alive",
+                 "5", "--timeout-graceful-shutdown", "20"]  # fmt: skip
+
+
 def serve_command(port: int) -> list[str]:
-    """``make serve``: ``$(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT)``."""
+    """``make serve``: ``$(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT)
+    $(UVICORN_FLAGS)``."""
     return [sys.executable, "-m", "uvicorn", "backend.app.main:app",
-            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+            "--host", "127.0.0.1", "--port", str(port), *UVICORN_FLAGS]  # fmt: skip
 
 
 @contextmanager

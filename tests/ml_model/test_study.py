@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from ml_model.inference.study import (
     SliceFile,
     StudyError,
     aggregate,
+    arrange_slices,
     order_slices,
     slice_number,
 )
 from ml_model.training.study_threshold import calibrate_study_threshold
+from testing.dicom_writers import patch_element, scanner_ct_dicom
 from tests.conftest import gray_to_export_window_dicom, make_dicom, synthetic_slice
 
 
@@ -81,6 +84,127 @@ def test_dicom_falls_back_to_instance_number() -> None:
         for n in (3, 1, 2)
     ]
     assert [s.position for s in order_slices(items)] == [1.0, 2.0, 3.0]
+
+
+def geometry_series(
+    positions: list[tuple[float, float, float]],
+    orientation: tuple[float, ...] | list[tuple[float, ...]] = (1, 0, 0, 0, 1, 0),
+) -> list[SliceFile]:
+    """8 x 8 CT slices at the given ImagePositionPatient (and orientation), upload order."""
+    orientations = orientation if isinstance(orientation, list) else [orientation] * len(positions)
+    return [
+        SliceFile(f"s{i:02d}.dcm", scanner_ct_dicom(np.full((8, 8), 40.0), position=p,
+                  orientation=o, instance=i + 1, series_uid="1.2.3"))
+        for i, (p, o) in enumerate(zip(positions, orientations, strict=True))
+    ]  # fmt: skip
+
+
+def test_positions_in_mm_along_the_slice_normal() -> None:
+    axial = geometry_series([(0, 0, z) for z in (0.0, 5.0, 2.5, 7.5)])
+    order = arrange_slices(axial)
+    assert order.position_unit == "mm" and order.warnings == []
+    assert [s.position for s in order.slices] == [7.5, 5.0, 2.5, 0.0]  # head first
+    # An axial series whose column direction is flipped: its normal points to the feet, the
+    # positions (along the head-pointing normal) are still z, head first.
+    flipped = geometry_series([(0, 0, z) for z in (0.0, 5.0, 2.5)], (1, 0, 0, 0, -1, 0))
+    assert [s.position for s in order_slices(flipped)] == [5.0, 2.5, 0.0]
+    # A gantry-tilted series: ordered along the tilted normal, not along z alone.
+    tilt = np.deg2rad(20)
+    normal = np.array([0.0, -np.sin(tilt), np.cos(tilt)])
+    tilted = [tuple(np.array([0.0, 30.0, 0.0]) + k * 2.0 * normal) for k in (2, 0, 3, 1)]
+    orientation = (1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt)))
+    order = arrange_slices(geometry_series(tilted, orientation))  # type: ignore[arg-type]
+    assert [s.name for s in order.slices] == ["s02.dcm", "s00.dcm", "s03.dcm", "s01.dcm"]
+    steps = np.diff([s.position for s in order.slices])
+    assert steps == pytest.approx([-2.0, -2.0, -2.0], abs=1e-4)  # DS keeps 16 characters
+    assert order.warnings == []
+
+
+def test_gaps_duplicates_and_mixed_orientation_are_warnings() -> None:
+    zs = [0.0, 2.0, 4.0, 4.0, 6.0, 14.0, 16.0]
+    order = arrange_slices(geometry_series([(0, 0, z) for z in zs]))
+    assert len(order.slices) == len(zs)  # nothing dropped
+    (duplicate,) = [w for w in order.warnings if w.startswith("duplicate")]
+    assert "4 mm" in duplicate
+    (gap,) = [w for w in order.warnings if w.startswith("gap")]
+    assert "gap of 8 mm" in gap and "usual spacing is 2 mm" in gap
+    orientations: list[tuple[float, ...]] = [(1, 0, 0, 0, 1, 0)] * 4 + [(1, 0, 0, 0, 0.8, 0.6)]
+    mixed = arrange_slices(geometry_series([(0, 0, float(z)) for z in range(5)], orientations))
+    assert any(w.startswith("mixed orientation: 1 of 5") for w in mixed.warnings)
+    sagittal = arrange_slices(geometry_series([(x, 0, 0) for x in (0.0, 1.0)], (0, 1, 0, 0, 0, -1)))
+    assert any("not axial" in w for w in sagittal.warnings)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "raw", "unit", "warning"),
+    [
+        ("ImagePositionPatient", b"1.5", "index", "ImagePositionPatient (0020,0032) has 1 value"),
+        ("ImagePositionPatient", b"a\\b\\c", "index", "is not a number: 'a'"),
+        ("ImagePositionPatient", b"1\\\\3", "index", "is not a number: ''"),
+        ("ImagePositionPatient", b"1e999\\0\\0", "index", "not a finite number"),
+        ("ImageOrientationPatient", b"1\\0", "mm", "has 2 values, 6 expected"),
+        ("InstanceNumber", b"abc", "mm", "InstanceNumber (0020,0013) is not a number: 'abc'"),
+        ("InstanceNumber", b"9" * 5000, "mm", "InstanceNumber (0020,0013)"),
+    ],
+    ids=[
+        "ipp-one-value",
+        "ipp-not-numbers",
+        "ipp-empty-part",
+        "ipp-infinite",
+        "iop-two-values",
+        "instance-abc",
+        "instance-5000-digits",
+    ],
+)
+def test_header_values_are_validated(keyword: str, raw: bytes, unit: str, warning: str) -> None:
+    """One slice with a bad value: a warning naming it, and the study still ordered (by
+    InstanceNumber when a position is unusable)."""
+    items = geometry_series([(0, 0, float(z)) for z in range(4)])
+    items[1] = SliceFile(items[1].name, patch_element(items[1].data, keyword, raw))
+    order = arrange_slices(items)
+    assert order.position_unit == unit
+    assert len(order.slices) == 4
+    assert any(warning in w and "s01.dcm" in w for w in order.warnings), order.warnings
+
+
+def test_no_position_and_no_instance_is_a_study_error() -> None:
+    items = geometry_series([(0, 0, float(z)) for z in range(3)])
+    damaged = patch_element(items[0].data, "ImagePositionPatient", b"x")
+    items[0] = SliceFile(items[0].name, patch_element(damaged, "InstanceNumber", b"y"))
+    with pytest.raises(StudyError, match=r"neither is usable in: s00\.dcm"):
+        arrange_slices(items)
+
+
+def test_unreadable_and_non_image_files_are_left_out_with_a_reason() -> None:
+    from pydicom.data import get_testdata_file
+
+    sr = Path(get_testdata_file("test-SR.dcm")).read_bytes()  # type: ignore[arg-type]
+    items = [*geometry_series([(0, 0, 1.0), (0, 0, 2.0)]), SliceFile("report.dcm", sr)]
+    order = arrange_slices(items)
+    assert [s.name for s in order.slices] == ["s01.dcm", "s00.dcm"]
+    ((name, reason),) = order.errors
+    assert name == "report.dcm" and "not an image (Comprehensive SR Storage)" in reason
+
+
+def test_png_study_positions_are_indices() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_slice(0, 0)).save(buffer, "PNG")
+    items = [SliceFile(f"s ({n}).png", buffer.getvalue()) for n in (3, 1, 2, 2)]
+    order = arrange_slices(items)
+    assert order.position_unit == "index"
+    assert [s.position for s in order.slices] == [1.0, 2.0, 2.0, 3.0]
+    assert any(w.startswith("duplicate position 2:") for w in order.warnings)
+
+
+def test_enhanced_ct_study_reads_each_frame(predictor: InferenceCore) -> None:
+    from pydicom.data import get_testdata_file
+
+    data = Path(get_testdata_file("eCT_Supplemental.dcm")).read_bytes()  # type: ignore[arg-type]
+    study = predictor.study([SliceFile("enhanced.dcm", data)])
+    assert sorted(study.names) == ["enhanced.dcm [frame 1/2]", "enhanced.dcm [frame 2/2]"]
+    assert study.position_unit == "mm" and study.errors == []
+    assert study.positions[0] > study.positions[1]  # head first, in mm
+    assert [s.frame for s in study.sources] in ([1, 0], [0, 1])
 
 
 def test_mixed_series_refused() -> None:

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from ml_model import predict
-from ml_model.bundle import CARD_FILE, KERAS_FILE, SAVED_MODEL_DIR, SERVING_GATE_OUTPUT, TFLITE_FILE
+from ml_model.bundle import (
+    CARD_FILE,
+    GRADCAM_ONNX_FILE,
+    KERAS_FILE,
+    ONNX_FILE,
+    SAVED_MODEL_DIR,
+    SERVING_GATE_OUTPUT,
+    TFLITE_FILE,
+)
 from ml_model.config import DEFAULT_MODEL_DIR
 from ml_model.data.dataset import find_images, load_arrays
 from ml_model.evaluation import evaluate
@@ -57,7 +65,7 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -> None:
     _, out = trained_bundle
-    for name in (KERAS_FILE, SAVED_MODEL_DIR, TFLITE_FILE, CARD_FILE):
+    for name in (KERAS_FILE, SAVED_MODEL_DIR, TFLITE_FILE, ONNX_FILE, GRADCAM_ONNX_FILE, CARD_FILE):
         assert (out / name).exists(), name
     for name in (
         "history_train.csv",
@@ -99,6 +107,18 @@ def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     features = gate_inputs(predictor.forward.model, images)
     np.testing.assert_allclose(logits, CTGate.load(out).logits(features), atol=1e-3)
     np.testing.assert_allclose(predictor.scores(images).ct_logit, logits, atol=1e-4)
+    # ONNX Runtime runs the same graph; the card records its parity on the training slices.
+    from ml_model.inference.forward_onnx import OnnxForward
+
+    onnx = OnnxForward.from_bundle(out)(images)
+    np.testing.assert_allclose(onnx.probability, keras_probs, atol=1e-3)
+    np.testing.assert_allclose(onnx.ct_logit, logits, atol=1e-3)
+    parity = json.loads((out / CARD_FILE).read_text())["runtimes"]["onnx"]["parity"]
+    assert parity["verdicts_identical"]
+    assert {"train (the out-of-fold slices)", "non-CT (gate negatives)", "synthetic"} <= set(
+        parity["slices"]
+    )
+    assert parity["slices"]["train (the out-of-fold slices)"]["n"] == len(images)
 
 
 def test_evaluate_metrics_match_hand_count(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,172 @@ def test_decompression_bomb_is_an_error_not_a_warning() -> None:
     data = encode(Image.new("1", (10_000, 5_000)), "PNG")
     with pytest.raises(ImageTooLargeError):
         decode_image(data)
+
+
+# --- DICOM as scanners and PACS write it ------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+from ml_model.imaging.dicom import AIR_HU, read_dicom, read_facts  # noqa: E402
+from testing.dicom_writers import patch_element, scanner_ct_dicom  # noqa: E402
+
+RNG = np.random.default_rng(7)
+# A neck-like slice: air around, fat, muscle, bone well above the model's window.
+HU = np.full((48, 64), -1000.0)
+HU[8:40, 8:56] = -100.0
+HU[12:36, 14:50] = 45.0 + RNG.normal(0, 8, (24, 36))
+HU[20:28, 26:38] = 1100.0
+SYNTAXES = {
+    "explicit-le": None,
+    "rle": "1.2.840.10008.1.2.5",
+    "jpeg-ls": "1.2.840.10008.1.2.4.80",
+    "jpeg-2000-lossless": "1.2.840.10008.1.2.4.90",
+    "deflated": "1.2.840.10008.1.2.1.99",
+    "big-endian": "1.2.840.10008.1.2.2",
+}
+
+
+def expected_gray(hu: np.ndarray = HU) -> np.ndarray:
+    return hu_window(np.rint(hu))
+
+
+@pytest.mark.parametrize("syntax", list(SYNTAXES))
+@pytest.mark.parametrize(
+    ("storage", "bits"), [("int16", 16), ("int16", 12), ("uint16", 16), ("uint16", 12)]
+)
+def test_dicom_encodings_and_bit_depths_give_the_same_slice(
+    syntax: str, storage: str, bits: int
+) -> None:
+    data = scanner_ct_dicom(HU, storage=storage, bits_stored=bits,
+                            transfer_syntax=SYNTAXES[syntax])  # fmt: skip
+    assert np.array_equal(decode_image(data), expected_gray())
+
+
+@pytest.mark.parametrize(("storage", "intercept"), [("uint8", -1024.0), ("int8", 0.0)])
+def test_eight_bit_dicom(storage: str, intercept: float) -> None:
+    hu = np.clip(HU, -1000, 1000)
+    data = scanner_ct_dicom(hu, storage=storage, bits_stored=8, slope=8.0, intercept=intercept)
+    stored_hu = np.rint((hu - intercept) / 8.0) * 8.0 + intercept
+    assert np.array_equal(decode_image(data), hu_window(stored_hu))
+
+
+def test_monochrome1_is_inverted_after_windowing() -> None:
+    plain = decode_image(scanner_ct_dicom(HU))
+    inverted = decode_image(scanner_ct_dicom(HU, photometric="MONOCHROME1"))
+    assert np.array_equal(inverted, 255 - plain)
+
+
+@pytest.mark.parametrize(("storage", "padding"), [("int16", -2000), ("uint16", 65535)])
+def test_padding_is_air_not_an_artefact(storage: str, padding: int) -> None:
+    outside = np.zeros(HU.shape, bool)
+    outside[:, :4] = True  # outside the reconstruction circle
+    data = scanner_ct_dicom(HU, storage=storage, padding=padding, padding_mask=outside)
+    image = read_dicom(data)
+    assert np.all(image.values[outside] == AIR_HU)
+    for level, width in ((-70, 380), (400, 1800), (40, 400)):
+        assert np.all(image.window(level, width)[outside] == 0)  # black in every window
+
+
+@pytest.mark.parametrize("storage", ["int16", "uint16"])
+def test_missing_rescale_tags(storage: str) -> None:
+    """No RescaleSlope/Intercept: signed values are HU; unsigned ones with air near 0 carry
+    the usual +1024 offset."""
+    data = scanner_ct_dicom(HU, storage=storage, rescale=False)
+    assert np.array_equal(decode_image(data), expected_gray())
+
+
+def test_missing_modality_is_decided_by_sop_class_and_rescale() -> None:
+    from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
+
+    ct = scanner_ct_dicom(HU, modality=None)
+    assert np.array_equal(decode_image(ct), expected_gray())
+    assert read_facts(ct).modality == "CT"
+    # A secondary capture without Modality whose rescale reads like HU: a converted CT.
+    converted = scanner_ct_dicom(HU, modality=None, storage="uint16")
+    converted = converted.replace(b"1.2.840.10008.5.1.4.1.1.2\x00",
+                                  SecondaryCaptureImageStorage.encode() + b"\x00")  # fmt: skip
+    assert np.array_equal(decode_image(converted), expected_gray())
+    mr = scanner_ct_dicom(HU, modality=None)
+    mr = mr.replace(b"1.2.840.10008.5.1.4.1.1.2\x00", MRImageStorage.encode() + b"\x00")
+    with pytest.raises(UnsupportedImageError, match=r"MR image .*SOP class is MR Image Storage"):
+        decode_image(mr)
+
+
+def test_non_image_dicom_is_refused_with_a_reason() -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    for name, what in (("test-SR.dcm", "Comprehensive SR Storage"),
+                       ("rtplan.dcm", "RT Plan Storage")):  # fmt: skip
+        data = Path(get_testdata_file(name)).read_bytes()  # type: ignore[arg-type]
+        with pytest.raises(UnsupportedImageError, match=f"not an image \\({what}\\)"):
+            decode_image(data)
+    # a presentation state without SOP class name lookups: refused by Modality
+    data = scanner_ct_dicom(HU, modality="PR")
+    assert pydicom.dcmread(io.BytesIO(data)).Modality == "PR"
+    with pytest.raises(UnsupportedImageError, match="Modality PR"):
+        decode_image(data)
+
+
+def test_malformed_elements() -> None:
+    data = scanner_ct_dicom(HU, position=(0, 0, 5), instance=3)
+    # what pydicom reads leniently and the slice does not need: the slice still decodes
+    lenient = [
+        ("InstanceNumber", b"abc"),
+        ("InstanceNumber", b"9" * 5000),
+        ("ImagePositionPatient", b"1.5"),
+        ("ImagePositionPatient", b"a\\b\\c"),
+        ("ImagePositionPatient", b"1\\\\3"),
+        ("PixelSpacing", b"x\\y"),
+        ("SliceThickness", b"thin"),
+        ("SeriesDescription", b"\x00\x1b[31m"),
+    ]
+    for keyword, raw in lenient:
+        damaged = patch_element(data, keyword, raw)
+        assert np.array_equal(decode_image(damaged), expected_gray()), keyword
+        facts = read_facts(damaged)
+        if keyword == "PixelSpacing":
+            assert facts.pixel_spacing_mm is None
+        if keyword == "SliceThickness":
+            assert facts.slice_thickness_mm is None
+        if keyword == "SeriesDescription":
+            assert facts.series_description is None or "\x1b" not in facts.series_description
+    # what the pixels need: a 400 naming the element
+    damaged = patch_element(data, "RescaleIntercept", b"-10x4")
+    with pytest.raises(ImageDecodeError, match=r"RescaleIntercept \(0028,1052\)") as caught:
+        decode_image(damaged)
+    assert type(caught.value) is ImageDecodeError
+
+
+def test_facts_are_typed_and_never_identify_the_patient() -> None:
+    data = scanner_ct_dicom(HU, position=(1.0, 2.0, -42.5), identifiers=True,
+                            transfer_syntax=SYNTAXES["jpeg-ls"])  # fmt: skip
+    facts = read_facts(data)
+    assert facts == read_dicom(data).facts
+    assert facts.modality == "CT" and facts.series_description == "C-SPINE 1.0 BONE"
+    assert facts.slice_location_mm == -42.5
+    assert facts.pixel_spacing_mm == (0.5, 0.5) and facts.slice_thickness_mm == 1.0
+    assert (facts.rows, facts.columns) == HU.shape
+    assert facts.transfer_syntax == "JPEG-LS Lossless Image Compression"
+    text = repr(dataclasses.asdict(facts))
+    for secret in ("Doe", "PID-123456", "19700101", "20260102", "Example General", "ACC-98765",
+                   "1.2.826", "2.25."):  # fmt: skip
+        assert secret not in text
+
+
+def test_damaged_dicom_raises_only_the_three_errors() -> None:
+    """Random byte damage anywhere in a compressed and an uncompressed file: a slice or one
+    of the three errors, nothing else (the hardening fuzzing goes further)."""
+    rng = np.random.default_rng(0)
+    for syntax in (None, SYNTAXES["jpeg-2000-lossless"], SYNTAXES["rle"]):
+        data = bytearray(scanner_ct_dicom(HU, position=(0, 0, 1), transfer_syntax=syntax))
+        for _ in range(60):
+            damaged = bytearray(data)
+            for position in rng.integers(132, len(damaged), size=int(rng.integers(1, 6))):
+                damaged[position] = int(rng.integers(0, 256))
+            cut = int(rng.integers(140, len(damaged) + 1))
+            try:
+                decode_image(bytes(damaged[:cut]))
+                read_facts(bytes(damaged[:cut]))
+            except ImageDecodeError:
+                pass

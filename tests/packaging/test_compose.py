@@ -109,7 +109,7 @@ def test_backend_service(services):
     assert "${PORT:-8000}:8000" in backend["ports"]
     env = _env(backend)
     assert BACKEND_SETTINGS | {"TFSERVING_URL"} <= set(env)
-    assert env["INFERENCE_BACKEND"] == "${INFERENCE_BACKEND:-local}"
+    assert env["INFERENCE_BACKEND"] == "${INFERENCE_BACKEND:-onnx}"  # no TensorFlow in the image
     assert interpolate(env["MAX_UPLOAD_MB"] or "") == "20"
 
     # MODEL_DIR points into the read-only models mount, at a bundle that exists on the host.

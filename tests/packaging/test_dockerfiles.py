@@ -9,6 +9,7 @@ import tomllib
 
 import pytest
 
+from tests.load.soak import UVICORN_FLAGS
 from tests.packaging.helpers import (
     BACKEND_DOCKERFILE,
     MODEL_BUNDLE,
@@ -23,7 +24,8 @@ from tests.packaging.helpers import (
 )
 
 DOCKERFILES = [BACKEND_DOCKERFILE, TRAIN_DOCKERFILE]
-UVICORN_CMD = ["uvicorn", "backend.app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+UVICORN_CMD = ["uvicorn", "backend.app.main:app", "--host", "0.0.0.0", "--port", "8000",
+               *UVICORN_FLAGS]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +158,22 @@ def test_runtime_requirements_hold_no_dev_tools():
     assert not re.search(r"^-r", runtime, re.M)
     for tool in ("pytest", "ruff", "mypy", "hypothesis", "schemathesis", "ipykernel"):
         assert not re.search(rf"^{tool}\b", runtime, re.M | re.I), tool
+
+
+def test_backend_image_serves_without_tensorflow(backend):
+    """The API runs ONNX Runtime (the default backend, Grad-CAM included): the builder drops
+    TensorFlow and Keras from its copy of the runtime pins, and nothing else names them."""
+    runs = _runs(backend.stage("builder"))
+    assert "sed -i -E '/^(tensorflow-cpu|keras)==/d' /tmp/requirements.txt" in runs
+    pins = (REPO_ROOT / "requirements.txt").read_text()
+    assert re.search(r"^onnxruntime==\d", pins, re.M), "the serving runtime is pinned"
+    left = [
+        line
+        for line in pins.splitlines()
+        if re.match(r"(tensorflow|keras)", line, re.I)
+        and not re.match(r"(tensorflow-cpu|keras)==", line)
+    ]
+    assert not left, f"the sed would leave these in the image: {left}"
 
 
 def test_backend_runtime_contract(backend):

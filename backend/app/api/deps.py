@@ -11,6 +11,7 @@ from backend.app.core.metrics import AppMetrics
 from ml_model.inference.core import InferenceCore
 
 NOT_READY_DETAIL = "the model is not loaded yet; retry when GET /ready answers 200"
+NOT_READY_RETRY_AFTER_S = 2
 
 
 async def get_settings(request: Request) -> Settings:
@@ -18,11 +19,24 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
+def not_ready_detail(request: Request) -> str:
+    """Why the model cannot answer yet: the start-up stage (or the load's failure)."""
+    loading = getattr(request.app.state, "loading", None)
+    if loading is None or not getattr(request.app.state, "lifespans", 0):
+        return NOT_READY_DETAIL  # no lifespan running (not started, or shut down)
+    return f"the model is not loaded yet: {loading.reason()}; retry when GET /ready answers 200"
+
+
 async def get_core(request: Request) -> InferenceCore:
-    """The loaded, warmed-up inference core; 503 until the lifespan has finished loading it."""
+    """The loaded, warmed-up inference core; 503 (with the reason and ``Retry-After``) until
+    the lifespan has finished loading it."""
     core: InferenceCore | None = request.app.state.inference
     if core is None or not request.app.state.ready:
-        raise HTTPException(status_code=503, detail=NOT_READY_DETAIL)
+        raise HTTPException(
+            status_code=503,
+            detail=not_ready_detail(request),
+            headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)},
+        )
     return core
 
 

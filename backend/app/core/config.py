@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ml_model.config import DEFAULT_MODEL_DIR
@@ -16,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 MIB = 1024 * 1024
 # Room for the multipart boundary and part headers around a single file of the maximum size.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class Settings(BaseSettings):
@@ -63,12 +65,14 @@ class Settings(BaseSettings):
         default=REPO_ROOT / "frontend" / "dist",
         description="Built web app, served at / when the directory exists.",
     )
-    inference_backend: Literal["local", "tfserving"] = Field(
-        default="local",
-        description="Where the classifier runs: `local` (in-process TensorFlow) or "
-        "`tfserving` (TF Serving's REST predict API at TFSERVING_URL: it returns the "
-        "probability and the CT gate's logit, so no model runs here; Grad-CAM loads the "
-        "bundle in MODEL_DIR on the first explain=true).",
+    inference_backend: Literal["onnx", "local", "tfserving"] = Field(
+        default="onnx",
+        description="Where the classifier runs: `onnx` (in-process ONNX Runtime on the "
+        "bundle's model.onnx; TensorFlow is never imported, Grad-CAM runs gradcam.onnx), "
+        "`local` (in-process TensorFlow: the reference) or `tfserving` (TF Serving's REST "
+        "predict API at TFSERVING_URL: it returns the probability and the CT gate's logit, "
+        "so no model runs here; Grad-CAM runs the bundle's gradcam.onnx, or loads "
+        "model.keras in MODEL_DIR on the first explain=true when there is none).",
     )
     tfserving_url: str = Field(
         default="http://tfserving:8501/v1/models/fracture:predict",
@@ -90,6 +94,12 @@ class Settings(BaseSettings):
         le=5.0,
         description="Longest wait, after a batch's first request, for more requests to join; "
         "only spent while other requests are on their way (a lone request never waits).",
+    )
+    onnx_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="ONNX Runtime intra-op threads (INFERENCE_BACKEND=onnx); default: the "
+        "CPUs this process may use (its affinity mask, so a container's cpuset).",
     )
     tf_intra_op_threads: int | None = Field(
         default=None,
@@ -123,7 +133,83 @@ class Settings(BaseSettings):
         gt=1,
         description="Largest compression ratio of one zip member (zip-bomb guard).",
     )
+    max_request_memory_mb: float = Field(
+        default=640.0,
+        gt=0,
+        description="Most memory one request may hold (its body, a zip's unpacked members, "
+        "a decoded image), estimated from headers before anything is decoded; over it: 413 "
+        "with the reason.",
+    )
+    memory_budget_mb: float = Field(
+        default=1024.0,
+        gt=0,
+        description="Memory all requests in flight may hold together (the same estimates); a "
+        "request that would pass it gets 503 with Retry-After instead of swapping. At least "
+        "MAX_REQUEST_MEMORY_MB.",
+    )
+    max_concurrent_studies: int = Field(
+        default=4,
+        ge=1,
+        description="Most /predict/study and /report requests at once; more: 503 with Retry-After.",
+    )
+    heatmap_max_side: int = Field(
+        default=1024,
+        ge=64,
+        description="Longest side, in pixels, of a Grad-CAM heatmap (explain=true); larger "
+        "images get a heatmap scaled down to it (aspect ratio kept).",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must send a request's complete header within this many "
+        "seconds of its first byte (or of opening), else it is closed (the uvicorn protocol "
+        "`backend.app.core.http:BoundedHttpProtocol`, see the Makefile's `run`).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An upload that sends no byte for this many seconds is answered 408 (or "
+        "its connection closed) and its memory freed.",
+    )
+    auth_token_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="SHA-256 hex digests of the accepted bearer tokens, comma-separated. Set: "
+        "every prediction, study, report, model and metrics endpoint needs `Authorization: "
+        "Bearer <token>` (else 401); /health, /ready, the docs and the web app stay open. "
+        "Empty: no authentication.",
+    )
+    load_model_in_background: bool = Field(
+        default=True,
+        description="Open the port at once and load the model behind it (/health 200, /ready "
+        "503 with the reason until it is loaded and warmed up; a bundle that fails to load "
+        "stops the process). Off: the lifespan waits for the model (tests).",
+    )
     log_level: str = Field(default="INFO", description="Level of the JSON logs.")
+
+    @field_validator("auth_token_hashes", mode="before")
+    @classmethod
+    def _split_hashes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            digests = [str(part).strip().lower() for part in value]
+            for digest in digests:
+                if not _SHA256_HEX.fullmatch(digest):
+                    raise ValueError(
+                        "AUTH_TOKEN_HASHES takes SHA-256 hex digests (64 hex digits each, "
+                        "comma-separated), e.g. from `printf %s TOKEN | sha256sum`"
+                    )
+            return digests
+        return value
+
+    @model_validator(mode="after")
+    def _budget_holds_a_request(self) -> Settings:
+        if self.memory_budget_mb < self.max_request_memory_mb:
+            raise ValueError(
+                f"MEMORY_BUDGET_MB ({self.memory_budget_mb:g}) must be at least "
+                f"MAX_REQUEST_MEMORY_MB ({self.max_request_memory_mb:g})"
+            )
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -152,6 +238,14 @@ class Settings(BaseSettings):
     @property
     def max_zip_uncompressed_bytes(self) -> int:
         return int(self.max_zip_uncompressed_mb * MIB)
+
+    @property
+    def max_request_memory_bytes(self) -> int:
+        return int(self.max_request_memory_mb * MIB)
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_mb * MIB)
 
     @property
     def intra_op_threads(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -10,6 +11,8 @@ from typing import Any
 
 LOGGER_NAME = "backend"
 ACCESS_LOGGER_NAME = "backend.access"
+# The id of the request being handled (set by the access log, echoed as X-Request-ID).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

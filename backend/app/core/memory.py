@@ -35,3 +35,17 @@ def limit_malloc_arenas(arenas: int = DEFAULT_ARENA_MAX) -> bool:
         return False
     del gnu_get_libc_version
     return bool(libc.mallopt(M_ARENA_MAX, arenas))
+
+
+def release_free_memory() -> bool:
+    """Hand memory freed by the allocator back to the system (glibc ``malloc_trim``): after a
+    burst of large uploads, RSS falls back instead of staying at the burst's peak. True if
+    anything was released; a no-op off glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))

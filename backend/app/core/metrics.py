@@ -9,7 +9,11 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from backend.app.core.admission import MemoryBudget, StudySlots
+from backend.app.core.auth import note_result
+
 # Inference takes ~5 ms to a few seconds (batch, Grad-CAM, cold start).
+REFUSAL_REASONS = frozenset({"request_memory", "process_memory", "studies", "body_timeout"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -40,12 +44,38 @@ class AppMetrics:
         self.model_ready = Gauge(
             "triage_model_ready", "1 once the model is loaded and warmed up.", registry=registry
         )
+        self.admission_refusals = Counter(
+            "triage_admission_refusals_total",
+            "Requests refused by admission control, by reason: `request_memory` (413, over "
+            "MAX_REQUEST_MEMORY_MB), `process_memory` (503, MEMORY_BUDGET_MB full), "
+            "`studies` (503, MAX_CONCURRENT_STUDIES busy), `body_timeout` (408).",
+            ["reason"],
+            registry=registry,
+        )
+        self.memory_in_flight = Gauge(
+            "triage_memory_in_flight_bytes",
+            "Memory held by requests in flight, as estimated by admission control.",
+            registry=registry,
+        )
+        self.studies_in_flight = Gauge(
+            "triage_studies_in_flight", "Studies being analysed.", registry=registry
+        )
 
     def record_prediction(self, result: str, operating_point: str) -> None:
         self.predictions.labels(result=result, operating_point=operating_point).inc()
+        note_result(result)
 
     def record_study(self, result: str, operating_point: str) -> None:
         self.studies.labels(result=result, operating_point=operating_point).inc()
+        note_result(result, study=True)
+
+    def record_refusal(self, reason: str) -> None:
+        if reason in REFUSAL_REASONS:  # a fixed label set
+            self.admission_refusals.labels(reason=reason).inc()
+
+    def watch_admission(self, budget: MemoryBudget, slots: StudySlots) -> None:
+        self.memory_in_flight.set_function(lambda: budget.used)
+        self.studies_in_flight.set_function(lambda: slots.busy)
 
     def record_upload_error(self, status_code: int) -> None:
         self.upload_errors.labels(status=str(status_code)).inc()

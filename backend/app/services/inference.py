@@ -1,22 +1,41 @@
 """The inference core the routes use, built from ``Settings``.
 
 ``ml_model.inference.core.InferenceCore`` decides every verdict; this module only picks
-where its forward runs (in-process TensorFlow, or TF Serving), wraps that forward in the
-micro-batcher when ``BATCHING`` is on, and sizes the thread pools once at start-up.
+where its forward runs (in-process ONNX Runtime, in-process TensorFlow, or TF Serving),
+wraps that forward in the micro-batcher when ``BATCHING`` is on, and sizes the thread pools
+once at start-up. With ``INFERENCE_BACKEND=onnx`` (the default) and ``tfserving`` nothing
+here imports TensorFlow: Grad-CAM runs the bundle's ``gradcam.onnx``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME
+from ml_model.bundle import GRADCAM_ONNX_FILE
+from ml_model.card import ModelCard
 from ml_model.inference.batching import BatchedForward
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.forward import Forward, KerasForward
 
 logger = logging.getLogger(LOGGER_NAME)
+
+
+def configure_blas(settings: Settings) -> None:
+    """numpy's BLAS: ``BLAS_THREADS`` (1), so that it never competes with the model's pool."""
+    try:
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+        threadpool_limits(settings.blas_threads, user_api="blas")
+    except ImportError:  # pragma: no cover - scikit-learn always brings it
+        logger.warning("threadpoolctl not installed; BLAS thread count left as is")
 
 
 def configure_threads(settings: Settings) -> None:
@@ -42,12 +61,7 @@ def configure_threads(settings: Settings) -> None:
         applied = False
         intra = tf.config.threading.get_intra_op_parallelism_threads()
         inter = tf.config.threading.get_inter_op_parallelism_threads()
-    try:
-        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-        threadpool_limits(settings.blas_threads, user_api="blas")
-    except ImportError:  # pragma: no cover - scikit-learn always brings it
-        logger.warning("threadpoolctl not installed; BLAS thread count left as is")
+    configure_blas(settings)
     logger.info(
         "thread pools",
         extra={
@@ -69,7 +83,25 @@ def create_core(settings: Settings) -> InferenceCore:
 
     card = load_card(settings.model_dir)  # validated before any model is loaded
     forward: Forward
-    if settings.inference_backend == "local":
+    if settings.inference_backend == "onnx":
+        from ml_model.inference.forward_onnx import OnnxForward
+
+        configure_blas(settings)
+        forward = OnnxForward.from_bundle(settings.model_dir, settings.onnx_threads)
+        logger.info(
+            "thread pools",
+            extra={
+                "onnx_intra_op_threads": forward.threads,
+                "blas_threads": settings.blas_threads,
+                "cpus": os.cpu_count(),
+            },
+        )
+    elif settings.inference_backend == "local":
+        if importlib.util.find_spec("tensorflow") is None:
+            raise RuntimeError(
+                "INFERENCE_BACKEND=local runs TensorFlow, which is not installed here (the "
+                "serving image leaves it out): use onnx (the default) or tfserving"
+            )
         configure_threads(settings)
         forward = KerasForward.from_bundle(settings.model_dir, card.temperature)
     elif settings.inference_backend == "tfserving":
@@ -78,16 +110,32 @@ def create_core(settings: Settings) -> InferenceCore:
         forward = TFServingForward(settings.tfserving_url, settings.tfserving_timeout_s)
     else:
         raise ValueError(f"unknown inference backend {settings.inference_backend!r}")
-    gradcam = None
-    if isinstance(forward, KerasForward):
-        from ml_model.inference.gradcam import GradCam
-
-        gradcam = GradCam(forward.model, card.gradcam_layer)
+    gradcam = create_gradcam(forward, card, settings)
     if settings.batching:
         forward = BatchedForward(
             forward, settings.batch_max_size, settings.batch_max_wait_ms / 1000.0
         )
     return configure(InferenceCore(settings.model_dir, forward, gradcam=gradcam), settings)
+
+
+def create_gradcam(
+    forward: Forward, card: ModelCard, settings: Settings
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Grad-CAM for ``explain=true``: TensorFlow's own next to a TensorFlow forward; else the
+    bundle's ``gradcam.onnx`` (no TensorFlow), opened on the first heatmap; else (a bundle
+    without it) ``model.keras`` loaded on the first heatmap."""
+    if isinstance(forward, KerasForward):
+        from ml_model.inference.gradcam import GradCam
+
+        return GradCam(forward.model, card.gradcam_layer)
+    onnx_file = Path(settings.model_dir, GRADCAM_ONNX_FILE)
+    if onnx_file.is_file():
+        from ml_model.inference.forward_onnx import OnnxGradCam
+
+        return OnnxGradCam(onnx_file, card.input.size, settings.onnx_threads)
+    from ml_model.inference.gradcam import LazyGradCam
+
+    return LazyGradCam(settings.model_dir, card.gradcam_layer)
 
 
 def configure(core: InferenceCore, settings: Settings) -> InferenceCore:

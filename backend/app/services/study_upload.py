@@ -22,13 +22,17 @@ import io
 import re
 import stat
 import zipfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from fastapi import UploadFile
 
 from backend.app.core.config import Settings
+from backend.app.services.admission import precheck_slice, reserve
 from backend.app.services.imaging import UploadProblem
 from ml_model.imaging.dicom import is_dicom
+from ml_model.imaging.errors import short_message as _short
 from ml_model.inference.study import SliceFile
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -44,6 +48,11 @@ RASTER_MAGIC = (
 )
 SKIPPED_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
 READ_CHUNK = 1024 * 1024
+# Members above this size are held to MAX_ZIP_RATIO (a slice never compresses 200:1; a
+# megabyte of zeros does, and a thousand of them used to unpack to a gigabyte).
+RATIO_FLOOR = 64 * 1024
+MAX_NAME_DIGITS = 18
+_DIGITS = re.compile(r"\d+")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -92,13 +101,14 @@ def _shown(name: str) -> str:
     return repr(name[:200])
 
 
-def read_zip(data: bytes, settings: Settings) -> StudyUpload:
-    """Unpack a study zip in memory under the limits above."""
+def read_zip(data: bytes | BinaryIO, settings: Settings) -> StudyUpload:
+    """Unpack a study zip in memory under the limits above (``data``: the zip's bytes, or
+    the uploaded part itself, read in place without a copy)."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
         members = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise UploadProblem(400, f"the zip archive could not be read: {exc}") from exc
+    except Exception as exc:  # zipfile raises many types on damaged archives
+        raise UploadProblem(400, f"the zip archive could not be read: {_short(exc)}") from exc
     if len(members) > settings.max_zip_members:
         raise UploadProblem(
             413,
@@ -119,12 +129,13 @@ def read_zip(data: bytes, settings: Settings) -> StudyUpload:
 
     budget = settings.max_zip_uncompressed_bytes
     limit_mb = f"{settings.max_zip_uncompressed_mb:g} MiB"
-    declared = sum(info.file_size for info in wanted)
+    # Every member's declared size counts, read or not, small or large.
+    declared = sum(info.file_size for info in members)
     if declared > budget:
         raise UploadProblem(413, f"the zip unpacks to {declared:,} bytes, over the {limit_mb}")
     for info in wanted:
         ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > READ_CHUNK and ratio > settings.max_zip_ratio:
+        if info.file_size > RATIO_FLOOR and ratio > settings.max_zip_ratio:
             raise UploadProblem(
                 413,
                 f"zip member {_shown(info.filename)} has a compression ratio of {ratio:.0f}:1, "
@@ -137,6 +148,10 @@ def read_zip(data: bytes, settings: Settings) -> StudyUpload:
             "per study",
         )
 
+    # The unpacked members stay in memory until the study is scored: held in the request's
+    # memory budget before any is inflated (413 over MAX_REQUEST_MEMORY_MB, 503 when busy).
+    unpacked = sum(info.file_size for info in wanted if info.file_size <= settings.max_upload_bytes)
+    reserve(unpacked, f"unpacking the zip ({len(wanted)} files, {unpacked / 2**20:,.0f} MiB)")
     names = Counter(_basename(info.filename) for info in wanted)
     upload = StudyUpload()
     total = 0
@@ -166,8 +181,8 @@ def read_zip(data: bytes, settings: Settings) -> StudyUpload:
                     chunks.append(chunk)
         except UploadProblem:
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
-            upload.errors.append((name, f"the zip member could not be read: {exc}"))
+        except Exception as exc:  # bad CRC, bad zlib/bz2/lzma data, unsupported method...
+            upload.errors.append((name, f"the zip member could not be read: {_short(exc)}"))
             continue
         _add(upload, name, b"".join(chunks))
     return upload
@@ -178,8 +193,56 @@ def _add(upload: StudyUpload, name: str, data: bytes) -> None:
         upload.errors.append((name, "the file is empty"))
     elif not looks_like_slice(data):
         upload.errors.append((name, "the file is not a recognised image or DICOM"))
+    elif not is_dicom(data) and (digits := _longest_number(name)) > MAX_NAME_DIGITS:
+        # PNG/JPEG slices are ordered by the number in their name; a number of thousands of
+        # digits is no slice number (int() refuses it past 4,300 digits, float() past 308).
+        upload.errors.append(
+            (
+                _shown_name(name),
+                f"the file name holds a {digits}-digit number; slice numbers "
+                f"have at most {MAX_NAME_DIGITS} digits",
+            )
+        )
+    elif (problem := precheck_slice(data)) is not None:
+        upload.errors.append((name, problem))
     else:
         upload.slices.append(SliceFile(name, data))
+
+
+def _longest_number(name: str) -> int:
+    return max((len(run) for run in _DIGITS.findall(name)), default=0)
+
+
+def _shown_name(name: str) -> str:
+    return name if len(name) <= 200 else name[:197] + "..."
+
+
+def collect_uploads(files: list[UploadFile], settings: Settings) -> StudyUpload:
+    """The uploaded parts of a study request -> :func:`collect_study`. Each part's bytes are
+    taken out of the upload buffer and the buffer freed at once (a body is never held
+    twice); a single zip is read in place, without a copy at all."""
+    if len(files) == 1 and is_zip(files[0].file.read(4)):
+        stream = files[0].file
+        stream.seek(0, io.SEEK_END)
+        if stream.tell() > settings.max_study_bytes:
+            raise UploadProblem(
+                413, f"the study upload is larger than the limit of {settings.max_study_mb:g} MiB"
+            )
+        stream.seek(0)
+        return read_zip(stream, settings)
+    single = len(files) == 1
+    limit = settings.max_study_bytes if single else settings.max_upload_bytes
+    uploads = []
+    for index, upload in enumerate(files):
+        upload.file.seek(0)
+        data = upload.file.read(limit + 1)
+        upload.file.close()  # the parser's copy: freed now, not at the end of the request
+        if single and len(data) > limit:
+            raise UploadProblem(
+                413, f"the study upload is larger than the limit of {settings.max_study_mb:g} MiB"
+            )
+        uploads.append((upload.filename or f"file{index + 1}", data))
+    return collect_study(uploads, settings)
 
 
 def collect_study(uploads: list[tuple[str, bytes]], settings: Settings) -> StudyUpload:

@@ -11,6 +11,7 @@ import type {
   StudyQuery,
   StudyResponse,
 } from "./types";
+import { requestToken, storedToken, storeToken } from "../components/TokenPrompt";
 
 /** An error from the API (or the network), with wording a clinician can act on. */
 export class ApiError extends Error {
@@ -44,6 +45,11 @@ export function describeError(status: number, detail: string | null = null): Err
       return {
         title: "Image could not be read",
         hint: "The file is empty or damaged, or its contents could not be decoded as an image.",
+      };
+    case 401:
+      return {
+        title: "Access token required",
+        hint: "This server only answers authorised users. Enter the access token you were given and try again.",
       };
     case 413:
       return {
@@ -96,10 +102,38 @@ function toSearch(query: Record<string, string | number | boolean | undefined | 
   return params.toString();
 }
 
+/**
+ * fetch, with `Authorization: Bearer <token>` when this tab holds one (sessionStorage). On a
+ * 401 (the server runs with AUTH_TOKEN_HASHES) the user is asked for the token once
+ * (components/TokenPrompt) and the request is sent again with it; a token refused again is
+ * forgotten. Without a stored token and without a 401 the request is sent as it is.
+ */
+export async function authorisedFetch(input: string, init: RequestInit = {}): Promise<Response> {
+  const send = (token: string | null): Promise<Response> => {
+    if (!token) return fetch(input, init);
+    const headers = new Headers(init.headers);
+    headers.set("Authorization", `Bearer ${token}`);
+    return fetch(input, { ...init, headers });
+  };
+  const response = await send(storedToken());
+  if (response.status !== 401) return response;
+  let detail: string | null = null;
+  try {
+    detail = detailText(await response.clone().json());
+  } catch {
+    detail = null;
+  }
+  const token = await requestToken(detail);
+  if (!token) return response;
+  const again = await send(token);
+  if (again.status === 401) storeToken(null);
+  return again;
+}
+
 async function request<T>(input: string, init?: RequestInit): Promise<T> {
   let response: Response;
   try {
-    response = await fetch(input, { headers: { Accept: "application/json" }, ...init });
+    response = await authorisedFetch(input, { headers: { Accept: "application/json" }, ...init });
   } catch {
     throw new ApiError(0, null);
   }
@@ -160,7 +194,7 @@ export async function getReport(files: File[], operatingPoint: OperatingPoint): 
   for (const file of files) form.append("files", file, file.name);
   let response: Response;
   try {
-    response = await fetch(`/report?${toSearch({ operating_point: operatingPoint })}`, {
+    response = await authorisedFetch(`/report?${toSearch({ operating_point: operatingPoint })}`, {
       method: "POST",
       body: form,
       headers: { Accept: "application/pdf, application/json" },

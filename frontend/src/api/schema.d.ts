@@ -36,7 +36,8 @@ export interface paths {
         /**
          * Triage one CT slice
          * @description Probability of fracture for one image, its triage result at the chosen operating
-         *     point and, with `explain=true`, a Grad-CAM heatmap over the input.
+         *     point and, with `explain=true`, a Grad-CAM heatmap over the input. A DICOM upload also
+         *     gets `preview_png_base64` (the slice as the server read it) and `dicom` (header facts).
          *
          *     An input the out-of-distribution guard refuses (a photo, a chest X-ray...) gets
          *     `result` `Not a CT slice` and `in_distribution` false: no fracture call is made;
@@ -87,7 +88,9 @@ export interface paths {
          *
          *     Slices the out-of-distribution guard refuses are listed with `in_distribution` false
          *     and left out of the score; if none is left, `result` is `Not a CT slice`. Files that
-         *     cannot be decoded are listed in `errors` and do not fail the study.
+         *     cannot be decoded are listed in `errors` and do not fail the study. Positions are in
+         *     `position_unit` (`mm` for DICOM geometry); gaps, duplicate positions and mixed
+         *     orientations are listed in `warnings`.
          */
         post: operations["predict_study_route_predict_study_post"];
         delete?: never;
@@ -293,7 +296,7 @@ export interface components {
         Body_predict_batch_predict_batch_post: {
             /**
              * Files
-             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window). Repeat the field.
+             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window; uncompressed, deflated, big-endian, RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000). Repeat the field.
              */
             files: string[];
         };
@@ -301,7 +304,7 @@ export interface components {
         Body_predict_predict_post: {
             /**
              * File
-             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window).
+             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window; uncompressed, deflated, big-endian, RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000).
              */
             file: string;
         };
@@ -309,7 +312,7 @@ export interface components {
         Body_predict_study_route_predict_study_post: {
             /**
              * Files
-             * @description The slices of one series: DICOM files (ordered by ImagePositionPatient, else InstanceNumber) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
+             * @description The slices of one series: DICOM files (ordered along the slice normal by ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
              */
             files: string[];
         };
@@ -317,7 +320,7 @@ export interface components {
         Body_report_route_report_post: {
             /**
              * Files
-             * @description The slices of one series: DICOM files (ordered by ImagePositionPatient, else InstanceNumber) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
+             * @description The slices of one series: DICOM files (ordered along the slice normal by ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
              */
             files: string[];
         };
@@ -340,6 +343,53 @@ export interface components {
             layer: string;
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * DicomInfo
+         * @description Acquisition facts of an uploaded DICOM slice. Never a patient identifier, a UID, a
+         *     date or an institution.
+         */
+        DicomInfo: {
+            /**
+             * Modality
+             * @description Modality (stated, or inferred from the SOP class / rescale), e.g. CT.
+             */
+            modality?: string | null;
+            /**
+             * Series Description
+             * @description SeriesDescription, as written.
+             */
+            series_description?: string | null;
+            /**
+             * Slice Location Mm
+             * @description SliceLocation, else the position along the slice normal (mm).
+             */
+            slice_location_mm?: number | null;
+            /**
+             * Pixel Spacing Mm
+             * @description PixelSpacing: [row spacing, column spacing] in mm.
+             */
+            pixel_spacing_mm?: number[] | null;
+            /**
+             * Slice Thickness Mm
+             * @description SliceThickness (mm).
+             */
+            slice_thickness_mm?: number | null;
+            /**
+             * Rows
+             * @description Rows (pixels).
+             */
+            rows?: number | null;
+            /**
+             * Columns
+             * @description Columns (pixels).
+             */
+            columns?: number | null;
+            /**
+             * Transfer Syntax
+             * @description The transfer syntax's name, e.g. `JPEG 2000 Image Compression`.
+             */
+            transfer_syntax?: string | null;
         };
         /** ErrorResponse */
         ErrorResponse: {
@@ -599,7 +649,21 @@ export interface components {
              * @description Only with `explain=true`: Grad-CAM overlay on the input, a base64 PNG of the input image's size.
              */
             heatmap_png_base64?: string | null;
+            /**
+             * Preview Png Base64
+             * @description DICOM uploads only: the decoded slice through the `preview_window` (default: the model's window), a greyscale base64 PNG whose longest side is at most 512 px. Absent for PNG/JPEG uploads, which a browser shows itself.
+             */
+            preview_png_base64?: string | null;
+            /** @description DICOM uploads only: header facts of the slice (no patient data). */
+            dicom?: components["schemas"]["DicomInfo"] | null;
         };
+        /**
+         * PreviewWindow
+         * @description The window of a DICOM preview: `model` (the model card's, what the model sees),
+         *     `bone` (level 400 / width 1800 HU) or `soft_tissue` (40 / 400 HU).
+         * @enum {string}
+         */
+        PreviewWindow: "model" | "bone" | "soft_tissue";
         /** ReadyResponse */
         ReadyResponse: {
             /**
@@ -639,6 +703,7 @@ export interface components {
          *         "version": "2026.05.1"
          *       },
          *       "operating_point": "sensitive",
+         *       "position_unit": "mm",
          *       "prediction": 0.93,
          *       "result": "Potentially Fracture",
          *       "slice_count": 3,
@@ -676,7 +741,8 @@ export interface components {
          *           "position": 7.5,
          *           "prediction": 0.89
          *         }
-         *       ]
+         *       ],
+         *       "warnings": []
          *     }
          */
         StudyResponse: {
@@ -722,6 +788,17 @@ export interface components {
              * @description Files that could not be decoded.
              */
             errors: components["schemas"]["StudyFileError"][];
+            /**
+             * Position Unit
+             * @description Unit of the slices' `position`: `mm` (DICOM geometry) or `index` (instance or slice numbers).
+             * @enum {string}
+             */
+            position_unit: "mm" | "index";
+            /**
+             * Warnings
+             * @description What looked wrong in the series geometry without stopping it: mixed orientation, spacing gaps (slices missing), duplicate positions, non-axial slices, unusable header values.
+             */
+            warnings: string[];
             model: components["schemas"]["ModelInfo"];
             /**
              * Latency Ms
@@ -755,12 +832,12 @@ export interface components {
         StudySlice: {
             /**
              * Name
-             * @description File name (inside a zip: the member's base name).
+             * @description File name (inside a zip: the member's base name); a frame of an enhanced multi-frame DICOM is named `file.dcm [frame 3/120]`.
              */
             name: string;
             /**
              * Position
-             * @description Position along the neck: DICOM ImagePositionPatient z (mm), else the InstanceNumber; PNG/JPEG: the slice number in the file name.
+             * @description Position along the neck, in `position_unit`: `mm` along the slice normal towards the head (ImagePositionPatient x ImageOrientationPatient; z for axial slices); `index`: the InstanceNumber (DICOM without usable geometry) or the slice number in a PNG/JPEG file name.
              */
             position: number;
             /**
@@ -858,6 +935,8 @@ export interface operations {
                 operating_point?: components["schemas"]["OperatingPoint"];
                 /** @description Add `heatmap_png_base64`, a Grad-CAM overlay of the input. */
                 explain?: boolean;
+                /** @description DICOM only: the window of `preview_png_base64`: `model` (the model card's, default), `bone` (400/1800 HU) or `soft_tissue` (40/400 HU). The model always sees the model card's window. */
+                preview_window?: components["schemas"]["PreviewWindow"];
             };
             header?: never;
             path?: never;

@@ -25,10 +25,8 @@ type WidenResult<T> = Omit<T, "result"> & {
 /** POST /predict 200 body. */
 export type PredictResponse = WidenResult<
   operations["predict_predict_post"]["responses"][200]["content"]["application/json"]
-> &
-  PendingPreviewFields;
-export type PredictQuery = NonNullable<operations["predict_predict_post"]["parameters"]["query"]> &
-  PendingPredictQuery;
+>;
+export type PredictQuery = NonNullable<operations["predict_predict_post"]["parameters"]["query"]>;
 export type BatchQuery = NonNullable<operations["predict_batch_predict_batch_post"]["parameters"]["query"]>;
 
 export type BatchItemPrediction = WidenResult<Schemas["BatchItemPrediction"]> & {
@@ -57,7 +55,7 @@ export type ModelCard = operations["model_card_model_get"]["responses"][200]["co
 
 export type StudyQuery = NonNullable<operations["predict_study_route_predict_study_post"]["parameters"]["query"]>;
 /** POST /predict/study 200 body: one verdict for a whole series, and every slice's score. */
-export type StudyResponse = WidenResult<Schemas["StudyResponse"]> & PendingStudyFields;
+export type StudyResponse = WidenResult<Schemas["StudyResponse"]>;
 export type StudySlice = Schemas["StudySlice"];
 export type StudyTopSlice = Schemas["StudyTopSlice"];
 export type StudyFileError = Schemas["StudyFileError"];
@@ -65,40 +63,12 @@ export type StudyFileError = Schemas["StudyFileError"];
 /** What the UI keeps per file: a /predict answer or a /predict/batch entry (no latency, no heatmap). */
 export type SliceResult = Omit<PredictResponse, "latency_ms"> & { latency_ms?: number; filename?: string };
 
-// ---- PENDING SCHEMA (issue 18) -------------------------------------------------------------
-// Fields the backend is adding for the reading workflow, written by hand until `npm run gen:api`
-// puts them in schema.d.ts. All optional, so an API without them still type-checks and renders.
-// Once the regenerated schema has them, these intersections agree with it: delete this block
-// and the three `& Pending...` above (nothing else refers to these names' internals).
-
 /** Header facts of a DICOM upload (never patient identifiers), `dicom` in a /predict answer. */
-export interface DicomInfo {
-  modality?: string | null;
-  series_description?: string | null;
-  slice_location_mm?: number | null;
-  /** Row and column spacing, mm (a single number is accepted too). */
-  pixel_spacing_mm?: number[] | number | null;
-  slice_thickness_mm?: number | null;
-}
+export type DicomInfo = Schemas["DicomInfo"];
 
-/** `/predict?preview_window=`: the window of the DICOM preview image. */
-export type PreviewWindow = "bone" | "soft_tissue";
+/** `/predict?preview_window=`: the window of the DICOM preview image (the UI offers two). */
+export type PreviewWindow = Schemas["PreviewWindow"];
 export const PREVIEW_WINDOWS: { id: PreviewWindow; label: string }[] = [
   { id: "bone", label: "Bone" },
   { id: "soft_tissue", label: "Soft tissue" },
 ];
-
-interface PendingPreviewFields {
-  /** DICOM uploads: the decoded slice, windowed, as a greyscale PNG (base64). */
-  preview_png_base64?: string | null;
-  dicom?: DicomInfo | null;
-}
-
-interface PendingPredictQuery {
-  preview_window?: PreviewWindow;
-}
-
-interface PendingStudyFields {
-  /** "mm" when slice positions are DICOM geometry; absent: slice numbers. */
-  position_unit?: string | null;
-}

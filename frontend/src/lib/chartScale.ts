@@ -76,7 +76,6 @@ export function sliceScale(positions: number[], left: number, width: number): Sl
 
 /** The chart's x-axis title for the API's `position_unit`. */
 export function positionAxisLabel(unit: string | null | undefined): string {
-  if (unit === "mm") return "Position along the neck (mm)";
-  if (unit) return `Position (${unit})`;
-  return "Slice number";
+  // "index": the instance number or the number in the file name.
+  return unit === "mm" ? "Position along the neck (mm)" : "Slice number";
 }

@@ -24,7 +24,7 @@ export function toCsv(header: string[], rows: Cell[][]): string {
 /** Every slice of a study answer: order, name, position, score and how the study used it. */
 export function studyCsv(study: StudyResponse): string {
   const rank = new Map(study.top_slices.map((t, i) => [t.index, i + 1] as const));
-  const unit = study.position_unit === "mm" ? "mm" : study.position_unit || "slice number";
+  const unit = study.position_unit === "mm" ? "mm" : "slice number";
   return toCsv(
     [
       "slice",

@@ -19,7 +19,9 @@ describe("DICOM facts", () => {
       ["Pixel spacing", "0.66 × 0.66 mm"],
       ["Slice thickness", "5 mm"],
     ]);
-    expect(dicomFacts({ pixel_spacing_mm: 0.5, modality: null })).toEqual([["Pixel spacing", "0.5 mm"]]);
+    expect(dicomFacts({ pixel_spacing_mm: [0.5, 0.5], modality: null })).toEqual([
+      ["Pixel spacing", "0.5 × 0.5 mm"],
+    ]);
     expect(dicomFacts(null)).toEqual([]);
   });
 });

@@ -118,6 +118,8 @@ export function studyAnswer(
       heatmap_png_base64: PNG_B64,
     })),
     errors: [],
+    position_unit: "index",
+    warnings: [],
     model: { name: "custom-cnn", version: "1.2.0" },
     latency_ms: 812.4,
     ...extra,

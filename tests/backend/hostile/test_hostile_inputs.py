@@ -128,10 +128,15 @@ def test_exif_orientation_is_applied() -> None:
     assert decode_image(data).shape == (96, 80)  # rows x columns: turned upright
 
 
-@pytest.mark.parametrize(("width", "height"), [(1, 1), (10_000, 10), (10, 10_000)])
-def test_extreme_shapes_get_a_heatmap_of_their_size(
-    client: TestClient, width: int, height: int
+@pytest.mark.parametrize(
+    ("width", "height", "expected"),
+    [(1, 1, (1, 1)), (900, 20, (900, 20)), (10_000, 10, (1024, 1)), (10, 10_000, (1, 1024))],
+)
+def test_extreme_shapes_get_a_heatmap_of_their_size_or_capped(
+    client: TestClient, width: int, height: int, expected: tuple[int, int]
 ) -> None:
+    """The heatmap is the image's size, or scaled down to HEATMAP_MAX_SIDE (1024) on its
+    longest side, aspect ratio kept."""
     import base64
 
     data = corpus.encode(corpus.gray(width, height), "PNG")
@@ -139,7 +144,7 @@ def test_extreme_shapes_get_a_heatmap_of_their_size(
         client.post("/predict", params={"explain": "true"}, files={"file": ("x.png", data)})
     )
     heatmap = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
-    assert heatmap.size == (width, height)
+    assert heatmap.size == expected
 
 
 # --- hostile requests: multipart structure, fields, sizes ---------------------------------

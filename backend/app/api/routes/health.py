@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import anyio
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request, Response
 
-from backend.app.api.deps import CoreDep
+from backend.app.api.deps import (
+    NOT_READY_RETRY_AFTER_S,
+    CoreDep,
+    SettingsDep,
+    get_core,
+    get_settings,
+)
 from backend.app.schemas import ErrorResponse, HealthResponse, ModelInfo, ReadyResponse
 
 router = APIRouter(tags=["ops"])
@@ -16,6 +23,12 @@ MODEL_SERVER_NOT_READY_DETAIL = "the model server (TF Serving) is not answering 
 @router.get("/health", response_model=HealthResponse, summary="Liveness: the process answers")
 async def health() -> HealthResponse:
     return HealthResponse()
+
+
+@router.head("/health", include_in_schema=False)
+async def health_head() -> Response:
+    """HEAD /health: 200, no body (load balancers' and orchestrators' probes)."""
+    return Response(status_code=200)
 
 
 @router.get(
@@ -29,8 +42,28 @@ async def health() -> HealthResponse:
     },
     summary="Readiness: the model is loaded and has run one warm-up inference",
 )
-async def ready(core: CoreDep) -> ReadyResponse:
-    # INFERENCE_BACKEND=tfserving: not ready until TF Serving reports the model AVAILABLE.
-    if not await anyio.to_thread.run_sync(core.is_ready):
-        raise HTTPException(status_code=503, detail=MODEL_SERVER_NOT_READY_DETAIL)
+async def ready(core: CoreDep, settings: SettingsDep) -> ReadyResponse:
+    # INFERENCE_BACKEND=tfserving: not ready until TF Serving reports the model AVAILABLE (an
+    # HTTP call: in a thread of its own, never queued behind uploads being decoded). An
+    # in-process model answers at once: no thread, so a busy server still answers in time.
+    if settings.inference_backend != "tfserving":
+        is_ready = core.is_ready()
+    else:
+        is_ready = await anyio.to_thread.run_sync(core.is_ready, limiter=anyio.CapacityLimiter(1))
+    if not is_ready:
+        raise HTTPException(
+            status_code=503,
+            detail=MODEL_SERVER_NOT_READY_DETAIL,
+            headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)},
+        )
     return ReadyResponse(model=ModelInfo(name=core.name, version=core.version))
+
+
+@router.head("/ready", include_in_schema=False)
+async def ready_head(request: Request) -> Response:
+    """HEAD /ready: 200 or 503, as GET /ready, without a body."""
+    try:
+        await ready(await get_core(request), await get_settings(request))
+    except HTTPException as exc:
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return Response(status_code=200)

@@ -22,11 +22,20 @@ from backend.app.schemas import (
     BatchItemError,
     BatchItemPrediction,
     BatchResponse,
+    DicomInfo,
     ModelInfo,
     OperatingPoint,
     PredictionResponse,
+    PreviewWindow,
 )
-from backend.app.services.imaging import UploadProblem, heatmap_base64, read_upload
+from backend.app.services.imaging import (
+    UploadProblem,
+    heatmap_base64,
+    preview_base64,
+    read_upload,
+)
+from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
+from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
 from ml_model.inference.core import InferenceCore, SliceVerdict
 
@@ -38,12 +47,38 @@ OperatingPointQuery = Annotated[
 ]
 FILE_DESCRIPTION = (
     "PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, "
-    "Hounsfield units through the model card's window)."
+    "Hounsfield units through the model card's window; uncompressed, deflated, big-endian, "
+    "RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000)."
 )
+# Preview windows (level, width in HU); `model` is the core's own window.
+SOFT_TISSUE_WINDOW = (40.0, 400.0)
+PREVIEW_WINDOWS = {
+    PreviewWindow.bone: (BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH),
+    PreviewWindow.soft_tissue: SOFT_TISSUE_WINDOW,
+}
 
 
 def model_info(core: InferenceCore) -> ModelInfo:
     return ModelInfo(name=core.name, version=core.version)
+
+
+def dicom_fields(image: DicomImage, window: PreviewWindow, core: InferenceCore) -> dict[str, Any]:
+    """The preview (the slice through the chosen window) and header facts of a DICOM."""
+    level, width = PREVIEW_WINDOWS.get(window, core.window)
+    facts = image.facts
+    return {
+        "preview_png_base64": preview_base64(image.window(level, width)),
+        "dicom": DicomInfo(
+            modality=facts.modality,
+            series_description=facts.series_description,
+            slice_location_mm=facts.slice_location_mm,
+            pixel_spacing_mm=list(facts.pixel_spacing_mm) if facts.pixel_spacing_mm else None,
+            slice_thickness_mm=facts.slice_thickness_mm,
+            rows=facts.rows,
+            columns=facts.columns,
+            transfer_syntax=facts.transfer_syntax,
+        ),
+    }
 
 
 def verdict_fields(
@@ -78,9 +113,18 @@ def predict(
     explain: Annotated[
         bool, Query(description="Add `heatmap_png_base64`, a Grad-CAM overlay of the input.")
     ] = False,
+    preview_window: Annotated[
+        PreviewWindow,
+        Query(
+            description="DICOM only: the window of `preview_png_base64`: `model` (the model "
+            "card's, default), `bone` (400/1800 HU) or `soft_tissue` (40/400 HU). The model "
+            "always sees the model card's window."
+        ),
+    ] = PreviewWindow.model,
 ) -> PredictionResponse:
     """Probability of fracture for one image, its triage result at the chosen operating
-    point and, with `explain=true`, a Grad-CAM heatmap over the input.
+    point and, with `explain=true`, a Grad-CAM heatmap over the input. A DICOM upload also
+    gets `preview_png_base64` (the slice as the server read it) and `dicom` (header facts).
 
     An input the out-of-distribution guard refuses (a photo, a chest X-ray...) gets
     `result` `Not a CT slice` and `in_distribution` false: no fracture call is made;
@@ -88,7 +132,7 @@ def predict(
     start = time.perf_counter()
     # Announced to the micro-batcher while decoding: a batch being formed waits for it.
     with core.incoming():
-        gray = core.decode(read_upload(file.file, settings.max_upload_bytes))
+        gray, dicom = core.decode_source(read_upload(file.file, settings.max_upload_bytes))
         if explain and gray.size > settings.max_explain_pixels:
             height, width = gray.shape
             raise UploadProblem(
@@ -100,7 +144,11 @@ def predict(
         verdict = core.classify(image, operating_point.value)[0]
     extra = verdict_fields(verdict, operating_point, metrics)
     if explain:
-        extra["heatmap_png_base64"] = heatmap_base64(gray, core.gradcam(image))
+        extra["heatmap_png_base64"] = heatmap_base64(
+            gray, core.gradcam(image), settings.heatmap_max_side
+        )
+    if dicom is not None:
+        extra.update(dicom_fields(dicom, preview_window, core))
     return PredictionResponse(
         model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),

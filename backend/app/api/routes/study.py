@@ -23,16 +23,17 @@ from backend.app.schemas import (
     StudySlice,
     StudyTopSlice,
 )
-from backend.app.services.imaging import UploadProblem, heatmap_base64
-from backend.app.services.study_upload import collect_study
+from backend.app.services.imaging import heatmap_base64
+from backend.app.services.study_upload import collect_uploads
 
 router = APIRouter(tags=["predict"])
 
 
 STUDY_FILES_DESCRIPTION = (
-    "The slices of one series: DICOM files (ordered by ImagePositionPatient, else "
-    "InstanceNumber) or PNG/JPEG files with the slice number in the name, e.g. "
-    "`CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed)."
+    "The slices of one series: DICOM files (ordered along the slice normal by "
+    "ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame "
+    "by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; "
+    "repeat the field. Or a single `.zip` of them (folders allowed)."
 )
 
 
@@ -73,19 +74,11 @@ def predict_study_route(
 
     Slices the out-of-distribution guard refuses are listed with `in_distribution` false
     and left out of the score; if none is left, `result` is `Not a CT slice`. Files that
-    cannot be decoded are listed in `errors` and do not fail the study."""
+    cannot be decoded are listed in `errors` and do not fail the study. Positions are in
+    `position_unit` (`mm` for DICOM geometry); gaps, duplicate positions and mixed
+    orientations are listed in `warnings`."""
     start = time.perf_counter()
-    single = len(files) == 1
-    limit = settings.max_study_bytes if single else settings.max_upload_bytes
-    uploads = []
-    for index, upload in enumerate(files):
-        data = upload.file.read(limit + 1)
-        if single and len(data) > limit:
-            raise UploadProblem(
-                413, f"the study upload is larger than the limit of {settings.max_study_mb:g} MiB"
-            )
-        uploads.append((upload.filename or f"file{index + 1}", data))
-    collected = collect_study(uploads, settings)
+    collected = collect_uploads(files, settings)
     study = core.study(collected.slices, operating_point.value)
     metrics.record_study(study.result, operating_point.value)
 
@@ -100,15 +93,15 @@ def predict_study_route(
             study.names, study.positions, study.probabilities, study.in_distribution, strict=True
         )
     ]
-    data_by_name = {item.name: item.data for item in collected.slices}
     top_slices = []
     for index in study.top_indices:
         extra = {}
         if explain:
-            gray = core.decode(data_by_name[study.names[index]])
+            source = study.sources[index]
+            gray = core.decode(source.data, source.frame)
             if gray.size <= settings.max_explain_pixels:
                 extra["heatmap_png_base64"] = heatmap_base64(
-                    gray, core.gradcam(core.model_input(gray))
+                    gray, core.gradcam(core.model_input(gray)), settings.heatmap_max_side
                 )
         top_slices.append(
             StudyTopSlice(
@@ -131,6 +124,8 @@ def predict_study_route(
         slices=slices,
         top_slices=top_slices,
         errors=errors,
+        position_unit=study.position_unit,
+        warnings=study.warnings,
         model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
     )

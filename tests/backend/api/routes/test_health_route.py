@@ -72,6 +72,10 @@ class CountingService:
         self.real = self.real.configured(*args)
         return self
 
+    def with_decode_guard(self, guard: Any) -> CountingService:
+        self.real = self.real.with_decode_guard(guard)
+        return self
+
     def warm_up(self, *args: Any) -> None:
         self.calls.append("warm_up")
         self.warm_ups += 1

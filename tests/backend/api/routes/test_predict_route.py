@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_
 from ml_model.imaging.transforms import image_to_array, resize, to_model_channels
 from ml_model.imaging.window import hu_window
 from ml_model.inference.core import InferenceCore
+from testing.dicom_writers import scanner_ct_dicom
+from tests.ml_model.test_dicom_corpus import CORPUS, corpus_path
 
 RESULTS = {RESULT_POSITIVE, RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION}
 
@@ -248,6 +251,88 @@ def test_dicom_heatmap_has_dicom_size(client: TestClient, images: Any) -> None:
     assert response.status_code == 200, response.text
     heatmap = images.decode_png(base64.b64decode(response.json()["heatmap_png_base64"]))
     assert heatmap.size == (80, 96)
+
+
+# --- DICOM preview, header facts, the real corpus ---------------------------------------
+
+NECK = np.full((600, 700), -1000.0)  # larger than the preview's 512: it is scaled down
+NECK[100:500, 100:600] = -100.0  # fat
+NECK[150:450, 200:500] = 45.0  # muscle
+NECK[250:350, 300:400] = 1100.0  # bone, far above the model's window
+
+
+def preview_of(body: dict[str, Any]) -> np.ndarray:
+    image = Image.open(io.BytesIO(base64.b64decode(body["preview_png_base64"])))
+    assert image.format == "PNG" and image.mode == "L"
+    return np.asarray(image)
+
+
+def test_dicom_answer_has_a_preview_and_header_facts(
+    client: TestClient, service: Any, predictor: InferenceCore
+) -> None:
+    data = scanner_ct_dicom(NECK, storage="uint16", position=(0.0, 0.0, -31.25),
+                            transfer_syntax="1.2.840.10008.1.2.4.90", identifiers=True)  # fmt: skip
+    response = post_image(client, data, "slice.dcm")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    check_prediction({k: v for k, v in body.items() if k not in ("preview_png_base64", "dicom")},
+                     service, "sensitive")  # fmt: skip
+    assert body["prediction"] == pytest.approx(expected_probability(predictor, data), abs=1e-6)
+    assert body["dicom"] == {
+        "modality": "CT",
+        "series_description": "C-SPINE 1.0 BONE",
+        "slice_location_mm": -31.25,
+        "pixel_spacing_mm": [0.5, 0.5],
+        "slice_thickness_mm": 1.0,
+        "rows": 600,
+        "columns": 700,
+        "transfer_syntax": "JPEG 2000 Image Compression (Lossless Only)",
+    }
+    preview = preview_of(body)
+    assert preview.shape == (439, 512)  # longest side 512, aspect kept
+    # the default preview is what the model sees (the card's window), scaled
+    model_view = np.asarray(Image.fromarray(service.decode(data)).resize((512, 439)))
+    assert np.abs(preview.astype(int) - model_view).mean() < 2
+    for secret in ("Doe", "PID-123456", "19700101", "20260102", "Example General", "ACC-98765"):
+        assert secret not in response.text
+
+
+def test_preview_windows(client: TestClient) -> None:
+    data = scanner_ct_dicom(NECK)
+    greys = {}
+    for window in ("model", "bone", "soft_tissue"):
+        body = post_image(client, data, "s.dcm", preview_window=window).json()
+        preview = preview_of(body)  # 512 x 439: the phantom scaled by 512 / 700
+        points = {"fat": (90, 90), "muscle": (200, 200), "bone": (220, 255)}
+        greys[window] = {tissue: int(preview[y, x]) for tissue, (y, x) in points.items()}
+    # the model's window: fat grey, muscle bright, bone saturated (the training PNGs' look)
+    assert greys["model"] == {"fat": 107, "muscle": 205, "bone": 255}
+    # bone window (400/1800): bone below saturation, soft tissue dark
+    assert greys["bone"] == {"fat": 57, "muscle": 77, "bone": 227}
+    # soft-tissue window (40/400)
+    assert greys["soft_tissue"] == {"fat": 38, "muscle": 131, "bone": 255}
+    bad = post_image(client, data, "s.dcm", preview_window="lung")
+    assert bad.status_code == 422
+
+
+def test_no_preview_for_raster_uploads(client: TestClient, images: Any) -> None:
+    body = post_image(client, images.png_bytes(), "slice.png", preview_window="bone").json()
+    assert "preview_png_base64" not in body and "dicom" not in body
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.file for c in CORPUS])
+def test_real_dicom_corpus_through_the_app(client: TestClient, case: Any) -> None:
+    """Every file of pydicom's and pydicom-data's corpus: 200 with a preview, or its 4xx
+    with the reason; never a 500."""
+    response = post_image(client, corpus_path(case).read_bytes(), case.file)
+    assert response.status_code == case.status, response.text
+    body = response.json()
+    if case.status == 200:
+        assert body["result"] in RESULTS
+        assert max(preview_of(body).shape) <= 512
+        assert body["dicom"]["rows"], body["dicom"]
+    else:
+        assert case.expect in body["detail"]
 
 
 # --- Grad-CAM ----------------------------------------------------------------------------

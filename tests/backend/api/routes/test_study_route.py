@@ -14,6 +14,7 @@ import random
 import stat
 import struct
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,9 +99,13 @@ def check_study(body: dict[str, Any], service: Any, expected_names: list[str]) -
         "slices",
         "top_slices",
         "errors",
+        "position_unit",
+        "warnings",
         "model",
         "latency_ms",
     }
+    assert body["position_unit"] == "mm"  # DICOM with ImagePositionPatient
+    assert body["warnings"] == []
     assert [item["name"] for item in body["slices"]] == expected_names
     assert body["slice_count"] == len(expected_names)
     assert body["aggregation"] == service.card.study.aggregation
@@ -187,6 +192,7 @@ def test_png_series_ordered_by_slice_number(client: TestClient, grays: list[np.n
     uploads = [(f"CSFDV1B99 ({index + 1}).png", png(gray)) for index, gray in enumerate(grays)]
     body = post_study(client, shuffled(uploads, 4)).json()
     assert [item["position"] for item in body["slices"]] == [float(i + 1) for i in range(12)]
+    assert body["position_unit"] == "index"
 
 
 def test_mixed_series_refused(client: TestClient, grays: list[np.ndarray]) -> None:
@@ -455,3 +461,51 @@ def test_study_in_openapi(client: TestClient) -> None:
     assert {p["name"] for p in operation["parameters"]} == {"operating_point", "explain"}
     study = schema["components"]["schemas"]["StudyResponse"]
     assert study["examples"][0]["aggregation"] == "top2_mean"
+
+
+# --- geometry: millimetres, warnings, enhanced multi-frame CT --------------------------
+
+
+def test_study_reports_millimetres_and_geometry_warnings(
+    client: TestClient, series: list[Upload]
+) -> None:
+    """Slices 3 mm apart with one left out and one sent twice: the answer says so."""
+    uploads = [item for index, item in enumerate(series) if index != 4]
+    uploads.append(("IM0002-copy.dcm", series[2][1]))
+    body = post_study(client, shuffled(uploads, 2)).json()
+    assert body["position_unit"] == "mm"
+    positions = [item["position"] for item in body["slices"]]
+    assert positions == sorted(positions, reverse=True)
+    assert positions[:3] == [0.0, -3.0, -6.0]
+    assert any(w.startswith("duplicate position -6 mm") for w in body["warnings"]), body
+    assert any("gap of 6 mm" in w and "usual spacing is 3 mm" in w for w in body["warnings"])
+
+
+def test_enhanced_multiframe_ct_study(client: TestClient) -> None:
+    from pydicom.data import get_testdata_file
+
+    data = Path(get_testdata_file("eCT_Supplemental.dcm")).read_bytes()  # type: ignore[arg-type]
+    single = client.post("/predict", files={"file": ("enhanced.dcm", data)})
+    assert single.status_code == 415
+    assert "multi-frame DICOM (2 frames)" in single.json()["detail"]
+    response = post_study(client, [("enhanced.dcm", data)], explain="true")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["position_unit"] == "mm" and body["slice_count"] == 2
+    names = {item["name"] for item in body["slices"]}
+    assert names == {"enhanced.dcm [frame 1/2]", "enhanced.dcm [frame 2/2]"}
+    assert body["slices"][0]["position"] > body["slices"][1]["position"]
+
+
+def test_study_of_bad_header_values_is_never_a_500(
+    client: TestClient, series: list[Upload]
+) -> None:
+    from testing.dicom_writers import patch_element
+
+    damaged = [
+        (name, patch_element(data, "ImagePositionPatient", b"1.5") if index == 1 else data)
+        for index, (name, data) in enumerate(series)
+    ]
+    body = post_study(client, damaged).json()
+    assert body["position_unit"] == "index"  # ordered by InstanceNumber
+    assert any("ImagePositionPatient (0020,0032) has 1 value" in w for w in body["warnings"])

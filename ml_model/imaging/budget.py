@@ -1,0 +1,323 @@
+"""What decoding untrusted bytes will cost in memory, read from the headers alone.
+
+A server must know before it decodes: a 247 KiB float TIFF just under the pixel limit used
+to take 760 MiB, a 1.2 MiB RLE DICOM 680 MiB, a 389 KiB deflated DICOM 800 MiB.
+:func:`estimate_decode_cost` reads only headers (Pillow opens lazily; the DICOM file meta,
+its dataset header and, for compressed pixel data, the codestream's own header) and returns
+the peak memory decoding one slice (one frame) will need. The caller decides what is too
+much; where the headers cannot be read the estimate is ``None`` and the decoder gives the
+reason. Structure limits (``raster.check_structure``) apply first, so reading the headers
+is itself bounded.
+
+The bytes-per-pixel figures are the measured peaks of decode -> grayscale -> model input
+(Pillow's image, its numpy copy, the float conversions of high-bit-depth data), rounded up:
+10 MP of each mode, RSS high-water mark of a fresh process.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ml_model.imaging.dicom import (
+    MAX_DICOM_PIXEL_BYTES,
+    NON_CT_MODALITIES,
+    NON_IMAGE_MODALITIES,
+    is_dicom,
+)
+from ml_model.imaging.errors import MAX_IMAGE_PIXELS, ImageTooLargeError
+from ml_model.imaging.raster import RASTER_FORMATS, check_structure
+
+MIB = 1024 * 1024
+# Per decode, whatever the size: the model input, resize buffers, Python objects.
+FIXED_BYTES = 4 * MIB
+# Measured peak bytes per pixel by Pillow mode (10 MP: L 3.8, RGB 7.6, CMYK 8.7, I;16 15.3,
+# F 16.5, RGBA 18.1, transparent palette 15.3).
+RASTER_BYTES_PER_PIXEL = {
+    "1": 4, "L": 4, "P": 4, "RGB": 8, "YCbCr": 8, "CMYK": 10,
+    "LA": 20, "La": 20, "PA": 20, "RGBA": 20, "RGBa": 20,
+    "I;16": 18, "I;16B": 18, "I;16L": 18, "I;16N": 18, "I": 18, "F": 18,
+}  # fmt: skip
+DEFAULT_RASTER_BYTES_PER_PIXEL = 20
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+# A codestream side beyond JPEG's own maximum is damage, not an image: the codec refuses it
+# (and nothing that size can be allocated); up to it, the codestream's size is believed.
+MAX_CODESTREAM_SIDE = 65_535
+_INFLATE_CHUNK = 64 * 1024
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecodeCost:
+    """The memory decoding one slice (one frame) of a file will take at its peak."""
+
+    format: str  # PNG, JPEG, TIFF..., DICOM
+    width: int
+    height: int
+    bytes_per_pixel: int  # of the whole decode path, not of the stored pixels
+    frames: int = 1  # frames the file declares; one is decoded at a time
+    extra_bytes: int = 0  # e.g. a deflated DICOM's inflated dataset
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def bytes(self) -> int:
+        return self.pixels * self.bytes_per_pixel + self.extra_bytes + FIXED_BYTES
+
+    def describe(self) -> str:
+        frames = f", {self.frames} frames" if self.frames > 1 else ""
+        return f"a {self.width}x{self.height} {self.format}{frames}"
+
+
+def estimate_decode_cost(data: bytes, inflate_limit: int = 1024 * MIB) -> DecodeCost | None:
+    """The peak memory of decoding ``data`` (one slice, or one frame), from headers only.
+
+    ``None`` when the headers cannot be read or the decoder's own cheap checks (pixel limit,
+    DICOM decoded-size limit) will refuse the file first: decoding then says why. Raises
+    ``ImageTooLargeError`` for a raster file with more structure than a slice needs.
+    ``inflate_limit``: a deflated DICOM is inflated (in bounded chunks, nothing kept) only
+    this far to learn its size; past it the estimate says "more than the limit".
+    """
+    if not data:
+        return None
+    if is_dicom(data):
+        return _dicom_cost(data, inflate_limit)
+    check_structure(data)
+    return _raster_cost(data)
+
+
+def _raster_cost(data: bytes) -> DecodeCost | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                fmt, mode, (width, height) = image.format, image.mode, image.size
+                transparent = mode == "P" and "transparency" in image.info
+    except Exception:  # not an image, a bomb, damage: the decoder refuses it with a reason
+        return None
+    if fmt not in RASTER_FORMATS or width * height > MAX_IMAGE_PIXELS:
+        return None
+    per_pixel = RASTER_BYTES_PER_PIXEL.get(mode, DEFAULT_RASTER_BYTES_PER_PIXEL)
+    if transparent:
+        per_pixel = RASTER_BYTES_PER_PIXEL["RGBA"]
+    return DecodeCost(str(fmt), width, height, per_pixel)
+
+
+# --- DICOM ----------------------------------------------------------------------------------
+
+
+def _file_meta(data: bytes) -> tuple[str, int] | None:
+    """(transfer syntax UID, offset of the dataset) from the Part 10 file meta (group 2,
+    explicit VR little endian), read by hand: nothing is inflated or parsed beyond it."""
+    position, syntax = 132, ""
+    while position + 8 <= len(data):
+        group, element = struct.unpack("<HH", data[position : position + 4])
+        if group != 2:
+            return syntax, position
+        vr = data[position + 4 : position + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack("<I", data[position + 8 : position + 12])
+            start = position + 12
+        else:
+            (length,) = struct.unpack("<H", data[position + 6 : position + 8])
+            start = position + 8
+        if element == 0x0010:
+            syntax = data[start : start + length].decode("ascii", "replace").strip("\x00 ")
+        position = start + length
+    return None
+
+
+def is_deflated_dicom(data: bytes) -> bool:
+    """A DICOM file whose dataset is deflated (pydicom inflates all of it to read a header)."""
+    try:
+        meta = _file_meta(data) if is_dicom(data) else None
+    except (struct.error, ValueError):
+        return False
+    return meta is not None and meta[0] == DEFLATED_TRANSFER_SYNTAX
+
+
+def _inflated_size(data: bytes, start: int, limit: int) -> int:
+    """Bytes a raw-deflate stream inflates to, counted in chunks and stopped past ``limit``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    for offset in range(start, len(data), _INFLATE_CHUNK):
+        pending = data[offset : offset + _INFLATE_CHUNK]
+        while pending and not inflater.eof:  # after the end: padding, never inflated
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            if total > limit:
+                return total
+            pending = inflater.unconsumed_tail
+        if inflater.eof:
+            break
+    return total
+
+
+def _integer(dataset: object, keyword: str, default: int) -> int:
+    value = getattr(dataset, keyword, None)
+    if value is None or value == "":
+        return default
+    if isinstance(value, list | tuple):
+        value = value[0] if value else default
+    number = int(value)
+    return number
+
+
+def _dicom_cost(data: bytes, inflate_limit: int) -> DecodeCost | None:
+    import pydicom
+
+    try:
+        meta = _file_meta(data)
+    except (struct.error, ValueError):
+        meta = None
+    if meta is not None and meta[0] == DEFLATED_TRANSFER_SYNTAX:
+        return _deflated_cost(data, meta[1], inflate_limit)
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        rows = _integer(dataset, "Rows", 0)
+        columns = _integer(dataset, "Columns", 0)
+        samples = max(_integer(dataset, "SamplesPerPixel", 1), 1)
+        bits = max(_integer(dataset, "BitsAllocated", 16), 1)
+        frames = max(_integer(dataset, "NumberOfFrames", 1), 1)
+        syntax = str(dataset.file_meta.get("TransferSyntaxUID", "") or "")
+        modality = str(dataset.get("Modality", "") or "").strip().upper()
+    except Exception:  # an unreadable header: the decoder refuses it with the reason
+        return None
+    if rows <= 0 or columns <= 0 or modality in NON_CT_MODALITIES | NON_IMAGE_MODALITIES:
+        return None  # the decoder refuses it before any pixel, saying why
+    raw = samples * math.ceil(bits / 8)
+    # The decoder's own cheap refusals come first (with their own messages).
+    if rows * columns > MAX_IMAGE_PIXELS or rows * columns * raw > MAX_DICOM_PIXEL_BYTES:
+        return None
+    width, height = columns, rows
+    stream = _codestream_size(data, syntax) if _is_compressed(syntax) else None
+    if stream is not None:  # the codec allocates what its own header says, not the DICOM's
+        stream_width, stream_height, stream_samples = stream
+        plausible = max(stream_width, stream_height) <= MAX_CODESTREAM_SIDE
+        if plausible and stream_width * stream_height * stream_samples > width * height * samples:
+            width, height, samples = stream_width, stream_height, stream_samples
+            raw = samples * math.ceil(bits / 8)
+    return DecodeCost("DICOM", width, height, _dicom_bytes_per_pixel(raw), frames)
+
+
+def _dicom_bytes_per_pixel(raw: int) -> int:
+    """Measured (10 MP): 16-bit grey 16.0, RLE 16-bit 17.0, 8-bit RGB 18.0 bytes per pixel."""
+    return 4 * raw + 12
+
+
+# Rows, Columns, SamplesPerPixel, BitsAllocated (US) in explicit VR little endian.
+_US_TAGS = {name: struct.pack("<HH", 0x0028, element) + b"US\x02\x00"
+            for name, element in (("rows", 0x10), ("columns", 0x11), ("samples", 0x02),
+                                  ("bits", 0x100))}  # fmt: skip
+
+
+def _deflated_cost(data: bytes, start: int, limit: int) -> DecodeCost | None:
+    """A deflated dataset: pydicom inflates all of it before reading even the header, so its
+    size is learnt in bounded chunks first (a 389 KiB file inflated to 800 MB), and the
+    image size is read from the start of the inflated stream without parsing it."""
+    try:
+        inflated = _inflated_size(data, start, limit // 2)  # twice that is over the limit
+        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], 256 * 1024)
+    except zlib.error:
+        return None  # damaged: the decoder says so
+    found = {}
+    for name, tag in _US_TAGS.items():
+        at = head.find(tag)
+        if at >= 0 and at + 10 <= len(head):
+            (found[name],) = struct.unpack("<H", head[at + 8 : at + 10])
+    rows, columns = found.get("rows", 0), found.get("columns", 0)
+    if not rows or not columns:
+        # Image size beyond the first 256 KiB: the pixels are at most the inflated bytes,
+        # and decoding them takes at most 8 x their size (16-bit: 16 bytes per pixel).
+        return DecodeCost("deflated DICOM", 0, 0, 0, extra_bytes=10 * inflated)
+    if rows * columns > MAX_IMAGE_PIXELS:
+        return None  # the decoder refuses it, saying why
+    raw = max(found.get("samples", 1), 1) * math.ceil(max(found.get("bits", 16), 1) / 8)
+    return DecodeCost(  # the inflated buffer and the dataset parsed from it, then the pixels
+        "deflated DICOM", columns, rows, _dicom_bytes_per_pixel(raw), extra_bytes=2 * inflated
+    )
+
+
+def _is_compressed(syntax: str) -> bool:
+    native = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+              DEFLATED_TRANSFER_SYNTAX}  # fmt: skip
+    return bool(syntax) and syntax not in native
+
+
+def _codestream_size(data: bytes, syntax: str) -> tuple[int, int, int] | None:
+    """(width, height, components) from the first fragment's JPEG / JPEG-LS / JPEG 2000
+    header, or None."""
+    import pydicom
+    from pydicom.encaps import generate_fragments
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=["PixelData"])
+        fragments = generate_fragments(dataset.PixelData)
+        next(fragments, b"")  # the basic offset table (an item, perhaps empty) comes first
+        fragment = next(fragments, b"")
+    except Exception:
+        return None
+    try:
+        return _jpeg_size(fragment) or _j2k_size(fragment)
+    except (struct.error, IndexError):
+        return None
+
+
+def _jpeg_size(stream: bytes) -> tuple[int, int, int] | None:
+    """A JPEG or JPEG-LS codestream's frame header: SOF0..SOF15 except DHT/JPG/DAC, SOF55."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    for _ in range(1024):
+        if position + 4 > len(stream) or stream[position] != 0xFF:
+            return None
+        marker = stream[position + 1]
+        (length,) = struct.unpack(">H", stream[position + 2 : position + 4])
+        is_sof = 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
+        if is_sof or marker == 0xF7:
+            height, width = struct.unpack(">HH", stream[position + 5 : position + 9])
+            return width, height, stream[position + 9]
+        if marker == 0xDA:
+            return None
+        position += 2 + length
+    return None
+
+
+def _j2k_size(stream: bytes) -> tuple[int, int, int] | None:
+    """A JPEG 2000 codestream's SIZ (inside a JP2 file's ``jp2c`` box if need be)."""
+    if stream[4:8] == b"jP  ":
+        start = stream.find(b"jp2c")
+        if start < 0:
+            return None
+        stream = stream[start + 4 : start + 4 + 64]
+    if not stream.startswith(b"\xff\x4f\xff\x51"):
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", stream[8:24])
+    (components,) = struct.unpack(">H", stream[40:42])
+    return max(xsiz - xosiz, 0), max(ysiz - yosiz, 0), components
+
+
+def refuse_if_over(cost: DecodeCost | None, limit: int) -> None:
+    """Raise ``ImageTooLargeError`` (413) when decoding would take more than ``limit`` bytes."""
+    if cost is not None and cost.bytes > limit:
+        raise ImageTooLargeError(over_limit_message(cost, limit))
+
+
+def over_limit_message(cost: DecodeCost, limit: int) -> str:
+    if cost.pixels == 0 or cost.extra_bytes > limit:
+        return (
+            f"the {cost.format} would take about {cost.bytes / MIB:,.0f} MiB of memory once "
+            f"inflated, over the limit of {limit / MIB:,.0f} MiB per request"
+        )
+    return (
+        f"decoding this file ({cost.describe()}) would take about {cost.bytes / MIB:,.0f} MiB "
+        f"of memory, over the limit of {limit / MIB:,.0f} MiB per request"
+    )

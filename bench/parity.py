@@ -41,7 +41,7 @@ def run(limit: int | None = None, bundles: tuple[str, ...] = BUNDLES) -> dict[st
         model_dir = PACKAGE_DIR / "models" / name
         card = load_card(model_dir)
         slices = (
-            data_slices(SHARED_DATA_DIR, card.input.size, limit)
+            data_slices(SHARED_DATA_DIR, card.input.size, limit, progress=False)
             if (SHARED_DATA_DIR / "val").is_dir()
             else {}
         )

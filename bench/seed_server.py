@@ -15,6 +15,9 @@ import numpy as np
 from flask import Flask, jsonify, request
 from PIL import Image
 
+# The bundle's model crops around the spine in its own graph: its layer must be registered.
+import ml_model.architectures.spine_crop  # noqa: F401
+
 
 def create_app(model_dir: str) -> Flask:
     model = keras.models.load_model(f"{model_dir}/model.keras", compile=False)

@@ -27,3 +27,6 @@ GRADCAM_OUTPUT = "gradcam"
 GRADCAM_BOX_OUTPUT = "crop_box"
 # gradcam.onnx's metadata: "<file> sha256:<hex>" of the file whose bytes it borrows.
 SHARED_WEIGHTS_KEY = "shares_weights_of"
+# model.onnx's metadata: JSON {file: "sha256:<hex>", "temperature": T} of the bundle files
+# and calibration it was exported from; a bundle retrained or refitted since is refused.
+EXPORTED_FROM_KEY = "exported_from"

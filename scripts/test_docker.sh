@@ -262,6 +262,9 @@ say "container: uid 10001, read-only root filesystem, writable /tmp (tmpfs)"
 if [ "${TEST_DOCKER_TFSERVING:-1}" = 1 ]; then
   say "TF Serving profile: backend with INFERENCE_BACKEND=tfserving + docker/tfserving_standin.py" \
     "(a stand-in: tensorflow/serving itself is not run here)"
+  # The stand-in runs TensorFlow: it takes the training image (the backend image has none).
+  compose_all build train >"$DOCKER_STATE/build-train.log" 2>&1 \
+    || { tail -n 40 "$DOCKER_STATE/build-train.log" | sed 's/^/    /'; fail "docker compose build train failed"; }
   t0=$(date +%s)
   INFERENCE_BACKEND=tfserving compose_all up -d --no-build backend tfserving >"$WORK/up.log" 2>&1 \
     || { cat "$WORK/up.log"; fail "docker compose --profile tfserving up failed"; }

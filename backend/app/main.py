@@ -39,7 +39,7 @@ from backend.app.core.middleware import (
     AdmissionMiddleware,
     BodyLimit,
     BodySizeLimitMiddleware,
-    MethodGuardMiddleware,
+    RequestGuardMiddleware,
 )
 from backend.app.core.security import SecurityHeadersMiddleware
 from backend.app.services.admission import decode_guard
@@ -207,7 +207,7 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
             return study_limit
         return batch_limit if path == BATCH_PATH else single_limit
 
-    # Added innermost first: security headers -> CORS -> method guard -> access log ->
+    # Added innermost first: security headers -> CORS -> request guard -> access log ->
     # metrics -> bearer auth (+ audit) -> body limit -> admission control -> routes.
     app.add_middleware(
         AdmissionMiddleware,
@@ -223,7 +223,7 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
     app.state.metrics = instrument(app)
     app.state.metrics.watch_admission(app.state.budget, app.state.study_slots)
     app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(MethodGuardMiddleware)
+    app.add_middleware(RequestGuardMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

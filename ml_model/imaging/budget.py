@@ -74,6 +74,8 @@ class DecodeCost:
         return self.pixels * self.bytes_per_pixel + self.extra_bytes + FIXED_BYTES
 
     def describe(self) -> str:
+        if self.pixels == 0:  # a deflated DICOM whose image size is not known yet
+            return f"a {self.format} of {self.extra_bytes / MIB:,.0f} MiB once inflated"
         frames = f", {self.frames} frames" if self.frames > 1 else ""
         return f"a {self.width}x{self.height} {self.format}{frames}"
 

@@ -14,6 +14,8 @@ instead of burning the cores the request path (decode, multipart, JSON) needs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ml_model.bundle import (
+    EXPORTED_FROM_KEY,
     GRADCAM_BOX_OUTPUT,
     GRADCAM_ONNX_FILE,
     GRADCAM_OUTPUT,
@@ -37,9 +40,12 @@ from ml_model.inference.forward import ForwardOutput, ModelUnavailableError
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-# Images per session.run: ONNX Runtime keeps its memory arena at the largest batch it has
-# run, so the chunk bounds the resident memory too (~16 x 60 MB of activations at 384 px).
-ONNX_CHUNK = 16
+# Images per session.run. ONNX Runtime materialises every intermediate of the spine crop and
+# the CT gate's features (dozens of (N, 384, 384) float tensors): past ~8 images they leave
+# the caches and the cost per image rises (bench.ceiling: ms_per_image_b8 vs batched). It
+# also keeps its memory arena at the largest batch it has run, so the chunk bounds the
+# resident memory too.
+ONNX_CHUNK = 8
 CLOSED_DETAIL = "the model is closed (the server is shutting down)"
 
 
@@ -89,6 +95,45 @@ def open_session(path: str | Path, threads: int | None = None) -> ort.InferenceS
         )
     except Exception as exc:  # onnxruntime raises its own exception types (no common base)
         raise OnnxModelError(f"{path}: unreadable ONNX model ({exc})") from exc
+
+
+def sha256_of(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def exported_from(model_dir: Path, temperature: float) -> dict[str, Any]:
+    """What model.onnx records about its source: the bundle files baked into it and the
+    calibration temperature."""
+    from ml_model.bundle import GATE_FILE, KERAS_FILE
+
+    sources: dict[str, Any] = {
+        name: sha256_of(model_dir / name)
+        for name in (KERAS_FILE, GATE_FILE)
+        if (model_dir / name).is_file()
+    }
+    return sources | {"temperature": float(temperature)}
+
+
+def check_exported_from(path: Path, session: ort.InferenceSession) -> None:
+    """The graph bakes in the network's weights, the CT gate's coefficients and the
+    temperature: it must have been exported from this bundle's files (a bundle retrained,
+    its gate refitted or recalibrated since would otherwise serve the old model quietly)."""
+    from ml_model.card import load_card
+
+    stamp = session.get_modelmeta().custom_metadata_map.get(EXPORTED_FROM_KEY)
+    if stamp is None:
+        return  # exported before the stamp existed: nothing to compare
+    recorded = json.loads(stamp)
+    current = exported_from(path.parent, load_card(path.parent).temperature)
+    changed = [
+        name for name, value in recorded.items() if name in current and current[name] != value
+    ]
+    if changed:
+        raise OnnxModelError(
+            f"{path}: exported from another {' / '.join(changed)} than the bundle now holds "
+            f"(retrained, refitted or recalibrated since?); export it again: "
+            f"`python -m ml_model.training.export --bundle {path.parent}`"
+        )
 
 
 def check_shared_weights(path: Path, session: ort.InferenceSession) -> None:
@@ -146,7 +191,12 @@ class OnnxForward:
 
     @classmethod
     def from_bundle(cls, model_dir: str | Path, threads: int | None = None) -> OnnxForward:
-        return cls(Path(model_dir, ONNX_FILE), threads)
+        """The bundle's model.onnx, refused (:class:`OnnxModelError`) when the bundle's
+        model, CT gate or calibration changed after it was exported."""
+        forward = cls(Path(model_dir, ONNX_FILE), threads)
+        if forward._session is not None:
+            check_exported_from(forward.path, forward._session)
+        return forward
 
     def __call__(self, images: np.ndarray) -> ForwardOutput:
         images = np.ascontiguousarray(images, dtype=np.uint8)

@@ -130,7 +130,9 @@ def saved_model_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
     return saved_model_outputs(path, images)[SERVING_OUTPUT].reshape(-1)
 
 
-def data_slices(data: Path, img_size: int, limit: int | None) -> dict[str, np.ndarray]:
+def data_slices(
+    data: Path, img_size: int, limit: int | None, progress: bool = True
+) -> dict[str, np.ndarray]:
     """The val split and the training slices of a data folder (``limit`` of each at most,
     spread over the folder), and the CT gate's non-CT negatives."""
     from ml_model.data.dataset import find_images, load_arrays
@@ -141,7 +143,7 @@ def data_slices(data: Path, img_size: int, limit: int | None) -> dict[str, np.nd
         if limit is not None and len(records) > limit:
             step = len(records) / limit
             records = [records[int(i * step)] for i in range(limit)]
-        slices[name] = load_arrays(records, img_size)[0]
+        slices[name] = load_arrays(records, img_size, progress)[0]
     try:
         from ml_model.data.negatives import generate
         from ml_model.imaging.transforms import gray_to_model_input

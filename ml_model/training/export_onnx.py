@@ -15,6 +15,7 @@ CT gate) is the same; the export writes it into the card as ``runtimes.onnx``.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ml_model.bundle import (
+    EXPORTED_FROM_KEY,
     GRADCAM_ONNX_FILE,
     GRADCAM_OUTPUT,
     ONNX_FILE,
@@ -35,6 +37,7 @@ from ml_model.bundle import (
 from ml_model.card import OPERATING_POINTS
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.forward import Forward, ForwardOutput
+from ml_model.inference.forward_onnx import exported_from
 
 if TYPE_CHECKING:
     import keras
@@ -251,6 +254,11 @@ def export_onnx(
     outputs = {output.name for output in proto.graph.output}
     if outputs != {SERVING_OUTPUT, SERVING_GATE_OUTPUT}:
         raise RuntimeError(f"model.onnx: unexpected outputs {sorted(outputs)}")
+    # Which model.keras / gate.npz / temperature it bakes in: OnnxForward.from_bundle
+    # refuses it once the bundle changes under it (save those files first).
+    onnx.helper.set_model_props(
+        proto, {EXPORTED_FROM_KEY: json.dumps(exported_from(out, temperature), sort_keys=True)}
+    )
     onnx.save(proto, out / ONNX_FILE)
     cam = convert(gradcam_function(model, gradcam_layer), 1, img_size)
     if GRADCAM_OUTPUT not in {output.name for output in cam.graph.output}:

@@ -161,3 +161,17 @@ def test_a_model_that_fails_to_load_stops_the_process(tmp_path: Path) -> None:
     assert code != 0, text[-3000:]
     assert "the model could not be loaded" in text and "model.onnx" in text, text[-3000:]
     assert sys.executable  # the venv's interpreter ran it
+
+
+def test_make_serve_and_the_image_use_the_bounded_server_flags() -> None:
+    """The Makefile's UVICORN_FLAGS are the ones the soak and these tests start the server with
+    (the image's CMD: tests/packaging/test_dockerfiles.py)."""
+    from tests.load.soak import UVICORN_FLAGS
+
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    block = makefile.split("UVICORN_FLAGS :=", 1)[1].split("\n\n", 1)[0]
+    flags = block.replace("\\\n", " ").split()
+    assert flags == UVICORN_FLAGS
+    for target in ("run:", "serve:"):
+        recipe = makefile.split(f"\n{target}", 1)[1].split("\n\n", 1)[0]
+        assert "$(UVICORN_FLAGS)" in recipe, target

@@ -95,7 +95,13 @@ class Sampler:
         self._thread.join()
 
 
-H11_PROTOCOL = "backend.app.core.http:BoundedH11Protocol"
+# What a bare `pip install uvicorn` serves with (the image has no httptools); plain h11 on a
+# checkout from before the bounded protocol existed (for "before" numbers).
+H11_PROTOCOL = (
+    "backend.app.core.http:BoundedH11Protocol"
+    if (REPO_ROOT / "backend" / "app" / "core" / "http.py").is_file()
+    else "h11"
+)
 
 
 @contextmanager
@@ -107,8 +113,10 @@ def server(
     full_env = {**os.environ, "MODEL_DIR": MODEL_DIR, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     full_env.pop("LOAD_MODEL_IN_BACKGROUND", None)  # the product's default
     command = serve_command(port)
-    if http is not None:
+    if http is not None and "--http" in command:
         command[command.index("--http") + 1] = http
+    elif http is not None:
+        command += ["--http", http]
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     began = time.perf_counter()
     process = subprocess.Popen(

@@ -129,3 +129,24 @@ def test_gradcam_onnx_refuses_a_model_onnx_it_was_not_exported_with(tmp_path: Pa
         model.write(b"\0")  # any change to the file, even one its graph would not notice
     with pytest.raises(OnnxModelError, match=r"has changed since; export both again"):
         OnnxGradCam.from_bundle(tmp_path, image.shape[0])(image)
+
+
+def test_a_model_onnx_older_than_its_bundle_is_refused(tmp_path: Path) -> None:
+    """model.onnx bakes in the network, the CT gate and the temperature: once the bundle's
+    gate is refitted (or the model retrained, or recalibrated) it is refused, by name."""
+    import shutil
+
+    source = BUNDLES["custom"]
+    for name in (ONNX_FILE, GRADCAM_ONNX_FILE, CARD_FILE, "gate.npz", "model.keras"):
+        shutil.copy(source / name, tmp_path / name)
+    OnnxForward.from_bundle(tmp_path)  # as exported: accepted
+    with (tmp_path / "gate.npz").open("ab") as gate:
+        gate.write(b"\0")
+    with pytest.raises(OnnxModelError, match=r"exported from another gate\.npz"):
+        OnnxForward.from_bundle(tmp_path)
+    shutil.copy(source / "gate.npz", tmp_path / "gate.npz")
+    card = json.loads((tmp_path / CARD_FILE).read_text())
+    card["temperature"] *= 2
+    (tmp_path / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(OnnxModelError, match="temperature"):
+        OnnxForward.from_bundle(tmp_path)

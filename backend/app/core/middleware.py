@@ -111,21 +111,34 @@ class BodySizeLimitMiddleware:
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class MethodGuardMiddleware:
-    """405 for an HTTP method outside :data:`KNOWN_METHODS` (metric labels stay a fixed set)."""
+class RequestGuardMiddleware:
+    """Before anything logs, counts or parses a request: 405 for an HTTP method outside
+    :data:`KNOWN_METHODS` (metric labels stay a fixed set), 400 for a ``Content-Length``
+    that is not a plain number (the metrics middleware would parse it, and ``int()`` of
+    thousands of digits raises)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in KNOWN_METHODS:
-            response = JSONResponse(
-                {"detail": "Method Not Allowed"},
-                status_code=405,
-                headers={"Allow": "GET, HEAD, POST, OPTIONS"},
-            )
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            response = None
+            if scope["method"] not in KNOWN_METHODS:
+                response = JSONResponse(
+                    {"detail": "Method Not Allowed"},
+                    status_code=405,
+                    headers={"Allow": "GET, HEAD, POST, OPTIONS"},
+                )
+            elif (
+                Headers(scope=scope).get("content-length") is not None
+                and declared_length(scope) is None
+            ):
+                response = JSONResponse(
+                    {"detail": "the Content-Length header is not a number"}, status_code=400
+                )
+            if response is not None:
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 

@@ -4,16 +4,20 @@ one zip read in memory.
 Ordering, series checks, scoring and aggregation are ``ml_model.inference.study``'s; this module
 only unpacks and polices the upload:
 
-* a zip is read with :mod:`zipfile` from memory, never extracted to disk;
+* a zip is read with :mod:`zipfile` from memory (the uploaded part itself, not a copy),
+  never extracted to disk; its unpacked members are held in the request's memory budget
+  (``services/admission.py``) before any is inflated: 413 over ``MAX_REQUEST_MEMORY_MB``;
 * a member with path traversal (``..``), an absolute path, a drive letter or a NUL,
   a symlink, or encryption refuses the whole upload (400);
 * more than ``MAX_ZIP_MEMBERS`` entries, more than ``MAX_ZIP_UNCOMPRESSED_MB`` declared
-  *or actually read*, a member over ``MAX_ZIP_RATIO`` compression ratio, or a member
-  that inflates past its declared size refuses it too (413);
+  by all members *or actually read*, a member over 64 KiB with more than ``MAX_ZIP_RATIO``
+  compression ratio, or a member that inflates past its declared size refuses it too (413);
 * folders are fine (a member is named by its base name), ``__MACOSX``, hidden files and
   ``DICOMDIR`` are skipped;
-* a file that is neither DICOM nor a raster image, or an empty one, becomes an entry in
-  ``errors`` rather than breaking the series.
+* a file that is neither DICOM nor a raster image, or an empty one, a PNG/JPEG whose name
+  holds a number of more than 18 digits (its slice number), or a deflated DICOM that would
+  inflate past the budget (ordering would parse it) becomes an entry in ``errors`` rather
+  than breaking the series.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import io
 import os
 import struct
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -136,21 +135,6 @@ def rle_dicom_near_limit() -> bytes:
         Columns=side,
         PixelData=encapsulate([frame]),
     )
-
-
-def dicom_with_tags(**tags: object) -> bytes:
-    """A small CT DICOM with header values set (for study ordering)."""
-    from tests.backend.hostile.corpus import dicom
-
-    return dicom(**tags)
-
-
-def _crc_png(chunks: list[tuple[bytes, bytes]]) -> bytes:
-    out = PNG_SIGNATURE
-    for kind, data in chunks:
-        body = kind + data
-        out += struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-    return out
 
 
 CASES: list[Amplification] = [

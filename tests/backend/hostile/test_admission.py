@@ -54,14 +54,14 @@ def test_a_zip_of_a_thousand_one_mib_members_is_refused_before_unpacking(
 
 def test_a_zip_under_the_ratio_limit_is_held_to_the_request_budget(make_client: Any) -> None:
     """Every member's declared size counts, even members too small for the ratio check."""
-    client = make_client(max_request_memory_mb=8, memory_budget_mb=64)
+    client = make_client(max_request_memory_mb=16, memory_budget_mb=64)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for index in range(40):  # 40 x 256 KiB stored: 10 MiB unpacked, ratio 1
             archive.writestr(f"s ({index}).png", b"\x89PNG\r\n\x1a\n" + bytes(256 * 1024 - 8))
     data = buffer.getvalue()
     response = client.post("/predict/study", files={"files": ("s.zip", data)})
-    check_refused(response, 413, "unpacking the zip", "over the limit of 8 MiB per request")
+    check_refused(response, 413, "unpacking the zip", "over the limit of 16 MiB per request")
 
 
 @pytest.mark.parametrize(
@@ -124,13 +124,15 @@ def test_a_deflated_dicom_bomb_is_sized_without_inflating_it(client: TestClient)
     detail = check_refused(
         client.post("/predict", files={"file": ("x.dcm", data)}), 413, "deflated DICOM"
     )
-    assert "once inflated" in detail
-    study = client.post(
-        "/predict/study",
-        files=[("files", ("a.dcm", data)), ("files", ("b.dcm", amplification.dicom_with_tags()))],
-    )
-    assert study.status_code in (200, 400), study.text  # the bomb is an error entry, not parsed
-    assert "deflated DICOM" in study.text
+    assert "MiB once inflated" in detail
+    from testing.dicom_writers import ct_dicom_bytes
+
+    good = ct_dicom_bytes(np.full((32, 32), 1100, np.uint16), 1.0, -1024.0, z=0.0, instance=1)
+    files = [("files", ("a.dcm", data)), ("files", ("b.dcm", good))]
+    study = client.post("/predict/study", files=files)
+    assert study.status_code == 200, study.text  # the bomb is an error entry, never parsed
+    (error,) = study.json()["errors"]
+    assert error["name"] == "a.dcm" and "deflated DICOM" in error["error"]
 
 
 def test_a_codestream_larger_than_its_dicom_header_is_sized_by_the_codestream() -> None:
@@ -298,11 +300,11 @@ def test_a_slice_number_of_thousands_of_digits_is_an_error_entry(
 
 
 def test_a_content_length_that_is_not_a_number_is_not_a_500(client: TestClient) -> None:
-    for value in ("9" * 5000, "²", "-1", "1e9"):
+    for value in ("9" * 5000, "-1", "1e9", "12 34"):
         response = client.post(
             "/predict", content=b"x", headers={"content-length": value, "content-type": "a/b"}
         )
-        assert response.status_code < 500, (value, response.text)
+        assert response.status_code == 400, (value, response.text)
 
 
 def test_random_method_names_do_not_grow_the_metrics(make_client: Any) -> None:
@@ -365,7 +367,7 @@ def test_rss_is_handed_back_after_a_busy_spell() -> None:
     small = RequestLedger(budget, 1024 * MIB)
     small.reserve(MIB, "a slice")
     small.release_all()
-    assert not small.trim_due
+    assert not small.trim_due  # 1 MiB since the last trim: not worth one yet
 
 
 def test_zip_errors_of_every_kind_are_4xx(client: TestClient, images: Any) -> None:

@@ -10,6 +10,7 @@ fails to load stops the process. ``LOAD_MODEL_IN_BACKGROUND=false`` (tests) wait
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import time
@@ -101,6 +102,10 @@ async def _load(app: FastAPI, settings: Settings, shared: InferenceCore | None) 
     core = core.with_decode_guard(decode_guard)  # every decode within the memory budget
     loading.stage = "warming up the model"
     await anyio.to_thread.run_sync(warm_up, core, settings)
+    # Everything loaded so far lives as long as the process: out of the garbage collector's
+    # full passes, which otherwise walk it all (holding the GIL, so stalling the event loop
+    # and its probes) while uploads allocate.
+    gc.freeze()
     app.state.inference = core
     app.state.ready = True
     app.state.metrics.model_ready.set(1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -257,6 +258,8 @@ async def burst(
     """Eight amplification uploads at once while another process polls /ready every 20 ms
     (its own process: the uploads' client work never delays a probe)."""
     await asyncio.sleep(3.0)
+    server_log = log_dir / "server.log"
+    log_start = server_log.stat().st_size if server_log.exists() else 0
     stop = log_dir / "stop-poller"
     stop.unlink(missing_ok=True)
     poller = subprocess.Popen(
@@ -279,6 +282,15 @@ async def burst(
     await asyncio.sleep(5.0)
     settled = psutil.Process(pid).memory_info().rss
     ms = np.asarray(polled["ms"] or [0.0])
+    inside = []  # the server's own time per /ready (its access log), without the client's
+    if server_log.exists():
+        with open(server_log, "rb") as log:
+            log.seek(log_start)
+            for line in log.read().decode(errors="replace").splitlines():
+                if '"path": "/ready"' in line:
+                    with contextlib.suppress(ValueError):
+                        inside.append(float(json.loads(line)["latency_ms"]))
+    server_ms = np.asarray(inside or [0.0])
     summary = {
         "mix": dict(Counter(names)),
         "statuses": dict(Counter(str(r["status"]) for r in results)),
@@ -291,6 +303,9 @@ async def burst(
         "ready_probes": polled["statuses"],
         "ready_ms": {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)}
         | {"max": round(float(ms.max()), 1)},
+        "ready_server_ms": {
+            f"p{q}": round(float(np.percentile(server_ms, q)), 1) for q in (50, 99)
+        },
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}), flush=True)
     for result in results:

@@ -11,6 +11,8 @@ budget while decoding (503 with ``Retry-After`` when the process has no room).
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 
 from backend.app.core.admission import AdmissionError, current_ledger
 from ml_model.imaging.budget import DecodeCost, estimate_decode_cost, is_deflated_dicom
@@ -18,6 +20,8 @@ from ml_model.imaging.errors import ImageTooLargeError
 
 # A Grad-CAM overlay holds ~100 bytes per pixel while it is drawn (float colour maps).
 HEATMAP_BYTES_PER_PIXEL = 100
+# Niceness of the threads that decode (the event loop's thread keeps 0).
+WORKER_NICENESS = 5
 
 
 def _refusal(cost: DecodeCost) -> ImageTooLargeError | None:
@@ -34,6 +38,7 @@ def decode_guard(data: bytes) -> contextlib.AbstractContextManager[object]:
     ledger = current_ledger()
     if ledger is None:
         return contextlib.nullcontext()
+    lower_thread_priority()
     cost = estimate_decode_cost(data, ledger.limit)
     if cost is None:  # headers unreadable: the decoder refuses it, cheaply, with the reason
         return contextlib.nullcontext()
@@ -41,6 +46,20 @@ def decode_guard(data: bytes) -> contextlib.AbstractContextManager[object]:
     if refusal is not None:
         raise refusal
     return ledger.decoding(cost.bytes, f"decoding {cost.describe()}")
+
+
+_niced = threading.local()
+
+
+def lower_thread_priority() -> None:
+    """Run this worker thread's CPU work (decoding, drawing) at a lower priority than the
+    event loop's thread, once per thread: a burst of large images then queues behind the
+    loop, which keeps answering probes and reading uploads (Linux; elsewhere a no-op)."""
+    if getattr(_niced, "done", False):
+        return
+    _niced.done = True
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
 
 
 def precheck_slice(data: bytes) -> str | None:

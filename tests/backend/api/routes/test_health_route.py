@@ -114,7 +114,7 @@ def test_docs_and_openapi(client: TestClient) -> None:
     assert body_schema["required"] == ["file"]
     assert {"200", "400", "413", "415", "422", "503"} <= set(predict["responses"])
     params = {p["name"]: p for p in predict["parameters"]}
-    assert set(params) == {"operating_point", "explain"}
+    assert set(params) == {"operating_point", "explain", "preview_window"}
 
     components = schema["components"]["schemas"]
     examples = components["PredictionResponse"]["examples"]

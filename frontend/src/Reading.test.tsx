@@ -308,7 +308,7 @@ describe("history", () => {
 
     // "reload": a new page over the same IndexedDB
     await ready({ history: new HistoryStore(factory) });
-    const panel = screen.getByRole("region", { name: "Recent results" });
+    const panel = await screen.findByRole("region", { name: "Recent results" });
     await waitFor(() => expect(within(panel).getAllByTestId("history-entry")).toHaveLength(2));
     await user.click(within(panel).getByRole("button", { name: "Open c5.png (slice)" }));
     const card = await screen.findByRole("article", { name: "c5.png" });

@@ -91,33 +91,27 @@ def serving_function(
     """The bundle's forward as one TensorFlow function: uint8 (N, S, S, 3) ->
     {``probability``: calibrated P(fracture) (N, 1), ``ct_logit``: the gate's logit (N, 1)}.
 
-    The uint8 -> float cast, scaling, spine crop, temperature and the gate's features all
+    The uint8 -> float cast, scaling, spine crop, temperature and the CT gate (its own
+    backbone and image statistics of the whole input, nothing of the fracture network) all
     live in the graph. The SavedModel (TF Serving, TFLite) exports this function and
-    :class:`KerasForward` runs it: one graph. Returns the function and the two-headed
-    Keras model it calls (an exporter must track it).
+    :class:`KerasForward` runs it: one graph. Returns the function and the Keras model it
+    calls (an exporter must track it).
     """
-    import keras
     import tensorflow as tf
-
-    from ml_model.architectures.layers import EMBEDDING_LAYER
-    from ml_model.inference.gate import gate_features_tf
-
-    both = keras.Model(model.input, [model.outputs[0], model.get_layer(EMBEDDING_LAYER).output])
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(image, tf.float32)
-        probability, embedding = both(pixels, training=False)
+        probability = model(pixels, training=False)
         if temperature != 1.0:
             # float32 throughout: TFLite has no float64 kernels.
             p = tf.clip_by_value(tf.cast(probability, tf.float32), 1e-7, 1 - 1e-7)
             probability = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
-        features = tf.concat([tf.cast(embedding, tf.float32), gate_features_tf(pixels)], 1)
         return {
             SERVING_OUTPUT: probability,
-            SERVING_GATE_OUTPUT: gate.logit_tf(features)[:, tf.newaxis],
+            SERVING_GATE_OUTPUT: gate.logit_tf(pixels)[:, tf.newaxis],
         }
 
-    return serve, both
+    return serve, model
 
 
 class KerasForward:

@@ -1,15 +1,22 @@
 """The CT gate: is this image a CT slice at all? ("Not a CT slice" otherwise.)
 
-A logistic regression on image statistics that any runtime can compute in a few
-operations: the grey-level distribution (cumulative histogram), the share of pure
-black and saturated pixels, the distribution of edge strengths and an 8x8 thumbnail.
-CT slices exported in a fixed window are stereotyped in exactly these terms (black
-background, saturated bone, tissue peaks, a body in the middle); photos, charts,
-documents, noise, shapes and other modalities are not. It is trained with explicit
-negatives (``ml_model.data.negatives``) and CT slices under realistic perturbations, and
-its threshold comes from out-of-fold scores with whole CT series held out. It does
-not depend on the fracture network, so every bundle carries the same kind of gate,
-and the exported graph computes it too (:func:`gate_logit_tf`).
+A logistic regression on two kinds of features of the whole input slice, neither of them
+the fracture network's:
+
+* **generic image features**: the first eleven blocks (0-10) of an ImageNet-trained
+  EfficientNet-Lite0, run on the slice's grey channel average-pooled to about 128 x 128,
+  each of four stages (blocks 2, 4, 7 and 10: 24 + 40 + 80 + 112 channels) averaged over the
+  image. Their weights (batch norm folded in, ~0.7 M numbers) live in ``gate.npz``, apart
+  from any fracture network, so every bundle carries the same gate;
+* **103 image statistics** (:func:`gate_features_tf`): the grey-level distribution
+  (cumulative histogram), the share of pure black and saturated pixels, the distribution of
+  edge strengths and an 8x8 thumbnail.
+
+It is trained with explicit negatives (``ml_model.data.negatives``) and CT slices under
+realistic perturbations, and its threshold comes from out-of-fold scores with whole CT
+series held out (``ml_model.training.gate_fit``). The exported graph computes it too
+(:meth:`CTGate.logit_tf`: convolutions, depthwise convolutions, ReLU6, means and a matrix
+product, all TFLite builtins).
 """
 
 from __future__ import annotations
@@ -42,6 +49,13 @@ FEATURE_NAMES = (
     + [f"edge>={e}" for e in EDGE_STRENGTHS]
     + [f"thumb{r}{c}" for r in range(THUMBNAIL) for c in range(THUMBNAIL)]
 )
+# The backbone sees the grey channel average-pooled by input_size // GATE_SIDE (384 -> 128).
+GATE_SIDE = 128
+# EfficientNet's input scaling ((x - 127) / 128, as in the fracture network's backbone).
+PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
+# Columns of ``backbone_spec``: kernel, stride, has a residual add, is a tap (averaged into
+# the features).
+SPEC_COLUMNS = ("kernel", "stride", "residual", "tap")
 
 
 class GateFileError(ValueError):
@@ -97,18 +111,102 @@ def gate_features(images: np.ndarray, batch: int = 64) -> np.ndarray:
     )
 
 
+def gate_view_tf(images: tf.Tensor) -> tf.Tensor:
+    """Float images (N, S, S, C) in 0-255 -> the backbone's view (N, S/k, S/k, 1): the grey
+    channel average-pooled by k = max(1, S // GATE_SIDE), scaled as EfficientNet expects."""
+    import tensorflow as tf
+
+    gray = tf.cast(images, tf.float32)[..., :1]
+    block = max(1, int(images.shape[1]) // GATE_SIDE)
+    if block > 1:
+        gray = tf.nn.avg_pool2d(gray, block, block, "VALID")
+    return (gray - PIXEL_MEAN) / PIXEL_STD
+
+
+def backbone_tf(view: tf.Tensor, weights: dict[str, np.ndarray]) -> tf.Tensor:
+    """The gate's backbone on its view (N, H, W, 1): every tap block's output averaged over
+    the image, concatenated (N, sum of tap channels). Batch norm is folded into ``weights``
+    (``ml_model.training.gate_fit.imagenet_backbone``)."""
+    import tensorflow as tf
+
+    def relu6(x: tf.Tensor) -> tf.Tensor:
+        return tf.clip_by_value(x, 0.0, 6.0)
+
+    def conv(x: tf.Tensor, name: str, stride: int = 1) -> tf.Tensor:
+        kernel = tf.constant(weights[f"{name}_w"].astype(np.float32))
+        return tf.nn.conv2d(x, kernel, stride, "SAME") + weights[f"{name}_b"].astype(np.float32)
+
+    x = relu6(conv(view, "stem", 2))
+    taps = []
+    for index, (kernel, stride, residual, tap) in enumerate(weights["spec"].astype(int)):
+        shortcut = x
+        if f"block{index}_expand_w" in weights:
+            x = relu6(conv(x, f"block{index}_expand"))
+        depthwise = weights[f"block{index}_dw_w"].astype(np.float32)
+        assert depthwise.shape[0] == kernel, "spec and weights disagree"
+        x = tf.nn.depthwise_conv2d(x, tf.constant(depthwise), (1, stride, stride, 1), "SAME")
+        x = relu6(x + weights[f"block{index}_dw_b"].astype(np.float32))
+        x = conv(x, f"block{index}_project")
+        if residual:
+            x = x + shortcut
+        if tap:
+            taps.append(tf.reduce_mean(x, axis=(1, 2)))
+    return tf.concat(taps, axis=1)
+
+
+def _backbone_width(weights: dict[str, np.ndarray]) -> int:
+    spec = weights["spec"].astype(int)
+    return sum(int(weights[f"block{i}_project_b"].shape[0]) for i in range(len(spec)) if spec[i, 3])
+
+
 @dataclass(frozen=True)
 class CTGate:
-    """Standardise, then a linear logit; a slice is CT when ``logit >= threshold``."""
+    """Features (backbone taps + image statistics) -> standardise -> a linear logit; a slice
+    is CT when ``logit >= threshold``."""
 
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
     intercept: float
     threshold: float
+    backbone: dict[str, np.ndarray]
     details: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def feature_count(self) -> int:
+        return _backbone_width(self.backbone) + len(FEATURE_NAMES)
+
+    def features_tf(self, images: tf.Tensor) -> tf.Tensor:
+        """Float images (N, S, S, C) in 0-255 -> the gate's features (N, taps + 103)."""
+        import tensorflow as tf
+
+        pixels = tf.cast(images, tf.float32)
+        return tf.concat(
+            [backbone_tf(gate_view_tf(pixels), self.backbone), gate_features_tf(pixels)], 1
+        )
+
+    @functools.cached_property
+    def _features_fn(self) -> Callable[[tf.Tensor], tf.Tensor]:
+        import tensorflow as tf
+
+        return tf.function(self.features_tf)
+
+    def features(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Numpy convenience over :meth:`features_tf`, in bounded batches (float32)."""
+        import tensorflow as tf
+
+        images = np.asarray(images)
+        if not len(images):
+            return np.zeros((0, self.feature_count), np.float32)
+        return np.concatenate(
+            [
+                self._features_fn(tf.convert_to_tensor(images[i : i + batch], tf.float32)).numpy()
+                for i in range(0, len(images), batch)
+            ]
+        )
+
     def logits(self, features: np.ndarray) -> np.ndarray:
+        """The logit of :meth:`features` rows, in float64 (the graph's reference)."""
         z = (np.asarray(features, np.float64) - self.mean) / self.scale
         return z @ self.coef + self.intercept
 
@@ -116,24 +214,30 @@ class CTGate:
         """The API's ``ood_distance``: exp(threshold - logit); <= 1 means "a CT slice"."""
         return np.exp(np.clip(self.threshold - np.asarray(logits, np.float64), -50.0, 50.0))
 
-    def logit_tf(self, features: tf.Tensor) -> tf.Tensor:
-        """The same logit in a TensorFlow graph (float32: TFLite has no float64 kernels)."""
+    def logit_tf(self, images: tf.Tensor) -> tf.Tensor:
+        """The gate's logit (N,) of float images (N, S, S, C) in 0-255, in a TensorFlow graph
+        (float32: TFLite has no float64 kernels)."""
         import tensorflow as tf
 
         weights = tf.constant((self.coef / self.scale).astype(np.float32))
         bias = float(self.intercept - np.sum(self.coef * self.mean / self.scale))
-        return tf.linalg.matvec(tf.cast(features, tf.float32), weights) + bias
+        return tf.linalg.matvec(self.features_tf(images), weights) + bias
+
+    def with_threshold(self, threshold: float, details: dict[str, Any]) -> CTGate:
+        return CTGate(
+            self.mean, self.scale, self.coef, self.intercept, threshold, self.backbone, details
+        )
 
     def save(self, model_dir: str | Path) -> None:
-        np.savez(
-            Path(model_dir, GATE_FILE),
-            mean=self.mean,
-            scale=self.scale,
-            coef=self.coef,
-            intercept=np.array(self.intercept),
-            threshold=np.array(self.threshold),
-            details=np.array(json.dumps(self.details)),
-        )
+        arrays = {
+            "mean": self.mean,
+            "scale": self.scale,
+            "coef": self.coef,
+            "intercept": np.array(self.intercept),
+            "threshold": np.array(self.threshold),
+            "details": np.array(json.dumps(self.details)),
+        } | {f"backbone/{name}": value for name, value in self.backbone.items()}
+        np.savez(Path(model_dir, GATE_FILE), **arrays)  # type: ignore[arg-type]  # numpy stub
 
     @classmethod
     def load(cls, model_dir: str | Path) -> CTGate:
@@ -142,12 +246,18 @@ class CTGate:
             raise GateFileError(f"{path}: the bundle has no CT gate file")
         try:
             with np.load(path, allow_pickle=False) as stored:
+                backbone = {
+                    key.split("/", 1)[1]: stored[key]
+                    for key in stored.files
+                    if key.startswith("backbone/")
+                }
                 gate = cls(
                     mean=stored["mean"].astype(np.float64),
                     scale=stored["scale"].astype(np.float64),
                     coef=stored["coef"].astype(np.float64),
                     intercept=float(stored["intercept"]),
                     threshold=float(stored["threshold"]),
+                    backbone=backbone,
                     details=json.loads(str(stored["details"])),
                 )
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -157,4 +267,17 @@ class CTGate:
             raise GateFileError(f"{path}: mean, scale and coef must be vectors of one length")
         if not (np.isfinite(gate.threshold) and np.isfinite(gate.intercept)):
             raise GateFileError(f"{path}: threshold and intercept must be finite numbers")
+        try:
+            width = gate.feature_count
+        except (KeyError, IndexError, ValueError) as exc:
+            raise GateFileError(
+                f"{path}: no usable gate backbone ({exc!r}); refit the gate: "
+                "python -m ml_model.training.gate_fit --bundle DIR --data DATA"
+            ) from None
+        if width != n[0]:
+            raise GateFileError(
+                f"{path}: {n[0]} coefficients for {width} features (backbone taps + "
+                f"{len(FEATURE_NAMES)} statistics); refit the gate: "
+                "python -m ml_model.training.gate_fit --bundle DIR --data DATA"
+            )
         return gate

@@ -35,11 +35,13 @@ from ml_model.data.dataset import (
     groups_of,
     load_arrays,
     naive_split,
+    series_of,
 )
 from ml_model.data.negatives import generate as generate_negatives
 from ml_model.evaluation.metrics import choose_operating_points, compute_metrics
 from ml_model.evaluation.report import series_report
 from ml_model.imaging.transforms import gray_to_model_input
+from ml_model.training.gate_fit import GateFit, fit_gate
 from ml_model.training.train import (
     TRAINING_SPLITS,
     TrainConfig,
@@ -48,7 +50,6 @@ from ml_model.training.train import (
     image_datasets,
     make_strategy,
     predict_dataset,
-    window_jitter,
 )
 
 REPORTED = ["accuracy", "precision", "recall", "specificity", "f1", "auc", "brier", "ece"]
@@ -168,7 +169,9 @@ def compare_series(
     metrics with 95 % intervals over base slices."""
     records = find_images(data, splits=TRAINING_SPLITS)
     results: dict[str, Any] = {"split": "series", "seed": seed, "archs": {}}
-    negatives_cache: dict[int, np.ndarray] = {}  # training negatives per input size
+    # The CT gate does not depend on the network: one fit (with its own series folds) per
+    # input size serves every architecture.
+    gates: dict[int, GateFit] = {}
     for arch in archs:
         recipe = dict(RECIPES.get(arch, {"weights": "none"}))
         if epochs is not None:
@@ -177,16 +180,22 @@ def compare_series(
         img_size = config.img_size or DEFAULT_IMG_SIZES.get(arch, 224)
         input_size = config.input_size or img_size
         images, labels = load_arrays(records, input_size)
-        if input_size not in negatives_cache:
+        if input_size not in gates:
             negatives = generate_negatives(config.gate_negatives, seed=seed)
-            negatives_cache[input_size] = np.stack(
-                [gray_to_model_input(n.gray, input_size) for n in negatives if not n.held_out]
-            )
+            series = np.array([series_of(g) for g in groups_of(records)])
+            gates[input_size] = fit_gate(
+                images, series, negatives,
+                np.stack([gray_to_model_input(n.gray, input_size) for n in negatives]),
+                seed, records,
+            )  # fmt: skip
+        gate = gates[input_size]
         started = time.perf_counter()
-        oof, oof_gate, _, folds = cross_validate_series(
-            config, records, images, labels, window_jitter(images, seed),
-            negatives_cache[input_size], img_size, make_strategy("auto"),
-        )  # fmt: skip
+        oof, folds = cross_validate_series(
+            config, records, images, labels, img_size, make_strategy("auto")
+        )
+        for fold in folds.values():
+            fold["gate_threshold"] = gate.gate.threshold
+        oof_gate = gate.oof
         report = series_report(labels, oof, oof_gate, groups_of(records), folds, seed)
         results["archs"][arch] = {
             "recipe": recipe,

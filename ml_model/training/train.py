@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import sys
@@ -26,7 +25,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from ml_model import __version__
 from ml_model.architectures.layers import SPINE_CROP_LAYER
@@ -70,7 +68,7 @@ from ml_model.evaluation.report import held_out_report, series_report
 from ml_model.imaging.transforms import gray_to_model_input
 from ml_model.inference.gate import CTGate
 from ml_model.training.export import export_bundle
-from ml_model.training.gate_fit import fit_ct_gate, gate_inputs, gate_with_threshold
+from ml_model.training.gate_fit import fit_gate
 from ml_model.training.study_threshold import calibrate_study_threshold
 
 DATA_CAVEATS = [
@@ -298,45 +296,6 @@ def fit_model(
     return model, history
 
 
-def window_jitter(images: np.ndarray, seed: int) -> np.ndarray:
-    """CT slices as another scanner or export might render them: a linear grey-level map
-    around fat (gain 0.6-1.6, offset +/-60) and, for half of them, a lifted background."""
-    rng = np.random.default_rng(seed)
-    out = np.empty_like(images)
-    for i, image in enumerate(images):
-        gray = image.astype(np.float32)
-        mapped = rng.uniform(0.6, 1.6) * (gray - 107.0) + 107.0 + rng.uniform(-60.0, 60.0)
-        if rng.random() < 0.5:
-            mapped = np.where(gray < 30, rng.uniform(0.0, 120.0), mapped)
-        out[i] = np.clip(np.rint(mapped), 0, 255).astype(np.uint8)
-    return out
-
-
-def reexport(images: np.ndarray, seed: int) -> np.ndarray:
-    """CT slices as a user's copy might have been re-saved: JPEG quality 50, noise sigma 5,
-    contrast x1.1 or a 224-pixel round trip (one each, in turn). The CT gate's threshold
-    must accept these; ``window_jitter`` is the harsher training-time variant."""
-    rng = np.random.default_rng(seed)
-    out = np.empty_like(images)
-    size = images.shape[1]
-    for i, image in enumerate(images):
-        gray = image[..., 0]
-        kind = i % 4
-        if kind == 0:
-            buffer = io.BytesIO()
-            Image.fromarray(gray).save(buffer, "JPEG", quality=50)
-            gray = np.asarray(Image.open(buffer).convert("L"))
-        elif kind == 1:
-            gray = np.clip(gray + rng.normal(0, 5, gray.shape), 0, 255).astype(np.uint8)
-        elif kind == 2:
-            gray = np.clip((gray.astype(np.float32) - 128) * 1.1 + 128, 0, 255).astype(np.uint8)
-        else:
-            small = Image.fromarray(gray).resize((224, 224), Image.Resampling.BILINEAR)
-            gray = np.asarray(small.resize((size, size), Image.Resampling.BILINEAR))
-        out[i] = gray[..., np.newaxis]
-    return out
-
-
 def predict_arrays(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """:func:`predict_batches` over uint8 images, in bounded batches."""
     return predict_batches(model, (images[i : i + batch] for i in range(0, len(images), batch)))
@@ -372,18 +331,14 @@ def cross_validate_series(
     records: list[ImageRecord],
     images: np.ndarray,
     labels: np.ndarray,
-    jittered: np.ndarray,
-    negatives: np.ndarray,
     img_size: int,
     strategy: tf.distribute.Strategy,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Leave one CT series out at a time: out-of-fold P(fracture) and CT-gate logits for
-    every slice (and a re-exported copy of it), and per fold the threshold that fold's model
-    chose on its own epoch-choosing slices."""
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Leave one CT series out at a time: out-of-fold P(fracture) for every slice, and per
+    fold the threshold that fold's model chose on its own epoch-choosing slices. (The CT
+    gate does not depend on the network: ``gate_fit.fit_gate`` scores its own folds.)"""
     groups = groups_of(records)
     oof = np.full(len(records), np.nan)
-    oof_gate = np.full(len(records), np.nan)
-    oof_gate_reexported = np.full(len(records), np.nan)
     folds: dict[str, Any] = {}
     for name, tr, te in leave_one_series_out(records):
         print(f"-- fold: {name} held out ({len(te)} files)")
@@ -394,16 +349,9 @@ def cross_validate_series(
         oof[te] = predict_arrays(model, images[te])
         inner = tr[val_idx]
         point = choose_operating_points(labels[inner], predict_arrays(model, images[inner]))
-        gate = fit_ct_gate(model, np.concatenate([images[tr], jittered[tr]]), negatives)
-        oof_gate[te] = gate.logits(gate_inputs(model, images[te]))
-        oof_gate_reexported[te] = gate.logits(gate_inputs(model, reexport(images[te], config.seed)))
-        folds[name] = {
-            "threshold": point["sensitive"]["threshold"],
-            "gate_threshold": gate.threshold,
-            "index": te,
-        }
+        folds[name] = {"threshold": point["sensitive"]["threshold"], "index": te}
         keras.backend.clear_session()
-    return oof, oof_gate, oof_gate_reexported, folds
+    return oof, folds
 
 
 def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
@@ -430,18 +378,14 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     groups = groups_of(records)
     print(f"{len(records)} files, {len(set(groups))} base slices, series: "
           f"{sorted({series_of(g) for g in groups})}")  # fmt: skip
-    jittered = window_jitter(images, config.seed)
     negatives = generate_negatives(config.gate_negatives, seed=config.seed)
     neg_images = np.stack([gray_to_model_input(n.gray, input_size) for n in negatives])
-    neg_train = np.array([not n.held_out for n in negatives])
 
     started = time.perf_counter()
     if config.cv == "series":
-        oof, oof_gate, oof_gate_reexported, folds = cross_validate_series(
-            config, records, images, labels, jittered, neg_images[neg_train], img_size, strategy
-        )
+        oof, folds = cross_validate_series(config, records, images, labels, img_size, strategy)
     else:
-        oof = oof_gate = oof_gate_reexported = np.full(len(records), np.nan)
+        oof = np.full(len(records), np.nan)
         folds = {}
     keras.utils.set_random_seed(config.seed)
     model, history, val_idx = fit_on(config, images, labels, groups, img_size, strategy, report_dir)
@@ -470,20 +414,22 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{cal_source} ECE {raw_ece:.4f} -> temperature {temperature:.3f}")
     operating_points = choose_operating_points(cal_y, cal_p)
 
-    gate = fit_ct_gate(model, np.concatenate([images, jittered]), neg_images[neg_train])
-    neg_logits = gate.logits(gate_inputs(model, neg_images))
-    ct_floor = (
-        float(np.nanmin(np.concatenate([oof_gate, oof_gate_reexported]))) if have_oof else None
+    # The CT gate: its own features (not the network's), its own series folds.
+    series = np.array([series_of(g) for g in groups])
+    fitted = fit_gate(
+        images, series, negatives, neg_images, config.seed, records, config.cv == "series"
     )
+    gate = fitted.gate
+    for fold in folds.values():
+        fold["gate_threshold"] = gate.threshold
     np.savez(
         report_dir / "out_of_fold.npz",
         probability=oof,
-        gate_logit=oof_gate,
-        gate_logit_reexported=oof_gate_reexported,
+        gate_logit=fitted.oof,
+        gate_logit_reexported=fitted.oof_reexported,
         label=labels,
         group=groups,
     )
-    gate = gate_with_threshold(gate, ct_floor, neg_logits[neg_train], negatives, neg_logits)
 
     p_train = apply_temperature(predict_arrays(model, images), temperature)
     threshold = operating_points["sensitive"]["threshold"]
@@ -512,7 +458,7 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     card["gate"] = gate.details | {"threshold": gate.threshold, "file": GATE_FILE}
     if have_oof:
         card["leave_one_series_out"] = series_report(
-            labels, oof, oof_gate, groups, folds, config.seed
+            labels, oof, fitted.oof, groups, folds, config.seed
         )
         print(
             json.dumps({k: v["summary"] for k, v in card["leave_one_series_out"].items()}, indent=1)
@@ -588,7 +534,7 @@ def test_table(
     records = find_images(config.test_data)
     images, labels = load_arrays(records, input_size)
     probs = apply_temperature(predict_arrays(model, images), temperature)
-    accepted = gate.logits(gate_inputs(model, images)) >= gate.threshold
+    accepted = gate.logits(gate.features(images)) >= gate.threshold
     report = held_out_report(labels, probs, accepted, groups_of(records), threshold, config.seed)
     return report | {"data": str(config.test_data), "seed_reported": SEED_TEST_NUMBERS}
 

@@ -25,7 +25,6 @@ from ml_model.evaluation import evaluate
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.gate import CTGate
 from ml_model.training.export import saved_model_outputs, saved_model_predict, tflite_predict
-from ml_model.training.gate_fit import gate_inputs
 from ml_model.training.train import TrainConfig, parse_args, train
 from tests.conftest import WriteDataset
 
@@ -103,9 +102,10 @@ def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     np.testing.assert_allclose(tflite_probs, keras_probs, atol=1e-4)
     # The exported graph carries the CT gate too (TF Serving mode needs no local model).
     logits = saved_model_outputs(out / SAVED_MODEL_DIR, images)[SERVING_GATE_OUTPUT].reshape(-1)
-    # ... and equals the gate's own float64 numpy logit of the same features.
-    features = gate_inputs(predictor.forward.model, images)
-    np.testing.assert_allclose(logits, CTGate.load(out).logits(features), atol=1e-3)
+    # ... and equals the gate's own float64 numpy logit of the same features (the gate's
+    # backbone and image statistics: nothing of the fracture network).
+    gate = CTGate.load(out)
+    np.testing.assert_allclose(logits, gate.logits(gate.features(images)), atol=1e-3)
     np.testing.assert_allclose(predictor.scores(images).ct_logit, logits, atol=1e-4)
     # ONNX Runtime runs the same graph; the card records its parity on the training slices.
     from ml_model.inference.forward_onnx import OnnxForward

@@ -40,8 +40,9 @@ IN_DISTRIBUTION_DESCRIPTION = (
 )
 OOD_DISTANCE_DESCRIPTION = (
     "The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT "
-    "slice, > 1 is refused as not CT. The gate is a logistic regression on the model's "
-    "embedding and image statistics, trained against non-CT images (model card `gate`). "
+    "slice, > 1 is refused as not CT. The gate is a logistic regression on its own features "
+    "(an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, "
+    "nothing of the fracture network), trained against non-CT images (model card `gate`). "
     "Null when no gate ran."
 )
 

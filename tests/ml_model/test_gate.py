@@ -225,3 +225,19 @@ def test_card_records_out_of_fold_gate_margins(bundle: InferenceCore) -> None:
         assert row["refused"] == row["refused_reexported"] == 0, name
     # The gate is the bundle's own, not the fracture network's.
     assert "nothing of the fracture network" in gate["features"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",  # a 128 x 128 phantom-like slice
+        "explicit_VR-UN.dcm",  # BodyPartExamined PANCREAS
+        "J2K_pixelrep_mismatch.dcm",  # BodyPartExamined HEAD
+        "693_UNCI.dcm",
+    ],
+)
+def test_ct_of_other_regions_is_refused(bundle: InferenceCore, name: str) -> None:
+    """What the README says the gate does with CT that is not a neck slice: it knows neck CT
+    as exported in the card's window, not CT in general, so other regions are refused."""
+    verdict = bundle.verdict(Path(get_testdata_file(name)).read_bytes())
+    assert verdict.result == "Not a CT slice", verdict

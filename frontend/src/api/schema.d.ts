@@ -226,7 +226,7 @@ export interface components {
             in_distribution: boolean | null;
             /**
              * Ood Distance
-             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on the model's embedding and image statistics, trained against non-CT images (model card `gate`). Null when no gate ran.
+             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran.
              */
             ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];
@@ -635,7 +635,7 @@ export interface components {
             in_distribution: boolean | null;
             /**
              * Ood Distance
-             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on the model's embedding and image statistics, trained against non-CT images (model card `gate`). Null when no gate ran.
+             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran.
              */
             ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];

@@ -22,6 +22,7 @@ help:
 	@echo "make lint       ruff + mypy"
 	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm)"
 	@echo "make pacs       a local development Orthanc (PACS) on loopback"
+	@echo "make docker-up-scale  REPLICAS=N API containers behind nginx (Docker, profile scale)"
 	@echo "make pacs-worker  the PACS worker (PACS_URL=... API_URL=...)"
 
 $(VENV)/.installed: requirements.txt requirements-train.txt requirements-dev.txt
@@ -119,7 +120,8 @@ docker-train:
 	mkdir -p runs && TRAIN_UID=$$(id -u) TRAIN_GID=$$(id -g) docker compose --profile train run --rm train
 
 # ---- Docker without Docker Hub (Debian packages + PyPI only), as on this project's machines
-.PHONY: docker-tools docker-base docker-build-local docker-up-local docker-down-local test-docker
+.PHONY: docker-tools docker-base docker-build-local docker-up-local docker-down-local test-docker \
+	docker-up-scale docker-down-scale
 DOCKER_LOCAL_BASES := PYTHON_IMAGE=cspine-local/python:3.11-bookworm NODE_IMAGE=cspine-local/node:22-bookworm
 DOCKER_COMPOSE_LOCAL := $(DOCKER_LOCAL_BASES) docker compose -f docker-compose.yml -f docker/compose.host-network.yml
 
@@ -130,13 +132,25 @@ docker-base:  # local stand-ins for python:3.11-slim-bookworm and node:22-bookwo
 	nice -n 10 bash docker/local-base.sh
 
 docker-build-local: docker-base
-	nice -n 10 $(DOCKER_COMPOSE_LOCAL) build backend
+	nice -n 10 env $(DOCKER_COMPOSE_LOCAL) build backend
 
 docker-up-local: docker-build-local  # backend on http://$(HOST):$(PORT) (host network)
 	HOST=$(HOST) PORT=$(PORT) $(DOCKER_COMPOSE_LOCAL) up -d backend
 
 docker-down-local:
 	$(DOCKER_COMPOSE_LOCAL) down
+
+# Profile `scale`: REPLICAS API replicas behind nginx on http://$(HOST):$(SCALE_PORT) (host
+# network: replicas on the first free ports from REPLICA_PORT_BASE, default 8101).
+REPLICAS ?= 2
+SCALE_PORT ?= 8080
+docker-up-scale: docker-build-local
+	nice -n 10 env $(DOCKER_COMPOSE_LOCAL) --profile scale build proxy
+	HOST=$(HOST) SCALE_PORT=$(SCALE_PORT) REPLICAS=$(REPLICAS) \
+		$(DOCKER_COMPOSE_LOCAL) --profile scale up -d --no-build replica proxy
+
+docker-down-scale:
+	$(DOCKER_COMPOSE_LOCAL) --profile scale down
 
 # Build the images, compose up, wait for healthy, real requests with curl, compose down.
 test-docker:

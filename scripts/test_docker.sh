@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make test-docker`: build the compose images for real, start `docker compose up -d`, wait
 # for the health check, send a CT slice and a DICOM file with curl, load the web app, check
-# the container's hardening, `docker compose down`. Prints image sizes and timings.
+# the container's hardening, `docker compose down`; then the TF Serving profile (stand-in),
+# the scale profile (two replicas behind nginx) and the training image. Prints image sizes
+# and timings.
 #
 # Exit 0 with a "SKIP:" line when no Docker engine can be had here (no docker/dockerd, not
 # root to start one, no Compose v2); set DOCKER_TEST_REQUIRED=1 (CI does) to make that a
@@ -18,6 +20,9 @@
 #   DATA                           CT slices (default ../shared/data/cervical-ct)
 #   DOCKERD_ARGS                   how dockerd is started when none runs (default: vfs, no
 #                                  iptables, no bridge), logging to $DOCKER_STATE/dockerd.log
+#   TEST_DOCKER_TFSERVING=0, TEST_DOCKER_SCALE=0, TEST_DOCKER_TRAIN=0  leave that phase out
+#   TEST_DOCKER_ONLY=scale         build, then only the scale-out phase (profile `scale`: two
+#                                  replicas behind the nginx proxy, one stopped half-way)
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -133,9 +138,11 @@ fi
 export PORT HOST=127.0.0.1
 URL=http://127.0.0.1:$PORT
 compose() { "${COMPOSE_CMD[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
-# + the TF Serving stand-in and the training services (profiles), for phases 7-8 and down.
+# + the TF Serving stand-in, the training and the scale services (profiles), for the later
+# phases and down.
 compose_all() {
-  compose -f docker/compose.tfserving-standin.yml --profile tfserving --profile train "$@"
+  compose -f docker/compose.tfserving-standin.yml --profile tfserving --profile train \
+    --profile scale "$@"
 }
 say "networking: $NETWORK; backend on $URL"
 
@@ -163,6 +170,177 @@ found=$(docker run --rm --network none --entrypoint sh "$IMAGE" -c \
   'for t in gcc cc g++ c++ clang make; do command -v $t; done; ls -d /root/.cache/pip /home/app/.cache/pip /tmp/* 2>/dev/null; true')
 [ -z "$found" ] || fail "the runtime image holds build tools or caches: $found"
 say "image: user $USER_, health check on /ready, no compilers, no pip cache"
+
+# --- scale-out (profile `scale`): REPLICAS=2 API replicas behind the nginx proxy ----------
+# Defined here, run after phase 7 (or alone: TEST_DOCKER_ONLY=scale). Under host networking
+# the replicas take the first free ports of REPLICA_PORT_BASE.. (docker/replica_entry.py)
+# and the proxy lists that range; on a bridge network the proxy follows Docker's DNS.
+SCALE_SUMMARY="scale profile not tested (TEST_DOCKER_SCALE=0)"
+scale_logs() {  # the replicas' and the proxy's last log lines, for failures
+  say "--- replica and proxy logs (last 30 lines each) ---"
+  compose --profile scale logs --no-color --tail 30 replica proxy 2>&1 | sed 's/^/    /'
+}
+scale_fail() { scale_logs; fail "$@"; }
+scale_predicts() {  # count label: POST /predict through the proxy, alternating DICOM / PNG
+  local count=$1 label=$2 i file status
+  for i in $(seq "$count"); do
+    if [ $(( i % 2 )) = 0 ]; then file=$REPO/samples/CT_small.png; else file=$REPO/samples/CT_small.dcm; fi
+    status=$(curl -sS -D "$WORK/scale.headers" -o "$WORK/scale.json" -w '%{http_code}' --max-time 120 \
+      -F "file=@$file" "$SCALE_URL/predict") || scale_fail "$label #$i: curl through the proxy failed"
+    [ "$status" = 200 ] || scale_fail "$label #$i: the proxy answered $status: $(head -c 300 "$WORK/scale.json")"
+    python3 -c "import json, sys; a = json.load(open(sys.argv[1])); \
+assert a['result'] in {'Potentially Fracture', 'Normal', 'Not a CT slice'}, a; \
+assert 0.0 <= a['prediction'] <= 1.0 and 0.0 < a['threshold'] < 1.0, a" "$WORK/scale.json" \
+      || scale_fail "$label #$i: no verdict: $(head -c 300 "$WORK/scale.json")"
+    grep -qi '^x-request-id: [0-9a-f]\{32\}' "$WORK/scale.headers" \
+      || scale_fail "$label #$i: the API's X-Request-ID did not come through the proxy"
+  done
+}
+scale_served() {  # container id -> POST /predict 200 lines in its JSON access log
+  docker logs "$1" 2>&1 | python3 -c '
+import json, sys
+n = 0
+for line in sys.stdin:
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    n += (isinstance(e, dict) and e.get("logger") == "backend.access" and e.get("method") == "POST"
+          and e.get("path") == "/predict" and e.get("status") == 200)
+print(n)'
+}
+scale_phase() {
+  local t0 cids ready_s stopped alive before_alive before_stopped after_alive after_stopped
+  local a b status big
+  SCALE_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # Eight consecutive free ports for the replicas (host networking): 8101-8108 if free.
+  REPLICA_PORT_BASE=$(python3 - <<'PY'
+import random, socket
+def free(base):
+    for port in range(base, base + 8):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+base = 8101
+while not free(base):
+    base = random.randrange(20000, 30000)
+print(base)
+PY
+)
+  export SCALE_PORT REPLICA_PORT_BASE REPLICA_PORT_COUNT=8 REPLICAS=2
+  SCALE_URL=http://127.0.0.1:$SCALE_PORT
+  say "scale profile: 2 replicas + nginx proxy on $SCALE_URL (networking $NETWORK;" \
+    "replica ports $REPLICA_PORT_BASE-$(( REPLICA_PORT_BASE + 7 )) under host networking)"
+  t0=$(date +%s)
+  compose --profile scale build proxy >"$DOCKER_STATE/build-proxy.log" 2>&1 \
+    || { tail -n 30 "$DOCKER_STATE/build-proxy.log" | sed 's/^/    /'; fail "docker compose build proxy failed"; }
+  say "built the proxy image (Debian nginx $(docker run --rm --network none --entrypoint nginx \
+    "cspine-triage/proxy:${IMAGE_TAG:-latest}" -v 2>&1 | sed 's/.*nginx\///')) in $(( $(date +%s) - t0 )) s"
+  t0=$(date +%s)
+  COMPOSE_UP=1
+  compose --profile scale up -d --no-build replica proxy >"$WORK/up.log" 2>&1 \
+    || { cat "$WORK/up.log"; scale_fail "docker compose --profile scale up failed"; }
+  mapfile -t cids < <(compose --profile scale ps -q replica)
+  [ "${#cids[@]}" = 2 ] || scale_fail "${#cids[@]} replica containers, not 2"
+  local pcid
+  pcid=$(compose --profile scale ps -q proxy)
+  [ -n "$pcid" ] || scale_fail "no proxy container"
+  ready_s=""
+  for _ in $(seq "$HEALTHY_TIMEOUT_S"); do
+    if [ -z "$ready_s" ] && curl -fsS -o /dev/null --max-time 2 "$SCALE_URL/ready" 2>/dev/null; then
+      ready_s=$(( $(date +%s) - t0 ))
+    fi
+    a=$(docker inspect --format '{{.State.Health.Status}}' "${cids[0]}")
+    b=$(docker inspect --format '{{.State.Health.Status}}' "${cids[1]}")
+    [ "$a $b $(docker inspect --format '{{.State.Health.Status}}' "$pcid")" = "healthy healthy healthy" ] && break
+    for c in "${cids[@]}" "$pcid"; do
+      [ "$(docker inspect --format '{{.State.Status}} {{.RestartCount}}' "$c")" = "running 0" ] \
+        || scale_fail "container $(docker inspect --format '{{.Name}}' "$c") stopped or restarted"
+    done
+    sleep 1
+  done
+  for c in "${cids[@]}" "$pcid"; do
+    [ "$(docker inspect --format '{{.State.Health.Status}}' "$c")" = healthy ] \
+      || scale_fail "$(docker inspect --format '{{.Name}}' "$c") not healthy after ${HEALTHY_TIMEOUT_S} s"
+  done
+  say "proxy /ready 200 after ${ready_s:-?} s; both replicas and the proxy healthy after $(( $(date +%s) - t0 )) s"
+  if [ "$NETWORK" = host ]; then
+    a=$(docker logs "${cids[0]}" 2>&1 | sed -n 's/^replica_entry: listening on \([^,]*\),.*/\1/p')
+    b=$(docker logs "${cids[1]}" 2>&1 | sed -n 's/^replica_entry: listening on \([^,]*\),.*/\1/p')
+    [ -n "$a" ] && [ -n "$b" ] && [ "$a" != "$b" ] || scale_fail "replica ports: '$a' and '$b'"
+    say "replicas listen on $a and $b (docker/replica_entry.py)"
+  fi
+
+  # The proxy container: non-root, read-only.
+  [ "$(docker exec "$pcid" id -u)" = 10001 ] || scale_fail "the proxy does not run as uid 10001"
+  [ "$(docker inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$pcid")" = true ] \
+    || scale_fail "the proxy's root filesystem is not read-only"
+
+  # 20 real predictions through the proxy; both replicas must have served some.
+  scale_predicts 20 "via the proxy"
+  a=$(scale_served "${cids[0]}"); b=$(scale_served "${cids[1]}")
+  [ "$(( a + b ))" = 20 ] || scale_fail "the replicas logged $a + $b POST /predict 200, not 20"
+  [ "$a" -ge 1 ] && [ "$b" -ge 1 ] || scale_fail "one replica served everything ($a / $b)"
+  say "20 x POST /predict through the proxy: all 200 with a verdict; replica 1 served $a, replica 2 served $b"
+
+  # Body limits agree with the API: a 20.5 MiB upload passes nginx (limit MAX_UPLOAD_MB + 1)
+  # and gets the API's own JSON 413.
+  big=$WORK/big.bin
+  head -c $(( 41 * 512 * 1024 )) /dev/zero >"$big"
+  status=$(curl -sS -o "$WORK/scale.json" -w '%{http_code}' --max-time 120 -F "file=@$big" "$SCALE_URL/predict")
+  rm -f "$big"
+  [ "$status" = 413 ] && python3 -c "import json, sys; json.load(open(sys.argv[1]))" "$WORK/scale.json" \
+    || scale_fail "a 20.5 MiB upload answered $status, not the API's JSON 413: $(head -c 200 "$WORK/scale.json")"
+  head -c $(( 22 * 1024 * 1024 )) /dev/zero >"$big"
+  status=$(curl -sS -o "$WORK/scale.json" -w '%{http_code}' --max-time 120 -F "file=@$big" "$SCALE_URL/predict")
+  rm -f "$big"
+  [ "$status" = 413 ] && grep -q '"detail"' "$WORK/scale.json" \
+    || scale_fail "a 22 MiB upload answered $status, not the proxy's JSON 413: $(head -c 200 "$WORK/scale.json")"
+  say "body limits: 20.5 MiB reaches the API (its JSON 413), 22 MiB gets the proxy's JSON 413"
+
+  # One replica stopped: the proxy sends everything to the other.
+  stopped=${cids[0]}; alive=${cids[1]}
+  before_stopped=$(scale_served "$stopped"); before_alive=$(scale_served "$alive")
+  docker stop -t 30 "$stopped" >/dev/null || scale_fail "could not stop a replica"
+  scale_predicts 10 "one replica stopped"
+  after_stopped=$(scale_served "$stopped"); after_alive=$(scale_served "$alive")
+  [ "$after_stopped" = "$before_stopped" ] || scale_fail "the stopped replica served requests"
+  [ "$(( after_alive - before_alive ))" = 10 ] \
+    || scale_fail "the remaining replica served $(( after_alive - before_alive )) of 10"
+  curl -fsS -o /dev/null --max-time 10 "$SCALE_URL/ready" || scale_fail "/ready through the proxy failed"
+  say "one replica stopped: 10 more POST /predict all 200, all served by the other replica"
+
+  # None left: the proxy's own 503 in the API's shape, with Retry-After.
+  docker stop -t 30 "$alive" >/dev/null || scale_fail "could not stop the other replica"
+  status=$(curl -sS -D "$WORK/scale.headers" -o "$WORK/scale.json" -w '%{http_code}' --max-time 60 \
+    -F "file=@$REPO/samples/CT_small.dcm" "$SCALE_URL/predict")
+  [ "$status" = 503 ] && grep -qi '^retry-after: [0-9]' "$WORK/scale.headers" \
+    && grep -q '"detail"' "$WORK/scale.json" \
+    || scale_fail "no replica: the proxy answered $status, not a JSON 503 with Retry-After"
+  say "no replica left: the proxy answers 503 (JSON, Retry-After)"
+
+  compose_all down --remove-orphans --timeout 20 >"$WORK/down.log" 2>&1 \
+    || { cat "$WORK/down.log"; fail "docker compose down failed"; }
+  COMPOSE_UP=0
+  [ -z "$(compose_all ps -aq)" ] || fail "containers left after down"
+  SCALE_SUMMARY="scale: 2 replicas behind nginx, ready ${ready_s:-?} s, split $a/$b, failover ok"
+  say "scale profile: down, no containers left"
+}
+
+if [ -n "${TEST_DOCKER_ONLY:-}" ]; then
+  [ "$TEST_DOCKER_ONLY" = scale ] || fail "TEST_DOCKER_ONLY may only be 'scale'"
+  compose_all down --remove-orphans >/dev/null 2>&1 || true
+  scale_phase
+  say "summary: base $BASE; backend image $(( SIZE / 1000000 )) MB, build ${BUILD_S} s;" \
+    "$SCALE_SUMMARY; total $(( $(date +%s) - START_ALL )) s"
+  say "PASS (TEST_DOCKER_ONLY=scale: phases 4-7 and the training image left out)"
+  exit 0
+fi
 
 # --- 4. up, healthy ----------------------------------------------------------------------
 compose down --remove-orphans >/dev/null 2>&1 || true
@@ -306,6 +484,10 @@ COMPOSE_UP=0
 [ -z "$(compose_all ps -aq)" ] || fail "containers left after down"
 say "docker compose down: no containers left"
 
+if [ "${TEST_DOCKER_SCALE:-1}" = 1 ]; then
+  scale_phase
+fi
+
 # --- 8. the training image ---------------------------------------------------------------
 # Built with tensorflow-cpu (TRAIN_TENSORFLOW_PACKAGE; the default tensorflow[and-cuda] adds
 # ~5 GB of CUDA wheels that no GPU here would use), then one short training run on the
@@ -352,5 +534,6 @@ fi
 
 TOTAL_S=$(( $(date +%s) - START_ALL ))
 say "summary: base $BASE; backend image $(( SIZE / 1000000 )) MB, build ${BUILD_S} s;" \
-  "up -> /ready ${READY_S:-?} s, -> healthy ${HEALTHY_S} s; $TRAIN_SUMMARY; total ${TOTAL_S} s"
+  "up -> /ready ${READY_S:-?} s, -> healthy ${HEALTHY_S} s; $SCALE_SUMMARY; $TRAIN_SUMMARY;" \
+  "total ${TOTAL_S} s"
 say "PASS"

@@ -187,3 +187,84 @@ def test_gpu_is_reserved_only_by_train_gpu(services):
 def test_interpolation_helper():
     assert interpolate("${A:-x}/${B-y}/$$C", {"A": "", "B": ""}) == "x//$C"
     assert interpolate("${PORT:-8000}:8000", {"PORT": "9000"}) == "9000:8000"
+
+
+# --- profile `scale`: replicas of the API behind the nginx proxy ---------------------------
+
+PROXY_DOCKERFILE = COMPOSE_DIR / "docker" / "proxy.Dockerfile"
+PROXY_DIR = COMPOSE_DIR / "docker" / "proxy"
+
+
+def test_scale_replicas_are_the_backend_without_published_ports(services):
+    backend, replica = services["backend"], services["replica"]
+    assert replica["profiles"] == ["scale"]
+    assert "ports" not in replica, "no published ports: the proxy is the only way in"
+    assert replica["deploy"]["replicas"] == "${REPLICAS:-2}"
+    assert interpolate(replica["deploy"]["replicas"]) == "2"
+    # The same image, settings, mounts, health check and hardening (one YAML anchor).
+    for key in set(backend) - {"ports"}:
+        assert replica[key] == backend[key], key
+    assert set(replica) - set(backend) == {"profiles", "deploy"}
+
+
+def test_scale_proxy_service(services):
+    proxy, backend = services["proxy"], services["backend"]
+    assert proxy["profiles"] == ["scale"]
+    assert proxy["build"]["dockerfile"] == "docker/proxy.Dockerfile"
+    assert proxy["build"]["args"]["PYTHON_IMAGE"] == backend["build"]["args"]["PYTHON_IMAGE"]
+    assert proxy["ports"] == ["${SCALE_PORT:-8080}:8080"]
+    env = _env(proxy)
+    assert env["PROXY_UPSTREAM_MODE"] == "dns" and env["PROXY_LISTEN"] == "8080"
+    # The replicas' Docker DNS name and container port (the backend image's).
+    assert env["REPLICA_HOST"] == "replica"
+    assert env["REPLICA_PORT"] == backend["ports"][0].rsplit(":", 1)[1]
+    # Body limits: the API's own defaults, from the same variables.
+    assert env["MAX_UPLOAD_MB"] == _env(backend)["MAX_UPLOAD_MB"]
+    assert interpolate(env["MAX_BATCH_MB"] or "") == "100"
+    assert interpolate(env["MAX_STUDY_MB"] or "") == "512"
+    assert {"MAX_BATCH_MB", "MAX_STUDY_MB"} <= set(_env(backend)), "the API takes them too"
+    assert proxy["depends_on"]["replica"]["condition"] == "service_started"
+    assert proxy["read_only"] is True and proxy["cap_drop"] == ["ALL"]
+    assert any(str(t).split(":")[0] == "/tmp" for t in proxy["tmpfs"])
+
+
+def test_proxy_image_is_debian_nginx_non_root_with_a_health_check():
+    dockerfile = parse_dockerfile(PROXY_DOCKERFILE)
+    assert dockerfile.global_args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+    final = dockerfile.final
+    assert final.base == "python:3.11-slim-bookworm"
+    runs = "\n".join(i.args for i in final.all("RUN"))
+    assert "apt-get install" in runs and re.search(r"\bnginx\b", runs)
+    user = final.last("USER")
+    assert user is not None and user.args.split(":")[0] not in {"root", "0"}
+    assert user.line > max(i.line for i in final.all("RUN"))
+    assert "/ready" in " ".join(healthcheck_command(final))
+    for copy in final.all("COPY"):
+        source = copy.args.split()[0]
+        assert (COMPOSE_DIR / source).is_file(), source
+
+
+def test_proxy_nginx_template():
+    template = (PROXY_DIR / "nginx.conf.template").read_text()
+    directives = "\n".join(
+        line.strip() for line in template.splitlines() if not line.strip().startswith("#")
+    )
+    for field in ("@LISTEN@", "@UPSTREAM_HTTP@", "@UPSTREAM@", "@MAX_UPLOAD_MB@",
+                  "@MAX_BATCH_MB@", "@MAX_STUDY_MB@"):  # fmt: skip
+        assert field in directives, field
+    next_upstream = re.search(r"^proxy_next_upstream (.*);$", directives, re.M)
+    assert next_upstream, "retry on another replica"
+    assert {"error", "http_503"} <= set(next_upstream.group(1).split())
+    assert "non_idempotent" not in directives, "a POST that reached a replica is never re-sent"
+    assert "proxy_hide_header" not in directives, "Retry-After and X-Request-ID pass through"
+    assert "proxy_pass http://$replicas_upstream;" in directives
+    # nginx's own errors in the API's shape: 502/504 -> 503 with Retry-After, JSON bodies.
+    assert "error_page 502 504 = @no_replica;" in directives
+    assert "add_header Retry-After" in directives
+    assert "proxy_intercept_errors" not in directives, "the replicas' own errors pass unchanged"
+    # Every temp path on the tmpfs (read-only root filesystem).
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        assert f"{kind}_temp_path /tmp/" in directives, kind
+    entrypoint = (PROXY_DIR / "entrypoint.sh").read_text()
+    assert "resolver 127.0.0.11 valid=" in entrypoint, "Docker's DNS, re-resolved"
+    assert "max_fails=1 fail_timeout=" in entrypoint, "absent replica ports are skipped"

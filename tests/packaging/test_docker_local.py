@@ -6,8 +6,12 @@ The images themselves are built and run by `make test-docker` (scripts/test_dock
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -182,3 +186,100 @@ def test_train_image_installs_the_training_pins():
     assert "pip install -r /tmp/requirements.txt" in "\n".join(
         i.args for i in backend.stage("builder").all("RUN")
     )
+
+
+REPLICA_ENTRY = DOCKER_DIR / "replica_entry.py"
+
+
+def test_host_network_scale_profile(compose, host_network):
+    """Replicas under host networking: the image's CMD through docker/replica_entry.py, which
+    takes --port as the first of REPLICA_PORT_COUNT ports; the proxy lists the same range."""
+    replica, proxy = host_network["services"]["replica"], host_network["services"]["proxy"]
+    assert replica["network_mode"] == proxy["network_mode"] == "host"
+    assert replica["build"]["network"] == proxy["build"]["network"] == "host"
+    assert "ports" in proxy and proxy["ports"] is None  # `!reset`: nothing published
+    assert "ports" not in compose["services"]["replica"]
+
+    image_cmd = parse_dockerfile(BACKEND_DOCKERFILE).final.last("CMD").exec_form()  # type: ignore[union-attr]
+    command = replica["command"]
+    assert command[:2] == ["python", "/scale/replica_entry.py"]
+    expected = list(image_cmd)  # type: ignore[arg-type]
+    expected[expected.index("--host") + 1] = "${HOST:-127.0.0.1}"
+    expected[expected.index("--port") + 1] = "${REPLICA_PORT_BASE:-8101}"
+    assert command[2:] == expected
+    (mount,) = replica["volumes"]
+    assert mount["target"] == "/scale/replica_entry.py" and mount["read_only"] is True
+    assert (REPO_ROOT / mount["source"]).resolve() == REPLICA_ENTRY
+    assert "/tmp/replica-port" in replica["healthcheck"]["test"][-1]
+
+    env = proxy["environment"]
+    assert env["PROXY_UPSTREAM_MODE"] == "ports"
+    assert env["PROXY_LISTEN"] == "${HOST:-127.0.0.1}:${SCALE_PORT:-8080}"
+    assert env["REPLICA_PORT_BASE"] == "${REPLICA_PORT_BASE:-8101}"
+    assert env["REPLICA_PORT_COUNT"] == replica["environment"]["REPLICA_PORT_COUNT"]
+    assert int(interpolate(env["REPLICA_PORT_COUNT"])) >= int(
+        interpolate(compose["services"]["replica"]["deploy"]["replicas"])
+    )
+
+
+def test_replica_entry_takes_the_first_free_port(tmp_path):
+    """With the first port taken, the replica listens on the next one and hands uvicorn
+    the listening socket (`--fd`) instead of --host/--port."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    base = taken.getsockname()[1]
+    with socket.socket() as probe:  # the port after it must be free for this test
+        try:
+            probe.bind(("127.0.0.1", base + 1))
+        except OSError:
+            taken.close()
+            pytest.skip(f"port {base + 1} is in use")
+    show = (
+        "import json, socket, sys; fd = int(sys.argv[sys.argv.index('--fd') + 1]); "
+        "s = socket.socket(fileno=fd); "
+        "print(json.dumps([sys.argv[1:], s.getsockname()[1], "
+        "s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]))"
+    )
+    port_file = tmp_path / "replica-port"
+    env = {**os.environ, "REPLICA_PORT_FILE": str(port_file), "REPLICA_PORT_COUNT": "3"}
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPLICA_ENTRY), sys.executable, "-c", show, "app",
+             "--host", "127.0.0.1", "--port", str(base), "--timeout-keep-alive", "5"],
+            capture_output=True, text=True, env=env, timeout=30,
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert result.returncode == 0, result.stderr
+    argv, port, listening = json.loads(result.stdout.splitlines()[-1])
+    assert port == base + 1 and listening == 1
+    assert "--host" not in argv and "--port" not in argv
+    assert argv[:3] == ["app", "--timeout-keep-alive", "5"] and argv[3] == "--fd"
+    assert port_file.read_text().strip() == f"http://127.0.0.1:{base + 1}"
+
+
+def test_replica_entry_fails_when_the_range_is_full(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    base = taken.getsockname()[1]
+    env = {**os.environ, "REPLICA_PORT_FILE": str(tmp_path / "p"), "REPLICA_PORT_COUNT": "1"}
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPLICA_ENTRY), "true",
+             "--host", "127.0.0.1", "--port", str(base)],
+            capture_output=True, text=True, env=env, timeout=30,
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert result.returncode != 0 and "no free port" in result.stderr
+
+
+def test_test_docker_exercises_the_scale_profile():
+    script = TEST_SCRIPT.read_text()
+    assert "--profile scale up -d --no-build replica proxy" in script
+    assert "docker stop" in script, "one replica is stopped half-way"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    target = re.search(r"^docker-up-scale:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert target and "--profile scale up" in target.group(1)

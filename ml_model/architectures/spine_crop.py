@@ -90,7 +90,8 @@ def crop_resize(images: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="cspine")
 class SpineCrop(keras.layers.Layer):
-    """Full slice (N, S, S, C) -> square crop around the spine (N, size, size, C)."""
+    """Full slice (N, S, S, C) -> square crop around the spine (N, size, size, C); the
+    channels are copies of channel 0 (a grey slice), and only channel 0 is read."""
 
     def __init__(self, size: int, fraction: float = CROP_FRACTION, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -101,8 +102,12 @@ class SpineCrop(keras.layers.Layer):
         return spine_boxes(tf.cast(images, tf.float32), self.fraction)
 
     def call(self, images: tf.Tensor) -> tf.Tensor:
-        images = tf.cast(images, tf.float32)
-        return crop_resize(images, spine_boxes(images, self.fraction), self.size)
+        # The slice is grey: the three input channels are copies of one (model card:
+        # ``input``), so the crop reads channel 0 once and copies the result, a third of
+        # the gathers and products of cropping every channel.
+        grey = tf.cast(images[..., :1], tf.float32)
+        crop = crop_resize(grey, spine_boxes(grey, self.fraction), self.size)
+        return tf.tile(crop, [1, 1, 1, int(images.shape[-1])])
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (input_shape[0], self.size, self.size, input_shape[-1])

@@ -3,15 +3,18 @@ Serving, model.tflite, model.onnx + gradcam.onnx (ONNX Runtime, checked against 
 the card's ``runtimes.onnx``) and model_card.json.
 
 Add the ONNX files to an existing bundle without retraining (parity on the val split and
-the training slices of ``--data``; on synthetic slices only without it):
+the training slices of ``--data``; on synthetic slices only without it); with ``--all``, also
+rewrite its SavedModel and TFLite file (after a change to in-graph code such as the spine crop):
 
     python -m ml_model.training.export --bundle ml_model/models/default \
-        [--data ../shared/data/cervical-ct]
+        [--data ../shared/data/cervical-ct] [--all]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,25 @@ def export_tflite(saved_model_path: Path, path: Path, float16: bool = False) -> 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     path.write_bytes(converter.convert())
+
+
+def rewrite_graphs(
+    model: keras.Model, bundle: Path, temperature: float, gate: CTGate, tflite_float16: bool
+) -> None:
+    """Rewrite an existing bundle's SavedModel (built next to it, then swapped in) and
+    TFLite file from ``model`` and ``gate``."""
+    target = bundle / SAVED_MODEL_DIR
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=bundle))
+    try:
+        export_saved_model(
+            model, scratch / target.name, int(model.input_shape[1]), temperature, gate
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        (scratch / target.name).rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    export_tflite(target, bundle / TFLITE_FILE, float16=tflite_float16)
 
 
 def export_bundle(
@@ -159,7 +181,7 @@ def data_slices(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Add model.onnx and gradcam.onnx to an existing bundle (no retraining); "
-        "the card records their parity with TensorFlow."
+        "the card records their parity with TensorFlow. --all: saved_model/ and model.tflite too."
     )
     parser.add_argument("--bundle", required=True, type=Path, help="the bundle folder")
     parser.add_argument(
@@ -168,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
         help="a data folder with train/ and val/: parity on both (else synthetic slices only)",
     )
     parser.add_argument("--limit", type=int, help="at most this many slices per split")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also rewrite saved_model/ and model.tflite (after a change to in-graph code)",
+    )
     args = parser.parse_args(argv)
 
     from ml_model.architectures.layers import load_model
@@ -175,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     card = load_card(args.bundle)
     model = load_model(args.bundle / KERAS_FILE)
     gate = CTGate.load(args.bundle)
+    if args.all:
+        float16 = bool((card.training or {}).get("tflite_float16", False))
+        rewrite_graphs(model, args.bundle, card.temperature, gate, float16)
     slices = data_slices(args.data, card.input.size, args.limit) if args.data else {}
     section = add_onnx(model, args.bundle, gate, slices)
     sizes = {

@@ -24,9 +24,7 @@ import argparse
 import io
 import json
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ml_model.bundle import GATE_FILE, KERAS_FILE, SAVED_MODEL_DIR, TFLITE_FILE
+from ml_model.bundle import GATE_FILE, KERAS_FILE
 from ml_model.data.dataset import ImageRecord, find_images, groups_of, load_arrays, series_of
 from ml_model.data.negatives import Negative
 from ml_model.imaging.transforms import decode_image, gray_to_model_input
@@ -404,18 +402,6 @@ def _accept_all(report: dict[str, Any]) -> dict[str, Any]:
     return report | {"product": product, "refused": 0, "summary": summary}
 
 
-def _replace_dir(build: Callable[[Path], None], target: Path) -> None:
-    """Write a folder next to ``target`` with ``build`` and swap it in."""
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(scratch / target.name)
-        if target.exists():
-            shutil.rmtree(target)
-        (scratch / target.name).rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def refit_bundle(
     bundle: Path, data: Path, test_data: Path | None = None, parity_limit: int = 200
 ) -> dict[str, Any]:
@@ -427,7 +413,7 @@ def refit_bundle(
     from ml_model.evaluation.report import held_out_report
     from ml_model.inference.core import InferenceCore
     from ml_model.inference.forward import KerasForward
-    from ml_model.training.export import add_onnx, export_saved_model, export_tflite
+    from ml_model.training.export import add_onnx, rewrite_graphs
 
     started = time.perf_counter()
     card = load_card(bundle)
@@ -446,15 +432,8 @@ def refit_bundle(
 
     model = load_model(bundle / KERAS_FILE)
     gate.save(bundle)
-    img_size = int(model.input_shape[1])
-    _replace_dir(
-        lambda path: export_saved_model(model, path, img_size, card.temperature, gate),
-        bundle / SAVED_MODEL_DIR,
-    )
-    export_tflite(
-        bundle / SAVED_MODEL_DIR,
-        bundle / TFLITE_FILE,
-        float16=bool(training.get("tflite_float16", False)),
+    rewrite_graphs(
+        model, bundle, card.temperature, gate, bool(training.get("tflite_float16", False))
     )
     written = read_card(bundle)
     command = "python -m ml_model.training.gate_fit " + shlex.join(

@@ -121,6 +121,31 @@ def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     assert parity["slices"]["train (the out-of-fold slices)"]["n"] == len(images)
 
 
+def test_export_all_rewrites_every_runtime_file(
+    trained_bundle: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`python -m ml_model.training.export --bundle DIR --all` (after a change to in-graph
+    code) writes the SavedModel, TFLite and ONNX files again, and they agree with Keras."""
+    import shutil
+
+    from ml_model.training import export
+
+    data, out = trained_bundle
+    bundle = tmp_path / "bundle"
+    shutil.copytree(out, bundle)
+    for path in (bundle / SAVED_MODEL_DIR, bundle / TFLITE_FILE, bundle / "model.onnx"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    export.main(["--bundle", str(bundle), "--all"])
+    core = InferenceCore(bundle)
+    images, _ = load_arrays(find_images(data), core.img_size, progress=False)
+    expected = core.scores(images).probability
+    np.testing.assert_allclose(
+        saved_model_predict(bundle / SAVED_MODEL_DIR, images), expected, atol=1e-4
+    )
+    np.testing.assert_allclose(tflite_predict(bundle / TFLITE_FILE, images), expected, atol=1e-4)
+    assert not list(bundle.glob(".saved_model-*")), "the scratch folder is removed"
+
+
 def test_evaluate_metrics_match_hand_count(
     trained_bundle: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from ml_model.bundle import CARD_FILE, GRADCAM_ONNX_FILE, ONNX_FILE
 from ml_model.config import PACKAGE_DIR
-from ml_model.inference.forward import KerasForward
+from ml_model.inference.forward import KerasForward, ModelUnavailableError
 from ml_model.inference.forward_onnx import OnnxForward, OnnxGradCam, OnnxModelError
 from ml_model.training.export_onnx import parity, synthetic_slices
 
@@ -105,6 +105,23 @@ def test_chunks_do_not_change_the_answer(bundle) -> None:
     np.testing.assert_array_equal(chunked.probability, whole.probability)
     np.testing.assert_array_equal(chunked.ct_logit, whole.ct_logit)
     assert len(onnx_forward(images[:0])) == 0
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_lanes_give_the_one_sessions_answer(bundle, count: int) -> None:
+    """A batch split over single-thread lanes (uneven shares included) returns each row's
+    own answer, in order, as one multi-threaded session does (to float32 rounding)."""
+    model_dir, _, _ = bundle
+    images = synthetic_slices(OnnxForward.from_bundle(model_dir, lanes=1).img_size, count=5)
+    one = OnnxForward.from_bundle(model_dir, threads=2, lanes=1)(images[:count])
+    lanes = OnnxForward.from_bundle(model_dir, threads=2, lanes=3)
+    assert len(lanes._lanes) == 3
+    split = lanes(images[:count])
+    np.testing.assert_allclose(split.probability, one.probability, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(split.ct_logit, one.ct_logit, rtol=0, atol=1e-5)
+    lanes.close()
+    with pytest.raises(ModelUnavailableError):
+        lanes(images[:count])
 
 
 def test_a_bundle_without_model_onnx_is_refused_by_name(tmp_path: Path) -> None:

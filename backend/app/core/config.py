@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         description="ONNX Runtime intra-op threads (INFERENCE_BACKEND=onnx); default: the "
         "CPUs this process may use (its affinity mask, so a container's cpuset).",
     )
+    onnx_lanes: int | None = Field(
+        default=None,
+        ge=1,
+        description="ONNX Runtime lanes for batches of two images or more: single-thread "
+        "sessions run side by side on shares of the batch (default: as many as ONNX_THREADS; "
+        "1: one multi-threaded session for everything). A lone image always runs on the "
+        "multi-threaded session.",
+    )
     tf_intra_op_threads: int | None = Field(
         default=None,
         ge=1,

@@ -87,11 +87,14 @@ def create_core(settings: Settings) -> InferenceCore:
         from ml_model.inference.forward_onnx import OnnxForward
 
         configure_blas(settings)
-        forward = OnnxForward.from_bundle(settings.model_dir, settings.onnx_threads)
+        forward = OnnxForward.from_bundle(
+            settings.model_dir, settings.onnx_threads, settings.onnx_lanes
+        )
         logger.info(
             "thread pools",
             extra={
                 "onnx_intra_op_threads": forward.threads,
+                "onnx_lanes": forward.lanes,
                 "blas_threads": settings.blas_threads,
                 "cpus": os.cpu_count(),
             },

@@ -39,7 +39,8 @@ CONCURRENCY = 16
 GROUPS = {
     "event loop": "HTTP parsing, multipart parsing, middleware, response JSON",
     "route threads": "read the upload, decode + resize, wait, verdict (FastAPI threadpool)",
-    "micro-batcher": "the forward: ONNX Runtime's calling thread",
+    "micro-batcher": "the forward: the batch's calling thread (a lone image runs here)",
+    "onnx lanes": "the forward: one single-thread ONNX Runtime session per CPU (batches)",
     "onnxruntime pool": "the forward: ONNX Runtime's intra-op threads (native)",
     "other": "other threads (metrics, logging, the bench's thread-name probe)",
 }
@@ -67,6 +68,8 @@ def group_of(name: str | None) -> str:
         return "route threads"
     if name == "micro-batcher":
         return "micro-batcher"
+    if name.startswith("onnx-lane"):
+        return "onnx lanes"
     return "other"
 
 

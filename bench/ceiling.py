@@ -4,10 +4,8 @@ Each runtime runs in a fresh interpreter (``python -m bench.ceiling --runtime NA
 ONNX Runtime is measured without TensorFlow loaded beside it, and rounds alternate between
 runtimes so background load hits them alike:
 
-* ``onnx``: ``OnnxForward`` exactly as the server builds it (the serving default);
-* ``onnx-split``: an experiment, not the product: a one-thread session run on equal parts of
-  each batch from one thread per CPU (the spine crop and the CT gate's features are many
-  small ops that a pool of threads synchronises on; split runs never wait for each other);
+* ``onnx``: ``OnnxForward`` exactly as the server builds it (the serving default: batches
+  on one single-thread session per CPU, a lone image on the multi-threaded session);
 * ``tensorflow``: ``KerasForward`` (``INFERENCE_BACKEND=local``, the reference).
 
     python -m bench.ceiling [--rounds 3]
@@ -30,7 +28,7 @@ from bench.common import REPO_ROOT, sample_images
 from ml_model.config import DEFAULT_MODEL_DIR
 
 BATCH = 16  # the micro-batcher's largest batch
-RUNTIMES = ("onnx", "onnx-split", "tensorflow")
+RUNTIMES = ("onnx", "tensorflow")
 
 
 def _forward(runtime: str) -> Any:
@@ -40,31 +38,9 @@ def _forward(runtime: str) -> Any:
         from ml_model.inference.forward_onnx import OnnxForward
 
         return OnnxForward.from_bundle(DEFAULT_MODEL_DIR)
-    if runtime == "onnx-split":
-        return _SplitForward()
     from ml_model.inference.forward import KerasForward
 
     return KerasForward.from_bundle(DEFAULT_MODEL_DIR, load_card(DEFAULT_MODEL_DIR).temperature)
-
-
-class _SplitForward:
-    """``onnx-split`` (see the module docstring)."""
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from ml_model.inference.forward_onnx import OnnxForward, available_cpus
-
-        self.parts = available_cpus()
-        self.inner = OnnxForward.from_bundle(DEFAULT_MODEL_DIR, threads=1)
-        self.img_size = self.inner.img_size
-        self.pool = ThreadPoolExecutor(self.parts)
-
-    def __call__(self, images: np.ndarray) -> Any:
-        from ml_model.inference.forward import ForwardOutput
-
-        parts = [p for p in np.array_split(images, self.parts) if len(p)]
-        return ForwardOutput.concat(list(self.pool.map(self.inner, parts)))
 
 
 def measure(runtime: str, seconds: float = 6.0) -> dict[str, Any]:

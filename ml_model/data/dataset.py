@@ -26,6 +26,8 @@ from ml_model.imaging.transforms import load_image
 
 KAGGLE_ROOT = "cervical fracture"
 SPLIT_NAMES = ("train", "val", "validation", "test")
+# What training, calibration and the CT gate may read: never the archive's val split.
+TRAINING_SPLITS = ("train",)
 
 # "CSFDV1B12 (5)-sharpened1-rotated3.png" -> "CSFDV1B12 (5)": augmented copies share it.
 _BASE_SLICE = re.compile(r"^(.*?\(\d+\))")

@@ -94,21 +94,26 @@ def _features_fn() -> Callable[[tf.Tensor], tf.Tensor]:
     return tf.function(gate_features_tf)
 
 
-def gate_features(images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Numpy convenience over :func:`gate_features_tf`, in bounded batches."""
+def _in_batches(
+    fn: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray, batch: int, width: int
+) -> np.ndarray:
+    """``fn`` (a ``tf.function`` of float images) over numpy images in bounded batches."""
     import tensorflow as tf
 
     images = np.asarray(images)
-    return (
-        np.concatenate(
-            [
-                _features_fn()(tf.convert_to_tensor(images[i : i + batch])).numpy()
-                for i in range(0, len(images), batch)
-            ]
-        )
-        if len(images)
-        else np.zeros((0, len(FEATURE_NAMES)), np.float32)
+    if not len(images):
+        return np.zeros((0, width), np.float32)
+    return np.concatenate(
+        [
+            fn(tf.convert_to_tensor(images[i : i + batch], tf.float32)).numpy()
+            for i in range(0, len(images), batch)
+        ]
     )
+
+
+def gate_features(images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Numpy convenience over :func:`gate_features_tf`, in bounded batches."""
+    return _in_batches(_features_fn(), images, batch, len(FEATURE_NAMES))
 
 
 def gate_view_tf(images: tf.Tensor) -> tf.Tensor:
@@ -193,17 +198,7 @@ class CTGate:
 
     def features(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """Numpy convenience over :meth:`features_tf`, in bounded batches (float32)."""
-        import tensorflow as tf
-
-        images = np.asarray(images)
-        if not len(images):
-            return np.zeros((0, self.feature_count), np.float32)
-        return np.concatenate(
-            [
-                self._features_fn(tf.convert_to_tensor(images[i : i + batch], tf.float32)).numpy()
-                for i in range(0, len(images), batch)
-            ]
-        )
+        return _in_batches(self._features_fn, images, batch, self.feature_count)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """The logit of :meth:`features` rows, in float64 (the graph's reference)."""

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from ml_model.architectures.registry import DEFAULT_IMG_SIZES
 from ml_model.data.dataset import (
+    TRAINING_SPLITS,
     ImageRecord,
     find_images,
     grouped_kfold,
@@ -43,7 +44,6 @@ from ml_model.evaluation.report import series_report
 from ml_model.imaging.transforms import gray_to_model_input
 from ml_model.training.gate_fit import GateFit, fit_gate
 from ml_model.training.train import (
-    TRAINING_SPLITS,
     TrainConfig,
     cross_validate_series,
     fit_model,

@@ -36,7 +36,14 @@ import numpy as np
 from PIL import Image
 
 from ml_model.bundle import GATE_FILE, KERAS_FILE
-from ml_model.data.dataset import ImageRecord, find_images, groups_of, load_arrays, series_of
+from ml_model.data.dataset import (
+    TRAINING_SPLITS,
+    ImageRecord,
+    find_images,
+    groups_of,
+    load_arrays,
+    series_of,
+)
 from ml_model.data.negatives import Negative
 from ml_model.imaging.transforms import decode_image, gray_to_model_input
 from ml_model.inference.gate import FEATURE_NAMES, GATE_SIDE, CTGate
@@ -48,7 +55,6 @@ BACKBONE_TAPS = (2, 4, 7, 10)  # the last block of each of four stages
 CROPS_PER_SLICE = 6
 CROP_SIDES = (0.55, 0.9)  # of the original's shorter side
 OVERLAP_STEP = 0.5
-TRAINING_SPLITS = ("train",)
 CHUNK = 256
 
 

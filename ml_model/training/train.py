@@ -39,6 +39,7 @@ from ml_model.architectures.transfer import (
 from ml_model.bundle import GATE_FILE
 from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from ml_model.data.dataset import (
+    TRAINING_SPLITS,
     DatasetError,
     ImageRecord,
     array_dataset,
@@ -84,7 +85,6 @@ DATA_CAVEATS = [
     "Export window: the slices were exported at about level -70 / width 380 HU; other "
     "windows are out of the training distribution.",
 ]
-TRAINING_SPLITS = ("train",)
 SEED_TEST_NUMBERS = {"accuracy": 0.8605, "precision": 0.905, "recall": 0.795}
 # Validation ECE above this triggers temperature scaling.
 ECE_TOLERANCE = 0.05
@@ -470,8 +470,12 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         "non-CT (gate negatives)": neg_images,
     }
     if config.test_data:
-        card["test"] = test_table(model, config, input_size, temperature, threshold, gate)
-        parity_slices["val"] = load_arrays(find_images(config.test_data), input_size)[0]
+        test_records = find_images(config.test_data)
+        test_images, test_labels = load_arrays(test_records, input_size)
+        card["test"] = test_table(
+            model, config, test_records, test_images, test_labels, temperature, threshold, gate
+        )
+        parity_slices["val"] = test_images
     export_bundle(
         model, out, card, gate, tflite_float16=config.tflite_float16, parity_slices=parity_slices
     )
@@ -524,15 +528,15 @@ def data_fingerprint(root: str | Path) -> dict[str, str]:
 def test_table(
     model: keras.Model,
     config: TrainConfig,
-    input_size: int,
+    records: list[ImageRecord],
+    images: np.ndarray,
+    labels: np.ndarray,
     temperature: float,
     threshold: float,
     gate: CTGate,
 ) -> dict[str, Any]:
-    """The seeds' test table on a held-back split, scored once after every choice is made."""
-    assert config.test_data is not None
-    records = find_images(config.test_data)
-    images, labels = load_arrays(records, input_size)
+    """The seeds' test table on a held-back split (its ``records`` and loaded ``images``),
+    scored once after every choice is made."""
     probs = apply_temperature(predict_arrays(model, images), temperature)
     accepted = gate.logits(gate.features(images)) >= gate.threshold
     report = held_out_report(labels, probs, accepted, groups_of(records), threshold, config.seed)

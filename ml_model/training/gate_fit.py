@@ -462,11 +462,13 @@ def refit_bundle(
         }
     write_card(bundle, written)
 
-    parity: dict[str, np.ndarray] = {}
-    step = max(1, len(images) // parity_limit)
-    parity["train (the out-of-fold slices)"] = images[::step][:parity_limit]
-    step = max(1, len(negative_images) // parity_limit)
-    parity["non-CT (gate negatives)"] = negative_images[::step][:parity_limit]
+    def spread(rows: np.ndarray) -> np.ndarray:  # at most parity_limit, over the whole set
+        return rows[:: max(1, len(rows) // parity_limit)][:parity_limit]
+
+    parity = {
+        "train (the out-of-fold slices)": spread(images),
+        "non-CT (gate negatives)": spread(negative_images),
+    }
     if test_data is not None:
         test_records = find_images(test_data)
         test_images, test_labels = load_arrays(test_records, size)
@@ -482,7 +484,7 @@ def refit_bundle(
             seed,
         ) | {k: previous[k] for k in ("data", "seed_reported") if k in previous}
         write_card(bundle, written)
-        parity["val"] = test_images[:: max(1, len(test_images) // parity_limit)][:parity_limit]
+        parity["val"] = spread(test_images)
     add_onnx(model, bundle, gate, parity)
     seconds = time.perf_counter() - started
     print(f"{bundle}: gate refitted in {seconds:.0f} s; threshold {gate.threshold:.3f} "

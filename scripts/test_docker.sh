@@ -288,20 +288,20 @@ PY
   [ "$a" -ge 1 ] && [ "$b" -ge 1 ] || scale_fail "one replica served everything ($a / $b)"
   say "20 x POST /predict through the proxy: all 200 with a verdict; replica 1 served $a, replica 2 served $b"
 
-  # Body limits agree with the API: a 20.5 MiB upload passes nginx (limit MAX_UPLOAD_MB + 1)
-  # and gets the API's own JSON 413.
+  # Body limits agree with the API's exactly: a 20.5 MiB and a 22 MiB upload (over
+  # MAX_UPLOAD_MB) both get a JSON 413, never a 503.
   big=$WORK/big.bin
   head -c $(( 41 * 512 * 1024 )) /dev/zero >"$big"
   status=$(curl -sS -o "$WORK/scale.json" -w '%{http_code}' --max-time 120 -F "file=@$big" "$SCALE_URL/predict")
   rm -f "$big"
   [ "$status" = 413 ] && python3 -c "import json, sys; json.load(open(sys.argv[1]))" "$WORK/scale.json" \
-    || scale_fail "a 20.5 MiB upload answered $status, not the API's JSON 413: $(head -c 200 "$WORK/scale.json")"
+    || scale_fail "a 20.5 MiB upload answered $status, not a JSON 413: $(head -c 200 "$WORK/scale.json")"
   head -c $(( 22 * 1024 * 1024 )) /dev/zero >"$big"
   status=$(curl -sS -o "$WORK/scale.json" -w '%{http_code}' --max-time 120 -F "file=@$big" "$SCALE_URL/predict")
   rm -f "$big"
   [ "$status" = 413 ] && grep -q '"detail"' "$WORK/scale.json" \
     || scale_fail "a 22 MiB upload answered $status, not the proxy's JSON 413: $(head -c 200 "$WORK/scale.json")"
-  say "body limits: 20.5 MiB reaches the API (its JSON 413), 22 MiB gets the proxy's JSON 413"
+  say "body limits: 20.5 MiB and 22 MiB uploads get the proxy's JSON 413 (the API's limits)"
 
   # One replica stopped: the proxy sends everything to the other.
   stopped=${cids[0]}; alive=${cids[1]}

@@ -18,20 +18,21 @@
 #   REPLICA_HOST, REPLICA_PORT            dns mode (default replica, 8000)
 #   REPLICA_PORT_BASE, REPLICA_PORT_COUNT ports mode (default 8101, 8)
 #   MAX_UPLOAD_MB, MAX_BATCH_MB, MAX_STUDY_MB  the API's limits (defaults: the API's, 20,
-#                         100, 512); nginx allows each + 1 MiB (multipart framing; the API
-#                         answers over-limit uploads itself, with its JSON 413)
+#                         100, 512); nginx enforces exactly the API's body limits (see
+#                         nginx.conf.template) and answers over-limit uploads with a JSON 413
 set -eu
 
 DIR=/tmp/cspine-proxy
 mkdir -p "$DIR"
 
-mib() {  # MiB limit (may be fractional) -> whole MiB + 1
-  awk -v x="$1" 'BEGIN { if (x !~ /^[0-9]+(\.[0-9]+)?$/ || x <= 0) exit 1; n = int(x); if (n < x) n++; print n + 1 }' \
+bytes() {  # the API's body limit in bytes: int(MiB * 1048576) + extra (backend/app/core/config.py)
+  awk -v x="$1" -v extra="$3" 'BEGIN { if (x !~ /^[0-9]+(\.[0-9]+)?$/ || x <= 0) exit 1; printf "%d\n", int(x * 1048576) + extra }' \
     || { echo "proxy: $2=$1 is not a positive number of MiB" >&2; exit 1; }
 }
-upload=$(mib "${MAX_UPLOAD_MB:-20}" MAX_UPLOAD_MB)
-batch=$(mib "${MAX_BATCH_MB:-100}" MAX_BATCH_MB)
-study=$(mib "${MAX_STUDY_MB:-512}" MAX_STUDY_MB)
+# MULTIPART_OVERHEAD_BYTES (64 KiB) on top of one file, as the API allows.
+upload=$(bytes "${MAX_UPLOAD_MB:-20}" MAX_UPLOAD_MB 65536)
+batch=$(bytes "${MAX_BATCH_MB:-100}" MAX_BATCH_MB 0)
+study=$(bytes "${MAX_STUDY_MB:-512}" MAX_STUDY_MB 0)
 
 case "${PROXY_UPSTREAM_MODE:-dns}" in
   dns)

@@ -12,7 +12,7 @@ sends, with aiohttp at the given concurrency, a deterministic mix of
   exactly that entry an error.
 
 A warm-up phase with the same mix runs first; the server's RSS (psutil) is read after
-it, sampled during the run and read at the end. Reported: counts by status, 5xx,
+it and at the end, both idle and trimmed (``settled_rss``), and sampled during the run. Reported: counts by status, 5xx,
 connection errors, responses that were not what the request should get, RSS, latency
 percentiles per kind, throughput, and the server's log checked for tracebacks.
 Only 127.0.0.1 is ever contacted.
@@ -341,6 +341,28 @@ def _log_problems(log_path: Path) -> tuple[int, list[str]]:
     return len(lines), problems
 
 
+# Sequential 1024 x 1024 uploads after each phase, before RSS is read: each one empties the
+# memory budget, so the server collects garbage and trims the heap (release_free_memory in
+# backend/app/core/memory.py) every few of them, whatever the phase's tail left. RSS is the
+# lowest read after each: the trimmed state, comparable after any phase. Read once, right
+# after a phase, it was before or after that trim by chance (four runs: -13 % to +13 %).
+SETTLE_REQUESTS = 8
+
+
+async def settled_rss(base: str, sampler: RssSampler, payloads: Payloads) -> int:
+    """The server's RSS once idle and trimmed."""
+    large = max(payloads.valid, key=len)
+    reads = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for index in range(SETTLE_REQUESTS):
+            form = _form([("file", f"settle-{index}.png", large)])
+            async with session.post(base + "/predict", data=form) as response:
+                await response.read()
+            await asyncio.sleep(0.2)  # the trim runs in a thread after the response is sent
+            reads.append(sampler.now())
+    return min(reads)
+
+
 async def _drive(
     base: str,
     pid: int,
@@ -352,11 +374,11 @@ async def _drive(
 ) -> tuple[Phase, int, int, list[int], float]:
     await run_phase(base, 0, warmup, concurrency, payloads, kinds)
     with RssSampler(pid) as sampler:
-        rss_warm, cpu_warm = sampler.now(), sampler.cpu_s()
+        rss_warm = await settled_rss(base, sampler, payloads)
+        cpu_warm = sampler.cpu_s()
         phase = await run_phase(base, warmup, requests, concurrency, payloads, kinds)
         cpu_s = sampler.cpu_s() - cpu_warm
-        await asyncio.sleep(1.0)  # let the last responses' buffers go
-        rss_end = sampler.now()
+        rss_end = await settled_rss(base, sampler, payloads)
     return phase, rss_warm, rss_end, sampler.samples, cpu_s
 
 

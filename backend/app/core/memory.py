@@ -17,6 +17,7 @@ nothing happens off glibc (musl, macOS).
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 
@@ -38,9 +39,19 @@ def limit_malloc_arenas(arenas: int = DEFAULT_ARENA_MAX) -> bool:
 
 
 def release_free_memory() -> bool:
-    """Hand memory freed by the allocator back to the system (glibc ``malloc_trim``): after a
-    burst of large uploads, RSS falls back instead of staying at the burst's peak. True if
-    anything was released; a no-op off glibc."""
+    """Collect cyclic garbage, then hand memory freed by the allocator back to the system
+    (glibc ``malloc_trim``): after a burst of large uploads, RSS falls back instead of
+    staying at the burst's peak. True if anything was released; the trim is a no-op off
+    glibc.
+
+    The collection comes first because requests leave reference cycles behind (a few per
+    request, more for refused uploads, whose tracebacks hold the frames and buffers of the
+    failed decode), and Python frees those only at its next full collection, which a busy
+    server reaches at random: the settled RSS after successive 250-request phases of the
+    soak mix wandered between 466 and 737 MiB with no trend; with this collection it stayed
+    at 429 MiB for 2,500 requests. The collection took 2-4 ms (in a worker thread, once per
+    32 MiB released with the server idle)."""
+    gc.collect()
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -12,9 +12,10 @@ sends, with aiohttp at the given concurrency, a deterministic mix of
   exactly that entry an error.
 
 A warm-up phase with the same mix runs first; the server's RSS (psutil) is read after
-it and at the end, both idle and trimmed (``settled_rss``), and sampled during the run. Reported: counts by status, 5xx,
-connection errors, responses that were not what the request should get, RSS, latency
-percentiles per kind, throughput, and the server's log checked for tracebacks.
+it and at the end, both idle and trimmed (``settled_rss``), and sampled during the run.
+Reported: counts by status, 5xx, connection errors, responses that were not what the
+request should get, RSS, latency percentiles per kind, throughput, and the server's log
+checked for tracebacks.
 Only 127.0.0.1 is ever contacted.
 """
 

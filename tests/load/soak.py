@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -218,8 +219,10 @@ async def run_phase(
     concurrency: int,
     payloads: Payloads,
     kinds: tuple[str, ...] = KINDS,
+    phase: Phase | None = None,
 ) -> Phase:
-    phase = Phase()
+    """Send requests ``start`` .. ``start + count - 1``; counted into ``phase`` if given."""
+    phase = phase if phase is not None else Phase()
     next_index = start
     end = start + count
 
@@ -235,7 +238,7 @@ async def run_phase(
     began = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    phase.duration_s = time.perf_counter() - began
+    phase.duration_s += time.perf_counter() - began
     return phase
 
 
@@ -298,6 +301,8 @@ class SoakResult:
     rss_end_mib: float
     rss_peak_mib: float
     rss_growth: float  # (end - after warm-up) / after warm-up
+    rss_settled_mib: list[float]  # idle and trimmed: after the warm-up and after each chunk
+    rss_step_kib_per_request: float  # the median of the chunks' growths, per request
     rss_timeline_mib: list[float]  # sampled each second during the measured phase (<= 60)
     duration_s: float
     throughput_rps: float
@@ -319,6 +324,8 @@ class SoakResult:
             f"RSS                 {self.rss_after_warmup_mib:.1f} MiB after warm-up -> "
             f"{self.rss_end_mib:.1f} MiB at the end ({self.rss_growth:+.1%}), "
             f"peak {self.rss_peak_mib:.1f} MiB",
+            f"RSS idle            {self.rss_settled_mib} MiB after the warm-up and each "
+            f"chunk; median growth {self.rss_step_kib_per_request:+.1f} KiB/request",
             f"duration            {self.duration_s:.1f} s, throughput "
             f"{self.throughput_rps:.1f} requests/s (server start {self.startup_s:.1f} s), "
             f"server CPU {self.server_cpu_ms_per_request:.1f} ms/request",
@@ -365,6 +372,14 @@ async def settled_rss(base: str, sampler: RssSampler, payloads: Payloads) -> int
     return min(reads)
 
 
+@dataclass
+class Driven:
+    phase: Phase
+    settled: list[int]  # RSS idle and trimmed: after the warm-up and after each chunk
+    samples: list[int]
+    cpu_s: float
+
+
 async def _drive(
     base: str,
     pid: int,
@@ -373,20 +388,33 @@ async def _drive(
     concurrency: int,
     payloads: Payloads,
     kinds: tuple[str, ...],
-) -> tuple[Phase, int, int, list[int], float]:
+    chunks: int,
+) -> Driven:
     await run_phase(base, 0, warmup, concurrency, payloads, kinds)
+    phase = Phase()
+    bounds = np.linspace(warmup, warmup + requests, chunks + 1).round().astype(int)
     with RssSampler(pid) as sampler:
-        rss_warm = await settled_rss(base, sampler, payloads)
-        cpu_warm = sampler.cpu_s()
-        phase = await run_phase(base, warmup, requests, concurrency, payloads, kinds)
-        cpu_s = sampler.cpu_s() - cpu_warm
-        rss_end = await settled_rss(base, sampler, payloads)
-    return phase, rss_warm, rss_end, sampler.samples, cpu_s
+        settled = [await settled_rss(base, sampler, payloads)]
+        cpu_s = 0.0
+        for start, end in itertools.pairwise(bounds.tolist()):
+            cpu_before = sampler.cpu_s()
+            await run_phase(base, start, end - start, concurrency, payloads, kinds, phase)
+            cpu_s += sampler.cpu_s() - cpu_before
+            settled.append(await settled_rss(base, sampler, payloads))
+    return Driven(phase, settled, sampler.samples, cpu_s)
 
 
 def run_soak(
-    requests: int, concurrency: int, warmup: int | None = None, kinds: tuple[str, ...] = KINDS
+    requests: int,
+    concurrency: int,
+    warmup: int | None = None,
+    kinds: tuple[str, ...] = KINDS,
+    chunks: int = 5,
 ) -> SoakResult:
+    """``requests`` after ``warmup``, in ``chunks`` with RSS read idle and trimmed after each:
+    a leak grows RSS by about the same amount in every chunk, while what a process keeps
+    for good once (a thread's stack, a cache filled) grows it in one; the median of the
+    chunks' growths tells them apart."""
     warmup = warmup if warmup is not None else min(max(requests // 10, 100), 500)
     payloads = Payloads.build()
     with tempfile.TemporaryDirectory(prefix="soak-") as folder:
@@ -394,11 +422,14 @@ def run_soak(
         started = time.perf_counter()
         with running_server(log_path) as (base, pid):
             startup_s = time.perf_counter() - started
-            phase, rss_warm, rss_end, samples, cpu_s = asyncio.run(
-                _drive(base, pid, requests, warmup, concurrency, payloads, kinds)
+            driven = asyncio.run(
+                _drive(base, pid, requests, warmup, concurrency, payloads, kinds, chunks)
             )
         log_lines, log_problems = _log_problems(log_path)
     mib = 1024 * 1024
+    phase, settled = driven.phase, driven.settled
+    rss_warm, rss_end = settled[0], settled[-1]
+    step = float(np.median(np.diff(settled))) / (requests / chunks) / 1024
     return SoakResult(
         requests=phase.requests,
         warmup_requests=warmup,
@@ -410,12 +441,16 @@ def run_soak(
         unexpected=phase.unexpected,
         rss_after_warmup_mib=rss_warm / mib,
         rss_end_mib=rss_end / mib,
-        rss_peak_mib=max([*samples, rss_end]) / mib,
+        rss_peak_mib=max([*driven.samples, *settled]) / mib,
         rss_growth=(rss_end - rss_warm) / rss_warm,
-        rss_timeline_mib=[round(v / mib, 1) for v in samples[:: max(1, len(samples) // 60)]],
+        rss_settled_mib=[round(v / mib, 1) for v in settled],
+        rss_step_kib_per_request=round(step, 2),
+        rss_timeline_mib=[
+            round(v / mib, 1) for v in driven.samples[:: max(1, len(driven.samples) // 60)]
+        ],
         duration_s=phase.duration_s,
         throughput_rps=phase.requests / phase.duration_s,
-        server_cpu_ms_per_request=1000.0 * cpu_s / max(phase.requests, 1),
+        server_cpu_ms_per_request=1000.0 * driven.cpu_s / max(phase.requests, 1),
         latency_ms={kind: _percentiles(v) for kind, v in sorted(phase.latencies.items())},
         startup_s=startup_s,
         server_log_lines=log_lines,
@@ -428,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=None, help="default: 10%%, 100..500")
+    parser.add_argument("--chunks", type=int, default=10, help="RSS read idle after each")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     parser.add_argument(
         "--mix",
@@ -438,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     kinds = tuple(kind.strip() for kind in args.mix.split(","))
     if not kinds or not set(kinds) <= {"valid", "invalid", "batch"}:
         parser.error("--mix takes valid, invalid and batch")
-    result = run_soak(args.requests, args.concurrency, args.warmup, kinds)
+    if args.chunks < 1 or args.requests < args.chunks:
+        parser.error("--chunks takes 1 .. --requests")
+    result = run_soak(args.requests, args.concurrency, args.warmup, kinds, args.chunks)
     print(result.summary())
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2))

@@ -62,14 +62,14 @@ esac
 sed -e "s|@LISTEN@|${PROXY_LISTEN:-8080}|" \
     -e "s|@UPSTREAM_HTTP@|$http_block|" \
     -e "s|@UPSTREAM@|$upstream|" \
-    -e "s|@MAX_UPLOAD_MB@|$upload|" \
-    -e "s|@MAX_BATCH_MB@|$batch|" \
-    -e "s|@MAX_STUDY_MB@|$study|" \
+    -e "s|@MAX_UPLOAD_BYTES@|$upload|" \
+    -e "s|@MAX_BATCH_BYTES@|$batch|" \
+    -e "s|@MAX_STUDY_BYTES@|$study|" \
     /etc/cspine-proxy/nginx.conf.template >"$DIR/nginx.conf"
 if grep -n '@[A-Z_]*@' "$DIR/nginx.conf" | grep -v '^ *[0-9]*: *#'; then
   echo "proxy: unfilled fields in nginx.conf" >&2
   exit 1
 fi
-echo "proxy: listen ${PROXY_LISTEN:-8080}, upstream (${PROXY_UPSTREAM_MODE:-dns}) $upstream; body limits ${upload}m / batch ${batch}m / study ${study}m"
+echo "proxy: listen ${PROXY_LISTEN:-8080}, upstream (${PROXY_UPSTREAM_MODE:-dns}) $upstream; body limits (bytes) ${upload} / batch ${batch} / study ${study}"
 nginx -e stderr -c "$DIR/nginx.conf" -t -q
 exec nginx -e stderr -c "$DIR/nginx.conf" -g 'daemon off;'

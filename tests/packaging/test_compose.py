@@ -3,7 +3,9 @@ builds from or mounts exists, and the services agree with each other and the ima
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -249,8 +251,8 @@ def test_proxy_nginx_template():
     directives = "\n".join(
         line.strip() for line in template.splitlines() if not line.strip().startswith("#")
     )
-    for field in ("@LISTEN@", "@UPSTREAM_HTTP@", "@UPSTREAM@", "@MAX_UPLOAD_MB@",
-                  "@MAX_BATCH_MB@", "@MAX_STUDY_MB@"):  # fmt: skip
+    for field in ("@LISTEN@", "@UPSTREAM_HTTP@", "@UPSTREAM@", "@MAX_UPLOAD_BYTES@",
+                  "@MAX_BATCH_BYTES@", "@MAX_STUDY_BYTES@"):  # fmt: skip
         assert field in directives, field
     next_upstream = re.search(r"^proxy_next_upstream (.*);$", directives, re.M)
     assert next_upstream, "retry on another replica"
@@ -268,3 +270,25 @@ def test_proxy_nginx_template():
     entrypoint = (PROXY_DIR / "entrypoint.sh").read_text()
     assert "resolver 127.0.0.11 valid=" in entrypoint, "Docker's DNS, re-resolved"
     assert "max_fails=1 fail_timeout=" in entrypoint, "absent replica ports are skipped"
+
+
+@pytest.mark.parametrize(
+    "env", [{}, {"MAX_UPLOAD_MB": "20.5", "MAX_BATCH_MB": "7.25", "MAX_STUDY_MB": "1000"}]
+)
+def test_proxy_body_limits_are_the_apis(env: dict[str, str]) -> None:
+    """The entrypoint's byte limits (its own arithmetic, run by bash) equal what the API
+    allows for the same settings: one file plus the multipart framing, a batch, a study."""
+    from backend.app.core.config import Settings
+
+    script = (PROXY_DIR / "entrypoint.sh").read_text()
+    limits = script[script.index("bytes() {") : script.index("case ")]
+    result = subprocess.run(
+        ["bash", "-c", 'set -eu\n' + limits + 'echo "$upload $batch $study"'],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    settings = Settings(**{key.lower(): float(value) for key, value in env.items()})
+    assert [int(v) for v in result.stdout.split()] == [
+        settings.max_single_request_bytes,
+        settings.max_batch_bytes,
+        settings.max_study_bytes,
+    ]

@@ -21,6 +21,7 @@ help:
 	@echo "make bench      run the benchmark suite (not part of make test)"
 	@echo "make lint       ruff + mypy"
 	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm)"
+	@echo "make train-rsna RSNA=<folder> OUT=<bundle> [EPOCHS=n]  the RSNA 2022 study model"
 	@echo "make pacs       a local development Orthanc (PACS) on loopback"
 	@echo "make docker-up-scale  REPLICAS=N API containers behind nginx (Docker, profile scale)"
 	@echo "make pacs-worker  the PACS worker (PACS_URL=... API_URL=...)"
@@ -105,6 +106,17 @@ pacs-worker: venv
 default-model: venv
 	$(PY) -m ml_model.train --arch $(ARCH) $(TRAIN_ARGS) --data $(DATA)/train \
 		--test-data $(DATA)/val --out $(MODEL_DIR)
+
+# The RSNA 2022 study model (README "Train on RSNA 2022"): RSNA=<competition folder with
+# train_images/, train.csv, train_bounding_boxes.csv[, segmentations/]> OUT=<bundle folder>
+# [EPOCHS=n] [RSNA_ARGS="--arch efficientnet_lite0 --mixed-precision --resume ..."].
+# The slice cache goes beside OUT (rsna-cache-<size>) unless RSNA_ARGS has --cache.
+RSNA ?= ../shared/data/rsna-cspine-sample
+OUT ?= runs/rsna
+RSNA_ARGS ?=
+.PHONY: train-rsna
+train-rsna: venv
+	$(PY) -m ml_model.train_rsna --rsna $(RSNA) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS)) $(RSNA_ARGS)
 
 # Leave-one-series-out comparison of architectures (table + plot in runs/compare).
 compare: venv

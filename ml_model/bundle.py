@@ -2,7 +2,8 @@
 
 A bundle: ``model.keras`` (Keras), ``saved_model/`` (TF Serving), ``model.tflite``,
 ``model.onnx`` and ``gradcam.onnx`` (ONNX Runtime, the serving default), ``gate.npz`` (the
-CT gate) and ``model_card.json`` (``ml_model.card.ModelCard``).
+CT gate) and ``model_card.json`` (``ml_model.card.ModelCard``). A study bundle adds
+``study_head.npz`` and a ``slice_features`` output of the serving graph.
 """
 
 KERAS_FILE = "model.keras"
@@ -10,6 +11,9 @@ SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILE = "model.tflite"
 CARD_FILE = "model_card.json"
 GATE_FILE = "gate.npz"
+# A study bundle (RSNA 2022): the study head's weights (``ml_model.inference.study_head``),
+# which turns the ordered slices' features into patient_overall and C1..C7 probabilities.
+STUDY_HEAD_FILE = "study_head.npz"
 
 # The serving signature, as TF Serving's REST `predict` sees it: uint8 pixels in, the
 # calibrated P(fracture) and the CT gate's logit out (a CT slice when >= gate.threshold).
@@ -17,6 +21,8 @@ SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "image"
 SERVING_OUTPUT = "probability"
 SERVING_GATE_OUTPUT = "ct_logit"
+# A study bundle's graph also returns each slice's features (N, F) for the study head.
+SERVING_FEATURES_OUTPUT = "slice_features"
 
 # ONNX Runtime (the serving default): ``model.onnx`` has the serving signature's input and
 # outputs; ``gradcam.onnx`` (one image at a time) maps Grad-CAM and the spine crop's box. Its

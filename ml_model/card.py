@@ -19,11 +19,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ml_model.bundle import CARD_FILE, GATE_FILE
+from ml_model.bundle import CARD_FILE, GATE_FILE, STUDY_HEAD_FILE
 
 OperatingPointName = Literal["sensitive", "specific"]
 OPERATING_POINTS: tuple[OperatingPointName, ...] = ("sensitive", "specific")
 DEFAULT_OPERATING_POINT: OperatingPointName = "sensitive"
+
+# A study bundle's outputs (RSNA 2022): the patient's fracture probability, then one per
+# cervical vertebra, in this order everywhere (labels, the study head's logits, the API).
+VERTEBRAE: tuple[str, ...] = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
+STUDY_OUTPUTS: tuple[str, ...] = ("patient_overall", *VERTEBRAE)
 
 
 class CardError(ValueError):
@@ -54,6 +59,14 @@ class Crop(_Open):
     layer: str = Field(description="The Keras layer that crops, inside the graph.")
 
 
+class Context(_Open):
+    """2.5D input: the channels are a slice and its neighbours ``spacing_mm`` above and below
+    (``ml_model.imaging.transforms.stack_neighbours``), not one slice repeated."""
+
+    slices: Literal[3] = Field(default=3, description="Slices stacked as channels.")
+    spacing_mm: float = Field(gt=0.0, description="Distance of the neighbours, millimetres.")
+
+
 class InputSpec(_Open):
     size: int = Field(gt=0, description="The model takes (N, size, size, channels) pixels.")
     channels: int = Field(default=3, ge=1)
@@ -61,6 +74,25 @@ class InputSpec(_Open):
     window: Window = Field(description="The HU window the training images were exported with.")
     preprocessing: str | None = None
     crop: Crop | None = None
+    context: Context | None = Field(
+        default=None, description="2.5D neighbours as channels; absent: one slice, 3 copies."
+    )
+
+
+class StudyHeadSpec(_Open):
+    """The study head: ordered slice features (Z, feature_dim), resampled to
+    sequence_length, in; one probability per name of ``outputs`` out."""
+
+    file: str = Field(default=STUDY_HEAD_FILE, description="The head's weights in the bundle.")
+    sequence_length: int = Field(ge=1, description="Slices the sequence is resampled to (T).")
+    feature_dim: int = Field(ge=1, description="Features per slice (F).")
+    outputs: list[str] = Field(default_factory=lambda: list(STUDY_OUTPUTS))
+
+    @model_validator(mode="after")
+    def _study_outputs(self) -> StudyHeadSpec:
+        if tuple(self.outputs) != STUDY_OUTPUTS:
+            raise ValueError(f"outputs must be {list(STUDY_OUTPUTS)}")
+        return self
 
 
 class StudySettings(_Open):
@@ -68,6 +100,10 @@ class StudySettings(_Open):
     top_k: int = Field(ge=1, description="Slices averaged into the study score.")
     operating_points: dict[OperatingPointName, OperatingPointStats] = Field(
         default_factory=dict, description="Thresholds on the study score."
+    )
+    head: StudyHeadSpec | None = Field(
+        default=None,
+        description="A learned study head (patient_overall, C1..C7); absent: top-k mean.",
     )
 
 

@@ -116,6 +116,8 @@ def run_study(core: InferenceCore, folder: Path, operating_point: str, csv_path:
         print(f"skipped {name}: {message}", file=sys.stderr)
     for warning in study.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if study.vertebrae is not None:  # a study bundle's head: P(fracture) per vertebra
+        print("vertebrae: " + "  ".join(f"{name} {p:.3f}" for name, p in study.vertebrae.items()))
     top = ", ".join(study.names[i] for i in study.top_indices)
     print(
         f"study: {study.result} (score {study.probability:.4f}, threshold {study.threshold:.4f}, "

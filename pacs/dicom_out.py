@@ -43,6 +43,21 @@ TOP_SLICE = hd.sr.CodedConcept("top-slice", _LOCAL, "Most suspicious slice")
 SLICE_SCORE = hd.sr.CodedConcept("slice-score", _LOCAL, "Slice fracture score")
 HEATMAP_SERIES = hd.sr.CodedConcept("heatmap-series", _LOCAL, "Heatmap series")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+VERTEBRA_SCORE = hd.sr.CodedConcept("vertebra-score", _LOCAL, "Vertebra fracture score")
+# The finding site of each vertebra's score (a study bundle's C1..C7): SNOMED CT body
+# structures as DICOM PS3.16 lists them in CID 7602 "Vertebra" / CID 7603 "Cervical
+# Vertebra" (pydicom's ``codes.SCT.C1Vertebra`` .. ``C7Vertebra``; the same codes label
+# TotalSegmentator's vertebrae_C1..C7 in DICOM SEG): C1 = atlas 14806007, C2 = axis
+# 39976000, C3 113205007, C4 5329002, C5 36978003, C6 36054005, C7 87391001.
+VERTEBRA_SITES = {
+    "C1": hd.sr.CodedConcept("14806007", "SCT", "C1 vertebra"),
+    "C2": hd.sr.CodedConcept("39976000", "SCT", "C2 vertebra"),
+    "C3": hd.sr.CodedConcept("113205007", "SCT", "C3 vertebra"),
+    "C4": hd.sr.CodedConcept("5329002", "SCT", "C4 vertebra"),
+    "C5": hd.sr.CodedConcept("36978003", "SCT", "C5 vertebra"),
+    "C6": hd.sr.CodedConcept("36054005", "SCT", "C6 vertebra"),
+    "C7": hd.sr.CodedConcept("87391001", "SCT", "C7 vertebra"),
+}
 
 
 @dataclass(frozen=True)
@@ -90,8 +105,11 @@ def build_sr(
     """The Comprehensive SR for one ``/predict/study`` answer about ``sources``' series.
 
     ``study`` is the API's StudyResponse JSON; top slices are matched to source instances
-    by file name (the worker names each file ``<SOPInstanceUID>.dcm``).
+    by file name (the worker names each file ``<SOPInstanceUID>.dcm``). A study bundle's
+    answer (``vertebrae``: C1..C7) adds one score per vertebra, each with its SNOMED CT
+    finding site (:data:`VERTEBRA_SITES`).
     """
+    sources = [evidence_header(source) for source in sources]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     items: list[hd.sr.ContentItem] = [
         hd.sr.TextContentItem(FINDING, str(study["result"]), relationship_type="CONTAINS"),
@@ -118,6 +136,7 @@ def build_sr(
                 AGGREGATION, str(study["aggregation"]), relationship_type="CONTAINS"
             )
         )
+    items += vertebra_items(study.get("vertebrae"))
     for top in study.get("top_slices", []):
         source = by_uid.get(sop_uid_from_name(str(top["name"])))
         if source is None:
@@ -162,6 +181,49 @@ def build_sr(
     sr.ManufacturerModelName = str(study["model"]["name"])[:64]
     sr.SoftwareVersions = str(study["model"]["version"])[:64]
     return sr
+
+
+# Type 2 elements (present, possibly empty) that an SR copies from its evidence: de-identified
+# data (the RSNA 2022 series, for one) often leaves them out altogether.
+SR_TYPE2_FROM_EVIDENCE = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
+    "StudyDate", "StudyTime", "ReferringPhysicianName",
+)  # fmt: skip
+
+
+def evidence_header(source: Dataset) -> Dataset:
+    """``source`` as an SR's evidence: every absent :data:`SR_TYPE2_FROM_EVIDENCE` element
+    present and empty, and the SOP Class UID from the file meta when the data set has none
+    (as in the RSNA 2022 files). The source itself is left as it is; pixel data is not copied."""
+    missing = [keyword for keyword in SR_TYPE2_FROM_EVIDENCE if keyword not in source]
+    meta = getattr(source, "file_meta", None)
+    sop_class = None if "SOPClassUID" in source else getattr(meta, "MediaStorageSOPClassUID", None)
+    if not missing and sop_class is None:
+        return source
+    header = Dataset()
+    for element in source:
+        if element.keyword != "PixelData":
+            header.add(element)
+    for keyword in missing:
+        setattr(header, keyword, "")
+    if sop_class is not None:
+        header.SOPClassUID = sop_class
+    return header
+
+
+def vertebra_items(vertebrae: dict[str, Any] | None) -> list[hd.sr.ContentItem]:
+    """One NUM item per vertebra of a study bundle's answer (none for a slice bundle's):
+    its fracture score, with a ``Finding Site`` (SCT 363698007) naming the vertebra."""
+    items: list[hd.sr.ContentItem] = []
+    for name, site in VERTEBRA_SITES.items():
+        if not vertebrae or vertebrae.get(name) is None:
+            continue
+        score = hd.sr.NumContentItem(
+            VERTEBRA_SCORE, float(vertebrae[name]), NO_UNITS, relationship_type="CONTAINS"
+        )
+        score.ContentSequence = hd.sr.ContentSequence([hd.sr.FindingSite(site)])
+        items.append(score)
+    return items
 
 
 def build_heatmaps(
@@ -227,7 +289,8 @@ def _with_banner(image: Image.Image) -> np.ndarray:
 
 
 def sr_text_values(dataset: Dataset) -> dict[str, list[str]]:
-    """Every TEXT/NUM/UIDREF/IMAGE value of an SR, by concept meaning (for checks and logs)."""
+    """Every TEXT/NUM/UIDREF/IMAGE/CODE value of an SR, by concept meaning (for checks and
+    logs; a CODE item's value is its code's meaning)."""
     values: dict[str, list[str]] = {}
 
     def walk(items: Sequence[Dataset]) -> None:
@@ -239,6 +302,8 @@ def sr_text_values(dataset: Dataset) -> dict[str, list[str]]:
                 values.setdefault(name, []).append(str(item.TextValue))
             elif kind == "NUM":
                 values.setdefault(name, []).append(str(item.MeasuredValueSequence[0].NumericValue))
+            elif kind == "CODE":
+                values.setdefault(name, []).append(str(item.ConceptCodeSequence[0].CodeMeaning))
             elif kind == "UIDREF":
                 values.setdefault(name, []).append(str(item.UID))
             elif kind == "IMAGE":

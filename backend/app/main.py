@@ -49,6 +49,7 @@ from ml_model.card import load_card
 from ml_model.imaging.errors import short_message
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.gate import CTGate
+from ml_model.inference.study_head import StudyHead
 
 BATCH_PATH = "/predict/batch"
 STUDY_PATH = "/predict/study"
@@ -72,10 +73,13 @@ def _keep_uploads_in_memory(settings: Settings) -> None:
 
 
 def check_bundle(settings: Settings) -> None:
-    """The bundle's model card and CT gate (milliseconds): raises ``CardError`` /
-    ``GateFileError`` naming the file and the field, before the port opens."""
-    load_card(settings.model_dir)
+    """The bundle's model card, CT gate and (a study bundle) study head (milliseconds):
+    raises ``CardError`` / ``GateFileError`` / ``StudyHeadError`` naming the file and the
+    field, before the port opens."""
+    card = load_card(settings.model_dir)
     CTGate.load(settings.model_dir)
+    if card.study.head is not None:
+        StudyHead.load(settings.model_dir)
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """A study answer as a PDF report to take away (``POST /report``).
 
 Rendered with fpdf2's core fonts (Helvetica, Windows-1252): no font files, no network.
-What it holds: the verdict and score, the operating point and its threshold, the top
-slices with their Grad-CAM heatmaps, the model's name and version, the intended use
-("Decision support — not a diagnosis") and the model card's known limits.
+What it holds: the verdict and score, the operating point and its threshold, a study
+bundle's per-vertebra probabilities (C1-C7, each with a bar), the top slices with their
+Grad-CAM heatmaps, the model's name and version, the intended use ("Decision support — not a
+diagnosis") and the model card's known limits.
 
 What it never holds: anything that identifies a patient. The report is built from the
 :class:`StudyResponse` alone (scores, positions, heatmaps), never from DICOM headers, and
@@ -133,6 +134,40 @@ class _Report(FPDF):
         self.multi_cell(0, 6, text(value), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
+STUDY_HEAD_SCORE = "the study head's probability of a fracture in C1-C7, from every slice in order"
+VERTEBRAE_NOTE = (
+    "P(fracture) of each cervical vertebra from the study head, which reads every slice of "
+    "the series; the study score is its P(fracture anywhere in C1-C7)."
+)
+
+
+def vertebra_rows(study: StudyResponse) -> list[tuple[str, float]]:
+    """(name, probability) of C1..C7 in order; empty for a slice bundle's answer."""
+    vertebrae = getattr(study, "vertebrae", None)
+    if vertebrae is None:
+        return []
+    return [(name, float(value)) for name, value in vertebrae.model_dump().items()]
+
+
+def _vertebrae(pdf: _Report, rows: list[tuple[str, float]]) -> None:
+    """One line per vertebra: its name, its probability and a bar of that length."""
+    bar_width = 80.0
+    for name, probability in rows:
+        y = pdf.get_y()
+        pdf.set_font("helvetica", "B", 10)
+        pdf.set_text_color(*_INK)
+        pdf.cell(14, 6, text(name))
+        pdf.set_font("helvetica", size=10)
+        pdf.cell(18, 6, text(percent(probability)), align="R")
+        x = pdf.get_x() + 4
+        pdf.set_draw_color(*_MUTED)
+        pdf.rect(x, y + 1.5, bar_width, 3)
+        if probability > 0:
+            pdf.set_fill_color(*_MUTED)
+            pdf.rect(x, y + 1.5, bar_width * min(1.0, probability), 3, style="F")
+        pdf.ln(6)
+
+
 def _top_slices(pdf: _Report, study: StudyResponse, unit: str | None) -> None:
     """The top slices two to a row: where each lies, its probability, its heatmap."""
     gap = 6.0
@@ -214,7 +249,9 @@ def render_report(
         f"{study.operating_point.value}: study threshold {percent(study.threshold)} "
         f"({study.threshold:.3f})",
     )
-    pdf.fact("How the score is made", describe_aggregation(study.aggregation))
+    rows = vertebra_rows(study)
+    how = STUDY_HEAD_SCORE if rows else describe_aggregation(study.aggregation)
+    pdf.fact("How the score is made", how)
     not_ct = sum(1 for s in study.slices if s.in_distribution is False)
     above = sum(
         1
@@ -227,6 +264,11 @@ def render_report(
         f"slice (left out), {len(study.errors)} files not read",
     )
     pdf.fact("Model", model)
+
+    if rows:
+        pdf.heading("Vertebrae (C1-C7)")
+        _vertebrae(pdf, rows)
+        pdf.para(VERTEBRAE_NOTE, size=9, color=_MUTED)
 
     pdf.heading("Top slices")
     if not study.top_slices:

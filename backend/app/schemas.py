@@ -232,6 +232,22 @@ class StudyFileError(BaseModel):
     error: str = Field(description="Why it could not be read.")
 
 
+VERTEBRA_DESCRIPTION = "P(fracture of this vertebra), from the study head (0-1)."
+
+
+class VertebraProbabilities(BaseModel):
+    """A study bundle's per-vertebra fracture probabilities, C1 (atlas) to C7, from its
+    study head over every slice of the series (RSNA 2022's C1-C7 targets)."""
+
+    C1: float = Field(ge=0.0, le=1.0, description=VERTEBRA_DESCRIPTION)
+    C2: float = Field(ge=0.0, le=1.0, description=VERTEBRA_DESCRIPTION)
+    C3: float = Field(ge=0.0, le=1.0, description=VERTEBRA_DESCRIPTION)
+    C4: float = Field(ge=0.0, le=1.0, description=VERTEBRA_DESCRIPTION)
+    C5: float = Field(ge=0.0, le=1.0, description=VERTEBRA_DESCRIPTION)
+    C6: float = Field(ge=0.0, le=1.0, description=VERTEBRA_DESCRIPTION)
+    C7: float = Field(ge=0.0, le=1.0, description=VERTEBRA_DESCRIPTION)
+
+
 class StudyResponse(BaseModel):
     result: Result = Field(
         description="Study-level call at the study threshold: `Potentially Fracture` when "
@@ -242,7 +258,8 @@ class StudyResponse(BaseModel):
         ge=0.0,
         le=1.0,
         description="Study score: the aggregation (see `aggregation`) of the in-distribution "
-        "slices' probabilities; 0 when no slice is in distribution.",
+        "slices' probabilities; 0 when no slice is in distribution. A study bundle: its "
+        "study head's P(fracture anywhere in C1-C7) (RSNA 2022's `patient_overall`).",
     )
     threshold: float = Field(
         ge=0.0, le=1.0, description="Study threshold of the operating point (model card)."
@@ -264,6 +281,11 @@ class StudyResponse(BaseModel):
         description="What looked wrong in the series geometry without stopping it: mixed "
         "orientation, spacing gaps (slices missing), duplicate positions, non-axial slices, "
         "unusable header values.",
+    )
+    vertebrae: VertebraProbabilities | None = Field(
+        description="A study bundle (model card `study.head`): P(fracture) per cervical "
+        "vertebra, C1-C7, from the study head. Null for a slice bundle, which scores slices "
+        "only, and when no slice is in distribution (no call made)."
     )
     model: ModelInfo
     latency_ms: float = Field(description="Server time for unpacking, decoding and inference.")
@@ -293,9 +315,35 @@ class StudyResponse(BaseModel):
                     "errors": [{"name": "IM004.dcm", "error": "the DICOM file has no pixel data"}],
                     "position_unit": "mm",
                     "warnings": [],
+                    "vertebrae": None,
                     "model": _MODEL_EXAMPLE,
                     "latency_ms": 412.0,
-                }
+                },
+                {
+                    "result": "Potentially Fracture",
+                    "prediction": 0.88,
+                    "threshold": 0.35,
+                    "operating_point": "sensitive",
+                    "aggregation": "study_head",
+                    "slice_count": 2,
+                    "slices": [
+                        {"name": "1.dcm", "position": 0.0, "prediction": 0.12,
+                         "in_distribution": True},
+                        {"name": "2.dcm", "position": -1.0, "prediction": 0.91,
+                         "in_distribution": True},
+                    ],
+                    "top_slices": [
+                        {"index": 1, "name": "2.dcm", "position": -1.0, "prediction": 0.91},
+                        {"index": 0, "name": "1.dcm", "position": 0.0, "prediction": 0.12},
+                    ],
+                    "errors": [],
+                    "position_unit": "mm",
+                    "warnings": [],
+                    "vertebrae": {"C1": 0.03, "C2": 0.81, "C3": 0.12, "C4": 0.02,
+                                  "C5": 0.02, "C6": 0.04, "C7": 0.05},
+                    "model": _MODEL_EXAMPLE,
+                    "latency_ms": 2104.0,
+                },
             ]
         }
     )  # fmt: skip

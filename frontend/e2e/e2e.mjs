@@ -251,9 +251,9 @@ async function apiPredict(base, file) {
 }
 
 // ---- the real backend ----
-async function startBackend(port) {
+async function startBackend(port, { modelDir, logName = "server.log" } = {}) {
   assert(existsSync(PYTHON), `no Python at ${PYTHON}: run \`make venv\``);
-  const logFile = join(OUT, "server.log");
+  const logFile = join(OUT, logName);
   const out = createWriteStream(logFile);
   const proc = spawn(
     PYTHON,
@@ -261,7 +261,13 @@ async function startBackend(port) {
     {
       cwd: ROOT,
       detached: true, // own process group, so the whole tree can be stopped
-      env: { ...process.env, FRONTEND_DIST: DIST, TF_CPP_MIN_LOG_LEVEL: "2", PYTHONUNBUFFERED: "1" },
+      env: {
+        ...process.env,
+        ...(modelDir ? { MODEL_DIR: modelDir } : {}),
+        FRONTEND_DIST: DIST,
+        TF_CPP_MIN_LOG_LEVEL: "2",
+        PYTHONUNBUFFERED: "1",
+      },
       stdio: ["ignore", "pipe", "pipe"],
     },
   );
@@ -896,6 +902,60 @@ async function docsScenario(browser, base) {
   }
 }
 
+// ---- a study bundle (RSNA 2022 format): C1-C7 beside the slice chart ----
+// A tiny study bundle written by the product's exporter (testing/study_bundle.py: a real 2.5D
+// Keras model and study head with random weights, not trained: this checks the page, not the
+// model) and one synthetic RSNA-layout series (testing/rsna_synth.py), served by a second backend.
+function python(args, what) {
+  const made = spawnSync(PYTHON, args, { cwd: ROOT, encoding: "utf-8", env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: "2" } });
+  assert(made.status === 0, `${what} failed:\n${made.stderr}`);
+}
+
+async function vertebraeScenario(browser) {
+  const bundle = join(OUT, "study-bundle");
+  const data = join(OUT, "rsna-synthetic");
+  rmSync(bundle, { recursive: true, force: true });
+  rmSync(data, { recursive: true, force: true });
+  python(["-c", "import sys; from testing.study_bundle import write_study_bundle; write_study_bundle(sys.argv[1])", bundle], "study bundle");
+  python(["-m", "testing.rsna_synth", "--out", data, "--studies", "1", "--size", "64", "--slices", "24", "--seed", "3"], "synthetic study");
+  const series = join(data, "train_images", readdirSync(join(data, "train_images"))[0]);
+  const server = await startBackend(await freePort(), { modelDir: bundle, logName: "server-study-bundle.log" });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
+    page.setDefaultTimeout(20_000);
+    await page.goto(server.base);
+    await page.getByRole("tab", { name: "Study (whole series)" }).click();
+    const panel = page.getByRole("tabpanel", { name: "Study (whole series)" });
+    await panel.getByTestId("study-folder-input").setInputFiles(series);
+    await panel.getByTestId("study-selection").waitFor();
+    const [response] = await Promise.all([
+      page.waitForResponse((r) => new URL(r.url()).pathname === "/predict/study", { timeout: UI_TIMEOUT }),
+      panel.getByTestId("study-analyse-button").click(),
+    ]);
+    assert(response.status() === 200, `/predict/study answered ${response.status()} with a study bundle`);
+    const api = await response.json();
+    const names = ["C1", "C2", "C3", "C4", "C5", "C6", "C7"];
+    assert(api.vertebrae && names.every((n) => typeof api.vertebrae[n] === "number"), `vertebrae C1-C7 in the answer: ${JSON.stringify(api.vertebrae)}`);
+    const chart = panel.getByTestId("vertebrae-chart");
+    await chart.waitFor();
+    const bars = chart.getByTestId("vertebra-bar");
+    assert((await bars.count()) === 7, "seven vertebra bars");
+    for (let i = 0; i < 7; i++) {
+      const bar = bars.nth(i);
+      const name = await bar.getAttribute("data-vertebra");
+      assert(name === names[i], `bar ${i} is ${name}, wanted ${names[i]} (C1 at the top)`);
+      const shown = Number(await bar.getAttribute("data-probability"));
+      assert(Math.abs(shown - api.vertebrae[name]) < 1e-9, `${name} bar ${shown} = API ${api.vertebrae[name]}`);
+    }
+    await checkAccessibility(page, "study-bundle answer");
+    await page.screenshot({ path: join(OUT, "9-vertebrae.png"), fullPage: true });
+    ok(`study bundle: "${api.result}" (patient_overall ${api.prediction.toFixed(3)}), C1-C7 bars match the API; screenshot 9-vertebrae.png`);
+    await page.close();
+  } finally {
+    await stopBackend(server);
+  }
+}
+
 async function main() {
   mkdirSync(OUT, { recursive: true });
   assert(existsSync(join(DIST, "index.html")), `no ${DIST}/index.html: run \`npm run build\` first`);
@@ -950,6 +1010,7 @@ async function main() {
     assert(problems.length === 0, `no page/console errors:\n  ${problems.join("\n  ")}`);
     ok("no page or console errors");
     await docsScenario(browser, server.base);
+    await vertebraeScenario(browser);
     log(`PASS (screenshots in ${OUT})`);
   } finally {
     await browser?.close().catch(() => {});

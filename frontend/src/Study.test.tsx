@@ -175,6 +175,39 @@ describe("study view", () => {
     expect(singles()).toHaveLength(1);
   });
 
+  it("shows a study bundle's C1–C7 bars beside the slice chart, and none for a slice bundle", async () => {
+    const vertebrae = { C1: 0.03, C2: 0.81, C3: 0.12, C4: 0.004, C5: 0.02, C6: 0.04, C7: 0.995 };
+    let answer = studyAnswer(SERIES, { extra: { vertebrae, aggregation: "study_head", prediction: 0.9 } });
+    mockApi({ study: () => json(answer) });
+    const user = await openStudy();
+    await analyse(user, seriesFiles(SERIES.length));
+
+    const panel = await screen.findByTestId("study-vertebrae");
+    const chart = within(panel).getByRole("img", { name: "Fracture probability of each vertebra, C1 to C7" });
+    expect(chart).toHaveAccessibleDescription(
+      "Fracture probability per cervical vertebra, head to foot: C1 3%, C2 81%, C3 12%, C4 <1%, C5 2%, C6 4%, " +
+        "C7 >99%. Highest: C7.",
+    );
+    const bars = within(chart).getAllByTestId("vertebra-bar");
+    expect(bars.map((b) => b.getAttribute("data-vertebra"))).toEqual(["C1", "C2", "C3", "C4", "C5", "C6", "C7"]);
+    expect(bars[1]).toHaveTextContent("81%");
+    // Bar lengths follow the probabilities.
+    const width = (bar: HTMLElement) => Number(bar.querySelector(".vertebra__bar")!.getAttribute("width"));
+    expect(width(bars[1]!)).toBeGreaterThan(width(bars[2]!));
+    expect(width(bars[6]!)).toBeGreaterThan(width(bars[1]!));
+    // Beside the slice chart, in the same panel.
+    const slices = screen.getByRole("img", { name: /fracture probability of each slice, head to foot/i });
+    expect(slices.closest(".chart-row")).toBe(panel.closest(".chart-row"));
+    expect(screen.getByTestId("study-verdict")).toHaveTextContent(/the study head's probability of a fracture anywhere in C1–C7/);
+
+    // A slice bundle's answer (vertebrae null): the slice chart alone.
+    answer = studyAnswer(SERIES);
+    await user.click(screen.getByRole("button", { name: "Analyse again" }));
+    await waitFor(() => expect(screen.queryByTestId("study-vertebrae")).not.toBeInTheDocument());
+    expect(screen.getByRole("img", { name: /fracture probability of each slice, head to foot/i })).toBeInTheDocument();
+    expect(screen.getByTestId("study-verdict")).toHaveTextContent(/the mean of the 2 highest slice probabilities/);
+  });
+
   it("re-asks at the other operating point", async () => {
     const fetchMock = mockApi({
       study: (url) =>

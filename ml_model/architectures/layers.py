@@ -2,6 +2,10 @@
 
 Grad-CAM needs a named conv layer in the top-level graph, so builders keep the graph flat
 and name that layer ``GRADCAM_LAYER`` (or say which layer it is in the registry).
+
+Only the spine crop needs TensorFlow, and it is imported where it is used: the builders
+themselves are plain Keras 3 and run on any backend (the GPU benchmark uses JAX where
+TensorFlow is not installed).
 """
 
 from __future__ import annotations
@@ -9,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-
-from ml_model.architectures.spine_crop import SpineCrop
 
 GRADCAM_LAYER = "gradcam_conv"
 EMBEDDING_LAYER = "embedding"
@@ -27,10 +29,14 @@ def slice_input(
     if input_size is None:
         inputs = keras.Input(shape=(img_size, img_size, 3), name="image")
         return inputs, inputs
+    from ml_model.architectures.spine_crop import SpineCrop
+
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     return inputs, SpineCrop(img_size, name=SPINE_CROP_LAYER)(inputs)
 
 
 def load_model(path: str | Path) -> keras.Model:
-    """Load a saved ``model.keras`` (this module registers the custom layers it may hold)."""
+    """Load a saved ``model.keras`` (the custom layers it may hold registered first)."""
+    import ml_model.architectures.spine_crop  # noqa: F401  (registers SpineCrop)
+
     return keras.models.load_model(Path(path), compile=False)

@@ -27,15 +27,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
 from ml_model.architectures.layers import EMBEDDING_LAYER, OUTPUT_LAYER, slice_input
 from ml_model.architectures.weights import WeightsUnavailableError, fetch_keras_weights
+
+if TYPE_CHECKING:  # TensorFlow only where features are extracted: the builders run on any backend
+    import tensorflow as tf
 
 HEAD_DROPOUT_LAYER = "head_dropout"
 PREPROCESS_LAYER = "preprocess"
@@ -249,6 +251,8 @@ def extract_features(
     model: keras.Model, images: np.ndarray | tf.Tensor, batch_size: int = 32
 ) -> np.ndarray:
     """Embeddings (N, D) of images (N, S, S, 3) in [0, 255], inference mode."""
+    import tensorflow as tf
+
     forward = _features_fn(model)
     images = np.asarray(images, dtype=np.float32)
     chunks = [
@@ -266,6 +270,8 @@ def extract_features_from_dataset(
 
     One pass, so features and labels line up even if the dataset shuffles.
     """
+    import tensorflow as tf
+
     forward = _features_fn(model)
     features, labels = [], []
     for batch in dataset:
@@ -275,6 +281,8 @@ def extract_features_from_dataset(
 
 
 def _features_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    import tensorflow as tf
+
     extractor = feature_extractor(model)
     return tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
 

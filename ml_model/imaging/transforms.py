@@ -8,6 +8,7 @@ and reused on its own. Untrusted bytes: every failure is one of the errors in
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,34 @@ def load_image(path: str | Path, size: int = DEFAULT_IMG_SIZE) -> np.ndarray:
         return image_to_array(path.read_bytes(), size)
     except ImageDecodeError as exc:
         raise type(exc)(f"{path}: {exc}") from exc
+
+
+def neighbour_offset(spacing_mm: float, context_mm: float) -> int:
+    """How many slices apart the 2.5D neighbours of a slice are: ``context_mm`` at the
+    series' slice spacing, at least 1 (so thin and thick series see the same anatomy)."""
+    if not (math.isfinite(spacing_mm) and spacing_mm > 0):
+        raise ValueError(f"the slice spacing must be a positive number of mm, not {spacing_mm}")
+    if not (math.isfinite(context_mm) and context_mm >= 0):
+        raise ValueError(f"the context must be a non-negative number of mm, not {context_mm}")
+    return max(1, round(context_mm / spacing_mm))
+
+
+def stack_neighbours(pixels: np.ndarray, index: int | np.ndarray, offset: int) -> np.ndarray:
+    """2.5D model input: slices ``k - offset, k, k + offset`` of a study (``pixels`` (Z, S, S)
+    uint8, head to foot) as the 3 channels, clamped at the study's ends. ``index`` an int ->
+    (S, S, 3); an array of N indices -> (N, S, S, 3). Training and serving both call it."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.shape[0] == 0:
+        raise ValueError(f"pixels must be (Z, S, S) with Z >= 1, not shape {pixels.shape}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+    last = pixels.shape[0] - 1
+    indices = np.asarray(index, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() > last):
+        raise IndexError(f"slice index out of range 0..{last}")
+    channels = np.stack(
+        [np.clip(indices - offset, 0, last), indices, np.clip(indices + offset, 0, last)],
+        axis=-1,
+    )
+    stacked = pixels[channels]  # index shape + (3, S, S)
+    return np.ascontiguousarray(np.moveaxis(stacked, indices.ndim, -1), dtype=np.uint8)

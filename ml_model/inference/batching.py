@@ -14,7 +14,8 @@ submitted. A lone client never waits, and requests that queued up while the prev
 batch was running are taken at once.
 
 A batch that fails is re-run one request at a time, so one bad input only fails its
-own caller.
+own caller. Each caller gets its own rows of every output (``ForwardOutput.rows``: a study
+bundle's slice features too).
 """
 
 from __future__ import annotations

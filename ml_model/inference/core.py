@@ -6,24 +6,49 @@ threshold -> the triage result. The API (single, batch, study), the CLI (files a
 ``--study``) and ``evaluate`` all call :class:`InferenceCore`; nothing else decides a
 verdict. Where the forward runs (in-process TensorFlow, TF Serving, micro-batched or not)
 is a :class:`~ml_model.inference.forward.Forward` handed in at construction.
+
+A study bundle (RSNA 2022: the card's ``input.context`` and ``study.head``) changes two
+things, in study mode only. The model input of slice k is 2.5D: the decoded slice and its
+neighbours ``input.context.spacing_mm`` above and below as the three channels
+(``transforms.stack_neighbours`` over the ordered slices, the neighbours
+``neighbour_offset(series spacing, context)`` slices apart), as in training. And the study
+score is the study head's ``patient_overall`` over every decoded slice's features, in head
+to foot order, with C1..C7 beside it (:attr:`StudyVerdict.vertebrae`). A single slice on a
+2.5D bundle (``/predict``, ``/predict/batch``, ``predict`` on files) has no neighbours: its
+model input is the slice replicated into the three channels, as for a slice bundle, which
+is the 2.5D input of a slice whose neighbours look like itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ml_model.card import DEFAULT_OPERATING_POINT, OPERATING_POINTS, CardError, load_card
+from ml_model.card import (
+    DEFAULT_OPERATING_POINT,
+    OPERATING_POINTS,
+    VERTEBRAE,
+    CardError,
+    load_card,
+)
 from ml_model.config import DEFAULT_MODEL_DIR
 from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
-from ml_model.imaging.transforms import decode_image, decode_source, gray_to_model_input
-from ml_model.inference.forward import Forward, ForwardOutput
+from ml_model.imaging.transforms import (
+    decode_image,
+    decode_source,
+    gray_to_model_input,
+    neighbour_offset,
+    resize,
+    stack_neighbours,
+)
+from ml_model.inference.forward import Forward, ForwardOutput, ModelUnavailableError
 from ml_model.inference.gate import CTGate
 from ml_model.inference.study import (
     OrderedSlice,
@@ -32,9 +57,13 @@ from ml_model.inference.study import (
     StudyError,
     aggregate,
     arrange_slices,
+    series_spacing_mm,
     threshold_for,
 )
 from ml_model.inference.verdict import Result, triage_result
+
+if TYPE_CHECKING:
+    from ml_model.inference.study_head import StudyHead
 
 __all__ = [
     "DEFAULT_OPERATING_POINT",
@@ -80,6 +109,11 @@ class StudyVerdict:
     position_unit: PositionUnit = "index"  # "mm" along the slice normal, or indices
     warnings: list[str] = field(default_factory=list)  # geometry: gaps, duplicates, orientation
     sources: list[OrderedSlice] = field(default_factory=list)  # the scored slices, in order
+    # A study bundle: the study head's P(fracture) per vertebra, C1..C7 (None: a slice
+    # bundle, or no slice the CT gate accepts).
+    vertebrae: dict[str, float] | None = None
+    # A 2.5D bundle: the neighbours of each slice in its model input, in slices (else None).
+    context_offset: int | None = None
 
 
 class InferenceCore:
@@ -115,8 +149,36 @@ class InferenceCore:
 
             forward = KerasForward.from_bundle(self.model_dir, self.card.temperature)
         self.forward = forward
+        self.study_head = self._load_study_head(forward)
         self._gradcam = gradcam or self._default_gradcam(forward)
         self.decode_guard: DecodeGuard | None = None
+
+    def _load_study_head(self, forward: Forward) -> StudyHead | None:
+        """A study bundle's head (``study.head`` of the card), checked against the forward:
+        a graph without ``slice_features`` cannot feed it."""
+        spec = self.card.study.head
+        if spec is None:
+            return None
+        from ml_model.inference.study_head import StudyHead, StudyHeadError
+
+        inner = getattr(forward, "inner", forward)  # a batched forward's own
+        if getattr(inner, "has_features", True) is False:
+            raise CardError(
+                f"{self.model_dir}: the card has `study.head` but the model's graph "
+                f"({type(inner).__name__}) returns no slice features; export the bundle again"
+            )
+        try:
+            head = StudyHead.load(self.model_dir)
+        except StudyHeadError as exc:
+            raise CardError(str(exc)) from exc
+        stored = {"feature_dim": head.feature_dim, "sequence_length": head.sequence_length}
+        for name, value in stored.items():
+            if getattr(spec, name) != value:
+                raise CardError(
+                    f"{self.model_dir}: field `study.head.{name}` of the model card "
+                    f"({getattr(spec, name)}) differs from {spec.file} ({value})"
+                )
+        return head
 
     def _default_gradcam(self, forward: Forward) -> Callable[[np.ndarray], np.ndarray]:
         from ml_model.inference.forward import KerasForward
@@ -192,8 +254,35 @@ class InferenceCore:
             return decode_source(data, *self.window)
 
     def model_input(self, gray: np.ndarray) -> np.ndarray:
-        """A decoded slice -> uint8 (S, S, 3), the forward's input."""
+        """A decoded slice -> uint8 (S, S, 3), the forward's input: the slice in all three
+        channels (on a 2.5D bundle too: one slice has no neighbours; see the module)."""
         return gray_to_model_input(gray, self.img_size)
+
+    def context_offset(self, spacing_mm: float | None) -> int | None:
+        """A 2.5D bundle: how many slices apart a slice's neighbours are in a series of
+        ``spacing_mm`` (one slice when the spacing is unknown); None for a slice bundle."""
+        context = self.card.input.context
+        if context is None:
+            return None
+        if spacing_mm is None or spacing_mm <= 0:
+            return 1
+        return neighbour_offset(spacing_mm, context.spacing_mm)
+
+    def study_model_input(self, study: StudyVerdict, index: int) -> np.ndarray:
+        """The model input slice ``index`` of a scored study had (for its Grad-CAM): the
+        2.5D stack of it and its neighbours on a 2.5D bundle, else :meth:`model_input`."""
+        source = study.sources[index]
+        if study.context_offset is None:
+            return self.model_input(self.decode(source.data, source.frame))
+        offset, last = study.context_offset, len(study.sources) - 1
+        lo, hi = max(0, index - offset), min(last, index + offset)
+        picked = sorted({lo, index, hi})
+        pixels = np.stack([self._resized(study.sources[i]) for i in picked])
+        stack: np.ndarray = stack_neighbours(pixels, picked.index(index), 1)
+        return stack
+
+    def _resized(self, item: OrderedSlice) -> np.ndarray:
+        return resize(self.decode(item.data, item.frame), self.img_size)
 
     # ---- model input -> verdict -----------------------------------------------------
 
@@ -242,30 +331,34 @@ class InferenceCore:
         progress: bool = False,
     ) -> StudyVerdict:
         """Order one series head to foot, score every decodable slice, aggregate the slices
-        the gate accepts into the study score and judge it. ``StudyError`` when the files
-        are not one orderable series or nothing can be scored."""
+        the gate accepts into the study score and judge it (a study bundle: the study
+        head over every decoded slice). ``StudyError`` when the files are not one
+        orderable series or nothing can be scored."""
         from tqdm.auto import tqdm
 
         order = arrange_slices(items)
+        warnings = list(order.warnings)
+        offset = self.context_offset(series_spacing_mm(order.slices, order.position_unit))
+        if offset is not None and order.position_unit != "mm":
+            warnings.append(
+                "no slice spacing in mm (no DICOM geometry): each slice's neighbours in the "
+                "model input are the next slices"
+            )
         names, positions, sources = [], [], []
         errors = list(order.errors)
-        # Decoded and scored STUDY_BATCH slices at a time: memory stays that of one batch,
-        # however many slices (or frames) the series has.
+        # Decoded and scored STUDY_BATCH slices at a time: memory stays that of one batch
+        # (and a 2.5D bundle's neighbours), however many slices (or frames) the series has.
         parts: list[ForwardOutput] = []
         batch: list[np.ndarray] = []
         with tqdm(total=len(order.slices), unit="slice", disable=not progress) as bar:
-            for item in order.slices:
-                try:
-                    batch.append(self.model_input(self.decode(item.data, item.frame)))
-                    names.append(item.name)
-                    positions.append(item.position)
-                    sources.append(item)
-                except ImageDecodeError as exc:
-                    errors.append((item.name, str(exc)))
+            for item, image in self._study_inputs(order.slices, offset, errors, bar.update):
+                batch.append(image)
+                names.append(item.name)
+                positions.append(item.position)
+                sources.append(item)
                 if len(batch) == STUDY_BATCH:
                     parts.append(self.scores(np.stack(batch)))
                     batch = []
-                bar.update(1)
             if batch:
                 parts.append(self.scores(np.stack(batch)))
         if not parts:
@@ -277,8 +370,21 @@ class InferenceCore:
         top_k = self.card.study.top_k
         ranked = np.where(inside, probabilities, -np.inf)
         top = [int(i) for i in np.argsort(-ranked, kind="stable")[:top_k] if np.isfinite(ranked[i])]
-        score = aggregate(probabilities[inside], top_k) if top else 0.0
-        threshold = self.study_threshold(len(names), operating_point)
+        vertebrae = None
+        if self.study_head is None:
+            score = aggregate(probabilities[inside], top_k) if top else 0.0
+            threshold = self.study_threshold(len(names), operating_point)
+        else:
+            # No slice the gate accepts: no call, so no score and no C1..C7 (as top-k's 0).
+            score, vertebrae = self._head_scores(output) if top else (0.0, None)
+            threshold = self.card.study_threshold(operating_point)
+            refused = int(np.sum(~inside))
+            if top and refused:
+                warnings.append(
+                    f"the CT gate refused {refused} of {len(names)} slices: they are left out "
+                    "of the top slices; the study head reads every slice of the series, as "
+                    "in training"
+                )
         return StudyVerdict(
             result=triage_result(score, threshold, bool(top)),
             probability=score,
@@ -291,9 +397,83 @@ class InferenceCore:
             top_indices=top,
             errors=errors,
             position_unit=order.position_unit,
-            warnings=order.warnings,
+            warnings=warnings,
             sources=sources,
+            vertebrae=vertebrae,
+            context_offset=offset,
         )
+
+    def _study_inputs(
+        self,
+        slices: Sequence[OrderedSlice],
+        offset: int | None,
+        errors: list[tuple[str, str]],
+        advance: Callable[[int], object],
+    ) -> Iterator[tuple[OrderedSlice, np.ndarray]]:
+        """Each decodable slice in order with its model input; undecodable ones go to
+        ``errors``. A 2.5D bundle (``offset``): slice k's input stacks the decoded slices
+        k - offset, k, k + offset (clamped at the ends), yielded once slice k + offset is
+        decoded; only the slices still needed as neighbours are held."""
+        held: list[np.ndarray] = []  # resized decoded slices, from decoded index `base` on
+        waiting: list[OrderedSlice] = []  # decoded, input not yet yielded
+        base = count = 0
+        for item in slices:
+            try:
+                gray = self.decode(item.data, item.frame)
+            except ImageDecodeError as exc:
+                errors.append((item.name, str(exc)))
+                continue
+            finally:
+                advance(1)
+            if offset is None:
+                yield item, self.model_input(gray)
+                continue
+            held.append(resize(gray, self.img_size))
+            waiting.append(item)
+            count += 1
+            if len(waiting) > offset:  # the oldest waiting slice has its last neighbour
+                k = count - len(waiting)
+                yield waiting.pop(0), self._stacked(held, base, k, count, offset)
+                drop = max(0, k + 1 - offset - base)
+                del held[:drop]
+                base += drop
+        while waiting:
+            k = count - len(waiting)
+            yield waiting.pop(0), self._stacked(held, base, k, count, offset or 1)
+
+    @staticmethod
+    def _stacked(held: list[np.ndarray], base: int, k: int, count: int, offset: int) -> np.ndarray:
+        """Slice k's 2.5D input from the held slices (decoded index ``base`` on) of the
+        ``count`` decoded so far: ``stack_neighbours`` over k's neighbourhood, which clamps
+        at its ends exactly where the series ends."""
+        lo, hi = max(0, k - offset), min(count - 1, k + offset)
+        stack: np.ndarray = stack_neighbours(
+            np.stack(held[lo - base : hi - base + 1]), k - lo, offset
+        )
+        return stack
+
+    def _head_scores(self, output: ForwardOutput) -> tuple[float, dict[str, float]]:
+        """The study head over the slices' features (head to foot): patient_overall, and
+        C1..C7 by name."""
+        spec = self.card.study.head
+        assert spec is not None and self.study_head is not None  # loaded only with study.head
+        # Only a model server serving another graph than this bundle's gets here (502).
+        if output.features is None:
+            raise ModelUnavailableError(
+                "the model returned no slice features for the study head (TF Serving must "
+                "serve the SavedModel of the bundle in MODEL_DIR)",
+                502,
+            )
+        if output.features.shape[1] != spec.feature_dim:
+            raise ModelUnavailableError(
+                f"the model returned {output.features.shape[1]} features per slice; the card's "
+                f"study.head.feature_dim is {spec.feature_dim}",
+                502,
+            )
+        probabilities = np.asarray(self.study_head(output.features), np.float64).reshape(-1)
+        return float(probabilities[0]), {
+            name: float(p) for name, p in zip(VERTEBRAE, probabilities[1:], strict=True)
+        }
 
     def gradcam(self, image: np.ndarray) -> np.ndarray:
         """Grad-CAM of one uint8 model input, in the frame of the whole slice."""
@@ -310,8 +490,6 @@ class InferenceCore:
         """Run the forward once per batch size (and Grad-CAM) so no request pays for
         tracing; a forward that cannot answer yet (TF Serving starting) is left to
         ``is_ready``."""
-        from ml_model.inference.forward import ModelUnavailableError
-
         blank = np.zeros((max(batch_sizes), self.img_size, self.img_size, 3), np.uint8)
         try:
             for size in batch_sizes:

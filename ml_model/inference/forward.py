@@ -8,6 +8,12 @@ asks TF Serving for exactly the same two outputs. The exported SavedModel's sign
 model.onnx are both built from :func:`serving_function` below, so all three compute one
 graph. ``batching.BatchedForward`` wraps any of them. Everything after the
 forward (thresholds, the gate's decision, study aggregation) is ``core.InferenceCore``'s.
+
+A study bundle's model (``ml_model.architectures.rsna_slice``) has several outputs
+({``fracture``, ``vertebrae``, ``embedding``}); its serving graph also returns each slice's
+features for the study head (``slice_features`` (N, F), computed in the graph by
+``rsna_slice.slice_features_tf``), and every forward carries them in
+:attr:`ForwardOutput.features` (None for a slice bundle).
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from ml_model.bundle import KERAS_FILE, SERVING_GATE_OUTPUT, SERVING_OUTPUT
+from ml_model.bundle import (
+    KERAS_FILE,
+    SERVING_FEATURES_OUTPUT,
+    SERVING_GATE_OUTPUT,
+    SERVING_OUTPUT,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -30,6 +41,8 @@ if TYPE_CHECKING:
 # Bounded chunks: a 1000-image call would otherwise hold ~0.6 GB of float activations at
 # once and run slower per image than batches that fit in cache.
 MAX_FORWARD_BATCH = 64
+# The output of a several-output (study bundle) model that is P(fracture) of the slice.
+FRACTURE_OUTPUT = "fracture"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -44,22 +57,29 @@ class ModelUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class ForwardOutput:
-    """Per image: calibrated P(fracture) and the CT gate's logit (both float64, (N,))."""
+    """Per image: calibrated P(fracture) and the CT gate's logit (both float64, (N,)), and
+    for a study bundle the slice's features for the study head (float32 (N, F), else None)."""
 
     probability: np.ndarray
     ct_logit: np.ndarray
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.probability)
 
     def rows(self, start: int, stop: int) -> ForwardOutput:
-        return ForwardOutput(self.probability[start:stop], self.ct_logit[start:stop])
+        features = None if self.features is None else self.features[start:stop]
+        return ForwardOutput(self.probability[start:stop], self.ct_logit[start:stop], features)
 
     @staticmethod
     def concat(parts: list[ForwardOutput]) -> ForwardOutput:
+        features = [p.features for p in parts if p.features is not None]
+        if features and len(features) != len(parts):
+            raise ValueError("cannot join outputs with and without slice features")
         return ForwardOutput(
             np.concatenate([p.probability for p in parts]),
             np.concatenate([p.ct_logit for p in parts]),
+            np.concatenate(features) if features else None,
         )
 
     def check(self, count: int) -> ForwardOutput:
@@ -69,7 +89,20 @@ class ForwardOutput:
             raise ValueError(f"expected {count} results per output, got shapes {shapes}")
         if not (np.all(np.isfinite(self.probability)) and np.all(np.isfinite(self.ct_logit))):
             raise ValueError("the model returned a non-finite value")
+        if self.features is not None:
+            if self.features.ndim != 2 or len(self.features) != count:
+                raise ValueError(
+                    f"expected {count} rows of slice features, got shape {self.features.shape}"
+                )
+            if not np.all(np.isfinite(self.features)):
+                raise ValueError("the model returned a non-finite slice feature")
         return self
+
+
+def as_features(values: object) -> np.ndarray:
+    """A forward's slice features as float32 (N, F)."""
+    array = np.asarray(values, np.float32)
+    return array.reshape(len(array), -1)
 
 
 @runtime_checkable
@@ -85,11 +118,21 @@ class Forward(Protocol):
     def close(self) -> None: ...
 
 
+def fracture_output(outputs: object) -> object:
+    """P(fracture) among a model's outputs: the ``fracture`` entry of a several-output
+    (study bundle) model's dict, else the one output."""
+    if isinstance(outputs, dict):
+        return outputs[FRACTURE_OUTPUT]
+    return outputs
+
+
 def serving_function(
     model: keras.Model, temperature: float, gate: CTGate
 ) -> tuple[Callable[[tf.Tensor], dict[str, tf.Tensor]], keras.Model]:
     """The bundle's forward as one TensorFlow function: uint8 (N, S, S, 3) ->
-    {``probability``: calibrated P(fracture) (N, 1), ``ct_logit``: the gate's logit (N, 1)}.
+    {``probability``: calibrated P(fracture) (N, 1), ``ct_logit``: the gate's logit (N, 1)}
+    and, for a study bundle's several-output model, ``slice_features`` (N, F) for the study
+    head (``rsna_slice.slice_features_tf`` of the raw outputs, before calibration).
 
     The uint8 -> float cast, scaling, spine crop, temperature and the CT gate (its own
     backbone and image statistics of the whole input, nothing of the fracture network) all
@@ -101,17 +144,29 @@ def serving_function(
 
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(image, tf.float32)
-        probability = model(pixels, training=False)
+        outputs = model(pixels, training=False)
+        probability = fracture_output(outputs)
         if temperature != 1.0:
             # float32 throughout: TFLite has no float64 kernels.
             p = tf.clip_by_value(tf.cast(probability, tf.float32), 1e-7, 1 - 1e-7)
             probability = tf.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
-        return {
+        served = {
             SERVING_OUTPUT: probability,
             SERVING_GATE_OUTPUT: gate.logit_tf(pixels)[:, tf.newaxis],
         }
+        if isinstance(outputs, dict):
+            from ml_model.architectures.rsna_slice import slice_features_tf
+
+            served[SERVING_FEATURES_OUTPUT] = tf.cast(slice_features_tf(outputs), tf.float32)
+        return served
 
     return serve, model
+
+
+def has_features(model: keras.Model) -> bool:
+    """Whether ``model`` is a study bundle's several-output slice model (its serving graph
+    returns ``slice_features``)."""
+    return isinstance(model.output, dict)
 
 
 class KerasForward:
@@ -123,6 +178,7 @@ class KerasForward:
 
         self.model = model
         self.img_size = int(model.input_shape[1])
+        self.has_features = has_features(model)  # a study bundle's slice model
         serve, _ = serving_function(model, temperature, gate)
         spec = tf.TensorSpec([None, self.img_size, self.img_size, 3], tf.uint8)
         self._serve = tf.function(serve, input_signature=[spec])
@@ -148,10 +204,12 @@ class KerasForward:
         parts = []
         for start in range(0, len(images), MAX_FORWARD_BATCH):
             out = self._serve(tf.convert_to_tensor(images[start : start + MAX_FORWARD_BATCH]))
+            features = out.get(SERVING_FEATURES_OUTPUT)
             parts.append(
                 ForwardOutput(
                     out[SERVING_OUTPUT].numpy().reshape(-1).astype(np.float64),
                     out[SERVING_GATE_OUTPUT].numpy().reshape(-1).astype(np.float64),
+                    None if features is None else as_features(features.numpy()),
                 )
             )
         return ForwardOutput.concat(parts).check(len(images))

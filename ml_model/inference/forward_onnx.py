@@ -2,7 +2,8 @@
 
 ``model.onnx`` is written by ``ml_model/training/export.py`` from
 ``forward.serving_function`` (tf2onnx), so it computes the graph ``KerasForward`` runs and
-TF Serving serves: uint8 (N, S, S, 3) ``image`` -> ``probability`` and ``ct_logit``. Its
+TF Serving serves: uint8 (N, S, S, 3) ``image`` -> ``probability`` and ``ct_logit`` (and a
+study bundle's ``slice_features``, which the forward then returns too). Its
 parity with TensorFlow (max |Δp|, verdict agreement) is in the model card under
 ``runtimes.onnx``. ``gradcam.onnx`` is Grad-CAM as its own graph (:class:`OnnxGradCam`), so
 ``explain=true`` needs no TensorFlow either.
@@ -36,13 +37,14 @@ from ml_model.bundle import (
     GRADCAM_ONNX_FILE,
     GRADCAM_OUTPUT,
     ONNX_FILE,
+    SERVING_FEATURES_OUTPUT,
     SERVING_GATE_OUTPUT,
     SERVING_INPUT,
     SERVING_OUTPUT,
     SHARED_WEIGHTS_KEY,
 )
 from ml_model.inference.explain import place_cam
-from ml_model.inference.forward import ForwardOutput, ModelUnavailableError
+from ml_model.inference.forward import ForwardOutput, ModelUnavailableError, as_features
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -184,6 +186,13 @@ class OnnxForward:
         self.chunk = max(1, chunk)
         self._session: ort.InferenceSession | None = open_session(self.path, self.threads)
         self.img_size = self._check_signature(self._session)
+        # A study bundle's graph also returns each slice's features for the study head.
+        self.has_features = SERVING_FEATURES_OUTPUT in {
+            output.name for output in self._session.get_outputs()
+        }
+        self._names = [SERVING_OUTPUT, SERVING_GATE_OUTPUT]
+        if self.has_features:
+            self._names.append(SERVING_FEATURES_OUTPUT)
         self.lanes = max(1, lanes if lanes is not None else self.threads)
         self._lanes: list[ort.InferenceSession] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -220,15 +229,15 @@ class OnnxForward:
         return forward
 
     def _chunks(self, session: ort.InferenceSession | None, images: np.ndarray) -> ForwardOutput:
-        names = [SERVING_OUTPUT, SERVING_GATE_OUTPUT]
         parts = []
         for start in range(0, len(images), self.chunk):
             feed = {SERVING_INPUT: images[start : start + self.chunk]}
-            probability, ct_logit = _run(session, names, feed)
+            probability, ct_logit, *features = _run(session, self._names, feed)
             parts.append(
                 ForwardOutput(
                     np.asarray(probability, np.float64).reshape(-1),
                     np.asarray(ct_logit, np.float64).reshape(-1),
+                    as_features(features[0]) if features else None,
                 )
             )
         return ForwardOutput.concat(parts)
@@ -236,7 +245,7 @@ class OnnxForward:
     def __call__(self, images: np.ndarray) -> ForwardOutput:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if not len(images):
-            return ForwardOutput(np.zeros(0), np.zeros(0))
+            return ForwardOutput(np.zeros(0), np.zeros(0))  # no features of no slice
         pool, lanes = self._pool, self._lanes
         if pool is None or len(images) < 2 or self._session is None:
             return self._chunks(self._session, images).check(len(images))

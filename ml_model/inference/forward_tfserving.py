@@ -2,8 +2,9 @@
 
 The bundle's SavedModel (``ml_model/training/export.py``) has one signature,
 ``serving_default``: input ``image`` uint8 (N, S, S, 3), outputs ``probability`` (N, 1,
-calibrated inside the graph) and ``ct_logit`` (N, 1, the CT gate's logit) — the same
-function ``forward.KerasForward`` runs locally. This client posts the uint8 pixels as
+calibrated inside the graph) and ``ct_logit`` (N, 1, the CT gate's logit), and for a study
+bundle ``slice_features`` (N, F, for the study head) — the same function
+``forward.KerasForward`` runs locally. This client posts the uint8 pixels as
 nested lists and returns both outputs; the core applies the card's thresholds. Grad-CAM
 (``explain=true``) is the only thing that loads the Keras model here, lazily.
 ``MODEL_DIR`` must hold the bundle TF Serving serves (its card and gate threshold).
@@ -18,8 +19,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ml_model.bundle import SERVING_GATE_OUTPUT, SERVING_OUTPUT, SERVING_SIGNATURE
-from ml_model.inference.forward import ForwardOutput, ModelUnavailableError
+from ml_model.bundle import (
+    SERVING_FEATURES_OUTPUT,
+    SERVING_GATE_OUTPUT,
+    SERVING_OUTPUT,
+    SERVING_SIGNATURE,
+)
+from ml_model.inference.forward import ForwardOutput, ModelUnavailableError, as_features
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +102,21 @@ def _column(body: dict[str, Any], name: str) -> Any:
     raise missing
 
 
+def _has_column(body: dict[str, Any], name: str) -> bool:
+    values = body.get("predictions", body.get("outputs"))
+    if isinstance(values, dict):
+        return name in values
+    return (
+        bool(values)
+        and isinstance(values, list)
+        and isinstance(values[0], dict)
+        and (name in values[0])
+    )
+
+
 def decode_predictions(body: Any, count: int) -> ForwardOutput:
-    """TF Serving's answer -> :class:`ForwardOutput` of ``count`` rows (ValueError if not)."""
+    """TF Serving's answer -> :class:`ForwardOutput` of ``count`` rows (ValueError if not);
+    a study bundle's ``slice_features`` when the answer has them."""
     if not isinstance(body, dict):
         raise ValueError("the answer is not a JSON object")
     columns = []
@@ -107,7 +126,13 @@ def decode_predictions(body: Any, count: int) -> ForwardOutput:
             columns.append(np.asarray(values, dtype=np.float64).reshape(-1))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"unusable {name!r} output: {exc}") from exc
-    return ForwardOutput(columns[0], columns[1]).check(count)
+    features = None
+    if _has_column(body, SERVING_FEATURES_OUTPUT):
+        try:
+            features = as_features(_column(body, SERVING_FEATURES_OUTPUT))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"unusable {SERVING_FEATURES_OUTPUT!r} output: {exc}") from exc
+    return ForwardOutput(columns[0], columns[1], features).check(count)
 
 
 class TFServingForward:

@@ -29,7 +29,12 @@ def make_gradcam_fn(model: keras.Model, layer_name: str) -> Any:
     import keras
     import tensorflow as tf
 
-    grad_model = keras.Model(model.input, [model.get_layer(layer_name).output, model.outputs[0]])
+    from ml_model.inference.forward import fracture_output
+
+    # P(fracture): the one output, or a study bundle's ``fracture`` output by name (a dict
+    # output's flat order is alphabetical, so ``outputs[0]`` would be another head).
+    fracture = fracture_output(model.output)
+    grad_model = keras.Model(model.input, [model.get_layer(layer_name).output, fracture])
 
     @tf.function(reduce_retracing=True)
     def gradcam(images: tf.Tensor) -> tf.Tensor:

@@ -11,7 +11,9 @@ slices are ordered by InstanceNumber and PNG/JPEG slices by the slice number in 
 name (positions are then indices, not mm). Mixed orientations, spacing gaps, duplicate
 positions and unusable header values become warnings in the answer, not failures.
 
-Aggregation: the mean of the top-k slice probabilities (k = 2 by default). A
+Aggregation (a slice bundle): the mean of the top-k slice probabilities (k = 2 by default).
+A study bundle's learned head replaces it (``core.InferenceCore.study``; the top-k slices
+are still the ones shown). A
 fracture shows on a few neighbouring slices, so requiring two suspicious slices
 resists a single noisy slice, while the plain mean would dilute a fracture across
 hundreds of normal slices. The study threshold is chosen on synthetic studies built
@@ -272,6 +274,17 @@ def arrange_slices(items: Sequence[SliceFile]) -> StudyOrder:
 def order_slices(items: Sequence[SliceFile]) -> list[OrderedSlice]:
     """Sort slices head to foot and check they form one series (see :func:`arrange_slices`)."""
     return arrange_slices(items).slices
+
+
+def series_spacing_mm(slices: Sequence[OrderedSlice], unit: PositionUnit) -> float | None:
+    """The series' usual slice spacing in mm (the median step between neighbouring distinct
+    positions, head to foot); None without positions in mm or with fewer than two."""
+    if unit != "mm" or len(slices) < 2:
+        return None
+    positions = np.array([s.position for s in slices], dtype=np.float64)
+    steps = positions[:-1] - positions[1:]
+    steps = steps[steps >= DUPLICATE_TOLERANCE_MM]
+    return float(np.median(steps)) if steps.size else None
 
 
 def aggregate(probabilities: np.ndarray, top_k: int = DEFAULT_TOP_K) -> float:

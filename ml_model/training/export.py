@@ -1,6 +1,7 @@
 """Write a model bundle (``ml_model.bundle``): model.keras, gate.npz, a SavedModel for TF
 Serving, model.tflite, model.onnx + gradcam.onnx (ONNX Runtime, checked against TensorFlow:
-the card's ``runtimes.onnx``) and model_card.json.
+the card's ``runtimes.onnx``) and model_card.json; a study bundle (RSNA 2022) adds
+study_head.npz, and its graphs return ``slice_features`` beside the two slice outputs.
 
 Add the ONNX files to an existing bundle without retraining (parity on the val split and
 the training slices of ``--data``; on synthetic slices only without it); with ``--all``, also
@@ -29,10 +30,11 @@ from ml_model.bundle import (
     SERVING_INPUT,
     SERVING_OUTPUT,
     SERVING_SIGNATURE,
+    STUDY_HEAD_FILE,
     TFLITE_FILE,
 )
 from ml_model.card import load_card, read_card, write_card
-from ml_model.inference.forward import serving_function
+from ml_model.inference.forward import has_features, serving_function
 from ml_model.inference.gate import CTGate
 from ml_model.training.export_onnx import onnx_card_section, synthetic_slices
 
@@ -41,8 +43,9 @@ def export_saved_model(
     model: keras.Model, path: Path, img_size: int, temperature: float, gate: CTGate
 ) -> None:
     """SavedModel whose ``serving_default`` takes uint8 images (N, S, S, 3) and returns the
-    calibrated ``probability`` and the CT gate's ``ct_logit``: the function
-    ``ml_model.inference.forward.serving_function`` builds, the one the product runs."""
+    calibrated ``probability`` and the CT gate's ``ct_logit`` (and a study bundle's
+    ``slice_features``): the function ``ml_model.inference.forward.serving_function``
+    builds, the one the product runs."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     serve, both = serving_function(model, temperature, gate)
@@ -94,21 +97,54 @@ def export_bundle(
     gate: CTGate,
     tflite_float16: bool = False,
     parity_slices: Mapping[str, np.ndarray] | None = None,
+    study_head: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write every bundle file into ``out_dir`` (the card validated first) and return it.
 
     ``parity_slices`` (named uint8 model inputs: the val split, the training slices) are
-    where ONNX Runtime is checked against TensorFlow; synthetic slices are always added."""
+    where ONNX Runtime is checked against TensorFlow; synthetic slices are always added.
+    A study bundle: ``model`` has several outputs (its graphs then return
+    ``slice_features``), ``study_head`` holds the head's weights (written as
+    study_head.npz, keys as ``ml_model.inference.study_head`` reads them) and the card has
+    ``study.head``; all three or none."""
+    check_study_bundle(model, (card.get("study") or {}).get("head") is not None, study_head)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     img_size = int(model.input_shape[1])
     model.save(out / KERAS_FILE)
     gate.save(out)
+    if study_head is not None:
+        write_study_head(out, study_head)
     export_saved_model(model, out / SAVED_MODEL_DIR, img_size, float(card["temperature"]), gate)
     export_tflite(out / SAVED_MODEL_DIR, out / TFLITE_FILE, float16=tflite_float16)
     write_card(out, card)  # validated before the slow part
     add_onnx(model, out, gate, parity_slices)
     return out
+
+
+def check_study_bundle(
+    model: keras.Model, card_has_head: bool, study_head: Mapping[str, np.ndarray] | None
+) -> None:
+    """A study bundle has a several-output model, the head's weights and ``study.head`` in
+    its card, or none of them (ValueError naming what is missing)."""
+    parts = {
+        "a slice model with slice features (several outputs)": has_features(model),
+        "study_head weights": study_head is not None,
+        "the card's study.head": card_has_head,
+    }
+    if any(parts.values()) and not all(parts.values()):
+        missing = [name for name, present in parts.items() if not present]
+        raise ValueError(f"a study bundle needs all of {list(parts)}; missing: {missing}")
+
+
+def write_study_head(out_dir: Path, weights: Mapping[str, np.ndarray]) -> Path:
+    """The study head's weights as ``study_head.npz`` (written whole, then renamed)."""
+    path = out_dir / STUDY_HEAD_FILE
+    scratch = out_dir / f".{STUDY_HEAD_FILE}.tmp.npz"
+    arrays = {name: np.asarray(value) for name, value in weights.items()}
+    np.savez(scratch, **arrays)  # type: ignore[arg-type]  # numpy stub
+    scratch.replace(path)
+    return path
 
 
 def add_onnx(

@@ -8,8 +8,9 @@ shapes are then static) and keeps no weights of its own: its initializers are by
 of ``model.onnx`` (ONNX external data), so a bundle carries the network once.
 
 :func:`parity` runs TensorFlow (the reference) and ONNX Runtime over the same slices and
-reports max |Δp|, max |Δct_logit| and whether every verdict (both operating points, the
-CT gate) is the same; the export writes it into the card as ``runtimes.onnx``.
+reports max |Δp|, max |Δct_logit| (a study bundle's: max |Δ slice_features| too) and
+whether every verdict (both operating points, the CT gate) is the same; the export writes it
+into the card as ``runtimes.onnx``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ml_model.bundle import (
     GRADCAM_ONNX_FILE,
     GRADCAM_OUTPUT,
     ONNX_FILE,
+    SERVING_FEATURES_OUTPUT,
     SERVING_GATE_OUTPUT,
     SERVING_INPUT,
     SERVING_OUTPUT,
@@ -36,7 +38,7 @@ from ml_model.bundle import (
 )
 from ml_model.card import OPERATING_POINTS
 from ml_model.inference.core import InferenceCore
-from ml_model.inference.forward import Forward, ForwardOutput
+from ml_model.inference.forward import Forward, ForwardOutput, has_features
 from ml_model.inference.forward_onnx import exported_from
 
 if TYPE_CHECKING:
@@ -252,7 +254,10 @@ def export_onnx(
     serve, _ = serving_function(model, temperature, gate)
     proto = convert(serve, None, img_size)
     outputs = {output.name for output in proto.graph.output}
-    if outputs != {SERVING_OUTPUT, SERVING_GATE_OUTPUT}:
+    expected = {SERVING_OUTPUT, SERVING_GATE_OUTPUT}
+    if has_features(model):
+        expected.add(SERVING_FEATURES_OUTPUT)
+    if outputs != expected:
         raise RuntimeError(f"model.onnx: unexpected outputs {sorted(outputs)}")
     # Which model.keras / gate.npz / temperature it bakes in: OnnxForward.from_bundle
     # refuses it once the bundle changes under it (save those files first).
@@ -324,8 +329,10 @@ def _outputs(forward: Forward, images: np.ndarray) -> ForwardOutput:
 def compare_outputs(
     core: InferenceCore, reference: ForwardOutput, candidate: ForwardOutput
 ) -> dict[str, Any]:
-    """max |Δp| (overall and where the network's output is not saturated), max |Δct_logit|
-    and the verdicts of both operating points (through the core's one verdict path) on the
+    """max |Δp| (overall and where the network's output is not saturated), max |Δct_logit|,
+    a study bundle's max |Δ slice_features| (absolute, and relative to the largest feature)
+    and max |Δ| of its study head's 8 probabilities over the rows as one series, and the
+    verdicts of both operating points (through the core's one verdict path) on the
     same rows."""
     dp = np.abs(candidate.probability - reference.probability)
     p = np.clip(reference.probability, 1e-12, 1 - 1e-12)
@@ -339,6 +346,23 @@ def compare_outputs(
         differ[point] = sum(a != b for a, b in zip(ours, theirs, strict=True))
         margin = min(margin, float(np.min(np.abs(reference.probability - core.threshold(point)))))
     gate_margin = float(np.min(np.abs(reference.ct_logit - core.gate_threshold)))
+    features: dict[str, Any] = {}
+    if reference.features is not None and candidate.features is not None:
+        dfeatures = float(np.max(np.abs(candidate.features - reference.features)))
+        scale = float(np.max(np.abs(reference.features)))
+        features = {
+            "max_abs_dfeatures": dfeatures,
+            "max_abs_dfeatures_over_max": dfeatures / scale if scale > 0 else dfeatures,
+        }
+        if core.study_head is not None:
+            # The study head over these slices as one series: its 8 probabilities.
+            head_reference = core.study_head(reference.features)
+            head_candidate = core.study_head(candidate.features)
+            features["study_head_max_abs_dp"] = float(
+                np.max(np.abs(head_candidate - head_reference))
+            )
+    elif (reference.features is None) != (candidate.features is None):
+        raise ValueError("one runtime returned slice features and the other did not")
     return {
         "n": len(reference),
         "max_abs_dp": float(dp.max()),
@@ -351,6 +375,7 @@ def compare_outputs(
         "gate_refused": int(np.sum(~core.accepts(reference))),
         "closest_p_to_a_threshold": margin,
         "closest_ct_logit_to_gate_threshold": gate_margin,
+        **features,
     }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -68,6 +67,7 @@ from ml_model.evaluation.metrics import (
 from ml_model.evaluation.report import held_out_report, series_report
 from ml_model.imaging.transforms import gray_to_model_input
 from ml_model.inference.gate import CTGate
+from ml_model.training.distribute import is_chief, make_strategy
 from ml_model.training.export import export_bundle
 from ml_model.training.gate_fit import fit_gate
 from ml_model.training.study_threshold import calibrate_study_threshold
@@ -138,24 +138,6 @@ def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
     return optimizers[name](learning_rate=lr)
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """``auto``: all local GPUs when there are several. ``multiworker`` reads TF_CONFIG."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "auto":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    raise ValueError(f"unknown strategy {name!r}; choose auto, mirrored or multiworker")
-
-
-def is_chief() -> bool:
-    """Only the chief (worker 0, or a single process) writes the bundle in multi-worker runs."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("type", "worker") in ("worker", "chief") and int(task.get("index", 0)) == 0
 
 
 def predict_batches(model: keras.Model, batches: Iterable[Any]) -> np.ndarray:

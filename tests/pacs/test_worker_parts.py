@@ -94,6 +94,73 @@ def test_sr_content_and_own_output_marks() -> None:
     assert not is_own_output(slices[0])
 
 
+def test_sr_codes_a_finding_site_per_vertebra_for_a_study_bundle() -> None:
+    """A study bundle's answer (``vertebrae``): one score per vertebra, each with the
+    vertebra's SNOMED CT code as its Finding Site; a slice bundle's answer: none."""
+    from pydicom.sr.codedict import codes
+
+    from pacs.dicom_out import VERTEBRA_SITES
+
+    names = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
+    # The codes are DICOM's (PS3.16 CID 7602/7603 as pydicom ships them).
+    for name, site in VERTEBRA_SITES.items():
+        expected = getattr(codes.SCT, f"{name}Vertebra")
+        assert (site.value, site.scheme_designator) == (expected.value, "SCT")
+    slices = [tiny_ct("1.2.3", "1.2.3.4", number) for number in (1, 2)]
+    vertebrae = dict(zip(names, (0.02, 0.91, 0.1, 0.03, 0.04, 0.05, 0.06), strict=True))
+    answer = {
+        "result": "Potentially Fracture", "prediction": 0.93, "threshold": 0.4,
+        "operating_point": "sensitive", "aggregation": "study_head", "top_slices": [],
+        "vertebrae": vertebrae, "model": {"name": "m", "version": "v1"},
+    }  # fmt: skip
+    read = dcmread(
+        io.BytesIO(dataset_bytes(build_sr(answer, slices, output_uids("1.2.3.4", 2), None)))
+    )
+    values = sr_text_values(read)
+    assert values["Vertebra fracture score"] == [str(v) for v in vertebrae.values()]
+    assert values["Finding Site"] == [f"{name} vertebra" for name in names]
+    scores = [
+        item for item in read.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Vertebra fracture score"
+    ]  # fmt: skip
+    site = scores[1].ContentSequence[0]
+    assert site.RelationshipType == "HAS CONCEPT MOD"
+    assert site.ConceptNameCodeSequence[0].CodeValue == "363698007"  # Finding Site
+    assert (
+        site.ConceptCodeSequence[0].CodeValue,
+        site.ConceptCodeSequence[0].CodingSchemeDesignator,
+    ) == (
+        "39976000",
+        "SCT",
+    )  # C2 vertebra
+    plain = build_sr(answer | {"vertebrae": None}, slices, output_uids("1.2.3.4", 2), None)
+    assert "Finding Site" not in sr_text_values(dcmread(io.BytesIO(dataset_bytes(plain))))
+
+
+def test_sr_from_de_identified_sources_without_type2_elements_or_sop_class() -> None:
+    """As the RSNA 2022 files are: no PatientBirthDate / PatientSex / AccessionNumber / ...,
+    and the SOP Class UID only in the file meta. The SR still builds, with those present and
+    empty, and references the file meta's class; the sources are not changed."""
+    from pacs.dicom_out import SR_TYPE2_FROM_EVIDENCE
+
+    slices = [tiny_ct("1.2.3", "1.2.3.4", number) for number in (1, 2)]
+    for ds in slices:
+        for keyword in (*SR_TYPE2_FROM_EVIDENCE[2:], "SOPClassUID"):
+            delattr(ds, keyword)
+    answer = {
+        "result": "Normal", "prediction": 0.1, "threshold": 0.4, "operating_point": "sensitive",
+        "top_slices": [{"name": f"{slices[0].SOPInstanceUID}.dcm", "prediction": 0.1}],
+        "model": {"name": "m", "version": "v1"},
+    }  # fmt: skip
+    read = dcmread(
+        io.BytesIO(dataset_bytes(build_sr(answer, slices, output_uids("1.2.3.4", 2), None)))
+    )
+    assert read.PatientID == "P" and read.PatientBirthDate == "" and read.AccessionNumber == ""
+    evidence = read.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPClassUID == CTImageStorage
+    assert all("SOPClassUID" not in ds and "PatientBirthDate" not in ds for ds in slices)
+
+
 def test_state_survives_a_restart_and_resumes_interrupted_work(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     state = StateDB(path)

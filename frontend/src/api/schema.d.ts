@@ -91,6 +91,11 @@ export interface paths {
          *     cannot be decoded are listed in `errors` and do not fail the study. Positions are in
          *     `position_unit` (`mm` for DICOM geometry); gaps, duplicate positions and mixed
          *     orientations are listed in `warnings`.
+         *
+         *     A study bundle (RSNA 2022, model card `study.head`) scores each slice with its
+         *     neighbours as channels (2.5D), and its study head reads every slice's features head to
+         *     foot: `prediction` is then its P(fracture), and `vertebrae` holds P(fracture) of each of
+         *     C1-C7 (null for a slice bundle).
          */
         post: operations["predict_study_route_predict_study_post"];
         delete?: never;
@@ -324,6 +329,27 @@ export interface components {
              */
             files: string[];
         };
+        /**
+         * Context
+         * @description 2.5D input: the channels are a slice and its neighbours ``spacing_mm`` above and below
+         *     (``ml_model.imaging.transforms.stack_neighbours``), not one slice repeated.
+         */
+        Context: {
+            /**
+             * Slices
+             * @description Slices stacked as channels.
+             * @default 3
+             * @constant
+             */
+            slices: 3;
+            /**
+             * Spacing Mm
+             * @description Distance of the neighbours, millimetres.
+             */
+            spacing_mm: number;
+        } & {
+            [key: string]: unknown;
+        };
         /** Crop */
         Crop: {
             /**
@@ -451,6 +477,8 @@ export interface components {
             /** Preprocessing */
             preprocessing?: string | null;
             crop?: components["schemas"]["Crop"] | null;
+            /** @description 2.5D neighbours as channels; absent: one slice, 3 copies. */
+            context?: components["schemas"]["Context"] | null;
         } & {
             [key: string]: unknown;
         };
@@ -688,6 +716,33 @@ export interface components {
             error: string;
         };
         /**
+         * StudyHeadSpec
+         * @description The study head: ordered slice features (Z, feature_dim), resampled to
+         *     sequence_length, in; one probability per name of ``outputs`` out.
+         */
+        StudyHeadSpec: {
+            /**
+             * File
+             * @description The head's weights in the bundle.
+             * @default study_head.npz
+             */
+            file: string;
+            /**
+             * Sequence Length
+             * @description Slices the sequence is resampled to (T).
+             */
+            sequence_length: number;
+            /**
+             * Feature Dim
+             * @description Features per slice (F).
+             */
+            feature_dim: number;
+            /** Outputs */
+            outputs?: string[];
+        } & {
+            [key: string]: unknown;
+        };
+        /**
          * StudyResponse
          * @example {
          *       "aggregation": "top2_mean",
@@ -744,6 +799,59 @@ export interface components {
          *       ],
          *       "warnings": []
          *     }
+         * @example {
+         *       "aggregation": "study_head",
+         *       "errors": [],
+         *       "latency_ms": 2104,
+         *       "model": {
+         *         "name": "custom-cnn",
+         *         "version": "2026.05.1"
+         *       },
+         *       "operating_point": "sensitive",
+         *       "position_unit": "mm",
+         *       "prediction": 0.88,
+         *       "result": "Potentially Fracture",
+         *       "slice_count": 2,
+         *       "slices": [
+         *         {
+         *           "in_distribution": true,
+         *           "name": "1.dcm",
+         *           "position": 0,
+         *           "prediction": 0.12
+         *         },
+         *         {
+         *           "in_distribution": true,
+         *           "name": "2.dcm",
+         *           "position": -1,
+         *           "prediction": 0.91
+         *         }
+         *       ],
+         *       "threshold": 0.35,
+         *       "top_slices": [
+         *         {
+         *           "index": 1,
+         *           "name": "2.dcm",
+         *           "position": -1,
+         *           "prediction": 0.91
+         *         },
+         *         {
+         *           "index": 0,
+         *           "name": "1.dcm",
+         *           "position": 0,
+         *           "prediction": 0.12
+         *         }
+         *       ],
+         *       "vertebrae": {
+         *         "C1": 0.03,
+         *         "C2": 0.81,
+         *         "C3": 0.12,
+         *         "C4": 0.02,
+         *         "C5": 0.02,
+         *         "C6": 0.04,
+         *         "C7": 0.05
+         *       },
+         *       "warnings": []
+         *     }
          */
         StudyResponse: {
             /**
@@ -754,7 +862,7 @@ export interface components {
             result: "Potentially Fracture" | "Normal" | "Not a CT slice";
             /**
              * Prediction
-             * @description Study score: the aggregation (see `aggregation`) of the in-distribution slices' probabilities; 0 when no slice is in distribution.
+             * @description Study score: the aggregation (see `aggregation`) of the in-distribution slices' probabilities; 0 when no slice is in distribution. A study bundle: its study head's P(fracture anywhere in C1-C7) (RSNA 2022's `patient_overall`).
              */
             prediction: number;
             /**
@@ -799,6 +907,8 @@ export interface components {
              * @description What looked wrong in the series geometry without stopping it: mixed orientation, spacing gaps (slices missing), duplicate positions, non-axial slices, unusable header values.
              */
             warnings: string[];
+            /** @description A study bundle (model card `study.head`): P(fracture) per cervical vertebra, C1-C7, from the study head. Null for a slice bundle, which scores slices only, and when no slice is in distribution (no call made). */
+            vertebrae: components["schemas"]["VertebraProbabilities"] | null;
             model: components["schemas"]["ModelInfo"];
             /**
              * Latency Ms
@@ -825,6 +935,8 @@ export interface components {
             operating_points?: {
                 [key: string]: components["schemas"]["OperatingPointStats"];
             };
+            /** @description A learned study head (patient_overall, C1..C7); absent: top-k mean. */
+            head?: components["schemas"]["StudyHeadSpec"] | null;
         } & {
             [key: string]: unknown;
         };
@@ -882,6 +994,48 @@ export interface components {
             input?: unknown;
             /** Context */
             ctx?: Record<string, never>;
+        };
+        /**
+         * VertebraProbabilities
+         * @description A study bundle's per-vertebra fracture probabilities, C1 (atlas) to C7, from its
+         *     study head over every slice of the series (RSNA 2022's C1-C7 targets).
+         */
+        VertebraProbabilities: {
+            /**
+             * C1
+             * @description P(fracture of this vertebra), from the study head (0-1).
+             */
+            C1: number;
+            /**
+             * C2
+             * @description P(fracture of this vertebra), from the study head (0-1).
+             */
+            C2: number;
+            /**
+             * C3
+             * @description P(fracture of this vertebra), from the study head (0-1).
+             */
+            C3: number;
+            /**
+             * C4
+             * @description P(fracture of this vertebra), from the study head (0-1).
+             */
+            C4: number;
+            /**
+             * C5
+             * @description P(fracture of this vertebra), from the study head (0-1).
+             */
+            C5: number;
+            /**
+             * C6
+             * @description P(fracture of this vertebra), from the study head (0-1).
+             */
+            C6: number;
+            /**
+             * C7
+             * @description P(fracture of this vertebra), from the study head (0-1).
+             */
+            C7: number;
         };
         /** Window */
         Window: {

@@ -59,6 +59,8 @@ export type StudyResponse = WidenResult<Schemas["StudyResponse"]>;
 export type StudySlice = Schemas["StudySlice"];
 export type StudyTopSlice = Schemas["StudyTopSlice"];
 export type StudyFileError = Schemas["StudyFileError"];
+/** A study bundle's P(fracture) per vertebra, C1..C7 (`vertebrae` of a study answer). */
+export type VertebraProbabilities = Schemas["VertebraProbabilities"];
 
 /** What the UI keeps per file: a /predict answer or a /predict/batch entry (no latency, no heatmap). */
 export type SliceResult = Omit<PredictResponse, "latency_ms"> & { latency_ms?: number; filename?: string };

@@ -24,6 +24,7 @@ import { StudyChart, describeSlice } from "./StudyChart";
 import { StudyDropZone } from "./StudyDropZone";
 import { StudySliceViewer, type HeatState, type PreviewState } from "./StudySliceViewer";
 import { StudyTable } from "./StudyTable";
+import { VertebraeChart } from "./VertebraeChart";
 import { AnalyseOnDropSetting, LevelCaveat } from "./ReadingBits";
 
 /** A study answer reopened from the history: no files, the answer only. */
@@ -274,6 +275,8 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
   const refused = study ? isRefused(study) : false;
   const tone = study ? resultTone(study.result) : null;
   const caveat = levelCaveat(card);
+  // A study bundle's C1–C7 (null for a slice bundle; absent in answers kept from before).
+  const vertebrae = study?.vertebrae ?? null;
 
   return (
     <>
@@ -404,7 +407,9 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
               )}
               {!refused && (
                 <p className="hint">
-                  Study score: {describeAggregation(study.aggregation)} (slices that are not CT slices left out),
+                  {vertebrae
+                    ? "Study score: the study head's probability of a fracture anywhere in C1–C7, read from every slice of the series in order,"
+                    : `Study score: ${describeAggregation(study.aggregation)} (slices that are not CT slices left out),`}{" "}
                   compared with the study threshold of the <strong>{study.operating_point}</strong> operating point.
                 </p>
               )}
@@ -499,15 +504,23 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
                   </li>
                 </ul>
               </div>
-              <StudyChart
-                slices={study.slices}
-                threshold={study.threshold}
-                topRank={topRank}
-                selected={selected}
-                onSelect={select}
-                operatingPoint={study.operating_point}
-                positionUnit={study.position_unit}
-              />
+              <div className={vertebrae ? "chart-row" : undefined}>
+                <StudyChart
+                  slices={study.slices}
+                  threshold={study.threshold}
+                  topRank={topRank}
+                  selected={selected}
+                  onSelect={select}
+                  operatingPoint={study.operating_point}
+                  positionUnit={study.position_unit}
+                />
+                {vertebrae && (
+                  <figure className="vertebrae-panel" data-testid="study-vertebrae">
+                    <figcaption className="vertebrae-panel__title">Per vertebra (study head)</figcaption>
+                    <VertebraeChart vertebrae={vertebrae} />
+                  </figure>
+                )}
+              </div>
               {study.slices.length > 1 && (
                 <div className="scrubber">
                   <input

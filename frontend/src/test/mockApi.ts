@@ -120,6 +120,7 @@ export function studyAnswer(
     errors: [],
     position_unit: "index",
     warnings: [],
+    vertebrae: null,
     model: { name: "custom-cnn", version: "1.2.0" },
     latency_ms: 812.4,
     ...extra,

@@ -22,6 +22,7 @@ from backend.app.schemas import (
     StudyResponse,
     StudySlice,
     StudyTopSlice,
+    VertebraProbabilities,
 )
 from backend.app.services.imaging import heatmap_base64
 from backend.app.services.study_upload import collect_uploads
@@ -76,7 +77,12 @@ def predict_study_route(
     and left out of the score; if none is left, `result` is `Not a CT slice`. Files that
     cannot be decoded are listed in `errors` and do not fail the study. Positions are in
     `position_unit` (`mm` for DICOM geometry); gaps, duplicate positions and mixed
-    orientations are listed in `warnings`."""
+    orientations are listed in `warnings`.
+
+    A study bundle (RSNA 2022, model card `study.head`) scores each slice with its
+    neighbours as channels (2.5D), and its study head reads every slice's features head to
+    foot: `prediction` is then its P(fracture), and `vertebrae` holds P(fracture) of each of
+    C1-C7 (null for a slice bundle)."""
     start = time.perf_counter()
     collected = collect_uploads(files, settings)
     study = core.study(collected.slices, operating_point.value)
@@ -100,8 +106,10 @@ def predict_study_route(
             source = study.sources[index]
             gray = core.decode(source.data, source.frame)
             if gray.size <= settings.max_explain_pixels:
+                # The input the slice was scored with (a 2.5D bundle: with its neighbours).
+                image = core.study_model_input(study, index)
                 extra["heatmap_png_base64"] = heatmap_base64(
-                    gray, core.gradcam(core.model_input(gray)), settings.heatmap_max_side
+                    gray, core.gradcam(image), settings.heatmap_max_side
                 )
         top_slices.append(
             StudyTopSlice(
@@ -126,6 +134,8 @@ def predict_study_route(
         errors=errors,
         position_unit=study.position_unit,
         warnings=study.warnings,
+        # Set even when None: a slice bundle answers `"vertebrae": null` (exclude_unset).
+        vertebrae=None if study.vertebrae is None else VertebraProbabilities(**study.vertebrae),
         model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
     )

@@ -101,9 +101,11 @@ def check_study(body: dict[str, Any], service: Any, expected_names: list[str]) -
         "errors",
         "position_unit",
         "warnings",
+        "vertebrae",
         "model",
         "latency_ms",
     }
+    assert body["vertebrae"] is None  # a slice bundle: no study head, no C1-C7
     assert body["position_unit"] == "mm"  # DICOM with ImagePositionPatient
     assert body["warnings"] == []
     assert [item["name"] for item in body["slices"]] == expected_names

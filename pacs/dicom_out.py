@@ -215,8 +215,10 @@ def vertebra_items(vertebrae: dict[str, Any] | None) -> list[hd.sr.ContentItem]:
     """One NUM item per vertebra of a study bundle's answer (none for a slice bundle's):
     its fracture score, with a ``Finding Site`` (SCT 363698007) naming the vertebra."""
     items: list[hd.sr.ContentItem] = []
+    if not vertebrae:
+        return items
     for name, site in VERTEBRA_SITES.items():
-        if not vertebrae or vertebrae.get(name) is None:
+        if vertebrae.get(name) is None:
             continue
         score = hd.sr.NumContentItem(
             VERTEBRA_SCORE, float(vertebrae[name]), NO_UNITS, relationship_type="CONTAINS"

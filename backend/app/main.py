@@ -79,7 +79,7 @@ def check_bundle(settings: Settings) -> None:
     card = load_card(settings.model_dir)
     CTGate.load(settings.model_dir)
     if card.study.head is not None:
-        StudyHead.load(settings.model_dir)
+        StudyHead.for_card(settings.model_dir, card.study.head)
 
 
 @dataclass

@@ -143,7 +143,7 @@ VERTEBRAE_NOTE = (
 
 def vertebra_rows(study: StudyResponse) -> list[tuple[str, float]]:
     """(name, probability) of C1..C7 in order; empty for a slice bundle's answer."""
-    vertebrae = getattr(study, "vertebrae", None)
+    vertebrae = study.vertebrae
     if vertebrae is None:
         return []
     return [(name, float(value)) for name, value in vertebrae.model_dump().items()]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ml_model.card import OPERATING_POINTS, read_card, write_card
-from ml_model.config import DEFAULT_MODEL_DIR
+from ml_model.config import DEFAULT_MODEL_DIR, RESULT_POSITIVE
 from ml_model.data.rsna import find_studies, read_labels
 from ml_model.inference.core import InferenceCore
 
@@ -70,7 +70,7 @@ def audit(core: InferenceCore, root: Path) -> list[SliceRow]:
                 continue
             output = core.scores(core.model_input(core.decode(path.read_bytes())))
             flagged: dict[str, bool] = {
-                point: core.judge(output, point)[0].result == "Potentially Fracture"
+                point: core.judge(output, point)[0].result == RESULT_POSITIVE
                 for point in OPERATING_POINTS
             }
             rows.append(

@@ -212,6 +212,11 @@ class BatchedForward:
     def __call__(self, images: np.ndarray) -> ForwardOutput:
         return self.batcher.run(images)
 
+    @property
+    def has_features(self) -> bool:
+        """Whether the inner forward's graph returns slice features (a study bundle's)."""
+        return bool(getattr(self.inner, "has_features", True))
+
     def incoming(self) -> contextlib.AbstractContextManager[None]:
         """Announce an upcoming call from this thread (see :meth:`MicroBatcher.incoming`)."""
         return self.batcher.incoming()

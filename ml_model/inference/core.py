@@ -33,7 +33,6 @@ import numpy as np
 from ml_model.card import (
     DEFAULT_OPERATING_POINT,
     OPERATING_POINTS,
-    VERTEBRAE,
     CardError,
     load_card,
 )
@@ -161,24 +160,15 @@ class InferenceCore:
             return None
         from ml_model.inference.study_head import StudyHead, StudyHeadError
 
-        inner = getattr(forward, "inner", forward)  # a batched forward's own
-        if getattr(inner, "has_features", True) is False:
+        if getattr(forward, "has_features", True) is False:
             raise CardError(
                 f"{self.model_dir}: the card has `study.head` but the model's graph "
-                f"({type(inner).__name__}) returns no slice features; export the bundle again"
+                f"({type(forward).__name__}) returns no slice features; export the bundle again"
             )
         try:
-            head = StudyHead.load(self.model_dir)
+            return StudyHead.for_card(self.model_dir, spec)
         except StudyHeadError as exc:
             raise CardError(str(exc)) from exc
-        stored = {"feature_dim": head.feature_dim, "sequence_length": head.sequence_length}
-        for name, value in stored.items():
-            if getattr(spec, name) != value:
-                raise CardError(
-                    f"{self.model_dir}: field `study.head.{name}` of the model card "
-                    f"({getattr(spec, name)}) differs from {spec.file} ({value})"
-                )
-        return head
 
     def _default_gradcam(self, forward: Forward) -> Callable[[np.ndarray], np.ndarray]:
         from ml_model.inference.forward import KerasForward
@@ -268,21 +258,24 @@ class InferenceCore:
             return 1
         return neighbour_offset(spacing_mm, context.spacing_mm)
 
-    def study_model_input(self, study: StudyVerdict, index: int) -> np.ndarray:
+    def study_model_input(
+        self, study: StudyVerdict, index: int, gray: np.ndarray | None = None
+    ) -> np.ndarray:
         """The model input slice ``index`` of a scored study had (for its Grad-CAM): the
-        2.5D stack of it and its neighbours on a 2.5D bundle, else :meth:`model_input`."""
+        2.5D stack of it and its neighbours on a 2.5D bundle, else :meth:`model_input`.
+        ``gray``: the slice already decoded (the caller's), so it is not decoded again."""
         source = study.sources[index]
+        if gray is None:
+            gray = self.decode(source.data, source.frame)
         if study.context_offset is None:
-            return self.model_input(self.decode(source.data, source.frame))
+            return self.model_input(gray)
         offset, last = study.context_offset, len(study.sources) - 1
         lo, hi = max(0, index - offset), min(last, index + offset)
-        picked = sorted({lo, index, hi})
-        pixels = np.stack([self._resized(study.sources[i]) for i in picked])
-        stack: np.ndarray = stack_neighbours(pixels, picked.index(index), 1)
-        return stack
-
-    def _resized(self, item: OrderedSlice) -> np.ndarray:
-        return resize(self.decode(item.data, item.frame), self.img_size)
+        resized = {index: resize(gray, self.img_size)}
+        for i in {lo, hi} - {index}:
+            item = study.sources[i]
+            resized[i] = resize(self.decode(item.data, item.frame), self.img_size)
+        return np.stack([resized[lo], resized[index], resized[hi]], axis=-1)
 
     # ---- model input -> verdict -----------------------------------------------------
 
@@ -438,8 +431,9 @@ class InferenceCore:
                 del held[:drop]
                 base += drop
         while waiting:
+            assert offset is not None  # only a 2.5D bundle's slices wait for neighbours
             k = count - len(waiting)
-            yield waiting.pop(0), self._stacked(held, base, k, count, offset or 1)
+            yield waiting.pop(0), self._stacked(held, base, k, count, offset)
 
     @staticmethod
     def _stacked(held: list[np.ndarray], base: int, k: int, count: int, offset: int) -> np.ndarray:
@@ -455,8 +449,7 @@ class InferenceCore:
     def _head_scores(self, output: ForwardOutput) -> tuple[float, dict[str, float]]:
         """The study head over the slices' features (head to foot): patient_overall, and
         C1..C7 by name."""
-        spec = self.card.study.head
-        assert spec is not None and self.study_head is not None  # loaded only with study.head
+        assert self.study_head is not None  # loaded only with the card's study.head
         # Only a model server serving another graph than this bundle's gets here (502).
         if output.features is None:
             raise ModelUnavailableError(
@@ -464,16 +457,14 @@ class InferenceCore:
                 "serve the SavedModel of the bundle in MODEL_DIR)",
                 502,
             )
-        if output.features.shape[1] != spec.feature_dim:
+        if output.features.shape[1] != self.study_head.feature_dim:
             raise ModelUnavailableError(
                 f"the model returned {output.features.shape[1]} features per slice; the card's "
-                f"study.head.feature_dim is {spec.feature_dim}",
+                f"study.head.feature_dim is {self.study_head.feature_dim}",
                 502,
             )
-        probabilities = np.asarray(self.study_head(output.features), np.float64).reshape(-1)
-        return float(probabilities[0]), {
-            name: float(p) for name, p in zip(VERTEBRAE, probabilities[1:], strict=True)
-        }
+        named = self.study_head.named(output.features)
+        return named.pop("patient_overall"), named
 
     def gradcam(self, image: np.ndarray) -> np.ndarray:
         """Grad-CAM of one uint8 model input, in the frame of the whole slice."""

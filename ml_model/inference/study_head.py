@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ml_model.bundle import STUDY_HEAD_FILE
-from ml_model.card import STUDY_OUTPUTS
+from ml_model.card import STUDY_OUTPUTS, StudyHeadSpec
 
 ARRAY_KEYS = (
     "mean",
@@ -124,6 +124,20 @@ class StudyHead:
             raise StudyHeadError(f"{path}: {exc}") from exc
 
     @classmethod
+    def for_card(cls, bundle_dir: str | Path, spec: StudyHeadSpec) -> StudyHead:
+        """:meth:`load`, checked against the card's ``study.head`` (feature dimension and
+        sequence length): the one reader of a bundle's head, at start-up and in the core."""
+        head = cls.load(bundle_dir)
+        stored = {"feature_dim": head.feature_dim, "sequence_length": head.sequence_length}
+        for name, value in stored.items():
+            if getattr(spec, name) != value:
+                raise StudyHeadError(
+                    f"{bundle_dir}: field `study.head.{name}` of the model card "
+                    f"({getattr(spec, name)}) differs from {spec.file} ({value})"
+                )
+        return head
+
+    @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> StudyHead:
         """Check the keys and shapes against each other; float64 copies for the forward."""
         missing = [k for k in ARRAY_KEYS if k not in arrays]
@@ -156,10 +170,6 @@ class StudyHead:
     @property
     def feature_dim(self) -> int:
         return int(self.arrays["mean"].shape[0])
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return STUDY_OUTPUTS
 
     def logits_and_attention(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(8,) logits and the (T,) attention weights for one study's (Z, F) features."""

@@ -108,6 +108,7 @@ from ml_model.evaluation.rsna_metrics import (
     DEFAULT_TARGET,
     NEGATIVE_WEIGHTS,
     POSITIVE_WEIGHTS,
+    auc,
     binary_report,
     level_matched_specificity,
     operating_points,
@@ -857,8 +858,6 @@ def evaluate(scored: Scored, points: Mapping[str, Any], rounds: int, seed: int) 
 
 def vertebra_presence(scored: Scored) -> dict[str, Any]:
     """Slice-level AUC of the vertebra-presence head, per vertebra (studies with levels)."""
-    from ml_model.evaluation.rsna_metrics import auc
-
     if not scored.vertebra_probs:
         return {"value": None, "reason": "no study with known levels"}
     probs = np.concatenate(scored.vertebra_probs)

@@ -107,7 +107,7 @@ def predict_study_route(
             gray = core.decode(source.data, source.frame)
             if gray.size <= settings.max_explain_pixels:
                 # The input the slice was scored with (a 2.5D bundle: with its neighbours).
-                image = core.study_model_input(study, index)
+                image = core.study_model_input(study, index, gray)
                 extra["heatmap_png_base64"] = heatmap_base64(
                     gray, core.gradcam(image), settings.heatmap_max_side
                 )

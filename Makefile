@@ -37,6 +37,7 @@ venv: $(VENV)/.installed
 lint: venv
 	$(PY) -m ruff check ml_model backend pacs tests bench scripts testing
 	$(PY) scripts/gen_environment.py --check
+	$(PY) scripts/gen_proxy_conf.py --check
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
 

@@ -27,8 +27,6 @@ from starlette.formparsers import MultiPartParser
 import ml_model
 from backend.app.api.errors import register_error_handlers
 from backend.app.api.main import api_router
-from backend.app.api.routes import docs
-from backend.app.api.routes.report import REPORT_PATH
 from backend.app.core.admission import MemoryBudget, StudySlots
 from backend.app.core.auth import BearerAuthMiddleware
 from backend.app.core.config import Settings
@@ -42,6 +40,7 @@ from backend.app.core.middleware import (
     BodySizeLimitMiddleware,
     RequestGuardMiddleware,
 )
+from backend.app.core.policy import RoutePolicies, Upload
 from backend.app.core.security import SecurityHeadersMiddleware
 from backend.app.services.admission import decode_guard
 from backend.app.services.inference import configure, create_core, warm_up
@@ -50,9 +49,6 @@ from ml_model.imaging.errors import short_message
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.gate import CTGate
 from ml_model.inference.study_head import StudyHead
-
-BATCH_PATH = "/predict/batch"
-STUDY_PATH = "/predict/study"
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -197,38 +193,65 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
     app.state.budget = MemoryBudget(settings.memory_budget_bytes)
     app.state.study_slots = StudySlots(settings.max_concurrent_studies)
 
-    batch_limit = BodyLimit(
-        settings.max_batch_bytes,
-        f"the batch upload is larger than the limit of {settings.max_batch_mb:g} MiB",
-    )
-    single_limit = BodyLimit(
-        settings.max_single_request_bytes,
-        f"the upload is larger than the limit of {settings.max_upload_mb:g} MiB per file",
-    )
+    _add_routes(app, settings)
+    # Every route's declared policy (core/policy.py), by path, for the middleware below.
+    app.state.policies = RoutePolicies(app.routes)
+    _add_middleware(app, settings, app.state.policies)
+    register_error_handlers(app)
+    return app
 
-    study_limit = BodyLimit(
-        settings.max_study_bytes,
-        f"the study upload is larger than the limit of {settings.max_study_mb:g} MiB",
-    )
 
-    def body_limit(path: str) -> BodyLimit:
-        if path in (STUDY_PATH, REPORT_PATH):
-            return study_limit
-        return batch_limit if path == BATCH_PATH else single_limit
+def _add_routes(app: FastAPI, settings: Settings) -> None:
+    """The API's routers (``api/main.py``), then the built web app, same-origin with the
+    API. Frontend routes have the lowest priority: every API route always wins."""
+    app.include_router(api_router)
+    dist = settings.frontend_dist
+    if dist.is_dir():
+        has_index = (dist / "index.html").is_file()
+        app.frontend("/", directory=dist, fallback="index.html" if has_index else None)
 
-    # Added innermost first: security headers -> CORS -> request guard -> access log ->
-    # metrics -> bearer auth (+ audit) -> body limit -> admission control -> routes.
+
+def _body_limits(settings: Settings) -> dict[Upload, BodyLimit]:
+    """The body limit of each kind of upload a route's policy names (413 past it)."""
+    return {
+        Upload.one_file: BodyLimit(
+            settings.max_single_request_bytes,
+            f"the upload is larger than the limit of {settings.max_upload_mb:g} MiB per file",
+        ),
+        Upload.batch: BodyLimit(
+            settings.max_batch_bytes,
+            f"the batch upload is larger than the limit of {settings.max_batch_mb:g} MiB",
+        ),
+        Upload.study: BodyLimit(
+            settings.max_study_bytes,
+            f"the study upload is larger than the limit of {settings.max_study_mb:g} MiB",
+        ),
+    }
+
+
+def _add_middleware(app: FastAPI, settings: Settings, policies: RoutePolicies) -> None:
+    """The middleware stack; what it does to a request follows the request's route policy.
+
+    Added innermost first: security headers -> CORS -> request guard -> access log ->
+    metrics -> bearer auth (+ audit) -> body limit -> admission control -> routes."""
+    limits = _body_limits(settings)
     app.add_middleware(
         AdmissionMiddleware,
         budget=app.state.budget,
         slots=app.state.study_slots,
         request_limit=settings.max_request_memory_bytes,
         body_timeout_s=settings.body_timeout_s,
-        is_study=lambda path: path in (STUDY_PATH, REPORT_PATH),
+        is_study=lambda path: policies(path).study_slot,
         on_refused=lambda reason: app.state.metrics.record_refusal(reason),
     )
-    app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
-    app.add_middleware(BearerAuthMiddleware, digests=settings.auth_token_hashes)
+    app.add_middleware(
+        BodySizeLimitMiddleware, limit_for_path=lambda path: limits[policies(path).upload]
+    )
+    app.add_middleware(
+        BearerAuthMiddleware,
+        digests=settings.auth_token_hashes,
+        guarded=lambda path: policies(path).auth,
+    )
     app.state.metrics = instrument(app)
     app.state.metrics.watch_admission(app.state.budget, app.state.study_slots)
     app.add_middleware(AccessLogMiddleware)
@@ -241,18 +264,10 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
-    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every response, CORS's too
-
-    register_error_handlers(app)
-    app.include_router(api_router)
-    app.include_router(docs.router)
-    # The built web app, same-origin with the API. Frontend routes have the lowest
-    # priority: every API route above always wins.
-    dist = settings.frontend_dist
-    if dist.is_dir():
-        has_index = (dist / "index.html").is_file()
-        app.frontend("/", directory=dist, fallback="index.html" if has_index else None)
-    return app
+    # Outermost: every response, CORS's too.
+    app.add_middleware(
+        SecurityHeadersMiddleware, is_docs_page=lambda path: policies(path).docs_page
+    )
 
 
 app = create_app()

@@ -1,10 +1,17 @@
-"""Error responses as OpenAPI documents them, shared by the routes."""
+"""Error responses as OpenAPI documents them, and the model's name and version: shared by
+the routes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from backend.app.schemas import ErrorResponse
+from backend.app.schemas import ErrorResponse, ModelInfo
+from ml_model.inference.core import InferenceCore
+
+
+def model_info(core: InferenceCore) -> ModelInfo:
+    """The ``model`` field of an answer: the loaded bundle's name and version."""
+    return ModelInfo(name=core.name, version=core.version)
 
 
 def error_response(description: str, example: str) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """Who may ask: bearer tokens, and one audit line per request to a guarded endpoint.
 
-With ``AUTH_TOKEN_HASHES`` set (SHA-256 hex digests of the accepted tokens), every
-prediction, study, report, model and metrics endpoint needs ``Authorization: Bearer
-<token>``; anything else gets 401 with ``WWW-Authenticate: Bearer``. ``/health``,
-``/ready``, the API docs (``/docs``, ``/redoc``, their assets, ``/openapi.json``) and the
-web app's files stay open. The presented token is hashed and its digest compared with
-every accepted digest in constant time (``hmac.compare_digest``, no early exit); the
-server never holds the tokens themselves, and never logs them.
+With ``AUTH_TOKEN_HASHES`` set (SHA-256 hex digests of the accepted tokens), every route
+whose policy says ``auth=True`` (``core/policy.py``, declared beside the route: prediction,
+study, report, model and metrics) needs ``Authorization: Bearer <token>``; anything else
+gets 401 with ``WWW-Authenticate: Bearer``. ``/health``, ``/ready``, the API docs
+(``/docs``, ``/redoc``, their assets, ``/openapi.json``) and the web app's files stay open.
+The presented token is hashed and its digest compared with every accepted digest in
+constant time (``hmac.compare_digest``, no early exit); the server never holds the tokens
+themselves, and never logs them.
 
 Each request to a guarded endpoint (with or without ``AUTH_TOKEN_HASHES``) leaves one line
 on the ``backend.audit`` logger: time, token id (the first 8 hex digits of the token's
@@ -23,7 +24,7 @@ import hmac
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
@@ -34,13 +35,6 @@ from backend.app.core.logging import REQUEST_ID
 
 AUDIT_LOGGER_NAME = "backend.audit"
 TOKEN_ID_LENGTH = 8
-# Exact paths that need a token when AUTH_TOKEN_HASHES is set: every endpoint that takes
-# images or reveals the model or the traffic. Everything else is open (probes, docs, the
-# web app's files); tests/backend/test_auth.py holds every API route to one of the two.
-GUARDED_PATHS = frozenset(
-    {"/predict", "/predict/batch", "/predict/study", "/report", "/model", "/metrics"}
-)
-OPEN_API_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json"})
 REALM = 'Bearer realm="cspine-triage"'
 
 
@@ -105,14 +99,15 @@ def audit_context(record: AuditRecord) -> Iterator[None]:
 
 
 class BearerAuthMiddleware:
-    """401 without an accepted bearer token on :data:`GUARDED_PATHS` (when digests are
-    configured); one audit line per request to them (always)."""
+    """401 without an accepted bearer token on the paths ``guarded`` accepts (the routes'
+    ``RoutePolicy.auth``), when digests are configured; one audit line per request to them
+    (always)."""
 
     def __init__(
         self,
         app: ASGIApp,
         digests: Iterable[str],
-        guarded: frozenset[str] = GUARDED_PATHS,
+        guarded: Callable[[str], bool],
     ) -> None:
         self.app = app
         self.digests = tuple(digests)
@@ -120,7 +115,7 @@ class BearerAuthMiddleware:
         self.logger = logging.getLogger(AUDIT_LOGGER_NAME)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.guarded:
+        if scope["type"] != "http" or not self.guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()

@@ -1,6 +1,7 @@
 """Prometheus metrics: HTTP metrics from prometheus-fastapi-instrumentator, plus our own.
 
-Each app gets its own ``CollectorRegistry``, so several apps (tests) never collide.
+Each app gets its own ``CollectorRegistry``, so several apps (tests) never collide;
+``GET /metrics`` (``api/routes/metrics.py``) serves it.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class AppMetrics:
 
 
 def instrument(app: FastAPI) -> AppMetrics:
-    """Add the HTTP metrics middleware and ``GET /metrics``; return the app metrics."""
+    """Add the HTTP metrics middleware; return the app metrics (``GET /metrics`` serves
+    their registry)."""
     registry = CollectorRegistry()
     Instrumentator(
         should_group_status_codes=False,  # status="413", not "4xx"
@@ -90,13 +92,5 @@ def instrument(app: FastAPI) -> AppMetrics:
         should_group_untemplated=True,  # unknown paths share handler="none"
         excluded_handlers=["/metrics"],
         registry=registry,
-    ).instrument(app, latency_highr_buckets=LATENCY_BUCKETS).expose(
-        app,
-        endpoint="/metrics",
-        include_in_schema=True,
-        tags=["ops"],
-        summary="Prometheus metrics",
-        response_description="Prometheus text exposition format.",
-        responses={200: {"content": {"text/plain": {}}}},
-    )
+    ).instrument(app, latency_highr_buckets=LATENCY_BUCKETS)
     return AppMetrics(registry)

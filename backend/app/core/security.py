@@ -36,8 +36,6 @@ STRICT_CSP = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
 )
 
-DOCS_PATHS = frozenset({"/docs", "/redoc"})
-
 BASE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -76,18 +74,21 @@ def _with_headers(
 
 
 class SecurityHeadersMiddleware:
-    """Add the security headers above to every HTTP response."""
+    """Add the security headers above to every HTTP response; the paths ``is_docs_page``
+    accepts (the routes' ``RoutePolicy.docs_page``) get :func:`docs_csp`."""
 
-    def __init__(self, app: ASGIApp, docs_paths: Iterable[str] = DOCS_PATHS) -> None:
+    def __init__(
+        self, app: ASGIApp, is_docs_page: Callable[[str], bool] = lambda path: False
+    ) -> None:
         self.app = app
-        self.docs_paths = frozenset(docs_paths)
+        self.is_docs_page = is_docs_page
         self.strict = (*BASE_HEADERS, (b"content-security-policy", STRICT_CSP.encode()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] in self.docs_paths:
+        if self.is_docs_page(scope["path"]):
             await self._docs(scope, receive, send)
             return
 

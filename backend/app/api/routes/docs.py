@@ -6,7 +6,8 @@ the ``fastapi-offline`` wheel (Swagger UI, ReDoc, favicon; only its files are us
 start-up code from ``backend/app/static/docs/`` (static files, so the pages have no inline
 script). The app is built with ``docs_url=None, redoc_url=None`` and includes this router.
 
-The pages' CSP is :func:`backend.app.core.security.docs_csp`: scripts from the app only.
+The pages' CSP is :func:`backend.app.core.security.docs_csp` (their policy's ``docs_page``):
+scripts from the app only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
+
+from backend.app.core.policy import RoutePolicy, declare
 
 DOCS_PATH = "/docs"
 REDOC_PATH = "/redoc"
@@ -55,6 +58,7 @@ def _page(request: Request, title: str, root_id: str, styles: list[str], scripts
 
 
 @router.get(DOCS_PATH)
+@declare(RoutePolicy(auth=False, docs_page=True))
 async def swagger_ui(request: Request) -> HTMLResponse:
     return HTMLResponse(
         _page(
@@ -68,6 +72,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 
 
 @router.get(REDOC_PATH)
+@declare(RoutePolicy(auth=False, docs_page=True))
 async def redoc(request: Request) -> HTMLResponse:
     return HTMLResponse(
         _page(request, "ReDoc", "redoc", [], ["redoc.standalone.js", "redoc-init.js"])
@@ -75,6 +80,7 @@ async def redoc(request: Request) -> HTMLResponse:
 
 
 @router.get(f"{ASSETS_PATH}/{{name}}")
+@declare(RoutePolicy(auth=False))
 async def docs_asset(name: str) -> FileResponse:
     asset = ASSETS.get(name)
     if asset is None:

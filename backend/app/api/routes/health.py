@@ -13,19 +13,24 @@ from backend.app.api.deps import (
     get_core,
     get_settings,
 )
+from backend.app.core.policy import RoutePolicy, declare
 from backend.app.schemas import ErrorResponse, HealthResponse, ModelInfo, ReadyResponse
 
 router = APIRouter(tags=["ops"])
 
 MODEL_SERVER_NOT_READY_DETAIL = "the model server (TF Serving) is not answering yet"
+# Probes stay open: orchestrators and load balancers carry no token.
+PROBE = RoutePolicy(auth=False)
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness: the process answers")
+@declare(PROBE)
 async def health() -> HealthResponse:
     return HealthResponse()
 
 
 @router.head("/health", include_in_schema=False)
+@declare(PROBE)
 async def health_head() -> Response:
     """HEAD /health: 200, no body (load balancers' and orchestrators' probes)."""
     return Response(status_code=200)
@@ -42,6 +47,7 @@ async def health_head() -> Response:
     },
     summary="Readiness: the model is loaded and has run one warm-up inference",
 )
+@declare(PROBE)
 async def ready(core: CoreDep, settings: SettingsDep) -> ReadyResponse:
     # INFERENCE_BACKEND=tfserving: not ready until TF Serving reports the model AVAILABLE (an
     # HTTP call: in a thread of its own, never queued behind uploads being decoded). An
@@ -60,6 +66,7 @@ async def ready(core: CoreDep, settings: SettingsDep) -> ReadyResponse:
 
 
 @router.head("/ready", include_in_schema=False)
+@declare(PROBE)
 async def ready_head(request: Request) -> Response:
     """HEAD /ready: 200 or 503, as GET /ready, without a body."""
     try:

@@ -15,15 +15,15 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
 
 from backend.app.api.deps import CoreDep, MetricsDep, SettingsDep
 from backend.app.api.errors import DomainError, detail_of, status_for
-from backend.app.api.responses import UPLOAD_ERRORS, error_response
+from backend.app.api.responses import UPLOAD_ERRORS, error_response, model_info
 from backend.app.core.metrics import AppMetrics
+from backend.app.core.policy import RoutePolicy, Upload, declare
 from backend.app.core.security import one_part_named
 from backend.app.schemas import (
     BatchItemError,
     BatchItemPrediction,
     BatchResponse,
     DicomInfo,
-    ModelInfo,
     OperatingPoint,
     PredictionResponse,
     PreviewWindow,
@@ -56,10 +56,6 @@ PREVIEW_WINDOWS = {
     PreviewWindow.bone: (BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH),
     PreviewWindow.soft_tissue: SOFT_TISSUE_WINDOW,
 }
-
-
-def model_info(core: InferenceCore) -> ModelInfo:
-    return ModelInfo(name=core.name, version=core.version)
 
 
 def dicom_fields(image: DicomImage, window: PreviewWindow, core: InferenceCore) -> dict[str, Any]:
@@ -104,6 +100,7 @@ def verdict_fields(
     responses=UPLOAD_ERRORS,
     summary="Triage one CT slice",
 )
+@declare(RoutePolicy(auth=True))
 def predict(
     file: Annotated[UploadFile, File(description=FILE_DESCRIPTION)],
     core: CoreDep,
@@ -168,6 +165,7 @@ def predict(
     },
     summary="Triage several CT slices in one call",
 )
+@declare(RoutePolicy(auth=True, upload=Upload.batch))
 def predict_batch(
     files: Annotated[list[UploadFile], File(description=FILE_DESCRIPTION + " Repeat the field.")],
     core: CoreDep,

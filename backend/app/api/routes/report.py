@@ -1,8 +1,9 @@
 """POST /report: the same upload as /predict/study (a series, a zip, or one slice) -> a PDF.
 
-The answer is ``/predict/study``'s own (called with ``explain=true`` so the top slices
-come with their heatmaps), rendered by :mod:`backend.app.report_pdf`; errors are that
-route's too (400 not one series, 413 too large, 503 not ready).
+The answer is ``/predict/study``'s own (:func:`backend.app.api.studies.analyse_study` with
+``explain`` so the top slices come with their heatmaps), rendered by
+:mod:`backend.app.report_pdf`; errors are that route's too (400 not one series, 413 too
+large, 503 not ready).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import Response
 
 from backend.app.api.deps import CoreDep, MetricsDep, SettingsDep
-from backend.app.api.routes.study import STUDY_FILES_DESCRIPTION, predict_study_route
+from backend.app.api.studies import STUDY_FILES_DESCRIPTION, analyse_study
+from backend.app.core.policy import RoutePolicy, Upload, declare
 from backend.app.schemas import ErrorResponse, OperatingPoint
 
 REPORT_PATH = "/report"
@@ -43,6 +45,7 @@ def _error(description: str) -> dict[str, Any]:
     },
     summary="A PDF report of a series (or one slice) to take away",
 )
+@declare(RoutePolicy(auth=True, upload=Upload.study, study_slot=True))
 def report_route(
     files: Annotated[list[UploadFile], File(description=STUDY_FILES_DESCRIPTION)],
     core: CoreDep,
@@ -61,14 +64,7 @@ def report_route(
         # Series order needs a number in a PNG/JPEG name; one slice has no order. The report
         # shows no file name, so this one is renamed rather than refused.
         files[0].filename = "slice (1)" + PurePosixPath(files[0].filename or "").suffix
-    study = predict_study_route(
-        files=files,
-        core=core,
-        settings=settings,
-        metrics=metrics,
-        operating_point=operating_point,
-        explain=True,
-    )
+    study = analyse_study(files, core, settings, metrics, operating_point, explain=True)
     # fpdf2 is imported on the first report, not at start-up (~0.5 s of the cold start).
     from backend.app.report_pdf import render_report
 

@@ -1,41 +1,22 @@
 """POST /predict/study: one CT series (many slices, or one zip of them) -> one answer.
 
-Ordering, the one-series check, scoring, top-k aggregation and the verdict are the
-inference core's (``InferenceCore.study``, the same call as ``python -m ml_model.predict
---study``); this route unpacks the upload (``services/study_upload.py``) and shapes the
-answer.
+The analysis is :func:`backend.app.api.studies.analyse_study` (shared with ``/report``).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
 
 from backend.app.api.deps import CoreDep, MetricsDep, SettingsDep
 from backend.app.api.responses import UPLOAD_ERRORS, error_response
-from backend.app.api.routes.predict import OperatingPointQuery, model_info
-from backend.app.schemas import (
-    OperatingPoint,
-    StudyFileError,
-    StudyResponse,
-    StudySlice,
-    StudyTopSlice,
-    VertebraProbabilities,
-)
-from backend.app.services.imaging import heatmap_base64
-from backend.app.services.study_upload import collect_uploads
+from backend.app.api.routes.predict import OperatingPointQuery
+from backend.app.api.studies import STUDY_FILES_DESCRIPTION, analyse_study
+from backend.app.core.policy import RoutePolicy, Upload, declare
+from backend.app.schemas import OperatingPoint, StudyResponse
 
 router = APIRouter(tags=["predict"])
-
-
-STUDY_FILES_DESCRIPTION = (
-    "The slices of one series: DICOM files (ordered along the slice normal by "
-    "ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame "
-    "by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; "
-    "repeat the field. Or a single `.zip` of them (folders allowed)."
-)
 
 
 @router.post(
@@ -59,6 +40,7 @@ STUDY_FILES_DESCRIPTION = (
     },
     summary="Triage a whole CT series",
 )
+@declare(RoutePolicy(auth=True, upload=Upload.study, study_slot=True))
 def predict_study_route(
     files: Annotated[list[UploadFile], File(description=STUDY_FILES_DESCRIPTION)],
     core: CoreDep,
@@ -83,59 +65,4 @@ def predict_study_route(
     neighbours as channels (2.5D), and its study head reads every slice's features head to
     foot: `prediction` is then its P(fracture), and `vertebrae` holds P(fracture) of each of
     C1-C7 (null for a slice bundle)."""
-    start = time.perf_counter()
-    collected = collect_uploads(files, settings)
-    study = core.study(collected.slices, operating_point.value)
-    metrics.record_study(study.result, operating_point.value)
-
-    slices = [
-        StudySlice(
-            name=name,
-            position=position + 0.0,  # no -0.0
-            prediction=float(probability),
-            in_distribution=bool(inside),
-        )
-        for name, position, probability, inside in zip(
-            study.names, study.positions, study.probabilities, study.in_distribution, strict=True
-        )
-    ]
-    top_slices = []
-    for index in study.top_indices:
-        extra = {}
-        if explain:
-            source = study.sources[index]
-            gray = core.decode(source.data, source.frame)
-            if gray.size <= settings.max_explain_pixels:
-                # The input the slice was scored with (a 2.5D bundle: with its neighbours).
-                image = core.study_model_input(study, index, gray)
-                extra["heatmap_png_base64"] = heatmap_base64(
-                    gray, core.gradcam(image), settings.heatmap_max_side
-                )
-        top_slices.append(
-            StudyTopSlice(
-                index=index,
-                name=study.names[index],
-                position=study.positions[index] + 0.0,
-                prediction=float(study.probabilities[index]),
-                **extra,
-            )
-        )
-    errors = [StudyFileError(name=name, error=error) for name, error in collected.errors]
-    errors += [StudyFileError(name=name, error=error) for name, error in study.errors]
-    return StudyResponse(
-        result=study.result,
-        prediction=study.probability,
-        threshold=study.threshold,
-        operating_point=operating_point,
-        aggregation=study.aggregation,
-        slice_count=len(slices),
-        slices=slices,
-        top_slices=top_slices,
-        errors=errors,
-        position_unit=study.position_unit,
-        warnings=study.warnings,
-        # Set even when None: a slice bundle answers `"vertebrae": null` (exclude_unset).
-        vertebrae=None if study.vertebrae is None else VertebraProbabilities(**study.vertebrae),
-        model=model_info(core),
-        latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
-    )
+    return analyse_study(files, core, settings, metrics, operating_point, explain)

@@ -1,0 +1,103 @@
+"""The analysis of one uploaded series, shared by ``POST /predict/study`` (the answer as
+JSON) and ``POST /report`` (the same answer as a PDF).
+
+Ordering, the one-series check, scoring, top-k aggregation and the verdict are the
+inference core's (``InferenceCore.study``, the same call as ``python -m ml_model.predict
+--study``); this unpacks the upload (``services/study_upload.py``) and shapes the answer.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import UploadFile
+
+from backend.app.api.responses import model_info
+from backend.app.core.config import Settings
+from backend.app.core.metrics import AppMetrics
+from backend.app.schemas import (
+    OperatingPoint,
+    StudyFileError,
+    StudyResponse,
+    StudySlice,
+    StudyTopSlice,
+    VertebraProbabilities,
+)
+from backend.app.services.imaging import heatmap_base64
+from backend.app.services.study_upload import collect_uploads
+from ml_model.inference.core import InferenceCore
+
+STUDY_FILES_DESCRIPTION = (
+    "The slices of one series: DICOM files (ordered along the slice normal by "
+    "ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame "
+    "by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; "
+    "repeat the field. Or a single `.zip` of them (folders allowed)."
+)
+
+
+def analyse_study(
+    files: list[UploadFile],
+    core: InferenceCore,
+    settings: Settings,
+    metrics: AppMetrics,
+    operating_point: OperatingPoint,
+    explain: bool,
+) -> StudyResponse:
+    """One series -> one :class:`StudyResponse` (with ``explain``, Grad-CAM heatmaps of the
+    top slices); counts the study's result."""
+    start = time.perf_counter()
+    collected = collect_uploads(files, settings)
+    study = core.study(collected.slices, operating_point.value)
+    metrics.record_study(study.result, operating_point.value)
+
+    slices = [
+        StudySlice(
+            name=name,
+            position=position + 0.0,  # no -0.0
+            prediction=float(probability),
+            in_distribution=bool(inside),
+        )
+        for name, position, probability, inside in zip(
+            study.names, study.positions, study.probabilities, study.in_distribution, strict=True
+        )
+    ]
+    top_slices = []
+    for index in study.top_indices:
+        extra = {}
+        if explain:
+            source = study.sources[index]
+            gray = core.decode(source.data, source.frame)
+            if gray.size <= settings.max_explain_pixels:
+                # The input the slice was scored with (a 2.5D bundle: with its neighbours).
+                image = core.study_model_input(study, index, gray)
+                extra["heatmap_png_base64"] = heatmap_base64(
+                    gray, core.gradcam(image), settings.heatmap_max_side
+                )
+        top_slices.append(
+            StudyTopSlice(
+                index=index,
+                name=study.names[index],
+                position=study.positions[index] + 0.0,
+                prediction=float(study.probabilities[index]),
+                **extra,
+            )
+        )
+    errors = [StudyFileError(name=name, error=error) for name, error in collected.errors]
+    errors += [StudyFileError(name=name, error=error) for name, error in study.errors]
+    return StudyResponse(
+        result=study.result,
+        prediction=study.probability,
+        threshold=study.threshold,
+        operating_point=operating_point,
+        aggregation=study.aggregation,
+        slice_count=len(slices),
+        slices=slices,
+        top_slices=top_slices,
+        errors=errors,
+        position_unit=study.position_unit,
+        warnings=study.warnings,
+        # Set even when None: a slice bundle answers `"vertebrae": null` (exclude_unset).
+        vertebrae=None if study.vertebrae is None else VertebraProbabilities(**study.vertebrae),
+        model=model_info(core),
+        latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
+    )

@@ -17,6 +17,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from generated import write_or_check
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = REPO_ROOT / "requirements-dev.txt"
 PYPROJECT = REPO_ROOT / "pyproject.toml"
@@ -93,19 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     expected = render(args.requirements)
-    if args.check:
-        current = args.output.read_text() if args.output.exists() else None
-        if current != expected:
-            print(
-                f"{args.output} is stale: run `python scripts/gen_environment.py`",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
-    args.output.write_text(expected)
-    print(f"wrote {args.output}")
-    return 0
+    return write_or_check(args.output, expected, args.check, "scripts/gen_environment.py")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ INDENT = " " * 8
 
 sys.path.insert(0, str(REPO_ROOT))
 
+from generated import write_or_check  # noqa: E402
+
 from backend.app.api.main import api_router  # noqa: E402
 from backend.app.core.policy import RoutePolicies, RoutePolicy, Upload  # noqa: E402
 
@@ -67,20 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", type=Path, default=TEMPLATE)
     args = parser.parse_args(argv)
 
-    current = args.template.read_text()
-    expected = render(current, RoutePolicies(api_router.routes))
-    if args.check:
-        if current != expected:
-            print(
-                f"{args.template} is stale: run `python scripts/gen_proxy_conf.py`",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{args.template} is up to date")
-        return 0
-    args.template.write_text(expected)
-    print(f"wrote {args.template}")
-    return 0
+    expected = render(args.template.read_text(), RoutePolicies(api_router.routes))
+    return write_or_check(args.template, expected, args.check, "scripts/gen_proxy_conf.py")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from backend.app.main import app
 GEN_PROXY = Path(__file__).resolve().parents[2] / "scripts" / "gen_proxy_conf.py"
 
 
-def _load_gen_proxy() -> ModuleType:
+def _load_gen_proxy(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(GEN_PROXY.parent))  # as when run as a script
     spec = importlib.util.spec_from_file_location("gen_proxy_conf", GEN_PROXY)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -138,10 +139,12 @@ def test_the_proxy_template_is_current() -> None:
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-def test_a_new_route_reaches_the_proxy_from_its_policy(tmp_path: Path) -> None:
+def test_a_new_route_reaches_the_proxy_from_its_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One more router with a study upload: its location appears (streamed, study limit);
     a stale template fails --check."""
-    gen = _load_gen_proxy()
+    gen = _load_gen_proxy(monkeypatch)
     extra = APIRouter()
 
     @extra.post("/predict/series")

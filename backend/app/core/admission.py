@@ -9,8 +9,9 @@ process-wide :class:`MemoryBudget`.
   the reason (what it needed, what it already held).
 * A request that fits its own limit but not the memory left in the process is refused
   with 503 and ``Retry-After``: the server answers "busy" instead of swapping.
-* ``/predict/study`` and ``/report`` take one of ``MAX_CONCURRENT_STUDIES`` slots; none
-  free: 503 and ``Retry-After``.
+* Routes whose policy says ``study_slot`` (``core/policy.py``: ``/predict/study`` and
+  ``/report``) take one of ``MAX_CONCURRENT_STUDIES`` slots; none free: 503 and
+  ``Retry-After``.
 
 The ledger of the request being handled is in a context variable (:func:`current_ledger`):
 FastAPI copies the context into the threadpool, so sync routes and the inference core's

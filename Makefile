@@ -12,7 +12,7 @@ ARCH ?= efficientnet_lite0
 TRAIN_ARGS ?= --weights imagenet --cache-features --optimizer adam --lr 0.001 --epochs 40 --tflite-float16
 
 .PHONY: help venv test test-python test-frontend lint run serve bench frontend-build e2e clean compare samples \
-	environment default-model docker-build docker-up docker-train
+	environment formats default-model docker-build docker-up docker-train
 
 help:
 	@echo "make run        start the product (API + web app) on http://$(HOST):$(PORT)"
@@ -38,6 +38,7 @@ lint: venv
 	$(PY) -m ruff check ml_model backend pacs tests bench scripts testing
 	$(PY) scripts/gen_environment.py --check
 	$(PY) scripts/gen_proxy_conf.py --check
+	$(PY) scripts/gen_formats.py --check
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
 
@@ -84,6 +85,10 @@ bench: venv
 
 environment:
 	$(PY) scripts/gen_environment.py
+
+# The web app's accepted formats (frontend/src/generated/formats.ts) from ml_model/imaging/formats.py.
+formats: venv
+	$(PY) scripts/gen_formats.py
 
 # The README's curl samples: pydicom's MIT-licensed CT_small.dcm, a PNG of it, a zip (committed).
 samples: venv

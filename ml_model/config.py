@@ -23,8 +23,6 @@ EXPORT_WINDOW_WIDTH = 380.0
 BONE_WINDOW_LEVEL = 400.0
 BONE_WINDOW_WIDTH = 1800.0
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
-
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "default"
 # The shared real data set sits beside the checkout (see its README).

@@ -15,8 +15,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ml_model.card import CardError
-from ml_model.config import DEFAULT_MODEL_DIR, IMAGE_EXTENSIONS
+from ml_model.config import DEFAULT_MODEL_DIR
 from ml_model.imaging.errors import ImageDecodeError
+from ml_model.imaging.formats import EXTENSIONS
 from ml_model.inference.core import DEFAULT_OPERATING_POINT, OPERATING_POINTS, InferenceCore
 from ml_model.inference.gate import GateFileError
 from ml_model.inference.study import SliceFile, StudyError
@@ -34,7 +35,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
                 sorted(
                     p
                     for p in path.rglob("*")
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                    if p.is_file() and p.suffix.lower() in EXTENSIONS
                 )
             )
         else:

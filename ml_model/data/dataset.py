@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from ml_model.config import CLASS_NAMES, IMAGE_EXTENSIONS
+from ml_model.config import CLASS_NAMES
 from ml_model.imaging.errors import ImageDecodeError
+from ml_model.imaging.formats import EXTENSIONS
 from ml_model.imaging.transforms import load_image
 
 KAGGLE_ROOT = "cervical fracture"
@@ -107,10 +108,10 @@ def find_images(root: str | Path, splits: Sequence[str] | None = None) -> list[I
                 )
             label = CLASS_NAMES.index(name)
             for path in sorted(class_dir.rglob("*")):
-                if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                if path.is_file() and path.suffix.lower() in EXTENSIONS:
                     records.append(ImageRecord(path, label, base_slice_id(path.name)))
     if not records:
-        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+        raise DatasetError(f"no images ({', '.join(EXTENSIONS)}) found under {root}")
     _check_groups_have_one_label(records)
     return records
 

@@ -2,7 +2,8 @@
 
 A server must know before it decodes: a 247 KiB float TIFF just under the pixel limit used
 to take 760 MiB, a 1.2 MiB RLE DICOM 680 MiB, a 389 KiB deflated DICOM 800 MiB.
-:func:`estimate_decode_cost` reads only headers (Pillow opens lazily; the DICOM file meta,
+Each format's estimator here (``formats.FORMATS`` picks one by the file's signature:
+``formats.estimate_decode_cost``) reads only headers (Pillow opens lazily; the DICOM file meta,
 its dataset header and, for compressed pixel data, the codestream's own header) and returns
 the peak memory decoding one slice (one frame) will need. The caller decides what is too
 much; where the headers cannot be read the estimate is ``None`` and the decoder gives the
@@ -21,6 +22,7 @@ import math
 import struct
 import warnings
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from PIL import Image
@@ -32,7 +34,6 @@ from ml_model.imaging.dicom import (
     is_dicom,
 )
 from ml_model.imaging.errors import MAX_IMAGE_PIXELS, ImageTooLargeError
-from ml_model.imaging.raster import RASTER_FORMATS, check_structure
 
 MIB = 1024 * 1024
 # Per decode, whatever the size: the model input, resize buffers, Python objects.
@@ -80,24 +81,10 @@ class DecodeCost:
         return f"a {self.width}x{self.height} {self.format}{frames}"
 
 
-def estimate_decode_cost(data: bytes, inflate_limit: int = 1024 * MIB) -> DecodeCost | None:
-    """The peak memory of decoding ``data`` (one slice, or one frame), from headers only.
-
-    ``None`` when the headers cannot be read or the decoder's own cheap checks (pixel limit,
-    DICOM decoded-size limit) will refuse the file first: decoding then says why. Raises
-    ``ImageTooLargeError`` for a raster file with more structure than a slice needs.
-    ``inflate_limit``: a deflated DICOM is inflated (in bounded chunks, nothing kept) only
-    this far to learn its size; past it the estimate says "more than the limit".
-    """
-    if not data:
-        return None
-    if is_dicom(data):
-        return _dicom_cost(data, inflate_limit)
-    check_structure(data)
-    return _raster_cost(data)
-
-
-def _raster_cost(data: bytes) -> DecodeCost | None:
+def raster_cost(data: bytes, accepted: Collection[str]) -> DecodeCost | None:
+    """A raster file's cost from Pillow's lazy open (headers only); None unless Pillow calls
+    it one of the ``accepted`` formats within the pixel limit. Run ``raster.check_structure``
+    first: it bounds the walk of the headers."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -106,7 +93,7 @@ def _raster_cost(data: bytes) -> DecodeCost | None:
                 transparent = mode == "P" and "transparency" in image.info
     except Exception:  # not an image, a bomb, damage: the decoder refuses it with a reason
         return None
-    if fmt not in RASTER_FORMATS or width * height > MAX_IMAGE_PIXELS:
+    if fmt not in accepted or width * height > MAX_IMAGE_PIXELS:
         return None
     per_pixel = RASTER_BYTES_PER_PIXEL.get(mode, DEFAULT_RASTER_BYTES_PER_PIXEL)
     if transparent:
@@ -173,7 +160,10 @@ def _integer(dataset: object, keyword: str, default: int) -> int:
     return number
 
 
-def _dicom_cost(data: bytes, inflate_limit: int) -> DecodeCost | None:
+def dicom_cost(data: bytes, inflate_limit: int) -> DecodeCost | None:
+    """A DICOM file's cost from its file meta and dataset header (a deflated one: inflated in
+    bounded chunks, at most ``inflate_limit`` bytes, nothing kept); None when unreadable or
+    refused by the decoder's own cheap checks first."""
     import pydicom
 
     try:

@@ -9,6 +9,7 @@ import io
 import struct
 import warnings
 import zlib
+from collections.abc import Collection
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,29 +26,8 @@ from ml_model.imaging.window import rescale_to_uint8
 # Enforced as an error below (Pillow only warns between 1x and 2x of its limit).
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
-# Raster formats we accept; anything else Pillow might open (EPS, ICO...) is refused.
-RASTER_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF", "GIF", "MPO"})
-
-# Signatures of the accepted formats: a file that starts like one but cannot be opened
-# gets a message naming the format instead of "not a recognised image".
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_SIGNATURES = (
-    (_PNG_SIGNATURE, "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-)
-
-
-def _sniff(data: bytes) -> str | None:
-    """The accepted format whose signature ``data`` starts with, if any."""
-    for signature, name in _SIGNATURES:
-        if data.startswith(signature):
-            return name
-    return None
+# The PNG file signature (also the PNG row's in ``formats.FORMATS``).
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # Structure a slice never needs, walked before Pillow parses it (Pillow's parsers loop in
@@ -72,7 +52,7 @@ def check_structure(data: bytes) -> None:
     values) is beyond what a slice needs, before any parser walks it. A damaged structure
     is left to the decoder, which reports it."""
     try:
-        if data.startswith(_PNG_SIGNATURE):
+        if data.startswith(PNG_SIGNATURE):
             _check_png(data)
         elif data.startswith(b"\xff\xd8"):
             _check_jpeg(data)
@@ -85,7 +65,7 @@ def check_structure(data: bytes) -> None:
 
 
 def _check_png(data: bytes) -> None:
-    position, count = len(_PNG_SIGNATURE), 0
+    position, count = len(PNG_SIGNATURE), 0
     while position + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[position : position + 8])
         count += 1
@@ -170,7 +150,7 @@ def _verify_png(data: bytes) -> None:
     A direct walk with zlib.crc32: about 20x cheaper than a second ``Image.open().verify()``,
     which matters in the training input pipeline.
     """
-    position = len(_PNG_SIGNATURE)
+    position = len(PNG_SIGNATURE)
     view = memoryview(data)  # slices of a memoryview do not copy the chunk data
     while True:
         header = data[position : position + 8]
@@ -195,18 +175,21 @@ def _verify_png(data: bytes) -> None:
         position = end + 4
 
 
-def decode_raster(data: bytes) -> np.ndarray:
+def decode_raster(data: bytes, accepted: Collection[str], sniffed: str | None) -> np.ndarray:
     """PNG/JPEG/BMP/TIFF/GIF bytes -> 2-D uint8 grayscale (EXIF orientation applied).
 
-    Animated GIF/APNG and multi-page TIFF: the first frame is the image, the rest
-    is ignored. PNG chunk checksums are verified (Pillow skips the pixel chunks').
+    ``accepted``: the Pillow format names read (anything else Pillow might open, EPS or ICO,
+    is refused); ``sniffed``: the format whose signature the bytes carry, if any, named when
+    Pillow cannot open them (``formats.FORMATS`` gives both). Animated GIF/APNG and
+    multi-page TIFF: the first frame is the image, the rest is ignored. PNG chunk checksums
+    are verified (Pillow skips the pixel chunks').
     """
     check_structure(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image: Image.Image = Image.open(io.BytesIO(data))
-            if image.format not in RASTER_FORMATS:
+            if image.format not in accepted:
                 raise UnsupportedImageError(f"image format {image.format} is not accepted")
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ImageTooLargeError(
@@ -223,7 +206,6 @@ def decode_raster(data: bytes) -> np.ndarray:
             f"the image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({exc})"
         ) from exc
     except UnidentifiedImageError as exc:
-        sniffed = _sniff(data)
         if sniffed is None:
             raise UnsupportedImageError("the file is not a recognised image or DICOM") from exc
         raise UnsupportedImageError(

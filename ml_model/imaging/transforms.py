@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from ml_model.config import DEFAULT_IMG_SIZE, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
-from ml_model.imaging.dicom import DicomImage, is_dicom, read_dicom
+from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
-from ml_model.imaging.raster import decode_raster
+from ml_model.imaging.formats import decode
 
 
 def decode_source(
@@ -30,10 +30,10 @@ def decode_source(
     header facts), so a caller can show it in other windows without decoding it again."""
     if not data:
         raise ImageDecodeError("the file is empty")
-    if is_dicom(data):
-        image = read_dicom(data, frame=frame)
-        return image.window(level, width), image
-    return decode_raster(data), None
+    decoded = decode(data, frame)  # the format's own decoder (formats.FORMATS)
+    if isinstance(decoded, np.ndarray):
+        return decoded, None
+    return decoded.window(level, width), decoded
 
 
 def decode_image(

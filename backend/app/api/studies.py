@@ -25,13 +25,14 @@ from backend.app.schemas import (
 )
 from backend.app.services.imaging import heatmap_base64
 from backend.app.services.study_upload import collect_uploads
+from ml_model.imaging.formats import image_format_names
 from ml_model.inference.core import InferenceCore
 
 STUDY_FILES_DESCRIPTION = (
     "The slices of one series: DICOM files (ordered along the slice normal by "
     "ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame "
-    "by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; "
-    "repeat the field. Or a single `.zip` of them (folders allowed)."
+    f"by frame) or {image_format_names()} files with the slice number in the name, e.g. "
+    "`CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed)."
 )
 
 

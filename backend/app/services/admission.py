@@ -1,5 +1,6 @@
 """The request's memory budget applied to what it decodes (``core/admission.py`` holds the
-budget; ``ml_model.imaging.budget`` estimates a file's decoding memory from its headers).
+budget; ``ml_model.imaging.formats.estimate_decode_cost`` estimates a file's decoding memory
+from its headers, by its format's estimator in ``ml_model/imaging/budget.py``).
 
 :func:`decode_guard` is the inference core's decode hook (``InferenceCore.with_decode_guard``):
 every decode, in every route and inside the core's study loop, first estimates its peak
@@ -15,8 +16,9 @@ import os
 import threading
 
 from backend.app.core.admission import AdmissionError, current_ledger
-from ml_model.imaging.budget import DecodeCost, estimate_decode_cost, is_deflated_dicom
+from ml_model.imaging.budget import DecodeCost, is_deflated_dicom
 from ml_model.imaging.errors import ImageTooLargeError
+from ml_model.imaging.formats import estimate_decode_cost
 
 # A Grad-CAM overlay holds ~100 bytes per pixel while it is drawn (float colour maps).
 HEATMAP_BYTES_PER_PIXEL = 100

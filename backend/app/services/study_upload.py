@@ -37,19 +37,10 @@ from backend.app.services.admission import precheck_slice, reserve
 from backend.app.services.imaging import UploadProblem
 from ml_model.imaging.dicom import is_dicom
 from ml_model.imaging.errors import short_message as _short
+from ml_model.imaging.formats import sniff
 from ml_model.inference.study import SliceFile
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-# Magic numbers of the raster formats ml_model.imaging.transforms accepts.
-RASTER_MAGIC = (
-    b"\x89PNG\r\n\x1a\n",
-    b"\xff\xd8\xff",  # JPEG
-    b"BM",
-    b"II*\x00",  # TIFF little endian
-    b"MM\x00*",  # TIFF big endian
-    b"GIF87a",
-    b"GIF89a",
-)
 SKIPPED_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
 READ_CHUNK = 1024 * 1024
 # Members above this size are held to MAX_ZIP_RATIO (a slice never compresses 200:1; a
@@ -71,7 +62,8 @@ def is_zip(data: bytes) -> bool:
 
 
 def looks_like_slice(data: bytes) -> bool:
-    return is_dicom(data) or data.startswith(RASTER_MAGIC)
+    """The file carries the signature of an accepted input format (``formats.FORMATS``)."""
+    return sniff(data) is not None
 
 
 def _unsafe(name: str) -> str | None:

@@ -301,7 +301,7 @@ export interface components {
         Body_predict_batch_predict_batch_post: {
             /**
              * Files
-             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window; uncompressed, deflated, big-endian, RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000). Repeat the field.
+             * @description PNG (8/16-bit gray, RGB, RGBA, palette; APNG: the first frame), JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette; multi-page: the first page), GIF (animated: the first frame) or DICOM (.dcm, .dicom, .dic; Hounsfield units through the model card's window; uncompressed, deflated, big-endian, RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000). Repeat the field.
              */
             files: string[];
         };
@@ -309,7 +309,7 @@ export interface components {
         Body_predict_predict_post: {
             /**
              * File
-             * @description PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, Hounsfield units through the model card's window; uncompressed, deflated, big-endian, RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000).
+             * @description PNG (8/16-bit gray, RGB, RGBA, palette; APNG: the first frame), JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette; multi-page: the first page), GIF (animated: the first frame) or DICOM (.dcm, .dicom, .dic; Hounsfield units through the model card's window; uncompressed, deflated, big-endian, RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000).
              */
             file: string;
         };
@@ -317,7 +317,7 @@ export interface components {
         Body_predict_study_route_predict_study_post: {
             /**
              * Files
-             * @description The slices of one series: DICOM files (ordered along the slice normal by ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
+             * @description The slices of one series: DICOM files (ordered along the slice normal by ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame by frame) or PNG/JPEG/BMP/TIFF/GIF files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
              */
             files: string[];
         };
@@ -325,7 +325,7 @@ export interface components {
         Body_report_route_report_post: {
             /**
              * Files
-             * @description The slices of one series: DICOM files (ordered along the slice normal by ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame by frame) or PNG/JPEG files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
+             * @description The slices of one series: DICOM files (ordered along the slice normal by ImagePositionPatient, else by InstanceNumber; an enhanced multi-frame CT is read frame by frame) or PNG/JPEG/BMP/TIFF/GIF files with the slice number in the name, e.g. `CSFD (12).png`; repeat the field. Or a single `.zip` of them (folders allowed).
              */
             files: string[];
         };

@@ -1,14 +1,24 @@
+import { INPUT_FORMATS } from "../generated/formats";
+
+/** The file input's `accept`: generated from the server's table of input formats. */
+export { ACCEPT } from "../generated/formats";
+
 export type PreviewKind = "image" | "dicom" | "other";
 
 /** Formats a browser can draw in an <img>. DICOM (and TIFF) get a placeholder instead. */
 const BROWSER_IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"]);
 const BROWSER_IMAGE_EXT = /\.(png|jpe?g|gif|webp|bmp)$/i;
-const DICOM_EXT = /\.(dcm|dicom|dic)$/i;
+const DICOM = INPUT_FORMATS.find((format) => format.name === "DICOM");
+const DICOM_TYPES = new Set(DICOM?.mimeTypes ?? []);
+const DICOM_EXTENSIONS = new Set(DICOM?.extensions ?? []);
 
-export const ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom";
+function extension(name: string): string {
+  const dot = name.lastIndexOf(".");
+  return dot < 0 ? "" : name.slice(dot).toLowerCase();
+}
 
 export function previewKind(file: File): PreviewKind {
-  if (file.type === "application/dicom" || DICOM_EXT.test(file.name)) return "dicom";
+  if (DICOM_TYPES.has(file.type) || DICOM_EXTENSIONS.has(extension(file.name))) return "dicom";
   // Files without an extension or type are most often DICOM exported from a PACS.
   if (!file.type && !/\.[a-z0-9]{1,5}$/i.test(file.name)) return "dicom";
   if (BROWSER_IMAGE_TYPES.has(file.type) || (!file.type && BROWSER_IMAGE_EXT.test(file.name))) return "image";

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.app.core.admission import RequestLedger
-from ml_model.imaging.budget import estimate_decode_cost
+from ml_model.imaging.formats import estimate_decode_cost
 from tests.backend.hostile import amplification
 from tests.backend.hostile.amplification import MIB, case
 from tests.backend.hostile.corpus import encode

@@ -35,6 +35,7 @@ from backend.app.services.imaging import (
     read_upload,
 )
 from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
+from ml_model.imaging import formats
 from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
 from ml_model.inference.core import InferenceCore, SliceVerdict
@@ -45,11 +46,7 @@ OperatingPointQuery = Annotated[
     OperatingPoint,
     Query(description="`sensitive` (default) or `specific`: which model-card threshold."),
 ]
-FILE_DESCRIPTION = (
-    "PNG, JPEG, BMP, TIFF (8/16-bit gray, RGB, RGBA, palette) or DICOM (.dcm, "
-    "Hounsfield units through the model card's window; uncompressed, deflated, big-endian, "
-    "RLE, JPEG incl. lossless Process 14, JPEG-LS, JPEG 2000)."
-)
+FILE_DESCRIPTION = formats.describe()  # the table of input formats, in words
 # Preview windows (level, width in HU); `model` is the core's own window.
 SOFT_TISSUE_WINDOW = (40.0, 400.0)
 PREVIEW_WINDOWS = {

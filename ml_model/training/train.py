@@ -375,8 +375,8 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     input_size = config.input_size or img_size
     data = load_training_data(config, input_size)
     fit = fit_models(config, data, img_size, strategy, report_dir)
-    calibration = calibrate(fit.model, data, fit.oof, fit.val_idx)
-    fitted = fit_ct_gate(config, data, fit.folds)
+    calibration = calibrate(fit, data)
+    fitted = fit_bundle_gate(config, data, fit.folds)
     save_out_of_fold(report_dir, data, fit, fitted)
     metrics = score_and_report(fit.model, data, calibration, fit.history, report_dir)
     card = model_card(config, argv, img_size, input_size, data, fit, fitted, calibration, metrics)
@@ -467,25 +467,23 @@ class Calibration:
         return self.operating_points["sensitive"]["threshold"]
 
 
-def calibrate(
-    model: keras.Model, data: TrainingData, oof: np.ndarray, val_idx: np.ndarray
-) -> Calibration:
+def calibrate(fit: ModelFit, data: TrainingData) -> Calibration:
     """Temperature scaling (when the ECE is over :data:`ECE_TOLERANCE`) and operating points
     on the out-of-fold scores when there are folds; else (cv="none") on the epoch-choosing
     validation slices, which the card then says."""
-    have_oof = bool(np.isfinite(oof).all())
+    have_oof = bool(np.isfinite(fit.oof).all())
     if have_oof:
         cal_p, cal_y, cal_groups, cal_source = (
-            oof,
+            fit.oof,
             data.labels,
             data.groups,
             "leave-one-series-out out-of-fold",
         )
     else:
-        cal_p = predict_arrays(model, data.images[val_idx])
+        cal_p = predict_arrays(fit.model, data.images[fit.val_idx])
         cal_y, cal_groups, cal_source = (
-            data.labels[val_idx],
-            data.groups[val_idx],
+            data.labels[fit.val_idx],
+            data.groups[fit.val_idx],
             "epoch-choosing validation slices",
         )
     raw_ece = expected_calibration_error(cal_y, cal_p)
@@ -498,7 +496,7 @@ def calibrate(
     )
 
 
-def fit_ct_gate(config: TrainConfig, data: TrainingData, folds: dict[str, Any]) -> GateFit:
+def fit_bundle_gate(config: TrainConfig, data: TrainingData, folds: dict[str, Any]) -> GateFit:
     """The CT gate: its own features (not the network's), its own series folds; each
     cross-validation fold records the gate's threshold."""
     series = np.array([series_of(g) for g in data.groups])

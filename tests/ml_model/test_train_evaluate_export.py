@@ -210,10 +210,9 @@ def test_parse_args_defaults_are_train_config() -> None:
     """The flags are built from TrainConfig's fields: no default written twice."""
     assert parse_args([]) == TrainConfig()
     assert parse_args(["--arch", "efficientnet_lite0"]).out == "runs/efficientnet_lite0"
-    every_flag = parse_args(
-        ["--report-dir", "r", "--img-size", "224", "--lr", "0.5", "--cv", "none"]
-        + ["--cache-features", "--mixed-precision", "--tflite-float16", "--test-data", "t"]
-    )
+    flags = ["--report-dir", "r", "--img-size", "224", "--lr", "0.5", "--cv", "none"]
+    switches = ["--cache-features", "--mixed-precision", "--tflite-float16"]
+    every_flag = parse_args([*flags, *switches, "--test-data", "t"])
     assert (every_flag.report_dir, every_flag.img_size, every_flag.lr, every_flag.cv) == (
         "r",
         224,

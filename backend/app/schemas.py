@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from ml_model.inference.verdict import Result
 
@@ -26,7 +26,7 @@ _MODEL_EXAMPLE: dict[str, JsonValue] = {"name": "custom-cnn", "version": "2026.0
 
 
 RESULT_DESCRIPTION = (
-    "`Not a CT slice` when the out-of-distribution guard refuses the input (`in_distribution` "
+    "`Not a CT slice` when the CT gate refuses the input (`in_distribution` "
     "false): no fracture call is made. Otherwise `Potentially Fracture` when "
     "prediction >= threshold, else `Normal`."
 )
@@ -35,15 +35,20 @@ PREDICTION_DESCRIPTION = (
     "`Not a CT slice`; it means nothing for such an input and must not be read as a call."
 )
 IN_DISTRIBUTION_DESCRIPTION = (
-    "Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when "
-    "no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off)."
+    "Whether the CT gate accepts the input as a CT slice (`ct_gate_margin` <= 1). Null only "
+    "when no gate ran, which this server never does (every model bundle has a CT gate)."
+)
+CT_GATE_MARGIN_DESCRIPTION = (
+    "The CT gate's margin, exp(gate threshold - gate logit): <= 1 is accepted as a CT "
+    "slice, > 1 is refused as not CT (the larger, the further from a CT slice). The gate is "
+    "a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first "
+    "blocks and image statistics of the whole slice, nothing of the fracture network), "
+    "trained against non-CT images (model card `gate`). Null when no gate ran (never, see "
+    "`in_distribution`)."
 )
 OOD_DISTANCE_DESCRIPTION = (
-    "The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT "
-    "slice, > 1 is refused as not CT. The gate is a logistic regression on its own features "
-    "(an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, "
-    "nothing of the fracture network), trained against non-CT images (model card `gate`). "
-    "Null when no gate ran."
+    "Deprecated alias of `ct_gate_margin` (same value), kept for one release: read "
+    "`ct_gate_margin` instead."
 )
 
 
@@ -53,8 +58,19 @@ class PredictionBase(BaseModel):
     threshold: float = Field(ge=0.0, le=1.0, description="Threshold of the operating point.")
     operating_point: OperatingPoint = Field(description="Operating point the threshold is from.")
     in_distribution: bool | None = Field(description=IN_DISTRIBUTION_DESCRIPTION)
-    ood_distance: float | None = Field(ge=0.0, description=OOD_DISTANCE_DESCRIPTION)
+    ct_gate_margin: float | None = Field(ge=0.0, description=CT_GATE_MARGIN_DESCRIPTION)
+    ood_distance: float | None = Field(
+        ge=0.0, deprecated=True, description=OOD_DISTANCE_DESCRIPTION
+    )
     model: ModelInfo
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_alias(cls, data: Any) -> Any:
+        """`ood_distance` is always `ct_gate_margin`'s value: only that one is passed in."""
+        if isinstance(data, dict) and "ct_gate_margin" in data:
+            return data | {"ood_distance": data["ct_gate_margin"]}
+        return data
 
 
 class PreviewWindow(StrEnum):
@@ -114,6 +130,7 @@ class PredictionResponse(PredictionBase):
                     "threshold": 0.5,
                     "operating_point": "sensitive",
                     "in_distribution": True,
+                    "ct_gate_margin": 0.31,
                     "ood_distance": 0.31,
                     "model": _MODEL_EXAMPLE,
                     "latency_ms": 12.4,
@@ -124,6 +141,7 @@ class PredictionResponse(PredictionBase):
                     "threshold": 0.5,
                     "operating_point": "specific",
                     "in_distribution": True,
+                    "ct_gate_margin": 0.22,
                     "ood_distance": 0.22,
                     "model": _MODEL_EXAMPLE,
                     "latency_ms": 48.9,
@@ -135,6 +153,7 @@ class PredictionResponse(PredictionBase):
                     "threshold": 0.5,
                     "operating_point": "sensitive",
                     "in_distribution": False,
+                    "ct_gate_margin": 5.06,
                     "ood_distance": 5.06,
                     "model": _MODEL_EXAMPLE,
                     "latency_ms": 11.0,
@@ -173,6 +192,7 @@ class BatchResponse(BaseModel):
                             "threshold": 0.5,
                             "operating_point": "sensitive",
                             "in_distribution": True,
+                            "ct_gate_margin": 0.4,
                             "ood_distance": 0.4,
                             "model": _MODEL_EXAMPLE,
                         },
@@ -183,6 +203,7 @@ class BatchResponse(BaseModel):
                             "threshold": 0.5,
                             "operating_point": "sensitive",
                             "in_distribution": False,
+                            "ct_gate_margin": 5.28,
                             "ood_distance": 5.28,
                             "model": _MODEL_EXAMPLE,
                         },
@@ -252,7 +273,7 @@ class StudyResponse(BaseModel):
     result: Result = Field(
         description="Study-level call at the study threshold: `Potentially Fracture` when "
         "prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the "
-        "out-of-distribution guard."
+        "CT gate."
     )
     prediction: float = Field(
         ge=0.0,

@@ -165,7 +165,7 @@ const asPayload = (file) =>
  * One series for study mode, as a folder under test-output: the original (un-augmented)
  * slices of the largest fracture series and of the largest normal series of the shared
  * data set, named `SERIES (N).png` as the backend orders them, then (when given) the photo
- * numbered after them as an out-of-distribution slice. Synthetic numbered slices when the
+ * numbered after them as a slice the CT gate refuses. Synthetic numbered slices when the
  * data set is absent.
  */
 function buildSeries(photo) {
@@ -521,10 +521,10 @@ async function scenario(page, base, photo) {
   await page.screenshot({ path: join(OUT, "2-batch.png"), fullPage: true });
   await checkAccessibility(page, "slices");
 
-  // 4b. A natural photo: the out-of-distribution guard refuses it, and the card says so in words.
+  // 4b. A natural photo: the CT gate refuses it, and the card says so in words.
   const photoApi = await apiPredict(base, photo);
   if (photoApi.in_distribution === null) {
-    log(`this model has no out-of-distribution guard (in_distribution null): refusal not checked`);
+    log(`no CT gate ran (in_distribution null): refusal not checked`);
   } else {
     assert(
       photoApi.in_distribution === false && photoApi.result === "Not a CT slice",
@@ -543,7 +543,7 @@ async function scenario(page, base, photo) {
     await page.getByTestId("count-refused").filter({ hasText: "1 not a CT slice" }).waitFor();
     await page.screenshot({ path: join(OUT, "2b-not-a-ct-slice.png"), fullPage: true });
     ok(
-      `${photo.name}: "Not a CT slice" (OOD distance ${photoApi.ood_distance.toFixed(2)}), explained, counted apart; ` +
+      `${photo.name}: "Not a CT slice" (CT gate margin ${photoApi.ct_gate_margin.toFixed(2)}), explained, counted apart; ` +
         "screenshot 2b-not-a-ct-slice.png",
     );
   }

@@ -74,7 +74,7 @@ describe("upload flow", () => {
   it("refuses a non-CT image in words: grey badge, explanation, score shown only as not used", async () => {
     mockApi({
       predict: () =>
-        json(prediction(0.95, 0.3, { result: "Not a CT slice", in_distribution: false, ood_distance: 2.26 })),
+        json(prediction(0.95, 0.3, { result: "Not a CT slice", in_distribution: false, ct_gate_margin: 2.26 })),
     });
     const user = setup();
     await renderReady();
@@ -92,7 +92,7 @@ describe("upload flow", () => {
     expect(within(card).queryByRole("meter")).not.toBeInTheDocument();
     expect(within(card).queryByText(/threshold 30%/)).not.toBeInTheDocument();
     expect(within(card).getByTestId("unused-score")).toHaveTextContent("Model score 95% · not used");
-    expect(within(card).getByTestId("ood-distance")).toHaveTextContent("2.26");
+    expect(within(card).getByTestId("ct-gate-margin")).toHaveTextContent("2.26 (accepted up to 1.00)");
     expect(within(card).queryByRole("switch", { name: /grad-cam heatmap/i })).not.toBeInTheDocument();
     expect(within(card).queryByTestId("heatmap-image")).not.toBeInTheDocument();
     expect(screen.getByTestId("announcer")).toHaveTextContent("1 not a CT slice");
@@ -104,7 +104,7 @@ describe("upload flow", () => {
         json({
           results: [
             { filename: "n.png", ...prediction(0.12) },
-            { filename: "cat.jpg", ...prediction(0.97, 0.3, { result: "Not a CT slice", in_distribution: false, ood_distance: 5.1 }) },
+            { filename: "cat.jpg", ...prediction(0.97, 0.3, { result: "Not a CT slice", in_distribution: false, ct_gate_margin: 5.1 }) },
             { filename: "f.png", ...prediction(0.91) },
           ],
         }),

@@ -90,7 +90,7 @@ describe("study view", () => {
     expect(within(stats).getByText("Not a CT slice").nextSibling).toHaveTextContent("1");
     expect(within(stats).getByText("Above threshold").nextSibling).toHaveTextContent("2");
 
-    // The chart: one bar per slice in series order, out-of-distribution and top slices marked.
+    // The chart: one bar per slice in series order, CT-gate-refused and top slices marked.
     const chart = screen.getByRole("img", { name: /fracture probability of each slice, head to foot/i });
     expect(chart).toHaveAccessibleDescription(/7 slices from position 1 \(head\) to 7 \(foot\), drawn to scale.*2 of them at or above.*1 not a CT slice/);
     const bars = within(chart).getAllByTestId("chart-bar");

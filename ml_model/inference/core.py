@@ -48,7 +48,7 @@ from ml_model.imaging.transforms import (
     stack_neighbours,
 )
 from ml_model.inference.forward import Forward, ForwardOutput, ModelUnavailableError
-from ml_model.inference.gate import CTGate
+from ml_model.inference.gate import CTGate, ct_gate_margin
 from ml_model.inference.study import (
     OrderedSlice,
     PositionUnit,
@@ -88,7 +88,7 @@ class SliceVerdict:
     probability: float  # calibrated P(fracture); reported even when the gate refused
     threshold: float  # of the operating point used
     in_distribution: bool  # the CT gate accepted the slice
-    ct_distance: float  # exp(gate threshold - gate logit): <= 1 is "a CT slice"
+    ct_gate_margin: float  # exp(gate threshold - gate logit): <= 1 is "a CT slice"
 
 
 @dataclass
@@ -299,11 +299,11 @@ class InferenceCore:
         """The verdict on each row of a forward's output."""
         threshold = self.threshold(operating_point)
         inside = self.accepts(output)
-        distance = np.exp(np.clip(self.gate_threshold - output.ct_logit, -50.0, 50.0))
+        margin = ct_gate_margin(output.ct_logit, self.gate_threshold)
         return [
-            SliceVerdict(triage_result(p, threshold, ok), p, threshold, ok, d)
-            for p, ok, d in zip(
-                output.probability.tolist(), inside.tolist(), distance.tolist(), strict=True
+            SliceVerdict(triage_result(p, threshold, ok), p, threshold, ok, m)
+            for p, ok, m in zip(
+                output.probability.tolist(), inside.tolist(), margin.tolist(), strict=True
             )
         ]
 

@@ -58,6 +58,12 @@ PIXEL_MEAN, PIXEL_STD = 127.0, 128.0
 SPEC_COLUMNS = ("kernel", "stride", "residual", "tap")
 
 
+def ct_gate_margin(logits: np.ndarray, threshold: float) -> np.ndarray:
+    """The API's ``ct_gate_margin``: exp(threshold - logit) per gate logit, so <= 1 is
+    accepted as a CT slice and > 1 refused; the further above 1, the further from CT."""
+    return np.exp(np.clip(threshold - np.asarray(logits, np.float64), -50.0, 50.0))
+
+
 class GateFileError(ValueError):
     """The bundle's gate file is missing or unreadable."""
 
@@ -204,10 +210,6 @@ class CTGate:
         """The logit of :meth:`features` rows, in float64 (the graph's reference)."""
         z = (np.asarray(features, np.float64) - self.mean) / self.scale
         return z @ self.coef + self.intercept
-
-    def distance(self, logits: np.ndarray) -> np.ndarray:
-        """The API's ``ood_distance``: exp(threshold - logit); <= 1 means "a CT slice"."""
-        return np.exp(np.clip(self.threshold - np.asarray(logits, np.float64), -50.0, 50.0))
 
     def logit_tf(self, images: tf.Tensor) -> tf.Tensor:
         """The gate's logit (N,) of float images (N, S, S, C) in 0-255, in a TensorFlow graph

@@ -272,6 +272,106 @@ class GateFit:
     oof_reexported: np.ndarray
 
 
+@dataclass
+class _GateFeatures:
+    """The gate's feature rows of each source it is trained on."""
+
+    ct: np.ndarray  # the CT slices as given
+    jittered: np.ndarray  # the same slices, window-jittered
+    crops: np.ndarray  # native-resolution crops of the originals, window-jittered
+    crop_series: np.ndarray  # the series of each crop
+    negatives: np.ndarray
+
+
+def _gate_features(
+    extract: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    records: Sequence[ImageRecord],
+    negative_images: np.ndarray,
+    seed: int,
+) -> _GateFeatures:
+    ct = _chunked(extract, images, None, seed)
+    jittered = _chunked(extract, images, window_jitter, seed)
+    crops, crop_series = native_crops(records, int(images.shape[1]), seed)
+    x_crops = _chunked(extract, crops, window_jitter, seed + 1)
+    return _GateFeatures(ct, jittered, x_crops, crop_series, extract(negative_images))
+
+
+def _out_of_fold_logits(
+    x: _GateFeatures,
+    extract: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    series: np.ndarray,
+    negatives: Sequence[Negative],
+    backbone: dict[str, np.ndarray],
+    c: float,
+    seed: int,
+    log: Callable[[str], None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One gate per held-out series (and a share of the training negatives' sources): the
+    held-out CT slices' logits, as given and re-exported, and the held-out negatives'."""
+    names = sorted(set(series.tolist()))
+    training = np.array([not n.held_out for n in negatives])
+    fold_of = negative_folds(negatives, len(names))
+    oof = np.full(len(images), np.nan)
+    oof_reexported = np.full(len(images), np.nan)
+    oof_negative = np.full(len(negatives), np.nan)
+    for i, name in enumerate(names):
+        held = series == name
+        fit_negatives = training & (fold_of != i)
+        gate = fit_ct_gate(
+            np.concatenate([x.ct[~held], x.jittered[~held], x.crops[x.crop_series != name]]),
+            x.negatives[fit_negatives],
+            backbone,
+            c,
+        )
+        oof[held] = gate.logits(x.ct[held])
+        oof_reexported[held] = gate.logits(_chunked(extract, images[held], reexport, seed))
+        scored = training & (fold_of == i)
+        oof_negative[scored] = gate.logits(x.negatives[scored])
+        log(f"gate fold {name}: lowest CT logit {np.min(oof[held]):.2f} "
+            f"(re-exported {np.min(oof_reexported[held]):.2f}), highest held-out-source "
+            f"negative {np.max(oof_negative[scored], initial=-np.inf):.2f}")  # fmt: skip
+    return oof, oof_reexported, oof_negative
+
+
+def _held_out_negatives(
+    negatives: Sequence[Negative], logits: np.ndarray, threshold: float
+) -> dict[str, dict[str, Any]]:
+    """Per kind of negative: how many were held out of training and how many the gate
+    refuses, and the highest logit among them."""
+    held_out: dict[str, dict[str, Any]] = {}
+    for kind in sorted({n.kind for n in negatives}):
+        rows = [i for i, n in enumerate(negatives) if n.kind == kind and n.held_out]
+        if rows:
+            held_out[kind] = {
+                "held_out": len(rows),
+                "refused": int((logits[rows] < threshold).sum()),
+                "max_logit": float(logits[rows].max()),
+            }
+    return held_out
+
+
+def _per_series(
+    series: np.ndarray, oof: np.ndarray, oof_reexported: np.ndarray, threshold: float
+) -> dict[str, dict[str, Any]]:
+    """Per held-out series: its files, lowest out-of-fold logits and how many are refused."""
+    return {
+        name: {
+            "files": int((series == name).sum()),
+            "lowest_logit": float(np.min(oof[series == name])),
+            "lowest_reexported_logit": float(np.min(oof_reexported[series == name])),
+            "refused": int((oof[series == name] < threshold).sum()),
+            "refused_reexported": int((oof_reexported[series == name] < threshold).sum()),
+        }
+        for name in sorted(set(series.tolist()))
+    }
+
+
+def _gap(high: float | None, low: float | None) -> float | None:
+    return None if high is None or low is None else float(high - low)
+
+
 def fit_gate(
     images: np.ndarray,
     series: np.ndarray,
@@ -289,72 +389,31 @@ def fit_gate(
     series gives the out-of-fold logits the threshold comes from."""
     started = time.perf_counter()
     backbone = backbone if backbone is not None else imagenet_backbone()
-    features = _extractor(backbone).features
-    size = int(images.shape[1])
-    x_ct = _chunked(features, images, None, seed)
-    x_jit = _chunked(features, images, window_jitter, seed)
-    crops, crop_series = native_crops(records or [], size, seed)
-    x_crop = _chunked(features, crops, window_jitter, seed + 1)
-    x_neg = features(negative_images)
-    log(f"gate features: {len(x_ct)} slices (+ jittered), {len(x_crop)} crops, "
-        f"{len(x_neg)} negatives, {time.perf_counter() - started:.0f} s")  # fmt: skip
+    extract = _extractor(backbone).features
+    x = _gate_features(extract, images, records or [], negative_images, seed)
+    log(f"gate features: {len(x.ct)} slices (+ jittered), {len(x.crops)} crops, "
+        f"{len(x.negatives)} negatives, {time.perf_counter() - started:.0f} s")  # fmt: skip
 
     training = np.array([not n.held_out for n in negatives])
-    names = sorted(set(series.tolist()))
-    folded = out_of_fold and len(names) >= 2
-    fold_of = negative_folds(negatives, len(names))
-    oof = np.full(len(images), np.nan)
-    oof_reexported = np.full(len(images), np.nan)
-    oof_negative = np.full(len(negatives), np.nan)
+    folded = out_of_fold and len(set(series.tolist())) >= 2
     if folded:
-        for i, name in enumerate(names):
-            held = series == name
-            fit_negatives = training & (fold_of != i)
-            gate = fit_ct_gate(
-                np.concatenate([x_ct[~held], x_jit[~held], x_crop[crop_series != name]]),
-                x_neg[fit_negatives],
-                backbone,
-                c,
-            )
-            oof[held] = gate.logits(x_ct[held])
-            oof_reexported[held] = gate.logits(_chunked(features, images[held], reexport, seed))
-            scored = training & (fold_of == i)
-            oof_negative[scored] = gate.logits(x_neg[scored])
-            log(f"gate fold {name}: lowest CT logit {np.min(oof[held]):.2f} "
-                f"(re-exported {np.min(oof_reexported[held]):.2f}), highest held-out-source "
-                f"negative {np.max(oof_negative[scored], initial=-np.inf):.2f}")  # fmt: skip
-    gate = fit_ct_gate(np.concatenate([x_ct, x_jit, x_crop]), x_neg[training], backbone, c)
-    negative_logits = gate.logits(x_neg)
+        oof, oof_reexported, oof_negative = _out_of_fold_logits(
+            x, extract, images, series, negatives, backbone, c, seed, log
+        )
+    else:
+        oof, oof_reexported = np.full(len(images), np.nan), np.full(len(images), np.nan)
+        oof_negative = np.full(len(negatives), np.nan)
+    gate = fit_ct_gate(
+        np.concatenate([x.ct, x.jittered, x.crops]), x.negatives[training], backbone, c
+    )
+    negative_logits = gate.logits(x.negatives)
     ct_floor = float(np.nanmin(np.concatenate([oof, oof_reexported]))) if folded else None
     scored = np.isfinite(oof_negative)
     ceiling = float(np.max(oof_negative[scored])) if folded and scored.any() else None
     threshold, rule = choose_threshold(ct_floor, ceiling)
     top_training = float(np.max(negative_logits[training])) if training.any() else None
-    held_out: dict[str, dict[str, Any]] = {}
-    for kind in sorted({n.kind for n in negatives}):
-        rows = [i for i, n in enumerate(negatives) if n.kind == kind and n.held_out]
-        if rows:
-            logits = negative_logits[rows]
-            held_out[kind] = {
-                "held_out": len(rows),
-                "refused": int((logits < threshold).sum()),
-                "max_logit": float(logits.max()),
-            }
-    per_series = {
-        name: {
-            "files": int((series == name).sum()),
-            "lowest_logit": float(np.min(oof[series == name])),
-            "lowest_reexported_logit": float(np.min(oof_reexported[series == name])),
-            "refused": int((oof[series == name] < threshold).sum()),
-            "refused_reexported": int((oof_reexported[series == name] < threshold).sum()),
-        }
-        for name in (names if folded else [])
-    }
+    held_out = _held_out_negatives(negatives, negative_logits, threshold)
     held_max = max((v["max_logit"] for v in held_out.values()), default=None)
-
-    def gap(high: float | None, low: float | None) -> float | None:
-        return None if high is None or low is None else float(high - low)
-
     details = {
         "method": f"class-balanced logistic regression (C={c}) on the gate's own features",
         "c": c,
@@ -364,9 +423,9 @@ def fit_gate(
         "grey slice pooled to about 128x128; nothing of the fracture network",
         "backbone": backbone_description(backbone),
         "positives": {
-            "slices": len(x_ct),
-            "window_jittered": len(x_jit),
-            "crops_of_originals": len(x_crop),
+            "slices": len(x.ct),
+            "window_jittered": len(x.jittered),
+            "crops_of_originals": len(x.crops),
         },
         "negatives": {"training": int(training.sum()), "held_out": int((~training).sum())},
         "threshold_rule": rule,
@@ -374,12 +433,12 @@ def fit_gate(
         "highest_out_of_fold_negative_logit": ceiling,
         "highest_training_negative_logit": top_training,
         "margins": {
-            "out_of_fold_ct": gap(ct_floor, threshold),
-            "out_of_fold_negatives": gap(threshold, ceiling),
-            "training_negatives": gap(threshold, top_training),
-            "held_out_negatives": gap(threshold, held_max),
+            "out_of_fold_ct": _gap(ct_floor, threshold),
+            "out_of_fold_negatives": _gap(threshold, ceiling),
+            "training_negatives": _gap(threshold, top_training),
+            "held_out_negatives": _gap(threshold, held_max),
         },
-        "out_of_fold": per_series,
+        "out_of_fold": _per_series(series, oof, oof_reexported, threshold) if folded else {},
         "held_out_negatives": held_out,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -51,6 +51,7 @@ from ml_model.data.dataset import (
     naive_split,
     series_of,
 )
+from ml_model.data.negatives import Negative
 from ml_model.data.negatives import generate as generate_negatives
 from ml_model.evaluation.metrics import (
     apply_temperature,
@@ -67,9 +68,10 @@ from ml_model.evaluation.metrics import (
 from ml_model.evaluation.report import held_out_report, series_report
 from ml_model.imaging.transforms import gray_to_model_input
 from ml_model.inference.gate import CTGate
-from ml_model.training.distribute import is_chief, make_strategy
+from ml_model.training.cli import add_config_arguments, option
+from ml_model.training.distribute import STRATEGIES, is_chief, make_strategy
 from ml_model.training.export import export_bundle
-from ml_model.training.gate_fit import fit_gate
+from ml_model.training.gate_fit import GateFit, fit_gate
 from ml_model.training.study_threshold import calibrate_study_threshold
 
 DATA_CAVEATS = [
@@ -95,49 +97,67 @@ INTENDED_USE = (
 )
 
 
+# --optimizer's choices (SGD with momentum 0.9, as the seed).
+OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
+    "sgd": keras.optimizers.SGD,
+    "adam": keras.optimizers.Adam,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+
+
 @dataclass
 class TrainConfig:
-    """Every training parameter in one place (defaults are the seed's)."""
+    """Every training parameter in one place (defaults are the seed's); the command line's
+    flags are built from these fields (:func:`parse_args`)."""
 
     arch: str = "custom"
-    data: str = "../shared/data/cervical-ct"
-    out: str = "runs/custom"
-    report_dir: str | None = None  # default: <out>/report
+    data: str = option("../shared/data/cervical-ct", "folder of labelled slices")
+    out: str = option("runs/custom", "bundle folder (default runs/<arch>)")
+    report_dir: str | None = option(None, "plots, history, checkpoint (default <out>/report)")
     epochs: int = 20
     batch_size: int = 16
-    optimizer: str = "sgd"
+    optimizer: str = option("sgd", choices=tuple(OPTIMIZERS))
     lr: float = 0.01
-    img_size: int | None = None
+    img_size: int | None = option(None, "default: the arch's native size")
     seed: int = 42
-    split: str = "grouped"  # or "naive" (file-level, for showing the inflation only)
+    split: str = option(
+        "grouped",
+        "by base slice; naive: by file, for showing the inflation only",
+        choices=("grouped", "naive"),
+    )
     val_fraction: float = 0.2
     patience: int = 6
-    weights: str = "none"
-    fine_tune_layers: int = 30
-    fine_tune_epochs: int = 0
-    cache_features: bool = False
-    strategy: str = "auto"
-    mixed_precision: bool = False
-    tflite_float16: bool = False
+    weights: str = option("none", "imagenet | none | PATH")
+    fine_tune_layers: int = option(30, "transfer models: backbone layers unfrozen in phase 2")
+    fine_tune_epochs: int = option(0, "transfer models: phase-2 epochs (0 = head only)")
+    cache_features: bool = option(
+        False, "transfer models: train the head on embeddings computed once"
+    )
+    strategy: str = option("auto", choices=STRATEGIES)
+    mixed_precision: bool = option(False, "float16 compute on GPU")
+    tflite_float16: bool = option(False, "float16 TFLite weights")
     # The model takes the whole slice at input_size and crops it around the spine to
     # img_size in its own graph (0: no crop, the image as given).
-    input_size: int = 384
-    cv: str = "series"  # "series": leave-one-series-out out-of-fold calibration; "none"
-    gate_negatives: int = 120  # synthetic/photo negatives per kind for the CT gate
-    test_data: str | None = None  # scored once at the end, never used for any choice
+    input_size: int = option(
+        384, "whole-slice input side, cropped around the spine in the graph (0 = no crop)"
+    )
+    cv: str = option(
+        "series",
+        "series: leave-one-series-out out-of-fold calibration; none",
+        choices=("series", "none"),
+    )
+    gate_negatives: int = option(120, "synthetic/photo negatives per kind for the CT gate")
+    test_data: str | None = option(
+        None, "held-back split scored once at the end, never used for any choice"
+    )
 
 
 def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
-    optimizers: dict[str, type[keras.optimizers.Optimizer]] = {
-        "sgd": keras.optimizers.SGD,
-        "adam": keras.optimizers.Adam,
-        "rmsprop": keras.optimizers.RMSprop,
-    }
-    if name not in optimizers:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(optimizers)}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
-    return optimizers[name](learning_rate=lr)
+    return OPTIMIZERS[name](learning_rate=lr)
 
 
 def predict_batches(model: keras.Model, batches: Iterable[Any]) -> np.ndarray:
@@ -353,8 +373,35 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     report_dir.mkdir(parents=True, exist_ok=True)
     img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
     input_size = config.input_size or img_size
+    data = load_training_data(config, input_size)
+    fit = fit_models(config, data, img_size, strategy, report_dir)
+    calibration = calibrate(fit, data)
+    fitted = fit_bundle_gate(config, data, fit.folds)
+    save_out_of_fold(report_dir, data, fit, fitted)
+    metrics = score_and_report(fit.model, data, calibration, fit.history, report_dir)
+    card = model_card(config, argv, img_size, input_size, data, fit, fitted, calibration, metrics)
+    score_test_and_export(fit.model, config, out, card, data, calibration, fitted.gate, input_size)
+    print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
+    print(f"bundle written to {out} (report in {report_dir}); {fit.seconds:.0f} s of training")
+    return card
 
-    # A folder with train/ and val/ splits: only train/ is ever trained, tuned or calibrated on.
+
+@dataclass
+class TrainingData:
+    """The training split's slices (model inputs, labels, base-slice groups) and the CT
+    gate's synthetic / photo negatives."""
+
+    records: list[ImageRecord]
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    negatives: list[Negative]
+    neg_images: np.ndarray
+
+
+def load_training_data(config: TrainConfig, input_size: int) -> TrainingData:
+    """A folder with train/ and val/ splits: only train/ is ever trained, tuned or
+    calibrated on."""
     records = find_images(config.data, splits=TRAINING_SPLITS)
     images, labels = load_arrays(records, input_size)
     groups = groups_of(records)
@@ -362,32 +409,81 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
           f"{sorted({series_of(g) for g in groups})}")  # fmt: skip
     negatives = generate_negatives(config.gate_negatives, seed=config.seed)
     neg_images = np.stack([gray_to_model_input(n.gray, input_size) for n in negatives])
+    return TrainingData(records, images, labels, groups, negatives, neg_images)
 
+
+@dataclass
+class ModelFit:
+    """The bundle's model, fitted on every series, and the cross-validation before it."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    val_idx: np.ndarray  # the slices that chose the epoch
+    oof: np.ndarray  # out-of-fold P(fracture) per slice (NaN without folds)
+    folds: dict[str, Any]
+    seconds: float  # of training, folds included
+
+
+def fit_models(
+    config: TrainConfig,
+    data: TrainingData,
+    img_size: int,
+    strategy: tf.distribute.Strategy,
+    report_dir: Path,
+) -> ModelFit:
+    """Leave one series out (``cv="series"``: a model per held-out series, its out-of-fold
+    scores), then fit the bundle's model on every series."""
     started = time.perf_counter()
     if config.cv == "series":
-        oof, folds = cross_validate_series(config, records, images, labels, img_size, strategy)
+        oof, folds = cross_validate_series(
+            config, data.records, data.images, data.labels, img_size, strategy
+        )
     else:
-        oof = np.full(len(records), np.nan)
+        oof = np.full(len(data.records), np.nan)
         folds = {}
     keras.utils.set_random_seed(config.seed)
-    model, history, val_idx = fit_on(config, images, labels, groups, img_size, strategy, report_dir)
-    train_seconds = time.perf_counter() - started
+    model, history, val_idx = fit_on(
+        config, data.images, data.labels, data.groups, img_size, strategy, report_dir
+    )
+    return ModelFit(model, history, val_idx, oof, folds, time.perf_counter() - started)
 
-    have_oof = bool(np.isfinite(oof).all())
-    # Calibration data: out-of-fold scores when there are folds; else (cv="none") the
-    # epoch-choosing slices, which the card then says.
+
+@dataclass
+class Calibration:
+    """Temperature and operating points, and the scores they were set on."""
+
+    p: np.ndarray  # calibrated P(fracture) of the calibration slices
+    y: np.ndarray
+    groups: np.ndarray
+    source: str  # which slices: out-of-fold, or (cv="none") the epoch-choosing ones
+    out_of_fold: bool
+    raw_ece: float
+    temperature: float
+    operating_points: dict[str, dict[str, float]]
+
+    @property
+    def threshold(self) -> float:
+        """The default (sensitive) operating point's threshold."""
+        return self.operating_points["sensitive"]["threshold"]
+
+
+def calibrate(fit: ModelFit, data: TrainingData) -> Calibration:
+    """Temperature scaling (when the ECE is over :data:`ECE_TOLERANCE`) and operating points
+    on the out-of-fold scores when there are folds; else (cv="none") on the epoch-choosing
+    validation slices, which the card then says."""
+    have_oof = bool(np.isfinite(fit.oof).all())
     if have_oof:
         cal_p, cal_y, cal_groups, cal_source = (
-            oof,
-            labels,
-            groups,
+            fit.oof,
+            data.labels,
+            data.groups,
             "leave-one-series-out out-of-fold",
         )
     else:
-        cal_p = predict_arrays(model, images[val_idx])
+        cal_p = predict_arrays(fit.model, data.images[fit.val_idx])
         cal_y, cal_groups, cal_source = (
-            labels[val_idx],
-            groups[val_idx],
+            data.labels[fit.val_idx],
+            data.groups[fit.val_idx],
             "epoch-choosing validation slices",
         )
     raw_ece = expected_calibration_error(cal_y, cal_p)
@@ -395,30 +491,79 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     cal_p = apply_temperature(cal_p, temperature)
     print(f"{cal_source} ECE {raw_ece:.4f} -> temperature {temperature:.3f}")
     operating_points = choose_operating_points(cal_y, cal_p)
-
-    # The CT gate: its own features (not the network's), its own series folds.
-    series = np.array([series_of(g) for g in groups])
-    fitted = fit_gate(
-        images, series, negatives, neg_images, config.seed, records, config.cv == "series"
+    return Calibration(
+        cal_p, cal_y, cal_groups, cal_source, have_oof, raw_ece, temperature, operating_points
     )
-    gate = fitted.gate
+
+
+def fit_bundle_gate(config: TrainConfig, data: TrainingData, folds: dict[str, Any]) -> GateFit:
+    """The CT gate: its own features (not the network's), its own series folds; each
+    cross-validation fold records the gate's threshold."""
+    series = np.array([series_of(g) for g in data.groups])
+    fitted = fit_gate(
+        data.images,
+        series,
+        data.negatives,
+        data.neg_images,
+        config.seed,
+        data.records,
+        config.cv == "series",
+    )
     for fold in folds.values():
-        fold["gate_threshold"] = gate.threshold
+        fold["gate_threshold"] = fitted.gate.threshold
+    return fitted
+
+
+def save_out_of_fold(report_dir: Path, data: TrainingData, fit: ModelFit, gate: GateFit) -> None:
+    """Per training slice: its out-of-fold P(fracture) and CT gate logits, label and group."""
     np.savez(
         report_dir / "out_of_fold.npz",
-        probability=oof,
-        gate_logit=fitted.oof,
-        gate_logit_reexported=fitted.oof_reexported,
-        label=labels,
-        group=groups,
+        probability=fit.oof,
+        gate_logit=gate.oof,
+        gate_logit_reexported=gate.oof_reexported,
+        label=data.labels,
+        group=data.groups,
     )
 
-    p_train = apply_temperature(predict_arrays(model, images), temperature)
-    threshold = operating_points["sensitive"]["threshold"]
-    metrics: dict[str, Any] = {"train (in-sample)": compute_metrics(labels, p_train, threshold)}
-    if have_oof:
-        metrics["out_of_fold (pooled)"] = compute_metrics(labels, cal_p, threshold)
-    _write_reports(report_dir, history, metrics, cal_y, cal_p)
+
+def score_and_report(
+    model: keras.Model,
+    data: TrainingData,
+    calibration: Calibration,
+    history: dict[str, list[float]],
+    report_dir: Path,
+) -> dict[str, Any]:
+    """Metrics at the default operating point (in-sample, and pooled out-of-fold when there
+    are folds), with the plots and tables of the report folder."""
+    p_train = apply_temperature(predict_arrays(model, data.images), calibration.temperature)
+    threshold = calibration.threshold
+    metrics: dict[str, Any] = {
+        "train (in-sample)": compute_metrics(data.labels, p_train, threshold)
+    }
+    if calibration.out_of_fold:
+        metrics["out_of_fold (pooled)"] = compute_metrics(data.labels, calibration.p, threshold)
+    _write_reports(report_dir, history, metrics, calibration.y, calibration.p)
+    return metrics
+
+
+def model_card(
+    config: TrainConfig,
+    argv: list[str] | None,
+    img_size: int,
+    input_size: int,
+    data: TrainingData,
+    fit: ModelFit,
+    fitted: GateFit,
+    calibration: Calibration,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """The model card the bundle is written with (without the held-back split's table)."""
+    records, labels, groups = data.records, data.labels, data.groups
+    oof, folds, train_seconds = fit.oof, fit.folds, fit.seconds
+    gate, have_oof = fitted.gate, calibration.out_of_fold
+    cal_p, cal_y, cal_groups = calibration.p, calibration.y, calibration.groups
+    cal_source, raw_ece = calibration.source, calibration.raw_ece
+    temperature, operating_points = calibration.temperature, calibration.operating_points
 
     card = build_card(config, img_size, records, operating_points, metrics, train_seconds, argv)
     card["input"]["size"] = input_size
@@ -445,6 +590,23 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
         print(
             json.dumps({k: v["summary"] for k, v in card["leave_one_series_out"].items()}, indent=1)
         )
+    return card
+
+
+def score_test_and_export(
+    model: keras.Model,
+    config: TrainConfig,
+    out: Path,
+    card: dict[str, Any],
+    data: TrainingData,
+    calibration: Calibration,
+    gate: CTGate,
+    input_size: int,
+) -> None:
+    """Score the held-back split once (``test_data``: the card's ``test``), then write the
+    bundle, its ONNX Runtime copy checked against TensorFlow."""
+    images, neg_images = data.images, data.neg_images
+    temperature, threshold = calibration.temperature, calibration.threshold
     # ONNX Runtime is checked against TensorFlow on every training slice (the slices of the
     # out-of-fold predictions), the held-back split and the gate's negatives.
     parity_slices = {
@@ -461,9 +623,6 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     export_bundle(
         model, out, card, gate, tflite_float16=config.tflite_float16, parity_slices=parity_slices
     )
-    print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
-    print(f"bundle written to {out} (report in {report_dir}); {train_seconds:.0f} s of training")
-    return card
 
 
 def _builder_options(config: TrainConfig) -> dict[str, Any]:
@@ -575,57 +734,10 @@ def build_card(
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    defaults = TrainConfig()
+    """The command line -> a :class:`TrainConfig`; ``--out`` defaults to runs/<arch>."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default=defaults.arch)
-    parser.add_argument("--data", default=defaults.data, help="folder of labelled slices")
-    parser.add_argument("--out", default=None, help="bundle folder (default runs/<arch>)")
-    parser.add_argument("--report-dir", default=None, help="plots, history, checkpoint")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument(
-        "--optimizer", default=defaults.optimizer, choices=["sgd", "adam", "rmsprop"]
-    )
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument(
-        "--img-size", type=int, default=None, help="default: the arch's native size"
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--split", default=defaults.split, choices=["grouped", "naive"])
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    parser.add_argument("--patience", type=int, default=defaults.patience)
-    parser.add_argument("--weights", default=defaults.weights, help="imagenet | none | PATH")
-    parser.add_argument(
-        "--fine-tune-layers",
-        type=int,
-        default=defaults.fine_tune_layers,
-        help="transfer models: backbone layers unfrozen in phase 2",
-    )
-    parser.add_argument(
-        "--fine-tune-epochs",
-        type=int,
-        default=defaults.fine_tune_epochs,
-        help="transfer models: phase-2 epochs (0 = head only)",
-    )
-    parser.add_argument(
-        "--cache-features",
-        action="store_true",
-        help="transfer models: train the head on embeddings computed once",
-    )
-    parser.add_argument(
-        "--strategy", default=defaults.strategy, choices=["auto", "mirrored", "multiworker"]
-    )
-    parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU")
-    parser.add_argument("--tflite-float16", action="store_true", help="float16 TFLite weights")
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        default=defaults.input_size,
-        help="whole-slice input side, cropped around the spine in the graph (0 = no crop)",
-    )
-    parser.add_argument("--cv", default=defaults.cv, choices=["series", "none"])
-    parser.add_argument("--gate-negatives", type=int, default=defaults.gate_negatives)
-    parser.add_argument("--test-data", default=None, help="held-back split scored once at the end")
+    add_config_arguments(parser, TrainConfig)
+    parser.set_defaults(out=None)
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if v is not None}
     values.setdefault("out", f"runs/{args.arch}")

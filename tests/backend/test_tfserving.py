@@ -240,8 +240,8 @@ def check_same_answer(via_tfs: dict[str, Any], local: dict[str, Any]) -> None:
     assert via_tfs["prediction"] == pytest.approx(local["prediction"], abs=CROSS_RUNTIME_TOLERANCE)
     assert via_tfs["result"] == local["result"]
     assert via_tfs["in_distribution"] is local["in_distribution"]
-    assert via_tfs["ood_distance"] == pytest.approx(
-        local["ood_distance"], rel=CROSS_RUNTIME_LOGIT_TOLERANCE
+    assert via_tfs["ct_gate_margin"] == pytest.approx(
+        local["ct_gate_margin"], rel=CROSS_RUNTIME_LOGIT_TOLERANCE
     )
     assert via_tfs["threshold"] == local["threshold"]
 
@@ -306,7 +306,7 @@ def test_tfserving_matches_local(
     refused = post(remote, photo(images), "rocket.jpg").json()
     assert refused["result"] == RESULT_OUT_OF_DISTRIBUTION
     assert refused["in_distribution"] is False
-    assert refused["ood_distance"] > 1.0
+    assert refused["ct_gate_margin"] > 1.0
     check_same_answer(refused, post(client, photo(images), "rocket.jpg").json())
     assert len(fake.requests) == 1
 

@@ -23,6 +23,7 @@ from ml_model.inference.gate import (
     FEATURE_NAMES,
     CTGate,
     GateFileError,
+    ct_gate_margin,
     gate_features,
     gate_features_tf,
 )
@@ -75,7 +76,7 @@ def test_graph_logit_equals_numpy_logit() -> None:
     graph = gate.logit_tf(tf.constant(images)).numpy()
     np.testing.assert_allclose(graph, gate.logits(features), rtol=1e-4, atol=1e-4)
     logits = gate.logits(features)
-    assert np.all((gate.distance(logits) <= 1) == (logits >= 0.5))
+    assert np.all((ct_gate_margin(logits, gate.threshold) <= 1) == (logits >= 0.5))
 
 
 def test_gate_backbone_is_the_imagenet_efficientnet_it_names() -> None:

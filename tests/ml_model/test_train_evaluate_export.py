@@ -206,6 +206,25 @@ def test_parse_args_defaults_are_the_seed() -> None:
     assert config.out == "runs/custom"
 
 
+def test_parse_args_defaults_are_train_config() -> None:
+    """The flags are built from TrainConfig's fields: no default written twice."""
+    assert parse_args([]) == TrainConfig()
+    assert parse_args(["--arch", "efficientnet_lite0"]).out == "runs/efficientnet_lite0"
+    flags = ["--report-dir", "r", "--img-size", "224", "--lr", "0.5", "--cv", "none"]
+    switches = ["--cache-features", "--mixed-precision", "--tflite-float16"]
+    every_flag = parse_args([*flags, *switches, "--test-data", "t"])
+    assert (every_flag.report_dir, every_flag.img_size, every_flag.lr, every_flag.cv) == (
+        "r",
+        224,
+        0.5,
+        "none",
+    )
+    assert every_flag.cache_features and every_flag.mixed_precision and every_flag.tflite_float16
+    assert every_flag.test_data == "t"
+    with pytest.raises(SystemExit):
+        parse_args(["--optimizer", "lbfgs"])
+
+
 def test_write_dataset_fixture_layouts(write_dataset: WriteDataset) -> None:
     assert find_images(write_dataset("kaggle"), splits=["train"])
 

@@ -86,7 +86,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("api") / "api.log"
     # The window the training PNGs were exported with (see the data's README): with the
-    # default bone window the bundled model's OOD guard calls these DICOMs "Not a CT slice",
+    # default bone window the bundled model's CT gate calls these DICOMs "Not a CT slice",
     # which gives no top slices and so no heatmaps to write.
     env = {
         **os.environ,
@@ -314,7 +314,7 @@ def test_heatmap_secondary_capture(scenario: Scenario) -> None:
         results = [answer["result"] for answer in scenario.expected.values()]
         pytest.skip(
             f"the API returned no top slices (verdicts {results}), so there is no heatmap "
-            "to write: the model's out-of-distribution guard refused every slice"
+            "to write: the model's CT gate refused every slice"
         )
     for label, (study_uid, _) in scenario.studies.items():
         scs = series_of(client, study_uid, "OT")

@@ -45,7 +45,7 @@ def configure_threads(settings: Settings) -> None:
     ``TF_INTER_OP_THREADS`` (see ``bench/batching.py`` for the measurement). Only possible
     before the TensorFlow runtime starts; afterwards a logged no-op.
 
-    BLAS (OpenBLAS/MKL under numpy): ``BLAS_THREADS`` (1). The OOD guard's matrix
+    BLAS (OpenBLAS/MKL under numpy): ``BLAS_THREADS`` (1). The CT gate's matrix
     products are tiny, and BLAS threads spinning against TensorFlow's pool made them
     cost 16 ms instead of 0.13 ms per request on 2 cores (and the forward pass 2x slower).
     """

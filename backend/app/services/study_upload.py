@@ -110,6 +110,39 @@ def read_zip(data: bytes | BinaryIO, settings: Settings) -> StudyUpload:
             413,
             f"the zip has {len(members)} entries; at most {settings.max_zip_members} are accepted",
         )
+    wanted = _wanted_members(members)
+    _check_declared_sizes(members, wanted, settings)
+
+    # The unpacked members stay in memory until the study is scored: held in the request's
+    # memory budget before any is inflated (413 over MAX_REQUEST_MEMORY_MB, 503 when busy).
+    unpacked = sum(info.file_size for info in wanted if info.file_size <= settings.max_upload_bytes)
+    reserve(unpacked, f"unpacking the zip ({len(wanted)} files, {unpacked / 2**20:,.0f} MiB)")
+    names = Counter(_basename(info.filename) for info in wanted)
+    upload = StudyUpload()
+    inflated = _Inflated(settings.max_zip_uncompressed_bytes, settings.max_zip_uncompressed_mb)
+    for info in wanted:
+        name = _basename(info.filename)
+        if names[name] > 1:  # the same base name in two folders: keep them apart
+            name = info.filename.replace("\\", "/")
+        if info.file_size > settings.max_upload_bytes:
+            upload.errors.append(
+                (name, f"larger than the limit of {settings.max_upload_mb:g} MiB per file")
+            )
+            continue
+        try:
+            member = inflated.read(archive, info)
+        except UploadProblem:
+            raise
+        except Exception as exc:  # bad CRC, bad zlib/bz2/lzma data, unsupported method...
+            upload.errors.append((name, f"the zip member could not be read: {_short(exc)}"))
+            continue
+        _add(upload, name, member)
+    return upload
+
+
+def _wanted_members(members: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+    """The members that may be slices; an unsafe name, a symlink or an encrypted member
+    refuses the whole zip (400)."""
     wanted: list[zipfile.ZipInfo] = []
     for info in members:
         problem = _unsafe(info.filename)
@@ -122,12 +155,18 @@ def read_zip(data: bytes | BinaryIO, settings: Settings) -> StudyUpload:
         if info.flag_bits & 0x1:
             raise UploadProblem(400, f"zip member {_shown(info.filename)} is encrypted")
         wanted.append(info)
+    return wanted
 
-    budget = settings.max_zip_uncompressed_bytes
+
+def _check_declared_sizes(
+    members: list[zipfile.ZipInfo], wanted: list[zipfile.ZipInfo], settings: Settings
+) -> None:
+    """413 before anything is inflated: the sizes all members declare over the budget, a
+    wanted member's compression ratio over the limit, or more files than a study's."""
     limit_mb = f"{settings.max_zip_uncompressed_mb:g} MiB"
     # Every member's declared size counts, read or not, small or large.
     declared = sum(info.file_size for info in members)
-    if declared > budget:
+    if declared > settings.max_zip_uncompressed_bytes:
         raise UploadProblem(413, f"the zip unpacks to {declared:,} bytes, over the {limit_mb}")
     for info in wanted:
         ratio = info.file_size / max(info.compress_size, 1)
@@ -144,44 +183,34 @@ def read_zip(data: bytes | BinaryIO, settings: Settings) -> StudyUpload:
             "per study",
         )
 
-    # The unpacked members stay in memory until the study is scored: held in the request's
-    # memory budget before any is inflated (413 over MAX_REQUEST_MEMORY_MB, 503 when busy).
-    unpacked = sum(info.file_size for info in wanted if info.file_size <= settings.max_upload_bytes)
-    reserve(unpacked, f"unpacking the zip ({len(wanted)} files, {unpacked / 2**20:,.0f} MiB)")
-    names = Counter(_basename(info.filename) for info in wanted)
-    upload = StudyUpload()
-    total = 0
-    for info in wanted:
-        name = _basename(info.filename)
-        if names[name] > 1:  # the same base name in two folders: keep them apart
-            name = info.filename.replace("\\", "/")
-        if info.file_size > settings.max_upload_bytes:
-            upload.errors.append(
-                (name, f"larger than the limit of {settings.max_upload_mb:g} MiB per file")
-            )
-            continue
+
+@dataclass
+class _Inflated:
+    """The bytes actually inflated from a zip's members so far, held to its budget (a
+    member's declared size may lie)."""
+
+    budget: int
+    budget_mb: float
+    total: int = 0
+
+    def read(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+        """One member, chunk by chunk: 413 once it inflates past its declared size or all
+        members together past the budget."""
         chunks: list[bytes] = []
         read = 0
-        try:
-            with archive.open(info) as member:
-                while chunk := member.read(READ_CHUNK):
-                    read += len(chunk)
-                    total += len(chunk)
-                    if read > info.file_size:
-                        raise UploadProblem(
-                            413,
-                            f"zip member {_shown(info.filename)} inflates past its declared size",
-                        )
-                    if total > budget:
-                        raise UploadProblem(413, f"the zip unpacks to more than {limit_mb}")
-                    chunks.append(chunk)
-        except UploadProblem:
-            raise
-        except Exception as exc:  # bad CRC, bad zlib/bz2/lzma data, unsupported method...
-            upload.errors.append((name, f"the zip member could not be read: {_short(exc)}"))
-            continue
-        _add(upload, name, b"".join(chunks))
-    return upload
+        with archive.open(info) as member:
+            while chunk := member.read(READ_CHUNK):
+                read += len(chunk)
+                self.total += len(chunk)
+                if read > info.file_size:
+                    raise UploadProblem(
+                        413,
+                        f"zip member {_shown(info.filename)} inflates past its declared size",
+                    )
+                if self.total > self.budget:
+                    raise UploadProblem(413, f"the zip unpacks to more than {self.budget_mb:g} MiB")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def _add(upload: StudyUpload, name: str, data: bytes) -> None:

@@ -39,7 +39,7 @@ export interface paths {
          *     point and, with `explain=true`, a Grad-CAM heatmap over the input. A DICOM upload also
          *     gets `preview_png_base64` (the slice as the server read it) and `dicom` (header facts).
          *
-         *     An input the out-of-distribution guard refuses (a photo, a chest X-ray...) gets
+         *     An input the CT gate refuses (a photo, a chest X-ray...) gets
          *     `result` `Not a CT slice` and `in_distribution` false: no fracture call is made;
          *     `prediction` is still reported, for transparency only.
          */
@@ -63,7 +63,7 @@ export interface paths {
          * Triage several CT slices in one call
          * @description One result per file, in upload order, from one forward pass. A file that cannot be
          *     read gets an entry with `error` and `status_code` instead of failing the batch; a file
-         *     the out-of-distribution guard refuses gets `result` `Not a CT slice`.
+         *     the CT gate refuses gets `result` `Not a CT slice`.
          */
         post: operations["predict_batch_predict_batch_post"];
         delete?: never;
@@ -86,7 +86,7 @@ export interface paths {
          * @description Orders the slices head to foot, scores each one, and aggregates the in-distribution
          *     slices into a study score compared with the model card's study threshold.
          *
-         *     Slices the out-of-distribution guard refuses are listed with `in_distribution` false
+         *     Slices the CT gate refuses are listed with `in_distribution` false
          *     and left out of the score; if none is left, `result` is `Not a CT slice`. Files that
          *     cannot be decoded are listed in `errors` and do not fail the study. Positions are in
          *     `position_unit` (`mm` for DICOM geometry); gaps, duplicate positions and mixed
@@ -208,7 +208,7 @@ export interface components {
         BatchItemPrediction: {
             /**
              * Result
-             * @description `Not a CT slice` when the out-of-distribution guard refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
              * @enum {string}
              */
             result: "Potentially Fracture" | "Normal" | "Not a CT slice";
@@ -226,12 +226,18 @@ export interface components {
             operating_point: components["schemas"]["OperatingPoint"];
             /**
              * In Distribution
-             * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             * @description Whether the CT gate accepts the input as a CT slice (`ct_gate_margin` <= 1). Null only when no gate ran, which this server never does (every model bundle has a CT gate).
              */
             in_distribution: boolean | null;
             /**
+             * Ct Gate Margin
+             * @description The CT gate's margin, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT (the larger, the further from a CT slice). The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran (never, see `in_distribution`).
+             */
+            ct_gate_margin: number | null;
+            /**
              * Ood Distance
-             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran.
+             * @deprecated
+             * @description Deprecated alias of `ct_gate_margin` (same value), kept for one release: read `ct_gate_margin` instead.
              */
             ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];
@@ -251,6 +257,7 @@ export interface components {
          *       },
          *       "results": [
          *         {
+         *           "ct_gate_margin": 0.4,
          *           "filename": "c5.png",
          *           "in_distribution": true,
          *           "model": {
@@ -264,6 +271,7 @@ export interface components {
          *           "threshold": 0.5
          *         },
          *         {
+         *           "ct_gate_margin": 5.28,
          *           "filename": "holiday.jpg",
          *           "in_distribution": false,
          *           "model": {
@@ -597,6 +605,7 @@ export interface components {
         /**
          * PredictionResponse
          * @example {
+         *       "ct_gate_margin": 0.31,
          *       "in_distribution": true,
          *       "latency_ms": 12.4,
          *       "model": {
@@ -610,6 +619,7 @@ export interface components {
          *       "threshold": 0.5
          *     }
          * @example {
+         *       "ct_gate_margin": 0.22,
          *       "heatmap_png_base64": "iVBORw0KGgoAAAANSUhEUgAA...",
          *       "in_distribution": true,
          *       "latency_ms": 48.9,
@@ -624,6 +634,7 @@ export interface components {
          *       "threshold": 0.5
          *     }
          * @example {
+         *       "ct_gate_margin": 5.06,
          *       "in_distribution": false,
          *       "latency_ms": 11,
          *       "model": {
@@ -640,7 +651,7 @@ export interface components {
         PredictionResponse: {
             /**
              * Result
-             * @description `Not a CT slice` when the out-of-distribution guard refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
              * @enum {string}
              */
             result: "Potentially Fracture" | "Normal" | "Not a CT slice";
@@ -658,12 +669,18 @@ export interface components {
             operating_point: components["schemas"]["OperatingPoint"];
             /**
              * In Distribution
-             * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             * @description Whether the CT gate accepts the input as a CT slice (`ct_gate_margin` <= 1). Null only when no gate ran, which this server never does (every model bundle has a CT gate).
              */
             in_distribution: boolean | null;
             /**
+             * Ct Gate Margin
+             * @description The CT gate's margin, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT (the larger, the further from a CT slice). The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran (never, see `in_distribution`).
+             */
+            ct_gate_margin: number | null;
+            /**
              * Ood Distance
-             * @description The CT gate's distance, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT. The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran.
+             * @deprecated
+             * @description Deprecated alias of `ct_gate_margin` (same value), kept for one release: read `ct_gate_margin` instead.
              */
             ood_distance: number | null;
             model: components["schemas"]["ModelInfo"];
@@ -856,7 +873,7 @@ export interface components {
         StudyResponse: {
             /**
              * Result
-             * @description Study-level call at the study threshold: `Potentially Fracture` when prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the out-of-distribution guard.
+             * @description Study-level call at the study threshold: `Potentially Fracture` when prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the CT gate.
              * @enum {string}
              */
             result: "Potentially Fracture" | "Normal" | "Not a CT slice";
@@ -959,7 +976,7 @@ export interface components {
             prediction: number;
             /**
              * In Distribution
-             * @description Whether the CT gate accepts the input as a CT slice (`ood_distance` <= 1). Null when no gate ran (INFERENCE_BACKEND=tfserving with TFSERVING_LOCAL_OOD off).
+             * @description Whether the CT gate accepts the input as a CT slice (`ct_gate_margin` <= 1). Null only when no gate ran, which this server never does (every model bundle has a CT gate).
              */
             in_distribution: boolean | null;
         };

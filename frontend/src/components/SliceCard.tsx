@@ -245,11 +245,11 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
                     : ""}
                 </dd>
               </div>
-              {refused && typeof result.ood_distance === "number" && (
+              {refused && typeof result.ct_gate_margin === "number" && (
                 <div>
-                  <dt>Out-of-distribution score</dt>
-                  <dd data-testid="ood-distance">
-                    {result.ood_distance.toFixed(2)} <span className="muted">(limit 1.00)</span>
+                  <dt>CT gate margin</dt>
+                  <dd data-testid="ct-gate-margin">
+                    {result.ct_gate_margin.toFixed(2)} <span className="muted">(accepted up to 1.00)</span>
                   </dd>
                 </div>
               )}

@@ -42,7 +42,7 @@ export function describeSlice(
 /**
  * Slice scores along the neck: one bar per slice head to foot, drawn to scale at its position
  * (mm, or slice number), so a gap in the series shows; the study threshold as a dashed line,
- * out-of-distribution slices hatched grey, the top slices numbered. Clicking a bar selects
+ * slices the CT gate refused hatched grey, the top slices numbered. Clicking a bar selects
  * that slice; the keyboard uses the reader's keys, the scrubber and the table.
  */
 export function StudyChart({ slices, threshold, topRank, selected, onSelect, operatingPoint, positionUnit }: Props) {

@@ -1,6 +1,6 @@
 export const RESULT_POSITIVE = "Potentially Fracture";
 export const RESULT_NEGATIVE = "Normal";
-/** The out-of-distribution guard refused the input: no fracture call was made. */
+/** The CT gate refused the input: no fracture call was made. */
 export const RESULT_NOT_CT = "Not a CT slice";
 
 export type Tone = "positive" | "negative" | "neutral";

@@ -44,6 +44,7 @@ export function prediction(p: number, threshold = 0.3, extra: Partial<PredictRes
     threshold,
     operating_point: threshold === 0.3 ? "sensitive" : "specific",
     in_distribution: true,
+    ct_gate_margin: 0.4,
     ood_distance: 0.4,
     model: { name: "custom-cnn", version: "1.2.0" },
     latency_ms: 42.5,

@@ -85,7 +85,7 @@ def verdict_fields(
         "threshold": verdict.threshold,
         "operating_point": operating_point,
         "in_distribution": verdict.in_distribution,
-        "ood_distance": verdict.ct_distance,
+        "ct_gate_margin": verdict.ct_gate_margin,
     }
 
 
@@ -120,7 +120,7 @@ def predict(
     point and, with `explain=true`, a Grad-CAM heatmap over the input. A DICOM upload also
     gets `preview_png_base64` (the slice as the server read it) and `dicom` (header facts).
 
-    An input the out-of-distribution guard refuses (a photo, a chest X-ray...) gets
+    An input the CT gate refuses (a photo, a chest X-ray...) gets
     `result` `Not a CT slice` and `in_distribution` false: no fracture call is made;
     `prediction` is still reported, for transparency only."""
     start = time.perf_counter()
@@ -172,7 +172,7 @@ def predict_batch(
 ) -> BatchResponse:
     """One result per file, in upload order, from one forward pass. A file that cannot be
     read gets an entry with `error` and `status_code` instead of failing the batch; a file
-    the out-of-distribution guard refuses gets `result` `Not a CT slice`."""
+    the CT gate refuses gets `result` `Not a CT slice`."""
     start = time.perf_counter()
     if len(files) > settings.max_batch_files:
         raise HTTPException(

@@ -55,7 +55,7 @@ def predict_study_route(
     """Orders the slices head to foot, scores each one, and aggregates the in-distribution
     slices into a study score compared with the model card's study threshold.
 
-    Slices the out-of-distribution guard refuses are listed with `in_distribution` false
+    Slices the CT gate refuses are listed with `in_distribution` false
     and left out of the score; if none is left, `result` is `Not a CT slice`. Files that
     cannot be decoded are listed in `errors` and do not fail the study. Positions are in
     `position_unit` (`mm` for DICOM geometry); gaps, duplicate positions and mixed

@@ -1,7 +1,7 @@
-"""The out-of-distribution guard in /predict and /predict/batch, over the real bundle.
+"""The CT gate in /predict and /predict/batch, over the real bundle.
 
 Everyday photos (scikit-image's sample images) must get `Not a CT slice` and no fracture
-call; real CT slices of the shared data set must pass the guard.
+call; real CT slices of the shared data set must pass the gate.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ def test_photos_are_not_ct_slices(
     body = response.json()
     assert body["result"] == RESULT_OUT_OF_DISTRIBUTION
     assert body["in_distribution"] is False
-    assert body["ood_distance"] > 1.0
+    assert body["ct_gate_margin"] > 1.0
     # The probability is still reported (for transparency), and is the model's own.
     expected = predictor.classify(image_to_array(data, predictor.img_size))[0]
     assert body["prediction"] == pytest.approx(expected.probability, abs=1e-6)
-    assert body["ood_distance"] == pytest.approx(expected.ct_distance, rel=1e-5)
+    assert body["ct_gate_margin"] == pytest.approx(expected.ct_gate_margin, rel=1e-5)
+    assert body["ood_distance"] == body["ct_gate_margin"]  # the deprecated alias
 
 
 def test_real_ct_slices_pass_the_guard(
@@ -58,8 +59,9 @@ def test_real_ct_slices_pass_the_guard(
         assert body["in_distribution"] is True, path.name
         assert body["result"] in (RESULT_POSITIVE, RESULT_NEGATIVE)
         expected = predictor.classify(image_to_array(data, predictor.img_size))[0]
-        assert body["ood_distance"] == pytest.approx(expected.ct_distance, rel=1e-5)
-        assert body["ood_distance"] <= 1.0
+        assert body["ct_gate_margin"] == pytest.approx(expected.ct_gate_margin, rel=1e-5)
+        assert body["ct_gate_margin"] <= 1.0
+        assert body["ood_distance"] == body["ct_gate_margin"]
         assert body["result"] == expected.result
 
 
@@ -81,7 +83,8 @@ def test_batch_refuses_photos_and_keeps_slices(
     for photo in (rocket, astronaut):
         assert photo["result"] == RESULT_OUT_OF_DISTRIBUTION
         assert photo["in_distribution"] is False
-        assert photo["ood_distance"] > ct["ood_distance"]
+        assert photo["ct_gate_margin"] > ct["ct_gate_margin"]
+        assert photo["ood_distance"] == photo["ct_gate_margin"]
         assert 0.0 <= photo["prediction"] <= 1.0
     assert notes["status_code"] == 415
     assert set(ct) == {
@@ -91,6 +94,7 @@ def test_batch_refuses_photos_and_keeps_slices(
         "threshold",
         "operating_point",
         "in_distribution",
+        "ct_gate_margin",
         "ood_distance",
         "model",
     }
@@ -125,10 +129,15 @@ def test_openapi_documents_the_guard(client: TestClient) -> None:
     response = components["PredictionResponse"]
     assert RESULT_OUT_OF_DISTRIBUTION in response["properties"]["result"]["enum"]
     assert "transparency" in response["properties"]["prediction"]["description"]
-    assert {"in_distribution", "ood_distance"} <= set(response["required"])
+    assert {"in_distribution", "ct_gate_margin", "ood_distance"} <= set(response["required"])
+    # The old name stays one release, marked deprecated, and says what replaces it.
+    assert response["properties"]["ood_distance"]["deprecated"] is True
+    assert "ct_gate_margin" in response["properties"]["ood_distance"]["description"]
+    assert "deprecated" not in response["properties"]["ct_gate_margin"]
     examples = response["examples"]
     assert any(example["result"] == RESULT_OUT_OF_DISTRIBUTION for example in examples)
-    assert all({"in_distribution", "ood_distance"} <= set(example) for example in examples)
+    assert all({"in_distribution", "ct_gate_margin"} <= set(example) for example in examples)
+    assert all(example["ood_distance"] == example["ct_gate_margin"] for example in examples)
     batch_items = components["BatchResponse"]["examples"][0]["results"]
     assert any(item.get("result") == RESULT_OUT_OF_DISTRIBUTION for item in batch_items)
     assert "in_distribution" in components["BatchItemPrediction"]["properties"]

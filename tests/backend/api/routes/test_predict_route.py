@@ -46,6 +46,7 @@ def check_prediction(body: dict[str, Any], service: Any, operating_point: str) -
         "threshold",
         "operating_point",
         "in_distribution",
+        "ct_gate_margin",
         "ood_distance",
         "model",
         "latency_ms",
@@ -54,7 +55,8 @@ def check_prediction(body: dict[str, Any], service: Any, operating_point: str) -
     assert body["operating_point"] == operating_point
     assert body["threshold"] == service.threshold(operating_point)
     assert isinstance(body["in_distribution"], bool)
-    assert body["ood_distance"] >= 0.0
+    assert body["ct_gate_margin"] >= 0.0
+    assert body["ood_distance"] == body["ct_gate_margin"]  # the deprecated alias
     assert body["result"] == expected_result(body)
     assert body["model"] == {"name": service.name, "version": service.version}
     assert body["latency_ms"] >= 0.0

@@ -2,7 +2,7 @@
 
 Series are built from real shared CT slices written as DICOM with positions (the same
 recipe as tests/ml_model/test_study.py); where the shared data set is absent the same
-tests run on synthetic slices (which the OOD guard refuses, so the call is
+tests run on synthetic slices (which the CT gate refuses, so the call is
 `Not a CT slice` there).
 """
 

@@ -189,10 +189,15 @@ def saved_model_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
 
 
 def data_slices(
-    data: Path, img_size: int, limit: int | None, progress: bool = True
+    data: Path,
+    img_size: int,
+    window: tuple[float, float],
+    limit: int | None,
+    progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """The val split and the training slices of a data folder (``limit`` of each at most,
-    spread over the folder), and the CT gate's non-CT negatives."""
+    spread over the folder; DICOM through the bundle's ``window``), and the CT gate's
+    non-CT negatives."""
     from ml_model.data.dataset import find_images, load_arrays
 
     slices: dict[str, np.ndarray] = {}
@@ -201,7 +206,7 @@ def data_slices(
         if limit is not None and len(records) > limit:
             step = len(records) / limit
             records = [records[int(i * step)] for i in range(limit)]
-        slices[name] = load_arrays(records, img_size, progress)[0]
+        slices[name] = load_arrays(records, img_size, window, progress)[0]
     try:
         from ml_model.data.negatives import generate
         from ml_model.imaging.transforms import gray_to_model_input
@@ -237,11 +242,12 @@ def main(argv: list[str] | None = None) -> None:
 
     card = load_card(args.bundle)
     model = load_model(args.bundle / KERAS_FILE)
-    gate = CTGate.load(args.bundle)
+    gate = CTGate.load(args.bundle, card.gate.threshold)
     if args.all:
         float16 = bool((card.training or {}).get("tflite_float16", False))
         rewrite_graphs(model, args.bundle, card.temperature, gate, float16)
-    slices = data_slices(args.data, card.input.size, args.limit) if args.data else {}
+    window = card.input.window.as_pair()
+    slices = data_slices(args.data, card.input.size, window, args.limit) if args.data else {}
     section = add_onnx(model, args.bundle, gate, slices)
     sizes = {
         name: section[key]

@@ -36,7 +36,7 @@ from ml_model.architectures.transfer import (
     unfreeze_top,
 )
 from ml_model.bundle import GATE_FILE
-from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
+from ml_model.config import EXPORT_WINDOW, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from ml_model.data.dataset import (
     TRAINING_SPLITS,
     DatasetError,
@@ -356,7 +356,7 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
 
     # A folder with train/ and val/ splits: only train/ is ever trained, tuned or calibrated on.
     records = find_images(config.data, splits=TRAINING_SPLITS)
-    images, labels = load_arrays(records, input_size)
+    images, labels = load_arrays(records, input_size, EXPORT_WINDOW)
     groups = groups_of(records)
     print(f"{len(records)} files, {len(set(groups))} base slices, series: "
           f"{sorted({series_of(g) for g in groups})}")  # fmt: skip
@@ -453,7 +453,7 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     }
     if config.test_data:
         test_records = find_images(config.test_data)
-        test_images, test_labels = load_arrays(test_records, input_size)
+        test_images, test_labels = load_arrays(test_records, input_size, EXPORT_WINDOW)
         card["test"] = test_table(
             model, config, test_records, test_images, test_labels, temperature, threshold, gate
         )

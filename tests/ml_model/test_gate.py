@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from ml_model.config import DEFAULT_MODEL_DIR, PACKAGE_DIR
+from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW, PACKAGE_DIR
 from ml_model.data.dataset import find_images, load_arrays
 from ml_model.data.negatives import KINDS, generate
 from ml_model.evaluation.evaluate import bright_ellipse
@@ -169,7 +169,7 @@ def test_every_held_out_negative_is_refused(bundle: InferenceCore) -> None:
             continue
         if negative.kind == "other_modality":
             with pytest.raises(UnsupportedImageError, match="not CT"):
-                decode_image(Path(get_testdata_file(negative.source)).read_bytes())
+                decode_image(Path(get_testdata_file(negative.source)).read_bytes(), *EXPORT_WINDOW)
             continue
         let_through.append(f"{negative.kind}:{negative.source}")
     assert not let_through
@@ -196,7 +196,7 @@ def test_real_ct_passes_the_gate_also_re_exported(bundle: InferenceCore, shared_
     """The archive's val split (never trained on): no slice refused; under realistic
     re-export (JPEG 50, noise 5, contrast x1.1, 224 -> 512) at most 1 % refused."""
     records = find_images(shared_data / "val")
-    images, _ = load_arrays(records, bundle.img_size, progress=False)
+    images, _ = load_arrays(records, bundle.img_size, bundle.window, progress=False)
     assert bundle.accepts(bundle.scores(images)).all()
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(records), 200, replace=False)
@@ -204,7 +204,9 @@ def test_real_ct_passes_the_gate_also_re_exported(bundle: InferenceCore, shared_
     perturbed = np.stack(
         [
             gray_to_model_input(
-                _perturb(decode_image(records[i].path.read_bytes()), kinds[k % 4], rng),
+                _perturb(
+                    decode_image(records[i].path.read_bytes(), *EXPORT_WINDOW), kinds[k % 4], rng
+                ),
                 bundle.img_size,
             )
             for k, i in enumerate(chosen)

@@ -98,26 +98,27 @@ def test_gate_backbone_is_the_imagenet_efficientnet_it_names() -> None:
 def test_gate_file_round_trip_and_clear_errors(tmp_path: Path) -> None:
     gate = _gate()
     gate.save(tmp_path)
-    loaded = CTGate.load(tmp_path)
+    loaded = CTGate.load(tmp_path, gate.threshold)  # the threshold: the card's
     np.testing.assert_array_equal(loaded.coef, gate.coef)
     for name, value in gate.backbone.items():
         np.testing.assert_array_equal(loaded.backbone[name], value)
     assert loaded.threshold == gate.threshold
+    with np.load(tmp_path / "gate.npz") as stored:
+        assert "threshold" not in stored.files  # stored once, in the card
     with pytest.raises(GateFileError, match="no CT gate file"):
-        CTGate.load(tmp_path / "elsewhere")
-    _gate(threshold=float("nan")).save(tmp_path)
+        CTGate.load(tmp_path / "elsewhere", gate.threshold)
     with pytest.raises(GateFileError, match="finite"):
-        CTGate.load(tmp_path)
+        CTGate.load(tmp_path, float("nan"))
     # A gate of the old kind (on the network's embedding, no backbone): refit it.
     np.savez(
         tmp_path / "gate.npz", mean=gate.mean, scale=gate.scale, coef=gate.coef,
         intercept=np.array(0.0), threshold=np.array(0.0), details=np.array("{}"),
     )  # fmt: skip
     with pytest.raises(GateFileError, match="refit the gate"):
-        CTGate.load(tmp_path)
+        CTGate.load(tmp_path, gate.threshold)
     (tmp_path / "gate.npz").write_bytes(b"not a zip")
     with pytest.raises(GateFileError, match="unreadable"):
-        CTGate.load(tmp_path)
+        CTGate.load(tmp_path, gate.threshold)
 
 
 def test_threshold_rule_and_negative_folds() -> None:

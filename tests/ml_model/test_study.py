@@ -253,7 +253,7 @@ def real_series(shared_data: Path, fracture_slices: int) -> list[SliceFile]:
 def test_dicom_written_slice_decodes_to_the_original(shared_data: Path) -> None:
     path = sorted((shared_data / "train" / "normal").glob("*.png"))[0]
     gray = decode_image(path.read_bytes(), *EXPORT_WINDOW)
-    assert np.array_equal(decode_image(gray_to_export_window_dicom(gray)), gray)
+    assert np.array_equal(decode_image(gray_to_export_window_dicom(gray), *EXPORT_WINDOW), gray)
 
 
 def test_study_on_real_slices(shared_data: Path, predictor: InferenceCore) -> None:

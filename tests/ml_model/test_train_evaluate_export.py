@@ -23,7 +23,6 @@ from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW
 from ml_model.data.dataset import find_images, load_arrays
 from ml_model.evaluation import evaluate
 from ml_model.inference.core import InferenceCore
-from ml_model.inference.gate import CTGate
 from ml_model.training.export import saved_model_outputs, saved_model_predict, tflite_predict
 from ml_model.training.train import TrainConfig, parse_args, train
 from tests.conftest import WriteDataset
@@ -104,7 +103,7 @@ def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     logits = saved_model_outputs(out / SAVED_MODEL_DIR, images)[SERVING_GATE_OUTPUT].reshape(-1)
     # ... and equals the gate's own float64 numpy logit of the same features (the gate's
     # backbone and image statistics: nothing of the fracture network).
-    gate = CTGate.load(out)
+    gate = predictor.bundle.gate
     np.testing.assert_allclose(logits, gate.logits(gate.features(images)), atol=1e-3)
     np.testing.assert_allclose(predictor.scores(images).ct_logit, logits, atol=1e-4)
     # ONNX Runtime runs the same graph; the card records its parity on the training slices.

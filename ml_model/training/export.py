@@ -33,7 +33,7 @@ from ml_model.bundle import (
     STUDY_HEAD_FILE,
     TFLITE_FILE,
 )
-from ml_model.card import load_card, read_card, write_card
+from ml_model.card import ModelCard, load_card, read_card, write_card
 from ml_model.inference.forward import has_features, serving_function
 from ml_model.inference.gate import CTGate
 from ml_model.training.export_onnx import onnx_card_section, synthetic_slices
@@ -93,7 +93,7 @@ def rewrite_graphs(
 def export_bundle(
     model: keras.Model,
     out_dir: str | Path,
-    card: dict[str, Any],
+    card: dict[str, Any] | ModelCard,
     gate: CTGate,
     tflite_float16: bool = False,
     parity_slices: Mapping[str, np.ndarray] | None = None,
@@ -107,7 +107,12 @@ def export_bundle(
     ``slice_features``), ``study_head`` holds the head's weights (written as
     study_head.npz, keys as ``ml_model.inference.study_head`` reads them) and the card has
     ``study.head``; all three or none."""
-    check_study_bundle(model, (card.get("study") or {}).get("head") is not None, study_head)
+    if isinstance(card, ModelCard):
+        has_head, temperature = card.study.head is not None, card.temperature
+    else:
+        has_head = (card.get("study") or {}).get("head") is not None
+        temperature = float(card["temperature"])
+    check_study_bundle(model, has_head, study_head)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     img_size = int(model.input_shape[1])
@@ -115,7 +120,7 @@ def export_bundle(
     gate.save(out)
     if study_head is not None:
         write_study_head(out, study_head)
-    export_saved_model(model, out / SAVED_MODEL_DIR, img_size, float(card["temperature"]), gate)
+    export_saved_model(model, out / SAVED_MODEL_DIR, img_size, temperature, gate)
     export_tflite(out / SAVED_MODEL_DIR, out / TFLITE_FILE, float16=tflite_float16)
     write_card(out, card)  # validated before the slow part
     add_onnx(model, out, gate, parity_slices)

@@ -224,12 +224,12 @@ class OnnxForward:
     ) -> OnnxForward:
         """The bundle's model.onnx, refused (:class:`OnnxModelError`) when the bundle's
         model, CT gate or calibration changed after it was exported."""
-        from ml_model.inference.bundle import as_bundle
+        from ml_model.inference.bundle import Bundle, as_bundle
 
-        loaded = as_bundle(bundle)
-        forward = cls(Path(loaded.path, ONNX_FILE), threads, lanes=lanes)
+        folder = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
+        forward = cls(Path(folder, ONNX_FILE), threads, lanes=lanes)  # names a missing file
         if forward._session is not None:
-            check_exported_from(forward.path, forward._session, loaded.temperature)
+            check_exported_from(forward.path, forward._session, as_bundle(bundle).temperature)
         return forward
 
     def _chunks(self, session: ort.InferenceSession | None, images: np.ndarray) -> ForwardOutput:

@@ -3,10 +3,10 @@
 
 ``create_app`` builds an app from :class:`Settings`. The lifespan reads the bundle once
 (``Bundle.load``: card, gate, study head; an invalid bundle stops the server before its port
-opens), then loads the model
-in the background (a worker thread) while the port is already open: ``/health`` answers
-200 and ``/ready`` 503 with the stage until one warm-up inference has run. A model that
-fails to load stops the process. ``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead.
+opens), then builds the model from it in the background (a worker thread) while the port is
+already open: ``/health`` answers 200 and ``/ready`` 503 with the stage until one warm-up
+inference has run. A model that fails to load stops the process.
+``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead.
 """
 
 from __future__ import annotations

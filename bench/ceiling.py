@@ -31,24 +31,22 @@ BATCH = 16  # the micro-batcher's largest batch
 RUNTIMES = ("onnx", "tensorflow")
 
 
-def _forward(runtime: str) -> Any:
-    from ml_model.card import load_card
+def _forward(runtime: str) -> tuple[Any, tuple[float, float]]:
+    """The runtime's forward on the default bundle, and the bundle's DICOM window."""
+    from ml_model.inference.bundle import Bundle
+    from ml_model.inference.runtimes import load_runtime
 
-    if runtime == "onnx":
-        from ml_model.inference.forward_onnx import OnnxForward
-
-        return OnnxForward.from_bundle(DEFAULT_MODEL_DIR)
-    from ml_model.inference.forward import KerasForward
-
-    return KerasForward.from_bundle(DEFAULT_MODEL_DIR, load_card(DEFAULT_MODEL_DIR).temperature)
+    bundle = Bundle.load(DEFAULT_MODEL_DIR)
+    forward, _ = load_runtime("local" if runtime == "tensorflow" else runtime, bundle)
+    return forward, bundle.window
 
 
 def measure(runtime: str, seconds: float = 6.0) -> dict[str, Any]:
     """Images/s at batch ``BATCH`` and the single-image latency, in this process."""
     started = time.perf_counter()
-    forward = _forward(runtime)
+    forward, window = _forward(runtime)
     load_s = time.perf_counter() - started
-    images = sample_images(BATCH, forward.img_size)
+    images = sample_images(BATCH, forward.img_size, window)
     forward(images)  # trace / allocate once
     forward(images[:1])
     done, started = 0, time.perf_counter()
@@ -112,10 +110,10 @@ def run(rounds: int = 3, runtimes: tuple[str, ...] = RUNTIMES) -> dict[str, Any]
 
 
 def _model_name() -> str:
-    from ml_model.card import load_card
+    from ml_model.inference.bundle import Bundle
 
-    card = load_card(DEFAULT_MODEL_DIR)
-    return f"{card.name} {card.version}"
+    bundle = Bundle.load(DEFAULT_MODEL_DIR)
+    return f"{bundle.name} {bundle.version}"
 
 
 def main() -> None:

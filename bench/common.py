@@ -39,12 +39,13 @@ def sample_pngs(count: int) -> tuple[list[bytes], str]:
     return [files[i % len(files)] for i in range(count)], "synthetic 224x224 PNGs"
 
 
-def sample_images(count: int, size: int) -> np.ndarray:
-    """``count`` model inputs (uint8 (count, size, size, 3)) decoded from :func:`sample_pngs`."""
+def sample_images(count: int, size: int, window: tuple[float, float]) -> np.ndarray:
+    """``count`` model inputs (uint8 (count, size, size, 3)) decoded from :func:`sample_pngs`
+    (DICOM through ``window``: the bundle's)."""
     from ml_model.imaging.transforms import decode_image, gray_to_model_input
 
     files, _ = sample_pngs(count)
-    return np.stack([gray_to_model_input(decode_image(data), size) for data in files])
+    return np.stack([gray_to_model_input(decode_image(data, *window), size) for data in files])
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ COLUMNS = [
 
 
 def run(limit: int | None = None, bundles: tuple[str, ...] = BUNDLES) -> dict[str, Any]:
-    from ml_model.card import load_card
+    from ml_model.inference.bundle import Bundle
     from ml_model.inference.forward import KerasForward
     from ml_model.inference.forward_onnx import OnnxForward
     from ml_model.training.export import data_slices
@@ -39,15 +39,16 @@ def run(limit: int | None = None, bundles: tuple[str, ...] = BUNDLES) -> dict[st
     rows = []
     for name in bundles:
         model_dir = PACKAGE_DIR / "models" / name
-        card = load_card(model_dir)
+        bundle = Bundle.load(model_dir)
+        size = bundle.img_size
         slices = (
-            data_slices(SHARED_DATA_DIR, card.input.size, limit, progress=False)
+            data_slices(SHARED_DATA_DIR, size, bundle.window, limit, progress=False)
             if (SHARED_DATA_DIR / "val").is_dir()
             else {}
         )
-        slices["synthetic"] = synthetic_slices(card.input.size)
-        reference = KerasForward.from_bundle(model_dir, card.temperature)
-        candidate = OnnxForward.from_bundle(model_dir)
+        slices["synthetic"] = synthetic_slices(size)
+        reference = KerasForward.from_bundle(bundle)
+        candidate = OnnxForward.from_bundle(bundle)
         for slice_name, row in parity(model_dir, reference, candidate, slices).items():
             rows.append({"bundle": name, "slices": slice_name, **row})
     return {

@@ -65,23 +65,25 @@ def throughput(forward: Any, images: np.ndarray, seconds: float = 6.0) -> float:
 
 def run(calibration_count: int = 64, out: Path = Path("runs/quantized")) -> dict[str, Any]:
     from ml_model.data.dataset import find_images, load_arrays
+    from ml_model.inference.bundle import Bundle
     from ml_model.inference.core import InferenceCore
     from ml_model.inference.forward_onnx import OnnxForward
     from ml_model.training.export_onnx import compare_outputs
 
     out.mkdir(parents=True, exist_ok=True)
-    exact = OnnxForward.from_bundle(DEFAULT_MODEL_DIR)
-    size = exact.img_size
+    bundle = Bundle.load(DEFAULT_MODEL_DIR)
+    exact = OnnxForward.from_bundle(bundle)
+    size, window = exact.img_size, bundle.window
     train = find_images(SHARED_DATA_DIR, splits=["train"])
     step = max(1, len(train) // calibration_count)
-    calibration = load_arrays(train[::step][:calibration_count], size, progress=False)[0]
-    val = load_arrays(find_images(SHARED_DATA_DIR, splits=["val"]), size, progress=False)[0]
+    calibration = load_arrays(train[::step][:calibration_count], size, window, False)[0]
+    val = load_arrays(find_images(SHARED_DATA_DIR, splits=["val"]), size, window, False)[0]
     target = out / "model.int8.onnx"
     started = time.perf_counter()
     quantize_int8(DEFAULT_MODEL_DIR / ONNX_FILE, target, calibration)
     quantize_s = time.perf_counter() - started
     int8 = OnnxForward(target)
-    core = InferenceCore(DEFAULT_MODEL_DIR, forward=exact)
+    core = InferenceCore(bundle, forward=exact)
     reference = exact(val)
     rows = [
         {"variant": "fp32 (model.onnx, exact)", "images_per_s": throughput(exact, val[:BATCH])},

@@ -168,19 +168,22 @@ def stages(answer: dict[str, Any], repeats: int = 50) -> list[dict[str, Any]]:
     """Each stage of one request alone, single-threaded, in this process."""
     from backend.app.schemas import PredictionResponse
     from ml_model.imaging.transforms import decode_image, gray_to_model_input
+    from ml_model.inference.bundle import Bundle
     from ml_model.inference.forward_onnx import OnnxForward
 
     files, _ = sample_pngs(16)
     data = files[0]
-    forward = OnnxForward.from_bundle(DEFAULT_MODEL_DIR)
-    gray = decode_image(data)
+    bundle = Bundle.load(DEFAULT_MODEL_DIR)
+    forward = OnnxForward.from_bundle(bundle)
+    window = bundle.window
+    gray = decode_image(data, *window)
     size = forward.img_size
-    batch = np.stack([gray_to_model_input(decode_image(f), size) for f in files])
+    batch = np.stack([gray_to_model_input(decode_image(f, *window), size) for f in files])
     rows = [
         ("multipart parse (Starlette)", _median_ms(_multipart_parser(data), repeats)),
         (
             f"PNG decode ({gray.shape[1]}x{gray.shape[0]})",
-            _median_ms(lambda: decode_image(data), repeats),
+            _median_ms(lambda: decode_image(data, *window), repeats),
         ),
         (
             f"resize to the model input ({size}x{size}x3)",

@@ -25,7 +25,9 @@ import numpy as np
 from PIL import Image
 
 from bench.common import RESULTS_DIR, api_server_command, free_port, running_server, sample_pngs
+from ml_model.config import DEFAULT_MODEL_DIR
 from ml_model.imaging.transforms import decode_image
+from ml_model.inference.bundle import Bundle
 from testing.dicom_writers import gray_to_export_window_dicom
 
 
@@ -33,8 +35,9 @@ def build_series(slices: int, size: int) -> tuple[list[tuple[str, bytes]], str]:
     pngs, source = sample_pngs(slices)
     series_uid = "1.2.826.0.1.3680043.2.1125.300"
     files = []
+    window = Bundle.load(DEFAULT_MODEL_DIR).window
     for index, data in enumerate(pngs):
-        gray = decode_image(data)
+        gray = decode_image(data, *window)
         big = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR))
         files.append(
             (

@@ -52,6 +52,10 @@ class Window(_Open):
     level: float = Field(description="Window level (centre), Hounsfield units.")
     width: float = Field(gt=0.0, description="Window width, Hounsfield units.")
 
+    def as_pair(self) -> tuple[float, float]:
+        """(level, width), as the decoders take it."""
+        return (self.level, self.width)
+
 
 class Crop(_Open):
     method: str = Field(description="How the network's view is cut from the slice.")
@@ -95,8 +99,16 @@ class StudyHeadSpec(_Open):
         return self
 
 
+# The study aggregations a card can name: the study head's patient_overall, or the mean of
+# the top_k slice probabilities (``top{top_k}_mean``).
+STUDY_HEAD_AGGREGATION = "study_head"
+
+
 class StudySettings(_Open):
-    aggregation: str = Field(description="How slice scores become a study score.")
+    aggregation: str = Field(
+        description="How slice scores become a study score: `study_head` (the head's "
+        "patient_overall; needs `head`) or `top{top_k}_mean` (the top_k slices' mean)."
+    )
     top_k: int = Field(ge=1, description="Slices averaged into the study score.")
     operating_points: dict[OperatingPointName, OperatingPointStats] = Field(
         default_factory=dict, description="Thresholds on the study score."
@@ -106,9 +118,24 @@ class StudySettings(_Open):
         description="A learned study head (patient_overall, C1..C7); absent: top-k mean.",
     )
 
+    @model_validator(mode="after")
+    def _known_aggregation(self) -> StudySettings:
+        top_k_mean = f"top{self.top_k}_mean"
+        if self.aggregation == STUDY_HEAD_AGGREGATION and self.head is None:
+            raise ValueError(f"aggregation {STUDY_HEAD_AGGREGATION!r} needs a study head")
+        if self.aggregation not in (STUDY_HEAD_AGGREGATION, top_k_mean):
+            raise ValueError(
+                f"aggregation must be {top_k_mean!r} or {STUDY_HEAD_AGGREGATION!r}, "
+                f"not {self.aggregation!r}"
+            )
+        return self
+
 
 class GateSettings(_Open):
-    threshold: float = Field(description="A slice is CT when the gate's logit is >= this.")
+    threshold: float = Field(
+        allow_inf_nan=False,
+        description="A slice is CT when the gate's logit is >= this (stored here only).",
+    )
     file: str = Field(default=GATE_FILE, description="The gate's weights in the bundle.")
 
 

@@ -15,9 +15,11 @@ RESULT_OUT_OF_DISTRIBUTION: Final = "Not a CT slice"
 DEFAULT_IMG_SIZE = 384
 
 # The window the training PNGs were exported with (Hounsfield units): fat near grey 107,
-# muscle near 207, bone saturated (see the data README). DICOM input is brought to it.
+# muscle near 207, bone saturated (see the data README). Training decodes DICOM through it
+# and writes it into the card (``input.window``); inference always reads the bundle's.
 EXPORT_WINDOW_LEVEL = -70.0
 EXPORT_WINDOW_WIDTH = 380.0
+EXPORT_WINDOW: tuple[float, float] = (EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH)
 
 # Bone window (Hounsfield units), for viewing.
 BONE_WINDOW_LEVEL = 400.0

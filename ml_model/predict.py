@@ -1,6 +1,6 @@
 """Predict fracture / normal for image files or folders (searched recursively).
 
-python -m ml_model.predict scans/ slice.png [--model DIR] [--csv OUT.csv]
+python -m ml_model.predict scans/ slice.png [--model DIR] [--runtime onnx] [--csv OUT.csv]
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ml_model.card import CardError
 from ml_model.config import DEFAULT_MODEL_DIR
-from ml_model.imaging.errors import ImageDecodeError
 from ml_model.imaging.formats import EXTENSIONS
 from ml_model.inference.core import DEFAULT_OPERATING_POINT, OPERATING_POINTS, InferenceCore
 from ml_model.inference.gate import GateFileError
+from ml_model.inference.runtimes import add_runtime_argument
 from ml_model.inference.study import SliceFile, StudyError
 
 BATCH_SIZE = 32
@@ -32,11 +31,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file() and p.suffix.lower() in EXTENSIONS
-                )
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
             )
         else:
             found.append(path)
@@ -60,25 +55,17 @@ def predict_files(
     errors: list[tuple[Path, str]] = []
     with tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr) as bar:
         for batch in _batches(files, BATCH_SIZE):
-            readable, arrays = [], []
-            for path in batch:
-                try:
-                    arrays.append(core.model_input(core.decode(path.read_bytes())))
-                    readable.append(path)
-                except (ImageDecodeError, OSError) as exc:
-                    errors.append((path, f"{path}: {exc}"))
-            if arrays:
-                for path, verdict in zip(
-                    readable, core.classify(np.stack(arrays), operating_point), strict=True
-                ):
-                    rows.append(
-                        {
-                            "file": str(path),
-                            "result": verdict.result,
-                            "probability": round(verdict.probability, 6),
-                            "ct_gate": "accepted" if verdict.in_distribution else "refused",
-                        }
-                    )
+            judged = core.judge_files([path.read_bytes for path in batch], operating_point)
+            errors.extend((batch[i], f"{batch[i]}: {exc}") for i, exc in judged.errors)
+            for index, verdict in zip(judged.indices, judged.verdicts, strict=True):
+                rows.append(
+                    {
+                        "file": str(batch[index]),
+                        "result": verdict.result,
+                        "probability": round(verdict.probability, 6),
+                        "ct_gate": "accepted" if verdict.in_distribution else "refused",
+                    }
+                )
             bar.update(len(batch))
     return rows, errors
 
@@ -132,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="image/DICOM files or folders")
     parser.add_argument("--study", help="a folder holding one CT series: one answer for all")
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="bundle folder")
+    add_runtime_argument(parser)
     parser.add_argument("--csv", help="write the rows to this CSV file")
     parser.add_argument(
         "--operating-point", default=DEFAULT_OPERATING_POINT, choices=OPERATING_POINTS
@@ -141,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.study and not files:
         parser.error("no image files found")
     try:
-        core = InferenceCore(args.model)
+        core = InferenceCore.on_runtime(args.model, args.runtime)
     except (CardError, GateFileError, OSError) as exc:
         parser.exit(2, f"cannot load the model bundle: {exc}\n")
     if args.study:

@@ -1,11 +1,12 @@
 """The FastAPI app: ``uvicorn backend.app.main:app`` (with the flags of the Makefile's
 ``serve``: header and body timeouts, a graceful-shutdown bound).
 
-``create_app`` builds an app from :class:`Settings`. The lifespan checks the bundle's card
-and gate (an invalid bundle stops the server before its port opens), then loads the model
-in the background (a worker thread) while the port is already open: ``/health`` answers
-200 and ``/ready`` 503 with the stage until one warm-up inference has run. A model that
-fails to load stops the process. ``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead.
+``create_app`` builds an app from :class:`Settings`. The lifespan reads the bundle once
+(``Bundle.load``: card, gate, study head; an invalid bundle stops the server before its port
+opens), then builds the model from it in the background (a worker thread) while the port is
+already open: ``/health`` answers 200 and ``/ready`` 503 with the stage until one warm-up
+inference has run. A model that fails to load stops the process.
+``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead.
 """
 
 from __future__ import annotations
@@ -43,12 +44,10 @@ from backend.app.core.middleware import (
 from backend.app.core.policy import RoutePolicies, Upload
 from backend.app.core.security import SecurityHeadersMiddleware
 from backend.app.services.admission import decode_guard
-from backend.app.services.inference import configure, create_core, warm_up
-from ml_model.card import load_card
+from backend.app.services.inference import configure, create_core, load_bundle, warm_up
 from ml_model.imaging.errors import short_message
+from ml_model.inference.bundle import Bundle
 from ml_model.inference.core import InferenceCore
-from ml_model.inference.gate import CTGate
-from ml_model.inference.study_head import StudyHead
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -68,16 +67,6 @@ def _keep_uploads_in_memory(settings: Settings) -> None:
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, needed)
 
 
-def check_bundle(settings: Settings) -> None:
-    """The bundle's model card, CT gate and (a study bundle) study head (milliseconds):
-    raises ``CardError`` / ``GateFileError`` / ``StudyHeadError`` naming the file and the
-    field, before the port opens."""
-    card = load_card(settings.model_dir)
-    CTGate.load(settings.model_dir)
-    if card.study.head is not None:
-        StudyHead.for_card(settings.model_dir, card.study.head)
-
-
 @dataclass
 class Loading:
     """Where start-up stands, for ``/ready``'s 503 reason."""
@@ -92,11 +81,14 @@ class Loading:
         return f"{self.stage} ({time.monotonic() - self.started:.0f} s so far)"
 
 
-async def _load(app: FastAPI, settings: Settings, shared: InferenceCore | None) -> InferenceCore:
-    """Build (or configure a shared) core, warm it up, mark the app ready."""
+async def _load(
+    app: FastAPI, settings: Settings, shared: InferenceCore | None, bundle: Bundle | None = None
+) -> InferenceCore:
+    """Build (or configure a shared) core, warm it up, mark the app ready. ``bundle``: as
+    the start-up check loaded it."""
     loading: Loading = app.state.loading
     if shared is None:
-        core = await anyio.to_thread.run_sync(create_core, settings)
+        core = await anyio.to_thread.run_sync(create_core, settings, bundle)
     else:
         core = configure(shared, settings)  # a shared core, with this app's settings
     core = core.with_decode_guard(decode_guard)  # every decode within the memory budget
@@ -121,12 +113,12 @@ async def _load(app: FastAPI, settings: Settings, shared: InferenceCore | None) 
     return core
 
 
-async def _load_in_background(app: FastAPI, settings: Settings) -> None:
+async def _load_in_background(app: FastAPI, settings: Settings, bundle: Bundle) -> None:
     """The port is already open (``/health`` 200, ``/ready`` 503 with the stage). A bundle
     that cannot be loaded stops the process: logged (naming the file), then SIGTERM to
     ourselves, so the server shuts down and the process ends non-zero."""
     try:
-        await _load(app, settings, None)
+        await _load(app, settings, None, bundle)
     except Exception as exc:
         app.state.loading.error = short_message(exc, 1000)
         logger.critical(
@@ -142,17 +134,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     shared: InferenceCore | None = app.state.inference
     owned = shared is None  # built here, so closed here (a core passed in is shared)
     app.state.loading = Loading(time.monotonic())
+    bundle = None
     if owned:
-        # An invalid card or gate stops the server at once, before its port opens.
-        await anyio.to_thread.run_sync(check_bundle, settings)
+        # An invalid card or gate stops the server at once, before its port opens: the
+        # bundle is read here, once (Bundle.load), and the model built from it.
+        bundle = await anyio.to_thread.run_sync(load_bundle, settings)
     # Lifespans can nest (a test harness entering an app that is already running): only
     # the last one out marks the app not ready.
     app.state.lifespans = getattr(app.state, "lifespans", 0) + 1
     async with anyio.create_task_group() as tasks:
-        if owned and settings.load_model_in_background:
-            tasks.start_soon(_load_in_background, app, settings)
+        if bundle is not None and settings.load_model_in_background:
+            tasks.start_soon(_load_in_background, app, settings, bundle)
         else:
-            await _load(app, settings, shared)
+            await _load(app, settings, shared, bundle)
         try:
             yield
         finally:

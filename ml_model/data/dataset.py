@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from ml_model.config import CLASS_NAMES
+from ml_model.config import CLASS_NAMES, EXPORT_WINDOW
 from ml_model.imaging.errors import ImageDecodeError
 from ml_model.imaging.formats import EXTENSIONS
 from ml_model.imaging.transforms import load_image
@@ -180,16 +180,20 @@ def describe_split(
 
 
 def load_arrays(
-    records: Sequence[ImageRecord], img_size: int, progress: bool = True
+    records: Sequence[ImageRecord],
+    img_size: int,
+    window: tuple[float, float],
+    progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every record (uint8 N x S x S x 3) up front; errors name each bad file."""
+    """Decode every record (uint8 N x S x S x 3) up front, DICOM through ``window`` (level,
+    width: the bundle's, or training's export window); errors name each bad file."""
     from tqdm.auto import tqdm
 
     images = np.empty((len(records), img_size, img_size, 3), dtype=np.uint8)
     bad: list[str] = []
     for i, record in enumerate(tqdm(records, desc="decode", unit="img", disable=not progress)):
         try:
-            images[i] = load_image(record.path, img_size)
+            images[i] = load_image(record.path, img_size, *window)
         except (ImageDecodeError, OSError) as exc:
             bad.append(str(exc))
     if bad:
@@ -277,7 +281,8 @@ def make_dataset(
     seed: int = 42,
     cache: bool = True,
 ) -> tf.data.Dataset:
-    """Files -> decode/window/resize (shared transform) -> cache -> batch -> augment -> prefetch."""
+    """Files -> decode/window/resize (shared transform) -> cache -> batch -> augment -> prefetch.
+    Training's input: DICOM through the export window, the one the card records."""
     autotune = tf.data.AUTOTUNE
     dataset = tf.data.Dataset.from_tensor_slices(
         ([str(p) for p in paths], np.asarray(labels, dtype=np.float32))
@@ -285,7 +290,10 @@ def make_dataset(
 
     def decode(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.numpy_function(
-            lambda p: load_image(p.decode(), img_size), [path], tf.uint8, stateful=False
+            lambda p: load_image(p.decode(), img_size, *EXPORT_WINDOW),
+            [path],
+            tf.uint8,
+            stateful=False,
         )
         image.set_shape((img_size, img_size, 3))
         return tf.cast(image, tf.float32), label

@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ml_model.config import EXPORT_WINDOW
 from ml_model.imaging.dicom import NON_CT_MODALITIES, decode_dicom
 
 KINDS = (
@@ -310,7 +311,7 @@ def _dicom_grays(path: str) -> list[np.ndarray]:
     with open(path, "rb") as handle:
         data = handle.read()
     try:
-        return [decode_dicom(data, require_ct=False)]
+        return [decode_dicom(data, *EXPORT_WINDOW, require_ct=False)]
     except Exception:  # a file the decoder refuses needs no gate
         return []
 

@@ -1,12 +1,14 @@
 """Evaluate a model bundle on a folder of labelled slices, as the product would answer.
 
     python -m ml_model.evaluate --model ml_model/models/default \
-        --data ../shared/data/cervical-ct/val --out OUT
+        --data ../shared/data/cervical-ct/val --out OUT [--runtime onnx]
 
-Writes OUT/metrics.json: the model's metrics at the bundle's threshold, what the product
-answers (``refused``: slices the CT gate turned away; ``product``: accuracy, recall and
-specificity of the answer strings, a refused fracture counting as a miss), 95 %
-intervals over base slices, and the same per CT series and per class. Also
+Every file is read as the product reads it (``InferenceCore.judge_files``: the bundle's
+window and input size, the runtime's forward). Writes OUT/metrics.json: the model's
+metrics at the bundle's threshold, what the product answers (``refused``: slices the CT
+gate turned away; ``product``: accuracy, recall and specificity of the answer strings, a
+refused fracture counting as a miss), 95 % intervals over base slices, and the same per
+CT series and per class. Also
 OUT/shortcut.json + shortcut.png (where the model looks, and counterfactuals),
 OUT/gate_report.json + gate_report.png (the CT gate per corpus, held-out non-CT included),
 confusion_matrix.png, roc_curve.png, reliability.png and predictions.csv.
@@ -25,12 +27,13 @@ import numpy as np
 from PIL import Image
 
 from ml_model.architectures.spine_crop import BONE_GREY, TISSUE_GREY
-from ml_model.data.dataset import find_images, groups_of, load_arrays, series_of
+from ml_model.data.dataset import DatasetError, find_images, groups_of, labels_of, series_of
 from ml_model.data.negatives import generate as generate_negatives
 from ml_model.evaluation.metrics import plot_confusion_matrix, plot_reliability, plot_roc
 from ml_model.evaluation.report import held_out_report
 from ml_model.inference.core import DEFAULT_OPERATING_POINT, OPERATING_POINTS, InferenceCore
 from ml_model.inference.explain import normalise_cam, overlay_png
+from ml_model.inference.runtimes import add_runtime_argument
 
 SOFT_TISSUE_GREY = 207  # muscle in the export window
 AUDIT_SLICES = 12  # per class: Grad-CAM is one backward pass each
@@ -42,11 +45,12 @@ def evaluate(
     out: str | Path,
     operating_point: str = DEFAULT_OPERATING_POINT,
     unseen_only: bool = False,
+    runtime: str = "local",
 ) -> dict[str, Any]:
     """Score every image under ``data``; ``unseen_only`` drops series the model trained on."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    core = InferenceCore(model_dir)
+    core = InferenceCore.on_runtime(model_dir, runtime)
     records = find_images(data)
     excluded = 0
     if unseen_only:
@@ -56,9 +60,14 @@ def evaluate(
         records = kept
         if not records:
             raise SystemExit("every image belongs to a CT series the model was trained on")
-    images, labels = load_arrays(records, core.img_size)
-    output = core.scores(images)  # the forward bounds its own batches
-    verdicts = core.judge(output, operating_point)
+    judged = core.judge_files(
+        [record.path.read_bytes for record in records], operating_point, progress=True
+    )
+    if judged.errors:
+        listed = "\n  ".join(f"{records[i].path}: {exc}" for i, exc in judged.errors[:10])
+        raise DatasetError(f"{len(judged.errors)} unreadable image file(s):\n  {listed}")
+    images, output, verdicts = judged.images, judged.output, judged.verdicts
+    labels = labels_of(records)
     probs = output.probability
     accepted = np.array([v.in_distribution for v in verdicts], bool)
     threshold = core.threshold(operating_point)
@@ -267,8 +276,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="skip images of CT series the model was trained on",
     )
+    add_runtime_argument(parser)
     args = parser.parse_args(argv)
-    metrics = evaluate(args.model, args.data, args.out, args.operating_point, args.unseen_only)
+    metrics = evaluate(
+        args.model, args.data, args.out, args.operating_point, args.unseen_only, args.runtime
+    )
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     print(
         f"{metrics['n']} images ({metrics['distinct_slices']} distinct slices), "

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from ml_model.imaging.errors import (
     MAX_IMAGE_PIXELS,
     ImageDecodeError,
@@ -119,9 +118,7 @@ class DicomImage:
     # Informational notes (a guessed intercept, padding set to air): never errors.
     notes: tuple[str, ...] = ()
 
-    def window(
-        self, level: float = EXPORT_WINDOW_LEVEL, width: float = EXPORT_WINDOW_WIDTH
-    ) -> np.ndarray:
+    def window(self, level: float, width: float) -> np.ndarray:
         """uint8 slice: HU through the window (level, width), inverted for MONOCHROME1;
         display values (not HU) are already rendered and ignore the window."""
         if not self.is_hu:
@@ -719,11 +716,7 @@ def _palette(indices: np.ndarray, dataset: Any) -> np.ndarray:
 
 
 def decode_dicom(
-    data: bytes,
-    level: float = EXPORT_WINDOW_LEVEL,
-    width: float = EXPORT_WINDOW_WIDTH,
-    require_ct: bool = True,
-    frame: int | None = None,
+    data: bytes, level: float, width: float, require_ct: bool = True, frame: int | None = None
 ) -> np.ndarray:
     """DICOM bytes -> a windowed uint8 slice (see :func:`read_dicom` and the module doc)."""
     return read_dicom(data, require_ct, frame).window(level, width)

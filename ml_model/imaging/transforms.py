@@ -3,7 +3,8 @@
 Training (through ``tf.data``), the CLI and the server all call :func:`image_to_array`;
 nothing else turns pixels into tensors. Each step is a small function so it can be tested
 and reused on its own. Untrusted bytes: every failure is one of the errors in
-``ml_model.imaging.errors``.
+``ml_model.imaging.errors``. No function here has a default DICOM window: the caller passes
+the bundle's (``Bundle.window``), or training its export window.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml_model.config import DEFAULT_IMG_SIZE, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
+from ml_model.config import DEFAULT_IMG_SIZE
 from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
 from ml_model.imaging.formats import decode
 
 
 def decode_source(
-    data: bytes,
-    level: float = EXPORT_WINDOW_LEVEL,
-    width: float = EXPORT_WINDOW_WIDTH,
-    frame: int | None = None,
+    data: bytes, level: float, width: float, frame: int | None = None
 ) -> tuple[np.ndarray, DicomImage | None]:
     """:func:`decode_image`, and for DICOM the decoded image itself (HU or display values,
     header facts), so a caller can show it in other windows without decoding it again."""
@@ -36,12 +34,7 @@ def decode_source(
     return decoded.window(level, width), decoded
 
 
-def decode_image(
-    data: bytes,
-    level: float = EXPORT_WINDOW_LEVEL,
-    width: float = EXPORT_WINDOW_WIDTH,
-    frame: int | None = None,
-) -> np.ndarray:
+def decode_image(data: bytes, level: float, width: float, frame: int | None = None) -> np.ndarray:
     """Image or DICOM bytes -> 2-D uint8 grayscale at the file's own size (DICOM through the
     window; ``frame``: which frame of a multi-frame DICOM; None refuses one)."""
     return decode_source(data, level, width, frame)[0]
@@ -64,21 +57,16 @@ def gray_to_model_input(gray: np.ndarray, size: int = DEFAULT_IMG_SIZE) -> np.nd
     return to_model_channels(resize(gray, size))
 
 
-def image_to_array(
-    data: bytes,
-    size: int = DEFAULT_IMG_SIZE,
-    level: float = EXPORT_WINDOW_LEVEL,
-    width: float = EXPORT_WINDOW_WIDTH,
-) -> np.ndarray:
+def image_to_array(data: bytes, size: int, level: float, width: float) -> np.ndarray:
     """Bytes -> uint8 array of shape (size, size, 3): decode, window, resize."""
     return gray_to_model_input(decode_image(data, level, width), size)
 
 
-def load_image(path: str | Path, size: int = DEFAULT_IMG_SIZE) -> np.ndarray:
+def load_image(path: str | Path, size: int, level: float, width: float) -> np.ndarray:
     """Read a file and run :func:`image_to_array`; errors name the file."""
     path = Path(path)
     try:
-        return image_to_array(path.read_bytes(), size)
+        return image_to_array(path.read_bytes(), size, level, width)
     except ImageDecodeError as exc:
         raise type(exc)(f"{path}: {exc}") from exc
 

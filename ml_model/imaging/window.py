@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from ml_model.imaging.errors import ImageDecodeError
 
 
-def hu_window(
-    hu: np.ndarray, level: float = EXPORT_WINDOW_LEVEL, width: float = EXPORT_WINDOW_WIDTH
-) -> np.ndarray:
+def hu_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     """Map Hounsfield units to uint8 through a linear window (level +/- width/2)."""
     if width <= 0:
         raise ValueError(f"window width must be positive, got {width}")

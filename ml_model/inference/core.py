@@ -5,7 +5,9 @@ P(fracture) + the CT gate's logit) -> the gate's decision -> the operating point
 threshold -> the triage result. The API (single, batch, study), the CLI (files and
 ``--study``) and ``evaluate`` all call :class:`InferenceCore`; nothing else decides a
 verdict. Where the forward runs (in-process TensorFlow, TF Serving, micro-batched or not)
-is a :class:`~ml_model.inference.forward.Forward` handed in at construction.
+is a :class:`~ml_model.inference.forward.Forward` handed in at construction (one of
+``inference/runtimes.py``'s), beside the :class:`~ml_model.inference.bundle.Bundle` every
+per-model fact comes from (input size, window, thresholds, study settings).
 
 A study bundle (RSNA 2022: the card's ``input.context`` and ``study.head``) changes two
 things, in study mode only. The model input of slice k is 2.5D: the decoded slice and its
@@ -30,12 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ml_model.card import (
-    DEFAULT_OPERATING_POINT,
-    OPERATING_POINTS,
-    CardError,
-    load_card,
-)
+from ml_model.card import DEFAULT_OPERATING_POINT, OPERATING_POINTS, CardError, ModelCard
 from ml_model.config import DEFAULT_MODEL_DIR
 from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
@@ -47,8 +44,10 @@ from ml_model.imaging.transforms import (
     resize,
     stack_neighbours,
 )
+from ml_model.inference.batching import BatchedForward
+from ml_model.inference.bundle import Bundle, as_bundle
 from ml_model.inference.forward import Forward, ForwardOutput, ModelUnavailableError
-from ml_model.inference.gate import CTGate, ct_gate_margin
+from ml_model.inference.gate import ct_gate_margin
 from ml_model.inference.study import (
     OrderedSlice,
     PositionUnit,
@@ -76,8 +75,6 @@ __all__ = [
 STUDY_BATCH = 32
 # What the server wraps every decode in (``InferenceCore.with_decode_guard``).
 DecodeGuard = Callable[[bytes], contextlib.AbstractContextManager[object]]
-# The gate's threshold is stored twice (gate.npz, card): they must agree to this.
-GATE_THRESHOLD_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -115,107 +112,134 @@ class StudyVerdict:
     context_offset: int | None = None
 
 
-class InferenceCore:
-    """A loaded bundle (card, gate threshold) and a forward; see the module docstring.
+@dataclass(frozen=True)
+class SourceVerdict:
+    """One file through the whole path (:meth:`InferenceCore.judge_source`)."""
 
-    ``threshold_override`` replaces the threshold of the default (sensitive) operating point
-    (the server's ``THRESHOLD`` setting); ``window`` overrides the card's DICOM window.
+    gray: np.ndarray  # the decoded slice
+    dicom: DicomImage | None  # a DICOM's decoded image (other windows, header facts)
+    image: np.ndarray  # the model input
+    verdict: SliceVerdict
+
+
+@dataclass(frozen=True)
+class FileVerdicts:
+    """Many files through the whole path (:meth:`InferenceCore.judge_files`): the readable
+    ones' indices (in input order), model inputs, forward output and verdicts, and each
+    unreadable one's index and error."""
+
+    indices: list[int]
+    images: np.ndarray
+    output: ForwardOutput
+    verdicts: list[SliceVerdict]
+    errors: list[tuple[int, Exception]]
+
+
+class InferenceCore:
+    """A loaded bundle and a forward; see the module docstring.
+
+    ``bundle``: a :class:`Bundle` (with the server's overrides, ``Bundle.with_overrides``)
+    or a bundle folder. ``forward``: None runs the bundle in-process on TensorFlow (the
+    ``local`` runtime, the reference); ``gradcam``: None picks the forward's own.
     """
 
     def __init__(
         self,
-        model_dir: str | Path = DEFAULT_MODEL_DIR,
+        bundle: Bundle | str | Path = DEFAULT_MODEL_DIR,
         forward: Forward | None = None,
         gradcam: Callable[[np.ndarray], np.ndarray] | None = None,
-        threshold_override: float | None = None,
-        window: tuple[float, float] | None = None,
     ) -> None:
-        self.model_dir = Path(model_dir)
-        self.card = load_card(self.model_dir)
-        gate = CTGate.load(self.model_dir)  # GateFileError names the file
-        if abs(gate.threshold - self.card.gate.threshold) > GATE_THRESHOLD_TOLERANCE:
-            raise CardError(
-                f"{self.model_dir}: field `gate.threshold` of the model card "
-                f"({self.card.gate.threshold}) differs from {self.card.gate.file} "
-                f"({gate.threshold})"
-            )
-        self.gate_threshold = self.card.gate.threshold
-        self.threshold_override = threshold_override
-        card_window = self.card.input.window
-        self.window = window or (card_window.level, card_window.width)
+        self.bundle = as_bundle(bundle)  # CardError / GateFileError name the file
         if forward is None:
-            from ml_model.inference.forward import KerasForward
+            from ml_model.inference.runtimes import load_runtime
 
-            forward = KerasForward.from_bundle(self.model_dir, self.card.temperature)
+            forward, own = load_runtime("local", self.bundle)
+            gradcam = gradcam or own
         self.forward = forward
-        self.study_head = self._load_study_head(forward)
+        self._check_features(forward)
         self._gradcam = gradcam or self._default_gradcam(forward)
         self.decode_guard: DecodeGuard | None = None
 
-    def _load_study_head(self, forward: Forward) -> StudyHead | None:
-        """A study bundle's head (``study.head`` of the card), checked against the forward:
-        a graph without ``slice_features`` cannot feed it."""
-        spec = self.card.study.head
-        if spec is None:
-            return None
-        from ml_model.inference.study_head import StudyHead, StudyHeadError
+    @classmethod
+    def on_runtime(cls, bundle: Bundle | str | Path, runtime: str) -> InferenceCore:
+        """The bundle on the runtime named ``runtime`` (``inference/runtimes.py``), with
+        that runtime's Grad-CAM."""
+        from ml_model.inference.runtimes import load_runtime
 
-        if getattr(forward, "has_features", True) is False:
+        loaded = as_bundle(bundle)
+        forward, gradcam = load_runtime(runtime, loaded)
+        return cls(loaded, forward, gradcam=gradcam)
+
+    def _check_features(self, forward: Forward) -> None:
+        """A study bundle's head reads the slices' features: a graph without
+        ``slice_features`` cannot feed it."""
+        if self.bundle.uses_study_head and getattr(forward, "has_features", True) is False:
             raise CardError(
                 f"{self.model_dir}: the card has `study.head` but the model's graph "
                 f"({type(forward).__name__}) returns no slice features; export the bundle again"
             )
-        try:
-            return StudyHead.for_card(self.model_dir, spec)
-        except StudyHeadError as exc:
-            raise CardError(str(exc)) from exc
 
     def _default_gradcam(self, forward: Forward) -> Callable[[np.ndarray], np.ndarray]:
         from ml_model.inference.forward import KerasForward
         from ml_model.inference.gradcam import GradCam, LazyGradCam
 
-        inner = getattr(forward, "inner", forward)  # a batched forward's own
-        if isinstance(inner, KerasForward):
-            return GradCam(inner.model, self.card.gradcam_layer)
-        return LazyGradCam(self.model_dir, self.card.gradcam_layer)
+        if isinstance(forward, KerasForward):
+            return GradCam(forward.model, self.bundle.gradcam_layer)
+        return LazyGradCam(self.model_dir, self.bundle.gradcam_layer)
 
-    def configured(
-        self, threshold_override: float | None, window: tuple[float, float] | None
-    ) -> InferenceCore:
-        """This core (same bundle, same forward) with another threshold override / window."""
+    def with_bundle(self, bundle: Bundle) -> InferenceCore:
+        """This core (same forward, same Grad-CAM) judging with ``bundle``: the same bundle
+        with other overrides (``Bundle.with_overrides``: the server's settings)."""
         other = copy.copy(self)
-        other.threshold_override = threshold_override
-        card_window = self.card.input.window
-        other.window = window or (card_window.level, card_window.width)
+        other.bundle = bundle
         return other
 
     # ---- the bundle ------------------------------------------------------------------
 
     @property
+    def card(self) -> ModelCard:
+        return self.bundle.card
+
+    @property
+    def model_dir(self) -> Path:
+        return self.bundle.path
+
+    @property
     def name(self) -> str:
-        return self.card.name
+        return self.bundle.name
 
     @property
     def version(self) -> str:
-        return self.card.version
+        return self.bundle.version
 
     @property
     def img_size(self) -> int:
-        return self.card.input.size
+        return self.bundle.img_size
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The DICOM window (level, width) the model input is decoded through."""
+        return self.bundle.window
+
+    @property
+    def gate_threshold(self) -> float:
+        return self.bundle.gate_threshold
+
+    @property
+    def study_head(self) -> StudyHead | None:
+        return self.bundle.study_head if self.bundle.uses_study_head else None
 
     def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
         """The slice threshold of ``operating_point`` (ValueError for an unknown one)."""
-        if self.threshold_override is not None and operating_point == DEFAULT_OPERATING_POINT:
-            return self.threshold_override
-        return self.card.threshold(operating_point)
+        return self.bundle.threshold(operating_point)
 
     def study_threshold(self, slices: int, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
         """The threshold on the study score of a study of ``slices`` slices."""
         return threshold_for(
             slices,
-            self.card.study.top_k,
+            self.bundle.top_k,
             self.threshold(operating_point),
-            self.card.study_threshold(operating_point),
+            self.bundle.stored_study_threshold(operating_point),
         )
 
     # ---- bytes -> model input -------------------------------------------------------
@@ -251,7 +275,7 @@ class InferenceCore:
     def context_offset(self, spacing_mm: float | None) -> int | None:
         """A 2.5D bundle: how many slices apart a slice's neighbours are in a series of
         ``spacing_mm`` (one slice when the spacing is unknown); None for a slice bundle."""
-        context = self.card.input.context
+        context = self.bundle.context
         if context is None:
             return None
         if spacing_mm is None or spacing_mm <= 0:
@@ -317,6 +341,54 @@ class InferenceCore:
         """Bytes -> verdict: the whole path for one file."""
         return self.classify(self.model_input(self.decode(data)), operating_point)[0]
 
+    def judge_source(
+        self,
+        read: Callable[[], bytes],
+        operating_point: str = DEFAULT_OPERATING_POINT,
+        check: Callable[[np.ndarray], object] | None = None,
+    ) -> SourceVerdict:
+        """One file, the whole path: ``read()`` its bytes, decode them (a DICOM's decoded
+        image kept for previews), ``check`` the decoded slice (the caller may refuse it by
+        raising), model input, verdict. A micro-batched forward is told while the file is
+        read and decoded, so that a batch being formed waits for it."""
+        with self._incoming():
+            gray, dicom = self.decode_source(read())
+            if check is not None:
+                check(gray)
+            image = self.model_input(gray)
+            verdict = self.classify(image, operating_point)[0]
+        return SourceVerdict(gray, dicom, image, verdict)
+
+    def judge_files(
+        self,
+        sources: Sequence[Callable[[], bytes]],
+        operating_point: str = DEFAULT_OPERATING_POINT,
+        errors: tuple[type[Exception], ...] = (ImageDecodeError, OSError),
+        progress: bool = False,
+    ) -> FileVerdicts:
+        """Many files -> verdicts + errors, the one loop of the batch route, ``predict`` and
+        ``evaluate``: each source read and decoded (an exception of ``errors`` is that file's
+        error, the others go on), then one forward over every readable file (the forward
+        bounds its own batches)."""
+        from tqdm.auto import tqdm
+
+        images = np.empty((len(sources), self.img_size, self.img_size, 3), np.uint8)
+        readable: list[int] = []
+        failed: list[tuple[int, Exception]] = []
+        for index, read in enumerate(tqdm(sources, unit="img", disable=not progress)):
+            try:
+                images[len(readable)] = self.model_input(self.decode(read()))
+            except errors as exc:
+                failed.append((index, exc))
+                continue
+            readable.append(index)
+        images = images[: len(readable)]
+        if not readable:
+            empty = ForwardOutput(np.zeros(0), np.zeros(0))
+            return FileVerdicts(readable, images, empty, [], failed)
+        output = self.scores(images)
+        return FileVerdicts(readable, images, output, self.judge(output, operating_point), failed)
+
     def study(
         self,
         items: Sequence[SliceFile],
@@ -360,17 +432,17 @@ class InferenceCore:
         output = ForwardOutput.concat(parts)
         inside = self.accepts(output)
         probabilities = output.probability
-        top_k = self.card.study.top_k
+        top_k = self.bundle.top_k
         ranked = np.where(inside, probabilities, -np.inf)
         top = [int(i) for i in np.argsort(-ranked, kind="stable")[:top_k] if np.isfinite(ranked[i])]
         vertebrae = None
-        if self.study_head is None:
+        if not self.bundle.uses_study_head:  # the card's aggregation: top{top_k}_mean
             score = aggregate(probabilities[inside], top_k) if top else 0.0
             threshold = self.study_threshold(len(names), operating_point)
         else:
             # No slice the gate accepts: no call, so no score and no C1..C7 (as top-k's 0).
             score, vertebrae = self._head_scores(output) if top else (0.0, None)
-            threshold = self.card.study_threshold(operating_point)
+            threshold = self.bundle.stored_study_threshold(operating_point)
             refused = int(np.sum(~inside))
             if top and refused:
                 warnings.append(
@@ -382,7 +454,7 @@ class InferenceCore:
             result=triage_result(score, threshold, bool(top)),
             probability=score,
             threshold=threshold,
-            aggregation=self.card.study.aggregation,
+            aggregation=self.bundle.aggregation,
             names=names,
             positions=positions,
             probabilities=probabilities,
@@ -472,10 +544,11 @@ class InferenceCore:
 
     # ---- lifecycle ------------------------------------------------------------------
 
-    def incoming(self) -> contextlib.AbstractContextManager[None]:
+    def _incoming(self) -> contextlib.AbstractContextManager[None]:
         """Announce an upcoming single-image call to a micro-batched forward (else a no-op)."""
-        announce = getattr(self.forward, "incoming", None)
-        return announce() if announce is not None else contextlib.nullcontext()
+        if isinstance(self.forward, BatchedForward):
+            return self.forward.incoming()
+        return contextlib.nullcontext()
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,), gradcam: bool = True) -> None:
         """Run the forward once per batch size (and Grad-CAM) so no request pays for

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
+    from ml_model.inference.bundle import Bundle
     from ml_model.inference.gate import CTGate
 
 # Bounded chunks: a 1000-image call would otherwise hold ~0.6 GB of float activations at
@@ -184,13 +185,14 @@ class KerasForward:
         self._serve = tf.function(serve, input_signature=[spec])
 
     @classmethod
-    def from_bundle(cls, model_dir: str | Path, temperature: float) -> KerasForward:
+    def from_bundle(cls, bundle: Bundle | str | Path) -> KerasForward:
+        """The bundle's model.keras with its card's temperature and its CT gate."""
         from ml_model.architectures.layers import load_model
-        from ml_model.inference.gate import CTGate
+        from ml_model.inference.bundle import as_bundle
 
-        gate = CTGate.load(model_dir)
-        model = load_model(Path(model_dir, KERAS_FILE))
-        return cls(model, temperature, gate)
+        loaded = as_bundle(bundle)
+        model = load_model(Path(loaded.path, KERAS_FILE))
+        return cls(model, loaded.temperature, loaded.gate)
 
     def __call__(self, images: np.ndarray) -> ForwardOutput:
         import tensorflow as tf

@@ -49,6 +49,8 @@ from ml_model.inference.forward import ForwardOutput, ModelUnavailableError, as_
 if TYPE_CHECKING:
     import onnxruntime as ort
 
+    from ml_model.inference.bundle import Bundle
+
 # Images per session.run. ONNX Runtime materialises every intermediate of the spine crop and
 # the CT gate's features (dozens of (N, 384, 384) float tensors): past ~8 images they leave
 # the caches and the cost per image rises (bench.ceiling: ms_per_image_b8 vs batched). It
@@ -123,17 +125,16 @@ def exported_from(model_dir: Path, temperature: float) -> dict[str, Any]:
     return sources | {"temperature": float(temperature)}
 
 
-def check_exported_from(path: Path, session: ort.InferenceSession) -> None:
+def check_exported_from(path: Path, session: ort.InferenceSession, temperature: float) -> None:
     """The graph bakes in the network's weights, the CT gate's coefficients and the
-    temperature: it must have been exported from this bundle's files (a bundle retrained,
-    its gate refitted or recalibrated since would otherwise serve the old model quietly)."""
-    from ml_model.card import load_card
-
+    temperature: it must have been exported from this bundle's files and its card's
+    ``temperature`` (a bundle retrained, its gate refitted or recalibrated since would
+    otherwise serve the old model quietly)."""
     stamp = session.get_modelmeta().custom_metadata_map.get(EXPORTED_FROM_KEY)
     if stamp is None:
         return  # exported before the stamp existed: nothing to compare
     recorded = json.loads(stamp)
-    current = exported_from(path.parent, load_card(path.parent).temperature)
+    current = exported_from(path.parent, temperature)
     changed = [
         name for name, value in recorded.items() if name in current and current[name] != value
     ]
@@ -219,13 +220,16 @@ class OnnxForward:
 
     @classmethod
     def from_bundle(
-        cls, model_dir: str | Path, threads: int | None = None, lanes: int | None = None
+        cls, bundle: Bundle | str | Path, threads: int | None = None, lanes: int | None = None
     ) -> OnnxForward:
         """The bundle's model.onnx, refused (:class:`OnnxModelError`) when the bundle's
         model, CT gate or calibration changed after it was exported."""
-        forward = cls(Path(model_dir, ONNX_FILE), threads, lanes=lanes)
+        from ml_model.inference.bundle import Bundle, as_bundle
+
+        folder = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
+        forward = cls(Path(folder, ONNX_FILE), threads, lanes=lanes)  # names a missing file
         if forward._session is not None:
-            check_exported_from(forward.path, forward._session)
+            check_exported_from(forward.path, forward._session, as_bundle(bundle).temperature)
         return forward
 
     def _chunks(self, session: ort.InferenceSession | None, images: np.ndarray) -> ForwardOutput:

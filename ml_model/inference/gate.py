@@ -226,18 +226,21 @@ class CTGate:
         )
 
     def save(self, model_dir: str | Path) -> None:
+        """Write ``gate.npz``: the weights. The threshold is stored once, in the model card
+        (``gate.threshold``), which training writes beside it."""
         arrays = {
             "mean": self.mean,
             "scale": self.scale,
             "coef": self.coef,
             "intercept": np.array(self.intercept),
-            "threshold": np.array(self.threshold),
             "details": np.array(json.dumps(self.details)),
         } | {f"backbone/{name}": value for name, value in self.backbone.items()}
         np.savez(Path(model_dir, GATE_FILE), **arrays)  # type: ignore[arg-type]  # numpy stub
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> CTGate:
+    def load(cls, model_dir: str | Path, threshold: float) -> CTGate:
+        """The bundle's gate weights with ``threshold``, the card's ``gate.threshold`` (the
+        one place it is stored; ``Bundle.load`` reads both)."""
         path = Path(model_dir, GATE_FILE)
         if not path.is_file():
             raise GateFileError(f"{path}: the bundle has no CT gate file")
@@ -253,7 +256,7 @@ class CTGate:
                     scale=stored["scale"].astype(np.float64),
                     coef=stored["coef"].astype(np.float64),
                     intercept=float(stored["intercept"]),
-                    threshold=float(stored["threshold"]),
+                    threshold=float(threshold),
                     backbone=backbone,
                     details=json.loads(str(stored["details"])),
                 )

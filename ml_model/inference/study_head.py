@@ -126,7 +126,7 @@ class StudyHead:
     @classmethod
     def for_card(cls, bundle_dir: str | Path, spec: StudyHeadSpec) -> StudyHead:
         """:meth:`load`, checked against the card's ``study.head`` (feature dimension and
-        sequence length): the one reader of a bundle's head, at start-up and in the core."""
+        sequence length): what ``Bundle.load`` reads a study bundle's head with."""
         head = cls.load(bundle_dir)
         stored = {"feature_dim": head.feature_dim, "sequence_length": head.sequence_length}
         for name, value in stored.items():

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml_model.architectures.registry import DEFAULT_IMG_SIZES
+from ml_model.config import EXPORT_WINDOW
 from ml_model.data.dataset import (
     TRAINING_SPLITS,
     ImageRecord,
@@ -179,7 +180,7 @@ def compare_series(
         config = dataclasses.replace(TrainConfig(arch=arch, data=data, seed=seed), **recipe)
         img_size = config.img_size or DEFAULT_IMG_SIZES.get(arch, 224)
         input_size = config.input_size or img_size
-        images, labels = load_arrays(records, input_size)
+        images, labels = load_arrays(records, input_size, EXPORT_WINDOW)
         if input_size not in gates:
             negatives = generate_negatives(config.gate_negatives, seed=seed)
             series = np.array([series_of(g) for g in groups_of(records)])

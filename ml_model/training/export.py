@@ -33,7 +33,7 @@ from ml_model.bundle import (
     STUDY_HEAD_FILE,
     TFLITE_FILE,
 )
-from ml_model.card import load_card, read_card, write_card
+from ml_model.card import ModelCard, load_card, read_card, write_card
 from ml_model.inference.forward import has_features, serving_function
 from ml_model.inference.gate import CTGate
 from ml_model.training.export_onnx import onnx_card_section, synthetic_slices
@@ -93,7 +93,7 @@ def rewrite_graphs(
 def export_bundle(
     model: keras.Model,
     out_dir: str | Path,
-    card: dict[str, Any],
+    card: dict[str, Any] | ModelCard,
     gate: CTGate,
     tflite_float16: bool = False,
     parity_slices: Mapping[str, np.ndarray] | None = None,
@@ -107,7 +107,12 @@ def export_bundle(
     ``slice_features``), ``study_head`` holds the head's weights (written as
     study_head.npz, keys as ``ml_model.inference.study_head`` reads them) and the card has
     ``study.head``; all three or none."""
-    check_study_bundle(model, (card.get("study") or {}).get("head") is not None, study_head)
+    if isinstance(card, ModelCard):
+        has_head, temperature = card.study.head is not None, card.temperature
+    else:
+        has_head = (card.get("study") or {}).get("head") is not None
+        temperature = float(card["temperature"])
+    check_study_bundle(model, has_head, study_head)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     img_size = int(model.input_shape[1])
@@ -115,7 +120,7 @@ def export_bundle(
     gate.save(out)
     if study_head is not None:
         write_study_head(out, study_head)
-    export_saved_model(model, out / SAVED_MODEL_DIR, img_size, float(card["temperature"]), gate)
+    export_saved_model(model, out / SAVED_MODEL_DIR, img_size, temperature, gate)
     export_tflite(out / SAVED_MODEL_DIR, out / TFLITE_FILE, float16=tflite_float16)
     write_card(out, card)  # validated before the slow part
     add_onnx(model, out, gate, parity_slices)
@@ -189,10 +194,15 @@ def saved_model_predict(path: str | Path, images: np.ndarray) -> np.ndarray:
 
 
 def data_slices(
-    data: Path, img_size: int, limit: int | None, progress: bool = True
+    data: Path,
+    img_size: int,
+    window: tuple[float, float],
+    limit: int | None,
+    progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """The val split and the training slices of a data folder (``limit`` of each at most,
-    spread over the folder), and the CT gate's non-CT negatives."""
+    spread over the folder; DICOM through the bundle's ``window``), and the CT gate's
+    non-CT negatives."""
     from ml_model.data.dataset import find_images, load_arrays
 
     slices: dict[str, np.ndarray] = {}
@@ -201,7 +211,7 @@ def data_slices(
         if limit is not None and len(records) > limit:
             step = len(records) / limit
             records = [records[int(i * step)] for i in range(limit)]
-        slices[name] = load_arrays(records, img_size, progress)[0]
+        slices[name] = load_arrays(records, img_size, window, progress)[0]
     try:
         from ml_model.data.negatives import generate
         from ml_model.imaging.transforms import gray_to_model_input
@@ -237,11 +247,12 @@ def main(argv: list[str] | None = None) -> None:
 
     card = load_card(args.bundle)
     model = load_model(args.bundle / KERAS_FILE)
-    gate = CTGate.load(args.bundle)
+    gate = CTGate.load(args.bundle, card.gate.threshold)
     if args.all:
         float16 = bool((card.training or {}).get("tflite_float16", False))
         rewrite_graphs(model, args.bundle, card.temperature, gate, float16)
-    slices = data_slices(args.data, card.input.size, args.limit) if args.data else {}
+    window = card.input.window.as_pair()
+    slices = data_slices(args.data, card.input.size, window, args.limit) if args.data else {}
     section = add_onnx(model, args.bundle, gate, slices)
     sizes = {
         name: section[key]

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ml_model.bundle import GATE_FILE, KERAS_FILE
+from ml_model.config import EXPORT_WINDOW
 from ml_model.data.dataset import (
     TRAINING_SPLITS,
     ImageRecord,
@@ -194,7 +195,7 @@ def native_crops(
     rng = np.random.default_rng(seed)
     crops, series = [], []
     for record in records:
-        gray = decode_image(record.path.read_bytes())
+        gray = decode_image(record.path.read_bytes(), *EXPORT_WINDOW)
         height, width = gray.shape
         if min(height, width) * 6 < size * 7:
             continue
@@ -486,7 +487,8 @@ def refit_bundle(
     seed = int(training.get("seed", 42))
     size = card.input.size
     records = find_images(data, splits=TRAINING_SPLITS)
-    images, _ = load_arrays(records, size)
+    window = card.input.window.as_pair()
+    images, _ = load_arrays(records, size, window)
     series = np.array([series_of(g) for g in groups_of(records)])
     negatives = generate(int(training.get("gate_negatives", 120)), seed=seed)
     negative_images = np.stack([gray_to_model_input(n.gray, size) for n in negatives])
@@ -530,7 +532,7 @@ def refit_bundle(
     }
     if test_data is not None:
         test_records = find_images(test_data)
-        test_images, test_labels = load_arrays(test_records, size)
+        test_images, test_labels = load_arrays(test_records, size, window)
         core = InferenceCore(bundle, forward=KerasForward(model, card.temperature, gate))
         output = core.scores(test_images)
         previous = written.get("test") or {}

@@ -36,7 +36,18 @@ from ml_model.architectures.transfer import (
     unfreeze_top,
 )
 from ml_model.bundle import GATE_FILE
-from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
+from ml_model.card import (
+    OPERATING_POINTS,
+    Crop,
+    GateSettings,
+    InputSpec,
+    ModelCard,
+    OperatingPointStats,
+    StudySettings,
+    Window,
+    read_card,
+)
+from ml_model.config import EXPORT_WINDOW, EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from ml_model.data.dataset import (
     TRAINING_SPLITS,
     DatasetError,
@@ -383,7 +394,7 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     score_test_and_export(fit.model, config, out, card, data, calibration, fitted.gate, input_size)
     print(markdown_table(metrics, ["accuracy", "precision", "recall", "f1", "auc", "loss"]))
     print(f"bundle written to {out} (report in {report_dir}); {fit.seconds:.0f} s of training")
-    return card
+    return read_card(out)  # as written
 
 
 @dataclass
@@ -403,7 +414,7 @@ def load_training_data(config: TrainConfig, input_size: int) -> TrainingData:
     """A folder with train/ and val/ splits: only train/ is ever trained, tuned or
     calibrated on."""
     records = find_images(config.data, splits=TRAINING_SPLITS)
-    images, labels = load_arrays(records, input_size)
+    images, labels = load_arrays(records, input_size, EXPORT_WINDOW)
     groups = groups_of(records)
     print(f"{len(records)} files, {len(set(groups))} base slices, series: "
           f"{sorted({series_of(g) for g in groups})}")  # fmt: skip
@@ -556,7 +567,7 @@ def model_card(
     fitted: GateFit,
     calibration: Calibration,
     metrics: dict[str, Any],
-) -> dict[str, Any]:
+) -> ModelCard:
     """The model card the bundle is written with (without the held-back split's table)."""
     records, labels, groups = data.records, data.labels, data.groups
     oof, folds, train_seconds = fit.oof, fit.folds, fit.seconds
@@ -565,39 +576,29 @@ def model_card(
     cal_source, raw_ece = calibration.source, calibration.raw_ece
     temperature, operating_points = calibration.temperature, calibration.operating_points
 
-    card = build_card(config, img_size, records, operating_points, metrics, train_seconds, argv)
-    card["input"]["size"] = input_size
-    card["input"]["crop"] = (
-        {"method": "spine", "output_size": img_size, "layer": SPINE_CROP_LAYER}
-        if config.input_size
-        else None
-    )
-    card["temperature"] = temperature
-    card["calibration"] = {
+    calibration_section = {
         "source": cal_source,
         "raw_ece": raw_ece,
         "calibrated_ece": expected_calibration_error(cal_y, cal_p),
         "method": "temperature scaling" if temperature != 1.0 else "none needed",
         "tolerance": ECE_TOLERANCE,
     }
-    card["study"] = calibrate_study_threshold(cal_p, cal_y, cal_groups, seed=config.seed)
-    card["study"]["calibration"]["source"] = cal_source
-    card["gate"] = gate.details | {"threshold": gate.threshold, "file": GATE_FILE}
+    study = calibrate_study_threshold(cal_p, cal_y, cal_groups, seed=config.seed)
+    study["calibration"]["source"] = cal_source
+    series_table = None
     if have_oof:
-        card["leave_one_series_out"] = series_report(
-            labels, oof, fitted.oof, groups, folds, config.seed
-        )
-        print(
-            json.dumps({k: v["summary"] for k, v in card["leave_one_series_out"].items()}, indent=1)
-        )
-    return card
+        series_table = series_report(labels, oof, fitted.oof, groups, folds, config.seed)
+        print(json.dumps({k: v["summary"] for k, v in series_table.items()}, indent=1))
+    figures = CardFigures(img_size, input_size, temperature, operating_points, metrics)
+    sections = CardSections(calibration_section, study, gate, series_table, train_seconds)
+    return build_card(config, records, figures, sections, argv)
 
 
 def score_test_and_export(
     model: keras.Model,
     config: TrainConfig,
     out: Path,
-    card: dict[str, Any],
+    card: ModelCard,
     data: TrainingData,
     calibration: Calibration,
     gate: CTGate,
@@ -615,8 +616,8 @@ def score_test_and_export(
     }
     if config.test_data:
         test_records = find_images(config.test_data)
-        test_images, test_labels = load_arrays(test_records, input_size)
-        card["test"] = test_table(
+        test_images, test_labels = load_arrays(test_records, input_size, EXPORT_WINDOW)
+        card.test = test_table(
             model, config, test_records, test_images, test_labels, temperature, threshold, gate
         )
         parity_slices["val"] = test_images
@@ -684,53 +685,91 @@ def test_table(
     return report | {"data": str(config.test_data), "seed_reported": SEED_TEST_NUMBERS}
 
 
+@dataclass(frozen=True)
+class CardFigures:
+    """The model's sizes and what calibration chose, for its card."""
+
+    img_size: int  # the network's view (the spine crop's output when cropping)
+    input_size: int  # the model's input: the whole slice
+    temperature: float
+    operating_points: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CardSections:
+    """The card's reports: calibration, the study threshold, the CT gate, the per-series
+    table (leave-one-series-out only) and the training time."""
+
+    calibration: dict[str, Any]
+    study: dict[str, Any]  # calibrate_study_threshold's
+    gate: CTGate
+    leave_one_series_out: dict[str, Any] | None
+    train_seconds: float
+
+
 def build_card(
     config: TrainConfig,
-    img_size: int,
     records: list[ImageRecord],
-    operating_points: dict[str, dict[str, float]],
-    metrics: dict[str, dict[str, Any]],
-    train_seconds: float,
+    figures: CardFigures,
+    sections: CardSections,
     argv: list[str] | None,
-) -> dict[str, Any]:
+) -> ModelCard:
+    """The bundle's model card, typed (validated here, written by ``export_bundle``); the
+    held-back split's ``test`` table is added once scored."""
     now = datetime.now(UTC)
-    return {
-        "name": f"{config.arch}-cervical-fracture",
-        "version": now.strftime("%Y.%m.%d"),
-        "architecture": config.arch,
-        "created": now.isoformat(timespec="seconds"),
-        "package_version": __version__,
-        "input": {
-            "size": img_size,
-            "channels": 3,
-            "serving_dtype": "uint8",
-            "window": {"level": EXPORT_WINDOW_LEVEL, "width": EXPORT_WINDOW_WIDTH},
-            "preprocessing": "decode -> grayscale (DICOM: HU through the card's window) -> "
+    crop = None
+    if config.input_size:
+        crop = Crop(method="spine", output_size=figures.img_size, layer=SPINE_CROP_LAYER)
+    gate = sections.gate
+    return ModelCard(
+        name=f"{config.arch}-cervical-fracture",
+        version=now.strftime("%Y.%m.%d"),
+        architecture=config.arch,
+        created=now.isoformat(timespec="seconds"),
+        package_version=__version__,
+        input=InputSpec(
+            size=figures.input_size,
+            channels=3,
+            serving_dtype="uint8",
+            window=Window(level=EXPORT_WINDOW_LEVEL, width=EXPORT_WINDOW_WIDTH),
+            preprocessing="decode -> grayscale (DICOM: HU through the card's window) -> "
             "bilinear resize to input.size -> 3 channels; the spine crop, scaling and "
             "calibration are inside the model",
+            crop=crop,
+        ),
+        output="P(fracture) from a sigmoid",
+        temperature=figures.temperature,
+        default_operating_point="sensitive",
+        operating_points={
+            name: OperatingPointStats.model_validate(point)
+            for name, point in figures.operating_points.items()
+            if name in OPERATING_POINTS
         },
-        "output": "P(fracture) from a sigmoid",
-        "temperature": 1.0,
-        "default_operating_point": "sensitive",
-        "operating_points": operating_points,
-        "gradcam_layer": gradcam_layer(config.arch),
-        "metrics": metrics,
-        "training": {
+        gradcam_layer=gradcam_layer(config.arch),
+        study=StudySettings.model_validate(sections.study),
+        gate=GateSettings.model_validate(
+            gate.details | {"threshold": gate.threshold, "file": GATE_FILE}
+        ),
+        metrics=figures.metrics,
+        training={
             "argv": list(argv) if argv is not None else None,
             **{k: v for k, v in asdict(config).items() if k not in ("out", "report_dir", "data")},
-            "seconds": round(train_seconds, 1),
+            "seconds": round(sections.train_seconds, 1),
             "series": sorted({series_of(r.group) for r in records}),
         },
-        "data": {
+        data={
             "description": "Axial cervical-spine CT slices, fracture vs normal "
             "(Kaggle 'Spine Fracture Prediction from C.T. Dataset', train split).",
             "files": len(records),
             "distinct_slices": len({r.group for r in records}),
             **data_fingerprint(config.data),
         },
-        "caveats": DATA_CAVEATS,
-        "intended_use": INTENDED_USE,
-    }
+        caveats=DATA_CAVEATS,
+        intended_use=INTENDED_USE,
+        calibration=sections.calibration,
+        leave_one_series_out=sections.leave_one_series_out,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

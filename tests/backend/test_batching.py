@@ -27,6 +27,7 @@ from backend.app.services import inference as inference_module
 from backend.app.services.inference import create_core
 from ml_model.config import DEFAULT_MODEL_DIR, SHARED_DATA_DIR
 from ml_model.inference.batching import BatchedForward, MicroBatcher
+from ml_model.inference.bundle import Bundle
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.forward import ForwardOutput, KerasForward, ModelUnavailableError
 from ml_model.inference.forward_onnx import OnnxForward, OnnxGradCam
@@ -394,9 +395,9 @@ def test_lifespan_closes_the_core_it_built(
     built: list[InferenceCore] = []
     counting = CountingForward(predictor.forward)
 
-    def build(settings: Settings) -> InferenceCore:
+    def build(settings: Settings, bundle: Bundle | None = None) -> InferenceCore:
         forward = BatchedForward(counting, settings.batch_max_size, 0.002)
-        core = InferenceCore(settings.model_dir, forward, gradcam=predictor.gradcam)
+        core = InferenceCore(bundle or settings.model_dir, forward, gradcam=predictor.gradcam)
         built.append(core)
         return core
 
@@ -523,8 +524,8 @@ def test_create_core_honours_batching(
     loaded: list[Path] = []
     ready = predictor.forward if backend == "onnx" else keras_forward
 
-    def from_bundle(cls: type, model_dir: Path, *args: Any) -> Any:
-        loaded.append(Path(model_dir))
+    def from_bundle(cls: type, bundle: Bundle, *args: Any) -> Any:
+        loaded.append(bundle.path)
         return ready
 
     owner = OnnxForward if backend == "onnx" else KerasForward

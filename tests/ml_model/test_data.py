@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml_model.config import EXPORT_WINDOW
 from ml_model.data.dataset import (
     DatasetError,
     base_slice_id,
@@ -72,7 +73,7 @@ def test_unreadable_file_is_named_before_training(write_dataset: WriteDataset) -
     root = write_dataset("flat", slices_per_class=1, copies=1)
     (root / "fracture" / "broken (9).png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     with pytest.raises(DatasetError, match=r"broken \(9\)\.png"):
-        load_arrays(find_images(root), 32, progress=False)
+        load_arrays(find_images(root), 32, EXPORT_WINDOW, progress=False)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
@@ -140,7 +141,9 @@ def test_dataset_matches_the_shared_transform(write_dataset: WriteDataset) -> No
         [r.path for r in records], [r.label for r in records], 40, batch_size=8, training=False
     )
     images, _ = next(iter(dataset))
-    expected = np.stack([load_image(r.path, 40) for r in records]).astype(np.float32)
+    expected = np.stack([load_image(r.path, 40, *EXPORT_WINDOW) for r in records]).astype(
+        np.float32
+    )
     assert np.array_equal(images.numpy(), expected)
 
 
@@ -150,7 +153,10 @@ def test_rgb_and_gray_copies_decode_alike(tmp_path: Path) -> None:
     Image.fromarray(pixels).convert("RGB").save(tmp_path / "b.png")
     from ml_model.imaging.transforms import load_image
 
-    assert np.array_equal(load_image(tmp_path / "a.png", 50), load_image(tmp_path / "b.png", 50))
+    assert np.array_equal(
+        load_image(tmp_path / "a.png", 50, *EXPORT_WINDOW),
+        load_image(tmp_path / "b.png", 50, *EXPORT_WINDOW),
+    )
 
 
 def test_random_affine_without_ranges_is_identity() -> None:

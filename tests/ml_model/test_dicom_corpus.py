@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_model.config import DEFAULT_MODEL_DIR, SHARED_DATA_DIR
+from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW, SHARED_DATA_DIR
 from ml_model.imaging.dicom import read_dicom, read_geometry
 from ml_model.imaging.errors import ImageDecodeError, UnsupportedImageError
 from ml_model.imaging.transforms import decode_image
@@ -241,11 +241,11 @@ def test_the_table_covers_every_corpus_file() -> None:
 def test_corpus_file(case: C) -> None:
     data = corpus_path(case).read_bytes()
     if case.status == 200:
-        gray = decode_image(data)
+        gray = decode_image(data, *EXPORT_WINDOW)
         assert gray.dtype == np.uint8 and gray.shape == case.expect
         return
     with pytest.raises(ImageDecodeError) as caught:  # the base of the three errors
-        decode_image(data)
+        decode_image(data, *EXPORT_WINDOW)
     assert isinstance(caught.value, UnsupportedImageError) == (case.status == 415)
     assert isinstance(case.expect, str) and case.expect in str(caught.value)
 
@@ -273,7 +273,7 @@ def tissue_greys(data: bytes) -> dict[str, tuple[float, float, int]]:
     """Per tissue present in the slice: (median HU, median grey seen by the model, pixels)."""
     image = read_dicom(data)
     assert image.is_hu
-    gray = image.window()  # the card's window (the decoder's default)
+    gray = image.window(*EXPORT_WINDOW)  # the default card's window
     found = {}
     for tissue, ((low, high), _) in TISSUE_BANDS.items():
         band = (image.values >= low) & (image.values < high)
@@ -306,7 +306,7 @@ def test_window_evidence_table() -> None:
         weights = np.array([n for _, _, n in rows], dtype=np.float64)
         hu = float(np.average([h for h, _, _ in rows], weights=weights))
         grey = float(np.average([g for _, g, _ in rows], weights=weights))
-        expected = float(hu_window(np.array([hu]))[0])
+        expected = float(hu_window(np.array([hu]), *EXPORT_WINDOW)[0])
         assert abs(grey - expected) <= 3, (tissue, hu, grey)
         assert abs(grey - TRAINING_GREY[tissue]) <= TISSUE_BANDS[tissue][1], (tissue, grey)
 
@@ -332,7 +332,7 @@ def test_training_png_grey_levels() -> None:
 def test_enhanced_ct_reads_frame_by_frame_with_per_frame_positions() -> None:
     data = corpus_path(next(c for c in CORPUS if c.file == "eCT_Supplemental.dcm")).read_bytes()
     with pytest.raises(UnsupportedImageError, match=r"multi-frame DICOM \(2 frames\)"):
-        decode_image(data)
+        decode_image(data, *EXPORT_WINDOW)
     geometry = read_geometry(data)
     assert geometry.frames == 2
     assert all(p is not None for p in geometry.positions)

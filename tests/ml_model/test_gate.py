@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from ml_model.config import DEFAULT_MODEL_DIR, PACKAGE_DIR
+from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW, PACKAGE_DIR
 from ml_model.data.dataset import find_images, load_arrays
 from ml_model.data.negatives import KINDS, generate
 from ml_model.evaluation.evaluate import bright_ellipse
@@ -99,26 +99,27 @@ def test_gate_backbone_is_the_imagenet_efficientnet_it_names() -> None:
 def test_gate_file_round_trip_and_clear_errors(tmp_path: Path) -> None:
     gate = _gate()
     gate.save(tmp_path)
-    loaded = CTGate.load(tmp_path)
+    loaded = CTGate.load(tmp_path, gate.threshold)  # the threshold: the card's
     np.testing.assert_array_equal(loaded.coef, gate.coef)
     for name, value in gate.backbone.items():
         np.testing.assert_array_equal(loaded.backbone[name], value)
     assert loaded.threshold == gate.threshold
+    with np.load(tmp_path / "gate.npz") as stored:
+        assert "threshold" not in stored.files  # stored once, in the card
     with pytest.raises(GateFileError, match="no CT gate file"):
-        CTGate.load(tmp_path / "elsewhere")
-    _gate(threshold=float("nan")).save(tmp_path)
+        CTGate.load(tmp_path / "elsewhere", gate.threshold)
     with pytest.raises(GateFileError, match="finite"):
-        CTGate.load(tmp_path)
+        CTGate.load(tmp_path, float("nan"))
     # A gate of the old kind (on the network's embedding, no backbone): refit it.
     np.savez(
         tmp_path / "gate.npz", mean=gate.mean, scale=gate.scale, coef=gate.coef,
         intercept=np.array(0.0), threshold=np.array(0.0), details=np.array("{}"),
     )  # fmt: skip
     with pytest.raises(GateFileError, match="refit the gate"):
-        CTGate.load(tmp_path)
+        CTGate.load(tmp_path, gate.threshold)
     (tmp_path / "gate.npz").write_bytes(b"not a zip")
     with pytest.raises(GateFileError, match="unreadable"):
-        CTGate.load(tmp_path)
+        CTGate.load(tmp_path, gate.threshold)
 
 
 def test_threshold_rule_and_negative_folds() -> None:
@@ -170,7 +171,7 @@ def test_every_held_out_negative_is_refused(bundle: InferenceCore) -> None:
             continue
         if negative.kind == "other_modality":
             with pytest.raises(UnsupportedImageError, match="not CT"):
-                decode_image(Path(get_testdata_file(negative.source)).read_bytes())
+                decode_image(Path(get_testdata_file(negative.source)).read_bytes(), *EXPORT_WINDOW)
             continue
         let_through.append(f"{negative.kind}:{negative.source}")
     assert not let_through
@@ -197,7 +198,7 @@ def test_real_ct_passes_the_gate_also_re_exported(bundle: InferenceCore, shared_
     """The archive's val split (never trained on): no slice refused; under realistic
     re-export (JPEG 50, noise 5, contrast x1.1, 224 -> 512) at most 1 % refused."""
     records = find_images(shared_data / "val")
-    images, _ = load_arrays(records, bundle.img_size, progress=False)
+    images, _ = load_arrays(records, bundle.img_size, bundle.window, progress=False)
     assert bundle.accepts(bundle.scores(images)).all()
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(records), 200, replace=False)
@@ -205,7 +206,9 @@ def test_real_ct_passes_the_gate_also_re_exported(bundle: InferenceCore, shared_
     perturbed = np.stack(
         [
             gray_to_model_input(
-                _perturb(decode_image(records[i].path.read_bytes()), kinds[k % 4], rng),
+                _perturb(
+                    decode_image(records[i].path.read_bytes(), *EXPORT_WINDOW), kinds[k % 4], rng
+                ),
                 bundle.img_size,
             )
             for k, i in enumerate(chosen)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ml_model.bundle import CARD_FILE, GRADCAM_ONNX_FILE, ONNX_FILE
-from ml_model.config import PACKAGE_DIR
+from ml_model.config import EXPORT_WINDOW, PACKAGE_DIR
 from ml_model.inference.forward import KerasForward, ModelUnavailableError
 from ml_model.inference.forward_onnx import OnnxForward, OnnxGradCam, OnnxModelError
 from ml_model.training.export_onnx import parity, synthetic_slices
@@ -31,12 +31,7 @@ SAMPLE = 12  # real slices per split
 @pytest.fixture(scope="module", params=sorted(BUNDLES))
 def bundle(request: pytest.FixtureRequest) -> tuple[Path, KerasForward, OnnxForward]:
     model_dir = BUNDLES[request.param]
-    card = json.loads((model_dir / CARD_FILE).read_text())
-    return (
-        model_dir,
-        KerasForward.from_bundle(model_dir, card["temperature"]),
-        OnnxForward.from_bundle(model_dir),
-    )
+    return model_dir, KerasForward.from_bundle(model_dir), OnnxForward.from_bundle(model_dir)
 
 
 def _assert_close(rows: dict[str, dict[str, object]]) -> None:
@@ -55,7 +50,7 @@ def _real_sample(shared_data: Path, size: int) -> dict[str, np.ndarray]:
     for split in ("val", "train"):
         files = sorted((shared_data / split).rglob("*.png"))
         picked = files[:: max(1, len(files) // SAMPLE)][:SAMPLE]
-        sample[split] = np.stack([load_image(f, size) for f in picked])
+        sample[split] = np.stack([load_image(f, size, *EXPORT_WINDOW) for f in picked])
     return sample
 
 

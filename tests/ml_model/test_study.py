@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ml_model import predict
-from ml_model.config import DEFAULT_MODEL_DIR
+from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW
 from ml_model.imaging.transforms import decode_image, image_to_array
 from ml_model.inference.core import InferenceCore
 from ml_model.inference.study import (
@@ -242,7 +242,7 @@ def real_series(shared_data: Path, fracture_slices: int) -> list[SliceFile]:
     paths = normals[:5] + fractures[:fracture_slices] + normals[5:]
     items = []
     for index, path in enumerate(paths):
-        gray = decode_image(path.read_bytes())
+        gray = decode_image(path.read_bytes(), *EXPORT_WINDOW)
         data = gray_to_export_window_dicom(
             gray, z=-3.0 * index, instance=index + 1, series_uid="1.2.826.0.1"
         )
@@ -252,8 +252,8 @@ def real_series(shared_data: Path, fracture_slices: int) -> list[SliceFile]:
 
 def test_dicom_written_slice_decodes_to_the_original(shared_data: Path) -> None:
     path = sorted((shared_data / "train" / "normal").glob("*.png"))[0]
-    gray = decode_image(path.read_bytes())
-    assert np.array_equal(decode_image(gray_to_export_window_dicom(gray)), gray)
+    gray = decode_image(path.read_bytes(), *EXPORT_WINDOW)
+    assert np.array_equal(decode_image(gray_to_export_window_dicom(gray), *EXPORT_WINDOW), gray)
 
 
 def test_study_on_real_slices(shared_data: Path, predictor: InferenceCore) -> None:
@@ -262,7 +262,9 @@ def test_study_on_real_slices(shared_data: Path, predictor: InferenceCore) -> No
     # Order follows z (head first), not upload order, and each score is the single-slice score.
     assert result.names == [f"{i:03d}.dcm" for i in range(len(items))]
     for item, p in zip(items, result.probabilities, strict=True):
-        expected = predictor.scores(image_to_array(item.data, predictor.img_size)).probability[0]
+        expected = predictor.scores(
+            image_to_array(item.data, predictor.img_size, *predictor.window)
+        ).probability[0]
         assert p == pytest.approx(expected, abs=1e-5)
     assert result.probability == pytest.approx(aggregate(result.probabilities))
     assert set(result.top_indices) == set(np.argsort(-result.probabilities)[:2].tolist())

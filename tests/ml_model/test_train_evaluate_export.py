@@ -19,11 +19,10 @@ from ml_model.bundle import (
     SERVING_GATE_OUTPUT,
     TFLITE_FILE,
 )
-from ml_model.config import DEFAULT_MODEL_DIR
+from ml_model.config import DEFAULT_MODEL_DIR, EXPORT_WINDOW
 from ml_model.data.dataset import find_images, load_arrays
 from ml_model.evaluation import evaluate
 from ml_model.inference.core import InferenceCore
-from ml_model.inference.gate import CTGate
 from ml_model.training.export import saved_model_outputs, saved_model_predict, tflite_predict
 from ml_model.training.train import TrainConfig, parse_args, train
 from tests.conftest import WriteDataset
@@ -94,7 +93,7 @@ def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -
 def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     data, out = trained_bundle
     predictor = InferenceCore(out)
-    images, _ = load_arrays(find_images(data), predictor.img_size, progress=False)
+    images, _ = load_arrays(find_images(data), predictor.img_size, predictor.window, progress=False)
     keras_probs = predictor.scores(images).probability
     saved_probs = saved_model_predict(out / SAVED_MODEL_DIR, images)
     tflite_probs = tflite_predict(out / TFLITE_FILE, images)
@@ -104,7 +103,7 @@ def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     logits = saved_model_outputs(out / SAVED_MODEL_DIR, images)[SERVING_GATE_OUTPUT].reshape(-1)
     # ... and equals the gate's own float64 numpy logit of the same features (the gate's
     # backbone and image statistics: nothing of the fracture network).
-    gate = CTGate.load(out)
+    gate = predictor.bundle.gate
     np.testing.assert_allclose(logits, gate.logits(gate.features(images)), atol=1e-3)
     np.testing.assert_allclose(predictor.scores(images).ct_logit, logits, atol=1e-4)
     # ONNX Runtime runs the same graph; the card records its parity on the training slices.
@@ -137,7 +136,7 @@ def test_export_all_rewrites_every_runtime_file(
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     export.main(["--bundle", str(bundle), "--all"])
     core = InferenceCore(bundle)
-    images, _ = load_arrays(find_images(data), core.img_size, progress=False)
+    images, _ = load_arrays(find_images(data), core.img_size, core.window, progress=False)
     expected = core.scores(images).probability
     np.testing.assert_allclose(
         saved_model_predict(bundle / SAVED_MODEL_DIR, images), expected, atol=1e-4
@@ -238,7 +237,7 @@ def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
     predictor = InferenceCore(DEFAULT_MODEL_DIR)
     from ml_model.imaging.transforms import load_image
 
-    images = np.stack([load_image(f, predictor.img_size) for f in files])
+    images = np.stack([load_image(f, predictor.img_size, *EXPORT_WINDOW) for f in files])
     probs = predictor.scores(images).probability
     np.testing.assert_allclose(
         saved_model_predict(DEFAULT_MODEL_DIR / SAVED_MODEL_DIR, images), probs, atol=1e-4

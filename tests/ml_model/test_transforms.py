@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml_model.config import EXPORT_WINDOW
 from ml_model.imaging.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from ml_model.imaging.transforms import decode_image, image_to_array, resize
 from ml_model.imaging.window import hu_window
@@ -57,7 +58,7 @@ GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
 )
 def test_decode_modes_give_the_same_grayscale(mode: str, fmt: str) -> None:
     data = encode(Image.fromarray(GRADIENT).convert(mode), fmt)
-    gray = decode_image(data)
+    gray = decode_image(data, *EXPORT_WINDOW)
     assert gray.shape == GRADIENT.shape and gray.dtype == np.uint8
     tolerance = 3 if fmt == "JPEG" else 1
     assert np.abs(gray.astype(int) - GRADIENT).mean() <= tolerance
@@ -65,12 +66,12 @@ def test_decode_modes_give_the_same_grayscale(mode: str, fmt: str) -> None:
 
 def test_sixteen_bit_png_is_stretched_to_uint8() -> None:
     pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 15).astype(np.uint16)
-    gray = decode_image(encode(Image.fromarray(pixels), "PNG"))
+    gray = decode_image(encode(Image.fromarray(pixels), "PNG"), *EXPORT_WINDOW)
     assert gray.min() == 0 and gray.max() == 255
 
 
 def test_image_to_array_shape_and_channels() -> None:
-    array = image_to_array(encode(Image.fromarray(GRADIENT), "PNG"), size=32)
+    array = image_to_array(encode(Image.fromarray(GRADIENT), "PNG"), 32, *EXPORT_WINDOW)
     assert array.shape == (32, 32, 3) and array.dtype == np.uint8
     assert np.array_equal(array[..., 0], array[..., 2])
 
@@ -89,14 +90,14 @@ def test_resize_is_identity_at_target_size() -> None:
 )
 def test_decode_errors_say_what_is_wrong(data: bytes, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
-        decode_image(data)
+        decode_image(data, *EXPORT_WINDOW)
 
 
 def test_decompression_bomb_is_an_error_not_a_warning() -> None:
     # A PNG header claiming 10000 x 5000 pixels: refused before any pixel is decoded.
     data = encode(Image.new("1", (10_000, 5_000)), "PNG")
     with pytest.raises(ImageTooLargeError):
-        decode_image(data)
+        decode_image(data, *EXPORT_WINDOW)
 
 
 # --- DICOM as scanners and PACS write it ------------------------------------------------
@@ -123,7 +124,7 @@ SYNTAXES = {
 
 
 def expected_gray(hu: np.ndarray = HU) -> np.ndarray:
-    return hu_window(np.rint(hu))
+    return hu_window(np.rint(hu), *EXPORT_WINDOW)
 
 
 @pytest.mark.parametrize("syntax", list(SYNTAXES))
@@ -135,7 +136,7 @@ def test_dicom_encodings_and_bit_depths_give_the_same_slice(
 ) -> None:
     data = scanner_ct_dicom(HU, storage=storage, bits_stored=bits,
                             transfer_syntax=SYNTAXES[syntax])  # fmt: skip
-    assert np.array_equal(decode_image(data), expected_gray())
+    assert np.array_equal(decode_image(data, *EXPORT_WINDOW), expected_gray())
 
 
 @pytest.mark.parametrize(("storage", "intercept"), [("uint8", -1024.0), ("int8", 0.0)])
@@ -143,12 +144,12 @@ def test_eight_bit_dicom(storage: str, intercept: float) -> None:
     hu = np.clip(HU, -1000, 1000)
     data = scanner_ct_dicom(hu, storage=storage, bits_stored=8, slope=8.0, intercept=intercept)
     stored_hu = np.rint((hu - intercept) / 8.0) * 8.0 + intercept
-    assert np.array_equal(decode_image(data), hu_window(stored_hu))
+    assert np.array_equal(decode_image(data, *EXPORT_WINDOW), hu_window(stored_hu, *EXPORT_WINDOW))
 
 
 def test_monochrome1_is_inverted_after_windowing() -> None:
-    plain = decode_image(scanner_ct_dicom(HU))
-    inverted = decode_image(scanner_ct_dicom(HU, photometric="MONOCHROME1"))
+    plain = decode_image(scanner_ct_dicom(HU), *EXPORT_WINDOW)
+    inverted = decode_image(scanner_ct_dicom(HU, photometric="MONOCHROME1"), *EXPORT_WINDOW)
     assert np.array_equal(inverted, 255 - plain)
 
 
@@ -168,24 +169,24 @@ def test_missing_rescale_tags(storage: str) -> None:
     """No RescaleSlope/Intercept: signed values are HU; unsigned ones with air near 0 carry
     the usual +1024 offset."""
     data = scanner_ct_dicom(HU, storage=storage, rescale=False)
-    assert np.array_equal(decode_image(data), expected_gray())
+    assert np.array_equal(decode_image(data, *EXPORT_WINDOW), expected_gray())
 
 
 def test_missing_modality_is_decided_by_sop_class_and_rescale() -> None:
     from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
 
     ct = scanner_ct_dicom(HU, modality=None)
-    assert np.array_equal(decode_image(ct), expected_gray())
+    assert np.array_equal(decode_image(ct, *EXPORT_WINDOW), expected_gray())
     assert read_facts(ct).modality == "CT"
     # A secondary capture without Modality whose rescale reads like HU: a converted CT.
     converted = scanner_ct_dicom(HU, modality=None, storage="uint16")
     converted = converted.replace(b"1.2.840.10008.5.1.4.1.1.2\x00",
                                   SecondaryCaptureImageStorage.encode() + b"\x00")  # fmt: skip
-    assert np.array_equal(decode_image(converted), expected_gray())
+    assert np.array_equal(decode_image(converted, *EXPORT_WINDOW), expected_gray())
     mr = scanner_ct_dicom(HU, modality=None)
     mr = mr.replace(b"1.2.840.10008.5.1.4.1.1.2\x00", MRImageStorage.encode() + b"\x00")
     with pytest.raises(UnsupportedImageError, match=r"MR image .*SOP class is MR Image Storage"):
-        decode_image(mr)
+        decode_image(mr, *EXPORT_WINDOW)
 
 
 def test_non_image_dicom_is_refused_with_a_reason() -> None:
@@ -196,12 +197,12 @@ def test_non_image_dicom_is_refused_with_a_reason() -> None:
                        ("rtplan.dcm", "RT Plan Storage")):  # fmt: skip
         data = Path(get_testdata_file(name)).read_bytes()  # type: ignore[arg-type]
         with pytest.raises(UnsupportedImageError, match=f"not an image \\({what}\\)"):
-            decode_image(data)
+            decode_image(data, *EXPORT_WINDOW)
     # a presentation state without SOP class name lookups: refused by Modality
     data = scanner_ct_dicom(HU, modality="PR")
     assert pydicom.dcmread(io.BytesIO(data)).Modality == "PR"
     with pytest.raises(UnsupportedImageError, match="Modality PR"):
-        decode_image(data)
+        decode_image(data, *EXPORT_WINDOW)
 
 
 def test_malformed_elements() -> None:
@@ -219,7 +220,7 @@ def test_malformed_elements() -> None:
     ]
     for keyword, raw in lenient:
         damaged = patch_element(data, keyword, raw)
-        assert np.array_equal(decode_image(damaged), expected_gray()), keyword
+        assert np.array_equal(decode_image(damaged, *EXPORT_WINDOW), expected_gray()), keyword
         facts = read_facts(damaged)
         if keyword == "PixelSpacing":
             assert facts.pixel_spacing_mm is None
@@ -230,7 +231,7 @@ def test_malformed_elements() -> None:
     # what the pixels need: a 400 naming the element
     damaged = patch_element(data, "RescaleIntercept", b"-10x4")
     with pytest.raises(ImageDecodeError, match=r"RescaleIntercept \(0028,1052\)") as caught:
-        decode_image(damaged)
+        decode_image(damaged, *EXPORT_WINDOW)
     assert type(caught.value) is ImageDecodeError
 
 
@@ -262,7 +263,7 @@ def test_damaged_dicom_raises_only_the_three_errors() -> None:
                 damaged[position] = int(rng.integers(0, 256))
             cut = int(rng.integers(140, len(damaged) + 1))
             try:
-                decode_image(bytes(damaged[:cut]))
+                decode_image(bytes(damaged[:cut]), *EXPORT_WINDOW)
                 read_facts(bytes(damaged[:cut]))
             except ImageDecodeError:
                 pass

@@ -1,29 +1,26 @@
 """The inference core the routes use, built from ``Settings``.
 
-``ml_model.inference.core.InferenceCore`` decides every verdict; this module only picks
-where its forward runs (in-process ONNX Runtime, in-process TensorFlow, or TF Serving),
-wraps that forward in the micro-batcher when ``BATCHING`` is on, and sizes the thread pools
-once at start-up. With ``INFERENCE_BACKEND=onnx`` (the default) and ``tfserving`` nothing
-here imports TensorFlow: Grad-CAM runs the bundle's ``gradcam.onnx``.
+``ml_model.inference.core.InferenceCore`` decides every verdict; this module only loads the
+bundle (``Bundle.load`` with the server's overrides), picks where its forward runs by name
+from ``ml_model.inference.runtimes`` (``INFERENCE_BACKEND``: in-process ONNX Runtime,
+in-process TensorFlow, or TF Serving), wraps that forward in the micro-batcher when
+``BATCHING`` is on, and sizes the thread pools once at start-up. With
+``INFERENCE_BACKEND=onnx`` (the default) and ``tfserving`` nothing here imports TensorFlow:
+Grad-CAM runs the bundle's ``gradcam.onnx``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-from collections.abc import Callable
-from pathlib import Path
-
-import numpy as np
 
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME
-from ml_model.bundle import GRADCAM_ONNX_FILE
-from ml_model.card import ModelCard
 from ml_model.inference.batching import BatchedForward
+from ml_model.inference.bundle import Bundle
 from ml_model.inference.core import InferenceCore
-from ml_model.inference.forward import Forward, KerasForward
+from ml_model.inference.forward_onnx import OnnxForward
+from ml_model.inference.runtimes import RuntimeOptions, load_runtime
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -74,22 +71,32 @@ def configure_threads(settings: Settings) -> None:
     )
 
 
-def create_core(settings: Settings) -> InferenceCore:
-    """Load the bundle and build its forward (seconds: call from a worker thread).
+def load_bundle(settings: Settings) -> Bundle:
+    """The bundle ``MODEL_DIR`` points at, with this server's ``THRESHOLD`` and window
+    settings (milliseconds: the start-up check). Raises ``CardError`` / ``GateFileError``
+    naming the file and the field."""
+    return Bundle.load(settings.model_dir).with_overrides(
+        settings.threshold, settings.window_level, settings.window_width
+    )
 
-    Raises ``CardError`` / ``GateFileError`` for an invalid or incomplete bundle: the
-    server then refuses to start, naming the file and the field."""
-    from ml_model.card import load_card
 
-    card = load_card(settings.model_dir)  # validated before any model is loaded
-    forward: Forward
-    if settings.inference_backend == "onnx":
-        from ml_model.inference.forward_onnx import OnnxForward
-
+def create_core(settings: Settings, bundle: Bundle | None = None) -> InferenceCore:
+    """Build the forward of ``INFERENCE_BACKEND`` (a runtime of ``inference/runtimes.py``)
+    for the bundle (seconds: call from a worker thread); ``bundle``: already loaded by the
+    start-up check, else loaded here."""
+    bundle = bundle or load_bundle(settings)
+    if settings.inference_backend == "local":
+        configure_threads(settings)  # before TensorFlow starts
+    else:
         configure_blas(settings)
-        forward = OnnxForward.from_bundle(
-            settings.model_dir, settings.onnx_threads, settings.onnx_lanes
-        )
+    options = RuntimeOptions(
+        threads=settings.onnx_threads,
+        lanes=settings.onnx_lanes,
+        tfserving_url=settings.tfserving_url,
+        tfserving_timeout_s=settings.tfserving_timeout_s,
+    )
+    forward, gradcam = load_runtime(settings.inference_backend, bundle, options)
+    if isinstance(forward, OnnxForward):
         logger.info(
             "thread pools",
             extra={
@@ -99,58 +106,18 @@ def create_core(settings: Settings) -> InferenceCore:
                 "cpus": os.cpu_count(),
             },
         )
-    elif settings.inference_backend == "local":
-        if importlib.util.find_spec("tensorflow") is None:
-            raise RuntimeError(
-                "INFERENCE_BACKEND=local runs TensorFlow, which is not installed here (the "
-                "serving image leaves it out): use onnx (the default) or tfserving"
-            )
-        configure_threads(settings)
-        forward = KerasForward.from_bundle(settings.model_dir, card.temperature)
-    elif settings.inference_backend == "tfserving":
-        from ml_model.inference.forward_tfserving import TFServingForward
-
-        forward = TFServingForward(settings.tfserving_url, settings.tfserving_timeout_s)
-    else:
-        raise ValueError(f"unknown inference backend {settings.inference_backend!r}")
-    gradcam = create_gradcam(forward, card, settings)
     if settings.batching:
         forward = BatchedForward(
             forward, settings.batch_max_size, settings.batch_max_wait_ms / 1000.0
         )
-    return configure(InferenceCore(settings.model_dir, forward, gradcam=gradcam), settings)
-
-
-def create_gradcam(
-    forward: Forward, card: ModelCard, settings: Settings
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Grad-CAM for ``explain=true``: TensorFlow's own next to a TensorFlow forward; else the
-    bundle's ``gradcam.onnx`` (no TensorFlow), opened on the first heatmap; else (a bundle
-    without it) ``model.keras`` loaded on the first heatmap."""
-    if isinstance(forward, KerasForward):
-        from ml_model.inference.gradcam import GradCam
-
-        return GradCam(forward.model, card.gradcam_layer)
-    onnx_file = Path(settings.model_dir, GRADCAM_ONNX_FILE)
-    if onnx_file.is_file():
-        from ml_model.inference.forward_onnx import OnnxGradCam
-
-        return OnnxGradCam(onnx_file, card.input.size, settings.onnx_threads)
-    from ml_model.inference.gradcam import LazyGradCam
-
-    return LazyGradCam(settings.model_dir, card.gradcam_layer)
+    return InferenceCore(bundle, forward, gradcam=gradcam)
 
 
 def configure(core: InferenceCore, settings: Settings) -> InferenceCore:
-    """The core with this app's ``THRESHOLD`` override and DICOM window settings."""
-    window = None
-    if settings.window_level is not None or settings.window_width is not None:
-        card = core.card.input.window
-        window = (
-            card.level if settings.window_level is None else settings.window_level,
-            card.width if settings.window_width is None else settings.window_width,
-        )
-    return core.configured(settings.threshold, window)
+    """A shared core (its bundle and forward) with this app's ``THRESHOLD`` and window."""
+    return core.with_bundle(
+        core.bundle.with_overrides(settings.threshold, settings.window_level, settings.window_width)
+    )
 
 
 def warm_up(core: InferenceCore, settings: Settings) -> None:

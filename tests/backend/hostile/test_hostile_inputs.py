@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from ml_model.config import EXPORT_WINDOW
 from ml_model.imaging.transforms import decode_image
 from tests.backend.hostile import corpus
 from tests.backend.hostile.corpus import FILE_CASES, MIB, FileCase
@@ -111,7 +112,7 @@ def _first_frame(image_bytes: bytes) -> np.ndarray:
 def test_animated_and_multipage_files_use_the_first_frame(client: TestClient, build: Any) -> None:
     data = build()
     first = _first_frame(data)
-    assert np.array_equal(decode_image(data), first)
+    assert np.array_equal(decode_image(data, *EXPORT_WINDOW), first)
     with Image.open(io.BytesIO(data)) as image:  # the later frames really differ
         image.seek(1)
         assert not np.array_equal(np.asarray(image.convert("L")), first)
@@ -125,7 +126,7 @@ def test_exif_orientation_is_applied() -> None:
     data = corpus.exif_rotated_jpeg()
     with Image.open(io.BytesIO(data)) as stored:
         assert stored.size == (96, 80)
-    assert decode_image(data).shape == (96, 80)  # rows x columns: turned upright
+    assert decode_image(data, *EXPORT_WINDOW).shape == (96, 80)  # rows x columns: turned upright
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ its threadpool and the event loop stays free. Uploads arrive fully in memory
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from functools import partial
+from typing import Annotated, Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
@@ -124,9 +125,8 @@ def predict(
     `result` `Not a CT slice` and `in_distribution` false: no fracture call is made;
     `prediction` is still reported, for transparency only."""
     start = time.perf_counter()
-    # Announced to the micro-batcher while decoding: a batch being formed waits for it.
-    with core.incoming():
-        gray, dicom = core.decode_source(read_upload(file.file, settings.max_upload_bytes))
+
+    def explainable(gray: np.ndarray) -> None:
         if explain and gray.size > settings.max_explain_pixels:
             height, width = gray.shape
             raise UploadProblem(
@@ -134,15 +134,19 @@ def predict(
                 f"the image is {width}x{height} pixels; explain=true draws heatmaps for "
                 f"images up to {settings.max_explain_pixels:,} pixels",
             )
-        image = core.model_input(gray)
-        verdict = core.classify(image, operating_point.value)[0]
-    extra = verdict_fields(verdict, operating_point, metrics)
+
+    judged = core.judge_source(
+        lambda: read_upload(file.file, settings.max_upload_bytes),
+        operating_point.value,
+        check=explainable,
+    )
+    extra = verdict_fields(judged.verdict, operating_point, metrics)
     if explain:
         extra["heatmap_png_base64"] = heatmap_base64(
-            gray, core.gradcam(image), settings.heatmap_max_side
+            judged.gray, core.gradcam(judged.image), settings.heatmap_max_side
         )
-    if dicom is not None:
-        extra.update(dicom_fields(dicom, preview_window, core))
+    if judged.dicom is not None:
+        extra.update(dicom_fields(judged.dicom, preview_window, core))
     return PredictionResponse(
         model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
@@ -180,28 +184,26 @@ def predict_batch(
             detail=f"{len(files)} files sent; at most {settings.max_batch_files} files per batch",
         )
     results: list[BatchItemPrediction | BatchItemError | None] = [None] * len(files)
-    prepared: list[tuple[int, np.ndarray]] = []
-    for index, upload in enumerate(files):
-        try:
-            data = read_upload(upload.file, settings.max_upload_bytes)
-            prepared.append((index, core.model_input(core.decode(data))))
-        except (ImageDecodeError, UploadProblem) as exc:
-            problem: DomainError = exc
-            metrics.record_upload_error(status_for(problem))
-            results[index] = BatchItemError(
-                filename=upload.filename or "",
-                error=detail_of(problem),
-                status_code=status_for(problem),
-            )
+    judged = core.judge_files(
+        [partial(read_upload, upload.file, settings.max_upload_bytes) for upload in files],
+        operating_point.value,
+        errors=(ImageDecodeError, UploadProblem),
+    )
+    for index, exc in judged.errors:
+        problem = cast(DomainError, exc)  # one of `errors` above
+        metrics.record_upload_error(status_for(problem))
+        results[index] = BatchItemError(
+            filename=files[index].filename or "",
+            error=detail_of(problem),
+            status_code=status_for(problem),
+        )
     model = model_info(core)
-    if prepared:
-        verdicts = core.classify(np.stack([image for _, image in prepared]), operating_point.value)
-        for (index, _), verdict in zip(prepared, verdicts, strict=True):
-            results[index] = BatchItemPrediction(
-                filename=files[index].filename or "",
-                model=model,
-                **verdict_fields(verdict, operating_point, metrics),
-            )
+    for index, verdict in zip(judged.indices, judged.verdicts, strict=True):
+        results[index] = BatchItemPrediction(
+            filename=files[index].filename or "",
+            model=model,
+            **verdict_fields(verdict, operating_point, metrics),
+        )
     return BatchResponse(
         results=[item for item in results if item is not None],
         model=model,

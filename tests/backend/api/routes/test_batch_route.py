@@ -47,7 +47,9 @@ def test_batch_with_one_broken_file(
     assert all(set(item) == {"filename", "error", "status_code"} for item in errors.values())
 
     goods = [item for item in results if "error" not in item]
-    expected = predictor.scores(np.stack([image_to_array(data) for data in good])).probability
+    expected = predictor.scores(
+        np.stack([image_to_array(data, predictor.img_size, *predictor.window) for data in good])
+    ).probability
     for item, probability in zip(goods, expected, strict=True):
         assert item["prediction"] == pytest.approx(float(probability), abs=1e-5)
         assert item["threshold"] == service.threshold("sensitive")

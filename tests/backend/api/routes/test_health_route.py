@@ -68,8 +68,8 @@ class CountingService:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    def configured(self, *args: Any) -> CountingService:
-        self.real = self.real.configured(*args)
+    def with_bundle(self, bundle: Any) -> CountingService:
+        self.real = self.real.with_bundle(bundle)
         return self
 
     def with_decode_guard(self, guard: Any) -> CountingService:

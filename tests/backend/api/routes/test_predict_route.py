@@ -12,7 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
+from ml_model.config import (
+    EXPORT_WINDOW,
+    RESULT_NEGATIVE,
+    RESULT_OUT_OF_DISTRIBUTION,
+    RESULT_POSITIVE,
+)
 from ml_model.imaging.transforms import image_to_array, resize, to_model_channels
 from ml_model.imaging.window import hu_window
 from ml_model.inference.core import InferenceCore
@@ -28,7 +33,9 @@ def post_image(client: TestClient, data: bytes, filename: str = "slice.png", **p
 
 def expected_probability(predictor: InferenceCore, data: bytes) -> float:
     return float(
-        predictor.scores(image_to_array(data, predictor.img_size)[np.newaxis]).probability[0]
+        predictor.scores(
+            image_to_array(data, predictor.img_size, *predictor.window)[np.newaxis]
+        ).probability[0]
     )
 
 
@@ -227,7 +234,9 @@ def test_dicom_round_trip_export_window(
     for i, (value, byte) in enumerate(HU_TO_BYTE):
         assert np.all(model_input[0, :, i * band : (i + 1) * band] == byte), (value, byte)
     np.testing.assert_array_equal(model_input[0], to_model_channels(hu_window(hu, -70, 380)))
-    expected = predictor.scores(to_model_channels(hu_window(hu))[np.newaxis]).probability[0]
+    expected = predictor.scores(
+        to_model_channels(hu_window(hu, *EXPORT_WINDOW))[np.newaxis]
+    ).probability[0]
     assert response.json()["prediction"] == pytest.approx(float(expected), abs=1e-6)
 
 

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from ml_model.config import (
+    EXPORT_WINDOW,
     RESULT_NEGATIVE,
     RESULT_OUT_OF_DISTRIBUTION,
     RESULT_POSITIVE,
@@ -46,7 +47,7 @@ def grays() -> list[np.ndarray]:
         normals = sorted((train / "normal").glob("* ([0-9]*).png"))[:10]
         fractures = sorted((train / "fracture").glob("* ([0-9]*).png"))[:2]
         paths = normals[:5] + fractures + normals[5:]
-        return [decode_image(path.read_bytes()) for path in paths]
+        return [decode_image(path.read_bytes(), *EXPORT_WINDOW) for path in paths]
     return [synthetic_slice(int(i in (5, 6)), seed=i, size=128) for i in range(12)]
 
 
@@ -151,7 +152,9 @@ def test_study_matches_ml_model_study(
     for item, probability in zip(body["slices"], direct.probabilities, strict=True):
         assert item["prediction"] == pytest.approx(float(probability), abs=1e-5)
     for item, (_, data) in zip(body["slices"], series, strict=True):
-        single = predictor.scores(image_to_array(data, predictor.img_size)).probability[0]
+        single = predictor.scores(
+            image_to_array(data, predictor.img_size, *predictor.window)
+        ).probability[0]
         assert item["prediction"] == pytest.approx(float(single), abs=1e-5)
     if REAL:
         assert all(item["in_distribution"] for item in body["slices"])

@@ -113,7 +113,7 @@ def _model_name() -> str:
     from ml_model.inference.bundle import Bundle
 
     bundle = Bundle.load(DEFAULT_MODEL_DIR)
-    return f"{bundle.name} {bundle.version}"
+    return f"{bundle.card.name} {bundle.card.version}"
 
 
 def main() -> None:

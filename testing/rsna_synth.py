@@ -85,7 +85,13 @@ NO_MODALITY_FILE_SHARE = 0.05
 AIR, LUNG, FAT, SOFT, CSF, BRAIN, DISC = -1000.0, -850.0, -100.0, 45.0, 15.0, 35.0, 80.0
 CORTEX, CANCELLOUS, ARCH, SKULL = 1000.0, 250.0, 750.0, 1200.0
 LESION_HU = 60.0  # fracture gap: blood and soft tissue where bone was
-LESION_GAP_MM, LESION_GAP_PIXELS = 4.0, 3.0
+# A displaced fracture's gap: 4-7 mm and at least 3 pixels of the generated size (so that it
+# survives resizing to the training size: a 1-pixel line would be a test of resampling),
+# through the cortex (a line wholly inside cancellous bone is a bone bruise, not a fracture).
+LESION_GAP_MM, LESION_GAP_PIXELS = (4.0, 7.0), 3.0
+LESION_LENGTH_MM = 24.0
+LESION_MIN_CORTEX_MM2 = 10.0  # cortical bone the line removes on each of its slices
+LESION_TRIES = 30
 NOISE_HU = 12.0
 TRABECULAR_HU = 45.0
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root: never a real RSNA UID
@@ -361,19 +367,28 @@ def _implant(hu: np.ndarray, labels: np.ndarray, level: int, grid: tuple[Any, An
     if not common.any():
         run = run[:1]
         common = labels[run[0]] == level
-    points = np.argwhere(common)
-    row, col = points[rng.integers(len(points))]
-    px, py = x[row, col], y[row, col]
-    angle = rng.uniform(0.0, math.pi)
-    nx, ny = math.cos(angle), math.sin(angle)
-    # A displaced fracture's gap: >= 4 mm and >= 3 pixels of the generated size, so that it
-    # survives resizing to the training size (a 1-pixel line would be a test of resampling).
-    width = max(LESION_GAP_MM, LESION_GAP_PIXELS * pixel_mm)
-    across = np.abs((x - px) * nx + (y - py) * ny) < width / 2
-    along = np.abs(-(x - px) * ny + (y - py) * nx) < 12.0
+    cortical = [hu[i] >= (ARCH + CANCELLOUS) / 2 for i in run]
+    cortex = common & np.logical_and.reduce(cortical)
+    points = np.argwhere(cortex if cortex.any() else common)
+    # The line that breaks the most cortex on its thinnest slice, of LESION_TRIES drawn: a
+    # fracture a reader (or a box) can see, not a graze of a few pixels at a bone's edge.
+    best: tuple[float, list[np.ndarray]] = (-1.0, [])
+    for _ in range(LESION_TRIES):
+        row, col = points[rng.integers(len(points))]
+        px, py = x[row, col], y[row, col]
+        angle = rng.uniform(0.0, math.pi)
+        nx, ny = math.cos(angle), math.sin(angle)
+        width = max(rng.uniform(*LESION_GAP_MM), LESION_GAP_PIXELS * pixel_mm)
+        across = np.abs((x - px) * nx + (y - py) * ny) < width / 2
+        along = np.abs(-(x - px) * ny + (y - py) * nx) < LESION_LENGTH_MM / 2
+        cuts = [across & along & (labels[i] == level) for i in run]
+        broken = min(float((c & b).sum()) for c, b in zip(cuts, cortical, strict=True))
+        if broken * pixel_mm**2 > best[0]:
+            best = (broken * pixel_mm**2, cuts)
+        if best[0] >= LESION_MIN_CORTEX_MM2:
+            break
     found: list[tuple[int, Box]] = []
-    for i in run:
-        cut = across & along & (labels[i] == level)
+    for i, cut in zip(run, best[1], strict=True):
         if not cut.any():
             continue
         hu[i][cut] = LESION_HU + rng.normal(0.0, 10.0, int(cut.sum())).astype(np.float32)

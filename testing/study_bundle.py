@@ -75,7 +75,7 @@ def study_head_weights(seed: int = 0) -> dict[str, np.ndarray]:
         "attention_hidden_bias": arr(a),
         "attention_score_kernel": arr(a, 1),
         "attention_score_bias": arr(1),
-        "output_kernel": arr(2 * u, len(STUDY_OUTPUTS), scale=1.0),
+        "output_kernel": arr(2 * u + f, len(STUDY_OUTPUTS), scale=1.0),
         "output_bias": arr(len(STUDY_OUTPUTS)),
         "sequence_length": np.array(SEQUENCE_LENGTH, np.int32),
         "outputs": np.array(STUDY_OUTPUTS),

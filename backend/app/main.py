@@ -27,7 +27,7 @@ from starlette.formparsers import MultiPartParser
 
 import ml_model
 from backend.app.api.errors import register_error_handlers
-from backend.app.api.main import api_router
+from backend.app.api.main import TAGS, api_router
 from backend.app.core.admission import MemoryBudget, StudySlots
 from backend.app.core.auth import BearerAuthMiddleware
 from backend.app.core.config import Settings
@@ -104,8 +104,8 @@ async def _load(
     logger.info(
         "model ready",
         extra={
-            "model_name": core.name,
-            "model_version": core.version,
+            "model_name": core.bundle.card.name,
+            "model_version": core.bundle.card.version,
             "inference_backend": settings.inference_backend,
             "startup_s": round(time.monotonic() - loading.started, 2),
         },
@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
             "Classifies axial cervical-spine CT slices as `Potentially Fracture` or `Normal` "
             "to prioritise reading. A triage aid, not a diagnosis."
         ),
+        openapi_tags=TAGS,
         lifespan=lifespan,
         docs_url=None,  # served offline by api/routes/docs.py
         redoc_url=None,

@@ -13,21 +13,25 @@ from dataclasses import dataclass
 import keras
 
 from ml_model.architectures import efficientnet_lite, transfer
+from ml_model.architectures.compact_cnn import build_compact
 from ml_model.architectures.custom_cnn import build_custom
 from ml_model.architectures.layers import GRADCAM_LAYER
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """A builder, the input size it was designed for, and its Grad-CAM layer."""
+    """A builder, the input size it was designed for, its Grad-CAM layer, and whether it
+    has a pretrained backbone (a ``weights`` option and a frozen-backbone phase)."""
 
     build: Callable[..., keras.Model]
     native_size: int
     gradcam_layer: str
+    pretrained: bool = True
 
 
 REGISTRY: dict[str, Architecture] = {
-    "custom": Architecture(build_custom, 224, GRADCAM_LAYER),
+    "custom": Architecture(build_custom, 224, GRADCAM_LAYER, pretrained=False),
+    "compact": Architecture(build_compact, 96, GRADCAM_LAYER, pretrained=False),
     **{
         arch: Architecture(
             transfer.keras_transfer_builder(arch), spec.native_size, spec.gradcam_layer
@@ -49,6 +53,11 @@ GRADCAM_LAYERS: dict[str, str] = {k: a.gradcam_layer for k, a in REGISTRY.items(
 def gradcam_layer(arch: str) -> str:
     """Grad-CAM layer name for a registered architecture (what the model card records)."""
     return GRADCAM_LAYERS.get(arch, GRADCAM_LAYER)
+
+
+def is_pretrained(arch: str) -> bool:
+    """Whether ``arch`` has a pretrained backbone (takes ``weights``; trained head first)."""
+    return REGISTRY[arch].pretrained
 
 
 def build_model(arch: str, img_size: int | None = None, **options: object) -> keras.Model:

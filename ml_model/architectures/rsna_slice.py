@@ -30,7 +30,7 @@ import keras
 from keras import layers
 
 from ml_model.architectures.layers import EMBEDDING_LAYER
-from ml_model.architectures.registry import REGISTRY, build_model
+from ml_model.architectures.registry import REGISTRY, build_model, is_pretrained
 from ml_model.card import VERTEBRAE
 
 if TYPE_CHECKING:  # TensorFlow only for the feature vector: the builder runs on any backend
@@ -63,11 +63,11 @@ def build_slice_model(
     """The 2.5D slice model: registry backbone -> {"fracture", "vertebrae", "embedding"}.
 
     ``weights`` is the registry's option for the pretrained backbones ("imagenet", "none",
-    or a file); the custom CNN has none. The heads are float32 under mixed precision.
+    or a file); the custom and compact CNNs have none. The heads are float32 under mixed precision.
     """
     if arch not in REGISTRY:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(REGISTRY)}")
-    options: dict[str, Any] = {} if arch == "custom" else {"weights": weights or "none"}
+    options: dict[str, Any] = {"weights": weights or "none"} if is_pretrained(arch) else {}
     backbone = build_model(arch, img_size, **options)
     pooled = backbone.get_layer(EMBEDDING_LAYER).output
     x = layers.Dropout(dropout, name=SLICE_DROPOUT_LAYER)(pooled)

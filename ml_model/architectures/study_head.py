@@ -4,10 +4,15 @@
       -> ``standardise``: (x - mean) / scale, fixed from the training features
       -> ``bigru``: Bidirectional GRU(U, return_sequences) (reset_after, tanh / sigmoid)
       -> attention pooling: a_t = softmax_t(w2 . tanh(W1 h_t + b1) + b2), pooled = sum a_t h_t
+      -> concatenated with ``feature_max``: max_t of the standardised features (F)
       -> ``head_dropout`` -> ``study_logits``: Dense(8) logits in STUDY_OUTPUTS order
 
 This follows the 3rd-place RSNA 2022 solution (a 2D CNN per slice, then an RNN over the
-slice sequence); attention pooling lets a few fracture slices decide a long study.
+slice sequence); attention pooling lets a few fracture slices decide a long study. The max
+over the slices beside it is the shortcut the evidence asks for: a study is positive when
+one slice is (its fracture logit is a feature), which a GRU trained on a few hundred studies
+otherwise has to learn (on the synthetic benchmark the head alone scored patient AUC 0.82
+where the top slice's probability scored 0.92).
 
 Serving runs the same computation in numpy (``ml_model.inference.study_head.StudyHead``, no
 TensorFlow); :func:`study_head_arrays` writes this model's weights in that module's
@@ -29,6 +34,7 @@ GRU_LAYER = "bigru"
 ATTENTION_HIDDEN_LAYER = "attention_hidden"
 ATTENTION_SCORE_LAYER = "attention_score"
 ATTENTION_WEIGHTS_LAYER = "attention_weights"
+FEATURE_MAX_LAYER = "feature_max"
 HEAD_DROPOUT_LAYER = "head_dropout"
 LOGITS_LAYER = "study_logits"
 DEFAULT_UNITS = 32
@@ -87,6 +93,8 @@ def build_study_head(
     score = layers.Dense(1, name=ATTENTION_SCORE_LAYER)(hidden)
     weights = layers.Softmax(axis=1, name=ATTENTION_WEIGHTS_LAYER)(score)
     pooled = WeightedSum(name="attention_pool")([weights, h])
+    peak = layers.GlobalMaxPooling1D(name=FEATURE_MAX_LAYER)(x)
+    pooled = layers.Concatenate(name="pooled")([pooled, peak])
     pooled = layers.Dropout(dropout, name=HEAD_DROPOUT_LAYER)(pooled)
     logits = layers.Dense(len(STUDY_OUTPUTS), dtype="float32", name=LOGITS_LAYER)(pooled)
     return keras.Model(inputs, logits, name="study_head")

@@ -54,7 +54,7 @@ def evaluate(
     records = find_images(data)
     excluded = 0
     if unseen_only:
-        seen = set((core.card.training or {}).get("series", []))
+        seen = set((core.bundle.card.training or {}).get("series", []))
         kept = [r for r in records if series_of(r.group) not in seen]
         excluded = len(records) - len(kept)
         records = kept
@@ -80,7 +80,7 @@ def evaluate(
         "refused": report["refused"],
         "product": report["product"],
         "operating_point": operating_point,
-        "model": f"{core.name} {core.version}",
+        "model": f"{core.bundle.card.name} {core.bundle.card.version}",
         "distinct_slices": len(set(groups)),
         "excluded_training_files": excluded,
     }
@@ -129,8 +129,8 @@ def gate_report(
     shows the logits against the threshold."""
     import matplotlib.pyplot as plt
 
-    threshold = core.gate_threshold
-    training = core.card.training or {}
+    threshold = core.bundle.gate_threshold
+    training = core.bundle.card.training or {}
     negatives = [
         n
         for n in generate_negatives(
@@ -219,7 +219,7 @@ def shortcut_audit(
                 "bone_area_share": float(np.mean(area)),
                 "ratio": float(np.mean(mass)) / max(float(np.mean(area)), 1e-9),
             }
-    size = core.img_size
+    size = core.bundle.img_size
     cases: dict[str, list[np.ndarray]] = {"uniform_bright_ellipse": [bright_ellipse(size)]}
     fractures, normals = np.flatnonzero(labels == 1)[:10], np.flatnonzero(labels == 0)[:10]
     cases["fracture_bone_to_soft_tissue"] = [

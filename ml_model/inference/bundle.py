@@ -85,14 +85,6 @@ class Bundle:
     # ---- what the model is -----------------------------------------------------------
 
     @property
-    def name(self) -> str:
-        return self.card.name
-
-    @property
-    def version(self) -> str:
-        return self.card.version
-
-    @property
     def img_size(self) -> int:
         """The model takes (N, img_size, img_size, 3) uint8 pixels."""
         return self.card.input.size
@@ -108,14 +100,6 @@ class Bundle:
     def context(self) -> Context | None:
         """A 2.5D bundle's neighbours-as-channels (None: one slice in all three)."""
         return self.card.input.context
-
-    @property
-    def temperature(self) -> float:
-        return self.card.temperature
-
-    @property
-    def gradcam_layer(self) -> str:
-        return self.card.gradcam_layer
 
     @property
     def outputs(self) -> tuple[str, ...]:

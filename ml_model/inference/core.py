@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from ml_model.card import DEFAULT_OPERATING_POINT, OPERATING_POINTS, CardError, ModelCard
+from ml_model.card import DEFAULT_OPERATING_POINT, OPERATING_POINTS, CardError
 from ml_model.config import DEFAULT_MODEL_DIR
 from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
@@ -71,8 +71,9 @@ __all__ = [
     "StudyVerdict",
 ]
 
-# Slices per forward call in study mode: bounded memory for a 1,000-slice series.
-STUDY_BATCH = 32
+# Slices per forward call of the many-slices loop: bounded memory for a 1,000-slice series.
+SCORE_BATCH = 32
+Key = TypeVar("Key")
 # What the server wraps every decode in (``InferenceCore.with_decode_guard``).
 DecodeGuard = Callable[[bytes], contextlib.AbstractContextManager[object]]
 
@@ -175,7 +176,7 @@ class InferenceCore:
         ``slice_features`` cannot feed it."""
         if self.bundle.uses_study_head and getattr(forward, "has_features", True) is False:
             raise CardError(
-                f"{self.model_dir}: the card has `study.head` but the model's graph "
+                f"{self.bundle.path}: the card has `study.head` but the model's graph "
                 f"({type(forward).__name__}) returns no slice features; export the bundle again"
             )
 
@@ -184,8 +185,8 @@ class InferenceCore:
         from ml_model.inference.gradcam import GradCam, LazyGradCam
 
         if isinstance(forward, KerasForward):
-            return GradCam(forward.model, self.bundle.gradcam_layer)
-        return LazyGradCam(self.model_dir, self.bundle.gradcam_layer)
+            return GradCam(forward.model, self.bundle.card.gradcam_layer)
+        return LazyGradCam(self.bundle.path, self.bundle.card.gradcam_layer)
 
     def with_bundle(self, bundle: Bundle) -> InferenceCore:
         """This core (same forward, same Grad-CAM) judging with ``bundle``: the same bundle
@@ -195,35 +196,6 @@ class InferenceCore:
         return other
 
     # ---- the bundle ------------------------------------------------------------------
-
-    @property
-    def card(self) -> ModelCard:
-        return self.bundle.card
-
-    @property
-    def model_dir(self) -> Path:
-        return self.bundle.path
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
-
-    @property
-    def version(self) -> str:
-        return self.bundle.version
-
-    @property
-    def img_size(self) -> int:
-        return self.bundle.img_size
-
-    @property
-    def window(self) -> tuple[float, float]:
-        """The DICOM window (level, width) the model input is decoded through."""
-        return self.bundle.window
-
-    @property
-    def gate_threshold(self) -> float:
-        return self.bundle.gate_threshold
 
     @property
     def study_head(self) -> StudyHead | None:
@@ -259,18 +231,18 @@ class InferenceCore:
         """Image or DICOM bytes -> 2-D uint8 slice (DICOM through the window; ``frame`` of a
         multi-frame DICOM); raises the errors of ``ml_model.imaging.errors``."""
         with self._guarded(data):
-            return decode_image(data, *self.window, frame=frame)
+            return decode_image(data, *self.bundle.window, frame=frame)
 
     def decode_source(self, data: bytes) -> tuple[np.ndarray, DicomImage | None]:
         """:meth:`decode`, and for DICOM the decoded image itself (HU, header facts) so a
         caller can show it in other windows without decoding it again."""
         with self._guarded(data):
-            return decode_source(data, *self.window)
+            return decode_source(data, *self.bundle.window)
 
     def model_input(self, gray: np.ndarray) -> np.ndarray:
         """A decoded slice -> uint8 (S, S, 3), the forward's input: the slice in all three
         channels (on a 2.5D bundle too: one slice has no neighbours; see the module)."""
-        return gray_to_model_input(gray, self.img_size)
+        return gray_to_model_input(gray, self.bundle.img_size)
 
     def context_offset(self, spacing_mm: float | None) -> int | None:
         """A 2.5D bundle: how many slices apart a slice's neighbours are in a series of
@@ -295,10 +267,10 @@ class InferenceCore:
             return self.model_input(gray)
         offset, last = study.context_offset, len(study.sources) - 1
         lo, hi = max(0, index - offset), min(last, index + offset)
-        resized = {index: resize(gray, self.img_size)}
+        resized = {index: resize(gray, self.bundle.img_size)}
         for i in {lo, hi} - {index}:
             item = study.sources[i]
-            resized[i] = resize(self.decode(item.data, item.frame), self.img_size)
+            resized[i] = resize(self.decode(item.data, item.frame), self.bundle.img_size)
         return np.stack([resized[lo], resized[index], resized[hi]], axis=-1)
 
     # ---- model input -> verdict -----------------------------------------------------
@@ -308,14 +280,14 @@ class InferenceCore:
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[np.newaxis]
-        expected = (self.img_size, self.img_size, 3)
+        expected = (self.bundle.img_size, self.bundle.img_size, 3)
         if images.shape[1:] != expected:
             raise ValueError(f"expected images of shape (N, {expected}), got {images.shape}")
         return self.forward(images)
 
     def accepts(self, output: ForwardOutput) -> np.ndarray:
         """Per row: the CT gate accepts it as a CT slice (bool (N,))."""
-        return np.asarray(output.ct_logit >= self.gate_threshold)
+        return np.asarray(output.ct_logit >= self.bundle.gate_threshold)
 
     def judge(
         self, output: ForwardOutput, operating_point: str = DEFAULT_OPERATING_POINT
@@ -323,7 +295,7 @@ class InferenceCore:
         """The verdict on each row of a forward's output."""
         threshold = self.threshold(operating_point)
         inside = self.accepts(output)
-        margin = ct_gate_margin(output.ct_logit, self.gate_threshold)
+        margin = ct_gate_margin(output.ct_logit, self.bundle.gate_threshold)
         return [
             SliceVerdict(triage_result(p, threshold, ok), p, threshold, ok, m)
             for p, ok, m in zip(
@@ -372,22 +344,47 @@ class InferenceCore:
         bounds its own batches)."""
         from tqdm.auto import tqdm
 
-        images = np.empty((len(sources), self.img_size, self.img_size, 3), np.uint8)
-        readable: list[int] = []
         failed: list[tuple[int, Exception]] = []
-        for index, read in enumerate(tqdm(sources, unit="img", disable=not progress)):
-            try:
-                images[len(readable)] = self.model_input(self.decode(read()))
-            except errors as exc:
-                failed.append((index, exc))
-                continue
-            readable.append(index)
-        images = images[: len(readable)]
-        if not readable:
+
+        def inputs() -> Iterator[tuple[int, np.ndarray]]:
+            for index, read in enumerate(tqdm(sources, unit="img", disable=not progress)):
+                try:
+                    image = self.model_input(self.decode(read()))
+                except errors as exc:
+                    failed.append((index, exc))
+                    continue
+                yield index, image
+
+        readable, kept, output = self._score_inputs(inputs(), keep=True)
+        size = self.bundle.img_size
+        images = np.stack(kept) if kept else np.empty((0, size, size, 3), np.uint8)
+        if output is None:
             empty = ForwardOutput(np.zeros(0), np.zeros(0))
             return FileVerdicts(readable, images, empty, [], failed)
-        output = self.scores(images)
         return FileVerdicts(readable, images, output, self.judge(output, operating_point), failed)
+
+    def _score_inputs(
+        self, inputs: Iterable[tuple[Key, np.ndarray]], keep: bool = False
+    ) -> tuple[list[Key], list[np.ndarray], ForwardOutput | None]:
+        """The one loop of many slices: (key, model input) pairs as they are decoded ->
+        (keys, the inputs when ``keep``, one forward output in their order; None when there
+        was none). Scored SCORE_BATCH at a time, so memory stays that of one batch however
+        many slices come (plus what ``keep`` holds)."""
+        keys: list[Key] = []
+        kept: list[np.ndarray] = []
+        parts: list[ForwardOutput] = []
+        batch: list[np.ndarray] = []
+        for key, image in inputs:
+            keys.append(key)
+            batch.append(image)
+            if keep:
+                kept.append(image)
+            if len(batch) == SCORE_BATCH:
+                parts.append(self.scores(np.stack(batch)))
+                batch = []
+        if batch:
+            parts.append(self.scores(np.stack(batch)))
+        return keys, kept, ForwardOutput.concat(parts) if parts else None
 
     def study(
         self,
@@ -409,27 +406,16 @@ class InferenceCore:
                 "no slice spacing in mm (no DICOM geometry): each slice's neighbours in the "
                 "model input are the next slices"
             )
-        names, positions, sources = [], [], []
         errors = list(order.errors)
-        # Decoded and scored STUDY_BATCH slices at a time: memory stays that of one batch
-        # (and a 2.5D bundle's neighbours), however many slices (or frames) the series has.
-        parts: list[ForwardOutput] = []
-        batch: list[np.ndarray] = []
         with tqdm(total=len(order.slices), unit="slice", disable=not progress) as bar:
-            for item, image in self._study_inputs(order.slices, offset, errors, bar.update):
-                batch.append(image)
-                names.append(item.name)
-                positions.append(item.position)
-                sources.append(item)
-                if len(batch) == STUDY_BATCH:
-                    parts.append(self.scores(np.stack(batch)))
-                    batch = []
-            if batch:
-                parts.append(self.scores(np.stack(batch)))
-        if not parts:
+            inputs = self._study_inputs(order.slices, offset, errors, bar.update)
+            sources, _, scored = self._score_inputs(inputs)
+        if scored is None:
             first = f" ({errors[0][0]}: {errors[0][1]})" if errors else ""
             raise StudyError(f"no slice in the study could be decoded{first}")
-        output = ForwardOutput.concat(parts)
+        output = scored
+        names = [item.name for item in sources]
+        positions = [item.position for item in sources]
         inside = self.accepts(output)
         probabilities = output.probability
         top_k = self.bundle.top_k
@@ -493,7 +479,7 @@ class InferenceCore:
             if offset is None:
                 yield item, self.model_input(gray)
                 continue
-            held.append(resize(gray, self.img_size))
+            held.append(resize(gray, self.bundle.img_size))
             waiting.append(item)
             count += 1
             if len(waiting) > offset:  # the oldest waiting slice has its last neighbour
@@ -554,7 +540,9 @@ class InferenceCore:
         """Run the forward once per batch size (and Grad-CAM) so no request pays for
         tracing; a forward that cannot answer yet (TF Serving starting) is left to
         ``is_ready``."""
-        blank = np.zeros((max(batch_sizes), self.img_size, self.img_size, 3), np.uint8)
+        blank = np.zeros(
+            (max(batch_sizes), self.bundle.img_size, self.bundle.img_size, 3), np.uint8
+        )
         try:
             for size in batch_sizes:
                 self.scores(blank[:size])

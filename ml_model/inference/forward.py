@@ -192,7 +192,7 @@ class KerasForward:
 
         loaded = as_bundle(bundle)
         model = load_model(Path(loaded.path, KERAS_FILE))
-        return cls(model, loaded.temperature, loaded.gate)
+        return cls(model, loaded.card.temperature, loaded.gate)
 
     def __call__(self, images: np.ndarray) -> ForwardOutput:
         import tensorflow as tf

@@ -229,7 +229,7 @@ class OnnxForward:
         folder = bundle.path if isinstance(bundle, Bundle) else Path(bundle)
         forward = cls(Path(folder, ONNX_FILE), threads, lanes=lanes)  # names a missing file
         if forward._session is not None:
-            check_exported_from(forward.path, forward._session, as_bundle(bundle).temperature)
+            check_exported_from(forward.path, forward._session, as_bundle(bundle).card.temperature)
         return forward
 
     def _chunks(self, session: ort.InferenceSession | None, images: np.ndarray) -> ForwardOutput:

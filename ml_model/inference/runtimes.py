@@ -55,7 +55,7 @@ def _bundle_gradcam(bundle: Bundle, options: RuntimeOptions) -> GradCamFn:
         return OnnxGradCam(onnx_file, bundle.img_size, options.threads)
     from ml_model.inference.gradcam import LazyGradCam
 
-    return LazyGradCam(bundle.path, bundle.gradcam_layer)
+    return LazyGradCam(bundle.path, bundle.card.gradcam_layer)
 
 
 def _onnx(bundle: Bundle, options: RuntimeOptions) -> tuple[Forward, GradCamFn]:
@@ -75,7 +75,7 @@ def _local(bundle: Bundle, options: RuntimeOptions) -> tuple[Forward, GradCamFn]
     from ml_model.inference.gradcam import GradCam
 
     forward = KerasForward.from_bundle(bundle)
-    return forward, GradCam(forward.model, bundle.gradcam_layer)
+    return forward, GradCam(forward.model, bundle.card.gradcam_layer)
 
 
 def _tfserving(bundle: Bundle, options: RuntimeOptions) -> tuple[Forward, GradCamFn]:

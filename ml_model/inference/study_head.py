@@ -10,7 +10,8 @@ run on the weights in the bundle's ``study_head.npz``:
       -> a bidirectional GRU (Keras' GRU: gates z, r, h; reset_after; tanh / sigmoid),
          forward and backward states concatenated per slice -> (T, 2U)
       -> attention: a = softmax_t(tanh(h W1 + b1) w2 + b2); pooled = sum_t a_t h_t
-      -> logits = pooled Wo + bo -> sigmoid -> (8,) in ``STUDY_OUTPUTS`` order
+      -> [pooled, max_t of the standardised features] (2U + F)
+      -> logits = that Wo + bo -> sigmoid -> (8,) in ``STUDY_OUTPUTS`` order
 
 ``study_head.npz`` keys (float32 unless said):
 
@@ -24,7 +25,7 @@ gru_forward_bias                 (2, 3U)    row 0: input bias, row 1: recurrent 
 gru_backward_*                              the same for the backward direction
 attention_hidden_kernel, _bias   (2U, A)    W1, b1
 attention_score_kernel, _bias    (A, 1)     w2, b2
-output_kernel, output_bias       (2U, 8)    Wo, bo
+output_kernel, output_bias       (2U+F, 8)  Wo, bo
 sequence_length                  ()         T, int32
 outputs                          (8,)       output names (unicode): STUDY_OUTPUTS
 ===============================  =========  ==============================================
@@ -156,7 +157,7 @@ class StudyHead:
             "gru_backward_recurrent_kernel": (units, 3 * units),
             "gru_forward_bias": (2, 3 * units),
             "gru_backward_bias": (2, 3 * units),
-            "output_kernel": (2 * units, len(STUDY_OUTPUTS)),
+            "output_kernel": (2 * units + features, len(STUDY_OUTPUTS)),
         }
         for key, shape in expected.items():
             if held[key].shape != shape:
@@ -193,7 +194,7 @@ class StudyHead:
         score = (hidden @ a["attention_score_kernel"] + a["attention_score_bias"])[:, 0]
         weights = np.exp(score - score.max())
         weights /= weights.sum()
-        pooled = weights @ h
+        pooled = np.concatenate([weights @ h, x.max(axis=0)])
         return pooled @ a["output_kernel"] + a["output_bias"], weights
 
     def logits(self, features: np.ndarray) -> np.ndarray:

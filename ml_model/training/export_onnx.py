@@ -336,7 +336,7 @@ def compare_outputs(
     same rows."""
     dp = np.abs(candidate.probability - reference.probability)
     p = np.clip(reference.probability, 1e-12, 1 - 1e-12)
-    network_logit = core.card.temperature * (np.log(p) - np.log1p(-p))
+    network_logit = core.bundle.card.temperature * (np.log(p) - np.log1p(-p))
     unsaturated = np.abs(network_logit) < UNSATURATED_LOGIT
     differ: dict[str, int] = {}
     margin = math.inf
@@ -345,7 +345,7 @@ def compare_outputs(
         theirs = [v.result for v in core.judge(candidate, point)]
         differ[point] = sum(a != b for a, b in zip(ours, theirs, strict=True))
         margin = min(margin, float(np.min(np.abs(reference.probability - core.threshold(point)))))
-    gate_margin = float(np.min(np.abs(reference.ct_logit - core.gate_threshold)))
+    gate_margin = float(np.min(np.abs(reference.ct_logit - core.bundle.gate_threshold)))
     features: dict[str, Any] = {}
     if reference.features is not None and candidate.features is not None:
         dfeatures = float(np.max(np.abs(candidate.features - reference.features)))

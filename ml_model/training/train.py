@@ -27,7 +27,12 @@ import tensorflow as tf
 
 from ml_model import __version__
 from ml_model.architectures.layers import SPINE_CROP_LAYER
-from ml_model.architectures.registry import DEFAULT_IMG_SIZES, build_model, gradcam_layer
+from ml_model.architectures.registry import (
+    DEFAULT_IMG_SIZES,
+    build_model,
+    gradcam_layer,
+    is_pretrained,
+)
 from ml_model.architectures.transfer import (
     WeightsUnavailableError,
     extract_features_from_dataset,
@@ -279,7 +284,7 @@ def fit_model(
         )
         _merge(history, fitted.history)
 
-    if config.arch == "custom":
+    if not is_pretrained(config.arch):
         fit_images(model, "train", config.epochs, config.lr)
         return model, history
 
@@ -628,7 +633,7 @@ def score_test_and_export(
 
 def _builder_options(config: TrainConfig) -> dict[str, Any]:
     options: dict[str, Any] = {"input_size": config.input_size or None}
-    return options if config.arch == "custom" else options | {"weights": config.weights}
+    return options | {"weights": config.weights} if is_pretrained(config.arch) else options
 
 
 def _write_reports(

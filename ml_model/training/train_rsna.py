@@ -73,7 +73,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml_model import __version__
-from ml_model.architectures.registry import gradcam_layer
+from ml_model.architectures.registry import gradcam_layer, is_pretrained
 from ml_model.architectures.rsna_slice import (
     FRACTURE_OUTPUT,
     VERTEBRAE_OUTPUT,
@@ -89,7 +89,7 @@ from ml_model.architectures.study_head import (
 )
 from ml_model.architectures.transfer import WeightsUnavailableError
 from ml_model.bundle import GATE_FILE, STUDY_HEAD_FILE
-from ml_model.card import STUDY_OUTPUTS, VERTEBRAE
+from ml_model.card import STUDY_OUTPUTS, VERTEBRAE, ModelCard, read_card
 from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
 from ml_model.data.negatives import generate as generate_negatives
 from ml_model.data.rsna import (
@@ -1107,22 +1107,24 @@ def train_rsna(config: RsnaConfig, argv: list[str] | None = None) -> dict[str, A
     gate = fit_gate(gate_images, gate_series, negatives, negative_images, config.seed).gate
 
     # 8. The card and the bundle.
-    card = build_card(config, argv, points, metrics, head, provenance(config, uids, indexes, cache))
-    card["gate"] = gate.details | {"threshold": gate.threshold, "file": GATE_FILE}
-    card["gate"]["positives_grouping"] = "patient folds" if folds else "studies"
-    card["training"].update(
-        seconds=round(train_seconds, 1),
-        mixed_precision=mixed,
-        replicas=strategy.num_replicas_in_sync,
-        stage1_slices_per_second=_mean(final.slices_per_second),
-        stage1_slices_per_epoch=final.slices_per_epoch,
-        inference_slices_per_second=round(inference_rate, 1) or None,
-        gpu_peak_memory_mb=gpu_memory_mb(),
-        device=_device(),
-    )
-    card["rsna"]["split"] = {
-        "held_out": len(test), "development": len(dev), "folds": folds_k if folds else 0,
-    }  # fmt: skip
+    gate_section = gate.details | {
+        "threshold": gate.threshold,
+        "file": GATE_FILE,
+        "positives_grouping": "patient folds" if folds else "studies",
+    }
+    run = {
+        "seconds": round(train_seconds, 1),
+        "mixed_precision": mixed,
+        "replicas": strategy.num_replicas_in_sync,
+        "stage1_slices_per_second": _mean(final.slices_per_second),
+        "stage1_slices_per_epoch": final.slices_per_epoch,
+        "inference_slices_per_second": round(inference_rate, 1) or None,
+        "gpu_peak_memory_mb": gpu_memory_mb(),
+        "device": _device(),
+    }
+    split = {"held_out": len(test), "development": len(dev), "folds": folds_k if folds else 0}
+    data = provenance(config, uids, indexes, cache)
+    card = build_card(config, argv, points, metrics, head, data, gate_section, run, split)
     _write_reports(work, metrics, oof, held_out)
     parity = {
         "training slices (2.5D)": sample_rows(gate_images, 48),
@@ -1137,7 +1139,7 @@ def train_rsna(config: RsnaConfig, argv: list[str] | None = None) -> dict[str, A
         print(summary_table(headline))
         print(f"competition log loss: {json.dumps(metrics['competition_log_loss'])}")
     print(f"bundle written to {out} (report in {work}); {train_seconds:.0f} s")
-    return card
+    return read_card(out)  # as written
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -1186,8 +1188,13 @@ def build_card(
     metrics: dict[str, Any],
     head: StudyHead,
     data: dict[str, Any],
-) -> dict[str, Any]:
-    """The model card (``ml_model.card.ModelCard``; the gate is added by the caller)."""
+    gate: dict[str, Any],
+    run: dict[str, Any],
+    split: dict[str, int],
+) -> ModelCard:
+    """The bundle's model card, typed and validated here (written by ``export_bundle``):
+    ``gate`` its section, ``run`` the training run's measured facts (time, throughput,
+    device), ``split`` the held-out / development / fold counts."""
     now = datetime.now(UTC)
     study_points = points["study"]
     caveats = [
@@ -1198,11 +1205,11 @@ def build_card(
         "Operating points are chosen on out-of-fold scores of the development patients; the "
         "held-out patients were never used for any choice.",
     ]
-    for split in ("held_out", "out_of_fold"):
-        lm = metrics.get(split, {}).get("sensitive", {}).get("level_matched", {})
+    for part in ("held_out", "out_of_fold"):
+        lm = metrics.get(part, {}).get("sensitive", {}).get("level_matched", {})
         if lm.get("gap") is not None and lm["gap"] > 0.05:
             caveats.append(
-                f"{split}: specificity at the fracture slices' levels is {lm['gap']:.2f} below "
+                f"{part}: specificity at the fracture slices' levels is {lm['gap']:.2f} below "
                 "the overall specificity: the slice score follows the vertebral level."
             )
     if data["patients_positive"] in (0, data["studies"]):
@@ -1210,7 +1217,7 @@ def build_card(
             "Every patient of this data has the same patient_overall label: no "
             "patient-level AUC, sensitivity or specificity can be computed."
         )
-    return {
+    return ModelCard.model_validate({
         "name": f"{config.arch}-rsna-cspine-study",
         "version": now.strftime("%Y.%m.%d"),
         "architecture": config.arch,
@@ -1253,19 +1260,21 @@ def build_card(
             },
         },
         "metrics": metrics,
-        "rsna": {"approach": APPROACH, "labels": LABEL_POLICY},
+        "gate": gate,
+        "rsna": {"approach": APPROACH, "labels": LABEL_POLICY, "split": split},
         "training": {
             "argv": list(argv) if argv is not None else None,
             **{k: v for k, v in asdict(config).items() if k not in ("out", "rsna", "progress")},
-            "weights": "none (the custom CNN has no pretrained weights)"
-            if config.arch == "custom"
-            else config.weights,
+            "weights": config.weights
+            if is_pretrained(config.arch)
+            else f"none (the {config.arch} CNN has no pretrained weights)",
             "feature_dim": slice_feature_dim(config.embedding),
+            **run,
         },
         "data": data,
         "caveats": caveats,
         "intended_use": INTENDED_USE,
-    }
+    })  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- command line

@@ -44,7 +44,9 @@ def slices(predictor: InferenceCore) -> np.ndarray:
     if len(paths) == 24:
         return np.stack([predictor.model_input(predictor.decode(p.read_bytes())) for p in paths])
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (24, predictor.img_size, predictor.img_size, 3), dtype=np.uint8)
+    return rng.integers(
+        0, 256, (24, predictor.bundle.img_size, predictor.bundle.img_size, 3), dtype=np.uint8
+    )
 
 
 @pytest.fixture(scope="module")

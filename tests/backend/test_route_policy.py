@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 import backend.app.api.routes as routes_package
-from backend.app.api.main import ROUTERS, api_router
+from backend.app.api.main import ROUTERS, api_router, route_modules
 from backend.app.core.policy import (
     NO_ROUTE,
     MissingPolicyError,
@@ -87,14 +87,37 @@ def test_two_routes_of_one_path_must_agree() -> None:
         RoutePolicies(router.routes)
 
 
-def test_every_routes_module_is_listed() -> None:
-    """The one list of routers (api/main.py) has every module of api/routes/ with a router."""
+def test_a_new_route_is_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module dropped into api/routes/ with a router is found (no list to edit), and the
+    app serves every router found; a module without a router is left alone."""
+    package = tmp_path / "extra_routes"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "series.py").write_text(
+        "from fastapi import APIRouter\n"
+        "from backend.app.core.policy import RoutePolicy, declare\n"
+        "router = APIRouter()\n"
+        "@router.get('/series-probe')\n"
+        "@declare(RoutePolicy(auth=True))\n"
+        "def probe() -> dict[str, str]:\n"
+        "    return {'ok': 'yes'}\n"
+    )
+    (package / "helpers.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = route_modules(importlib.import_module("extra_routes"))
+    assert [module.__name__ for module in found] == ["extra_routes.series"]
+    assert policy_of(found[0].probe) == RoutePolicy(auth=True)
+
     modules = [
         importlib.import_module(f"{routes_package.__name__}.{info.name}")
         for info in pkgutil.iter_modules(routes_package.__path__)
     ]
     with_router = {module.__name__ for module in modules if hasattr(module, "router")}
     assert with_router == {module.__name__ for module in ROUTERS}
+    served = {context.path for context in iter_route_contexts(app.routes)}
+    for module in ROUTERS:
+        paths = {context.path for context in iter_route_contexts(module.router.routes)}
+        assert paths and paths <= served, module.__name__
 
 
 def test_what_the_routes_declare() -> None:

@@ -22,6 +22,8 @@ from ml_model.imaging.formats import FORMATS, InputFormat
 from ml_model.imaging.transforms import decode_source
 from testing.dicom_writers import ct_dicom_bytes
 
+WINDOW = (0.0, 600.0)  # level, width: any window (a raster file ignores it)
+
 HEIGHT, WIDTH = 12, 20
 # A horizontal ramp: every decoder must give back a slice that grows left to right.
 RAMP = np.tile(np.linspace(0, 240, WIDTH).astype(np.uint8), (HEIGHT, 1))
@@ -103,7 +105,7 @@ def test_each_format_has_an_estimator_that_bounds_its_decoding(fmt: InputFormat)
 def test_each_format_has_a_decoder_that_reads_it(fmt: InputFormat) -> None:
     data = SAMPLES[fmt.name]()
     decoded = fmt.decoder(data, None)
-    gray, dicom = decode_source(data, 0.0, 600.0)
+    gray, dicom = decode_source(data, *WINDOW)
     if isinstance(decoded, DicomImage):
         assert dicom is not None and decoded.values.shape == (HEIGHT, WIDTH)
     else:
@@ -116,7 +118,7 @@ def test_each_format_has_a_decoder_that_reads_it(fmt: InputFormat) -> None:
 
 def test_bytes_without_a_known_signature_are_refused_as_before() -> None:
     with pytest.raises(UnsupportedImageError, match="not a recognised image or DICOM"):
-        decode_source(b"hello, this is no image" * 10)
+        decode_source(b"hello, this is no image" * 10, *WINDOW)
     assert formats.sniff(b"hello") is None and not looks_like_slice(b"hello")
 
 
@@ -125,7 +127,7 @@ def test_a_format_pillow_opens_but_the_table_lacks_is_refused_by_name() -> None:
     Image.fromarray(RAMP).save(buffer, format="ICO")
     assert formats.sniff(buffer.getvalue()) is None
     with pytest.raises(UnsupportedImageError, match="image format ICO is not accepted"):
-        decode_source(buffer.getvalue())
+        decode_source(buffer.getvalue(), *WINDOW)
     assert formats.estimate_decode_cost(buffer.getvalue()) is None
 
 
@@ -134,7 +136,7 @@ def test_a_format_pillow_opens_but_the_table_lacks_is_refused_by_name() -> None:
 def test_a_damaged_file_is_named_by_its_signature(name: str, kept: int) -> None:
     data = SAMPLES[name]()[:kept]  # the signature, then (next to) nothing
     with pytest.raises(UnsupportedImageError, match=f"starts like a {name} image"):
-        decode_source(data)
+        decode_source(data, *WINDOW)
 
 
 def test_the_api_docs_name_every_format() -> None:

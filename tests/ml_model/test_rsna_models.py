@@ -103,7 +103,8 @@ def test_study_head_load_round_trip_and_errors(tmp_path):
         StudyHead.load(tmp_path)
 
 
-def test_slice_model_outputs_and_feature_vector():
+@pytest.mark.parametrize("arch", ["custom", "compact"])
+def test_slice_model_outputs_and_feature_vector(arch):
     import tensorflow as tf
 
     from ml_model.architectures.rsna_slice import (
@@ -114,7 +115,7 @@ def test_slice_model_outputs_and_feature_vector():
         slice_features_tf,
     )
 
-    model = build_slice_model("custom", 64, embedding=5)
+    model = build_slice_model(arch, 64, embedding=5)
     images = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3)).astype(np.float32)
     outputs = model(images, training=False)
     assert set(outputs) == set(SLICE_OUTPUTS)
@@ -134,6 +135,33 @@ def test_slice_model_outputs_and_feature_vector():
         }
     ).numpy()
     assert np.all(np.isfinite(saturated)) and np.abs(saturated).max() < 10
+
+
+def test_the_compact_cnn_sees_a_small_spot_wherever_it_lies():
+    """Global max pooling: a bright 3x3 spot on black moved across the slice (by whole 8x8
+    cells of the last map, so the move is exact; black is what the convolutions pad with;
+    the spot's receptive field, about 37 pixels each way, stays inside the slice) gives the
+    same max-pooled features; the seed's custom CNN, which flattens its map, does not."""
+    import keras
+
+    from ml_model.architectures.layers import EMBEDDING_LAYER
+    from ml_model.architectures.registry import build_model, is_pretrained
+
+    def pooled(arch: str) -> tuple[np.ndarray, np.ndarray]:
+        model = build_model(arch, 128)
+        embedding = keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output)
+        images = np.zeros((2, 128, 128, 3), np.float32)
+        images[0, 40:43, 40:43] = 255.0
+        images[1, 80:83, 72:75] = 255.0
+        out = embedding(images, training=False)
+        return np.asarray(out[0]), np.asarray(out[1])
+
+    a, b = pooled("compact")
+    half = a.size // 2  # [max pool | average pool]
+    np.testing.assert_allclose(a[:half], b[:half], rtol=1e-4, atol=1e-5)
+    assert not is_pretrained("compact") and not is_pretrained("custom")
+    c, d = pooled("custom")
+    assert not np.allclose(c, d, atol=1e-5)
 
 
 def test_slice_model_refuses_an_unknown_backbone():

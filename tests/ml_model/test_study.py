@@ -263,7 +263,7 @@ def test_study_on_real_slices(shared_data: Path, predictor: InferenceCore) -> No
     assert result.names == [f"{i:03d}.dcm" for i in range(len(items))]
     for item, p in zip(items, result.probabilities, strict=True):
         expected = predictor.scores(
-            image_to_array(item.data, predictor.img_size, *predictor.window)
+            image_to_array(item.data, predictor.bundle.img_size, *predictor.bundle.window)
         ).probability[0]
         assert p == pytest.approx(expected, abs=1e-5)
     assert result.probability == pytest.approx(aggregate(result.probabilities))

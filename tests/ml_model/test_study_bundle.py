@@ -78,7 +78,7 @@ def series(count: int, spacing_mm: float) -> list[SliceFile]:
 def expected_inputs(core: InferenceCore, files: list[SliceFile], offset: int) -> np.ndarray:
     """The 2.5D inputs of a series built the way training builds them: every slice decoded
     and resized, then ``stack_neighbours`` over the whole ordered volume."""
-    volume = np.stack([resize(core.decode(f.data), core.img_size) for f in files])
+    volume = np.stack([resize(core.decode(f.data), core.bundle.img_size) for f in files])
     return stack_neighbours(volume, np.arange(len(files)), offset)
 
 
@@ -238,7 +238,7 @@ def test_study_stacks_neighbours_at_the_cards_spacing_and_runs_the_head(
     assert verdict.probability == pytest.approx(float(expected[0]), abs=1e-6)
     assert verdict.vertebrae is not None and list(verdict.vertebrae) == list(VERTEBRAE)
     np.testing.assert_allclose(list(verdict.vertebrae.values()), expected[1:], atol=1e-6)
-    assert verdict.threshold == onnx_core.card.study_threshold("sensitive")
+    assert verdict.threshold == onnx_core.bundle.card.study_threshold("sensitive")
     assert verdict.aggregation == "study_head"
     # The model input the route explains a top slice with is the one it was scored with.
     inputs = expected_inputs(onnx_core, files, offset)
@@ -254,7 +254,7 @@ def test_study_in_batches_equals_study_in_one(
 
     files = series(9, 1.0)
     whole = onnx_core.study(files)
-    monkeypatch.setattr(core_module, "STUDY_BATCH", 2)
+    monkeypatch.setattr(core_module, "SCORE_BATCH", 2)
     streamed = onnx_core.study(files)
     # Equal up to float32 rounding (batch size changes the kernels' summation order).
     np.testing.assert_allclose(streamed.probabilities, whole.probabilities, atol=1e-6)

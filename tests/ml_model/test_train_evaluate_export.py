@@ -93,7 +93,9 @@ def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -
 def test_export_round_trip_agrees(trained_bundle: tuple[Path, Path]) -> None:
     data, out = trained_bundle
     predictor = InferenceCore(out)
-    images, _ = load_arrays(find_images(data), predictor.img_size, predictor.window, progress=False)
+    images, _ = load_arrays(
+        find_images(data), predictor.bundle.img_size, predictor.bundle.window, progress=False
+    )
     keras_probs = predictor.scores(images).probability
     saved_probs = saved_model_predict(out / SAVED_MODEL_DIR, images)
     tflite_probs = tflite_predict(out / TFLITE_FILE, images)
@@ -136,7 +138,9 @@ def test_export_all_rewrites_every_runtime_file(
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     export.main(["--bundle", str(bundle), "--all"])
     core = InferenceCore(bundle)
-    images, _ = load_arrays(find_images(data), core.img_size, core.window, progress=False)
+    images, _ = load_arrays(
+        find_images(data), core.bundle.img_size, core.bundle.window, progress=False
+    )
     expected = core.scores(images).probability
     np.testing.assert_allclose(
         saved_model_predict(bundle / SAVED_MODEL_DIR, images), expected, atol=1e-4
@@ -237,14 +241,14 @@ def test_committed_default_bundle_formats_agree(shared_data: Path) -> None:
     predictor = InferenceCore(DEFAULT_MODEL_DIR)
     from ml_model.imaging.transforms import load_image
 
-    images = np.stack([load_image(f, predictor.img_size, *EXPORT_WINDOW) for f in files])
+    images = np.stack([load_image(f, predictor.bundle.img_size, *EXPORT_WINDOW) for f in files])
     probs = predictor.scores(images).probability
     np.testing.assert_allclose(
         saved_model_predict(DEFAULT_MODEL_DIR / SAVED_MODEL_DIR, images), probs, atol=1e-4
     )
     # A float16 TFLite (kept small for the repository) rounds its weights to ~3 significant
     # digits: a looser bound on the probability, and the same side of the threshold.
-    tolerance = 5e-3 if (predictor.card.training or {}).get("tflite_float16") else 1e-4
+    tolerance = 5e-3 if (predictor.bundle.card.training or {}).get("tflite_float16") else 1e-4
     lite = tflite_predict(DEFAULT_MODEL_DIR / TFLITE_FILE, images)
     np.testing.assert_allclose(lite, probs, atol=tolerance)
     threshold = predictor.threshold()

@@ -11,7 +11,7 @@ from ml_model.inference.core import InferenceCore
 
 def model_info(core: InferenceCore) -> ModelInfo:
     """The ``model`` field of an answer: the loaded bundle's name and version."""
-    return ModelInfo(name=core.name, version=core.version)
+    return ModelInfo(name=core.bundle.card.name, version=core.bundle.card.version)
 
 
 def error_response(description: str, example: str) -> dict[str, Any]:

@@ -62,7 +62,9 @@ async def ready(core: CoreDep, settings: SettingsDep) -> ReadyResponse:
             detail=MODEL_SERVER_NOT_READY_DETAIL,
             headers={"Retry-After": str(NOT_READY_RETRY_AFTER_S)},
         )
-    return ReadyResponse(model=ModelInfo(name=core.name, version=core.version))
+    return ReadyResponse(
+        model=ModelInfo(name=core.bundle.card.name, version=core.bundle.card.version)
+    )
 
 
 @router.head("/ready", include_in_schema=False)

@@ -23,4 +23,4 @@ router = APIRouter(tags=["model"])
 async def model_card(core: CoreDep) -> ModelCard:
     """The loaded bundle's `model_card.json`, as validated at start-up
     (`ml_model.card.ModelCard`; sections it does not type are passed through)."""
-    return core.card
+    return core.bundle.card

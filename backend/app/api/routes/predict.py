@@ -58,7 +58,7 @@ PREVIEW_WINDOWS = {
 
 def dicom_fields(image: DicomImage, window: PreviewWindow, core: InferenceCore) -> dict[str, Any]:
     """The preview (the slice through the chosen window) and header facts of a DICOM."""
-    level, width = PREVIEW_WINDOWS.get(window, core.window)
+    level, width = PREVIEW_WINDOWS.get(window, core.bundle.window)
     facts = image.facts
     return {
         "preview_png_base64": preview_base64(image.window(level, width)),

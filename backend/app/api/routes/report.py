@@ -68,7 +68,7 @@ def report_route(
     # fpdf2 is imported on the first report, not at start-up (~0.5 s of the cold start).
     from backend.app.report_pdf import render_report
 
-    pdf = render_report(study, core.card.model_dump())
+    pdf = render_report(study, core.bundle.card.model_dump())
     return Response(
         content=pdf,
         media_type="application/pdf",

@@ -48,7 +48,12 @@ def test_batch_with_one_broken_file(
 
     goods = [item for item in results if "error" not in item]
     expected = predictor.scores(
-        np.stack([image_to_array(data, predictor.img_size, *predictor.window) for data in good])
+        np.stack(
+            [
+                image_to_array(data, predictor.bundle.img_size, *predictor.bundle.window)
+                for data in good
+            ]
+        )
     ).probability
     for item, probability in zip(goods, expected, strict=True):
         assert item["prediction"] == pytest.approx(float(probability), abs=1e-5)

@@ -44,7 +44,9 @@ def test_photos_are_not_ct_slices(
     assert body["in_distribution"] is False
     assert body["ct_gate_margin"] > 1.0
     # The probability is still reported (for transparency), and is the model's own.
-    expected = predictor.classify(image_to_array(data, predictor.img_size, *predictor.window))[0]
+    expected = predictor.classify(
+        image_to_array(data, predictor.bundle.img_size, *predictor.bundle.window)
+    )[0]
     assert body["prediction"] == pytest.approx(expected.probability, abs=1e-6)
     assert body["ct_gate_margin"] == pytest.approx(expected.ct_gate_margin, rel=1e-5)
     assert body["ood_distance"] == body["ct_gate_margin"]  # the deprecated alias
@@ -58,9 +60,9 @@ def test_real_ct_slices_pass_the_guard(
         body = client.post("/predict", files={"file": (path.name, data)}).json()
         assert body["in_distribution"] is True, path.name
         assert body["result"] in (RESULT_POSITIVE, RESULT_NEGATIVE)
-        expected = predictor.classify(image_to_array(data, predictor.img_size, *predictor.window))[
-            0
-        ]
+        expected = predictor.classify(
+            image_to_array(data, predictor.bundle.img_size, *predictor.bundle.window)
+        )[0]
         assert body["ct_gate_margin"] == pytest.approx(expected.ct_gate_margin, rel=1e-5)
         assert body["ct_gate_margin"] <= 1.0
         assert body["ood_distance"] == body["ct_gate_margin"]

@@ -34,7 +34,7 @@ def post_image(client: TestClient, data: bytes, filename: str = "slice.png", **p
 def expected_probability(predictor: InferenceCore, data: bytes) -> float:
     return float(
         predictor.scores(
-            image_to_array(data, predictor.img_size, *predictor.window)[np.newaxis]
+            image_to_array(data, predictor.bundle.img_size, *predictor.bundle.window)[np.newaxis]
         ).probability[0]
     )
 

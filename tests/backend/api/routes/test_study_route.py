@@ -153,7 +153,7 @@ def test_study_matches_ml_model_study(
         assert item["prediction"] == pytest.approx(float(probability), abs=1e-5)
     for item, (_, data) in zip(body["slices"], series, strict=True):
         single = predictor.scores(
-            image_to_array(data, predictor.img_size, *predictor.window)
+            image_to_array(data, predictor.bundle.img_size, *predictor.bundle.window)
         ).probability[0]
         assert item["prediction"] == pytest.approx(float(single), abs=1e-5)
     if REAL:

@@ -28,8 +28,11 @@ foot to head in some and in no spatial order in others, so a reader must order b
 
 **Labels** (``--label-mode``):
 
-* ``independent``: a fracture-like lesion (a lucent line through the bone of one vertebra,
-  breaking its cortex, over 2-5 consecutive slices) is implanted in each fractured vertebra
+* ``independent``: a fracture-like lesion (a 4-7 mm lucent gap through the bone of one
+  vertebra over 2-5 consecutive slices: the first of up to ``LESION_TRIES`` lines drawn
+  through its cortex that breaks at least ``LESION_MIN_CORTEX_MM2`` of cortex on each slice,
+  else the one that breaks most; a displaced fracture a reader could see, not a graze at a
+  bone's edge) is implanted in each fractured vertebra
   of a positive patient; the fractured level is uniform over C1..C7 and independent of
   anything else, so a model can only score well by seeing the lesion. The boxes frame the
   lesion on its slices.

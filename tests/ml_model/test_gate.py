@@ -151,20 +151,20 @@ def test_tf_and_numpy_features_agree() -> None:
 
 
 @pytest.fixture(scope="module", params=BUNDLES, ids=lambda p: p.name)
-def bundle(request: pytest.FixtureRequest) -> InferenceCore:
+def core(request: pytest.FixtureRequest) -> InferenceCore:
     return InferenceCore(request.param)
 
 
-def test_every_held_out_negative_is_refused(bundle: InferenceCore) -> None:
+def test_every_held_out_negative_is_refused(core: InferenceCore) -> None:
     """The images the gate never saw in training (a held-out part of every kind) are all
     refused: by the gate, or, for the pixels of an MR / US / X-ray / NM DICOM file that the
     gate lets through, by that file's header before any model runs."""
-    training = bundle.card.training or {}
+    training = core.bundle.card.training or {}
     negatives = generate(training["gate_negatives"], seed=training["seed"])
     held = [n for n in negatives if n.held_out]
     assert len(held) >= 200 and {n.kind for n in held} == set(KINDS)
-    images = np.stack([gray_to_model_input(n.gray, bundle.img_size) for n in held])
-    accepted = bundle.accepts(bundle.scores(images))
+    images = np.stack([gray_to_model_input(n.gray, core.bundle.img_size) for n in held])
+    accepted = core.accepts(core.scores(images))
     let_through = []
     for negative, passed in zip(held, accepted, strict=True):
         if not passed:
@@ -177,8 +177,8 @@ def test_every_held_out_negative_is_refused(bundle: InferenceCore) -> None:
     assert not let_through
 
 
-def test_bright_ellipse_is_never_a_fracture(bundle: InferenceCore) -> None:
-    verdict = bundle.classify(bright_ellipse(bundle.img_size))[0]
+def test_bright_ellipse_is_never_a_fracture(core: InferenceCore) -> None:
+    verdict = core.classify(bright_ellipse(core.bundle.img_size))[0]
     assert verdict.result != "Potentially Fracture", verdict
 
 
@@ -194,12 +194,12 @@ def _perturb(gray: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
     return np.asarray(Image.fromarray(gray).resize((224, 224)).resize((512, 512)))
 
 
-def test_real_ct_passes_the_gate_also_re_exported(bundle: InferenceCore, shared_data: Path) -> None:
+def test_real_ct_passes_the_gate_also_re_exported(core: InferenceCore, shared_data: Path) -> None:
     """The archive's val split (never trained on): no slice refused; under realistic
     re-export (JPEG 50, noise 5, contrast x1.1, 224 -> 512) at most 1 % refused."""
     records = find_images(shared_data / "val")
-    images, _ = load_arrays(records, bundle.img_size, bundle.window, progress=False)
-    assert bundle.accepts(bundle.scores(images)).all()
+    images, _ = load_arrays(records, core.bundle.img_size, core.bundle.window, progress=False)
+    assert core.accepts(core.scores(images)).all()
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(records), 200, replace=False)
     kinds = ("jpeg50", "noise5", "contrast1.1", "upsample")
@@ -209,18 +209,18 @@ def test_real_ct_passes_the_gate_also_re_exported(bundle: InferenceCore, shared_
                 _perturb(
                     decode_image(records[i].path.read_bytes(), *EXPORT_WINDOW), kinds[k % 4], rng
                 ),
-                bundle.img_size,
+                core.bundle.img_size,
             )
             for k, i in enumerate(chosen)
         ]
     )
-    refused = int((~bundle.accepts(bundle.scores(perturbed))).sum())
+    refused = int((~core.accepts(core.scores(perturbed))).sum())
     assert refused <= 2, f"{refused} of 200 re-exported CT slices refused"
 
 
-def test_card_records_out_of_fold_gate_margins(bundle: InferenceCore) -> None:
-    gate = bundle.card.gate.model_dump()
-    assert gate["threshold"] == pytest.approx(bundle.gate_threshold)
+def test_card_records_out_of_fold_gate_margins(core: InferenceCore) -> None:
+    gate = core.bundle.card.gate.model_dump()
+    assert gate["threshold"] == pytest.approx(core.bundle.gate_threshold)
     assert gate["lowest_out_of_fold_ct_logit"] >= gate["threshold"], json.dumps(gate)
     # Out of fold on both sides: no CT slice of a held-out series (re-exported copies
     # included) and no negative of a held-out source on the wrong side of the threshold.
@@ -240,10 +240,10 @@ def test_card_records_out_of_fold_gate_margins(bundle: InferenceCore) -> None:
         "693_UNCI.dcm",
     ],
 )
-def test_ct_of_other_regions_is_refused(bundle: InferenceCore, name: str) -> None:
+def test_ct_of_other_regions_is_refused(core: InferenceCore, name: str) -> None:
     """What the README says the gate does with CT that is not a neck slice: it knows neck CT
     as exported in the card's window, not CT in general, so other regions are refused."""
-    verdict = bundle.verdict(Path(get_testdata_file(name)).read_bytes())
+    verdict = core.verdict(Path(get_testdata_file(name)).read_bytes())
     assert verdict.result == "Not a CT slice", verdict
 
 
@@ -268,11 +268,11 @@ def _fresh_negatives() -> list[tuple[str, np.ndarray]]:
     return items
 
 
-def test_fresh_negatives_are_refused(bundle: InferenceCore) -> None:
+def test_fresh_negatives_are_refused(core: InferenceCore) -> None:
     """447 images (200 faces, 7 photos and drawings, 240 synthetic) outside the gate's
     training and held-out sets: all refused (measured once before this test was written:
     highest logit -2.70, threshold 2.10)."""
     items = _fresh_negatives()
-    images = np.stack([gray_to_model_input(gray, bundle.img_size) for _, gray in items])
-    accepted = bundle.accepts(bundle.scores(images))
+    images = np.stack([gray_to_model_input(gray, core.bundle.img_size) for _, gray in items])
+    accepted = core.accepts(core.scores(images))
     assert not accepted.any(), [name for (name, _), ok in zip(items, accepted, strict=True) if ok]

@@ -140,3 +140,28 @@ def test_truth_file_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="label_mode"):
         generate(tmp_path, 1, label_mode="kaggle")
+
+
+@pytest.mark.parametrize("level", [1, 2, 4, 7])
+def test_a_lesion_breaks_the_cortex_on_every_slice_it_is_boxed_on(level: int) -> None:
+    """A fracture a reader can see: on each boxed slice the lucent line replaces at least
+    LESION_MIN_CORTEX_MM2 of cortical bone of the fractured vertebra (not a graze of a few
+    pixels at its edge, which no box would frame)."""
+    size, spacing = 128, 2.0
+    for seed in range(5):
+        rng = np.random.default_rng([seed, level])
+        anatomy = rsna_synth._anatomy(rng)
+        pixel_mm = anatomy.fov_mm / size
+        axis = (np.arange(size) - (size - 1) / 2) * pixel_mm
+        x, y = np.meshgrid(axis, axis)
+        depths = np.arange(0.0, anatomy.ranges[7][1] + 4.0, spacing)
+        slices = [rsna_synth._slice(anatomy, float(d), x, y, rng) for d in depths]
+        hu = np.stack([s[0] for s in slices])
+        labels = np.stack([s[1] for s in slices])
+        before = hu.copy()
+        found = rsna_synth._implant(hu, labels, level, (x, y), pixel_mm, rng)
+        assert found, (seed, level)
+        cortical = (rsna_synth.ARCH + rsna_synth.CANCELLOUS) / 2
+        for i, _ in found:
+            broken = (before[i] >= cortical) & (hu[i] != before[i]) & (labels[i] == level)
+            assert broken.sum() * pixel_mm**2 >= rsna_synth.LESION_MIN_CORTEX_MM2, (seed, i)

@@ -59,8 +59,14 @@ def test_batch_with_one_broken_file(
         assert item["prediction"] == pytest.approx(float(probability), abs=1e-5)
         assert item["threshold"] == service.threshold("sensitive")
         assert item["operating_point"] == "sensitive"
-        assert item["model"] == {"name": service.name, "version": service.version}
-    assert body["model"] == {"name": service.name, "version": service.version}
+        assert item["model"] == {
+            "name": service.bundle.card.name,
+            "version": service.bundle.card.version,
+        }
+    assert body["model"] == {
+        "name": service.bundle.card.name,
+        "version": service.bundle.card.version,
+    }
     assert body["latency_ms"] >= 0
 
 

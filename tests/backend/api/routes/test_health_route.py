@@ -25,7 +25,7 @@ def test_ready_after_lifespan(client: TestClient, service: Any) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "model": {"name": service.name, "version": service.version},
+        "model": {"name": service.bundle.card.name, "version": service.bundle.card.version},
     }
 
 

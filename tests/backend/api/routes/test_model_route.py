@@ -16,7 +16,7 @@ def test_model_card_is_the_bundles(client: TestClient, service: Any) -> None:
     assert response.status_code == 200
     card = json.loads((DEFAULT_MODEL_DIR / CARD_FILE).read_text())
     assert response.json() == card
-    assert response.json() == service.card.model_dump(mode="json", exclude_unset=True)
+    assert response.json() == service.bundle.card.model_dump(mode="json", exclude_unset=True)
 
 
 def test_model_card_thresholds_are_the_ones_predict_uses(client: TestClient, images: Any) -> None:

@@ -65,7 +65,10 @@ def check_prediction(body: dict[str, Any], service: Any, operating_point: str) -
     assert body["ct_gate_margin"] >= 0.0
     assert body["ood_distance"] == body["ct_gate_margin"]  # the deprecated alias
     assert body["result"] == expected_result(body)
-    assert body["model"] == {"name": service.name, "version": service.version}
+    assert body["model"] == {
+        "name": service.bundle.card.name,
+        "version": service.bundle.card.version,
+    }
     assert body["latency_ms"] >= 0.0
 
 
@@ -218,7 +221,7 @@ class InputSpy:
 def test_dicom_round_trip_export_window(
     client: TestClient, service: Any, predictor: InferenceCore, images: Any, monkeypatch: Any
 ) -> None:
-    size = service.img_size  # model size: no resize, so every pixel is checkable
+    size = service.bundle.img_size  # model size: no resize, so every pixel is checkable
     hu = _hu_phantom(size)
     data = images.dicom_bytes(hu, slope=2.0, intercept=-1024.0)
     spy = InputSpy(service)
@@ -252,7 +255,7 @@ def test_dicom_window_comes_from_settings(
     response = post_image(client, images.dicom_bytes(hu), "slice.dcm")
 
     assert response.status_code == 200, response.text
-    expected = to_model_channels(resize(hu_window(hu, 40.0, 400.0), service.img_size))
+    expected = to_model_channels(resize(hu_window(hu, 40.0, 400.0), service.bundle.img_size))
     np.testing.assert_array_equal(spy.inputs[0][0], expected)
 
 

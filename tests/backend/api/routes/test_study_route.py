@@ -111,15 +111,18 @@ def check_study(body: dict[str, Any], service: Any, expected_names: list[str]) -
     assert body["warnings"] == []
     assert [item["name"] for item in body["slices"]] == expected_names
     assert body["slice_count"] == len(expected_names)
-    assert body["aggregation"] == service.card.study.aggregation
+    assert body["aggregation"] == service.bundle.card.study.aggregation
     assert body["threshold"] == service.study_threshold(
         body["slice_count"], body["operating_point"]
     )
-    assert body["model"] == {"name": service.name, "version": service.version}
+    assert body["model"] == {
+        "name": service.bundle.card.name,
+        "version": service.bundle.card.version,
+    }
     positions = [item["position"] for item in body["slices"]]
     assert positions == sorted(positions, reverse=True)  # head (larger z) first
     inside = [item for item in body["slices"] if item["in_distribution"]]
-    top_k = service.card.study.top_k
+    top_k = service.bundle.card.study.top_k
     assert len(body["top_slices"]) == min(top_k, len(inside))
     for top in body["top_slices"]:
         assert set(top) == {"index", "name", "position", "prediction"}

@@ -54,37 +54,35 @@ def test_every_route_of_the_app_declares_a_policy() -> None:
     assert set(app.state.policies.paths()) == api_paths
 
 
-def test_a_route_without_a_policy_is_refused() -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "policy", "match"),
+    [
+        ("POST", "/forgotten", None, r"\['POST'\] /forgotten declares no policy"),
+        ("HEAD", "/declared", RoutePolicy(auth=False), "different policies"),
+    ],
+    ids=["none", "two on one path"],
+)
+def test_a_route_without_one_policy_is_refused(
+    method: str, path: str, policy: RoutePolicy | None, match: str
+) -> None:
+    """A route that declares no policy, or a GET and HEAD of one path that declare different
+    ones, stop the table from being built; included routers are walked too."""
     router = APIRouter()
 
     @router.get("/declared")
     @declare(RoutePolicy(auth=True))
     def declared() -> None: ...
 
-    @router.post("/forgotten")
-    def forgotten() -> None: ...
+    def other() -> None: ...
 
-    with pytest.raises(MissingPolicyError, match=r"\['POST'\] /forgotten declares no policy"):
+    endpoint = other if policy is None else declare(policy)(other)
+    router.add_api_route(path, endpoint, methods=[method])
+    with pytest.raises(MissingPolicyError, match=match):
         RoutePolicies(router.routes)
     bare = FastAPI()
     bare.include_router(router)
-    with pytest.raises(MissingPolicyError, match="/forgotten"):
-        RoutePolicies(bare.routes)  # included routers are walked too
-
-
-def test_two_routes_of_one_path_must_agree() -> None:
-    router = APIRouter()
-
-    @router.get("/thing")
-    @declare(RoutePolicy(auth=True))
-    def read() -> None: ...
-
-    @router.head("/thing")
-    @declare(RoutePolicy(auth=False))
-    def head() -> None: ...
-
-    with pytest.raises(MissingPolicyError, match="different policies"):
-        RoutePolicies(router.routes)
+    with pytest.raises(MissingPolicyError, match=match):
+        RoutePolicies(bare.routes)
 
 
 def test_a_new_route_is_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

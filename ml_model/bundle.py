@@ -23,6 +23,8 @@ SERVING_OUTPUT = "probability"
 SERVING_GATE_OUTPUT = "ct_logit"
 # A study bundle's graph also returns each slice's features (N, F) for the study head.
 SERVING_FEATURES_OUTPUT = "slice_features"
+# The output of a several-output (study bundle) slice model that is P(fracture) of the slice.
+FRACTURE_OUTPUT = "fracture"
 
 # ONNX Runtime (the serving default): ``model.onnx`` has the serving signature's input and
 # outputs; ``gradcam.onnx`` (one image at a time) maps Grad-CAM and the spine crop's box. Its

@@ -31,12 +31,12 @@ from keras import layers
 
 from ml_model.architectures.layers import EMBEDDING_LAYER
 from ml_model.architectures.registry import REGISTRY, build_model, is_pretrained
+from ml_model.bundle import FRACTURE_OUTPUT
 from ml_model.card import VERTEBRAE
 
 if TYPE_CHECKING:  # TensorFlow only for the feature vector: the builder runs on any backend
     import tensorflow as tf
 
-FRACTURE_OUTPUT = "fracture"
 VERTEBRAE_OUTPUT = "vertebrae"
 EMBEDDING_OUTPUT = "embedding"
 SLICE_OUTPUTS = (FRACTURE_OUTPUT, VERTEBRAE_OUTPUT, EMBEDDING_OUTPUT)

@@ -409,11 +409,10 @@ class InferenceCore:
         errors = list(order.errors)
         with tqdm(total=len(order.slices), unit="slice", disable=not progress) as bar:
             inputs = self._study_inputs(order.slices, offset, errors, bar.update)
-            sources, _, scored = self._score_inputs(inputs)
-        if scored is None:
+            sources, _, output = self._score_inputs(inputs)
+        if output is None:
             first = f" ({errors[0][0]}: {errors[0][1]})" if errors else ""
             raise StudyError(f"no slice in the study could be decoded{first}")
-        output = scored
         names = [item.name for item in sources]
         positions = [item.position for item in sources]
         inside = self.accepts(output)

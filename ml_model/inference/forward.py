@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from ml_model.bundle import (
+    FRACTURE_OUTPUT,
     KERAS_FILE,
     SERVING_FEATURES_OUTPUT,
     SERVING_GATE_OUTPUT,
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 # Bounded chunks: a 1000-image call would otherwise hold ~0.6 GB of float activations at
 # once and run slower per image than batches that fit in cache.
 MAX_FORWARD_BATCH = 64
-# The output of a several-output (study bundle) model that is P(fracture) of the slice.
-FRACTURE_OUTPUT = "fracture"
 
 
 class ModelUnavailableError(RuntimeError):

@@ -11,9 +11,16 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def option(default: Any, help: str | None = None, choices: Sequence[str] | None = None) -> Any:
-    """A config field with a default and what ``--help`` says of it (and its allowed values)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(
+    default: Any,
+    help: str | None = None,
+    choices: Sequence[str] | None = None,
+    required: bool = False,
+) -> Any:
+    """A config field with a default and what ``--help`` says of it (its allowed values;
+    ``required``: the command line must give it, the default serves only the dataclass)."""
+    metadata = {"help": help, "choices": choices, "required": required}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
@@ -38,6 +45,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> 
                 type=kind,
                 default=field.default,
                 choices=field.metadata.get("choices"),
+                required=field.metadata.get("required", False),
                 help=help_text,
             )
 

@@ -116,6 +116,7 @@ from ml_model.evaluation.rsna_metrics import (
 )
 from ml_model.imaging.transforms import gray_to_model_input, neighbour_offset, stack_neighbours
 from ml_model.inference.study_head import StudyHead, resample_sequence
+from ml_model.training.cli import add_config_arguments, option
 from ml_model.training.distribute import (
     STRATEGIES,
     is_chief,
@@ -167,39 +168,41 @@ HEAD_BATCH = 16
 class RsnaConfig:
     """Every parameter of an RSNA training run (what ``--help`` lists)."""
 
-    rsna: str = ""
-    out: str = "runs/rsna"
-    cache: str | None = None  # default: <out's parent>/rsna-cache-<size>
-    arch: str = "efficientnet_lite0"
-    weights: str = "imagenet"  # backbone weights (not the custom CNN's): imagenet | none | PATH
-    size: int = 256
-    window_level: float = BONE_WINDOW_LEVEL
-    window_width: float = BONE_WINDOW_WIDTH
-    context_mm: float = 2.0  # the 2.5D neighbours' distance from the slice
-    embedding: int = 16
-    epochs: int = 4  # stage 1, per fit
-    batch_size: int = 32  # per replica
-    lr: float = 1e-3
-    negatives_per_positive: float = 1.0
-    max_slices_per_epoch: int | None = None
-    readers: int = 4  # studies read in parallel by the stage-1 input pipeline
-    sequence_length: int = 128
-    head_units: int = 32
-    head_epochs: int = 60
-    head_lr: float = 3e-3
-    studies: int | None = None
-    folds: int = 5
-    holdout: float = 0.2
-    target: float = DEFAULT_TARGET
-    strategy: str = "auto"
-    mixed_precision: bool = False
-    resume: bool = False
-    seed: int = 42
-    gate_negatives: int = 120
-    gate_slices: int = 1500
-    bootstrap_rounds: int = BOOTSTRAP_ROUNDS
-    tflite_float16: bool = False
-    progress: bool = True
+    rsna: str = option("", "the competition folder (train_images/, train.csv)", required=True)
+    out: str = option("runs/rsna", "the bundle folder (report/ inside)")
+    cache: str | None = option(None, "cache folder (default <out>/../rsna-cache-<size>)")
+    arch: str = option(
+        "efficientnet_lite0", "compact | custom | efficientnet_lite0 | ... (registry)"
+    )
+    weights: str = option("imagenet", "backbone weights: imagenet | none | PATH")
+    size: int = option(256, "slice size in pixels")
+    window_level: float = option(BONE_WINDOW_LEVEL)
+    window_width: float = option(BONE_WINDOW_WIDTH)
+    context_mm: float = option(2.0, "2.5D neighbour distance")
+    embedding: int = option(16)
+    epochs: int = option(4, "stage-1 epochs per fit")
+    batch_size: int = option(32, "per replica")
+    lr: float = option(1e-3)
+    negatives_per_positive: float = option(1.0)
+    max_slices_per_epoch: int | None = option(None)
+    readers: int = option(4, "studies read in parallel")
+    sequence_length: int = option(128)
+    head_units: int = option(32)
+    head_epochs: int = option(60)
+    head_lr: float = option(3e-3)
+    studies: int | None = option(None, "only the first N studies")
+    folds: int = option(5, "patient folds (< 2: none)")
+    holdout: float = option(0.2, "held-out patient share")
+    target: float = option(DEFAULT_TARGET, "operating points' target")
+    strategy: str = option("auto", choices=STRATEGIES)
+    mixed_precision: bool = option(False, "float16 compute on GPU")
+    resume: bool = option(False, "keep finished fits, resume the rest")
+    seed: int = option(42)
+    gate_negatives: int = option(120)
+    gate_slices: int = option(1500)
+    bootstrap_rounds: int = option(BOOTSTRAP_ROUNDS)
+    tflite_float16: bool = option(False)
+    progress: bool = option(True, "no progress bars")
 
     @property
     def window(self) -> tuple[float, float]:
@@ -1281,48 +1284,11 @@ def build_card(
 
 
 def parse_args(argv: list[str] | None = None) -> RsnaConfig:
-    d = RsnaConfig()
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m ml_model.train_rsna", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--rsna", required=True, help="the competition folder (train_images/, train.csv)"
-    )
-    p.add_argument("--out", default=d.out, help="the bundle folder (report/ inside)")
-    p.add_argument(
-        "--cache", default=None, help="cache folder (default <out>/../rsna-cache-<size>)"
-    )
-    p.add_argument("--arch", default=d.arch, help="custom | efficientnet_lite0 | ... (registry)")
-    p.add_argument("--weights", default=d.weights, help="backbone weights: imagenet | none | PATH")
-    p.add_argument("--size", type=int, default=d.size, help="slice size in pixels")
-    p.add_argument("--window-level", type=float, default=d.window_level)
-    p.add_argument("--window-width", type=float, default=d.window_width)
-    p.add_argument("--context-mm", type=float, default=d.context_mm, help="2.5D neighbour distance")
-    p.add_argument("--embedding", type=int, default=d.embedding)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="stage-1 epochs per fit")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per replica")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--negatives-per-positive", type=float, default=d.negatives_per_positive)
-    p.add_argument("--max-slices-per-epoch", type=int, default=None)
-    p.add_argument("--readers", type=int, default=d.readers, help="studies read in parallel")
-    p.add_argument("--sequence-length", type=int, default=d.sequence_length)
-    p.add_argument("--head-units", type=int, default=d.head_units)
-    p.add_argument("--head-epochs", type=int, default=d.head_epochs)
-    p.add_argument("--head-lr", type=float, default=d.head_lr)
-    p.add_argument("--studies", type=int, default=None, help="only the first N studies")
-    p.add_argument("--folds", type=int, default=d.folds, help="patient folds (< 2: none)")
-    p.add_argument("--holdout", type=float, default=d.holdout, help="held-out patient share")
-    p.add_argument("--target", type=float, default=d.target, help="operating points' target")
-    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
-    p.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU")
-    p.add_argument("--resume", action="store_true", help="keep finished fits, resume the rest")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--gate-negatives", type=int, default=d.gate_negatives)
-    p.add_argument("--gate-slices", type=int, default=d.gate_slices)
-    p.add_argument("--bootstrap-rounds", type=int, default=d.bootstrap_rounds)
-    p.add_argument("--tflite-float16", action="store_true")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    values = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+    add_config_arguments(parser, RsnaConfig)
+    values = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return RsnaConfig(**values)
 
 

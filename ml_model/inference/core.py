@@ -14,8 +14,10 @@ things, in study mode only. The model input of slice k is 2.5D: the decoded slic
 neighbours ``input.context.spacing_mm`` above and below as the three channels
 (``transforms.stack_neighbours`` over the ordered slices, the neighbours
 ``neighbour_offset(series spacing, context)`` slices apart), as in training. And the study
-score is the study head's ``patient_overall`` over every decoded slice's features, in head
-to foot order, with C1..C7 beside it (:attr:`StudyVerdict.vertebrae`). A single slice on a
+head reads every decoded slice's features, in head to foot order, for C1..C7
+(:attr:`StudyVerdict.vertebrae`); the study score is what the card's ``study.aggregation``
+names, chosen out of fold in training: the head's ``patient_overall``, or the top-k mean of
+the slice probabilities the gate accepts. A single slice on a
 2.5D bundle (``/predict``, ``/predict/batch``, ``predict`` on files) has no neighbours: its
 model input is the slice replicated into the three channels, as for a slice bundle, which
 is the 2.5D input of a slice whose neighbours look like itself.
@@ -174,7 +176,7 @@ class InferenceCore:
     def _check_features(self, forward: Forward) -> None:
         """A study bundle's head reads the slices' features: a graph without
         ``slice_features`` cannot feed it."""
-        if self.bundle.uses_study_head and getattr(forward, "has_features", True) is False:
+        if self.bundle.study_head is not None and getattr(forward, "has_features", True) is False:
             raise CardError(
                 f"{self.bundle.path}: the card has `study.head` but the model's graph "
                 f"({type(forward).__name__}) returns no slice features; export the bundle again"
@@ -199,7 +201,7 @@ class InferenceCore:
 
     @property
     def study_head(self) -> StudyHead | None:
-        return self.bundle.study_head if self.bundle.uses_study_head else None
+        return self.bundle.study_head
 
     def threshold(self, operating_point: str = DEFAULT_OPERATING_POINT) -> float:
         """The slice threshold of ``operating_point`` (ValueError for an unknown one)."""
@@ -420,21 +422,23 @@ class InferenceCore:
         top_k = self.bundle.top_k
         ranked = np.where(inside, probabilities, -np.inf)
         top = [int(i) for i in np.argsort(-ranked, kind="stable")[:top_k] if np.isfinite(ranked[i])]
-        vertebrae = None
-        if not self.bundle.uses_study_head:  # the card's aggregation: top{top_k}_mean
+        # No slice the gate accepts: no call, so no score and no C1..C7.
+        head_score, vertebrae = (
+            self._head_scores(output) if top and self.study_head is not None else (0.0, None)
+        )
+        if self.bundle.uses_study_head:
+            score = head_score
+            threshold = self.bundle.stored_study_threshold(operating_point)
+        else:  # the card's aggregation: top{top_k}_mean of the slices the gate accepts
             score = aggregate(probabilities[inside], top_k) if top else 0.0
             threshold = self.study_threshold(len(names), operating_point)
-        else:
-            # No slice the gate accepts: no call, so no score and no C1..C7 (as top-k's 0).
-            score, vertebrae = self._head_scores(output) if top else (0.0, None)
-            threshold = self.bundle.stored_study_threshold(operating_point)
-            refused = int(np.sum(~inside))
-            if top and refused:
-                warnings.append(
-                    f"the CT gate refused {refused} of {len(names)} slices: they are left out "
-                    "of the top slices; the study head reads every slice of the series, as "
-                    "in training"
-                )
+        refused = int(np.sum(~inside))
+        if top and refused and self.study_head is not None:
+            warnings.append(
+                f"the CT gate refused {refused} of {len(names)} slices: they are left out "
+                "of the top slices; the study head reads every slice of the series, as "
+                "in training"
+            )
         return StudyVerdict(
             result=triage_result(score, threshold, bool(top)),
             probability=score,

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_model.card import top_k_mean
 from ml_model.evaluation.metrics import choose_operating_points
 from ml_model.inference.study import DEFAULT_TOP_K, aggregate
 
@@ -44,7 +45,7 @@ def calibrate_study_threshold(
         truth.append(int(is_fracture))
     points = choose_operating_points(np.array(truth), np.array(scores))
     return {
-        "aggregation": f"top{top_k}_mean",
+        "aggregation": top_k_mean(top_k),
         "top_k": top_k,
         "operating_points": points,
         "calibration": {

@@ -30,8 +30,10 @@ Steps (every choice made on training patients only; the held-out patients are sc
    fold's studies: out-of-fold study and slice scores. The head learns from features of
    studies the CNN never saw, as the 3rd place trained its RNN, because that is what the
    CNN gives in serving (features of its own training studies are overconfident);
-4. operating points (sensitive / specific, patient_overall and each vertebra, and the
-   slice score) on the out-of-fold scores;
+4. on the out-of-fold scores: the study score (``AGGREGATIONS``: the head's
+   patient_overall, or the mean of the top 1-3 slice probabilities, whichever ranks the
+   patients best; the head's C1-C7 either way), and the operating points (sensitive /
+   specific, patient_overall and each vertebra, and the slice score);
 5. final models: stage 1 on all development patients, the study head on all their
    out-of-fold features (on in-sample features when there are no folds);
 6. held-out evaluation through the numpy head the server runs: competition log loss, AUC /
@@ -89,7 +91,14 @@ from ml_model.architectures.study_head import (
 )
 from ml_model.architectures.transfer import WeightsUnavailableError
 from ml_model.bundle import GATE_FILE, STUDY_HEAD_FILE
-from ml_model.card import STUDY_OUTPUTS, VERTEBRAE, ModelCard, read_card
+from ml_model.card import (
+    STUDY_HEAD_AGGREGATION,
+    STUDY_OUTPUTS,
+    VERTEBRAE,
+    ModelCard,
+    read_card,
+    top_k_mean,
+)
 from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
 from ml_model.data.negatives import generate as generate_negatives
 from ml_model.data.rsna import (
@@ -115,6 +124,7 @@ from ml_model.evaluation.rsna_metrics import (
     study_report,
 )
 from ml_model.imaging.transforms import gray_to_model_input, neighbour_offset, stack_neighbours
+from ml_model.inference.study import aggregate
 from ml_model.inference.study_head import StudyHead, resample_sequence
 from ml_model.training.cli import add_config_arguments, option
 from ml_model.training.distribute import (
@@ -771,6 +781,34 @@ def head_data(
     return sequences(scores, uids, length), np.stack([indexes[u].study_labels for u in uids])
 
 
+# The study score's candidates, (aggregation, top_k): the head's patient_overall, or the mean
+# of the top k slice probabilities. The one with the best out-of-fold patient AUC is kept
+# (ties: the earlier); the head gives C1..C7 whichever is kept.
+AGGREGATIONS = ((STUDY_HEAD_AGGREGATION, 1), *((top_k_mean(k), k) for k in (1, 2, 3)))
+
+
+def study_outputs(aggregation: str, top_k: int, head: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """A study's (8,) outputs (STUDY_OUTPUTS) under ``aggregation``: the head's, with
+    patient_overall the top-k mean of the slice probabilities unless it is the head's."""
+    if aggregation == STUDY_HEAD_AGGREGATION:
+        return head
+    return np.concatenate([[aggregate(slices, top_k)], head[1:]])
+
+
+def choose_aggregation(
+    labels: np.ndarray, heads: Sequence[np.ndarray], slices: Sequence[np.ndarray]
+) -> tuple[str, int, dict[str, float | None]]:
+    """(aggregation, top_k, patient AUC of every candidate) on out-of-fold studies: the
+    head's outputs and slice probabilities of each, ``labels`` their patient_overall."""
+    aucs: dict[str, float | None] = {}
+    for name, k in AGGREGATIONS:
+        scores = [study_outputs(name, k, h, p)[0] for h, p in zip(heads, slices, strict=True)]
+        aucs[name] = auc(labels, np.array(scores))[0]
+    ranked = {name: -1.0 if value is None else value for name, value in aucs.items()}
+    best = max(AGGREGATIONS, key=lambda candidate: ranked[candidate[0]])
+    return best[0], best[1], aucs
+
+
 # ---------------------------------------------------------------------------- evaluation
 
 
@@ -1055,16 +1093,28 @@ def train_rsna(config: RsnaConfig, argv: list[str] | None = None) -> dict[str, A
             oof_scores.update(scored)
         del fit
         keras.backend.clear_session()
-    oof = Scored()
+    oof_heads: dict[str, np.ndarray] = {}
     for fold in range(folds_k if chief and folds else 0):
         train_uids = [u for u in dev if folds[u] != fold]
         head = StudyHead.from_arrays(
             fit_study_head(config, *head_data(oof_scores, indexes, train_uids, seq_len))
         )
         for uid in (u for u in dev if folds[u] == fold):
-            oof.add(indexes[uid], head(oof_scores[uid].features), oof_scores[uid])
+            oof_heads[uid] = head(oof_scores[uid].features)
 
-    # 4. Operating points on the out-of-fold scores only.
+    # 4. The study score's aggregation and the operating points, on the out-of-fold scores
+    # only.
+    aggregation, top_k, aggregation_aucs = choose_aggregation(
+        np.array([indexes[u].study_labels[0] for u in oof_heads]),
+        list(oof_heads.values()),
+        [oof_scores[u].fracture for u in oof_heads],
+    ) if oof_heads else (STUDY_HEAD_AGGREGATION, 1, {})  # fmt: skip
+    print(f"study score: {aggregation} (out-of-fold patient AUC per candidate: "
+          f"{json.dumps(aggregation_aucs)})")  # fmt: skip
+    oof = Scored()
+    for uid, outputs in oof_heads.items():
+        fracture = oof_scores[uid].fracture
+        oof.add(indexes[uid], study_outputs(aggregation, top_k, outputs, fracture), oof_scores[uid])
     points = choose_points(oof, config.target) if len(oof) else no_points(
         "no out-of-fold scores (fewer than two development patients or --folds < 2): "
         "thresholds 0.5"
@@ -1086,7 +1136,9 @@ def train_rsna(config: RsnaConfig, argv: list[str] | None = None) -> dict[str, A
     # 6. Held-out evaluation through the numpy head.
     held_out = Scored()
     for uid in test:
-        held_out.add(indexes[uid], head(scores[uid].features), scores[uid])
+        outputs = head(scores[uid].features)
+        held_out.add(indexes[uid], study_outputs(aggregation, top_k, outputs, scores[uid].fracture),
+                     scores[uid])  # fmt: skip
     rounds, seed = config.bootstrap_rounds, config.seed
     metrics: dict[str, Any] = {}
     if len(held_out):
@@ -1127,7 +1179,8 @@ def train_rsna(config: RsnaConfig, argv: list[str] | None = None) -> dict[str, A
     }
     split = {"held_out": len(test), "development": len(dev), "folds": folds_k if folds else 0}
     data = provenance(config, uids, indexes, cache)
-    card = build_card(config, argv, points, metrics, head, data, gate_section, run, split)
+    chosen = {"aggregation": aggregation, "top_k": top_k, "candidates": aggregation_aucs}
+    card = build_card(config, argv, points, metrics, head, chosen, data, gate_section, run, split)
     _write_reports(work, metrics, oof, held_out)
     parity = {
         "training slices (2.5D)": sample_rows(gate_images, 48),
@@ -1190,13 +1243,15 @@ def build_card(
     points: Mapping[str, Any],
     metrics: dict[str, Any],
     head: StudyHead,
+    chosen: dict[str, Any],
     data: dict[str, Any],
     gate: dict[str, Any],
     run: dict[str, Any],
     split: dict[str, int],
 ) -> ModelCard:
     """The bundle's model card, typed and validated here (written by ``export_bundle``):
-    ``gate`` its section, ``run`` the training run's measured facts (time, throughput,
+    ``chosen`` the study score's aggregation, top_k and every candidate's out-of-fold patient
+    AUC, ``gate`` its section, ``run`` the training run's measured facts (time, throughput,
     device), ``split`` the held-out / development / fold counts."""
     now = datetime.now(UTC)
     study_points = points["study"]
@@ -1205,7 +1260,8 @@ def build_card(
         "no fracture; patient-positive studies without boxes give no slice label.",
         "Levels (and so the level-matched specificity and the vertebra head) come only from "
         "studies with a segmentation.",
-        "Operating points are chosen on out-of-fold scores of the development patients; the "
+        "Operating points and the study score's aggregation (study.aggregation) are chosen "
+        "on out-of-fold scores of the development patients; the "
         "held-out patients were never used for any choice.",
     ]
     for part in ("held_out", "out_of_fold"):
@@ -1244,8 +1300,8 @@ def build_card(
         "operating_points": _card_points(points["slice"]),
         "gradcam_layer": gradcam_layer(config.arch),
         "study": {
-            "aggregation": "study_head",
-            "top_k": 1,
+            "aggregation": chosen["aggregation"],
+            "top_k": chosen["top_k"],
             "operating_points": _card_points(study_points["patient_overall"]),
             "head": {
                 "file": STUDY_HEAD_FILE,
@@ -1258,6 +1314,10 @@ def build_card(
             },
             "calibration": {
                 "source": "out-of-fold scores of the development patients",
+                "aggregation_candidates": {
+                    "metric": "out-of-fold patient_overall AUC",
+                    "auc": chosen["candidates"],
+                },
                 "details": {name: study_points[name]["details"] for name in STUDY_OUTPUTS},
                 "slice": points["slice"]["details"],
             },

@@ -31,7 +31,7 @@ def tiny_config(rsna: Path, out: Path, **overrides: object):
 
 
 def test_train_rsna_on_synthetic_studies_writes_a_study_bundle(tmp_path):
-    from ml_model.training.train_rsna import CacheSource, score_studies
+    from ml_model.training.train_rsna import AGGREGATIONS, CacheSource, score_studies, study_outputs
     from testing.rsna_synth import generate
 
     data = generate(tmp_path / "data", studies=10, seed=3, size=64, slices=16, segmentations=0.5)
@@ -65,7 +65,13 @@ def test_train_rsna_on_synthetic_studies_writes_a_study_bundle(tmp_path):
     model = load_model(out / "model.keras")
     uid = str(held["uid"][0])
     scores, _ = score_studies(model, CacheSource(config.cache_dir()), [uid], config)
-    np.testing.assert_allclose(head(scores[uid].features), held["study_probability"][0], atol=1e-5)
+    served = study_outputs(
+        card.study.aggregation, card.study.top_k, head(scores[uid].features), scores[uid].fracture
+    )
+    np.testing.assert_allclose(served, held["study_probability"][0], atol=1e-5)
+    candidates = card.study.model_dump()["calibration"]["aggregation_candidates"]["auc"]
+    assert set(candidates) == {name for name, _ in AGGREGATIONS}
+    assert card.study.aggregation in candidates
     assert json.loads((out / "report" / "run.json").read_text())["arch"] == "custom"
 
 
@@ -207,3 +213,35 @@ def test_the_command_line_is_the_config() -> None:
     assert (flagged.progress, flagged.mixed_precision, flagged.studies) == (False, True, 3)
     with pytest.raises(SystemExit):
         parse_args([])
+
+
+LABELS = np.array([0, 0, 1, 1])
+HEAD_RANKS = [0.1, 0.2, 0.8, 0.9]  # patient_overall that ranks the patients perfectly
+HEAD_WRONG = [0.9, 0.8, 0.2, 0.1]
+SLICES_RANK = [[0.1, 0.2], [0.3, 0.1], [0.9, 0.1], [0.8, 0.7]]  # top-1 ranks them perfectly
+SLICES_WRONG = [[0.9, 0.9], [0.8, 0.8], [0.1, 0.1], [0.2, 0.2]]
+
+
+@pytest.mark.parametrize(
+    ("labels", "head", "slices", "chosen"),
+    [
+        (LABELS, HEAD_RANKS, SLICES_WRONG, "study_head"),
+        (LABELS, HEAD_WRONG, SLICES_RANK, "top1_mean"),
+        (LABELS, HEAD_RANKS, SLICES_RANK, "study_head"),  # a tie keeps the head
+        (np.array([1, 1, 1, 1]), HEAD_WRONG, SLICES_RANK, "study_head"),  # no AUC: the head
+    ],
+)
+def test_the_study_score_is_the_candidate_with_the_best_out_of_fold_auc(
+    labels, head, slices, chosen
+) -> None:
+    from ml_model.training.train_rsna import choose_aggregation, study_outputs
+
+    heads = [np.array([p, *([0.5] * 7)]) for p in head]
+    probs = [np.array(s) for s in slices]
+    aggregation, top_k, aucs = choose_aggregation(labels, heads, probs)
+    assert aggregation == chosen and set(aucs) >= {"study_head", "top1_mean", "top2_mean"}
+    outputs = study_outputs(aggregation, top_k, heads[2], probs[2])
+    np.testing.assert_array_equal(outputs[1:], heads[2][1:])  # C1..C7: the head's
+    expected = head[2] if chosen == "study_head" else max(slices[2])
+    assert outputs[0] == pytest.approx(expected)
+

@@ -246,6 +246,30 @@ def test_study_stacks_neighbours_at_the_cards_spacing_and_runs_the_head(
         np.testing.assert_array_equal(onnx_core.study_model_input(verdict, index), inputs[index])
 
 
+def test_a_top_k_study_score_keeps_the_heads_c1_to_c7(
+    bundle: Path, onnx_core: InferenceCore, tmp_path: Path
+) -> None:
+    """A card whose training chose ``top2_mean`` (out of fold) over the head's patient_overall:
+    the study score is the mean of the two highest slice probabilities, judged at the card's
+    study threshold, and C1..C7 still come from the head."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    card = json.loads((copy / CARD_FILE).read_text())
+    card["study"] |= {"aggregation": "top2_mean", "top_k": 2}
+    (copy / CARD_FILE).write_text(json.dumps(card))
+    core = InferenceCore(copy, forward=OnnxForward.from_bundle(copy, threads=1, lanes=1))
+    files = series(9, 2.0)
+    verdict, reference = core.study(files), onnx_core.study(files)
+    assert verdict.aggregation == "top2_mean" and len(verdict.top_indices) == 2
+    top_two = np.sort(verdict.probabilities)[-2:]
+    assert verdict.probability == pytest.approx(float(top_two.mean()), abs=1e-6)
+    assert verdict.probability != pytest.approx(reference.probability, abs=1e-6)
+    assert verdict.threshold == core.bundle.card.study_threshold("sensitive")
+    assert verdict.vertebrae == reference.vertebrae and verdict.vertebrae is not None
+
+
 def test_study_in_batches_equals_study_in_one(
     onnx_core: InferenceCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

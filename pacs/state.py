@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS series (
 # Columns added later, with their types (added to an older state file when it is opened).
 ADDED_COLUMNS = {"failure_class": "TEXT", "config": "TEXT", "superseded": "TEXT"}
 
+# An older worker made ``failed`` final after its last attempt whatever the cause (mostly an
+# API or PACS away), and ``skipped`` a series for good on the API's 401/403: both come back.
+UPGRADE_REQUEUE = """
+UPDATE series SET status='retry', attempts=0, next_attempt=0,
+    reason='re-queued on upgrade: ' || COALESCE(reason, '')
+WHERE own_output=0 AND (status='failed' OR (status='skipped' AND (
+    reason LIKE 'API refused the series (401)%' OR reason LIKE 'API refused the series (403)%')))
+"""
+
 FINAL = frozenset({"done", "skipped", "failed"})
 STATUSES = ("processing", "retry", "blocked", "done", "skipped", "failed")
 
@@ -84,6 +93,8 @@ class StateDB:
             for name, kind in ADDED_COLUMNS.items():
                 if name not in have:
                     self._db.execute(f"ALTER TABLE series ADD COLUMN {name} {kind}")
+            if "failure_class" not in have:  # a state file of a worker before failure classes
+                self._db.execute(UPGRADE_REQUEUE)
             if resume:  # an attempt under way when the worker stopped is due again now
                 self._db.execute(
                     "UPDATE series SET status='retry', next_attempt=0 WHERE status='processing'"

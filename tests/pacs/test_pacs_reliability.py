@@ -322,13 +322,16 @@ class OddPacs:
     """A DICOMweb server: QIDO answers at most ``CAP`` entries whatever the limit asked (and
     honours offset), and lists a malformed entry, a series whose instances carry two patients
     (as a PACS that groups by series UID alone serves it), a series whose WADO answer drips
-    one byte a second and an MR series (on the second page)."""
+    one byte a second, an MR series (on the second page), and two series whose WADO answers 404:
+    one whose instances QIDO finds under two patients, one QIDO no longer finds."""
 
     CAP = 2
     STUDY = "1.2.826.0.1.27.100"
     MIXED = "1.2.826.0.1.27.100.1"
     DRIP = "1.2.826.0.1.27.100.2"
     MR = "1.2.826.0.1.27.100.3"
+    SPLIT = "1.2.826.0.1.27.100.4"  # 404; its instances under two patients
+    GONE = "1.2.826.0.1.27.100.5"  # 404; no instances any more
 
     def __init__(self) -> None:
         self.closing = threading.Event()
@@ -351,7 +354,14 @@ class OddPacs:
             }
 
         listing = [entry("1.2.826.0.1.27.100.9", "many"), entry(self.MIXED, 2),
-                   entry(self.DRIP, 3), entry(self.MR, 1, "MR")]  # fmt: skip
+                   entry(self.DRIP, 3), entry(self.MR, 1, "MR"), entry(self.SPLIT, 2),
+                   entry(self.GONE, 2)]  # fmt: skip
+
+        def instance(patient_id: str) -> dict[str, Any]:
+            return {"00100020": {"vr": "LO", "Value": [patient_id]},
+                    "0020000D": {"vr": "UI", "Value": [self.STUDY]}}  # fmt: skip
+
+        split_instances = [instance("PATIENT-1"), instance("PATIENT-2")]
         odd = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -367,6 +377,11 @@ class OddPacs:
                     offset = int(query.get("offset", ["0"])[0])
                     page = listing[offset : offset + odd.CAP]
                     self._send(200, "application/dicom+json", json.dumps(page).encode())
+                elif path == "/dicom-web/instances":
+                    found = split_instances if odd.SPLIT in self.path else []
+                    self._send(200, "application/dicom+json", json.dumps(found).encode())
+                elif path.endswith((f"/series/{odd.SPLIT}", f"/series/{odd.GONE}")):
+                    self._send(404, "application/json", b"{}")
                 elif path.endswith(f"/series/{odd.MIXED}"):
                     self._send(200, odd.content_type, odd.mixed_body)
                 elif path.endswith(f"/series/{odd.DRIP}"):
@@ -403,11 +418,12 @@ class OddPacs:
 def test_misbehaving_pacs_bad_entry_mixed_patients_and_a_dripping_download(
     tmp_path: Path,
 ) -> None:
-    """Every page is read although each is shorter than asked (the MR series on the second
-    page is seen); one malformed QIDO entry is skipped and counted (polls go on); a series with two
-    PatientIDs is refused after download, never sent to the API; a download that drips is cut
-    at PACS_DOWNLOAD_DEADLINE_SECONDS and retried (not final); SIGTERM stops the worker in
-    seconds although a drip is under way."""
+    """Every page is read although each is shorter than asked (the series on later pages are
+    seen); a WADO 404 is a clear state (identity when QIDO finds the series under two patients,
+    skipped when gone), not a generic retry; one malformed QIDO entry is skipped and counted
+    (polls go on); a series with two PatientIDs is refused after download, never sent to the
+    API; a download that drips is cut at PACS_DOWNLOAD_DEADLINE_SECONDS and retried (not
+    final); SIGTERM stops the worker in seconds although a drip is under way."""
     pacs = OddPacs()
     # The API: nothing listens there; the worker must never get as far as calling it.
     env = worker_env(
@@ -425,6 +441,9 @@ def test_misbehaving_pacs_bad_entry_mixed_patients_and_a_dripping_download(
         )
         assert row_of(env, OddPacs.DRIP)["status"] in ("retry", "processing")
         assert "not CT" in wait_row(env, OddPacs.MR, "skipped", VISIBLE_S)["reason"]
+        row = wait_row(env, OddPacs.SPLIT, "failed", VISIBLE_S)
+        assert row["failure_class"] == "identity" and "WADO-RS 404" in row["reason"]
+        assert "no longer" in wait_row(env, OddPacs.GONE, "skipped", VISIBLE_S)["reason"]
         assert worker.metric("pacs_qido_entries_malformed_total") >= 1
         assert worker.metric("pacs_polls_total", 'outcome="error"') == 0
         assert worker.metric("pacs_polls_total", 'outcome="ok"') >= 2

@@ -272,7 +272,7 @@ def test_state_requeue_and_configuration_change(tmp_path: Path) -> None:
     state.close()
 
 
-def test_state_file_of_an_older_worker_gains_the_new_columns(tmp_path: Path) -> None:
+def test_state_file_of_an_older_worker_gains_the_new_columns_and_requeues(tmp_path: Path) -> None:
     import sqlite3
 
     path = tmp_path / "old.sqlite3"
@@ -284,11 +284,20 @@ def test_state_file_of_an_older_worker_gains_the_new_columns(tmp_path: Path) -> 
             "sr_series_uid TEXT, sc_series_uid TEXT, own_output INTEGER NOT NULL DEFAULT 0, "
             "updated_at REAL NOT NULL)"
         )
-        db.execute("INSERT INTO series VALUES ('s','st','failed',8,0,8,'x',NULL,NULL,NULL,"
-                   "NULL,0,0)")  # fmt: skip
+        rows = [("s", "failed", "TransientError: API unreachable"),
+                ("t", "skipped", "API refused the series (401): authentication required"),
+                ("m", "skipped", "modality MR, not CT")]  # fmt: skip
+        for uid, status, reason in rows:
+            db.execute("INSERT INTO series VALUES (?,'st',?,8,0,8,?,NULL,NULL,NULL,NULL,0,0)",
+                       (uid, status, reason))  # fmt: skip
     state = StateDB(path)
-    row = state.get("s")
-    assert row is not None and row.failure_class is None and row.status == "failed"
+    # What the old worker made final for a cause that can clear comes back; the rest stays.
+    assert {row.series_uid: (row.status, row.attempts) for row in state.all()} == {
+        "s": ("retry", 0), "t": ("retry", 0), "m": ("skipped", 8)
+    }  # fmt: skip
+    state.close()
+    state = StateDB(path)  # opened again: nothing more to do
+    assert state.counts()["retry"] == 2
     state.close()
 
 

@@ -254,6 +254,8 @@ class PacsClient:
         try:
             response = self.client.store_instances(list(datasets), study_instance_uid=study_uid)
         except Exception as exc:
+            if _config_refused(exc):
+                raise ConfigError(f"PACS store: credentials refused ({exc})") from exc
             if _transient(exc):
                 raise TransientError(f"PACS store: {exc}") from exc
             raise

@@ -135,7 +135,10 @@ class Worker:
                 self.settings.poll_seconds * 2 ** min(self._poll_failures, 16),
                 self.settings.backoff_max_seconds,
             )
-            log.warning("PACS not reachable (%s); next try in %.0fs", exc, delay)
+            if isinstance(exc, ConfigError):  # nothing is lost: the series wait in the PACS
+                log.error("%s: set PACS_USER / PACS_PASSWORD; next try in %.0fs", exc, delay)
+            else:
+                log.warning("PACS not reachable (%s); next try in %.0fs", exc, delay)
             return delay
         self._poll_failures = 0
         POLLS.labels("ok").inc()

@@ -113,6 +113,28 @@ def normal_series(shared_data: Path, patient_id: str, **kwargs: Any) -> list[Dat
 
 
 # ---- a gate in front of the real API -----------------------------------------------------
+def reply(
+    handler: BaseHTTPRequestHandler, status: int, kind: str, body: bytes,
+    headers: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """One whole answer of a test server."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", kind)
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A threaded loopback server on a free port, serving in the background; and its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class ApiGate:
     """Passes ``/predict/study`` on to the real API (``mode`` "pass"), or answers for it:
     "503" (with ``Retry-After: retry_after``) or "400". Records each call's time and mode."""
@@ -147,18 +169,9 @@ class ApiGate:
                     extra = {"Retry-After": str(gate.retry_after)}
                 else:
                     status, payload, extra = 400, b'{"detail": "no decodable slice"}', {}
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
+                reply(self, status, "application/json", payload, extra)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def times(self, mode: str) -> list[float]:
         return [when for when, seen in self.hits if seen == mode]
@@ -398,16 +411,9 @@ class OddPacs:
                     self._send(200, "application/dicom+json", b"[]")
 
             def _send(self, status: int, kind: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                reply(self, status, kind, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self) -> None:
         self.closing.set()

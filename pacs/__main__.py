@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -74,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        worker.run()
-    finally:
+        finished = worker.run()
+    except BaseException:
         state.close()
+        raise
+    if not finished:
+        # Threads blocked in a call are abandoned, not joined: every state write is its own
+        # committed transaction, and their series are still ``processing``, due at next start.
+        logging.shutdown()
+        os._exit(0)
+    state.close()
     return 0
 
 

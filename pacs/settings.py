@@ -88,6 +88,12 @@ class WorkerSettings(BaseSettings):
     api_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Timeout of one /predict/study call."
     )
+    stop_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long to wait for the series under way; an attempt still "
+        "running then (a long API call) is abandoned and tried again at the next start.",
+    )
     metrics_host: str = Field(default="127.0.0.1", description="Prometheus metrics address.")
     metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off."

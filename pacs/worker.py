@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -106,8 +106,11 @@ class Worker:
         self._poll_failures = 0
 
     # ---- the loop -----------------------------------------------------------------------
-    def run(self) -> None:
-        """Poll until ``stop`` is set, then wait for the series under way."""
+    def run(self) -> bool:
+        """Poll until ``stop`` is set, then wait up to ``stop_grace_seconds`` for the series
+        under way. Returns whether they all finished: an attempt cut short (an API call that
+        takes long) stays ``processing`` in the state file and is tried again at the next
+        start, so the caller may exit without waiting for it."""
         log.info(
             "watching %s (poll %.0fs, stable after %.0fs, concurrency %d), API %s",
             self.settings.dicomweb_url,
@@ -120,7 +123,15 @@ class Worker:
             while not self.stop.is_set():
                 self.stop.wait(self.poll_once())
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            pending = wait(self._in_flight.values(), self.settings.stop_grace_seconds).not_done
+            if pending:
+                log.warning(
+                    "%d series still under way after %.0fs: left to the next start",
+                    len(pending),
+                    self.settings.stop_grace_seconds,
+                )
+        return not pending
 
     def poll_once(self) -> float:
         """One poll: dispatch what is due; returns the seconds to wait before the next."""

@@ -137,13 +137,15 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
 
 class ApiGate:
     """Passes ``/predict/study`` on to the real API (``mode`` "pass"), or answers for it:
-    "503" (with ``Retry-After: retry_after``) or "400". Records each call's time and mode."""
+    "503" (with ``Retry-After: retry_after``), "400", or "slow" (a 503 after a minute, as a
+    very busy API). Records each call's time and mode."""
 
     def __init__(self, api_url: str, retry_after: int = 3) -> None:
         self.api_url = api_url
         self.mode = "pass"
         self.retry_after = retry_after
         self.hits: list[tuple[float, str]] = []
+        self.closing = threading.Event()
         gate = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -164,6 +166,9 @@ class ApiGate:
                     )
                     status, payload = answer.status_code, answer.content
                     extra: dict[str, str] = {}
+                elif mode == "slow":
+                    gate.closing.wait(60)
+                    status, payload, extra = 503, b'{"detail": "busy"}', {}
                 elif mode == "503":
                     status, payload = 503, b'{"detail": "redeploying"}'
                     extra = {"Retry-After": str(gate.retry_after)}
@@ -177,6 +182,7 @@ class ApiGate:
         return [when for when, seen in self.hits if seen == mode]
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -276,6 +282,39 @@ def test_refusal_is_final_until_requeued_and_an_api_away_is_never_final(
     except BaseException:
         print(worker.log()[-5000:])
         raise
+    finally:
+        worker.stop()
+    assert [uid_of(item) for item in series_of(client, study_uid, "SR")] == [row["sr_series_uid"]]
+
+
+def test_sigterm_during_a_long_api_call_stops_the_worker_and_loses_nothing(
+    orthanc: OrthancServer, gate: ApiGate, shared_data: Path, tmp_path: Path
+) -> None:
+    """SIGTERM while an API call hangs: the worker exits within PACS_STOP_GRACE_SECONDS (plus
+    a little), the series left ``processing``; the next start retries it and files its SR."""
+    client = DICOMwebClient(orthanc.dicomweb_url)
+    series = normal_series(shared_data, "REL-STOP")
+    study_uid, series_uid = str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID)
+    gate.mode = "slow"
+    env = worker_env(
+        tmp_path, orthanc.url, gate.url, PACS_API_TOKEN=TOKEN, PACS_STOP_GRACE_SECONDS="2"
+    )
+    worker = running_worker(env, tmp_path, "first")
+    try:
+        client.store_instances(series)
+        wait_for("a call to the API", lambda: gate.times("slow"), VISIBLE_S)
+        started = time.monotonic()
+        worker.process.terminate()
+        assert worker.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 12
+        assert row_of(env, series_uid)["status"] == "processing"
+        assert "left to the next start" in worker.log()
+    finally:
+        worker.stop()
+    gate.mode = "pass"
+    worker = running_worker(env, tmp_path, "second")
+    try:
+        row = wait_row(env, series_uid, "done", 120)
     finally:
         worker.stop()
     assert [uid_of(item) for item in series_of(client, study_uid, "SR")] == [row["sr_series_uid"]]

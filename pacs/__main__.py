@@ -3,11 +3,19 @@
 Settings come from the environment (see ``pacs.settings.WorkerSettings``), e.g.
 
     PACS_URL=http://127.0.0.1:8042 API_URL=http://127.0.0.1:8000 python -m pacs
+
+Operator commands on the same state file (``PACS_STATE_DB``), safe while the worker runs:
+
+    python -m pacs list [--status failed ...]        # series, status, failure class, reason
+    python -m pacs requeue [--status failed ...] [SERIES_UID ...]
+                            # failed/skipped/blocked series due again at the next poll
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -15,12 +23,37 @@ from types import FrameType
 from prometheus_client import start_http_server
 
 from pacs.settings import WorkerSettings
-from pacs.state import StateDB
+from pacs.state import STATUSES, StateDB
 from pacs.worker import Worker
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pacs", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command")
+    listing = commands.add_parser("list", help="the series in the state file")
+    listing.add_argument("--status", nargs="+", choices=STATUSES, default=list(STATUSES))
+    requeue = commands.add_parser("requeue", help="failed/skipped/blocked series due again")
+    requeue.add_argument(
+        "--status", nargs="+", choices=("failed", "skipped", "blocked"),
+        default=["failed", "skipped", "blocked"],
+    )  # fmt: skip
+    requeue.add_argument("series", nargs="*", help="only these SeriesInstanceUIDs")
+    args = parser.parse_args(argv)
     settings = WorkerSettings()
+    if args.command == "list":
+        state = StateDB(settings.state_db, resume=False)
+        for row in state.all():
+            if row.status in args.status:
+                print("\t".join((row.series_uid, row.status, row.failure_class or "-",
+                                 row.result or "-", row.reason or "")))  # fmt: skip
+        state.close()
+        return 0
+    if args.command == "requeue":
+        state = StateDB(settings.state_db, resume=False)
+        count = state.requeue(tuple(args.status), tuple(args.series))
+        state.close()
+        print(f"{count} series re-queued")
+        return 0
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -42,9 +75,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        worker.run()
-    finally:
+        finished = worker.run()
+    except BaseException:
         state.close()
+        raise
+    if not finished:
+        # Threads blocked in a call are abandoned, not joined: every state write is its own
+        # committed transaction, and their series are still ``processing``, due at next start.
+        logging.shutdown()
+        os._exit(0)
+    state.close()
     return 0
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email.message import Message
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from dicomweb_client.api import DICOMwebClient
+from prometheus_client import Counter
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -21,6 +26,15 @@ from pacs.settings import WorkerSettings
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 RETRIEVE_ACCEPT = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LITTLE}'
 
+log = logging.getLogger("pacs.clients")
+
+QIDO_MALFORMED = Counter(
+    "pacs_qido_entries_malformed_total",
+    "QIDO-RS series entries skipped because they could not be read (e.g. a non-numeric "
+    "instance count).",
+)
+
+_PATIENT_ID = "00100020"
 _STUDY_UID = "0020000D"
 _SERIES_UID = "0020000E"
 _MODALITY = "00080060"
@@ -35,11 +49,52 @@ _QIDO_FIELDS = [
 
 
 class TransientError(Exception):
-    """Worth trying again later: the PACS or the API is down, busy, or timed out."""
+    """Worth trying again later: the PACS or the API is down, busy, or timed out.
+    ``retry_after``: the seconds the server asked for (``Retry-After``), when it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigError(Exception):
+    """The worker's configuration is refused (401/403 from the API or the PACS): no series
+    is to blame, and a configuration change (or the server's) clears it."""
 
 
 class PermanentError(Exception):
     """Trying again will not help: the API refused the series (e.g. nothing decodable)."""
+
+
+class IdentityError(PermanentError):
+    """The series' instances disagree on who or what they are (PatientID, StudyInstanceUID,
+    SeriesInstanceUID), or disagree with the study the results would be written into."""
+
+
+class SeriesNotFound(Exception):
+    """WADO-RS answered 404 for a series QIDO-RS listed."""
+
+
+# The longest Retry-After the worker honours (a server asking for more is asked again then).
+RETRY_AFTER_MAX_SECONDS = 3600.0
+
+
+def retry_after(response: requests.Response | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else None."""
+    value = response.headers.get("Retry-After", "").strip() if response is not None else ""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +111,12 @@ class SeriesRef:
 def _first(item: dict[str, Any], tag: str) -> Any:
     values = item.get(tag, {}).get("Value") or [None]
     return values[0]
+
+
+def _config_refused(exc: Exception) -> bool:
+    """401/403: the credentials or the token, not the series."""
+    response = getattr(exc, "response", None)
+    return response is not None and response.status_code in (401, 403)
 
 
 def _transient(exc: Exception) -> bool:
@@ -75,8 +136,9 @@ class PacsClient:
     dicomweb-client's strict reader refuses); STOW-RS goes through dicomweb-client.
     """
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, stop: threading.Event | None = None) -> None:
         self.settings = settings
+        self.stop = stop or threading.Event()  # set: downloads under way give up at once
         self.base = settings.dicomweb_url
         self.timeout = settings.http_timeout_seconds
         self.session = requests.Session()
@@ -87,16 +149,22 @@ class PacsClient:
             self.session.verify = str(settings.ca_bundle)
         self.client = DICOMwebClient(self.base, session=self.session, timeout=self.timeout)
 
-    def _get(self, what: str, path: str, accept: str, params: Any = None) -> requests.Response:
+    def _get(
+        self, what: str, path: str, accept: str, params: Any = None, stream: bool = False
+    ) -> requests.Response:
         try:
             response = self.session.get(
                 f"{self.base}{path}", params=params, headers={"Accept": accept},
-                timeout=self.timeout,
+                timeout=self.timeout, stream=stream,
             )  # fmt: skip
             response.raise_for_status()
         except requests.RequestException as exc:
+            if _config_refused(exc):
+                raise ConfigError(f"PACS {what}: credentials refused ({exc})") from exc
             if _transient(exc):
-                raise TransientError(f"PACS {what}: {exc}") from exc
+                raise TransientError(
+                    f"PACS {what}: {exc}", retry_after(getattr(exc, "response", None))
+                ) from exc
             raise
         return response
 
@@ -115,26 +183,33 @@ class PacsClient:
             params["StudyDate"] = since.strftime("%Y%m%d") + "-"
         found: list[SeriesRef] = []
         offset = 0
+        previous: list[dict[str, Any]] | None = None
+        # Pages until an empty one: a PACS may cap an answer below the page size asked for
+        # (Orthanc's LimitFindResults), so a short page is not the last one.
         while True:
             page = self._search(
                 "/series", {**params, "limit": self.settings.page_size, "offset": offset}
             )
-            for item in page:
-                study_uid, series_uid = _first(item, _STUDY_UID), _first(item, _SERIES_UID)
-                if not study_uid or not series_uid:
-                    continue
-                found.append(
-                    SeriesRef(
-                        study_uid=str(study_uid),
-                        series_uid=str(series_uid),
-                        modality=str(_first(item, _MODALITY) or ""),
-                        description=str(_first(item, _SERIES_DESCRIPTION) or ""),
-                        instance_count=int(_first(item, _INSTANCE_COUNT) or 0),
-                    )
-                )
-            if len(page) < self.settings.page_size:
+            if not page or page == previous:  # the end, or a PACS that ignores offset
                 return found
+            for item in page:
+                ref = series_ref(item)
+                if ref is not None:
+                    found.append(ref)
+            previous = page
             offset += len(page)
+
+    def series_locations(self, series_uid: str) -> set[tuple[str, str]]:
+        """The (PatientID, StudyInstanceUID) pairs of a series UID's instances (QIDO-RS, all
+        studies): more than one means the UID is shared by studies or patients."""
+        found = self._search(
+            "/instances",
+            {"SeriesInstanceUID": series_uid, "includefield": ["PatientID", "StudyInstanceUID"]},
+        )
+        return {
+            (str(_first(item, _PATIENT_ID) or ""), str(_first(item, _STUDY_UID) or ""))
+            for item in found
+        }
 
     def series_exists(self, study_uid: str, series_uid: str) -> bool:
         """Whether the study holds a series with this UID (QIDO-RS)."""
@@ -142,11 +217,33 @@ class PacsClient:
         return any(_first(item, _SERIES_UID) == series_uid for item in found)
 
     def retrieve_series(self, study_uid: str, series_uid: str) -> list[Dataset]:
-        """Every instance of the series (WADO-RS), as Explicit VR Little Endian."""
-        response = self._get(
-            "retrieve", f"/studies/{study_uid}/series/{series_uid}", RETRIEVE_ACCEPT
-        )
-        parts = split_multipart(response.content, response.headers.get("Content-Type", ""))
+        """Every instance of the series (WADO-RS), as Explicit VR Little Endian.
+
+        The whole download must finish within ``download_deadline_seconds`` (a PACS that
+        drips its answer never trips the per-read timeout) and stops when ``stop`` is set;
+        either is a TransientError. A 404 is SeriesNotFound."""
+        deadline = time.monotonic() + self.settings.download_deadline_seconds
+        try:
+            response = self._get(
+                "retrieve", f"/studies/{study_uid}/series/{series_uid}", RETRIEVE_ACCEPT,
+                stream=True,
+            )  # fmt: skip
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:
+                raise SeriesNotFound(f"WADO-RS 404 for series {series_uid}") from exc
+            raise
+        with response:
+            body = bytearray()
+            while chunk := response.raw.read1(1 << 20, decode_content=True):
+                body += chunk
+                if self.stop.is_set():
+                    raise TransientError("PACS retrieve: the worker is stopping")
+                if time.monotonic() > deadline:
+                    raise TransientError(
+                        f"PACS retrieve: not finished within "
+                        f"{self.settings.download_deadline_seconds:.0f}s ({len(body)} bytes)"
+                    )
+        parts = split_multipart(bytes(body), response.headers.get("Content-Type", ""))
         return [dcmread(io.BytesIO(part), force=True) for part in parts]
 
     def store(self, datasets: Sequence[Dataset], study_uid: str) -> None:
@@ -157,6 +254,8 @@ class PacsClient:
         try:
             response = self.client.store_instances(list(datasets), study_instance_uid=study_uid)
         except Exception as exc:
+            if _config_refused(exc):
+                raise ConfigError(f"PACS store: credentials refused ({exc})") from exc
             if _transient(exc):
                 raise TransientError(f"PACS store: {exc}") from exc
             raise
@@ -164,6 +263,26 @@ class PacsClient:
         if failed:
             reasons = [str(item.get("FailureReason", "?")) for item in failed]
             raise TransientError(f"PACS store: {len(failed)} instance(s) refused {reasons}")
+
+
+def series_ref(item: dict[str, Any]) -> SeriesRef | None:
+    """One QIDO-RS series entry as a SeriesRef; None (logged and counted) when it cannot be
+    read, so one bad entry does not stop the others from being seen."""
+    try:
+        study_uid, series_uid = _first(item, _STUDY_UID), _first(item, _SERIES_UID)
+        if not study_uid or not series_uid:
+            raise ValueError("no StudyInstanceUID or SeriesInstanceUID")
+        return SeriesRef(
+            study_uid=str(study_uid),
+            series_uid=str(series_uid),
+            modality=str(_first(item, _MODALITY) or ""),
+            description=str(_first(item, _SERIES_DESCRIPTION) or ""),
+            instance_count=int(_first(item, _INSTANCE_COUNT) or 0),
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        QIDO_MALFORMED.inc()
+        log.warning("QIDO-RS entry skipped (%s): %.300s", exc, item)
+        return None
 
 
 def split_multipart(body: bytes, content_type: str) -> list[bytes]:
@@ -201,6 +320,9 @@ class ApiClient:
         self.timeout = settings.api_timeout_seconds
         self.operating_point = settings.operating_point
         self.session = requests.Session()
+        token = settings.bearer_token()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def predict_study(self, files: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
         """The API's StudyResponse for one series, with heatmaps of the top slices."""
@@ -214,8 +336,15 @@ class ApiClient:
             )
         except requests.RequestException as exc:
             raise TransientError(f"API unreachable: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise ConfigError(
+                f"API refused the worker's token ({response.status_code}): {_detail(response)}; "
+                "set PACS_API_TOKEN or PACS_API_TOKEN_FILE"
+            )
         if response.status_code >= 500 or response.status_code in (408, 429):
-            raise TransientError(f"API answered {response.status_code}: {_detail(response)}")
+            raise TransientError(
+                f"API answered {response.status_code}: {_detail(response)}", retry_after(response)
+            )
         if response.status_code != 200:
             raise PermanentError(
                 f"API refused the series ({response.status_code}): {_detail(response)}"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ SR_SERIES_DESCRIPTION = f"{SERIES_DESCRIPTION_PREFIX} triage report (decision su
 SC_SERIES_DESCRIPTION = f"{SERIES_DESCRIPTION_PREFIX} heatmaps - NOT FOR DIAGNOSIS"
 BANNER = "DERIVED HEATMAP - NOT FOR DIAGNOSIS"
 
+UTF8 = "ISO_IR 192"  # the character set of everything the worker writes
 _UID_NAMESPACE = uuid.UUID("6f1e0c2a-8d4b-5c3e-9a7f-2b1d4e6c8a90")  # this worker's outputs
 _LOCAL = "99CSPINE"  # private coding scheme for concepts DICOM has no code for
 REPORT = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report")
@@ -89,11 +91,15 @@ def output_uids(series_uid: str, instance_count: int) -> OutputUids:
     )
 
 
-def is_own_output(dataset: Dataset) -> bool:
-    """Whether ``dataset`` was written by this worker (its Manufacturer or series label)."""
-    if str(dataset.get("Manufacturer", "")) == MANUFACTURER:
-        return True
-    return str(dataset.get("SeriesDescription", "")).startswith(SERIES_DESCRIPTION_PREFIX)
+def derived_output_series(sources: Iterable[tuple[str, int]]) -> frozenset[str]:
+    """The SR and heatmap series UIDs this worker derives for each (series UID, instance
+    count): a listed series among them is its own output. Only UIDs count, never editable
+    text such as SeriesDescription or Manufacturer, so no source can pass for an output."""
+    found: set[str] = set()
+    for series_uid, instance_count in sources:
+        uids = output_uids(series_uid, instance_count)
+        found.update((uids.sr_series, uids.sc_series))
+    return frozenset(found)
 
 
 def build_sr(
@@ -101,8 +107,12 @@ def build_sr(
     sources: Sequence[Dataset],
     uids: OutputUids,
     sc_series_uid: str | None,
+    previous: Dataset | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR for one ``/predict/study`` answer about ``sources``' series.
+
+    ``previous``: the SR this one supersedes (the same series before it grew; its SOP class
+    and instance, study and series UIDs), named in the Predecessor Documents Sequence.
 
     ``study`` is the API's StudyResponse JSON; top slices are matched to source instances
     by file name (the worker names each file ``<SOPInstanceUID>.dcm``). A study bundle's
@@ -175,8 +185,9 @@ def build_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=[previous] if previous is not None else None,
     )
-    sr.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the intended-use text has a dash
+    sr.SpecificCharacterSet = UTF8  # the intended-use text has a dash; names re-encoded
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
     sr.ManufacturerModelName = str(study["model"]["name"])[:64]
     sr.SoftwareVersions = str(study["model"]["version"])[:64]
@@ -192,18 +203,25 @@ SR_TYPE2_FROM_EVIDENCE = (
 
 
 def evidence_header(source: Dataset) -> Dataset:
-    """``source`` as an SR's evidence: every absent :data:`SR_TYPE2_FROM_EVIDENCE` element
-    present and empty, and the SOP Class UID from the file meta when the data set has none
-    (as in the RSNA 2022 files). The source itself is left as it is; pixel data is not copied."""
+    """``source`` as an SR's (or heatmap's) evidence: every absent
+    :data:`SR_TYPE2_FROM_EVIDENCE` element present and empty, the SOP Class UID from the file
+    meta when the data set has none (as in the RSNA 2022 files), and its text in UTF-8
+    (``ISO_IR 192``): pydicom decodes whatever Specific Character Set the source declares
+    (ISO 2022 code extensions, an empty value, a misspelling it can patch), and highdicom
+    accepts only valid ones, so the copied names are re-encoded rather than the SR refused.
+    The source itself is left as it is; pixel data is not copied."""
     missing = [keyword for keyword in SR_TYPE2_FROM_EVIDENCE if keyword not in source]
     meta = getattr(source, "file_meta", None)
     sop_class = None if "SOPClassUID" in source else getattr(meta, "MediaStorageSOPClassUID", None)
-    if not missing and sop_class is None:
-        return source
     header = Dataset()
-    for element in source:
-        if element.keyword != "PixelData":
-            header.add(element)
+    header.SpecificCharacterSet = UTF8
+    with warnings.catch_warnings():  # pydicom warns about each misspelled character set
+        warnings.simplefilter("ignore")
+        for element in source:  # iterating decodes with the source's own character set
+            if element.keyword not in ("PixelData", "SpecificCharacterSet"):
+                header.add(element)
+    if meta is not None:
+        header.file_meta = meta
     for keyword in missing:
         setattr(header, keyword, "")
     if sop_class is not None:
@@ -234,6 +252,8 @@ def build_heatmaps(
     """One Secondary Capture image per top slice that came with a heatmap."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     images: list[hd.sc.SCImage] = []
+    if any(top.get("heatmap_png_base64") for top in study.get("top_slices", [])):
+        by_uid = {uid: evidence_header(ds) for uid, ds in by_uid.items()}
     for top in study.get("top_slices", []):
         encoded = top.get("heatmap_png_base64")
         source = by_uid.get(sop_uid_from_name(str(top["name"])))
@@ -254,6 +274,7 @@ def build_heatmaps(
             manufacturer=MANUFACTURER,
             patient_orientation=("L", "P"),
         )
+        image.SpecificCharacterSet = UTF8
         image.SeriesDescription = SC_SERIES_DESCRIPTION
         image.ImageComments = (
             f"Grad-CAM heatmap over the slice the model scored {float(top['prediction']):.3f} "

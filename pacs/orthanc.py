@@ -68,9 +68,14 @@ def find_orthanc() -> tuple[str, str]:
 
 
 def orthanc_config(
-    storage: Path, http_port: int, dicom_port: int, plugin: str
+    storage: Path,
+    http_port: int,
+    dicom_port: int,
+    plugin: str,
+    extra: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """The JSON configuration of a loopback development Orthanc."""
+    """The JSON configuration of a loopback development Orthanc (``extra``: more options, e.g.
+    ``LimitFindResults``, over these)."""
     return {
         "Name": "cspine-dev-pacs",
         "StorageDirectory": str(storage),
@@ -91,6 +96,7 @@ def orthanc_config(
         "StableAge": 5,
         "SaveJobs": False,
         "OverwriteInstances": False,
+        **(extra or {}),
     }
 
 
@@ -131,15 +137,17 @@ def start_orthanc(
     http_port: int = 0,
     dicom_port: int = 0,
     timeout: float = 60.0,
+    extra_config: dict[str, object] | None = None,
 ) -> OrthancServer:
-    """Start Orthanc on loopback with its storage in ``storage``; wait until DICOMweb answers."""
+    """Start Orthanc on loopback with its storage in ``storage``; wait until DICOMweb answers.
+    ``extra_config``: more configuration options (see :func:`orthanc_config`)."""
     binary, plugin = find_orthanc()
     storage.mkdir(parents=True, exist_ok=True)
     http_port = http_port or free_port()
     dicom_port = dicom_port or free_port()
     config_path = storage / "orthanc.json"
     config_path.write_text(
-        json.dumps(orthanc_config(storage, http_port, dicom_port, plugin), indent=2)
+        json.dumps(orthanc_config(storage, http_port, dicom_port, plugin, extra_config), indent=2)
     )
     log_path = storage / "orthanc.log"
     with log_path.open("ab") as log:

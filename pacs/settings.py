@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +36,17 @@ class WorkerSettings(BaseSettings):
         default="http://127.0.0.1:8000",
         validation_alias=AliasChoices("PACS_API_URL", "API_URL"),
         description="Base URL of the product's API.",
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="The worker's own bearer token for the API (PACS_API_TOKEN), sent as "
+        "'Authorization: Bearer <token>' on every call; needed once the API has "
+        "AUTH_TOKEN_HASHES set.",
+    )
+    api_token_file: Path | None = Field(
+        default=None,
+        description="A file holding that token (PACS_API_TOKEN_FILE, e.g. a mounted secret); "
+        "read at start-up, surrounding whitespace ignored. Not together with PACS_API_TOKEN.",
     )
     operating_point: Literal["sensitive", "specific"] = Field(
         default="sensitive", description="Operating point asked of the API."
@@ -67,14 +79,46 @@ class WorkerSettings(BaseSettings):
         default=1000, ge=1, description="Larger series are skipped (the API's study limit)."
     )
     http_timeout_seconds: float = Field(default=60.0, gt=0, description="PACS request timeout.")
+    download_deadline_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest time one series' WADO-RS download may take altogether (a PACS "
+        "that drips its answer is cut off; the series is retried later).",
+    )
     api_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Timeout of one /predict/study call."
+    )
+    stop_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long to wait for the series under way; an attempt still "
+        "running then (a long API call) is abandoned and tried again at the next start.",
     )
     metrics_host: str = Field(default="127.0.0.1", description="Prometheus metrics address.")
     metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> WorkerSettings:
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set PACS_API_TOKEN or PACS_API_TOKEN_FILE, not both")
+        return self
+
+    def bearer_token(self) -> str | None:
+        """The API token from PACS_API_TOKEN or PACS_API_TOKEN_FILE; None when neither is set."""
+        if self.api_token_file is not None:
+            return self.api_token_file.read_text(encoding="utf-8").strip() or None
+        return self.api_token.get_secret_value() if self.api_token else None
+
+    def config_fingerprint(self) -> str:
+        """A digest of the settings a configuration failure (401/403) depends on: the API, the
+        token, the PACS credentials. Series blocked under another fingerprint are re-queued
+        when the worker starts with this one."""
+        password = self.password.get_secret_value() if self.password else ""
+        parts = (self.api_url, self.bearer_token() or "", self.url, self.user or "", password)
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     @property
     def dicomweb_url(self) -> str:

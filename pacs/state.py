@@ -1,9 +1,15 @@
 """The worker's memory: one SQLite row per series it has seen, kept across restarts.
 
 Statuses: ``processing`` (an attempt is under way; after a crash it is simply tried again),
-``retry`` (a transient failure; ``next_attempt`` says when), ``done`` (results stored in the
-PACS), ``skipped`` (not a CT series, unreadable, or one of the worker's own outputs: never
-tried again) and ``failed`` (gave up after the last attempt).
+``retry`` (a failure that may clear; ``next_attempt`` says when: never final),
+``blocked`` (the API or PACS refused the worker's credentials, 401/403: tried again after the
+longest back-off, and at once when the worker starts with another configuration),
+``done`` (results stored in the PACS), ``skipped`` (not for this worker: not CT, too large,
+no CT images, or one of its own outputs) and ``failed`` (a deterministic failure: trying
+again gives the same answer; ``failure_class`` and ``reason`` say which and why).
+``skipped`` and ``failed`` stay so until an operator re-queues them (``python -m pacs
+requeue``). ``failure_class``: ``transient``, ``config``, ``permanent``, ``identity`` or
+``error`` (unexpected; ``failed`` after ``max_attempts``).
 """
 
 from __future__ import annotations
@@ -31,8 +37,20 @@ CREATE TABLE IF NOT EXISTS series (
     updated_at     REAL NOT NULL
 );
 """
+# Columns added later, with their types (added to an older state file when it is opened).
+ADDED_COLUMNS = {"failure_class": "TEXT", "config": "TEXT", "superseded": "TEXT"}
+
+# An older worker made ``failed`` final after its last attempt whatever the cause (mostly an
+# API or PACS away), and ``skipped`` a series for good on the API's 401/403: both come back.
+UPGRADE_REQUEUE = """
+UPDATE series SET status='retry', attempts=0, next_attempt=0,
+    reason='re-queued on upgrade: ' || COALESCE(reason, '')
+WHERE own_output=0 AND (status='failed' OR (status='skipped' AND (
+    reason LIKE 'API refused the series (401)%' OR reason LIKE 'API refused the series (403)%')))
+"""
 
 FINAL = frozenset({"done", "skipped", "failed"})
+STATUSES = ("processing", "retry", "blocked", "done", "skipped", "failed")
 
 
 @dataclass(frozen=True)
@@ -51,12 +69,17 @@ class SeriesState:
     sr_series_uid: str | None
     sc_series_uid: str | None
     own_output: bool
+    failure_class: str | None = None
+    config: str | None = None
+    superseded: str | None = None  # SR instance UIDs this series' current SR replaced
 
 
 class StateDB:
     """Thread-safe access to the state file (one connection, one lock, WAL journal)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, resume: bool = True) -> None:
+        """``resume``: the worker's own start (attempts left under way are due again); an
+        operator command opens the file with False, leaving a running worker's rows alone."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -66,10 +89,16 @@ class StateDB:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
-            # An attempt that was under way when the worker stopped is due again now.
-            self._db.execute(
-                "UPDATE series SET status='retry', next_attempt=0 WHERE status='processing'"
-            )
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE series ADD COLUMN {name} {kind}")
+            if "failure_class" not in have:  # a state file of a worker before failure classes
+                self._db.execute(UPGRADE_REQUEUE)
+            if resume:  # an attempt under way when the worker stopped is due again now
+                self._db.execute(
+                    "UPDATE series SET status='retry', next_attempt=0 WHERE status='processing'"
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -112,7 +141,8 @@ class StateDB:
     def start(self, series_uid: str, study_uid: str, instance_count: int) -> int:
         """Mark an attempt as under way; returns its number (1 for the first)."""
         current = self.get(series_uid)
-        attempts = (current.attempts if current and current.status == "retry" else 0) + 1
+        again = current is not None and current.status in ("retry", "blocked")
+        attempts = (current.attempts if current and again else 0) + 1
         self._upsert(
             series_uid,
             study_uid,
@@ -120,6 +150,7 @@ class StateDB:
             attempts=attempts,
             instance_count=instance_count,
             reason=None,
+            failure_class=None,
         )
         return attempts
 
@@ -134,7 +165,14 @@ class StateDB:
         sr_series_uid: str,
         sc_series_uid: str | None,
         reason: str | None = None,
+        superseded: str | None = None,
     ) -> None:
+        """Results stored; ``superseded``: the earlier SR instance UID the new one replaces
+        (kept, with any before it, in the row's ``superseded`` list)."""
+        current = self.get(series_uid)
+        replaced = (current.superseded or "").split() if current else []
+        if superseded and superseded not in replaced:
+            replaced.append(superseded)
         self._upsert(
             series_uid,
             study_uid,
@@ -145,6 +183,8 @@ class StateDB:
             sr_series_uid=sr_series_uid,
             sc_series_uid=sc_series_uid,
             reason=reason,
+            failure_class=None,
+            superseded=" ".join(replaced) or None,
         )
 
     def skip(
@@ -165,13 +205,73 @@ class StateDB:
             instance_count=instance_count,
         )
 
-    def retry(self, series_uid: str, study_uid: str, reason: str, next_attempt: float) -> None:
+    def retry(
+        self,
+        series_uid: str,
+        study_uid: str,
+        reason: str,
+        next_attempt: float,
+        failure_class: str = "transient",
+    ) -> None:
         self._upsert(
-            series_uid, study_uid, status="retry", reason=reason, next_attempt=next_attempt
+            series_uid, study_uid, status="retry", reason=reason, next_attempt=next_attempt,
+            failure_class=failure_class,
+        )  # fmt: skip
+
+    def block(
+        self, series_uid: str, study_uid: str, reason: str, config: str, next_attempt: float
+    ) -> None:
+        """A configuration failure under the configuration with fingerprint ``config``."""
+        self._upsert(
+            series_uid, study_uid, status="blocked", reason=reason, config=config,
+            next_attempt=next_attempt, failure_class="config",
+        )  # fmt: skip
+
+    def fail(
+        self, series_uid: str, study_uid: str, reason: str, failure_class: str = "permanent"
+    ) -> None:
+        self._upsert(
+            series_uid, study_uid, status="failed", reason=reason, failure_class=failure_class
         )
 
-    def fail(self, series_uid: str, study_uid: str, reason: str) -> None:
-        self._upsert(series_uid, study_uid, status="failed", reason=reason)
+    def requeue(
+        self, statuses: tuple[str, ...] = ("failed", "skipped", "blocked"),
+        series_uids: tuple[str, ...] = (),
+    ) -> int:  # fmt: skip
+        """Due again at once with fresh attempts: rows in ``statuses`` (only ``series_uids``
+        when given); the worker's own outputs stay skipped. Returns how many."""
+        where = f"status IN ({', '.join('?' for _ in statuses)}) AND own_output=0"
+        params: list[object] = list(statuses)
+        if series_uids:
+            where += f" AND series_uid IN ({', '.join('?' for _ in series_uids)})"
+            params += list(series_uids)
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE series SET status='retry', attempts=0, next_attempt=0, "
+                f"reason='re-queued: ' || COALESCE(reason, ''), updated_at=? WHERE {where}",
+                (time.time(), *params),
+            )
+        return int(cursor.rowcount)
+
+    def requeue_config(self, fingerprint: str) -> int:
+        """Re-queue series blocked under another configuration than ``fingerprint``."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE series SET status='retry', attempts=0, next_attempt=0, "
+                "reason='re-queued (configuration changed): ' || COALESCE(reason, ''), "
+                "updated_at=? WHERE status='blocked' AND COALESCE(config, '') != ?",
+                (time.time(), fingerprint),
+            )
+        return int(cursor.rowcount)
+
+    def counts(self) -> dict[str, int]:
+        """Series per status (every status, 0 when none)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) FROM series GROUP BY status"
+            ).fetchall()
+        found = {str(row[0]): int(row[1]) for row in rows}
+        return {status: found.get(status, 0) for status in STATUSES}
 
 
 def _row(row: sqlite3.Row) -> SeriesState:
@@ -188,4 +288,7 @@ def _row(row: sqlite3.Row) -> SeriesState:
         sr_series_uid=row["sr_series_uid"],
         sc_series_uid=row["sc_series_uid"],
         own_output=bool(row["own_output"]),
+        failure_class=row["failure_class"],
+        config=row["config"],
+        superseded=row["superseded"],
     )

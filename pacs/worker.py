@@ -2,12 +2,23 @@
 
 Each poll lists the PACS's series. A series is taken once its instance count has stayed the
 same for ``stable_seconds`` (it has finished arriving) and it is a CT series that neither the
-state file nor the PACS says is done. Non-CT series and the worker's own outputs are
-recorded as skipped with a logged reason. Work runs on a small thread pool
-(``concurrency``); a failure that may pass (PACS or API down, 5xx, timeout) is retried with
-exponential back-off up to ``max_attempts``; a series the API refuses (nothing decodable) is
-skipped. The worker only ever adds new series to a study; it never deletes or changes
-anything.
+state file nor the PACS says is done. Non-CT series and the worker's own outputs (known by
+the UIDs it derived and recorded, never by editable text) are recorded as skipped with a
+logged reason. Work runs on a small thread pool (``concurrency``).
+
+Failure classes (``pacs_series_failures_total{failure_class}``): ``transient`` (PACS or API
+down, 5xx, timeout: retried with exponential back-off, at least the ``Retry-After`` asked
+for, and never final), ``config`` (401/403: ``blocked``, retried after the longest back-off
+and at once under a changed configuration), ``permanent`` (the API refuses the series, the
+SR cannot be written: ``failed`` at once, with the reason), ``identity`` (the instances
+disagree on patient, study or series, or with the study written into: ``failed``, never
+analysed) and ``error`` (anything unexpected: retried up to ``max_attempts``, then
+``failed``). An operator re-queues ``failed``/``skipped`` series with ``python -m pacs
+requeue``.
+
+A series re-analysed because it grew gets a new SR whose Predecessor Documents Sequence
+names the earlier SR (superseded); the state row keeps one current result. The worker only
+ever adds new series to a study; it never deletes or changes anything.
 """
 
 from __future__ import annotations
@@ -15,22 +26,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 from pydicom.dataset import Dataset
+from pydicom.uid import ComprehensiveSRStorage
 
 from pacs import VERDICTS
 from pacs.clients import (
     ApiClient,
+    ConfigError,
+    IdentityError,
     PacsClient,
     PermanentError,
+    SeriesNotFound,
     SeriesRef,
     TransientError,
     dataset_bytes,
 )
-from pacs.dicom_out import build_heatmaps, build_sr, is_own_output, output_uids
+from pacs.dicom_out import build_heatmaps, build_sr, derived_output_series, output_uids
 from pacs.settings import WorkerSettings
 from pacs.state import StateDB
 
@@ -39,7 +54,16 @@ log = logging.getLogger("pacs.worker")
 SERIES_PROCESSED = Counter(
     "pacs_series_processed_total", "Series whose results were stored in the PACS.", ["result"]
 )
-SERIES_FAILED = Counter("pacs_series_failed_total", "Failed attempts at a series.", ["kind"])
+SERIES_FAILED = Counter(
+    "pacs_series_failures_total",
+    "Failed attempts at a series, by failure class (transient, config, permanent, identity, "
+    "error).",
+    ["failure_class"],
+)
+SERIES_STATUS = Gauge("pacs_series", "Series in the state file, by status.", ["status"])
+SERIES_SUPERSEDED = Counter(
+    "pacs_series_superseded_total", "SRs replaced by the SR of a re-analysed (grown) series."
+)
 SERIES_SKIPPED = Counter("pacs_series_skipped_total", "Series skipped.", ["reason"])
 SERIES_LATENCY = Histogram(
     "pacs_series_latency_seconds",
@@ -69,17 +93,24 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.state = state
-        self.pacs = pacs or PacsClient(settings)
-        self.api = api or ApiClient(settings)
         self.stop = threading.Event()
+        self.pacs = pacs or PacsClient(settings, self.stop)
+        self.api = api or ApiClient(settings)
+        self.config = settings.config_fingerprint()
+        requeued = state.requeue_config(self.config)
+        if requeued:
+            log.info("configuration changed: %d blocked series re-queued", requeued)
         self._seen: dict[str, _Seen] = {}
         self._in_flight: dict[str, Future[None]] = {}
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="series")
         self._poll_failures = 0
 
     # ---- the loop -----------------------------------------------------------------------
-    def run(self) -> None:
-        """Poll until ``stop`` is set, then wait for the series under way."""
+    def run(self) -> bool:
+        """Poll until ``stop`` is set, then wait up to ``stop_grace_seconds`` for the series
+        under way. Returns whether they all finished: an attempt cut short (an API call that
+        takes long) stays ``processing`` in the state file and is tried again at the next
+        start, so the caller may exit without waiting for it."""
         log.info(
             "watching %s (poll %.0fs, stable after %.0fs, concurrency %d), API %s",
             self.settings.dicomweb_url,
@@ -92,7 +123,15 @@ class Worker:
             while not self.stop.is_set():
                 self.stop.wait(self.poll_once())
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            pending = wait(self._in_flight.values(), self.settings.stop_grace_seconds).not_done
+            if pending:
+                log.warning(
+                    "%d series still under way after %.0fs: left to the next start",
+                    len(pending),
+                    self.settings.stop_grace_seconds,
+                )
+        return not pending
 
     def poll_once(self) -> float:
         """One poll: dispatch what is due; returns the seconds to wait before the next."""
@@ -107,17 +146,48 @@ class Worker:
                 self.settings.poll_seconds * 2 ** min(self._poll_failures, 16),
                 self.settings.backoff_max_seconds,
             )
-            log.warning("PACS not reachable (%s); next try in %.0fs", exc, delay)
+            if isinstance(exc, ConfigError):  # nothing is lost: the series wait in the PACS
+                log.error("%s: set PACS_USER / PACS_PASSWORD; next try in %.0fs", exc, delay)
+            else:
+                log.warning("PACS not reachable (%s); next try in %.0fs", exc, delay)
             return delay
         self._poll_failures = 0
         POLLS.labels("ok").inc()
         PACS_UP.set(1)
         now = time.time()
+        own = derived_output_series((ref.series_uid, ref.instance_count) for ref in series)
+        listed: dict[str, list[SeriesRef]] = {}
         for ref in series:
-            if self._due(ref, now) and len(self._in_flight) < self.settings.concurrency:
-                self._in_flight[ref.series_uid] = self._pool.submit(self._process, ref)
+            listed.setdefault(ref.series_uid, []).append(ref)
+        for uid, refs in listed.items():
+            if len(refs) > 1:
+                self._refuse_shared(refs)
+                continue
+            ref = refs[0]
+            if self._due(ref, now, own) and len(self._in_flight) < self.settings.concurrency:
+                self._in_flight[uid] = self._pool.submit(self._process, ref)
                 IN_FLIGHT.set(len(self._in_flight))
+        for status, count in self.state.counts().items():
+            SERIES_STATUS.labels(status).set(count)
         return self.settings.poll_seconds
+
+    def _refuse_shared(self, refs: list[SeriesRef]) -> None:
+        """One series UID listed more than once (in two studies, or under two patients, which
+        Orthanc keeps apart): refused, never analysed."""
+        ref = refs[0]
+        current = self.state.get(ref.series_uid)
+        if ref.series_uid in self._in_flight or (
+            current is not None and current.status == "failed"
+        ):
+            return
+        studies = sorted({item.study_uid for item in refs})
+        reason = (
+            f"identity: the PACS lists series UID {ref.series_uid} {len(refs)} times "
+            f"(studies {', '.join(studies)}): shared by studies or patients"
+        )
+        self.state.fail(ref.series_uid, ref.study_uid, reason, "identity")
+        SERIES_FAILED.labels("identity").inc()
+        log.error("series %s: refused, %s", ref.series_uid, reason)
 
     def _reap(self) -> None:
         for uid, future in list(self._in_flight.items()):
@@ -127,8 +197,9 @@ class Worker:
                     log.error("series %s: unexpected error: %s", uid, future.exception())
         IN_FLIGHT.set(len(self._in_flight))
 
-    def _due(self, ref: SeriesRef, now: float) -> bool:
-        """Whether to start on ``ref`` now (recording skips on the way)."""
+    def _due(self, ref: SeriesRef, now: float, own: frozenset[str] = frozenset()) -> bool:
+        """Whether to start on ``ref`` now (recording skips on the way); ``own``: the output
+        series UIDs derived from the series listed."""
         if ref.series_uid in self._in_flight:
             return False
         current = self.state.get(ref.series_uid)
@@ -137,9 +208,9 @@ class Worker:
                 return False
             if current.status == "done" and current.instance_count == ref.instance_count:
                 return False
-            if current.status == "retry" and now < current.next_attempt:
+            if current.status in ("retry", "blocked") and now < current.next_attempt:
                 return False
-        if self.state.is_own_output(ref.series_uid) or is_own_output(_described(ref)):
+        if ref.series_uid in own or self.state.is_own_output(ref.series_uid):
             self.state.skip(ref.series_uid, ref.study_uid, "own output", own_output=True)
             log.info("series %s: skipped, one of this worker's outputs", ref.series_uid)
             SERIES_SKIPPED.labels("own_output").inc()
@@ -173,29 +244,50 @@ class Worker:
         try:
             result = self._process_series(ref)
         except PermanentError as exc:
-            self.state.skip(ref.series_uid, ref.study_uid, str(exc))
-            log.warning("series %s: skipped, %s", ref.series_uid, exc)
-            SERIES_SKIPPED.labels("unreadable").inc()
+            failure_class = "identity" if isinstance(exc, IdentityError) else "permanent"
+            SERIES_FAILED.labels(failure_class).inc()
+            self.state.fail(ref.series_uid, ref.study_uid, str(exc)[:500], failure_class)
+            log.error("series %s: failed (%s), %s", ref.series_uid, failure_class, exc)
+            return
+        except ConfigError as exc:
+            SERIES_FAILED.labels("config").inc()
+            delay = self.settings.backoff_max_seconds
+            self.state.block(
+                ref.series_uid, ref.study_uid, str(exc)[:500], self.config, time.time() + delay
+            )
+            log.error(
+                "series %s: blocked by the configuration (%s); tried again in %.0fs or when "
+                "the worker starts with another configuration",
+                ref.series_uid,
+                exc,
+                delay,
+            )
             return
         except Exception as exc:
-            kind = "transient" if isinstance(exc, TransientError) else "error"
-            SERIES_FAILED.labels(kind).inc()
+            transient = isinstance(exc, TransientError)
+            failure_class = "transient" if transient else "error"
+            SERIES_FAILED.labels(failure_class).inc()
             reason = f"{type(exc).__name__}: {exc}"[:500]
-            if attempt >= self.settings.max_attempts:
-                self.state.fail(ref.series_uid, ref.study_uid, reason)
+            if not transient and attempt >= self.settings.max_attempts:
+                self.state.fail(ref.series_uid, ref.study_uid, reason, failure_class)
                 log.error(
                     "series %s: failed after %d attempts: %s", ref.series_uid, attempt, reason
                 )
                 return
             delay = min(
-                self.settings.backoff_seconds * 2 ** (attempt - 1),
+                self.settings.backoff_seconds * 2 ** min(attempt - 1, 30),
                 self.settings.backoff_max_seconds,
             )
-            self.state.retry(ref.series_uid, ref.study_uid, reason, time.time() + delay)
+            if isinstance(exc, TransientError) and exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)  # the server said when
+            self.state.retry(
+                ref.series_uid, ref.study_uid, reason, time.time() + delay, failure_class
+            )
             log.warning(
-                "series %s: attempt %d failed (%s); retry in %.0fs",
+                "series %s: attempt %d failed (%s, %s); retry in %.0fs",
                 ref.series_uid,
                 attempt,
+                failure_class,
                 reason,
                 delay,
             )
@@ -206,11 +298,23 @@ class Worker:
 
     def _process_series(self, ref: SeriesRef) -> str | None:
         """Retrieve, ask the API, store the SR and heatmaps; returns the verdict stored."""
-        datasets = self.pacs.retrieve_series(ref.study_uid, ref.series_uid)
-        if any(is_own_output(ds) for ds in datasets):
-            self.state.skip(ref.series_uid, ref.study_uid, "own output", own_output=True)
-            SERIES_SKIPPED.labels("own_output").inc()
-            return None
+        try:
+            datasets = self.pacs.retrieve_series(ref.study_uid, ref.series_uid)
+        except SeriesNotFound:
+            locations = self.pacs.series_locations(ref.series_uid)
+            if len(locations) > 1:
+                raise IdentityError(
+                    f"identity: WADO-RS 404; series UID {ref.series_uid} is held under "
+                    f"{len(locations)} (PatientID, study) pairs {sorted(locations)}"
+                ) from None
+            if not locations:
+                self.state.skip(ref.series_uid, ref.study_uid, "no longer in the PACS (404)")
+                SERIES_SKIPPED.labels("gone").inc()
+                return None
+            raise TransientError("WADO-RS 404 for a series QIDO-RS still lists") from None
+        problem = identity_problem(datasets, ref.study_uid, ref.series_uid)
+        if problem:
+            raise IdentityError(f"identity: {problem}")
         slices = [
             ds
             for ds in datasets
@@ -242,9 +346,24 @@ class Worker:
         verdict = str(study.get("result"))
         if verdict not in VERDICTS:
             raise PermanentError(f"the API answered an unknown result {verdict!r}")
-        heatmaps = build_heatmaps(study, slices, uids)
-        sc_series = uids.sc_series if heatmaps else None
-        sr = build_sr(study, slices, uids, sc_series)
+        earlier = self.state.get(ref.series_uid)
+        previous = None
+        replaces = earlier is not None and earlier.sr_uid not in (None, uids.sr_instance)
+        if earlier is not None and replaces and earlier.sr_uid and earlier.sr_series_uid:
+            previous = Dataset()  # what a Predecessor Documents Sequence item needs
+            previous.SOPClassUID = ComprehensiveSRStorage
+            previous.SOPInstanceUID = earlier.sr_uid
+            previous.StudyInstanceUID = ref.study_uid
+            previous.SeriesInstanceUID = earlier.sr_series_uid
+        try:
+            heatmaps = build_heatmaps(study, slices, uids)
+            sc_series = uids.sc_series if heatmaps else None
+            sr = build_sr(study, slices, uids, sc_series, previous)
+        except (ValueError, TypeError, AttributeError, LookupError) as exc:
+            # The same sources and answer give the same error: deterministic, not transient.
+            raise PermanentError(
+                f"the SR could not be written: {type(exc).__name__}: {exc}"
+            ) from exc
         # Heatmaps first, the SR last: an SR in the PACS means everything is there.
         outputs: list[Dataset] = [*heatmaps, sr]
         self.pacs.store(outputs, ref.study_uid)
@@ -256,7 +375,17 @@ class Worker:
             sr_uid=uids.sr_instance,
             sr_series_uid=uids.sr_series,
             sc_series_uid=sc_series,
+            superseded=previous.SOPInstanceUID if previous else None,
         )
+        if previous is not None:
+            SERIES_SUPERSEDED.inc()
+            log.info(
+                "series %s: grew to %d instances; SR %s supersedes %s",
+                ref.series_uid,
+                ref.instance_count,
+                uids.sr_instance,
+                previous.SOPInstanceUID,
+            )
         log.info(
             "series %s: %s (score %.3f, threshold %.3f, %d slices); SR %s, %d heatmap(s)",
             ref.series_uid,
@@ -270,7 +399,18 @@ class Worker:
         return verdict
 
 
-def _described(ref: SeriesRef) -> Dataset:
-    dataset = Dataset()
-    dataset.SeriesDescription = ref.description
-    return dataset
+def identity_problem(datasets: list[Dataset], study_uid: str, series_uid: str) -> str | None:
+    """Why these instances cannot be one series of study ``study_uid`` (the study the results
+    go into): more than one PatientID, StudyInstanceUID or SeriesInstanceUID among them, or
+    a study or series other than the one asked for; None when they agree."""
+    for keyword, expected in (
+        ("PatientID", None),
+        ("StudyInstanceUID", study_uid),
+        ("SeriesInstanceUID", series_uid),
+    ):
+        values = sorted({str(ds.get(keyword, "") or "") for ds in datasets})
+        if len(values) > 1:
+            return f"the instances carry {len(values)} {keyword} values {values}"
+        if expected is not None and values and values[0] != expected:
+            return f"{keyword} {values[0]} is not the {expected} the results would go into"
+    return None

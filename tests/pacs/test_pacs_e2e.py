@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from pydicom.dataset import Dataset
 
 from pacs import VERDICTS
 from pacs.dicom_out import SC_SERIES_DESCRIPTION, sr_text_values
-from pacs.orthanc import OrthancServer, OrthancUnavailable, find_orthanc, free_port, start_orthanc
+from pacs.orthanc import OrthancServer, free_port, start_orthanc
 from tests.pacs.ct_series import WINDOW_LEVEL, WINDOW_WIDTH, base_slices, ct_series
 
 pytestmark = pytest.mark.slow
@@ -72,19 +73,11 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def orthanc_installed() -> None:
-    try:
-        find_orthanc()
-    except OrthancUnavailable as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The product's API as ``make serve`` runs it, on a free loopback port."""
+@contextmanager
+def running_api(log_path: Path, **extra_env: str) -> Iterator[str]:
+    """The product's API as ``make serve`` runs it, on a free loopback port (``extra_env``:
+    more settings, e.g. ``AUTH_TOKEN_HASHES``); yields its URL once /ready."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("api") / "api.log"
     # The window the training PNGs were exported with (see the data's README): with the
     # default bone window the bundled model's CT gate calls these DICOMs "Not a CT slice",
     # which gives no top slices and so no heatmaps to write.
@@ -94,6 +87,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "WINDOW_LEVEL": str(WINDOW_LEVEL),
         "WINDOW_WIDTH": str(WINDOW_WIDTH),
+        **extra_env,
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -112,6 +106,13 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The product's API, without authentication."""
+    with running_api(tmp_path_factory.mktemp("api") / "api.log") as url:
+        yield url
 
 
 class WorkerProcess:

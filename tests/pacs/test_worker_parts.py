@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pacs.clients import dataset_bytes, split_multipart
-from pacs.dicom_out import build_sr, is_own_output, output_uids, sr_text_values
+from pacs.dicom_out import build_sr, derived_output_series, output_uids, sr_text_values
 from pacs.settings import WorkerSettings
 from pacs.state import StateDB
 
@@ -90,8 +91,12 @@ def test_sr_content_and_own_output_marks() -> None:
     assert values["Most suspicious slice"] == [str(slices[2].SOPInstanceUID)]
     assert values["Operating point"] == ["specific"]
     assert values["Intended use"] == ["Decision support — not a diagnosis"]
-    assert str(sr.StudyInstanceUID) == "1.2.3" and is_own_output(sr)
-    assert not is_own_output(slices[0])
+    assert str(sr.StudyInstanceUID) == "1.2.3"
+    own = derived_output_series([("1.2.3.4", 3)])
+    assert str(sr.SeriesInstanceUID) in own
+    # Own output is known by derived UIDs only: a source labelled like an output is not one.
+    slices[0].SeriesDescription, slices[0].Manufacturer = str(sr.SeriesDescription), "cspine-triage"
+    assert str(slices[0].SeriesInstanceUID) not in own
 
 
 def test_sr_codes_a_finding_site_per_vertebra_for_a_study_bundle() -> None:
@@ -190,3 +195,168 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.dicomweb_url == "https://pacs.example.org/dcm4chee-arc/aets/DCM4CHEE/rs"
     assert settings.api_url == "http://api:8000"
     assert "secret" not in repr(settings)
+
+
+ANSWER = {
+    "result": "Normal", "prediction": 0.1, "threshold": 0.4, "operating_point": "sensitive",
+    "top_slices": [], "model": {"name": "m", "version": "v1"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "expected"),
+    [
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", "山田^太郎"),
+        (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동", "홍^길동"),
+        ("", "Smith^John", "Smith^John"),
+        ("ISO-IR 100", "Müller^Jörg", "Müller^Jörg"),
+        ("ISO IR 100", "Müller^Jörg", "Müller^Jörg"),
+        ("ISO IR 192", "Müller^Jörg", "Müller^Jörg"),
+        ("UTF-8", "Smith^John", "Smith^John"),
+    ],
+)
+def test_sr_from_sources_with_real_world_character_sets(
+    charset: str | list[str], name: str, expected: str
+) -> None:
+    """Sources pydicom reads (ISO 2022 code extensions, an empty or misspelled Specific
+    Character Set) give an SR in UTF-8 with the patient's name re-encoded, not an error."""
+    slices = []
+    with warnings.catch_warnings():  # pydicom warns about misspelled character sets
+        warnings.simplefilter("ignore")
+        for number in (1, 2):
+            ds = tiny_ct("1.2.3", "1.2.3.4", number)
+            ds.SpecificCharacterSet, ds.PatientName = charset, name
+            # read back as the worker reads WADO parts
+            slices.append(dcmread(io.BytesIO(dataset_bytes(ds)), force=True))
+        sr = build_sr(ANSWER, slices, output_uids("1.2.3.4", 2), None)
+    read = dcmread(io.BytesIO(dataset_bytes(sr)))
+    assert read.SpecificCharacterSet == "ISO_IR 192"
+    assert expected in str(read.PatientName)
+    assert read.PatientID == "P"
+
+
+def test_identity_problem_names_what_disagrees() -> None:
+    from pacs.worker import identity_problem
+
+    slices = [tiny_ct("1.2.3", "1.2.3.4", number) for number in (1, 2, 3)]
+    assert identity_problem(slices, "1.2.3", "1.2.3.4") is None
+    slices[2].PatientID = "OTHER"
+    assert "2 PatientID values" in str(identity_problem(slices, "1.2.3", "1.2.3.4"))
+    slices[2].PatientID = "P"
+    assert "is not the 9.9" in str(identity_problem(slices, "9.9", "1.2.3.4"))
+    slices[1].SeriesInstanceUID = "1.2.3.5"
+    assert "SeriesInstanceUID" in str(identity_problem(slices, "1.2.3", "1.2.3.4"))
+
+
+def test_state_requeue_and_configuration_change(tmp_path: Path) -> None:
+    """Failed/skipped/blocked rows come back on request; blocked ones by themselves when the
+    configuration fingerprint changes; own outputs never."""
+    state = StateDB(tmp_path / "state.sqlite3")
+    state.fail("f", "st", "API refused the series (400)", "permanent")
+    state.skip("k", "st", "modality MR, not CT")
+    state.skip("o", "st", "own output", own_output=True)
+    state.block("b", "st", "API refused the worker's token (401)", "old", 1e12)
+    assert state.requeue_config("old") == 0
+    assert state.requeue_config("new") == 1
+    row = state.get("b")
+    assert row is not None and row.status == "retry" and row.next_attempt == 0
+    assert state.counts()["failed"] == 1 and state.counts()["blocked"] == 0
+    assert state.requeue(("failed",), ("f",)) == 1
+    assert state.requeue() == 1  # "k"; "o" is the worker's own output
+    assert {row.series_uid: row.status for row in state.all()} == {
+        "f": "retry",
+        "k": "retry",
+        "o": "skipped",
+        "b": "retry",
+    }
+    state.close()
+
+
+def test_state_file_of_an_older_worker_gains_the_new_columns_and_requeues(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE series (series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, "
+            "status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT "
+            "NULL DEFAULT 0, instance_count INTEGER, reason TEXT, result TEXT, sr_uid TEXT, "
+            "sr_series_uid TEXT, sc_series_uid TEXT, own_output INTEGER NOT NULL DEFAULT 0, "
+            "updated_at REAL NOT NULL)"
+        )
+        rows = [("s", "failed", "TransientError: API unreachable"),
+                ("t", "skipped", "API refused the series (401): authentication required"),
+                ("m", "skipped", "modality MR, not CT")]  # fmt: skip
+        for uid, status, reason in rows:
+            db.execute("INSERT INTO series VALUES (?,'st',?,8,0,8,?,NULL,NULL,NULL,NULL,0,0)",
+                       (uid, status, reason))  # fmt: skip
+    state = StateDB(path)
+    # What the old worker made final for a cause that can clear comes back; the rest stays.
+    assert {row.series_uid: (row.status, row.attempts) for row in state.all()} == {
+        "s": ("retry", 0), "t": ("retry", 0), "m": ("skipped", 8)
+    }  # fmt: skip
+    state.close()
+    state = StateDB(path)  # opened again: nothing more to do
+    assert state.counts()["retry"] == 2
+    state.close()
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    import requests
+
+    from pacs.clients import RETRY_AFTER_MAX_SECONDS, retry_after
+
+    def answer(value: str | None) -> requests.Response:
+        response = requests.Response()
+        if value is not None:
+            response.headers["Retry-After"] = value
+        return response
+
+    assert retry_after(answer("7")) == 7.0
+    assert retry_after(answer(None)) is None and retry_after(answer("soon")) is None
+    assert retry_after(answer("99999")) == RETRY_AFTER_MAX_SECONDS
+    assert retry_after(answer("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # in the past
+
+
+def test_settings_token_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    monkeypatch.setenv("PACS_API_TOKEN_FILE", str(token))
+    settings = WorkerSettings()
+    assert settings.bearer_token() == "s3cret"
+    changed = settings.config_fingerprint()
+    token.write_text("other")
+    assert settings.config_fingerprint() != changed
+    monkeypatch.setenv("PACS_API_TOKEN", "x")
+    with pytest.raises(ValueError, match="not both"):
+        WorkerSettings()
+
+
+@pytest.mark.parametrize("keyword", ["PatientID", "PatientName", "StudyID", "PatientSex"])
+@pytest.mark.parametrize("empty", [True, False])
+def test_sr_and_heatmaps_without_type2_patient_elements(keyword: str, empty: bool) -> None:
+    """Anonymised sources with a Type 2 element empty or left out still give an SR and a
+    heatmap, the element present and empty in both."""
+    import base64
+
+    from PIL import Image
+
+    from pacs.dicom_out import build_heatmaps
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    slices = [tiny_ct("1.2.3", "1.2.3.4", number) for number in (1, 2)]
+    for ds in slices:
+        if empty:
+            setattr(ds, keyword, "")
+        else:
+            delattr(ds, keyword)
+    top = {"name": f"{slices[0].SOPInstanceUID}.dcm", "prediction": 0.2,
+           "heatmap_png_base64": base64.b64encode(png.getvalue()).decode()}  # fmt: skip
+    answer = {**ANSWER, "top_slices": [top]}
+    uids = output_uids("1.2.3.4", 2)
+    heatmaps = build_heatmaps(answer, slices, uids)
+    sr = build_sr(answer, slices, uids, uids.sc_series)
+    for written in (*heatmaps, sr):
+        read = dcmread(io.BytesIO(dataset_bytes(written)))
+        assert keyword in read and str(read.get(keyword)) == ""

@@ -13,6 +13,20 @@ describe("csv", () => {
     expect(toCsv(["a", "b"], [[1, "x\ny"]])).toBe('a,b\r\n1,"x\ny"\r\n');
   });
 
+  it("defuses formulas in every cell, whatever the locale's separator", () => {
+    // A ";" splits cells in some locales: the field is quoted, so the formula after it stays text.
+    expect(csvField("scan.dcm;=cmd|' /C calc'!A0")).toBe(`"scan.dcm;=cmd|' /C calc'!A0"`);
+    expect(csvField("\uFF1DHYPERLINK(1)")).toBe("'\uFF1DHYPERLINK(1)"); // full-width =
+    expect(csvField("\uFF0B1")).toBe("'\uFF0B1");
+    expect(csvField(" =1+2")).toBe("' =1+2"); // leading space: escaped
+    expect(csvField("\t=1+2")).toBe(`"'\t=1+2"`);
+    expect(csvField("@SUM(A1)")).toBe("'@SUM(A1)");
+    expect(csvField("+1")).toBe("'+1");
+    expect(csvField("neck (3).png")).toBe("neck (3).png"); // plain text unchanged
+    const line = toCsv(["name", "result"], [["x;=1+1", "\uFF1D2"]]).split("\r\n")[1];
+    expect(line).toBe(`"x;=1+1",'\uFF1D2`);
+  });
+
   it("writes every slice of a study, head to foot, with how the study used it", () => {
     const study = studyAnswer([0.1, 0.2, 0.9, 0.8, 0.95], { ood: [4] });
     const lines = studyCsv(study).trim().split("\r\n");

@@ -4,16 +4,29 @@ import { isRefused } from "./results";
 export type Cell = string | number | boolean | null | undefined;
 
 /**
- * One CSV field (RFC 4180): quoted when it holds a comma, quote or line break. Text that a
- * spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading apostrophe;
- * numbers are written as numbers.
+ * Text a spreadsheet could run as a formula: it starts with =, +, -, @ or their full-width
+ * forms (＝ ＋ － ＠, which some spreadsheets read as the ASCII ones), or with any white space
+ * (a leading space, tab or CR is trimmed by some before they look for a formula).
+ */
+const FORMULA_START = /^(?:[=+\-@\uFF1D\uFF0B\uFF0D\uFF20]|\s)/;
+
+/**
+ * Text that must be quoted: a separator of any locale (comma, semicolon, tab), a quote, a
+ * line break, or white space at either end (which a reader might trim).
+ */
+const NEEDS_QUOTES = /[",;\t\r\n]|^\s|\s$/;
+
+/**
+ * One CSV field (RFC 4180): quoted when it holds a comma, semicolon, tab, quote or line break
+ * (so a spreadsheet that splits on ";" keeps it one cell). Text that a spreadsheet could run
+ * as a formula (FORMULA_START) gets a leading apostrophe; numbers are written as numbers.
  */
 export function csvField(value: Cell): string {
   if (value == null) return "";
   if (typeof value === "number") return Number.isFinite(value) ? String(value) : "";
   if (typeof value === "boolean") return value ? "true" : "false";
-  const text = /^[=+\-@\t\r]/.test(value) ? `'${value}` : value;
-  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  const text = FORMULA_START.test(value) ? `'${value}` : value;
+  return NEEDS_QUOTES.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
 /** Rows to CSV text (CRLF line ends, as spreadsheets expect), header first. */

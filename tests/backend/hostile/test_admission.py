@@ -384,3 +384,50 @@ def test_zip_errors_of_every_kind_are_4xx(client: TestClient, images: Any) -> No
         data[at : at + 16] = b"\x00" * 16
     response = client.post("/predict/study", files={"files": ("s.zip", bytes(data))})
     assert response.status_code in (200, 400), response.text
+
+
+def _with_empty_items(count: int) -> bytes:
+    """A CT slice whose dataset also holds a sequence of ``count`` empty items (8 bytes each
+    in the file, ~1.4 KB each once pydicom builds them)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from testing.dicom_writers import ct_dicom_bytes
+
+    good = ct_dicom_bytes(np.full((32, 32), 1100, np.uint16), 1.0, -1024.0, z=0.0, instance=1)
+    dataset = pydicom.dcmread(io.BytesIO(good))
+    dataset.ReferencedImageSequence = Sequence([Dataset() for _ in range(count)])
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_sequence_of_many_empty_items_is_counted_before_it_is_read(
+    client: TestClient,
+) -> None:
+    """A 15 MiB DICOM (under the upload limit) of 2,000,000 empty sequence items would build
+    gigabytes in pydicom: the header walk counts them first and the file is refused (413)
+    at once, alone or inside a study; a few thousand items are admitted, their cost counted."""
+    import time
+
+    from ml_model.imaging.budget import BYTES_PER_ELEMENT
+
+    small = _with_empty_items(5_000)
+    cost = estimate_decode_cost(small)
+    assert cost is not None and cost.extra_bytes >= 5_000 * BYTES_PER_ELEMENT
+    assert client.post("/predict", files={"file": ("s.dcm", small)}).status_code == 200
+
+    data = _with_empty_items(2_000_000)
+    assert len(data) < 16 * MIB
+    started = time.monotonic()
+    detail = check_refused(
+        client.post("/predict", files={"file": ("x.dcm", data)}), 413, "elements and sequence"
+    )
+    assert time.monotonic() - started < 5, detail
+    study = client.post(
+        "/predict/study", files=[("files", ("a.dcm", data)), ("files", ("b.dcm", small))]
+    )
+    assert study.status_code == 200, study.text
+    (error,) = study.json()["errors"]
+    assert error["name"] == "a.dcm" and "sequence items" in error["error"]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 
 from backend.app.worklist.models import WorklistStatus
 from ml_model.inference.verdict import Result
@@ -397,11 +405,42 @@ Vertebra = Literal["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 
 
+def _storable_text(value: str) -> str:
+    """Text a database can hold: UTF-8 encodable (no lone surrogates), no NUL character."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("the text is not valid Unicode") from exc
+    if "\x00" in value:
+        raise ValueError("the text contains a NUL character")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """An aware time as UTC (how the worklist stores it); one that has no UTC year
+    (before 0001 or after 9999 once converted) is refused."""
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError("the time is out of range in UTC") from exc
+
+
+StoredText = Annotated[str, AfterValidator(_storable_text)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+# Worklist and read ids: a 32-bit integer column.
+MAX_ID = 2**31 - 1
+
+
 class WorklistTopSlice(BaseModel):
-    index: int = Field(ge=0, description="Index of the slice in the analysed series.")
-    name: str = Field(max_length=256)
-    position: float
+    index: int = Field(ge=0, le=MAX_ID, description="Index of the slice in the analysed series.")
+    name: StoredText = Field(max_length=256)
+    position: float = Field(allow_inf_nan=False)
     prediction: float = Field(ge=0.0, le=1.0)
+
+
+class SubmittedModel(BaseModel):
+    name: StoredText = Field(max_length=128, description="Model name from the model card.")
+    version: StoredText = Field(max_length=64, description="Model version from the model card.")
 
 
 class StudySummary(BaseModel):
@@ -413,7 +452,7 @@ class StudySummary(BaseModel):
     threshold: float = Field(ge=0.0, le=1.0)
     operating_point: OperatingPoint
     top_slices: list[WorklistTopSlice] = Field(default_factory=list, max_length=64)
-    model: ModelInfo
+    model: SubmittedModel
 
 
 class WorklistSubmission(BaseModel):
@@ -421,16 +460,23 @@ class WorklistSubmission(BaseModel):
 
     study_uid: str = Field(max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID.")
     series_uid: str = Field(max_length=64, pattern=UID_PATTERN, description="SeriesInstanceUID.")
-    arrived_at: AwareDatetime | None = Field(
+    arrived_at: UtcDatetime | None = Field(
         default=None,
         description="When the series' last instance reached the PACS (the study's age "
         "counts from here); default: now.",
     )
-    manufacturer: str | None = Field(default=None, max_length=64, description="DICOM Manufacturer.")
-    manufacturer_model: str | None = Field(
+    manufacturer: StoredText | None = Field(
+        default=None, max_length=64, description="DICOM Manufacturer."
+    )
+    manufacturer_model: StoredText | None = Field(
         None, max_length=64, description="DICOM ManufacturerModelName."
     )
-    identifiers: dict[str, Annotated[str, Field(max_length=64)]] | None = Field(
+    identifiers: (
+        dict[
+            Annotated[StoredText, Field(max_length=64)], Annotated[StoredText, Field(max_length=64)]
+        ]
+        | None
+    ) = Field(
         default=None,
         max_length=8,
         description="Other identifiers (e.g. `accession_number`); only those the server's "
@@ -448,7 +494,9 @@ class ReviewRequest(BaseModel):
         max_length=7,
         description="The fractured vertebrae, C1-C7 (optional; only with `fracture` true).",
     )
-    note: str | None = Field(default=None, max_length=2000, description="Free text (optional).")
+    note: StoredText | None = Field(
+        default=None, max_length=2000, description="Free text (optional)."
+    )
 
     @model_validator(mode="after")
     def _levels_need_a_fracture(self) -> ReviewRequest:

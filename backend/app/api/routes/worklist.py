@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
-from pydantic import AwareDatetime
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from backend.app.api.deps import SettingsDep, TokenIdDep, WorklistDep
 from backend.app.api.responses import error_response
@@ -16,7 +15,9 @@ from backend.app.api.worklist import entry_out, study_entry
 from backend.app.core.config import READER_ROLE
 from backend.app.core.policy import RoutePolicy, declare
 from backend.app.schemas import (
+    MAX_ID,
     ReviewRequest,
+    UtcDatetime,
     WorklistEntry,
     WorklistPage,
     WorklistStatus,
@@ -31,6 +32,9 @@ router = APIRouter(tags=["worklist"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: error_response("No worklist entry has this id.", "no worklist entry 7")
 }
+
+
+StudyId = Annotated[int, Path(ge=1, le=MAX_ID, description="The worklist entry's id.")]
 
 
 def _not_found(study_id: int) -> HTTPException:
@@ -89,12 +93,12 @@ def list_worklist(
         list[Result] | None, Query(description="Only these verdicts (repeat the parameter).")
     ] = None,
     arrived_from: Annotated[
-        AwareDatetime | None, Query(description="Arrived at or after (ISO 8601 with zone).")
+        UtcDatetime | None, Query(description="Arrived at or after (ISO 8601 with zone).")
     ] = None,
     arrived_to: Annotated[
-        AwareDatetime | None, Query(description="Arrived before (ISO 8601 with zone).")
+        UtcDatetime | None, Query(description="Arrived before (ISO 8601 with zone).")
     ] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> WorklistPage:
     """Flagged studies (`Potentially Fracture`) first, then by arrival, the longest waiting
@@ -118,7 +122,7 @@ def list_worklist(
     summary="One worklist study (marks it opened)",
 )
 @declare(RoutePolicy(auth=True))
-def open_study(study_id: int, store: WorklistDep) -> WorklistEntry:
+def open_study(study_id: StudyId, store: WorklistDep) -> WorklistEntry:
     """The study with every read; a `new` study becomes `opened`."""
     row = store.open(study_id)
     if row is None:
@@ -141,7 +145,7 @@ def open_study(study_id: int, store: WorklistDep) -> WorklistEntry:
 )
 @declare(RoutePolicy(auth=True, role=READER_ROLE))
 def review_study(
-    study_id: int, read: ReviewRequest, store: WorklistDep, reader: TokenIdDep
+    study_id: StudyId, read: ReviewRequest, store: WorklistDep, reader: TokenIdDep
 ) -> WorklistEntry:
     """Fracture yes/no, the fractured levels (C1-C7, optional), a note; the reader (the
     token's id) and the time are recorded. A second read is added to the history (the

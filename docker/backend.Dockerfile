@@ -50,11 +50,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     MPLCONFIGDIR=/tmp/matplotlib \
     MODEL_DIR=/models/default \
-    FRONTEND_DIST=/app/frontend/dist
+    FRONTEND_DIST=/app/frontend/dist \
+    WORKLIST_SQLITE_PATH=/data/worklist.sqlite3
 
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --create-home --home-dir /home/app \
-       --shell /usr/sbin/nologin app
+       --shell /usr/sbin/nologin app \
+    && mkdir -p /data && chown 10001:10001 /data
 
 WORKDIR /app
 # Code and assets stay owned by root: the server process can read but not change them.
@@ -75,6 +77,9 @@ COPY --from=frontend /src/frontend/dist/ /app/frontend/dist/
 COPY --from=builder /opt/venv /opt/venv
 
 USER 10001:10001
+# The worklist's SQLite file (unless DATABASE_URL names a PostgreSQL server): the one thing
+# the server writes, on a volume of its own (the rest of the container is read-only).
+VOLUME ["/data"]
 EXPOSE 8000
 
 # /ready is 200 only once the model is loaded and warmed up (503 before). No curl in slim.

@@ -108,6 +108,17 @@ class DicomFacts:
 
 
 @dataclass(frozen=True)
+class SeriesIdentity:
+    """Which study and series a slice belongs to, and the scanner that made it: what the
+    worklist records of a saved upload (UIDs and scanner only; never a patient identifier)."""
+
+    study_uid: str | None
+    series_uid: str | None
+    manufacturer: str | None
+    manufacturer_model: str | None
+
+
+@dataclass(frozen=True)
 class DicomImage:
     """One decoded frame: HU (``is_hu``) or display values, and how to show them."""
 
@@ -447,6 +458,18 @@ def read_facts(data: bytes) -> DicomFacts:
         return _facts(dataset, modality)
     except Exception as exc:  # defensive: facts never fail a request
         raise ImageDecodeError(f"the DICOM header could not be read: {_short(exc)}") from exc
+
+
+def read_series_identity(data: bytes) -> SeriesIdentity:
+    """DICOM bytes -> :class:`SeriesIdentity` (absent or unreadable values: None). Raises
+    ImageDecodeError only for an unreadable header."""
+    dataset = _open(data, stop_before_pixels=True)
+    return SeriesIdentity(
+        study_uid=_text(dataset, "StudyInstanceUID", 64),
+        series_uid=_text(dataset, "SeriesInstanceUID", 64),
+        manufacturer=_text(dataset, "Manufacturer", 64),
+        manufacturer_model=_text(dataset, "ManufacturerModelName", 64),
+    )
 
 
 def read_geometry(data: bytes) -> SliceGeometry:

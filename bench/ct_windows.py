@@ -102,6 +102,11 @@ def renders(
     return out, dicoms
 
 
+def _why(reason: str) -> str:
+    """The kind of a reason (``WindowEstimate.reason`` is ``"kind: details"``)."""
+    return reason.split(":")[0]
+
+
 def _pct(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q):.0f}" if values else "-"
 
@@ -136,40 +141,52 @@ def main() -> None:
             row["dl"].append(abs(estimate.level - item.truth[0]))
             row["dw"].append(abs(estimate.width / item.truth[1] - 1.0) * 100)
         row["rec"].append(estimate.recoverable)
+        if not estimate.recoverable:
+            row["why"].append(_why(estimate.reason))
         if core is not None:
             verdict = core.verdict(item.data).result
             row["ood"].append(verdict == RESULT_OUT_OF_DISTRIBUTION)
-            if estimate.recoverable or estimate.matches(*bundle.window):
-                row["agree"].append(verdict == truth_verdict[item.source])
+            same = verdict == truth_verdict[item.source]
+            row["agree_all"].append(same)
+            if estimate.recoverable:
+                row["agree"].append(same)
     print(f"{len(dicoms)} CT frames x {len(windows)} windows x {len(ENCODINGS)} encodings")
     print(
         "| window | renders | estimated | level error HU (median / p90) | width error % "
-        "(median / p90) | recoverable | Not a CT slice | verdict = DICOM's (recoverable) |"
+        "(median / p90) | recoverable | Not a CT slice | verdict = DICOM's: recoverable "
+        "| verdict = DICOM's: all |"
     )
-    print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for window, row in rows.items():
         n = len(row["n"])
         ood = f"{sum(row['ood'])}/{n}" if core else "-"
         agree = f"{sum(row['agree'])}/{len(row['agree'])}" if core and row["agree"] else "-"
+        agree_all = f"{sum(row['agree_all'])}/{n}" if core else "-"
         print(
             f"| {window} | {n} | {len(row['dl'])} | {_pct(row['dl'], 50)} / {_pct(row['dl'], 90)}"
             f" | {_pct(row['dw'], 50)} / {_pct(row['dw'], 90)} | {sum(row['rec'])}/{n} | {ood}"
-            f" | {agree} |"
+            f" | {agree} | {agree_all} |"
         )
+    print("\nWhy not recoverable (renders per reason):")
+    for window, row in rows.items():
+        print(f"- {window}: " + "; ".join(f"{k} ({v})" for k, v in Counter(row["why"]).items()))
     if core is not None:
         print("DICOM-path verdicts:", dict(Counter(truth_verdict.values())))
         other = sorted(OTHER_WINDOW.glob("*.png"))
         if other:
             verdicts: Counter[str] = Counter()
+            reasons: Counter[str] = Counter()
             recoverable = 0
             for path in other:
                 gray = decode(path.read_bytes(), None)
                 assert isinstance(gray, np.ndarray)
-                recoverable += estimate_window(gray).recoverable
+                estimate = estimate_window(gray)
+                recoverable += estimate.recoverable
+                reasons[_why(estimate.reason)] += 1
                 verdicts[core.verdict(path.read_bytes()).result] += 1
             print(
                 f"ct-other-window: {len(other)} slices, {recoverable} recoverable, "
-                f"verdicts {dict(verdicts)}"
+                f"verdicts {dict(verdicts)}, estimates {dict(reasons)}"
             )
     if args.kaggle:
         files = sorted(SHARED_DATA_DIR.rglob("*.png"))[:: args.kaggle]

@@ -51,10 +51,6 @@ MIN_PEAK_SHARE = 0.01
 # Fat holds at least this share (subcutaneous fat of a neck slice): smaller peaks below soft
 # tissue are air-tissue boundaries.
 MIN_FAT_SHARE = 0.03
-# The most pixel noise a CT slice has inside soft tissue (HU, about one standard deviation):
-# a window that implies more has mistaken two close tissues (CSF and brain in a brain
-# window) for fat and soft tissue.
-MAX_NOISE_HU = 40.0
 # An estimate below this confidence is not used to re-window anything.
 MIN_CONFIDENCE = 0.5
 # A window that shows fat and soft tissue leaves the body unsaturated: past this share of
@@ -68,7 +64,9 @@ SAME_LEVEL_SHARE, SAME_WIDTH_RATIO = 0.15, 1.5
 @dataclass(frozen=True)
 class WindowEstimate:
     """The window (level, width in HU) a slice was rendered with, how sure, and whether it
-    can be brought into the target window; ``reason`` says why not (or what was found)."""
+    can be brought into the target window; ``reason`` says why not (or what was found), as
+    ``"kind: details"`` (kinds: recoverable, too narrow, no landmarks, unclear, fat black,
+    soft tissue white, too wide)."""
 
     level: float | None
     width: float | None
@@ -165,27 +163,15 @@ def _air_agrees(hist: np.ndarray, level: float, width: float, total: float) -> b
     return float(hist[a:b].sum()) / total >= MIN_PEAK_SHARE
 
 
-def _tissue_noise(gray: np.ndarray, tissue: _Peak) -> float:
-    """Pixel noise inside soft tissue, in grey levels (about one standard deviation): the
-    median difference of horizontal neighbours that both lie in the tissue peak."""
-    reach = 3.0 * tissue.sigma
-    inside = np.abs(gray.astype(np.float32) - tissue.grey) <= reach
-    pairs = inside[:, 1:] & inside[:, :-1]
-    if pairs.sum() < 100:
-        return 0.0
-    diff = np.abs(np.diff(gray.astype(np.float32), axis=1))[pairs]
-    return float(np.median(diff)) / 0.954
-
-
 def _recoverable(level: float, width: float) -> tuple[bool, str]:
     low, high = level - width / 2, level + width / 2
     if low > FAT_HU - TISSUE_SPREAD_HU:
-        return False, f"fat (about {FAT_HU:.0f} HU) is black in this window (from {low:.0f} HU)"
+        return False, f"fat black: fat (about {FAT_HU:.0f} HU) is black from {low:.0f} HU down"
     if high < SOFT_TISSUE_HU + TISSUE_SPREAD_HU:
-        return False, f"soft tissue (about {SOFT_TISSUE_HU:.0f} HU) is white (up to {high:.0f})"
+        return False, f"soft tissue white: all is white from {high:.0f} HU up"
     if width / 255.0 > MAX_HU_PER_GREY:
-        return False, f"the window is too wide (W {width:.0f}): too few grey levels remain"
-    return True, "fat and soft tissue visible"
+        return False, f"too wide: W {width:.0f} leaves too few grey levels"
+    return True, "recoverable: fat and soft tissue visible"
 
 
 def estimate_window(gray: np.ndarray) -> WindowEstimate:
@@ -204,7 +190,7 @@ def estimate_window(gray: np.ndarray) -> WindowEstimate:
         share = 1.0 - total / hist.sum()
         return WindowEstimate(
             None, None, 0.0, False,
-            f"{share:.0%} of the pixels are black or white: the window is too narrow",
+            f"too narrow: {share:.0%} of the pixels are black or white",
         )  # fmt: skip
     peaks = _peaks(inner, total)
     best: tuple[float, float, float, _Peak, _Peak] | None = None
@@ -218,8 +204,6 @@ def estimate_window(gray: np.ndarray) -> WindowEstimate:
             level = FAT_HU - (fat.grey / 255.0 - 0.5) * width
             if not _air_agrees(hist, level, width, total):
                 continue
-            if _tissue_noise(gray, tissue) * width / 255.0 > MAX_NOISE_HU:
-                continue
             depth = _valley_depth(inner, fat, tissue)
             if depth < MIN_VALLEY_DEPTH:
                 continue
@@ -229,14 +213,14 @@ def estimate_window(gray: np.ndarray) -> WindowEstimate:
                 best = (score, level, width, fat, tissue)
     if best is None:
         reason = (
-            "no separate fat and soft-tissue peaks: fat or soft tissue is saturated (a "
-            "narrow window) or the slice shows too little fat to read the window from"
+            "no landmarks: no separate fat and soft-tissue peaks (one is saturated, or the "
+            "slice shows too little fat to read the window from)"
         )
         return WindowEstimate(None, None, 0.0, False, reason)
     score, level, width, fat, tissue = best
     ok, why = _recoverable(level, width)
     if score < MIN_CONFIDENCE:
-        ok, why = False, f"the landmarks are unclear (confidence {score:.2f})"
+        ok, why = False, f"unclear: the landmarks are faint (confidence {score:.2f})"
     return WindowEstimate(level, width, score, ok, why, fat.grey, tissue.grey)
 
 

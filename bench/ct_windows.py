@@ -7,9 +7,10 @@ compared with the window it was rendered with. With ``--verdicts`` the default b
 judges every render and its DICOM, and the unlabelled slices of ``ct-other-window`` (never
 used to choose a constant: those come from physics and from these renders); with
 ``--kaggle N`` every N-th slice of the Kaggle archive checks that images already in the
-bundle's window pass through untouched.
+bundle's window pass through untouched; with ``--negatives N`` the product's non-CT
+negatives (N seeds) check that those it re-windows are still refused.
 
-    python -m bench.ct_windows [--verdicts] [--kaggle 10]
+    python -m bench.ct_windows [--verdicts] [--kaggle 10] [--negatives 2]
 """
 
 from __future__ import annotations
@@ -111,10 +112,36 @@ def _pct(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q):.0f}" if values else "-"
 
 
+def _negatives(bundle_dir: Path, seeds: int) -> None:
+    """The product's synthetic and other-modality negatives (``data/negatives.generate``):
+    how many the window estimate re-windows, and whether the CT gate still refuses those."""
+    from ml_model.data.negatives import generate
+    from ml_model.inference.core import InferenceCore
+
+    core = InferenceCore(bundle_dir)
+    total, changed, refused = 0, Counter[str](), Counter[str]()
+    for seed in range(seeds):
+        for negative in generate(per_kind=60, seed=seed):
+            total += 1
+            out, _ = bring_to_window(negative.gray, *core.bundle.window)
+            if out is negative.gray:
+                continue
+            changed[negative.kind] += 1
+            verdict = core.classify(core.model_input(out))[0]
+            refused[negative.kind] += verdict.result == RESULT_OUT_OF_DISTRIBUTION
+    print(
+        f"negatives: {total} images, {sum(changed.values())} re-windowed, of which "
+        f"{sum(refused.values())} still 'Not a CT slice'; per kind {dict(changed)}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--verdicts", action="store_true", help="judge renders with the bundle")
     parser.add_argument("--kaggle", type=int, default=0, help="check every N-th Kaggle slice")
+    parser.add_argument(
+        "--negatives", type=int, default=0, help="re-windowed non-CT images over N seeds"
+    )
     parser.add_argument("--bundle", type=Path, default=DEFAULT_MODEL_DIR)
     args = parser.parse_args()
     bundle = Bundle.load(args.bundle)
@@ -188,6 +215,8 @@ def main() -> None:
                 f"ct-other-window: {len(other)} slices, {recoverable} recoverable, "
                 f"verdicts {dict(verdicts)}, estimates {dict(reasons)}"
             )
+    if args.negatives:
+        _negatives(args.bundle, args.negatives)
     if args.kaggle:
         files = sorted(SHARED_DATA_DIR.rglob("*.png"))[:: args.kaggle]
         changed, worst = 0, 0

@@ -18,7 +18,10 @@ saturates fat to black and bone to white: nothing brings them back. Re-windowing
 saturated pixel saturated (black stays black: air; white stays white: bone).
 
 Every constant here is physics (tissue HU) or was chosen on renders of real CT DICOMs whose
-window is known (``bench/ct_windows.py``), never on unlabelled images.
+window is known (``bench/ct_windows.py``; the identity tolerance also on the Kaggle
+archive, the bundle's own training images), never on unlabelled images. What it does and
+misses is measured in ``docs/ct-windows.md``: it needs a separate fat peak, which slices
+with little fat (the skull base) and wide bone windows do not show.
 Pure numpy: no model, no TensorFlow.
 """
 
@@ -57,7 +60,8 @@ MIN_CONFIDENCE = 0.5
 # black and white pixels together the window is narrower than fat..soft tissue.
 MAX_SATURATED_SHARE = 0.65
 # "Already in the target window": level within this share of the target's width, width
-# within this ratio. Inside it the slice is passed through untouched (identity).
+# within this ratio. Inside it the slice is passed through untouched (identity). The
+# archive's sharpened copies read as W 280-300 at the right level: hence 1.5, not less.
 SAME_LEVEL_SHARE, SAME_WIDTH_RATIO = 0.15, 1.5
 
 

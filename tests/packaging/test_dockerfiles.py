@@ -177,26 +177,26 @@ def test_backend_image_serves_without_tensorflow(backend):
     assert re.search(r"^tensorflow-cpu==\d", train, re.M) and re.search(r"^keras==\d", train, re.M)
 
 
-def test_make_run_installs_the_runtime_pins_only():
-    """`make run` and `make serve` set up the venv from requirements.txt; `make test` (lint,
-    test-python) from requirements-dev.txt."""
+def _pip_requirements(target: str) -> list[str]:
+    """The requirement files `make TARGET` installs into a fresh venv (a dry run)."""
     dry = subprocess.run(
-        ["make", "-n", "-B", "run", "VENV=/nonexistent-venv"],
+        ["make", "-n", "-B", target, "VENV=/nonexistent-venv"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    installs = [line for line in dry.splitlines() if "pip install" in line and " -r " in line]
-    assert installs and all(line.endswith("-r requirements.txt") for line in installs), installs
-    dev = subprocess.run(
-        ["make", "-n", "-B", "lint", "VENV=/nonexistent-venv"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "-r requirements-dev.txt" in dev
+    return re.findall(r"pip install .*-r (\S+)", dry)
+
+
+@pytest.mark.parametrize(
+    ("target", "wanted"),
+    [("run", "requirements.txt"), ("serve", "requirements.txt"), ("lint", "requirements-dev.txt")],
+)
+def test_make_run_installs_the_runtime_pins_only(target: str, wanted: str):
+    """`make run` and `make serve` set up the venv from requirements.txt alone; `make test`
+    (lint, test-python) from requirements-dev.txt."""
+    assert _pip_requirements(target) == [wanted]
 
 
 def test_backend_runtime_contract(backend):

@@ -20,7 +20,7 @@ help:
 	@echo "make serve      start only the API (PORT=NNNN)"
 	@echo "make bench      run the benchmark suite (not part of make test)"
 	@echo "make lint       ruff + mypy"
-	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm)"
+	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm) + samples/local/ (real neck slices, with ../shared/data)"
 	@echo "make train-rsna RSNA=<folder> OUT=<bundle> [EPOCHS=n]  the RSNA 2022 study model"
 	@echo "make pacs       a local development Orthanc (PACS) on loopback"
 	@echo "make docker-up-scale  REPLICAS=N API containers behind nginx (Docker, profile scale)"
@@ -101,8 +101,9 @@ environment:
 formats: venv
 	$(PY) scripts/gen_formats.py
 
-# The README's curl samples: pydicom's MIT-licensed CT_small.dcm, a PNG of it, a zip (committed).
-samples: venv
+# The README's curl samples: pydicom's MIT-licensed CT_small.dcm, a PNG of it, a zip (committed);
+# with the shared data beside the checkout, a real neck slice per class in samples/local/ (ignored).
+samples: venv-runtime
 	$(PY) scripts/make_samples.py
 
 # ---- PACS (pacs/): a development Orthanc (Debian's orthanc + orthanc-dicomweb) and the worker

@@ -534,10 +534,11 @@ async function scenario(page, base, photo) {
     await page.getByTestId("analyse-button").click();
     const photoCard = card(photo.name);
     await photoCard.getByTestId("result-label").filter({ hasText: "Not a CT slice" }).waitFor({ timeout: UI_TIMEOUT });
-    await photoCard
-      .getByText("This image does not look like an axial CT slice, so no fracture call was made.")
-      .waitFor();
-    await photoCard.getByTestId("unused-score").filter({ hasText: "not used" }).waitFor();
+    await photoCard.getByText(/does not look like an axial CT slice of the neck/).waitFor();
+    await photoCard.getByTestId("refusal-advice").filter({ hasText: "Send the axial neck slice itself" }).waitFor();
+    const refusedText = await photoCard.innerText();
+    assert(!/\d+\s?%/.test(refusedText), `a refused slice shows no score: ${refusedText}`);
+    assert(!/margin|distribution/i.test(refusedText), "no CT-gate number or jargon on a refused slice");
     assert((await photoCard.getByRole("meter").count()) === 0, "no probability bar as a verdict for a refused image");
     assert((await photoCard.getByRole("switch").count()) === 0, "no heatmap switch for a refused image");
     await page.getByTestId("count-refused").filter({ hasText: "1 not a CT slice" }).waitFor();
@@ -584,12 +585,16 @@ async function scenario(page, base, photo) {
     }
     const cardText = await dicomCard.innerText();
     assert(!/CompressedSamples|1CT1/.test(cardText), "no patient field of the DICOM on the card");
+    // The first preview is in the model's window (the server's default), and says so.
+    await dicomCard.getByTestId("preview-window").filter({ hasText: "model's window" }).waitFor();
+    await dicomCard.getByRole("radio", { name: "Model's window" }).and(page.locator(":checked")).waitFor();
     const [soft] = await Promise.all([
       page.waitForRequest((r) => new URL(r.url()).searchParams.get("preview_window") === "soft_tissue"),
       dicomCard.getByRole("radio", { name: "Soft tissue" }).check(),
     ]);
     assert(new URL(soft.url()).pathname === "/predict", "the window switch asks /predict again");
     await dicomCard.getByRole("radio", { name: "Soft tissue" }).and(page.locator(":checked")).waitFor();
+    await dicomCard.getByTestId("preview-window").filter({ hasText: "soft-tissue window" }).waitFor();
     await img.waitFor();
     await page.screenshot({ path: join(OUT, "2c-dicom.png"), fullPage: true });
     ok(`${dicom.name}: "${dicomApi.result}", shown as the server's preview image, soft-tissue window asked; screenshot 2c-dicom.png`);

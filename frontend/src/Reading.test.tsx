@@ -76,7 +76,10 @@ describe("DICOM", () => {
     expect(image).toHaveAttribute("src", `data:image/png;base64,${PNG_B64}`);
     expect(within(card).getByText("Slice thickness").nextSibling).toHaveTextContent("5 mm");
     expect(within(card).getByText("Modality").nextSibling).toHaveTextContent("CT");
-    expect(within(card).getByRole("radio", { name: "Bone" })).toBeChecked();
+    // The first preview is the server's default window, the model's: it says so, and that preset is checked.
+    expect(within(card).getByTestId("preview-window")).toHaveTextContent("model's window");
+    expect(within(card).getByRole("radio", { name: "Model's window" })).toBeChecked();
+    expect(within(card).getByRole("radio", { name: "Bone" })).not.toBeChecked();
 
     await user.click(within(card).getByRole("radio", { name: "Soft tissue" }));
     await waitFor(() =>
@@ -88,6 +91,12 @@ describe("DICOM", () => {
     const windows = fetchMock.mock.calls.map(([u]) => String(u)).filter((u) => u.startsWith("/predict?"));
     expect(windows.at(-1)).toBe("/predict?explain=false&operating_point=sensitive&preview_window=soft_tissue");
     expect(within(card).getByRole("radio", { name: "Soft tissue" })).toBeChecked();
+    expect(within(card).getByTestId("preview-window")).toHaveTextContent("soft-tissue window");
+
+    await user.click(within(card).getByRole("radio", { name: "Bone" }));
+    await waitFor(() => expect(within(card).getByTestId("preview-window")).toHaveTextContent("bone window"));
+    const asked = fetchMock.mock.calls.map(([u]) => String(u)).filter((u) => u.startsWith("/predict?"));
+    expect(asked.at(-1)).toBe("/predict?explain=false&operating_point=sensitive&preview_window=bone");
   });
 
   it("keeps the placeholder, and offers the image, when the answer has no preview", async () => {
@@ -98,7 +107,9 @@ describe("DICOM", () => {
     const card = screen.getByRole("article", { name: "IM0001.dcm" });
     await within(card).findByText("Normal");
     expect(within(card).queryByRole("img", { name: /preview of/i })).not.toBeInTheDocument();
-    expect(within(card).getByText(/the server decodes DICOM/i)).toBeInTheDocument();
+    // Analysed: the placeholder no longer promises the image "once it is analysed".
+    expect(within(card).queryByText(/once it is analysed/i)).not.toBeInTheDocument();
+    expect(within(card).getByText(/choose a window below to show the image/i)).toBeInTheDocument();
     await user.click(within(card).getByRole("button", { name: "Show image" }));
     expect(await within(card).findByRole("alert")).toHaveTextContent(/sent no image/);
   });

@@ -449,6 +449,39 @@ def read_facts(data: bytes) -> DicomFacts:
         raise ImageDecodeError(f"the DICOM header could not be read: {_short(exc)}") from exc
 
 
+@dataclass(frozen=True)
+class ExamIdentifiers:
+    """What ties a printed report to its exam in the PACS: the study and series instance UIDs,
+    the accession number and the study date (YYYY-MM-DD). Never the patient's name, ID or
+    birth date. Each is None when the header lacks it."""
+
+    study_uid: str | None
+    series_uid: str | None
+    accession_number: str | None
+    study_date: str | None
+
+
+def read_exam_identifiers(data: bytes) -> ExamIdentifiers | None:
+    """The exam identifiers of DICOM bytes (header only); None when ``data`` is not a
+    readable DICOM file or holds none of them."""
+    if not is_dicom(data):
+        return None
+    try:
+        dataset = _open(data, stop_before_pixels=True)
+    except ImageDecodeError:
+        return None
+    date = _text(dataset, "StudyDate", 8)
+    found = ExamIdentifiers(
+        study_uid=_text(dataset, "StudyInstanceUID"),
+        series_uid=_text(dataset, "SeriesInstanceUID"),
+        accession_number=_text(dataset, "AccessionNumber", 16),
+        study_date=f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        if date and re.fullmatch(r"\d{8}", date)
+        else date,
+    )
+    return found if any(vars(found).values()) else None
+
+
 def read_geometry(data: bytes) -> SliceGeometry:
     """DICOM bytes -> where the slice (each frame of a multi-frame file) lies. Unusable
     values are left out and described; raises ImageDecodeError only for an unreadable

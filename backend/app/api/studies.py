@@ -25,6 +25,7 @@ from backend.app.schemas import (
 )
 from backend.app.services.imaging import heatmap_base64
 from backend.app.services.study_upload import collect_uploads
+from ml_model.imaging.dicom import ExamIdentifiers, read_exam_identifiers
 from ml_model.imaging.formats import image_format_names
 from ml_model.inference.core import InferenceCore
 
@@ -43,9 +44,11 @@ def analyse_study(
     metrics: AppMetrics,
     operating_point: OperatingPoint,
     explain: bool,
-) -> StudyResponse:
+    identifiers: bool = False,
+) -> tuple[StudyResponse, ExamIdentifiers | None]:
     """One series -> one :class:`StudyResponse` (with ``explain``, Grad-CAM heatmaps of the
-    top slices); counts the study's result."""
+    top slices); counts the study's result. With ``identifiers``, also the exam identifiers
+    of the series' first slice (for the report; never part of the JSON answer)."""
     start = time.perf_counter()
     collected = collect_uploads(files, settings)
     study = core.study(collected.slices, operating_point.value)
@@ -85,7 +88,9 @@ def analyse_study(
         )
     errors = [StudyFileError(name=name, error=error) for name, error in collected.errors]
     errors += [StudyFileError(name=name, error=error) for name, error in study.errors]
-    return StudyResponse(
+    first = study.sources[0].data if study.sources else b""
+    exam = read_exam_identifiers(first) if identifiers else None
+    answer = StudyResponse(
         result=study.result,
         prediction=study.probability,
         threshold=study.threshold,
@@ -102,3 +107,4 @@ def analyse_study(
         model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
     )
+    return answer, exam

@@ -186,6 +186,13 @@ class Settings(BaseSettings):
         "Bearer <token>` (else 401); /health, /ready, the docs and the web app stay open. "
         "Empty: no authentication.",
     )
+    report_identifiers: bool = Field(
+        default=True,
+        description="Print the exam's study and series instance UIDs, accession number and "
+        "study date on /report's PDF when the DICOM headers hold them, so a printed report can "
+        "be tied to its exam (never the patient's name, ID or birth date). Off: the report "
+        "holds no identifier at all.",
+    )
     load_model_in_background: bool = Field(
         default=True,
         description="Open the port at once and load the model behind it (/health 200, /ready "

@@ -65,4 +65,4 @@ def predict_study_route(
     neighbours as channels (2.5D), and its study head reads every slice's features head to
     foot: `prediction` is then its P(fracture), and `vertebrae` holds P(fracture) of each of
     C1-C7 (null for a slice bundle)."""
-    return analyse_study(files, core, settings, metrics, operating_point, explain)
+    return analyse_study(files, core, settings, metrics, operating_point, explain)[0]

@@ -847,6 +847,8 @@ async function historyScenario(page, sliceName, study) {
   const studyPanel = page.getByRole("tabpanel", { name: "Study (whole series)" });
   await studyPanel.getByTestId("study-result").filter({ hasText: study.studyResult }).waitFor();
   await studyPanel.getByTestId("study-chart").waitFor();
+  // Slices analysed together are one group (collapsed): open the groups to reach them.
+  for (const group of await history.getByTestId("history-group").all()) await group.locator("summary").click();
   await history.getByRole("button", { name: `Open ${sliceName} (slice)` }).first().click();
   const reopened = page.getByRole("article", { name: sliceName });
   await reopened.getByTestId("result-label").waitFor();

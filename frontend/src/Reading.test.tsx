@@ -301,6 +301,36 @@ describe("study reader", () => {
 });
 
 describe("history", () => {
+  it("keeps one entry per file content, and the slices of one run as one group", async () => {
+    const factory = new IDBFactory();
+    const file = (name: string, n: number) => new File([new Uint8Array([137, 80, 78, 71, n])], name, { type: "image/png" });
+    mockApi({
+      predict: () => json(prediction(0.9)),
+      batch: () => json({ results: [1, 2, 3].map((n) => ({ filename: `${n}.dcm`, ...prediction(0.1 * n) })) }),
+    });
+    const user = setup();
+    await ready({ history: new HistoryStore(factory), analyseOnDrop: true });
+    await user.upload(screen.getByLabelText(/choose files/i), file("c5.png", 9));
+    await screen.findByText("Potentially Fracture");
+    await waitFor(() => expect(screen.getAllByTestId("history-entry")).toHaveLength(1));
+    // The same content again, under another name: still one entry.
+    await user.upload(screen.getByLabelText(/choose files/i), file("c5 copy.png", 9));
+    await waitFor(() => expect(screen.getAllByTestId("slice-card")).toHaveLength(2));
+    await waitFor(() => expect(screen.getAllByTestId("slice-result")).toHaveLength(2));
+    await act(async () => {
+      expect(await new HistoryStore(factory).list()).toHaveLength(1);
+    });
+    // Three files analysed together: one group of three.
+    await user.upload(screen.getByLabelText(/choose files/i), [1, 2, 3].map((n) => file(`${n}.dcm`, n)));
+    const group = await screen.findByTestId("history-group");
+    expect(group).toHaveTextContent("3 slices analysed together");
+    expect(within(group).getAllByTestId("history-entry")).toHaveLength(3);
+    await act(async () => {
+      expect(await new HistoryStore(factory).list()).toHaveLength(4);
+    });
+  });
+
+
   it("reopens the last results after a reload, and clears them", async () => {
     const factory = new IDBFactory();
     mockApi({ predict: () => json(prediction(0.9)), study: () => json(studyAnswer([0.1, 0.9, 0.2])) });

@@ -28,6 +28,8 @@ const FRONTEND = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = resolve(FRONTEND, "..");
 const DIST = join(FRONTEND, "dist");
 const OUT = join(ROOT, "test-output", "frontend-e2e");
+// The README's picture, taken here from the running product (only with real CT slices).
+const README_SCREENSHOT = join(ROOT, "docs", "screenshot.png");
 const CT_DIR = process.env.E2E_CT_DIR ?? join(ROOT, "..", "shared", "data", "cervical-ct", "train");
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const PYTHON = process.env.PYTHON ?? join(ROOT, ".venv", "bin", "python");
@@ -366,6 +368,24 @@ async function scenario(page, base, photo) {
   await panel.getByTestId("model-card-name").filter({ hasText: modelCard.name }).waitFor();
   await panel.getByText(/decision support, not a diagnosis/i).waitFor();
   ok(`model panel shows ${modelCard.name} ${modelCard.version ?? ""}`);
+  if (modelCard.test) {
+    await panel.getByTestId("test-split-row").filter({ hasText: "Not a new patient" }).waitFor();
+    ok("the card's test split sits apart from the new patients, labelled as such");
+  }
+  // The full card: a dialog that scrolls inside the viewport, not a page-long panel.
+  await panel.getByRole("button", { name: "The full model card" }).click();
+  const cardDialog = page.getByTestId("full-card-dialog");
+  const body = cardDialog.getByTestId("full-card-body");
+  await body.waitFor();
+  const fit = await cardDialog.evaluate((d) => ({
+    height: d.getBoundingClientRect().height,
+    viewport: window.innerHeight,
+    scrolls: d.querySelector(".card-dialog__body").scrollHeight > d.querySelector(".card-dialog__body").clientHeight,
+  }));
+  assert(fit.height <= fit.viewport && fit.scrolls, `the full card scrolls inside the viewport: ${JSON.stringify(fit)}`);
+  await cardDialog.getByRole("button", { name: "Close the model card" }).click();
+  await body.waitFor({ state: "hidden" });
+  ok(`full model card in a dialog (${Math.round(fit.height)} px of ${fit.viewport}), scrolling inside, closed`);
   await page.screenshot({ path: join(OUT, "0-start.png"), fullPage: true });
 
   // 1. One real slice, analysed as soon as it is added (the default): label, probability bar
@@ -422,8 +442,30 @@ async function scenario(page, base, photo) {
   const decoded = await heat.evaluate((img) => img.decode().then(() => img.naturalWidth));
   assert(decoded > 0, "heatmap PNG decodes in the browser");
   assert((await toggle.getAttribute("aria-checked")) === "true", "switch is on");
+  // Drawn only where the model looked: a corner of the slice stays grey (no colour).
+  const corner = await heat.evaluate((img) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    return Array.from(context.getImageData(2, 2, 1, 1).data.slice(0, 3));
+  });
+  assert(corner[0] === corner[1] && corner[1] === corner[2], `no heat outside the crop: corner ${corner}`);
   await page.screenshot({ path: join(OUT, "1-result-heatmap.png"), fullPage: true });
-  ok(`heatmap overlay shown (${decoded}px wide); screenshot 1-result-heatmap.png`);
+  ok(`heatmap overlay shown (${decoded}px wide), grey outside the crop; screenshot 1-result-heatmap.png`);
+  if (slices.real) {
+    // From the page's top (header, model panel) down to the end of this card.
+    await page.evaluate(() => window.scrollTo(0, 0));
+    const box = await first.boundingBox();
+    const width = page.viewportSize().width;
+    await page.screenshot({
+      path: README_SCREENSHOT,
+      fullPage: true,
+      clip: { x: 0, y: 0, width, height: Math.min(1400, Math.ceil(box.y + box.height + 24)) },
+    });
+    ok(`README picture regenerated from this page: ${README_SCREENSHOT}`);
+  }
   await first.getByRole("button", { name: /^Enlarge/ }).click();
   const viewer = page.getByRole("dialog");
   const overlay = viewer.getByRole("img", { name: /grad-cam heatmap overlaid/i });

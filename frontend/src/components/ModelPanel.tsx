@@ -358,7 +358,7 @@ export function NewPatientTable({ series, test }: { series: Record<string, HeldO
           <tbody data-testid="test-split-row">
             <tr>
               <th scope="colgroup" colSpan={6} className="new-patients__apart">
-                Not a new patient (the model has seen this patient):
+                Not a new patient:
               </th>
             </tr>
             {row([testSplitLabel(test), test])}

@@ -48,7 +48,9 @@ def seen_region(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
     if mask is np.ma.nomask or not mask.any():
         return None
     seen = Image.fromarray(np.where(mask, 0, 255).astype(np.uint8))
-    return np.asarray(seen.resize(size, Image.Resampling.NEAREST)) > 127
+    resized = np.asarray(seen.resize(size, Image.Resampling.NEAREST)) > 127
+    # A sliver of an image can lose the whole region to the resize: then nothing is drawn.
+    return resized
 
 
 def _inset(seen: np.ndarray) -> np.ndarray:
@@ -97,7 +99,9 @@ def overlay_png(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> bytes
     # Weight the colour by the heat so cold regions keep the original slice visible.
     weight = alpha * heat[..., np.newaxis]
     seen = seen_region(cam, (width, height))
-    inset = None if seen is None else _inset(seen)
+    inset = (
+        None if seen is None else _inset(seen) if seen.any() else np.zeros(seen.shape, np.float32)
+    )
     if inset is not None:
         weight = weight * _feather(inset)[..., np.newaxis]
     blended = base * (1 - weight) + coloured * weight

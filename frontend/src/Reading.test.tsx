@@ -330,6 +330,23 @@ describe("history", () => {
     });
   });
 
+  it("keeps one entry for a study analysed again from the same files", async () => {
+    const factory = new IDBFactory();
+    mockApi({ study: () => json(studyAnswer([0.1, 0.9, 0.2])) });
+    const user = setup();
+    await ready({ history: new HistoryStore(factory) });
+    await user.click(screen.getByRole("tab", { name: "Study (whole series)" }));
+    const series = () => [1, 2, 3].map((n) => new File([new Uint8Array([137, 80, n])], `neck (${n}).png`, { type: "image/png" }));
+    await user.upload(screen.getByLabelText(/select files or a \.zip/i), series());
+    await waitFor(() => expect(screen.getAllByTestId("history-entry")).toHaveLength(1));
+    await user.upload(screen.getByLabelText(/select files or a \.zip/i), series());
+    await screen.findByTestId("study-viewer");
+    await act(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(await new HistoryStore(factory).list()).toHaveLength(1);
+    });
+  });
+
 
   it("reopens the last results after a reload, and clears them", async () => {
     const factory = new IDBFactory();

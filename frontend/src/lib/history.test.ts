@@ -6,6 +6,7 @@ import {
   MAX_ENTRIES,
   contentId,
   historyRows,
+  studyContentId,
   newestFirst,
   openHistory,
   overflow,
@@ -86,6 +87,15 @@ describe("one entry per file content, runs grouped", () => {
     expect(await contentId(new File([new Uint8Array([1, 2, 3])], "again.dcm"), "y")).toBe(a);
     expect(await contentId(new File([new Uint8Array([1, 2, 4])], "1.dcm"), "z")).not.toBe(a);
     expect(await contentId(new File([], "kept-without-bytes.png"), "fallback")).toBe("fallback");
+  });
+
+  it("names a study by its files' contents, in any order", async () => {
+    const f = (n: number) => new File([new Uint8Array([n, n, n])], `neck (${n}).png`);
+    const one = await studyContentId([f(1), f(2)], "x");
+    expect(one).toMatch(/^sha256-/);
+    expect(await studyContentId([f(2), f(1)], "y")).toBe(one);
+    expect(await studyContentId([f(1), f(3)], "z")).not.toBe(one);
+    expect(await studyContentId([f(1), new File([], "empty.png")], "fallback")).toBe("fallback");
   });
 
   it("gathers the slices of one run in a group at the place of its newest slice", () => {

@@ -77,6 +77,21 @@ export async function contentId(file: File, fallback: string): Promise<string> {
   }
 }
 
+/**
+ * A study's history id: the SHA-256 of its files' own hashes (sorted, so their order does not
+ * matter): the same series analysed again replaces its entry. `fallback` when a file cannot
+ * be hashed.
+ */
+export async function studyContentId(files: File[], fallback: string): Promise<string> {
+  const ids: string[] = [];
+  for (const file of files) {
+    const id = await contentId(file, "");
+    if (!id) return fallback;
+    ids.push(id);
+  }
+  return contentId(new File([ids.sort().join("\n")], "study"), fallback);
+}
+
 /** A history list as shown: single entries, and the slices of one run gathered in a group
  * (newest first, a group at the place of its newest slice). */
 export type HistoryRow =

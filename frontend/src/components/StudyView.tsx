@@ -95,8 +95,10 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
       if (id !== runId.current) return;
       setStudy(answer);
       setStatus("done");
-      const entry = await entryId.current;
-      if (id === runId.current) onResultRef.current?.({ historyId: entry, label: src.label, study: answer });
+      // Saved once the files' hash is known, without holding up the answer on screen.
+      void entryId.current.then((entry) => {
+        if (id === runId.current) onResultRef.current?.({ historyId: entry, label: src.label, study: answer });
+      });
       // Heatmaps do not depend on the operating point: keep those already fetched.
       setHeatmaps((old) => {
         const next = { ...old };

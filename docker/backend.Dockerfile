@@ -30,12 +30,11 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
-# Runtime pins only; requirements-dev.txt never enters the image. TensorFlow and Keras (for
-# training and INFERENCE_BACKEND=local) are dropped from the copy: INFERENCE_BACKEND=onnx
-# (the default) and tfserving never import them, and the venv is ~1.3 GB smaller.
+# Runtime pins only (requirements.txt: no TensorFlow or Keras, which training and
+# INFERENCE_BACKEND=local need: the training pins); requirements-dev.txt never enters the
+# image. INFERENCE_BACKEND=onnx (the default) and tfserving never import TensorFlow.
 COPY requirements.txt /tmp/requirements.txt
-RUN sed -i -E '/^(tensorflow-cpu|keras)==/d' /tmp/requirements.txt \
-    && ! grep -qiE '^(tensorflow|keras)' /tmp/requirements.txt \
+RUN ! grep -qiE '^(tensorflow|keras)' /tmp/requirements.txt \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 

@@ -28,6 +28,7 @@ from backend.app.schemas import (
 from backend.app.services.imaging import heatmap_base64
 from backend.app.services.study_upload import collect_uploads
 from backend.app.worklist.store import WorklistStore
+from ml_model.imaging.dicom import SeriesIdentity
 from ml_model.imaging.formats import image_format_names
 from ml_model.inference.core import InferenceCore
 
@@ -47,10 +48,13 @@ def analyse_study(
     operating_point: OperatingPoint,
     explain: bool,
     worklist: WorklistStore | None = None,
-) -> StudyResponse:
+    identifiers: bool = False,
+) -> tuple[StudyResponse, SeriesIdentity | None]:
     """One series -> one :class:`StudyResponse` (with ``explain``, Grad-CAM heatmaps of the
     top slices); counts the study's result. With ``worklist``, the study is saved to it
-    (its DICOM UIDs and scanner, when the slices are DICOM) and ``worklist_id`` set."""
+    (its DICOM UIDs and scanner, when the slices are DICOM) and ``worklist_id`` set. With
+    ``identifiers``, also the exam identity of the series' first slice (for the report; never
+    part of the JSON answer)."""
     start = time.perf_counter()
     collected = collect_uploads(files, settings)
     study = core.study(collected.slices, operating_point.value)
@@ -90,6 +94,7 @@ def analyse_study(
         )
     errors = [StudyFileError(name=name, error=error) for name, error in collected.errors]
     errors += [StudyFileError(name=name, error=error) for name, error in study.errors]
+    identity = upload_identity(study.sources) if identifiers or worklist is not None else None
     response = StudyResponse(
         result=study.result,
         prediction=study.probability,
@@ -109,8 +114,6 @@ def analyse_study(
     )
     if worklist is not None:
         summary = StudySummary.model_validate(response.model_dump())
-        entry = study_entry(
-            summary, source="upload", identity=upload_identity(study.sources), settings=settings
-        )
+        entry = study_entry(summary, source="upload", identity=identity, settings=settings)
         response.worklist_id = worklist.record(entry)[0].id
-    return response
+    return response, identity if identifiers else None

@@ -19,8 +19,7 @@ from backend.app.schemas import (
 from backend.app.worklist.models import WorklistStudy
 from backend.app.worklist.monitoring import Monitoring, Performance
 from backend.app.worklist.store import NewStudy, kept_identifiers, utcnow
-from ml_model.imaging.dicom import SeriesIdentity, is_dicom, read_series_identity
-from ml_model.imaging.errors import ImageDecodeError
+from ml_model.imaging.dicom import SeriesIdentity, read_series_identity
 from ml_model.inference.study import OrderedSlice
 
 
@@ -57,12 +56,7 @@ def study_entry(
 def upload_identity(sources: list[OrderedSlice]) -> SeriesIdentity | None:
     """The identity of an uploaded series: its first slice's DICOM header (one series per
     upload), else None (PNG slices carry none)."""
-    if not sources or not is_dicom(sources[0].data):
-        return None
-    try:
-        return read_series_identity(sources[0].data)
-    except ImageDecodeError:
-        return None
+    return read_series_identity(sources[0].data) if sources else None
 
 
 def entry_out(study: WorklistStudy) -> WorklistEntry:

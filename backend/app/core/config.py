@@ -208,6 +208,13 @@ class Settings(BaseSettings):
         "when a caller sends them (`identifiers` of POST /worklist), comma-separated, e.g. "
         "`accession_number`. Empty: none is stored (the others are dropped).",
     )
+    report_identifiers: bool = Field(
+        default=True,
+        description="Print the exam's study and series instance UIDs, accession number and "
+        "study date on /report's PDF when the DICOM headers hold them, so a printed report can "
+        "be tied to its exam (never the patient's name, ID or birth date). Off: the report "
+        "holds no identifier at all.",
+    )
     load_model_in_background: bool = Field(
         default=True,
         description="Open the port at once and load the model behind it (/health 200, /ready "

@@ -74,4 +74,4 @@ def predict_study_route(
     foot: `prediction` is then its P(fracture), and `vertebrae` holds P(fracture) of each of
     C1-C7 (null for a slice bundle)."""
     saved_to = worklist if save else None
-    return analyse_study(files, core, settings, metrics, operating_point, explain, saved_to)
+    return analyse_study(files, core, settings, metrics, operating_point, explain, saved_to)[0]

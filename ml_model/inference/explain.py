@@ -13,6 +13,22 @@ import io
 import numpy as np
 from PIL import Image
 
+# The heat's colours: matplotlib's "jet" (its segments, x -> value per channel) as the
+# 256-entry table matplotlib builds from them, so serving needs no matplotlib (and its
+# config-folder writes). tests/ml_model/test_explain.py checks it against matplotlib's.
+JET_SEGMENTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+JET_ENTRIES = 256
+JET_TABLE = np.stack(
+    [
+        np.interp(np.linspace(0.0, 1.0, JET_ENTRIES), *zip(*JET_SEGMENTS[channel], strict=True))
+        for channel in ("red", "green", "blue")
+    ],
+    axis=-1,
+)
 # The soft edge: the heat fades out over this share of the seen region's shorter side.
 FEATHER_SHARE = 0.12
 # The outline of the seen region: colour (RGB) and opacity over the slice.
@@ -87,14 +103,21 @@ def normalise_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+def jet(values: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] of values in [0, 1] under the "jet" colormap (as matplotlib looks it up:
+    the table entry ``floor(value * 256)``, the last for 1.0)."""
+    index = np.clip((np.asarray(values, np.float64) * JET_ENTRIES).astype(np.int64), 0,
+                    JET_ENTRIES - 1)  # fmt: skip
+    colours: np.ndarray = JET_TABLE[index]
+    return colours
+
+
 def overlay_png(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> bytes:
     """Blend a jet-coloured CAM over a grayscale slice; returns PNG bytes at the slice's size.
     A map from a crop colours only the region the model saw, with a soft edge, outlined."""
-    from matplotlib import colormaps  # on the first heatmap, not at the server's start-up
-
     height, width = gray.shape
     heat = normalise_cam(cam, (width, height))
-    coloured = colormaps["jet"](heat)[..., :3] * 255.0
+    coloured = jet(heat) * 255.0
     base = np.repeat(gray[..., np.newaxis].astype(np.float32), 3, axis=-1)
     # Weight the colour by the heat so cold regions keep the original slice visible.
     weight = alpha * heat[..., np.newaxis]

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from ml_model.inference.explain import normalise_cam, overlay_png, place_cam
+from ml_model.inference.explain import jet, normalise_cam, overlay_png, place_cam
 
 SIZE = 96
 BOX = np.array([0.25, 0.25, 0.75, 0.75])  # normalised [y0, x0, y1, x1]
@@ -49,3 +49,12 @@ def test_a_map_of_the_whole_input_is_blended_everywhere_without_an_outline() -> 
     rgb = overlay(gray, np.ones((SIZE, SIZE), np.float32))
     assert (np.abs(rgb - 100).sum(axis=-1) > 0).all()
     assert rgb[0, 0].tolist() == rgb[SIZE // 2, SIZE // 2].tolist()
+
+
+def test_the_jet_table_is_matplotlibs() -> None:
+    """Serving colours heatmaps without matplotlib: the same colours, value for value."""
+    from matplotlib import colormaps
+
+    values = np.concatenate([np.linspace(0.0, 1.0, 4097), [0.0, 1.0, 0.5, 255.5 / 256]])
+    np.testing.assert_allclose(jet(values), colormaps["jet"](values)[:, :3], atol=1e-9)
+

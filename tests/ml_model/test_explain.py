@@ -57,4 +57,3 @@ def test_the_jet_table_is_matplotlibs() -> None:
 
     values = np.concatenate([np.linspace(0.0, 1.0, 4097), [0.0, 1.0, 0.5, 255.5 / 256]])
     np.testing.assert_allclose(jet(values), colormaps["jet"](values)[:, :3], atol=1e-9)
-

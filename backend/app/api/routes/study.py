@@ -71,7 +71,9 @@ def predict_study_route(
 
     A study bundle (RSNA 2022, model card `study.head`) scores each slice with its
     neighbours as channels (2.5D), and its study head reads every slice's features head to
-    foot: `prediction` is then its P(fracture), and `vertebrae` holds P(fracture) of each of
-    C1-C7 (null for a slice bundle)."""
+    foot: `vertebrae` holds its P(fracture) of each of C1-C7 (null for a slice bundle), and
+    `prediction` is what the card's `study.aggregation` names (`study_head`: the head's
+    P(fracture); `top{k}_mean`: the mean of the k highest slice probabilities, as for a slice
+    bundle), chosen out of fold in training."""
     saved_to = worklist if save else None
     return analyse_study(files, core, settings, metrics, operating_point, explain, saved_to)[0]

@@ -227,6 +227,13 @@ describe("study reader", () => {
     expect(heading(viewer)).toBe("Slice 4 of 7");
   });
 
+  it("says which window the slice image is in", async () => {
+    const { viewer } = await openStudy();
+    await waitFor(() =>
+      expect(within(viewer).getByTestId("viewer-window")).toHaveTextContent(/as the file holds it/i),
+    );
+  });
+
   it("steps with the mouse wheel over the viewer; Ctrl + wheel zooms instead", async () => {
     const { viewer } = await openStudy();
     expect(heading(viewer)).toBe("Slice 4 of 7");

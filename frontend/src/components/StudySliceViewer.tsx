@@ -1,5 +1,5 @@
 import { useEffect, useRef, type Ref } from "react";
-import type { StudySlice } from "../api/types";
+import { PREVIEW_WINDOWS, type StudySlice } from "../api/types";
 import { formatPercent, type PreviewKind } from "../lib/files";
 import { formatPosition } from "../lib/study";
 import { wheelSteps } from "../lib/viewer";
@@ -107,6 +107,13 @@ export function StudySliceViewer({
       : heat?.status === "done" && heat.preview
         ? { src: `data:image/png;base64,${heat.preview}`, alt: `Slice ${slice.name}`, testId: "viewer-image" }
         : null;
+  // Which window the image is in: the browser shows a PNG/JPEG's own greys; a DICOM slice's
+  // image comes from the server with its heatmap, in the model's window (its default).
+  const windowCaption = !base
+    ? null
+    : preview.status === "ready"
+      ? "Shown as the file holds it (the greys it was exported with)"
+      : PREVIEW_WINDOWS.find((w) => w.id === "model")?.caption;
   const overlay =
     heat?.status === "done" && !ood
       ? { src: `data:image/png;base64,${heat.png}`, alt: `Grad-CAM heatmap overlaid on ${slice.name}`, testId: "viewer-heatmap" }
@@ -165,6 +172,11 @@ export function StudySliceViewer({
         />
 
         <div className="sv__facts">
+          {windowCaption ? (
+            <p className="sv__note" data-testid="viewer-window">
+              {windowCaption}
+            </p>
+          ) : null}
           {ood ? (
             <>
               <span className="badge badge--neutral badge--small">Not a CT slice</span>

@@ -29,6 +29,10 @@ export function DropZone({ onFiles, disabled, compact }: Props) {
       }}
       onDragLeave={() => setOver(false)}
       onDrop={onDrop}
+      // Inactive while an analysis runs: dimmed, and said so (so its dimmed text is not
+      // judged as text a user must read).
+      role="group"
+      aria-disabled={disabled ? true : undefined}
       data-testid="drop-zone"
     >
       <svg className="drop__icon" viewBox="0 0 48 48" aria-hidden="true" focusable="false">

@@ -24,7 +24,11 @@ JET_SEGMENTS = {
 JET_ENTRIES = 256
 JET_TABLE = np.stack(
     [
-        np.interp(np.linspace(0.0, 1.0, JET_ENTRIES), *zip(*JET_SEGMENTS[channel], strict=True))
+        np.interp(
+            np.linspace(0.0, 1.0, JET_ENTRIES),
+            [x for x, _ in JET_SEGMENTS[channel]],
+            [value for _, value in JET_SEGMENTS[channel]],
+        )
         for channel in ("red", "green", "blue")
     ],
     axis=-1,

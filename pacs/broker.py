@@ -375,10 +375,10 @@ class Poller(Worker):
         call = message.get("call")
         if call is None:  # a job the broker dead-lettered: delivered too often, no outcome
             deaths = (properties.headers or {}).get("x-death") or [{}]
-            count = deaths[0].get("count", self.settings.delivery_limit)
             reason = (
-                f"dead-lettered by the broker ({deaths[0].get('reason', '?')}): delivered "
-                f"{count} times without an outcome (a worker died on it each time)"
+                f"dead-lettered by the broker ({deaths[0].get('reason', '?')}): delivered over "
+                f"{self.settings.delivery_limit} times without an outcome (a worker died on it "
+                "each time)"
             )
             self.state.fail(series_uid, study_uid, reason, "error")
             log.error("series %s: %s", series_uid, reason)

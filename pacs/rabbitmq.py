@@ -108,6 +108,10 @@ def start_rabbitmq(
         "RABBITMQ_MNESIA_BASE": str(storage / "mnesia"),
         "RABBITMQ_LOG_BASE": str(storage / "log"),
         "RABBITMQ_PID_FILE": str(storage / "rabbitmq.pid"),
+        # Erlang's distribution and port mapper (epmd, which the node starts as a daemon
+        # when none runs, and which outlives it) on loopback too.
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
     }
     log_path = storage / "rabbitmq.out"
     with log_path.open("ab") as log:

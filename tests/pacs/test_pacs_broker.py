@@ -26,9 +26,10 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from pacs.broker import OutcomeRecorder, Topology
+from pacs.broker import OutcomeRecorder, Poller, Topology, publish
 from pacs.orthanc import free_port, start_orthanc
 from pacs.rabbitmq import RabbitServer, start_rabbitmq
+from pacs.settings import WorkerSettings
 from pacs.state import SeriesLog, StateDB
 from tests.pacs.ct_series import base_slices, ct_series
 from tests.pacs.test_pacs_e2e import (
@@ -252,3 +253,57 @@ def test_refused_series_dead_lettered_with_reason(run: Run) -> None:
     assert message["study_uid"] == study_uid and message["call"] == "fail"
     assert headers["x-failure-class"] == "permanent"
     assert "API refused the series" in headers["x-reason"]
+
+
+def test_job_no_worker_survives_is_dead_lettered_after_the_delivery_limit(
+    rabbitmq_installed: None, tmp_path: Path
+) -> None:
+    """A job taken and never acknowledged (its worker dies each time) is delivered
+    ``PACS_DELIVERY_LIMIT`` + 1 times, then the broker moves it to the dead queue; the poller
+    records the series ``failed`` (class error) saying so."""
+    broker = start_rabbitmq(tmp_path / "rabbitmq")
+    settings = WorkerSettings(
+        broker_url=broker.url, broker_queue="poison", delivery_limit=2,
+        state_db=tmp_path / "poller.sqlite3", metrics_port=0,
+    )  # fmt: skip
+    topology = Topology(settings.broker_queue, settings.delivery_limit)
+    job = {"series_uid": "1.2.826.0.1.30.1", "study_uid": "1.2.826.0.1.30", "modality": "CT",
+           "description": "", "instance_count": 3, "attempt": 1, "earlier": None}  # fmt: skip
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        topology.declare(channel)
+        channel.confirm_delivery()
+        publish(channel, job, routing_key=topology.series)
+        connection.close()
+        deliveries = 0
+        for _ in range(6):  # each time: taken, then the connection dies without an ack
+            connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+            method, _, body = connection.channel().basic_get(topology.series, auto_ack=False)
+            connection.close()
+            if method is None:
+                break
+            assert json.loads(body)["series_uid"] == job["series_uid"]
+            deliveries += 1
+        assert deliveries == settings.delivery_limit + 1
+        state = StateDB(settings.state_db, resume=False)
+        poller = Poller(settings, state)
+
+        def recorded() -> object:
+            poller._drain_outcomes()  # what each poll does first
+            return state.get(str(job["series_uid"]))
+
+        try:
+            wait_for("the dead-lettered job at the poller", recorded, timeout=10)
+        finally:
+            poller.close()
+        row = state.get(str(job["series_uid"]))
+        assert row is not None and row.status == "failed" and row.failure_class == "error"
+        assert "delivery_limit" in (row.reason or "") and "over 2 times" in (row.reason or "")
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        method, properties, body = connection.channel().basic_get(topology.dead, auto_ack=True)
+        connection.close()
+        assert method is not None and json.loads(body)["series_uid"] == job["series_uid"]
+        assert properties.headers["x-death"][0]["reason"] == "delivery_limit"
+    finally:
+        broker.stop()

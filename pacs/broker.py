@@ -392,7 +392,11 @@ class Poller(Worker):
     def _due(self, ref: SeriesRef, now: float, own: frozenset[str] = frozenset()) -> bool:
         current = self.state.get(ref.series_uid)
         if current is not None and current.status == "processing":
-            return False  # queued or under way: its outcome comes through the broker
+            waited = now - current.updated_at
+            if waited < self.settings.outcome_timeout_seconds:
+                return False  # queued or under way: its outcome comes through the broker
+            log.warning("series %s: no outcome %.0fs after it was queued: queued again",
+                        ref.series_uid, waited)  # fmt: skip
         return super()._due(ref, now, own)
 
     def _dispatch(self, ref: SeriesRef) -> None:

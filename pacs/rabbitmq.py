@@ -25,7 +25,6 @@ from types import FrameType
 from pacs.orthanc import free_port, wait_until_ready
 
 SERVER_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
-NODE_NAME = "cspine@localhost"  # the same at every start: the data folder is per node name
 
 
 class RabbitUnavailable(RuntimeError):
@@ -98,7 +97,9 @@ def start_rabbitmq(
     env = {
         **os.environ,
         "HOME": str(storage),  # the Erlang cookie
-        "RABBITMQ_NODENAME": NODE_NAME,
+        # One node name per port: unique among the brokers running here, and the same at
+        # each start on that port (the data folder is per node name).
+        "RABBITMQ_NODENAME": f"cspine{port}@localhost",
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
         "RABBITMQ_NODE_PORT": str(port),
         "RABBITMQ_DIST_PORT": str(dist_port),

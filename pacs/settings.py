@@ -112,6 +112,13 @@ class WorkerSettings(BaseSettings):
         description="Deliveries of one queued series without an outcome (a worker dying on it "
         "each time) before the broker dead-letters it.",
     )
+    outcome_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Broker mode: a series queued this long ago with no outcome yet (its job "
+        "lost with the broker's data, or purged) is queued again; a duplicate files nothing "
+        "twice.",
+    )
     metrics_host: str = Field(default="127.0.0.1", description="Prometheus metrics address.")
     metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off."

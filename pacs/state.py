@@ -73,6 +73,7 @@ class SeriesState:
     failure_class: str | None = None
     config: str | None = None
     superseded: str | None = None  # SR instance UIDs this series' current SR replaced
+    updated_at: float = 0.0  # time of the row's last change (e.g. when it was queued)
 
 
 class SeriesLog(Protocol):
@@ -330,4 +331,5 @@ def _row(row: sqlite3.Row) -> SeriesState:
         failure_class=row["failure_class"],
         config=row["config"],
         superseded=row["superseded"],
+        updated_at=row["updated_at"],
     )

@@ -26,7 +26,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from pacs.broker import OutcomeRecorder, Poller, Topology, publish
+from pacs.broker import OutcomeRecorder, Poller, Topology, job_ref, publish
 from pacs.orthanc import free_port, start_orthanc
 from pacs.rabbitmq import RabbitServer, start_rabbitmq
 from pacs.settings import WorkerSettings
@@ -74,13 +74,33 @@ def test_outcomes_replayed_on_the_poller_state_equal_direct_calls(tmp_path: Path
         getattr(replayed, outcome["call"])(
             outcome["series_uid"], outcome["study_uid"], **outcome["kwargs"]
         )
-    strip = {"updated_at"}
+    strip = {"updated_at"}  # when each call ran
 
     def rows(db: StateDB) -> list[dict[str, Any]]:
         return [{k: v for k, v in vars(row).items() if k not in strip} for row in db.all()]
 
     assert [o["call"] for o in outcomes] == ["done", "retry", "block", "fail", "skip"]
     assert sorted(rows(replayed), key=str) == sorted(rows(direct), key=str)
+
+
+def test_poller_queues_again_a_series_without_outcome_past_the_timeout(tmp_path: Path) -> None:
+    """A series ``processing`` (queued) is not queued again while its outcome may still come,
+    and is once ``PACS_OUTCOME_TIMEOUT_SECONDS`` have passed (its job lost with the broker's
+    data, say): nothing stays stuck."""
+    settings = WorkerSettings(
+        broker_url="amqp://guest:guest@127.0.0.1:1/%2F", stable_seconds=0,
+        outcome_timeout_seconds=600, state_db=tmp_path / "poller.sqlite3",
+    )  # fmt: skip
+    state = StateDB(settings.state_db, resume=False)
+    poller = Poller(settings, state)
+    ref = job_ref({"series_uid": "1.2.826.0.1.30.2", "study_uid": "1.2.826.0.1.30",
+                   "modality": "CT", "instance_count": 3})  # fmt: skip
+    now = time.time()
+    assert poller._due(ref, now)
+    state.start(ref.series_uid, ref.study_uid, ref.instance_count)  # what _dispatch records
+    assert not poller._due(ref, now + 1)
+    assert not poller._due(ref, now + 590)
+    assert poller._due(ref, now + 610)
 
 
 @dataclass
@@ -94,6 +114,7 @@ class Run:
     workers: list[WorkerProcess]
     state_db: Path
     topology: Topology
+    srs_at_restart: int = 0  # SRs in the PACS when the broker was stopped
 
     def logs(self) -> str:
         return "\n".join(proc.log() for proc in [self.poller, *self.workers])
@@ -177,6 +198,9 @@ def run(
                 return len(result.client.search_for_series(search_filters={"Modality": "SR"})) >= 3
 
             wait_for("the first SRs", some_done, timeout=DEADLINE_S, every=0.5)
+            result.srs_at_restart = len(
+                result.client.search_for_series(search_filters={"Modality": "SR"})
+            )
             broker.stop()
             time.sleep(2)
             result.broker = start_rabbitmq(tmp / "rabbitmq", broker.port, broker.dist_port)
@@ -223,6 +247,7 @@ def test_every_series_exactly_one_sr_and_heatmap_series(run: Run) -> None:
 def test_killed_worker_and_broker_restart_lose_nothing(run: Run) -> None:
     """The series the killed worker held was delivered again and finished by another; the
     workers and the poller saw the broker go and reconnected."""
+    assert 3 <= run.srs_at_restart < SERIES  # the restart came with series under way
     others = "\n".join(worker.log() for worker in run.workers[1:])
     assert f"series {run.killed_series}: taken (attempt 1, delivered again)" in others
     assert state_rows(run.state_db)[run.killed_series]["status"] == "done"

@@ -16,7 +16,7 @@ RUN python -m venv /opt/venv
 COPY requirements.txt /tmp/requirements.txt
 RUN grep -E '^(numpy|pillow|pydicom|pydantic-settings|prometheus-client|dicomweb-client|highdicom|requests|pika)==' \
         /tmp/requirements.txt > /tmp/requirements-pacs.txt \
-    && test "$(wc -l < /tmp/requirements-pacs.txt)" -eq 8 \
+    && test "$(wc -l < /tmp/requirements-pacs.txt)" -eq 9 \
     && /opt/venv/bin/pip install -r /tmp/requirements-pacs.txt
 
 FROM ${PYTHON_IMAGE} AS runtime

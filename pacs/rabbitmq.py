@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Ctrl-C stops it.", flush=True)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
-        server.stop()
+        if server.process.poll() is None:  # the wait below returns once it has stopped
+            os.killpg(server.process.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -35,7 +35,7 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -211,7 +211,9 @@ class BrokerWorker:
                 log.warning("broker connection lost (%r); reconnecting in %.0fs", exc, delay)
                 self.stop.wait(delay)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        return not wait(self._in_flight, self.settings.stop_grace_seconds).not_done
+        # Attempts still running after the grace period (waited for in _consume) are
+        # abandoned: their jobs were not acknowledged, so the broker delivers them again.
+        return all(future.done() for future in self._in_flight)
 
     def _consume(self) -> None:
         connection = connect(self.url)
@@ -386,7 +388,11 @@ class Poller(Worker):
         if call not in OUTCOME_CALLS:
             log.error("series %s: unknown outcome %r dropped", series_uid, call)
             return
-        getattr(self.state, call)(series_uid, study_uid, **message.get("kwargs", {}))
+        try:
+            getattr(self.state, call)(series_uid, study_uid, **message.get("kwargs", {}))
+        except (TypeError, ValueError) as exc:  # not what a worker of this version sends
+            log.error("series %s: outcome %s dropped (%s): %.300r", series_uid, call, exc, body)
+            return
         log.info("series %s: outcome %s recorded", series_uid, call)
 
     def _due(self, ref: SeriesRef, now: float, own: frozenset[str] = frozenset()) -> bool:

@@ -11,7 +11,7 @@ ARCH ?= efficientnet_lite0
 # The committed default's recipe (its model card's training.argv says the same).
 TRAIN_ARGS ?= --weights imagenet --cache-features --optimizer adam --lr 0.001 --epochs 40 --tflite-float16
 
-.PHONY: help venv test test-python test-frontend lint run serve bench frontend-build e2e clean compare samples \
+.PHONY: help venv venv-runtime test test-python test-frontend lint run serve bench frontend-build e2e clean compare samples \
 	environment formats default-model docker-build docker-up docker-train
 
 help:
@@ -20,7 +20,7 @@ help:
 	@echo "make serve      start only the API (PORT=NNNN)"
 	@echo "make bench      run the benchmark suite (not part of make test)"
 	@echo "make lint       ruff + mypy"
-	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm)"
+	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm) + samples/local/ (real neck slices, with ../shared/data)"
 	@echo "make train-rsna RSNA=<folder> OUT=<bundle> [EPOCHS=n]  the RSNA 2022 study model"
 	@echo "make pacs       a local development Orthanc (PACS) on loopback"
 	@echo "make docker-up-scale  REPLICAS=N API containers behind nginx (Docker, profile scale)"
@@ -28,13 +28,24 @@ help:
 	@echo "make broker     a local development RabbitMQ on loopback (prints BROKER_URL)"
 	@echo "make pacs-poller  queue stable PACS series on the broker (PACS_URL=... BROKER_URL=...)"
 
+# The development set (`make test`, lint, training, benchmarks): requirements-dev.txt, which
+# includes the training pins (TensorFlow) and the runtime ones.
 $(VENV)/.installed: requirements.txt requirements-train.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+# The runtime alone (`make run`, `make serve`, PACS): requirements.txt, no TensorFlow and no dev
+# tools (the README's "Two commands" gives its size and set-up time). A development venv has it.
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
 venv: $(VENV)/.installed
+venv-runtime: $(VENV)/.runtime
 
 lint: venv
 	$(PY) -m ruff check ml_model backend pacs tests bench scripts testing
@@ -54,10 +65,10 @@ test: lint test-python test-frontend
 UVICORN_FLAGS := --http backend.app.core.http:BoundedHttpProtocol --timeout-keep-alive 5 \
 	--timeout-graceful-shutdown 20
 
-run: venv frontend-build
+run: venv-runtime frontend-build
 	MODEL_DIR=$(MODEL_DIR) $(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT) $(UVICORN_FLAGS)
 
-serve: venv
+serve: venv-runtime
 	MODEL_DIR=$(MODEL_DIR) $(PY) -m uvicorn backend.app.main:app --host $(HOST) --port $(PORT) $(UVICORN_FLAGS)
 
 # ---- web app (frontend/): node_modules from package-lock.json, dist rebuilt only when sources change
@@ -92,8 +103,9 @@ environment:
 formats: venv
 	$(PY) scripts/gen_formats.py
 
-# The README's curl samples: pydicom's MIT-licensed CT_small.dcm, a PNG of it, a zip (committed).
-samples: venv
+# The README's curl samples: pydicom's MIT-licensed CT_small.dcm, a PNG of it, a zip (committed);
+# with the shared data beside the checkout, a real neck slice per class in samples/local/ (ignored).
+samples: venv-runtime
 	$(PY) scripts/make_samples.py
 
 # ---- PACS (pacs/): a development Orthanc (Debian's orthanc + orthanc-dicomweb) and the worker
@@ -104,12 +116,12 @@ PACS_DICOM_PORT ?= 4242
 PACS_STORAGE ?=
 
 .PHONY: pacs pacs-worker broker pacs-poller
-pacs: venv
+pacs: venv-runtime
 	$(PY) -m pacs.orthanc --http-port $(PACS_HTTP_PORT) --dicom-port $(PACS_DICOM_PORT) $(if $(PACS_STORAGE),--storage $(PACS_STORAGE))
 
 # With BROKER_URL: one worker of many taking series from the broker (docs/pacs-broker.md);
 # without it: today's single process that polls and processes.
-pacs-worker: venv
+pacs-worker: venv-runtime
 	PACS_URL=$(PACS_URL) API_URL=$(API_URL) $(if $(BROKER_URL),BROKER_URL='$(BROKER_URL)') $(PY) -m pacs
 
 # ---- the PACS pipeline on a broker: a development RabbitMQ (Debian's rabbitmq-server) on
@@ -117,10 +129,10 @@ pacs-worker: venv
 BROKER_PORT ?= 5672
 BROKER_STORAGE ?=
 BROKER_URL ?=
-broker: venv
+broker: venv-runtime
 	$(PY) -m pacs.rabbitmq --port $(BROKER_PORT) $(if $(BROKER_STORAGE),--storage $(BROKER_STORAGE))
 
-pacs-poller: venv
+pacs-poller: venv-runtime
 	PACS_URL=$(PACS_URL) BROKER_URL='$(or $(BROKER_URL),amqp://guest:guest@127.0.0.1:$(BROKER_PORT)/%2F)' $(PY) -m pacs poller
 
 # Trains on $(DATA)/train only (leave-one-series-out inside), scores $(DATA)/val once at the end.

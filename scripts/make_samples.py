@@ -12,8 +12,10 @@
   applies to DICOM), as an 8-bit greyscale PNG.
 - ``samples/series.zip``: a zip of the DICOM, the smallest "series" ``/predict/study`` and
   ``/report`` accept.
-
-Never the Kaggle images: they are not ours to redistribute.
+- ``samples/local/{fracture,normal}/``: only when the shared data set is beside the checkout
+  (``ml_model.config.SHARED_DATA_DIR``), one real neck slice of each class from its ``val/``
+  split to drop on the web app. The folder is git-ignored: the Kaggle images are not ours to
+  redistribute, so they are never committed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from ml_model.config import SHARED_DATA_DIR  # noqa: E402  (a plain script: the repo on the path)
+
 SAMPLES = REPO_ROOT / "samples"
 DEFAULT_CARD = REPO_ROOT / "ml_model" / "models" / "default" / "model_card.json"
 NAMES = ("CT_small.dcm", "CT_small.png", "series.zip")
@@ -78,6 +83,25 @@ def write_samples(folder: Path = SAMPLES, force: bool = False) -> list[Path]:
     return written
 
 
+def copy_local_slices(folder: Path, data: Path = SHARED_DATA_DIR) -> list[Path]:
+    """One un-augmented val slice per class from the shared data into ``folder/local``
+    (nothing when the data is absent). Returns the paths written."""
+    written = []
+    for label in ("fracture", "normal"):
+        originals = sorted(
+            path
+            for path in (data / "val" / label).glob("*.png")
+            if "-rotated" not in path.stem and "-sharpened" not in path.stem
+        )
+        if not originals:
+            continue
+        target = folder / "local" / label / originals[0].name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(originals[0], target)
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--force", action="store_true", help="write every sample again")
@@ -85,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for path in write_samples(args.out, args.force):
         print(f"wrote {path}")
+    local = copy_local_slices(args.out)
+    for path in local:
+        print(f"copied {path} (a real neck slice from the shared data; git-ignored)")
+    if not local:
+        print(f"no shared data at {SHARED_DATA_DIR}: no real neck slice copied")
     return 0
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # In-process apps (TestClient) wait for the model in their lifespan, so a client is ready on
 # entry; the product loads it behind an open port (tests/backend/test_server_bounds.py).
 os.environ.setdefault("LOAD_MODEL_IN_BACKGROUND", "false")
+# The API's worklist database: a file of this test run (removed at its end), never the
+# checkout's worklist.sqlite3.
+if "WORKLIST_SQLITE_PATH" not in os.environ:
+    _WORKLIST_DIR = tempfile.mkdtemp(prefix="worklist-tests-")
+    atexit.register(shutil.rmtree, _WORKLIST_DIR, True)
+    os.environ["WORKLIST_SQLITE_PATH"] = os.path.join(_WORKLIST_DIR, "worklist.sqlite3")
 
 from collections.abc import Callable
 from pathlib import Path

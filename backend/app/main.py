@@ -6,7 +6,8 @@
 opens), then builds the model from it in the background (a worker thread) while the port is
 already open: ``/health`` answers 200 and ``/ready`` 503 with the stage until one warm-up
 inference has run. A model that fails to load stops the process.
-``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead.
+``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead. Before either, the lifespan opens
+the worklist's database and upgrades its schema to head (``services/worklist.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from backend.app.core.policy import RoutePolicies, Upload
 from backend.app.core.security import SecurityHeadersMiddleware
 from backend.app.services.admission import decode_guard
 from backend.app.services.inference import configure, create_core, load_bundle, warm_up
+from backend.app.services.worklist import monitoring_samples, open_worklist
 from ml_model.imaging.errors import short_message
 from ml_model.inference.bundle import Bundle
 from ml_model.inference.core import InferenceCore
@@ -131,6 +133,23 @@ async def _load_in_background(app: FastAPI, settings: Settings, bundle: Bundle) 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    # The worklist's database, schema at head before the port opens (a nested lifespan
+    # reuses the one already open; whoever opened it closes it).
+    owns_worklist = app.state.worklist is None
+    if owns_worklist:
+        app.state.worklist = await anyio.to_thread.run_sync(open_worklist, settings)
+    try:
+        async with _serving(app, settings):
+            yield
+    finally:
+        if owns_worklist and app.state.worklist is not None:
+            app.state.worklist.close()
+            app.state.worklist = None
+
+
+@asynccontextmanager
+async def _serving(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
+    """The model's part of the lifespan: load (or reuse) it, serve, close it."""
     shared: InferenceCore | None = app.state.inference
     owned = shared is None  # built here, so closed here (a core passed in is shared)
     app.state.loading = Loading(time.monotonic())
@@ -187,6 +206,7 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
     app.state.loading = Loading(time.monotonic())
     app.state.budget = MemoryBudget(settings.memory_budget_bytes)
     app.state.study_slots = StudySlots(settings.max_concurrent_studies)
+    app.state.worklist = None  # opened by the lifespan
 
     _add_routes(app, settings)
     # Every route's declared policy (core/policy.py), by path, for the middleware below.
@@ -244,11 +264,14 @@ def _add_middleware(app: FastAPI, settings: Settings, policies: RoutePolicies) -
     )
     app.add_middleware(
         BearerAuthMiddleware,
-        digests=settings.auth_token_hashes,
+        digests=settings.token_digests,
         guarded=lambda path: policies(path).auth,
+        roles=settings.token_roles,
+        required_role=lambda path: policies(path).role,
     )
     app.state.metrics = instrument(app)
     app.state.metrics.watch_admission(app.state.budget, app.state.study_slots)
+    app.state.metrics.watch_monitoring(lambda: monitoring_samples(app.state.worklist))
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestGuardMiddleware)
     if settings.cors_origins:

@@ -6,10 +6,16 @@ bundle's per-vertebra probabilities (C1-C7, each with a bar), the top slices wit
 Grad-CAM heatmaps, the model's name and version, the intended use ("Decision support — not a
 diagnosis") and the model card's known limits.
 
-What it never holds: anything that identifies a patient. The report is built from the
-:class:`StudyResponse` alone (scores, positions, heatmaps), never from DICOM headers, and
-slices are named by their place in the series, not by their file names (which a PACS
-export often builds from patient or accession numbers).
+One slice is reported as a slice (its own score, no aggregation), a series as a study. A
+refused slice or series (not a CT slice) gets no score at all: the score of an input the model
+cannot read means nothing, and a "0 %" would read as a confident "normal".
+
+What ties it to its exam: the study and series instance UIDs, accession number and study
+date (:class:`SeriesIdentity`, from the first slice's DICOM header) when there are any and
+the ``REPORT_IDENTIFIERS`` setting is on. What it never holds: the patient's name, ID or birth
+date. Everything else comes from the :class:`StudyResponse` (scores, positions, heatmaps), and
+slices are named by their place in the series, not by their file names (which a PACS export
+often builds from patient or accession numbers).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from backend.app.schemas import StudyResponse
+from ml_model.imaging.dicom import SeriesIdentity
 
 INTENDED_USE = "Decision support — not a diagnosis"
 HEATMAP_NOTE = "Grad-CAM heatmap: where the model looked — not a fracture outline."
@@ -188,9 +195,13 @@ def _top_slices(pdf: _Report, study: StudyResponse, unit: str | None) -> None:
                 width,
                 5,
                 text(
-                    f"Top {rank}: slice {top.index + 1} of {study.slice_count}, "
-                    f"{position_text(top.position, unit)}\n"
-                    f"fracture probability {percent(top.prediction)}"
+                    (
+                        f"The slice, {position_text(top.position, unit)}"
+                        if study.slice_count == 1
+                        else f"Top {rank}: slice {top.index + 1} of {study.slice_count}, "
+                        f"{position_text(top.position, unit)}"
+                    )
+                    + f"\nfracture probability {percent(top.prediction)}"
                 ),
                 align="L",
             )
@@ -199,19 +210,33 @@ def _top_slices(pdf: _Report, study: StudyResponse, unit: str | None) -> None:
         pdf.set_xy(pdf.l_margin, y + 12 + image_h)
 
 
+def exam_rows(exam: SeriesIdentity) -> list[tuple[str, str]]:
+    """(label, value) of each identifier the exam has, in the order a PACS search uses."""
+    rows = [
+        ("Accession number", exam.accession_number),
+        ("Study date", exam.study_date),
+        ("Study instance UID", exam.study_uid),
+        ("Series instance UID", exam.series_uid),
+    ]
+    return [(label, value) for label, value in rows if value]
+
+
 def render_report(
     study: StudyResponse,
     card: Mapping[str, Any],
     *,
     position_unit: str | None = None,
     generated: datetime | None = None,
+    exam: SeriesIdentity | None = None,
 ) -> bytes:
-    """The PDF bytes of the report on ``study`` (the model card gives use and limits)."""
+    """The PDF bytes of the report on ``study`` (the model card gives use and limits;
+    ``exam``, when given, the identifiers that tie it to its exam)."""
     when = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     # `position_unit` ("mm" for DICOM geometry) is a newer StudyResponse field: read it when there.
     unit = position_unit or getattr(study, "position_unit", None)
     result = str(study.result)
     refused = result not in (RESULT_POSITIVE, RESULT_NEGATIVE)
+    single = study.slice_count == 1
     model = f"{study.model.name} (version {study.model.version})"
 
     pdf = _Report()
@@ -226,43 +251,62 @@ def render_report(
     pdf.set_font("helvetica", "B", 11)
     pdf.set_text_color(*_TONES[RESULT_POSITIVE])
     pdf.cell(0, 6, text(f"{INTENDED_USE}."), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    reader = "slice" if single else "study"
     pdf.para(
-        "Every study must still be read by a qualified reader. This report names no patient; "
-        f"slices are numbered in series order, head to foot. Generated {when}.",
+        f"Every {reader} must still be read by a qualified reader. This report names no "
+        "patient; slices are numbered in series order, head to foot. Generated "
+        f"{when}.",
         size=9,
         color=_MUTED,
     )
+    if exam is not None:
+        pdf.heading("Exam")
+        for label, value in exam_rows(exam):
+            pdf.fact(label, value)
 
-    pdf.heading("Result")
+    pdf.heading("Result (one slice)" if single else "Result (study)")
     pdf.set_font("helvetica", "B", 14)
     pdf.set_text_color(*_TONES.get(result, _NEUTRAL))
     pdf.cell(0, 8, text(result), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    rows = vertebra_rows(study)
     if refused:
         pdf.para(
-            "No slice looked like an axial CT slice, so no fracture call was made "
-            f"(model score {percent(study.prediction)}, not used)."
+            (
+                "This image does not look like an axial CT slice of the neck"
+                if single
+                else "No slice looked like an axial CT slice of the neck"
+            )
+            + ", so no fracture call was made and no score is given. Send the axial neck "
+            "slices themselves (DICOM from the scanner or PACS)."
+        )
+    elif single and not rows:
+        pdf.fact(
+            "Slice score",
+            f"{percent(study.prediction)} ({study.prediction:.3f}): the model's probability "
+            "of a fracture on this slice",
         )
     else:
         pdf.fact("Study score", f"{percent(study.prediction)} ({study.prediction:.3f})")
+    threshold_name = "slice threshold" if single and not rows else "study threshold"
     pdf.fact(
         "Operating point",
-        f"{study.operating_point.value}: study threshold {percent(study.threshold)} "
+        f"{study.operating_point.value}: {threshold_name} {percent(study.threshold)} "
         f"({study.threshold:.3f})",
     )
-    rows = vertebra_rows(study)
-    how = STUDY_HEAD_SCORE if rows else describe_aggregation(study.aggregation)
-    pdf.fact("How the score is made", how)
-    not_ct = sum(1 for s in study.slices if s.in_distribution is False)
-    above = sum(
-        1
-        for s in study.slices
-        if s.in_distribution is not False and s.prediction >= study.threshold
-    )
-    pdf.fact(
-        "Slices",
-        f"{study.slice_count} scored, {above} at or above the threshold, {not_ct} not a CT "
-        f"slice (left out), {len(study.errors)} files not read",
-    )
+    if not single or rows:
+        how = STUDY_HEAD_SCORE if rows else describe_aggregation(study.aggregation)
+        pdf.fact("How the score is made", how)
+        not_ct = sum(1 for s in study.slices if s.in_distribution is False)
+        above = sum(
+            1
+            for s in study.slices
+            if s.in_distribution is not False and s.prediction >= study.threshold
+        )
+        pdf.fact(
+            "Slices",
+            f"{study.slice_count} scored, {above} at or above the threshold, {not_ct} not a "
+            f"CT slice (left out), {len(study.errors)} files not read",
+        )
     pdf.fact("Model", model)
 
     if rows:
@@ -270,7 +314,7 @@ def render_report(
         _vertebrae(pdf, rows)
         pdf.para(VERTEBRAE_NOTE, size=9, color=_MUTED)
 
-    pdf.heading("Top slices")
+    pdf.heading("The slice" if single else "Top slices")
     if not study.top_slices:
         pdf.para("None: no slice was scored.")
     _top_slices(pdf, study, unit)
@@ -286,6 +330,11 @@ def render_report(
     for limit in limits or ["The model card lists no limits."]:
         pdf.set_font("helvetica", size=9)
         pdf.set_text_color(*_INK)
+        # One limit is never split across pages (it reads as one statement).
+        height = pdf.multi_cell(pdf.epw - 5, 4.5, text(limit), dry_run=True, output="HEIGHT")
+        assert isinstance(height, float | int)  # output="HEIGHT": the height alone
+        if pdf.get_y() + height > pdf.page_break_trigger:
+            pdf.add_page()
         pdf.cell(5, 4.5, "-")
         pdf.multi_cell(0, 4.5, text(limit), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         pdf.ln(1)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
 
+from backend.app.worklist.models import WorklistStatus
 from ml_model.inference.verdict import Result
 
 
@@ -310,6 +320,10 @@ class StudyResponse(BaseModel):
     )
     model: ModelInfo
     latency_ms: float = Field(description="Server time for unpacking, decoding and inference.")
+    worklist_id: int | None = Field(
+        default=None,
+        description="Only with `save=true`: the study's id in the worklist (GET /worklist/{id}).",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -381,3 +395,196 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: ModelInfo
+
+
+# --- the worklist (issue 29) -------------------------------------------------------------
+
+VERTEBRAE = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
+Vertebra = Literal["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
+# A DICOM UID (UI): digits and dots, at most 64 characters.
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+
+
+def _storable_text(value: str) -> str:
+    """Text a database can hold: UTF-8 encodable (no lone surrogates), no NUL character."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("the text is not valid Unicode") from exc
+    if "\x00" in value:
+        raise ValueError("the text contains a NUL character")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """An aware time as UTC (how the worklist stores it); one that has no UTC year
+    (before 0001 or after 9999 once converted) is refused."""
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError("the time is out of range in UTC") from exc
+
+
+StoredText = Annotated[str, AfterValidator(_storable_text)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+# Worklist and read ids: a 32-bit integer column.
+MAX_ID = 2**31 - 1
+
+
+class WorklistTopSlice(BaseModel):
+    index: int = Field(ge=0, le=MAX_ID, description="Index of the slice in the analysed series.")
+    name: StoredText = Field(max_length=256)
+    position: float = Field(allow_inf_nan=False)
+    prediction: float = Field(ge=0.0, le=1.0)
+
+
+class SubmittedModel(BaseModel):
+    name: StoredText = Field(max_length=128, description="Model name from the model card.")
+    version: StoredText = Field(max_length=64, description="Model version from the model card.")
+
+
+class StudySummary(BaseModel):
+    """The study answer as `POST /predict/study` gives it; the fields the worklist keeps
+    (any others, e.g. `slices`, are ignored)."""
+
+    result: Result = Field(description=RESULT_DESCRIPTION)
+    prediction: float = Field(ge=0.0, le=1.0, description="The study score.")
+    threshold: float = Field(ge=0.0, le=1.0)
+    operating_point: OperatingPoint
+    top_slices: list[WorklistTopSlice] = Field(default_factory=list, max_length=64)
+    model: SubmittedModel
+
+
+class WorklistSubmission(BaseModel):
+    """What the PACS worker sends after analysing a series (`POST /worklist`)."""
+
+    study_uid: str = Field(max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID.")
+    series_uid: str = Field(max_length=64, pattern=UID_PATTERN, description="SeriesInstanceUID.")
+    arrived_at: UtcDatetime | None = Field(
+        default=None,
+        description="When the series' last instance reached the PACS (the study's age "
+        "counts from here); default: now.",
+    )
+    manufacturer: StoredText | None = Field(
+        default=None, max_length=64, description="DICOM Manufacturer."
+    )
+    manufacturer_model: StoredText | None = Field(
+        None, max_length=64, description="DICOM ManufacturerModelName."
+    )
+    identifiers: (
+        dict[
+            Annotated[StoredText, Field(max_length=64)], Annotated[StoredText, Field(max_length=64)]
+        ]
+        | None
+    ) = Field(
+        default=None,
+        max_length=8,
+        description="Other identifiers (e.g. `accession_number`); only those the server's "
+        "WORKLIST_IDENTIFIERS names are stored, the rest are dropped.",
+    )
+    study: StudySummary = Field(description="The answer of `POST /predict/study`, as is.")
+
+
+class ReviewRequest(BaseModel):
+    """A radiologist's read of a worklist study."""
+
+    fracture: bool = Field(description="Is there a cervical-spine fracture?")
+    levels: list[Vertebra] = Field(
+        default_factory=list,
+        max_length=7,
+        description="The fractured vertebrae, C1-C7 (optional; only with `fracture` true).",
+    )
+    note: StoredText | None = Field(
+        default=None, max_length=2000, description="Free text (optional)."
+    )
+
+    @model_validator(mode="after")
+    def _levels_need_a_fracture(self) -> ReviewRequest:
+        if self.levels and not self.fracture:
+            raise ValueError("levels name fractured vertebrae: send them with fracture true")
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError("each level at most once")
+        return self
+
+
+class ReviewEntry(BaseModel):
+    id: int
+    fracture: bool
+    levels: list[Vertebra]
+    note: str | None
+    reader: str | None = Field(
+        description="The reader's token id (first 8 hex digits of its SHA-256); null when "
+        "the server runs without tokens."
+    )
+    reviewed_at: datetime
+
+
+class WorklistEntry(BaseModel):
+    """One analysed series in the worklist, with every read of it (oldest first)."""
+
+    id: int
+    source: Literal["pacs", "upload"] = Field(
+        description="`pacs`: the PACS worker's; `upload`: `POST /predict/study?save=true`."
+    )
+    study_uid: str | None
+    series_uid: str | None
+    identifiers: dict[str, str] | None = Field(
+        description="Only those WORKLIST_IDENTIFIERS names; null by default."
+    )
+    arrived_at: datetime
+    analysed_at: datetime
+    verdict: Result
+    flagged: bool = Field(description="`verdict` is `Potentially Fracture`.")
+    score: float
+    threshold: float
+    operating_point: OperatingPoint
+    top_slices: list[WorklistTopSlice]
+    model: ModelInfo
+    manufacturer: str | None
+    manufacturer_model: str | None
+    status: WorklistStatus
+    opened_at: datetime | None
+    reviews: list[ReviewEntry] = Field(description="Every read, oldest first (the last counts).")
+
+
+class WorklistPage(BaseModel):
+    items: list[WorklistEntry] = Field(
+        description="Flagged studies first, then by arrival (the longest waiting first)."
+    )
+    total: int = Field(description="Entries that pass the filters (all pages).")
+    offset: int
+    limit: int
+
+
+class ProportionOut(BaseModel):
+    successes: int
+    total: int
+    estimate: float | None = Field(description="successes / total; null when total is 0.")
+    lower: float | None = Field(description="Wilson 95 % interval, lower bound.")
+    upper: float | None = Field(description="Wilson 95 % interval, upper bound.")
+
+
+class PerformanceOut(BaseModel):
+    reviewed: int = Field(description="Reviewed studies in this group.")
+    no_call: int = Field(
+        description="Of them, `Not a CT slice` (no call made): outside the four figures."
+    )
+    true_positive: int
+    false_positive: int
+    true_negative: int
+    false_negative: int
+    sensitivity: ProportionOut
+    specificity: ProportionOut
+    ppv: ProportionOut
+    npv: ProportionOut
+
+
+class MonitoringResponse(BaseModel):
+    """The product's calls (flagged or not) against the latest read of each reviewed study."""
+
+    overall: PerformanceOut
+    by_model_version: dict[str, PerformanceOut] = Field(description="Key: `name version`.")
+    by_scanner: dict[str, PerformanceOut] = Field(description="Key: `manufacturer / model`.")
+    by_week: dict[str, PerformanceOut] = Field(
+        description="Key: the ISO week of arrival, e.g. `2026-W49`."
+    )

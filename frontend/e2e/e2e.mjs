@@ -28,6 +28,8 @@ const FRONTEND = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = resolve(FRONTEND, "..");
 const DIST = join(FRONTEND, "dist");
 const OUT = join(ROOT, "test-output", "frontend-e2e");
+// The README's picture, taken here from the running product (only with real CT slices).
+const README_SCREENSHOT = join(ROOT, "docs", "screenshot.png");
 const CT_DIR = process.env.E2E_CT_DIR ?? join(ROOT, "..", "shared", "data", "cervical-ct", "train");
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const PYTHON = process.env.PYTHON ?? join(ROOT, ".venv", "bin", "python");
@@ -366,6 +368,24 @@ async function scenario(page, base, photo) {
   await panel.getByTestId("model-card-name").filter({ hasText: modelCard.name }).waitFor();
   await panel.getByText(/decision support, not a diagnosis/i).waitFor();
   ok(`model panel shows ${modelCard.name} ${modelCard.version ?? ""}`);
+  if (modelCard.test) {
+    await panel.getByTestId("test-split-row").filter({ hasText: "Not a new patient" }).waitFor();
+    ok("the card's test split sits apart from the new patients, labelled as such");
+  }
+  // The full card: a dialog that scrolls inside the viewport, not a page-long panel.
+  await panel.getByRole("button", { name: "The full model card" }).click();
+  const cardDialog = page.getByTestId("full-card-dialog");
+  const body = cardDialog.getByTestId("full-card-body");
+  await body.waitFor();
+  const fit = await cardDialog.evaluate((d) => ({
+    height: d.getBoundingClientRect().height,
+    viewport: window.innerHeight,
+    scrolls: d.querySelector(".card-dialog__body").scrollHeight > d.querySelector(".card-dialog__body").clientHeight,
+  }));
+  assert(fit.height <= fit.viewport && fit.scrolls, `the full card scrolls inside the viewport: ${JSON.stringify(fit)}`);
+  await cardDialog.getByRole("button", { name: "Close the model card" }).click();
+  await body.waitFor({ state: "hidden" });
+  ok(`full model card in a dialog (${Math.round(fit.height)} px of ${fit.viewport}), scrolling inside, closed`);
   await page.screenshot({ path: join(OUT, "0-start.png"), fullPage: true });
 
   // 1. One real slice, analysed as soon as it is added (the default): label, probability bar
@@ -422,8 +442,30 @@ async function scenario(page, base, photo) {
   const decoded = await heat.evaluate((img) => img.decode().then(() => img.naturalWidth));
   assert(decoded > 0, "heatmap PNG decodes in the browser");
   assert((await toggle.getAttribute("aria-checked")) === "true", "switch is on");
+  // Drawn only where the model looked: a corner of the slice stays grey (no colour).
+  const corner = await heat.evaluate((img) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    return Array.from(context.getImageData(2, 2, 1, 1).data.slice(0, 3));
+  });
+  assert(corner[0] === corner[1] && corner[1] === corner[2], `no heat outside the crop: corner ${corner}`);
   await page.screenshot({ path: join(OUT, "1-result-heatmap.png"), fullPage: true });
-  ok(`heatmap overlay shown (${decoded}px wide); screenshot 1-result-heatmap.png`);
+  ok(`heatmap overlay shown (${decoded}px wide), grey outside the crop; screenshot 1-result-heatmap.png`);
+  if (slices.real) {
+    // From the page's top (header, model panel) down to the end of this card.
+    await page.evaluate(() => window.scrollTo(0, 0));
+    const box = await first.boundingBox();
+    const width = page.viewportSize().width;
+    await page.screenshot({
+      path: README_SCREENSHOT,
+      fullPage: true,
+      clip: { x: 0, y: 0, width, height: Math.min(1400, Math.ceil(box.y + box.height + 24)) },
+    });
+    ok(`README picture regenerated from this page: ${README_SCREENSHOT}`);
+  }
   await first.getByRole("button", { name: /^Enlarge/ }).click();
   const viewer = page.getByRole("dialog");
   const overlay = viewer.getByRole("img", { name: /grad-cam heatmap overlaid/i });
@@ -534,10 +576,11 @@ async function scenario(page, base, photo) {
     await page.getByTestId("analyse-button").click();
     const photoCard = card(photo.name);
     await photoCard.getByTestId("result-label").filter({ hasText: "Not a CT slice" }).waitFor({ timeout: UI_TIMEOUT });
-    await photoCard
-      .getByText("This image does not look like an axial CT slice, so no fracture call was made.")
-      .waitFor();
-    await photoCard.getByTestId("unused-score").filter({ hasText: "not used" }).waitFor();
+    await photoCard.getByText(/does not look like an axial CT slice of the neck/).waitFor();
+    await photoCard.getByTestId("refusal-advice").filter({ hasText: "Send the axial neck slice itself" }).waitFor();
+    const refusedText = await photoCard.innerText();
+    assert(!/\d+\s?%/.test(refusedText), `a refused slice shows no score: ${refusedText}`);
+    assert(!/margin|distribution/i.test(refusedText), "no CT-gate number or jargon on a refused slice");
     assert((await photoCard.getByRole("meter").count()) === 0, "no probability bar as a verdict for a refused image");
     assert((await photoCard.getByRole("switch").count()) === 0, "no heatmap switch for a refused image");
     await page.getByTestId("count-refused").filter({ hasText: "1 not a CT slice" }).waitFor();
@@ -584,12 +627,16 @@ async function scenario(page, base, photo) {
     }
     const cardText = await dicomCard.innerText();
     assert(!/CompressedSamples|1CT1/.test(cardText), "no patient field of the DICOM on the card");
+    // The first preview is in the model's window (the server's default), and says so.
+    await dicomCard.getByTestId("preview-window").filter({ hasText: "model's window" }).waitFor();
+    await dicomCard.getByRole("radio", { name: "Model's window" }).and(page.locator(":checked")).waitFor();
     const [soft] = await Promise.all([
       page.waitForRequest((r) => new URL(r.url()).searchParams.get("preview_window") === "soft_tissue"),
       dicomCard.getByRole("radio", { name: "Soft tissue" }).check(),
     ]);
     assert(new URL(soft.url()).pathname === "/predict", "the window switch asks /predict again");
     await dicomCard.getByRole("radio", { name: "Soft tissue" }).and(page.locator(":checked")).waitFor();
+    await dicomCard.getByTestId("preview-window").filter({ hasText: "soft-tissue window" }).waitFor();
     await img.waitFor();
     await page.screenshot({ path: join(OUT, "2c-dicom.png"), fullPage: true });
     ok(`${dicom.name}: "${dicomApi.result}", shown as the server's preview image, soft-tissue window asked; screenshot 2c-dicom.png`);
@@ -842,6 +889,8 @@ async function historyScenario(page, sliceName, study) {
   const studyPanel = page.getByRole("tabpanel", { name: "Study (whole series)" });
   await studyPanel.getByTestId("study-result").filter({ hasText: study.studyResult }).waitFor();
   await studyPanel.getByTestId("study-chart").waitFor();
+  // Slices analysed together are one group (collapsed): open the groups to reach them.
+  for (const group of await history.getByTestId("history-group").all()) await group.locator("summary").click();
   await history.getByRole("button", { name: `Open ${sliceName} (slice)` }).first().click();
   const reopened = page.getByRole("article", { name: sliceName });
   await reopened.getByTestId("result-label").waitFor();

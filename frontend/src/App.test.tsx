@@ -71,7 +71,7 @@ describe("upload flow", () => {
     expect(within(b).getByTestId("result-label")).toHaveClass("badge--neutral");
   });
 
-  it("refuses a non-CT image in words: grey badge, explanation, score shown only as not used", async () => {
+  it("refuses a non-CT image in plain words, with what to do instead, and shows no score", async () => {
     mockApi({
       predict: () =>
         json(prediction(0.95, 0.3, { result: "Not a CT slice", in_distribution: false, ct_gate_margin: 2.26 })),
@@ -86,13 +86,15 @@ describe("upload flow", () => {
     expect(badge).toHaveClass("badge--neutral");
     expect(card).toHaveClass("card--neutral");
     expect(within(card).getByTestId("refusal")).toHaveTextContent(
-      "This image does not look like an axial CT slice, so no fracture call was made.",
+      "This image does not look like an axial CT slice of the neck, so no fracture call was made",
     );
-    // No verdict bar, no heatmap: the raw score is there for transparency only.
+    expect(within(card).getByTestId("refusal-advice")).toHaveTextContent(/Send the axial neck slice itself/);
+    // No verdict bar, no heatmap, no score, no gate number: none of them means anything here.
     expect(within(card).queryByRole("meter")).not.toBeInTheDocument();
     expect(within(card).queryByText(/threshold 30%/)).not.toBeInTheDocument();
-    expect(within(card).getByTestId("unused-score")).toHaveTextContent("Model score 95% · not used");
-    expect(within(card).getByTestId("ct-gate-margin")).toHaveTextContent("2.26 (accepted up to 1.00)");
+    expect(card).not.toHaveTextContent("95%");
+    expect(card).not.toHaveTextContent("2.26");
+    expect(card).not.toHaveTextContent(/margin|distribution/i);
     expect(within(card).queryByRole("switch", { name: /grad-cam heatmap/i })).not.toBeInTheDocument();
     expect(within(card).queryByTestId("heatmap-image")).not.toBeInTheDocument();
     expect(screen.getByTestId("announcer")).toHaveTextContent("1 not a CT slice");
@@ -122,7 +124,8 @@ describe("upload flow", () => {
     // Fractures first; the refused image's high score does not rank it as one.
     const rows = within(table).getAllByRole("row").slice(1);
     expect(rows.map((r) => within(r).getByRole("rowheader").textContent)).toEqual(["f.png", "cat.jpg", "n.png"]);
-    expect(rows[1]).toHaveTextContent("97% not used");
+    expect(rows[1]).toHaveTextContent("not scored");
+    expect(rows[1]).not.toHaveTextContent("97%");
     expect(within(rows[1]!).getByText("Not a CT slice")).toHaveClass("dot-label--neutral");
   });
 
@@ -365,5 +368,42 @@ describe("model panel", () => {
     expect(within(cm).getByText("238")).toBeInTheDocument();
     expect(within(cm).getByText("missed fracture")).toBeInTheDocument();
     expect(within(panel).getByText("Not validated on paediatric patients.")).toBeInTheDocument();
+  });
+
+  it("labels the archive val split as what it is: a patient the model was trained on, apart from the new ones", async () => {
+    const test = {
+      data: "../shared/data/cervical-ct/val",
+      base_slices: { fracture: 10, normal: 10 },
+      model: { auc: 1, recall: 1, specificity: 0.845 },
+      product: { recall: 1, specificity: 0.845 },
+      refused: 0,
+    };
+    mockApi({ model: () => json({ ...CARD, test }) });
+    await renderReady();
+    const panel = screen.getByRole("complementary", { name: "Model" });
+    const table = await within(panel).findByTestId("new-patient-table");
+    const apart = within(table).getByTestId("test-split-row");
+    expect(apart).toHaveTextContent("Not a new patient");
+    expect(
+      within(apart).getByRole("rowheader", { name: /Archive val split: series B10, which was in training/ }),
+    ).toBeInTheDocument();
+    expect(within(table).queryByText(/Archive val split \(test\)/)).not.toBeInTheDocument();
+  });
+
+  it("opens the full model card in a dialog that scrolls, not in the panel", async () => {
+    const user = userEvent.setup();
+    mockApi();
+    await renderReady();
+    const panel = screen.getByRole("complementary", { name: "Model" });
+    await within(panel).findByTestId("model-card-name");
+    expect(within(panel).queryByText("All model card fields")).not.toBeInTheDocument();
+    const dialog = screen.getByTestId("full-card-dialog");
+    expect(within(dialog).queryByText("gradcam_conv")).not.toBeInTheDocument(); // drawn on opening
+    await user.click(within(panel).getByRole("button", { name: "The full model card" }));
+    expect(dialog).toHaveAttribute("open");
+    expect(await within(dialog).findByText("gradcam_conv")).toBeInTheDocument();
+    expect(within(dialog).getByTestId("full-card-body")).toHaveClass("card-dialog__body");
+    await user.click(within(dialog).getByRole("button", { name: "Close the model card" }));
+    expect(dialog).not.toHaveAttribute("open");
   });
 });

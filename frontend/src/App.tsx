@@ -12,7 +12,7 @@ import { ServerStatus } from "./components/ServerStatus";
 import { SliceCard } from "./components/SliceCard";
 import { StudyView, type ReopenedStudy } from "./components/StudyView";
 import { csvBlob, saveBlob, slicesCsv } from "./lib/csv";
-import { openHistory, restoreFile, storeFile, type HistoryEntry, type HistoryStore } from "./lib/history";
+import { contentId, openHistory, restoreFile, storeFile, type HistoryEntry, type HistoryStore } from "./lib/history";
 import { isRefused, levelCaveat, resultTone } from "./lib/results";
 import { loadAnalyseOnDrop, saveAnalyseOnDrop } from "./lib/settings";
 import { makeItem, reducer, restoredItem, type SliceItem } from "./state";
@@ -62,6 +62,8 @@ export default function App({
   const [entries, setEntries] = useState<HistoryEntry[]>([]);
   const [reopened, setReopened] = useState<ReopenedStudy | null>(null);
   const saved = useRef(new Map<string, SliceResult>());
+  // An item's history entry id (its content's hash) once saved.
+  const savedIds = useRef(new Map<string, string>());
   const caveat = levelCaveat(card);
 
   // ---- history (this browser only) ----
@@ -80,10 +82,15 @@ export default function App({
       if (item.status !== "done" || !item.result || saved.current.get(item.historyId) === item.result) continue;
       saved.current.set(item.historyId, item.result);
       const result = item.result;
-      void (item.file.size ? storeFile(item.file) : Promise.resolve(undefined))
-        .then((file) =>
-          history.put({ id: item.historyId, savedAt: Date.now(), kind: "slice", label: item.file.name, result, file }),
-        )
+      const group = item.batch;
+      void Promise.all([
+        contentId(item.file, item.historyId),
+        item.file.size ? storeFile(item.file) : Promise.resolve(undefined),
+      ])
+        .then(([id, file]) => {
+          savedIds.current.set(item.historyId, id);
+          return history.put({ id, savedAt: Date.now(), kind: "slice", label: item.file.name, result, file, group });
+        })
         .then(refreshHistory)
         .catch(() => {});
     }
@@ -106,7 +113,7 @@ export default function App({
       return;
     }
     setMode("slices");
-    let item = itemsRef.current.find((i) => i.historyId === entry.id);
+    let item = itemsRef.current.find((i) => i.historyId === entry.id || savedIds.current.get(i.historyId) === entry.id);
     if (!item) {
       const file = entry.file ? restoreFile(entry.file) : new File([], entry.label);
       item = restoredItem(file, entry.result, entry.id);

@@ -76,7 +76,10 @@ describe("DICOM", () => {
     expect(image).toHaveAttribute("src", `data:image/png;base64,${PNG_B64}`);
     expect(within(card).getByText("Slice thickness").nextSibling).toHaveTextContent("5 mm");
     expect(within(card).getByText("Modality").nextSibling).toHaveTextContent("CT");
-    expect(within(card).getByRole("radio", { name: "Bone" })).toBeChecked();
+    // The first preview is the server's default window, the model's: it says so, and that preset is checked.
+    expect(within(card).getByTestId("preview-window")).toHaveTextContent("model's window");
+    expect(within(card).getByRole("radio", { name: "Model's window" })).toBeChecked();
+    expect(within(card).getByRole("radio", { name: "Bone" })).not.toBeChecked();
 
     await user.click(within(card).getByRole("radio", { name: "Soft tissue" }));
     await waitFor(() =>
@@ -88,6 +91,12 @@ describe("DICOM", () => {
     const windows = fetchMock.mock.calls.map(([u]) => String(u)).filter((u) => u.startsWith("/predict?"));
     expect(windows.at(-1)).toBe("/predict?explain=false&operating_point=sensitive&preview_window=soft_tissue");
     expect(within(card).getByRole("radio", { name: "Soft tissue" })).toBeChecked();
+    expect(within(card).getByTestId("preview-window")).toHaveTextContent("soft-tissue window");
+
+    await user.click(within(card).getByRole("radio", { name: "Bone" }));
+    await waitFor(() => expect(within(card).getByTestId("preview-window")).toHaveTextContent("bone window"));
+    const asked = fetchMock.mock.calls.map(([u]) => String(u)).filter((u) => u.startsWith("/predict?"));
+    expect(asked.at(-1)).toBe("/predict?explain=false&operating_point=sensitive&preview_window=bone");
   });
 
   it("keeps the placeholder, and offers the image, when the answer has no preview", async () => {
@@ -98,7 +107,9 @@ describe("DICOM", () => {
     const card = screen.getByRole("article", { name: "IM0001.dcm" });
     await within(card).findByText("Normal");
     expect(within(card).queryByRole("img", { name: /preview of/i })).not.toBeInTheDocument();
-    expect(within(card).getByText(/the server decodes DICOM/i)).toBeInTheDocument();
+    // Analysed: the placeholder no longer promises the image "once it is analysed".
+    expect(within(card).queryByText(/once it is analysed/i)).not.toBeInTheDocument();
+    expect(within(card).getByText(/choose a window below to show the image/i)).toBeInTheDocument();
     await user.click(within(card).getByRole("button", { name: "Show image" }));
     expect(await within(card).findByRole("alert")).toHaveTextContent(/sent no image/);
   });
@@ -290,6 +301,53 @@ describe("study reader", () => {
 });
 
 describe("history", () => {
+  it("keeps one entry per file content, and the slices of one run as one group", async () => {
+    const factory = new IDBFactory();
+    const file = (name: string, n: number) => new File([new Uint8Array([137, 80, 78, 71, n])], name, { type: "image/png" });
+    mockApi({
+      predict: () => json(prediction(0.9)),
+      batch: () => json({ results: [1, 2, 3].map((n) => ({ filename: `${n}.dcm`, ...prediction(0.1 * n) })) }),
+    });
+    const user = setup();
+    await ready({ history: new HistoryStore(factory), analyseOnDrop: true });
+    await user.upload(screen.getByLabelText(/choose files/i), file("c5.png", 9));
+    await screen.findByText("Potentially Fracture");
+    await waitFor(() => expect(screen.getAllByTestId("history-entry")).toHaveLength(1));
+    // The same content again, under another name: still one entry.
+    await user.upload(screen.getByLabelText(/choose files/i), file("c5 copy.png", 9));
+    await waitFor(() => expect(screen.getAllByTestId("slice-card")).toHaveLength(2));
+    await waitFor(() => expect(screen.getAllByTestId("slice-result")).toHaveLength(2));
+    await act(async () => {
+      expect(await new HistoryStore(factory).list()).toHaveLength(1);
+    });
+    // Three files analysed together: one group of three.
+    await user.upload(screen.getByLabelText(/choose files/i), [1, 2, 3].map((n) => file(`${n}.dcm`, n)));
+    const group = await screen.findByTestId("history-group");
+    expect(group).toHaveTextContent("3 slices analysed together");
+    expect(within(group).getAllByTestId("history-entry")).toHaveLength(3);
+    await act(async () => {
+      expect(await new HistoryStore(factory).list()).toHaveLength(4);
+    });
+  });
+
+  it("keeps one entry for a study analysed again from the same files", async () => {
+    const factory = new IDBFactory();
+    mockApi({ study: () => json(studyAnswer([0.1, 0.9, 0.2])) });
+    const user = setup();
+    await ready({ history: new HistoryStore(factory) });
+    await user.click(screen.getByRole("tab", { name: "Study (whole series)" }));
+    const series = () => [1, 2, 3].map((n) => new File([new Uint8Array([137, 80, n])], `neck (${n}).png`, { type: "image/png" }));
+    await user.upload(screen.getByLabelText(/select files or a \.zip/i), series());
+    await waitFor(() => expect(screen.getAllByTestId("history-entry")).toHaveLength(1));
+    await user.upload(screen.getByLabelText(/select files or a \.zip/i), series());
+    await screen.findByTestId("study-viewer");
+    await act(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(await new HistoryStore(factory).list()).toHaveLength(1);
+    });
+  });
+
+
   it("reopens the last results after a reload, and clears them", async () => {
     const factory = new IDBFactory();
     mockApi({ predict: () => json(prediction(0.9)), study: () => json(studyAnswer([0.1, 0.9, 0.2])) });

@@ -128,7 +128,8 @@ describe("study view", () => {
     expect(rows).toHaveLength(7);
     expect(rows[3]).toHaveAttribute("aria-current", "true");
     expect(rows[6]).toHaveTextContent("Not a CT slice");
-    expect(rows[6]).toHaveTextContent("not used");
+    expect(rows[6]).toHaveTextContent("not scored");
+    expect(rows[6]).not.toHaveTextContent("%");
     expect(screen.getByTestId("study-announcer")).toHaveTextContent(/Study result: Potentially Fracture/);
   });
 

@@ -18,6 +18,8 @@ export interface SliceItem {
   heatmapError?: string | null;
   /** This file's entry in the browser's history (kept across reloads). */
   historyId: string;
+  /** The analysis run this file was analysed in with others (its history entries group). */
+  batch?: { id: string; size: number };
   /** DICOM: the window of the preview image, and its fetch. */
   previewWindow?: PreviewWindow;
   previewLoading?: boolean;
@@ -93,7 +95,8 @@ export function reducer(items: SliceItem[], action: Action): SliceItem[] {
       return [];
     case "analysing": {
       const ids = new Set(action.ids);
-      return items.map((i) => (ids.has(i.id) ? { ...i, status: "analysing", error: undefined } : i));
+      const batch = action.ids.length > 1 ? { id: historyId(), size: action.ids.length } : undefined;
+      return items.map((i) => (ids.has(i.id) ? { ...i, status: "analysing", error: undefined, batch } : i));
     }
     case "result":
       return update(items, action.id, (i) => ({

@@ -108,6 +108,21 @@ class DicomFacts:
 
 
 @dataclass(frozen=True)
+class SeriesIdentity:
+    """Which exam, study and series a slice belongs to, and the scanner that made it: what the
+    worklist records of a saved upload (UIDs and scanner) and what ties a printed report to its
+    exam in the PACS (UIDs, accession number, study date as YYYY-MM-DD). Never the patient's
+    name, ID or birth date. Each is None when the header lacks it."""
+
+    study_uid: str | None
+    series_uid: str | None
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+
+
+@dataclass(frozen=True)
 class DicomImage:
     """One decoded frame: HU (``is_hu``) or display values, and how to show them."""
 
@@ -447,6 +462,29 @@ def read_facts(data: bytes) -> DicomFacts:
         return _facts(dataset, modality)
     except Exception as exc:  # defensive: facts never fail a request
         raise ImageDecodeError(f"the DICOM header could not be read: {_short(exc)}") from exc
+
+
+def read_series_identity(data: bytes) -> SeriesIdentity | None:
+    """The identity of DICOM bytes (header only); None when ``data`` is not a readable DICOM
+    file or holds none of it."""
+    if not is_dicom(data):
+        return None
+    try:
+        dataset = _open(data, stop_before_pixels=True)
+    except ImageDecodeError:
+        return None
+    date = _text(dataset, "StudyDate", 8)
+    found = SeriesIdentity(
+        study_uid=_text(dataset, "StudyInstanceUID", 64),
+        series_uid=_text(dataset, "SeriesInstanceUID", 64),
+        manufacturer=_text(dataset, "Manufacturer", 64),
+        manufacturer_model=_text(dataset, "ManufacturerModelName", 64),
+        accession_number=_text(dataset, "AccessionNumber", 16),
+        study_date=f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        if date and re.fullmatch(r"\d{8}", date)
+        else date,
+    )
+    return found if any(vars(found).values()) else None
 
 
 def read_geometry(data: bytes) -> SliceGeometry:

@@ -19,6 +19,7 @@ from ml_model.config import DEFAULT_IMG_SIZE
 from ml_model.imaging.dicom import DicomImage
 from ml_model.imaging.errors import ImageDecodeError
 from ml_model.imaging.formats import decode
+from ml_model.imaging.window_estimate import bring_to_window
 
 
 def decode_source(
@@ -30,13 +31,16 @@ def decode_source(
         raise ImageDecodeError("the file is empty")
     decoded = decode(data, frame)  # the format's own decoder (formats.FORMATS)
     if isinstance(decoded, np.ndarray):
-        return decoded, None
+        # An 8-bit export in another CT window: back to this one where the physics allows
+        # (window_estimate); untouched when it is already in it or cannot be recovered.
+        return bring_to_window(decoded, level, width)[0], None
     return decoded.window(level, width), decoded
 
 
 def decode_image(data: bytes, level: float, width: float, frame: int | None = None) -> np.ndarray:
     """Image or DICOM bytes -> 2-D uint8 grayscale at the file's own size (DICOM through the
-    window; ``frame``: which frame of a multi-frame DICOM; None refuses one)."""
+    window, a raster image rendered in a recoverable other CT window brought into it;
+    ``frame``: which frame of a multi-frame DICOM; None refuses one)."""
     return decode_source(data, level, width, frame)[0]
 
 

@@ -1,5 +1,5 @@
 """With INFERENCE_BACKEND=onnx (the default) the API starts, serves and answers — single,
-batch, study and explain=true — without ever importing TensorFlow or Keras.
+batch, study, report and explain=true — without ever importing TensorFlow or Keras.
 
 A fresh interpreter (this test process has TensorFlow loaded already) runs the production
 app in-process and reports which of those modules it imported.
@@ -42,6 +42,8 @@ with TestClient(create_app(settings)) as client:
     status["study"] = client.post(
         "/predict/study", files=[("files", ("series.zip", study, "application/zip"))]
     ).status_code
+    report = client.post("/report", files=[("files", ("series.zip", study, "application/zip"))])
+    status["report"] = report.status_code
 heavy = ("tensorflow", "keras", "tf2onnx", "tf_keras")
 status["imported"] = sorted({m.split(".")[0] for m in sys.modules} & set(heavy))
 print("RESULT " + json.dumps(status))
@@ -62,6 +64,6 @@ def test_the_onnx_backend_serves_without_tensorflow() -> None:
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     status = json.loads(lines[-1].removeprefix("RESULT "))
     assert status["imported"] == [], f"imported on the serving path: {status['imported']}"
-    for route in ("ready", "predict", "explain", "batch", "study"):
+    for route in ("ready", "predict", "explain", "batch", "study", "report"):
         assert status[route] == 200, (route, status)
     assert status["heatmap"]

@@ -129,6 +129,13 @@ def test_what_the_routes_declare() -> None:
         "/report",
         "/model",
         "/metrics",
+        "/worklist",
+        "/worklist/{study_id}",
+        "/worklist/{study_id}/review",
+        "/monitoring",
+    }
+    assert {path: p.role for path, p in policies.items() if p.role} == {
+        "/worklist/{study_id}/review": "reader"
     }
     larger = {path: p.upload for path, p in policies.items() if p.upload is not Upload.one_file}
     assert larger == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import subprocess
 import tomllib
 
 import pytest
@@ -161,19 +162,41 @@ def test_runtime_requirements_hold_no_dev_tools():
 
 
 def test_backend_image_serves_without_tensorflow(backend):
-    """The API runs ONNX Runtime (the default backend, Grad-CAM included): the builder drops
-    TensorFlow and Keras from its copy of the runtime pins, and nothing else names them."""
+    """The API runs ONNX Runtime (the default backend, Grad-CAM included): the runtime pins
+    (requirements.txt, which the builder and `make run` install) name no TensorFlow or Keras;
+    training's pins (requirements-train.txt) add them."""
     runs = _runs(backend.stage("builder"))
-    assert "sed -i -E '/^(tensorflow-cpu|keras)==/d' /tmp/requirements.txt" in runs
+    assert "pip install -r /tmp/requirements.txt" in runs
     pins = (REPO_ROOT / "requirements.txt").read_text()
     assert re.search(r"^onnxruntime==\d", pins, re.M), "the serving runtime is pinned"
-    left = [
-        line
-        for line in pins.splitlines()
-        if re.match(r"(tensorflow|keras)", line, re.I)
-        and not re.match(r"(tensorflow-cpu|keras)==", line)
+    heavy = [
+        line for line in pins.splitlines() if re.match(r"(tensorflow|keras|tf2onnx)", line, re.I)
     ]
-    assert not left, f"the sed would leave these in the image: {left}"
+    assert not heavy, f"the runtime pins would install: {heavy}"
+    train = (REPO_ROOT / "requirements-train.txt").read_text()
+    assert re.search(r"^tensorflow-cpu==\d", train, re.M) and re.search(r"^keras==\d", train, re.M)
+
+
+def _pip_requirements(target: str) -> list[str]:
+    """The requirement files `make TARGET` installs into a fresh venv (a dry run)."""
+    dry = subprocess.run(
+        ["make", "-n", "-B", target, "VENV=/nonexistent-venv"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return re.findall(r"pip install .*-r (\S+)", dry)
+
+
+@pytest.mark.parametrize(
+    ("target", "wanted"),
+    [("run", "requirements.txt"), ("serve", "requirements.txt"), ("lint", "requirements-dev.txt")],
+)
+def test_make_run_installs_the_runtime_pins_only(target: str, wanted: str):
+    """`make run` and `make serve` set up the venv from requirements.txt alone; `make test`
+    (lint, test-python) from requirements-dev.txt."""
+    assert _pip_requirements(target) == [wanted]
 
 
 def test_backend_runtime_contract(backend):
@@ -212,8 +235,9 @@ def test_train_image_swaps_only_the_tensorflow_package(train):
     assert "s/^tensorflow-cpu==/${TENSORFLOW_PACKAGE}==/" in runs
     arg = next(i for i in train.stages[0].all("ARG") if i.args.startswith("TENSORFLOW_PACKAGE"))
     assert "tensorflow[and-cuda]" in arg.args
-    pins = (REPO_ROOT / "requirements.txt").read_text()
+    pins = (REPO_ROOT / "requirements-train.txt").read_text()
     assert re.search(r"^tensorflow-cpu==\d", pins, re.M), "the sed needs this pin"
+    assert "requirements-train.txt" in runs.split("sed -i", 1)[1].split("&&", 1)[0]
     assert re.fullmatch(rf"python:{re.escape(_python_minor())}-slim(-\w+)?", train.final.base)
 
 

@@ -6,8 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from backend.app.core.auth import verified_token_id
 from backend.app.core.config import Settings
 from backend.app.core.metrics import AppMetrics
+from backend.app.worklist.store import WorklistStore
 from ml_model.inference.core import InferenceCore
 
 NOT_READY_DETAIL = "the model is not loaded yet; retry when GET /ready answers 200"
@@ -45,6 +47,21 @@ async def get_metrics(request: Request) -> AppMetrics:
     return metrics
 
 
+async def get_worklist(request: Request) -> WorklistStore:
+    """The worklist's store, opened by the lifespan; 503 outside one."""
+    store: WorklistStore | None = getattr(request.app.state, "worklist", None)
+    if store is None:
+        raise HTTPException(status_code=503, detail="the worklist is not open")
+    return store
+
+
+async def get_token_id(request: Request) -> str | None:
+    """Who asks: the accepted bearer token's id (None when the server runs without tokens)."""
+    return verified_token_id(request)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CoreDep = Annotated[InferenceCore, Depends(get_core)]
 MetricsDep = Annotated[AppMetrics, Depends(get_metrics)]
+WorklistDep = Annotated[WorklistStore, Depends(get_worklist)]
+TokenIdDep = Annotated[str | None, Depends(get_token_id)]

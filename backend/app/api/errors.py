@@ -9,7 +9,11 @@ answers per file, asks :func:`status_for` for the same mapping.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from backend.app.core.admission import AdmissionError
@@ -51,7 +55,26 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     return JSONResponse({"detail": detail_of(exc)}, status_code=status, headers=headers)
 
 
+def _encodable(value: Any) -> Any:
+    """``value`` with every text made UTF-8 encodable (a lone surrogate, sent as a JSON
+    escape, shown as ``\\udXXX``), so that echoing a client's input cannot fail the answer."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    return value
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422 answer (``{"detail": [errors]}``), its echoed input made encodable."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse(status_code=422, content={"detail": _encodable(jsonable_encoder(errors))})
+
+
 def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     for kind in (
         ImageDecodeError,
         StudyError,

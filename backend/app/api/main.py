@@ -14,6 +14,11 @@ from backend.app.api import routes
 TAGS = [
     {"name": "predict", "description": "Slices and studies in, verdicts out."},
     {"name": "report", "description": "The printable PDF report of a study."},
+    {
+        "name": "worklist",
+        "description": "Analysed studies, flagged first; the radiologists' reads and the "
+        "live performance against them.",
+    },
     {"name": "model", "description": "The model being served and its card."},
     {"name": "ops", "description": "Health, readiness and metrics."},
 ]

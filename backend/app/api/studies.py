@@ -13,6 +13,7 @@ import time
 from fastapi import UploadFile
 
 from backend.app.api.responses import model_info
+from backend.app.api.worklist import study_entry, upload_identity
 from backend.app.core.config import Settings
 from backend.app.core.metrics import AppMetrics
 from backend.app.schemas import (
@@ -20,11 +21,14 @@ from backend.app.schemas import (
     StudyFileError,
     StudyResponse,
     StudySlice,
+    StudySummary,
     StudyTopSlice,
     VertebraProbabilities,
 )
 from backend.app.services.imaging import heatmap_base64
 from backend.app.services.study_upload import collect_uploads
+from backend.app.worklist.store import WorklistStore
+from ml_model.imaging.dicom import SeriesIdentity
 from ml_model.imaging.formats import image_format_names
 from ml_model.inference.core import InferenceCore
 
@@ -43,9 +47,14 @@ def analyse_study(
     metrics: AppMetrics,
     operating_point: OperatingPoint,
     explain: bool,
-) -> StudyResponse:
+    worklist: WorklistStore | None = None,
+    identifiers: bool = False,
+) -> tuple[StudyResponse, SeriesIdentity | None]:
     """One series -> one :class:`StudyResponse` (with ``explain``, Grad-CAM heatmaps of the
-    top slices); counts the study's result."""
+    top slices); counts the study's result. With ``worklist``, the study is saved to it
+    (its DICOM UIDs and scanner, when the slices are DICOM) and ``worklist_id`` set. With
+    ``identifiers``, also the exam identity of the series' first slice (for the report; never
+    part of the JSON answer)."""
     start = time.perf_counter()
     collected = collect_uploads(files, settings)
     study = core.study(collected.slices, operating_point.value)
@@ -85,7 +94,8 @@ def analyse_study(
         )
     errors = [StudyFileError(name=name, error=error) for name, error in collected.errors]
     errors += [StudyFileError(name=name, error=error) for name, error in study.errors]
-    return StudyResponse(
+    identity = upload_identity(study.sources) if identifiers or worklist is not None else None
+    response = StudyResponse(
         result=study.result,
         prediction=study.probability,
         threshold=study.threshold,
@@ -102,3 +112,8 @@ def analyse_study(
         model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
     )
+    if worklist is not None:
+        summary = StudySummary.model_validate(response.model_dump())
+        entry = study_entry(summary, source="upload", identity=identity, settings=settings)
+        response.worklist_id = worklist.record(entry)[0].id
+    return response, identity if identifiers else None

@@ -9,6 +9,11 @@ The presented token is hashed and its digest compared with every accepted digest
 constant time (``hmac.compare_digest``, no early exit); the server never holds the tokens
 themselves, and never logs them.
 
+A route whose policy names a ``role`` (``RoutePolicy(role="reader")``: the radiologist's
+read of a worklist study) also needs a token that carries it (``AUTH_TOKEN_HASHES``'
+``DIGEST:reader``), else 403. The accepted token's id is left in the request's state
+(``request.state.token_id``, :func:`verified_token_id`) for routes that record who acted.
+
 Each request to a guarded endpoint (with or without ``AUTH_TOKEN_HASHES``) leaves one line
 on the ``backend.audit`` logger: time, token id (the first 8 hex digits of the token's
 SHA-256, i.e. of its configured digest), method, endpoint, status, outcome and the triage
@@ -24,10 +29,11 @@ import hmac
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,6 +71,12 @@ def accepted(digest: str, digests: Iterable[str]) -> bool:
     return match
 
 
+def verified_token_id(request: Request) -> str | None:
+    """The id of the accepted token of this request; None when no tokens are configured."""
+    value = getattr(request.state, "token_id", None)
+    return value if isinstance(value, str) else None
+
+
 @dataclass
 class AuditRecord:
     """What the routes add to the request's audit line (through :func:`note_result`)."""
@@ -100,18 +112,23 @@ def audit_context(record: AuditRecord) -> Iterator[None]:
 
 class BearerAuthMiddleware:
     """401 without an accepted bearer token on the paths ``guarded`` accepts (the routes'
-    ``RoutePolicy.auth``), when digests are configured; one audit line per request to them
-    (always)."""
+    ``RoutePolicy.auth``), when digests are configured; 403 when the path's
+    ``required_role`` (``RoutePolicy.role``) is not among the token's ``roles``; one audit
+    line per request to them (always)."""
 
     def __init__(
         self,
         app: ASGIApp,
         digests: Iterable[str],
         guarded: Callable[[str], bool],
+        roles: Mapping[str, frozenset[str]] | None = None,
+        required_role: Callable[[str], str | None] = lambda path: None,
     ) -> None:
         self.app = app
         self.digests = tuple(digests)
         self.guarded = guarded
+        self.roles = dict(roles or {})
+        self.required_role = required_role
         self.logger = logging.getLogger(AUDIT_LOGGER_NAME)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,7 +156,20 @@ class BearerAuthMiddleware:
             outcome = "refused: token not accepted"
         else:
             outcome = "allowed"
+            role = self.required_role(scope["path"])
+            if role is not None and role not in self.roles.get(digest, frozenset()):
+                outcome = f"refused: the token lacks the {role} role"
+            else:
+                scope.setdefault("state", {})["token_id"] = presented
         try:
+            if outcome.startswith("refused: the token lacks"):
+                response = JSONResponse(
+                    {"detail": f"this needs a token with the {role} role"},
+                    status_code=403,
+                    headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
+                )
+                await response(scope, receive, recording_send)
+                return
             if outcome.startswith("refused"):
                 error = "invalid_token" if digest is not None else "invalid_request"
                 response = JSONResponse(

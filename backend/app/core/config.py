@@ -18,6 +18,9 @@ MIB = 1024 * 1024
 # Room for the multipart boundary and part headers around a single file of the maximum size.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# The roles a token may carry (AUTH_TOKEN_HASHES' `DIGEST:role` suffix).
+READER_ROLE = "reader"
+TOKEN_ROLES = frozenset({READER_ROLE})
 
 
 class Settings(BaseSettings):
@@ -182,9 +185,35 @@ class Settings(BaseSettings):
     auth_token_hashes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="SHA-256 hex digests of the accepted bearer tokens, comma-separated. Set: "
-        "every prediction, study, report, model and metrics endpoint needs `Authorization: "
-        "Bearer <token>` (else 401); /health, /ready, the docs and the web app stay open. "
-        "Empty: no authentication.",
+        "every prediction, study, report, model, metrics and worklist endpoint needs "
+        "`Authorization: Bearer <token>` (else 401); /health, /ready, the docs and the web "
+        "app stay open. Empty: no authentication. A digest may carry roles after a colon "
+        "(several joined by `+`), `DIGEST:reader`: a radiologist's read "
+        "(`POST /worklist/{id}/review`) needs a token with the `reader` role (else 403).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="The worklist's database as an SQLAlchemy URL, e.g. "
+        "`postgresql+psycopg://triage:secret@db:5432/triage` (PostgreSQL, psycopg 3). "
+        "Unset: the SQLite file WORKLIST_SQLITE_PATH.",
+    )
+    worklist_sqlite_path: Path = Field(
+        default=REPO_ROOT / "worklist.sqlite3",
+        description="The worklist's SQLite file when DATABASE_URL is unset (created, with "
+        "its folder, at start-up).",
+    )
+    worklist_identifiers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Identifiers besides the study and series UIDs that the worklist keeps "
+        "when a caller sends them (`identifiers` of POST /worklist), comma-separated, e.g. "
+        "`accession_number`. Empty: none is stored (the others are dropped).",
+    )
+    report_identifiers: bool = Field(
+        default=True,
+        description="Print the exam's study and series instance UIDs, accession number and "
+        "study date on /report's PDF when the DICOM headers hold them, so a printed report can "
+        "be tied to its exam (never the patient's name, ID or birth date). Off: the report "
+        "holds no identifier at all.",
     )
     load_model_in_background: bool = Field(
         default=True,
@@ -197,17 +226,36 @@ class Settings(BaseSettings):
     @field_validator("auth_token_hashes", mode="before")
     @classmethod
     def _split_hashes(cls, value: Any) -> Any:
+        """``DIGEST[:ROLE[+ROLE...]]``, comma-separated -> one normalised entry per token:
+        the lower-case digest, then ``:`` and its sorted roles when it has any."""
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):
-            digests = [str(part).strip().lower() for part in value]
-            for digest in digests:
-                if not _SHA256_HEX.fullmatch(digest):
-                    raise ValueError(
-                        "AUTH_TOKEN_HASHES takes SHA-256 hex digests (64 hex digits each, "
-                        "comma-separated), e.g. from `printf %s TOKEN | sha256sum`"
-                    )
-            return digests
+        if not isinstance(value, list):
+            return value
+        entries = []
+        for entry in value:
+            digest, _, suffix = str(entry).strip().partition(":")
+            digest = digest.strip().lower()
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(
+                    "AUTH_TOKEN_HASHES takes SHA-256 hex digests (64 hex digits each, "
+                    "comma-separated, each optionally followed by `:role`), e.g. from "
+                    "`printf %s TOKEN | sha256sum`"
+                )
+            roles = {role.strip() for role in suffix.split("+") if role.strip()}
+            if not roles <= TOKEN_ROLES:
+                raise ValueError(
+                    f"AUTH_TOKEN_HASHES: unknown role(s) {sorted(roles - TOKEN_ROLES)}; "
+                    f"known: {sorted(TOKEN_ROLES)}"
+                )
+            entries.append(f"{digest}:{'+'.join(sorted(roles))}" if roles else digest)
+        return entries
+
+    @field_validator("worklist_identifiers", mode="before")
+    @classmethod
+    def _split_identifiers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @model_validator(mode="after")
@@ -230,6 +278,26 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
+
+    @property
+    def token_digests(self) -> list[str]:
+        """The accepted tokens' SHA-256 digests (AUTH_TOKEN_HASHES without the roles)."""
+        return [entry.partition(":")[0] for entry in self.auth_token_hashes]
+
+    @property
+    def token_roles(self) -> dict[str, frozenset[str]]:
+        """Each accepted digest's roles (AUTH_TOKEN_HASHES' `:role` suffixes)."""
+        roles: dict[str, frozenset[str]] = {}
+        for entry in self.auth_token_hashes:
+            digest, _, suffix = entry.partition(":")
+            named = frozenset(filter(None, suffix.split("+")))
+            roles[digest] = roles.get(digest, frozenset()) | named
+        return roles
+
+    @property
+    def worklist_database_url(self) -> str:
+        """DATABASE_URL, else the SQLite file WORKLIST_SQLITE_PATH."""
+        return self.database_url or f"sqlite:///{self.worklist_sqlite_path}"
 
     @property
     def max_upload_bytes(self) -> int:

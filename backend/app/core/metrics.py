@@ -6,8 +6,13 @@ Each app gets its own ``CollectorRegistry``, so several apps (tests) never colli
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from backend.app.core.admission import MemoryBudget, StudySlots
@@ -16,6 +21,55 @@ from backend.app.core.auth import note_result
 # Inference takes ~5 ms to a few seconds (batch, Grad-CAM, cold start).
 REFUSAL_REASONS = frozenset({"request_memory", "process_memory", "studies", "body_timeout"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+# Labelled samples of a gauge computed at scrape time: (labels, value).
+Samples = list[tuple[dict[str, str], float]]
+MONITORING_LABELS = ("grouping", "group", "measure", "bound")
+MONITORING_COUNT_LABELS = ("grouping", "group")
+
+
+class MonitoringCollector(Collector):
+    """The worklist's live performance (``worklist/monitoring.py``), computed from the
+    reviewed studies at each scrape, so the gauges survive a restart and never go stale.
+    ``figures`` returns (ratio samples, reviewed-count samples); a failing read is logged
+    and leaves the two gauges empty for that scrape instead of failing ``/metrics``."""
+
+    def __init__(self, figures: Callable[[], tuple[Samples, Samples]]) -> None:
+        self.figures = figures
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "triage_monitoring_ratio",
+                "Sensitivity, specificity, PPV and NPV against the radiologists' reads "
+                "(`measure`), with Wilson 95 % bounds (`bound`: estimate, lower, upper), "
+                "`grouping` overall / model_version / scanner / week.",
+                labels=MONITORING_LABELS,
+            ),
+            GaugeMetricFamily(
+                "triage_monitoring_reviewed_studies",
+                "Reviewed studies behind triage_monitoring_ratio, by grouping and group.",
+                labels=MONITORING_COUNT_LABELS,
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()  # without a read: registration never touches the store
+
+    def collect(self) -> Iterator[Metric]:
+        ratios, counts = self._families()
+        try:
+            ratio_samples, count_samples = self.figures()
+        except Exception:
+            logging.getLogger(__name__).exception("monitoring figures could not be read")
+            ratio_samples, count_samples = [], []
+        for labels, value in ratio_samples:
+            ratios.add_metric([labels[name] for name in MONITORING_LABELS], value)
+        for labels, value in count_samples:
+            counts.add_metric([labels[name] for name in MONITORING_COUNT_LABELS], value)
+        yield ratios
+        yield counts
 
 
 class AppMetrics:
@@ -77,6 +131,10 @@ class AppMetrics:
     def watch_admission(self, budget: MemoryBudget, slots: StudySlots) -> None:
         self.memory_in_flight.set_function(lambda: budget.used)
         self.studies_in_flight.set_function(lambda: slots.busy)
+
+    def watch_monitoring(self, figures: Callable[[], tuple[Samples, Samples]]) -> None:
+        """Export the worklist's live performance (see :class:`MonitoringCollector`)."""
+        self.registry.register(MonitoringCollector(figures))
 
     def record_upload_error(self, status_code: int) -> None:
         self.upload_errors.labels(status=str(status_code)).inc()

@@ -48,12 +48,15 @@ class RoutePolicy:
     ``upload``: the body limit. ``study_slot``: a POST takes one of
     ``MAX_CONCURRENT_STUDIES`` slots (503 + Retry-After when none is free).
     ``docs_page``: an HTML documentation page (its own CSP, ``core/security.docs_csp``).
+    ``role``: with ``AUTH_TOKEN_HASHES`` set, the token must also carry this role (403
+    without; ``core/auth.py``), e.g. ``"reader"`` for a radiologist's read.
     """
 
     auth: bool
     upload: Upload = Upload.one_file
     study_slot: bool = False
     docs_page: bool = False
+    role: str | None = None
 
 
 # Paths without a route of the API (the web app's files, the OpenAPI schema, 404s).

@@ -79,6 +79,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/monitoring": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sensitivity, specificity, PPV, NPV against the reads
+         * @description Over the reviewed studies (each one's latest read is the truth; `Potentially
+         *     Fracture` is a positive call): sensitivity, specificity, PPV and NPV with Wilson 95 %
+         *     intervals, overall, by model version, by scanner (manufacturer / model) and by ISO week
+         *     of arrival. `Not a CT slice` studies made no call: counted in `no_call` only.
+         */
+        get: operations["monitoring_route_monitoring_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/predict": {
         parameters: {
             query?: never;
@@ -176,6 +199,75 @@ export interface paths {
          *     C1-C7 (null for a slice bundle).
          */
         post: operations["predict_study_route_predict_study_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/worklist": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The worklist, flagged first
+         * @description Flagged studies (`Potentially Fracture`) first, then by arrival, the longest waiting
+         *     first; filtered and paginated (`total` counts every page).
+         */
+        get: operations["list_worklist_worklist_get"];
+        put?: never;
+        /**
+         * Add an analysed series to the worklist
+         * @description What the PACS worker calls after analysing a series: its UIDs, the scanner, when it
+         *     arrived, and the `POST /predict/study` answer as is. The same study and series again (a
+         *     retry, a re-analysis) updates the entry instead of adding one: 200 instead of 201.
+         */
+        post: operations["add_to_worklist_worklist_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/worklist/{study_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One worklist study (marks it opened)
+         * @description The study with every read; a `new` study becomes `opened`.
+         */
+        get: operations["open_study_worklist__study_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/worklist/{study_id}/review": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Record a radiologist's read
+         * @description Fracture yes/no, the fractured levels (C1-C7, optional), a note; the reader (the
+         *     token's id) and the time are recorded. A second read is added to the history (the
+         *     latest counts for monitoring); none is overwritten. The study becomes `reviewed`.
+         */
+        post: operations["review_study_worklist__study_id__review_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -577,6 +669,34 @@ export interface components {
             version: string;
         };
         /**
+         * MonitoringResponse
+         * @description The product's calls (flagged or not) against the latest read of each reviewed study.
+         */
+        MonitoringResponse: {
+            overall: components["schemas"]["PerformanceOut"];
+            /**
+             * By Model Version
+             * @description Key: `name version`.
+             */
+            by_model_version: {
+                [key: string]: components["schemas"]["PerformanceOut"];
+            };
+            /**
+             * By Scanner
+             * @description Key: `manufacturer / model`.
+             */
+            by_scanner: {
+                [key: string]: components["schemas"]["PerformanceOut"];
+            };
+            /**
+             * By Week
+             * @description Key: the ISO week of arrival, e.g. `2026-W49`.
+             */
+            by_week: {
+                [key: string]: components["schemas"]["PerformanceOut"];
+            };
+        };
+        /**
          * OperatingPoint
          * @description `sensitive` misses fewer fractures (more false alarms); `specific` the reverse.
          * @enum {string}
@@ -601,6 +721,31 @@ export interface components {
             specificity?: number | null;
         } & {
             [key: string]: unknown;
+        };
+        /** PerformanceOut */
+        PerformanceOut: {
+            /**
+             * Reviewed
+             * @description Reviewed studies in this group.
+             */
+            reviewed: number;
+            /**
+             * No Call
+             * @description Of them, `Not a CT slice` (no call made): outside the four figures.
+             */
+            no_call: number;
+            /** True Positive */
+            true_positive: number;
+            /** False Positive */
+            false_positive: number;
+            /** True Negative */
+            true_negative: number;
+            /** False Negative */
+            false_negative: number;
+            sensitivity: components["schemas"]["ProportionOut"];
+            specificity: components["schemas"]["ProportionOut"];
+            ppv: components["schemas"]["ProportionOut"];
+            npv: components["schemas"]["ProportionOut"];
         };
         /**
          * PredictionResponse
@@ -709,6 +854,28 @@ export interface components {
          * @enum {string}
          */
         PreviewWindow: "model" | "bone" | "soft_tissue";
+        /** ProportionOut */
+        ProportionOut: {
+            /** Successes */
+            successes: number;
+            /** Total */
+            total: number;
+            /**
+             * Estimate
+             * @description successes / total; null when total is 0.
+             */
+            estimate: number | null;
+            /**
+             * Lower
+             * @description Wilson 95 % interval, lower bound.
+             */
+            lower: number | null;
+            /**
+             * Upper
+             * @description Wilson 95 % interval, upper bound.
+             */
+            upper: number | null;
+        };
         /** ReadyResponse */
         ReadyResponse: {
             /**
@@ -718,6 +885,48 @@ export interface components {
              */
             status: "ready";
             model: components["schemas"]["ModelInfo"];
+        };
+        /** ReviewEntry */
+        ReviewEntry: {
+            /** Id */
+            id: number;
+            /** Fracture */
+            fracture: boolean;
+            /** Levels */
+            levels: ("C1" | "C2" | "C3" | "C4" | "C5" | "C6" | "C7")[];
+            /** Note */
+            note: string | null;
+            /**
+             * Reader
+             * @description The reader's token id (first 8 hex digits of its SHA-256); null when the server runs without tokens.
+             */
+            reader: string | null;
+            /**
+             * Reviewed At
+             * Format: date-time
+             */
+            reviewed_at: string;
+        };
+        /**
+         * ReviewRequest
+         * @description A radiologist's read of a worklist study.
+         */
+        ReviewRequest: {
+            /**
+             * Fracture
+             * @description Is there a cervical-spine fracture?
+             */
+            fracture: boolean;
+            /**
+             * Levels
+             * @description The fractured vertebrae, C1-C7 (optional; only with `fracture` true).
+             */
+            levels?: ("C1" | "C2" | "C3" | "C4" | "C5" | "C6" | "C7")[];
+            /**
+             * Note
+             * @description Free text (optional).
+             */
+            note?: string | null;
         };
         /** StudyFileError */
         StudyFileError: {
@@ -932,6 +1141,11 @@ export interface components {
              * @description Server time for unpacking, decoding and inference.
              */
             latency_ms: number;
+            /**
+             * Worklist Id
+             * @description Only with `save=true`: the study's id in the worklist (GET /worklist/{id}).
+             */
+            worklist_id?: number | null;
         };
         /** StudySettings */
         StudySettings: {
@@ -980,6 +1194,30 @@ export interface components {
              */
             in_distribution: boolean | null;
         };
+        /**
+         * StudySummary
+         * @description The study answer as `POST /predict/study` gives it; the fields the worklist keeps
+         *     (any others, e.g. `slices`, are ignored).
+         */
+        StudySummary: {
+            /**
+             * Result
+             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @enum {string}
+             */
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            /**
+             * Prediction
+             * @description The study score.
+             */
+            prediction: number;
+            /** Threshold */
+            threshold: number;
+            operating_point: components["schemas"]["OperatingPoint"];
+            /** Top Slices */
+            top_slices?: components["schemas"]["WorklistTopSlice"][];
+            model: components["schemas"]["SubmittedModel"];
+        };
         /** StudyTopSlice */
         StudyTopSlice: {
             /**
@@ -998,6 +1236,19 @@ export interface components {
              * @description Only with `explain=true`: Grad-CAM overlay on this slice, base64 PNG (absent for a slice over MAX_EXPLAIN_PIXELS).
              */
             heatmap_png_base64?: string | null;
+        };
+        /** SubmittedModel */
+        SubmittedModel: {
+            /**
+             * Name
+             * @description Model name from the model card.
+             */
+            name: string;
+            /**
+             * Version
+             * @description Model version from the model card.
+             */
+            version: string;
         };
         /** ValidationError */
         ValidationError: {
@@ -1068,6 +1319,149 @@ export interface components {
             width: number;
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * WorklistEntry
+         * @description One analysed series in the worklist, with every read of it (oldest first).
+         */
+        WorklistEntry: {
+            /** Id */
+            id: number;
+            /**
+             * Source
+             * @description `pacs`: the PACS worker's; `upload`: `POST /predict/study?save=true`.
+             * @enum {string}
+             */
+            source: "pacs" | "upload";
+            /** Study Uid */
+            study_uid: string | null;
+            /** Series Uid */
+            series_uid: string | null;
+            /**
+             * Identifiers
+             * @description Only those WORKLIST_IDENTIFIERS names; null by default.
+             */
+            identifiers: {
+                [key: string]: string;
+            } | null;
+            /**
+             * Arrived At
+             * Format: date-time
+             */
+            arrived_at: string;
+            /**
+             * Analysed At
+             * Format: date-time
+             */
+            analysed_at: string;
+            /**
+             * Verdict
+             * @enum {string}
+             */
+            verdict: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            /**
+             * Flagged
+             * @description `verdict` is `Potentially Fracture`.
+             */
+            flagged: boolean;
+            /** Score */
+            score: number;
+            /** Threshold */
+            threshold: number;
+            operating_point: components["schemas"]["OperatingPoint"];
+            /** Top Slices */
+            top_slices: components["schemas"]["WorklistTopSlice"][];
+            model: components["schemas"]["ModelInfo"];
+            /** Manufacturer */
+            manufacturer: string | null;
+            /** Manufacturer Model */
+            manufacturer_model: string | null;
+            status: components["schemas"]["WorklistStatus"];
+            /** Opened At */
+            opened_at: string | null;
+            /**
+             * Reviews
+             * @description Every read, oldest first (the last counts).
+             */
+            reviews: components["schemas"]["ReviewEntry"][];
+        };
+        /** WorklistPage */
+        WorklistPage: {
+            /**
+             * Items
+             * @description Flagged studies first, then by arrival (the longest waiting first).
+             */
+            items: components["schemas"]["WorklistEntry"][];
+            /**
+             * Total
+             * @description Entries that pass the filters (all pages).
+             */
+            total: number;
+            /** Offset */
+            offset: number;
+            /** Limit */
+            limit: number;
+        };
+        /**
+         * WorklistStatus
+         * @description Where a study stands: `new` (not yet looked at) -> `opened` (GET /worklist/{id}) ->
+         *     `reviewed` (a radiologist's read recorded).
+         * @enum {string}
+         */
+        WorklistStatus: "new" | "opened" | "reviewed";
+        /**
+         * WorklistSubmission
+         * @description What the PACS worker sends after analysing a series (`POST /worklist`).
+         */
+        WorklistSubmission: {
+            /**
+             * Study Uid
+             * @description StudyInstanceUID.
+             */
+            study_uid: string;
+            /**
+             * Series Uid
+             * @description SeriesInstanceUID.
+             */
+            series_uid: string;
+            /**
+             * Arrived At
+             * @description When the series' last instance reached the PACS (the study's age counts from here); default: now.
+             */
+            arrived_at?: string | null;
+            /**
+             * Manufacturer
+             * @description DICOM Manufacturer.
+             */
+            manufacturer?: string | null;
+            /**
+             * Manufacturer Model
+             * @description DICOM ManufacturerModelName.
+             */
+            manufacturer_model?: string | null;
+            /**
+             * Identifiers
+             * @description Other identifiers (e.g. `accession_number`); only those the server's WORKLIST_IDENTIFIERS names are stored, the rest are dropped.
+             */
+            identifiers?: {
+                [key: string]: string;
+            } | null;
+            /** @description The answer of `POST /predict/study`, as is. */
+            study: components["schemas"]["StudySummary"];
+        };
+        /** WorklistTopSlice */
+        WorklistTopSlice: {
+            /**
+             * Index
+             * @description Index of the slice in the analysed series.
+             */
+            index: number;
+            /** Name */
+            name: string;
+            /** Position */
+            position: number;
+            /** Prediction */
+            prediction: number;
         };
     };
     responses: never;
@@ -1173,6 +1567,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    monitoring_route_monitoring_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MonitoringResponse"];
                 };
             };
         };
@@ -1353,7 +1767,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The report: verdict and score, operating point and threshold, the top slices with Grad-CAM heatmaps, model name and version, intended use and known limits. No patient identifier, no file name. */
+            /** @description The report: verdict and score (a refused slice or series: no score), operating point and threshold, the top slices with Grad-CAM heatmaps, model name and version, intended use and known limits; one slice is reported as a slice, a series as a study. The exam's study/series UID, accession number and study date when the DICOM holds them (REPORT_IDENTIFIERS=false: none). Never the patient's name, ID or birth date, never a file name. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1407,6 +1821,8 @@ export interface operations {
                 operating_point?: components["schemas"]["OperatingPoint"];
                 /** @description Add a Grad-CAM `heatmap_png_base64` to each of the `top_slices`. */
                 explain?: boolean;
+                /** @description Also save the study to the worklist (`worklist_id` in the answer; DICOM slices: with their study and series UIDs and scanner). */
+                save?: boolean;
             };
             header?: never;
             path?: never;
@@ -1476,6 +1892,198 @@ export interface operations {
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    list_worklist_worklist_get: {
+        parameters: {
+            query?: {
+                /** @description Only these statuses (repeat the parameter). */
+                status?: components["schemas"]["WorklistStatus"][] | null;
+                /** @description Only these verdicts (repeat the parameter). */
+                verdict?: ("Potentially Fracture" | "Normal" | "Not a CT slice")[] | null;
+                /** @description Arrived at or after (ISO 8601 with zone). */
+                arrived_from?: string | null;
+                /** @description Arrived before (ISO 8601 with zone). */
+                arrived_to?: string | null;
+                offset?: number;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorklistPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    add_to_worklist_worklist_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WorklistSubmission"];
+            };
+        };
+        responses: {
+            /** @description The series was already listed: its analysis is updated (status and reads kept). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorklistEntry"];
+                };
+            };
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorklistEntry"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    open_study_worklist__study_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The worklist entry's id. */
+                study_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorklistEntry"];
+                };
+            };
+            /** @description No worklist entry has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "no worklist entry 7"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    review_study_worklist__study_id__review_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The worklist entry's id. */
+                study_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReviewRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorklistEntry"];
+                };
+            };
+            /** @description Tokens are configured and this one lacks the `reader` role. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this needs a token with the reader role"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No worklist entry has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "no worklist entry 7"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

@@ -68,9 +68,13 @@ export type SliceResult = Omit<PredictResponse, "latency_ms"> & { latency_ms?: n
 /** Header facts of a DICOM upload (never patient identifiers), `dicom` in a /predict answer. */
 export type DicomInfo = Schemas["DicomInfo"];
 
-/** `/predict?preview_window=`: the window of the DICOM preview image (the UI offers two). */
+/** `/predict?preview_window=`: the window of the DICOM preview image. `model` (the server's
+ * default, so the first preview is in it) is the model card's window: what the model was given. */
 export type PreviewWindow = Schemas["PreviewWindow"];
-export const PREVIEW_WINDOWS: { id: PreviewWindow; label: string }[] = [
-  { id: "bone", label: "Bone" },
-  { id: "soft_tissue", label: "Soft tissue" },
+export const PREVIEW_WINDOWS: { id: PreviewWindow; label: string; caption: string }[] = [
+  { id: "model", label: "Model's window", caption: "Shown in the model's window: the slice as the model saw it" },
+  { id: "bone", label: "Bone", caption: "Shown in the bone window (level 400, width 1800 HU)" },
+  { id: "soft_tissue", label: "Soft tissue", caption: "Shown in the soft-tissue window (level 40, width 400 HU)" },
 ];
+/** The window a DICOM preview was asked in: the server's default (`model`) until another is chosen. */
+export const DEFAULT_PREVIEW_WINDOW: PreviewWindow = "model";

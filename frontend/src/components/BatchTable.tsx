@@ -1,6 +1,6 @@
 import { describeError } from "../api/client";
 import { formatPercent } from "../lib/files";
-import { isRefused, resultTone } from "../lib/results";
+import { NOT_SCORED, isRefused, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
 import { ToneIcon } from "./ResultBadge";
 
@@ -93,10 +93,7 @@ export function BatchTable({ items }: { items: SliceItem[] }) {
                   <td className={unused ? "num unused" : "num"}>
                     {typeof item.result?.prediction === "number" ? (
                       unused ? (
-                        <>
-                          <s>{formatPercent(item.result.prediction)}</s>
-                          <span className="unused__note"> not used</span>
-                        </>
+                        <span className="unused__note">{NOT_SCORED}</span>
                       ) : (
                         formatPercent(item.result.prediction)
                       )

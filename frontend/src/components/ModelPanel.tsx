@@ -1,5 +1,7 @@
-import type { ReactNode } from "react";
+import { useRef, useState, type ReactNode } from "react";
 import type { ModelCard } from "../api/types";
+import { closeDialog, openDialog } from "../lib/dialog";
+import { CloseIcon } from "./ReadingBits";
 
 function formatRatio(x: number): string {
   if (x > 0 && x < 0.001) return "<0.001";
@@ -248,6 +250,8 @@ interface HeldOut {
   intervals_95?: Record<string, Interval>;
   product?: Record<string, unknown>;
   refused?: number;
+  /** The folder the split was read from (the card's `test.data`). */
+  data?: unknown;
 }
 
 function num(v: unknown): string {
@@ -260,12 +264,80 @@ function withInterval(row: HeldOut, key: string): string {
   return ci && ci.every((x) => Number.isFinite(x)) ? `${value} [${formatRatio(ci[0])}–${formatRatio(ci[1])}]` : value;
 }
 
-/** Per held-out CT series (a patient the model never saw), then the archive's val split. */
+/**
+ * What the card's `test` split is, in words. The Kaggle archive's val split holds slices of
+ * series B10, which is in the training data: its figures are optimistic, not a new patient's.
+ */
+export function testSplitLabel(test: HeldOut): string {
+  return typeof test.data === "string" && /cervical-ct\/val\/?$/.test(test.data)
+    ? "Archive val split: series B10, which was in training (not a new patient)"
+    : "Test split";
+}
+
+/** The whole model card in a dialog that scrolls on its own (in the panel it ran to ~13,000 px). */
+function FullCardDialog({ card }: { card: Record<string, unknown> }) {
+  const dialog = useRef<HTMLDialogElement>(null);
+  const [open, setOpen] = useState(false);
+  const show = () => {
+    setOpen(true);
+    openDialog(dialog.current);
+  };
+  const close = () => {
+    closeDialog(dialog.current);
+    setOpen(false);
+  };
+  return (
+    <>
+      <button type="button" className="btn btn--ghost btn--small" onClick={show} data-testid="full-card-button">
+        The full model card
+      </button>
+      <dialog
+        ref={dialog}
+        className="card-dialog"
+        aria-labelledby="full-card-title"
+        data-testid="full-card-dialog"
+        onClick={(e) => e.target === dialog.current && close()}
+        onClose={() => setOpen(false)}
+      >
+        <div className="card-dialog__head">
+          <h3 id="full-card-title">Model card: every field</h3>
+          <button type="button" className="icon-btn" onClick={close} aria-label="Close the model card">
+            <CloseIcon />
+          </button>
+        </div>
+        <div className="card-dialog__body" tabIndex={0} data-testid="full-card-body">
+          {open && <KeyValues data={card} />}
+        </div>
+      </dialog>
+    </>
+  );
+}
+
+/** Per held-out CT series (a patient the model never saw), then, apart, the card's test split. */
 export function NewPatientTable({ series, test }: { series: Record<string, HeldOut>; test?: HeldOut }) {
-  const rows: [string, HeldOut][] = [
-    ...Object.entries(series).map(([name, row]) => [`${name} (held out)`, row] as [string, HeldOut]),
-    ...(test ? [["Archive val split (test)", test] as [string, HeldOut]] : []),
-  ];
+  const heldOut: [string, HeldOut][] = Object.entries(series).map(
+    ([name, row]) => [`${name} (held out)`, row] as [string, HeldOut],
+  );
+  const row = ([name, row]: [string, HeldOut]) => (
+    <tr key={name}>
+      <th scope="row">{name}</th>
+      <td className="num">
+        {row.base_slices?.fracture ?? "—"}/{row.base_slices?.normal ?? "—"}
+      </td>
+      <td className="num">{withInterval(row, "auc")}</td>
+      <td className="num">
+        {withInterval(row, "recall")}
+        <br />
+        {withInterval(row, "specificity")}
+      </td>
+      <td className="num">
+        {num(row.product?.recall)}
+        <br />
+        {num(row.product?.specificity)}
+      </td>
+      <td className="num">{row.refused ?? "—"}</td>
+    </tr>
+  );
   return (
     <>
     {/* Focusable: the table scrolls sideways in the narrow panel, keyboard users must reach it. */}
@@ -281,28 +353,17 @@ export function NewPatientTable({ series, test }: { series: Record<string, HeldO
             <th scope="col" className="num">Refused</th>
           </tr>
         </thead>
-        <tbody>
-          {rows.map(([name, row]) => (
-            <tr key={name}>
-              <th scope="row">{name}</th>
-              <td className="num">
-                {row.base_slices?.fracture ?? "—"}/{row.base_slices?.normal ?? "—"}
-              </td>
-              <td className="num">{withInterval(row, "auc")}</td>
-              <td className="num">
-                {withInterval(row, "recall")}
-                <br />
-                {withInterval(row, "specificity")}
-              </td>
-              <td className="num">
-                {num(row.product?.recall)}
-                <br />
-                {num(row.product?.specificity)}
-              </td>
-              <td className="num">{row.refused ?? "—"}</td>
+        <tbody>{heldOut.map(row)}</tbody>
+        {test && (
+          <tbody data-testid="test-split-row">
+            <tr>
+              <th scope="colgroup" colSpan={6} className="new-patients__apart">
+                Not a new patient:
+              </th>
             </tr>
-          ))}
-        </tbody>
+            {row([testSplitLabel(test), test])}
+          </tbody>
+        )}
       </table>
     </div>
     <p className="plain-text muted">
@@ -312,21 +373,6 @@ export function NewPatientTable({ series, test }: { series: Record<string, HeldO
     </>
   );
 }
-
-const SHOWN = new Set([
-  "leave_one_series_out",
-  "test",
-  "name",
-  "version",
-  "architecture",
-  "intended_use",
-  "caveats",
-  "limitations",
-  "known_limitations",
-  "operating_points",
-  "metrics",
-  "data",
-]);
 
 interface Props {
   card: ModelCard | null;
@@ -344,7 +390,6 @@ export function ModelPanel({ card, error }: Props) {
     Object.values(points).every((p) => p?.[k] === undefined || typeof p[k] !== "object"),
   );
   const complexPointKeys = pointKeys.filter((k) => !simplePointKeys.includes(k));
-  const rest = card ? Object.fromEntries(Object.entries(card).filter(([k]) => !SHOWN.has(k))) : {};
   const placeholder = !!card && /untrained|placeholder/i.test(`${card.version ?? ""} ${card.name ?? ""}`);
 
   return (
@@ -475,12 +520,7 @@ export function ModelPanel({ card, error }: Props) {
             )}
           </section>
 
-          {Object.keys(rest).length > 0 && (
-            <details className="model__more">
-              <summary>All model card fields</summary>
-              <KeyValues data={rest} />
-            </details>
-          )}
+          <FullCardDialog card={card as Record<string, unknown>} />
         </>
       )}
     </aside>

@@ -39,3 +39,12 @@ export function LevelCaveat({ text }: { text: string }) {
     </p>
   );
 }
+
+/** The cross of a close or remove button. */
+export function CloseIcon() {
+  return (
+    <svg viewBox="0 0 20 20" aria-hidden="true" focusable="false">
+      <path d="m5 5 10 10M15 5 5 15" stroke="currentColor" strokeWidth="2" fill="none" />
+    </svg>
+  );
+}

@@ -1,15 +1,16 @@
 import { useRef, useState } from "react";
 import { ApiError, describeError, getReport } from "../api/client";
-import { PREVIEW_WINDOWS, type OperatingPoint, type PreviewWindow } from "../api/types";
+import { DEFAULT_PREVIEW_WINDOW, PREVIEW_WINDOWS, type OperatingPoint, type PreviewWindow } from "../api/types";
 import { saveBlob } from "../lib/csv";
+import { closeDialog, openDialog } from "../lib/dialog";
 import { dicomFacts } from "../lib/dicom";
-import { formatBytes, formatPercent } from "../lib/files";
-import { REFUSAL_TEXT, isRefused, resultTone } from "../lib/results";
+import { formatBytes } from "../lib/files";
+import { REFUSAL_ADVICE, REFUSAL_TEXT, isRefused, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
 import { ErrorNotice } from "./ErrorNotice";
 import { ImageViewer } from "./ImageViewer";
 import { ProbabilityBar } from "./ProbabilityBar";
-import { LevelCaveat } from "./ReadingBits";
+import { CloseIcon, LevelCaveat } from "./ReadingBits";
 import { ResultBadge } from "./ResultBadge";
 
 interface Props {
@@ -23,7 +24,7 @@ interface Props {
   caveat?: string | null;
 }
 
-function Placeholder({ kind }: { kind: SliceItem["kind"] }) {
+function Placeholder({ kind, analysed }: { kind: SliceItem["kind"]; analysed: boolean }) {
   return (
     <div className="thumb__placeholder">
       <svg viewBox="0 0 24 24" aria-hidden="true" focusable="false">
@@ -35,7 +36,13 @@ function Placeholder({ kind }: { kind: SliceItem["kind"] }) {
         />
       </svg>
       <span>{kind === "dicom" ? "DICOM" : "No preview"}</span>
-      <small>{kind === "dicom" ? "The server decodes DICOM: the image shows once it is analysed" : "Preview not available"}</small>
+      <small>
+        {kind !== "dicom"
+          ? "Preview not available"
+          : analysed
+            ? "Analysed: choose a window below to show the image"
+            : "The server decodes DICOM: the image shows once it is analysed"}
+      </small>
     </div>
   );
 }
@@ -48,6 +55,12 @@ function Legend({ inline }: { inline?: boolean }) {
       <span>high</span>
     </span>
   );
+}
+
+/** Which window a DICOM preview is in, in words. */
+function windowCaption(window: PreviewWindow | undefined): string {
+  const id = window ?? DEFAULT_PREVIEW_WINDOW;
+  return PREVIEW_WINDOWS.find((w) => w.id === id)?.caption ?? id;
 }
 
 export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, caveat }: Props) {
@@ -83,17 +96,13 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
   };
   const [large, setLarge] = useState(false);
   const openLarge = () => {
-    const d = dialog.current;
-    if (!d) return;
+    if (!dialog.current) return;
     setLarge(true);
-    if (typeof d.showModal === "function") d.showModal();
-    else d.setAttribute("open", "");
+    openDialog(dialog.current);
   };
   const closeLarge = () => {
-    const d = dialog.current;
-    if (!d) return;
-    if (typeof d.close === "function") d.close();
-    else d.removeAttribute("open");
+    if (!dialog.current) return;
+    closeDialog(dialog.current);
     setLarge(false);
   };
 
@@ -118,7 +127,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
         ) : serverPreview ? (
           <img src={serverPreview} alt={`Preview of ${item.file.name}`} data-testid="preview-image" />
         ) : (
-          <Placeholder kind={previewFailed ? "other" : item.kind} />
+          <Placeholder kind={previewFailed ? "other" : item.kind} analysed={status === "done"} />
         )}
         {(status === "analysing" || (item.showHeatmap && item.heatmapLoading) || item.previewLoading) && (
           <div className="thumb__busy" aria-hidden="true">
@@ -126,6 +135,11 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
           </div>
         )}
         {showingHeatmap && <Legend />}
+        {!showingHeatmap && !localPreview && serverPreview && (
+          <p className="thumb__caption" data-testid="preview-window">
+            {windowCaption(item.previewWindow)}
+          </p>
+        )}
         {shownSrc && (
           <button type="button" className="thumb__zoom" onClick={openLarge} aria-label={`Enlarge ${item.file.name}`}>
             <svg viewBox="0 0 20 20" aria-hidden="true" focusable="false">
@@ -150,9 +164,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
             {showingHeatmap ? " · Grad-CAM heatmap" : ""}
           </h3>
           <button type="button" className="icon-btn icon-btn--light" onClick={closeLarge} aria-label="Close">
-            <svg viewBox="0 0 20 20" aria-hidden="true" focusable="false">
-              <path d="m5 5 10 10M15 5 5 15" stroke="currentColor" strokeWidth="2" fill="none" />
-            </svg>
+            <CloseIcon />
           </button>
         </div>
         {large && (
@@ -179,9 +191,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
             disabled={busy && status === "analysing"}
             aria-label={`Remove ${item.file.name}`}
           >
-            <svg viewBox="0 0 20 20" aria-hidden="true" focusable="false">
-              <path d="m5 5 10 10M15 5 5 15" stroke="currentColor" strokeWidth="2" fill="none" />
-            </svg>
+            <CloseIcon />
           </button>
         </header>
         <p className="card__meta">
@@ -214,11 +224,9 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
             {refused && (
               <div className="refusal" data-testid="refusal">
                 <p>{REFUSAL_TEXT}</p>
-                {typeof result.prediction === "number" && (
-                  <p className="refusal__score" data-testid="unused-score">
-                    Model score {formatPercent(result.prediction)} <span>· not used</span>
-                  </p>
-                )}
+                <p className="refusal__advice" data-testid="refusal-advice">
+                  {REFUSAL_ADVICE}
+                </p>
               </div>
             )}
             {!refused && typeof result.prediction === "number" && typeof result.threshold === "number" && (
@@ -245,14 +253,6 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
                     : ""}
                 </dd>
               </div>
-              {refused && typeof result.ct_gate_margin === "number" && (
-                <div>
-                  <dt>CT gate margin</dt>
-                  <dd data-testid="ct-gate-margin">
-                    {result.ct_gate_margin.toFixed(2)} <span className="muted">(accepted up to 1.00)</span>
-                  </dd>
-                </div>
-              )}
               {typeof result.latency_ms === "number" && (
                 <div>
                   <dt>Time</dt>
@@ -276,7 +276,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
                         type="radio"
                         name={`${item.id}-window`}
                         value={w.id}
-                        checked={(item.previewWindow ?? "bone") === w.id}
+                        checked={(item.previewWindow ?? DEFAULT_PREVIEW_WINDOW) === w.id}
                         onChange={() => onWindow(item.id, w.id)}
                       />
                       {w.label}
@@ -286,7 +286,7 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
                   <button
                     type="button"
                     className="btn btn--ghost btn--small"
-                    onClick={() => onWindow(item.id, item.previewWindow ?? "bone")}
+                    onClick={() => onWindow(item.id, item.previewWindow ?? DEFAULT_PREVIEW_WINDOW)}
                   >
                     Show image
                   </button>

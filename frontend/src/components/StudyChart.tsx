@@ -33,7 +33,7 @@ export function describeSlice(
   unit?: string | null,
 ): string {
   const where = `Slice ${index + 1} of ${count}, position ${formatPosition(slice.position)}${unit === "mm" ? " mm" : ""}`;
-  if (slice.in_distribution === false) return `${where}: ${slice.name}, not a CT slice (score not used)`;
+  if (slice.in_distribution === false) return `${where}: ${slice.name}, not a CT slice (not scored)`;
   return `${where}: ${slice.name}, fracture probability ${formatPercent(slice.prediction)}${
     rank ? `, top slice ${rank}` : ""
   }`;
@@ -114,7 +114,8 @@ export function StudyChart({ slices, threshold, topRank, selected, onSelect, ope
         {slices.map((s, i) => {
           const ood = s.in_distribution === false;
           const rank = topRank.get(i);
-          const h = Math.max(3, M.top + PH - y(s.prediction)); // a 0% slice still shows
+          // a 0% slice still shows; a refused slice is a short hatched stub: its score is not shown
+          const h = ood ? 8 : Math.max(3, M.top + PH - y(s.prediction));
           const kind = ood ? "ood" : s.prediction >= threshold ? "above" : "below";
           return (
             <g

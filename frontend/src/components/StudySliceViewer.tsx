@@ -171,9 +171,6 @@ export function StudySliceViewer({
               <p className="sv__note">
                 This image does not look like an axial CT slice, so it was left out of the study score.
               </p>
-              <p className="refusal__score">
-                Model score {formatPercent(slice.prediction)} <span>· not used</span>
-              </p>
               <p className="sv__note">Not scored: no heatmap for an image that is not a CT slice.</p>
             </>
           ) : (

@@ -1,6 +1,7 @@
 import { useEffect, useRef } from "react";
 import type { StudySlice } from "../api/types";
 import { formatPercent } from "../lib/files";
+import { NOT_SCORED } from "../lib/results";
 import { formatPosition } from "../lib/study";
 import { ToneIcon } from "./ResultBadge";
 
@@ -83,10 +84,7 @@ export function StudyTable({ slices, threshold, topRank, selected, onSelect, pos
                 <td className="num">{formatPosition(s.position)}</td>
                 <td className={ood ? "num unused" : "num"}>
                   {ood ? (
-                    <>
-                      <s>{formatPercent(s.prediction)}</s>
-                      <span className="unused__note"> not used</span>
-                    </>
+                    <span className="unused__note">{NOT_SCORED}</span>
                   ) : (
                     <span className={s.prediction >= threshold ? "score score--above" : "score"}>
                       {formatPercent(s.prediction)}

@@ -3,7 +3,7 @@ import { ApiError, describeError, getReport, predict, predictStudy } from "../ap
 import type { ModelCard, OperatingPoint, StudyResponse } from "../api/types";
 import { csvBlob, saveBlob, studyCsv } from "../lib/csv";
 import { formatBytes, formatPercent, previewKind } from "../lib/files";
-import { historyId } from "../lib/history";
+import { historyId, studyContentId } from "../lib/history";
 import { isRefused, levelCaveat, resultTone } from "../lib/results";
 import { ownsKeys, readerKey } from "../lib/viewer";
 import {
@@ -70,8 +70,9 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
   const [report, setReport] = useState<{ status: "idle" | "busy" } | { status: "error"; message: string }>({
     status: "idle",
   });
-  /** The history entry of the current selection (a new one per selection). */
-  const entryId = useRef(historyId());
+  /** The history entry of the current selection: the hash of its files' contents (the same
+   * series again replaces its entry), a new random id for a selection that cannot be hashed. */
+  const entryId = useRef<Promise<string>>(Promise.resolve(historyId()));
   const onResultRef = useRef(onResult);
   onResultRef.current = onResult;
   const stage = useRef<HTMLDivElement | null>(null);
@@ -94,7 +95,10 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
       if (id !== runId.current) return;
       setStudy(answer);
       setStatus("done");
-      onResultRef.current?.({ historyId: entryId.current, label: src.label, study: answer });
+      // Saved once the files' hash is known, without holding up the answer on screen.
+      void entryId.current.then((entry) => {
+        if (id === runId.current) onResultRef.current?.({ historyId: entry, label: src.label, study: answer });
+      });
       // Heatmaps do not depend on the operating point: keep those already fetched.
       setHeatmaps((old) => {
         const next = { ...old };
@@ -128,7 +132,7 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
   const onFiles = (picked: File[], folder?: string) => {
     const src = toSource(picked, folder);
     runId.current += 1; // an answer still on its way belongs to the old selection
-    entryId.current = historyId();
+    entryId.current = src ? studyContentId(src.files, historyId()) : Promise.resolve(historyId());
     setReport({ status: "idle" });
     setStudy(null);
     setError(null);
@@ -145,7 +149,7 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
   useEffect(() => {
     if (!reopened) return;
     runId.current += 1;
-    entryId.current = reopened.historyId;
+    entryId.current = Promise.resolve(reopened.historyId);
     setSource(null);
     setNotice(null);
     setError(null);
@@ -162,7 +166,7 @@ export function StudyView({ card, analyseOnDrop = false, onAnalyseOnDrop, onResu
 
   const clear = () => {
     runId.current += 1;
-    entryId.current = historyId();
+    entryId.current = Promise.resolve(historyId());
     setReport({ status: "idle" });
     setSource(null);
     setStudy(null);

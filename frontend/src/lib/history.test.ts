@@ -4,6 +4,9 @@ import { prediction, studyAnswer } from "../test/mockApi";
 import {
   HistoryStore,
   MAX_ENTRIES,
+  contentId,
+  historyRows,
+  studyContentId,
   newestFirst,
   openHistory,
   overflow,
@@ -74,5 +77,40 @@ describe("history store (IndexedDB)", () => {
     ];
     expect(newestFirst(entries).map((e) => e.id)).toEqual(["y", "z", "x"]);
     expect(overflow(entries, 2)).toEqual(["x"]);
+  });
+});
+
+describe("one entry per file content, runs grouped", () => {
+  it("names an entry by the SHA-256 of its file's bytes, whatever the file is called", async () => {
+    const a = await contentId(new File([new Uint8Array([1, 2, 3])], "1.dcm"), "x");
+    expect(a).toMatch(/^sha256-[0-9a-f]{64}$/);
+    expect(await contentId(new File([new Uint8Array([1, 2, 3])], "again.dcm"), "y")).toBe(a);
+    expect(await contentId(new File([new Uint8Array([1, 2, 4])], "1.dcm"), "z")).not.toBe(a);
+    expect(await contentId(new File([], "kept-without-bytes.png"), "fallback")).toBe("fallback");
+  });
+
+  it("names a study by its files' contents, in any order", async () => {
+    const f = (n: number) => new File([new Uint8Array([n, n, n])], `neck (${n}).png`);
+    const one = await studyContentId([f(1), f(2)], "x");
+    expect(one).toMatch(/^sha256-/);
+    expect(await studyContentId([f(2), f(1)], "y")).toBe(one);
+    expect(await studyContentId([f(1), f(3)], "z")).not.toBe(one);
+    expect(await studyContentId([f(1), new File([], "empty.png")], "fallback")).toBe("fallback");
+  });
+
+  it("gathers the slices of one run in a group at the place of its newest slice", () => {
+    const run = { id: "run", size: 3 };
+    const rows = historyRows([
+      { ...slice("a", 1), group: run },
+      { ...slice("b", 2), group: run },
+      slice("alone", 3),
+      { ...slice("c", 4), group: run },
+      { ...slice("lonely", 5), group: { id: "other", size: 2 } },
+    ]);
+    expect(rows.map((r) => (r.kind === "entry" ? r.entry.id : r.entries.map((e) => e.id).join("+")))).toEqual([
+      "lonely",
+      "c+b+a",
+      "alone",
+    ]);
   });
 });

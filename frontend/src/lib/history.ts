@@ -21,12 +21,15 @@ export interface StoredFile {
 }
 
 export interface SliceEntry {
+  /** `sha256-<hex>` of the file's bytes (one entry per file content), else a random id. */
   id: string;
   savedAt: number;
   kind: "slice";
   label: string;
   result: SliceResult;
   file?: StoredFile;
+  /** The files analysed together with it: shown as one group in the history. */
+  group?: { id: string; size: number };
 }
 export interface StudyEntry {
   id: string;
@@ -56,6 +59,64 @@ export function historyId(): string {
   counter += 1;
   const random = typeof crypto !== "undefined" && "randomUUID" in crypto ? crypto.randomUUID() : Math.random().toString(36).slice(2);
   return `${Date.now().toString(36)}-${counter}-${random}`;
+}
+
+/**
+ * The history id of a file: the SHA-256 of its content, so the same file analysed again
+ * replaces its entry instead of adding one; `fallback` when the content cannot be read or
+ * hashed (a restored entry without its bytes, a browser without WebCrypto).
+ */
+export async function contentId(file: File, fallback: string): Promise<string> {
+  const subtle = globalThis.crypto?.subtle;
+  if (!file.size || !subtle || typeof file.arrayBuffer !== "function") return fallback;
+  try {
+    const digest = new Uint8Array(await subtle.digest("SHA-256", new Uint8Array(await file.arrayBuffer())));
+    return `sha256-${Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  } catch {
+    return fallback;
+  }
+}
+
+/**
+ * A study's history id: the SHA-256 of its files' own hashes (sorted, so their order does not
+ * matter): the same series analysed again replaces its entry. `fallback` when a file cannot
+ * be hashed.
+ */
+export async function studyContentId(files: File[], fallback: string): Promise<string> {
+  const ids: string[] = [];
+  for (const file of files) {
+    const id = await contentId(file, "");
+    if (!id) return fallback;
+    ids.push(id);
+  }
+  return contentId(new File([ids.sort().join("\n")], "study"), fallback);
+}
+
+/** A history list as shown: single entries, and the slices of one run gathered in a group
+ * (newest first, a group at the place of its newest slice). */
+export type HistoryRow =
+  | { kind: "entry"; entry: HistoryEntry }
+  | { kind: "group"; id: string; entries: SliceEntry[] };
+
+export function historyRows(entries: HistoryEntry[]): HistoryRow[] {
+  const rows: HistoryRow[] = [];
+  const groups = new Map<string, SliceEntry[]>();
+  for (const entry of newestFirst(entries)) {
+    const group = entry.kind === "slice" ? entry.group : undefined;
+    if (!group) {
+      rows.push({ kind: "entry", entry });
+      continue;
+    }
+    const members = groups.get(group.id);
+    if (members) members.push(entry as SliceEntry);
+    else {
+      const first = [entry as SliceEntry];
+      groups.set(group.id, first);
+      rows.push({ kind: "group", id: group.id, entries: first });
+    }
+  }
+  // A group that kept one slice (the others replaced by later runs) is a plain entry.
+  return rows.map((row) => (row.kind === "group" && row.entries.length === 1 ? { kind: "entry", entry: row.entries[0]! } : row));
 }
 
 export async function storeFile(file: File): Promise<StoredFile | undefined> {

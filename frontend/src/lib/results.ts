@@ -17,7 +17,15 @@ export function isRefused(result: { result: string; in_distribution?: boolean | 
   return result.result === RESULT_NOT_CT || result.in_distribution === false;
 }
 
-export const REFUSAL_TEXT = "This image does not look like an axial CT slice, so no fracture call was made.";
+export const REFUSAL_TEXT =
+  "This image does not look like an axial CT slice of the neck, so no fracture call was made and no score is shown.";
+/** What to do instead of a refused image, in plain words (no gate numbers: they invite misuse). */
+export const REFUSAL_ADVICE =
+  "The model reads axial CT slices of the cervical spine only: DICOM from the scanner or PACS, or a PNG/JPEG " +
+  "exported in a CT window. Photos, screenshots, scout views, MR or X-ray images and CT of other body regions are " +
+  "refused. Send the axial neck slice itself, or the whole series as a study.";
+/** Shown where a refused slice's score would be: the score of an image the model cannot read means nothing. */
+export const NOT_SCORED = "not scored";
 
 /** The model card's limits, in card order (the same keys the model panel and the report read). */
 export function cardLimits(card: unknown): string[] {

@@ -35,9 +35,12 @@ def _error(description: str) -> dict[str, Any]:
     responses={
         200: {
             "content": {"application/pdf": {}},
-            "description": "The report: verdict and score, operating point and threshold, the "
-            "top slices with Grad-CAM heatmaps, model name and version, intended use and known "
-            "limits. No patient identifier, no file name.",
+            "description": "The report: verdict and score (a refused slice or series: no "
+            "score), operating point and threshold, the top slices with Grad-CAM heatmaps, model "
+            "name and version, intended use and known limits; one slice is reported as a slice, "
+            "a series as a study. The exam's study/series UID, accession number and study date "
+            "when the DICOM holds them (REPORT_IDENTIFIERS=false: none). Never the patient's "
+            "name, ID or birth date, never a file name.",
         },
         400: _error("Not one orderable series (as for /predict/study)."),
         413: _error("Too many slices or too large (as for /predict/study)."),
@@ -64,11 +67,14 @@ def report_route(
         # Series order needs a number in a PNG/JPEG name; one slice has no order. The report
         # shows no file name, so this one is renamed rather than refused.
         files[0].filename = "slice (1)" + PurePosixPath(files[0].filename or "").suffix
-    study = analyse_study(files, core, settings, metrics, operating_point, explain=True)
+    study, exam = analyse_study(
+        files, core, settings, metrics, operating_point, True,
+        identifiers=settings.report_identifiers,
+    )  # fmt: skip
     # fpdf2 is imported on the first report, not at start-up (~0.5 s of the cold start).
     from backend.app.report_pdf import render_report
 
-    pdf = render_report(study, core.bundle.card.model_dump())
+    pdf = render_report(study, core.bundle.card.model_dump(), exam=exam)
     return Response(
         content=pdf,
         media_type="application/pdf",

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from backend.app.api.deps import CoreDep, MetricsDep, SettingsDep
+from backend.app.api.deps import CoreDep, MetricsDep, SettingsDep, WorklistDep
 from backend.app.api.responses import UPLOAD_ERRORS, error_response
 from backend.app.api.routes.predict import OperatingPointQuery
 from backend.app.api.studies import STUDY_FILES_DESCRIPTION, analyse_study
@@ -46,10 +46,18 @@ def predict_study_route(
     core: CoreDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    worklist: WorklistDep,
     operating_point: OperatingPointQuery = OperatingPoint.sensitive,
     explain: Annotated[
         bool,
         Query(description="Add a Grad-CAM `heatmap_png_base64` to each of the `top_slices`."),
+    ] = False,
+    save: Annotated[
+        bool,
+        Query(
+            description="Also save the study to the worklist (`worklist_id` in the answer; "
+            "DICOM slices: with their study and series UIDs and scanner)."
+        ),
     ] = False,
 ) -> StudyResponse:
     """Orders the slices head to foot, scores each one, and aggregates the in-distribution
@@ -65,4 +73,5 @@ def predict_study_route(
     neighbours as channels (2.5D), and its study head reads every slice's features head to
     foot: `prediction` is then its P(fracture), and `vertebrae` holds P(fracture) of each of
     C1-C7 (null for a slice bundle)."""
-    return analyse_study(files, core, settings, metrics, operating_point, explain)
+    saved_to = worklist if save else None
+    return analyse_study(files, core, settings, metrics, operating_point, explain, saved_to)[0]

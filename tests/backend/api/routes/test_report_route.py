@@ -1,6 +1,8 @@
 """POST /report over the real model: a PDF with the verdict, "not a diagnosis", the
-operating point, the top slices' heatmaps, the model and its known limits, and nothing
-that identifies a patient (no DICOM patient field, no file name)."""
+operating point, the top slices' heatmaps, the model and its known limits; one slice worded
+as a slice, a series as a study; a refused input with no score; the exam's identifiers
+(study/series UID, accession number, study date) unless turned off; and nothing that
+identifies a patient (no DICOM patient field, no file name)."""
 
 from __future__ import annotations
 
@@ -58,10 +60,13 @@ def test_report_of_one_real_slice(client: TestClient, ct_slice_path: Path) -> No
     words = pdf_text(response.content)
     assert study["result"] in words
     assert "Decision support — not a diagnosis" in words
-    assert f"specific: study threshold {percent(study['threshold'])}" in words
+    # One slice is a slice: its own score and threshold, no aggregation, no "study".
+    assert f"specific: slice threshold {percent(study['threshold'])}" in words
+    assert "Result (one slice)" in words and "study threshold" not in words
+    assert "highest slice probabilities" not in words and "Study score" not in words
     assert f"{study['model']['name']} (version {study['model']['version']})" in words
     if study["top_slices"]:
-        assert "Top 1: slice 1 of 1" in words
+        assert "The slice," in words and "Top 1" not in words
         assert "where the model looked — not a fracture outline" in words
         assert len(PdfReader(io.BytesIO(response.content)).pages[0].images) >= 1
     # the model card's known limits, every one of them
@@ -87,12 +92,44 @@ def test_report_of_a_dicom_names_no_patient(client: TestClient, samples: Path) -
 def test_report_of_a_series_zip_and_of_many_files(client: TestClient, samples: Path) -> None:
     zipped = post_report(client, [("series.zip", (samples / "series.zip").read_bytes())])
     assert zipped.status_code == 200, zipped.text
-    assert "1 scored" in pdf_text(zipped.content)
+    assert "Result (one slice)" in pdf_text(zipped.content)  # a zip of one slice: a slice
 
     png = (samples / "CT_small.png").read_bytes()
     many = post_report(client, [(f"neck ({n}).png", png) for n in (1, 2, 3)])
     assert many.status_code == 200, many.text
-    assert "3 scored" in pdf_text(many.content)
+    words = pdf_text(many.content)
+    assert "3 scored" in words and "Result (study)" in words
+
+
+def test_a_refused_slice_is_reported_without_a_score(client: TestClient, samples: Path) -> None:
+    """pydicom's phantom slice is refused (not a neck CT slice): the report gives no score,
+    neither the network's raw one nor the study's 0."""
+    dicom = (samples / "CT_small.dcm").read_bytes()
+    answer = client.post("/predict", files={"file": ("a.dcm", dicom)}).json()
+    assert answer["result"] == "Not a CT slice"
+    words = pdf_text(post_report(client, [("a.dcm", dicom)]).content)
+    assert "no fracture call was made and no score is given" in words
+    assert percent(answer["prediction"]) not in words
+    assert "0%" not in words and "score 0" not in words.lower()
+    assert "Slice score" not in words and "Study score" not in words
+
+
+def test_the_report_names_its_exam_unless_turned_off(
+    client: TestClient, make_client: Any, samples: Path
+) -> None:
+    dicom = samples / "CT_small.dcm"
+    ds = pydicom.dcmread(dicom)
+    words = pdf_text(post_report(client, [("a.dcm", dicom.read_bytes())]).content)
+    assert f"Study instance UID {ds.StudyInstanceUID}" in words
+    assert f"Series instance UID {ds.SeriesInstanceUID}" in words
+    assert "Study date 2004-01-19" in words
+    assert "Accession number" not in words  # empty in this file: left out
+    quiet = make_client(report_identifiers=False)
+    words = pdf_text(post_report(quiet, [("a.dcm", dicom.read_bytes())]).content)
+    assert ds.StudyInstanceUID not in words and "2004" not in words and "Exam" not in words
+    # a PNG has no identifiers: no exam section
+    png = (samples / "CT_small.png").read_bytes()
+    assert "Study instance UID" not in pdf_text(post_report(client, [("a.png", png)]).content)
 
 
 def test_report_errors_are_the_study_routes(client: TestClient, samples: Path) -> None:

@@ -466,7 +466,7 @@ def test_study_in_openapi(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     operation = schema["paths"]["/predict/study"]["post"]
     assert {"200", "400", "413", "422", "503"} <= set(operation["responses"])
-    assert {p["name"] for p in operation["parameters"]} == {"operating_point", "explain"}
+    assert {p["name"] for p in operation["parameters"]} == {"operating_point", "explain", "save"}
     study = schema["components"]["schemas"]["StudyResponse"]
     assert study["examples"][0]["aggregation"] == "top2_mean"
 

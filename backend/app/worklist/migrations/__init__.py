@@ -1,0 +1,1 @@
+"""Alembic's migrations of the worklist (``env.py``, ``versions/``); run by ``store.migrate``."""

@@ -1,0 +1,325 @@
+"""The worklist's one repository: every read and write of the tables goes through
+:class:`WorklistStore` (the routes never hold a session).
+
+The engine is the Settings' ``worklist_database_url``: a SQLite file by default, PostgreSQL
+(psycopg 3) when ``DATABASE_URL`` is set. :meth:`WorklistStore.migrate` upgrades the schema
+to Alembic's head; the app calls it at start-up (``main.lifespan``), before its port opens:
+an embedded SQLite file has no operator to run a separate command, and a server that starts
+on an old schema would answer 500s. On PostgreSQL the upgrade holds a transaction-scoped
+advisory lock, so replicas starting together upgrade one after the other (the others find
+the schema at head). ``python -m backend.app.worklist upgrade`` runs the same upgrade
+by hand (before a rollout, say).
+
+SQLite: every transaction starts ``BEGIN IMMEDIATE`` (the write lock up front, waiting up
+to ``SQLITE_BUSY_TIMEOUT_S`` for it) in WAL mode, so two concurrent writers (two readers
+reviewing one study) queue instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from backend.app.worklist.models import Review, WorklistStatus, WorklistStudy
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+# pg_advisory_xact_lock's key for the schema upgrade (any constant; "cspine" in ASCII).
+MIGRATION_LOCK_KEY = 0x637370696E65
+FLAGGED_VERDICT = "Potentially Fracture"
+MAX_PAGE_SIZE = 200
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_store_engine(url: str) -> Engine:
+    """The engine of ``url``; SQLite gets its folder, WAL, foreign keys and immediate
+    transactions (see the module's docstring)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # BEGIN is ours (below), not pysqlite's
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration without an ini file: the migrations folder and ``url``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+@dataclass(frozen=True)
+class NewStudy:
+    """One analysed series, as the API hands it in (``POST /worklist``, ``save=true``)."""
+
+    source: str  # "pacs" or "upload"
+    study_uid: str | None
+    series_uid: str | None
+    arrived_at: datetime
+    analysed_at: datetime
+    verdict: str
+    score: float
+    threshold: float
+    operating_point: str
+    top_slices: list[dict[str, Any]]
+    model_name: str
+    model_version: str
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
+    identifiers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class NewReview:
+    """A radiologist's read: fracture or not, the levels (C1..C7), a note; who and when."""
+
+    fracture: bool
+    levels: list[str] = field(default_factory=list)
+    note: str | None = None
+    reader: str | None = None
+    reviewed_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """``GET /worklist``'s filters; None or empty: no filter."""
+
+    statuses: tuple[str, ...] = ()
+    verdicts: tuple[str, ...] = ()
+    arrived_from: datetime | None = None
+    arrived_to: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReviewedStudy:
+    """What monitoring needs of a reviewed study: the product's call and the latest read."""
+
+    flagged: bool
+    verdict: str
+    fracture: bool
+    model_name: str
+    model_version: str
+    manufacturer: str | None
+    manufacturer_model: str | None
+    arrived_at: datetime
+
+
+class WorklistStore:
+    """The repository over one database (see the module's docstring)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_store_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def migrate(self) -> None:
+        """Upgrade the schema to Alembic's head (PostgreSQL: under an advisory lock)."""
+        config = alembic_config(self.url)
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def record(self, entry: NewStudy) -> tuple[WorklistStudy, bool]:
+        """Add ``entry``, or update the analysis of the entry of the same study and series
+        UIDs (a retried or repeated analysis; its status and reads are kept). Returns the
+        row and whether it is new."""
+        for _attempt in range(2):  # a concurrent first insert of the same series: update it
+            try:
+                return self._record(entry)
+            except IntegrityError:
+                continue
+        return self._record(entry)
+
+    def _record(self, entry: NewStudy) -> tuple[WorklistStudy, bool]:
+        values = {
+            "source": entry.source,
+            "study_uid": entry.study_uid,
+            "series_uid": entry.series_uid,
+            "identifiers": entry.identifiers or None,
+            "arrived_at": entry.arrived_at,
+            "analysed_at": entry.analysed_at,
+            "verdict": entry.verdict,
+            "flagged": entry.verdict == FLAGGED_VERDICT,
+            "score": entry.score,
+            "threshold": entry.threshold,
+            "operating_point": entry.operating_point,
+            "top_slices": entry.top_slices,
+            "model_name": entry.model_name,
+            "model_version": entry.model_version,
+            "manufacturer": entry.manufacturer,
+            "manufacturer_model": entry.manufacturer_model,
+        }
+        with self._session() as session:
+            known = None
+            if entry.study_uid is not None and entry.series_uid is not None:
+                known = session.scalars(
+                    select(WorklistStudy)
+                    .where(WorklistStudy.study_uid == entry.study_uid)
+                    .where(WorklistStudy.series_uid == entry.series_uid)
+                    .options(selectinload(WorklistStudy.reviews))
+                ).one_or_none()
+            if known is not None:
+                values.pop("arrived_at")  # the first arrival stays the study's age
+                for name, value in values.items():
+                    setattr(known, name, value)
+                return known, False
+            study = WorklistStudy(**values, status=WorklistStatus.new.value)
+            study.reviews = []
+            session.add(study)
+            session.flush()
+            return study, True
+
+    def page(self, filters: Filters, offset: int, limit: int) -> tuple[list[WorklistStudy], int]:
+        """One page of the worklist (flagged first, then the longest waiting) and the total
+        number of entries that pass ``filters``."""
+        conditions: list[Any] = []
+        if filters.statuses:
+            conditions.append(WorklistStudy.status.in_(filters.statuses))
+        if filters.verdicts:
+            conditions.append(WorklistStudy.verdict.in_(filters.verdicts))
+        if filters.arrived_from is not None:
+            conditions.append(WorklistStudy.arrived_at >= filters.arrived_from)
+        if filters.arrived_to is not None:
+            conditions.append(WorklistStudy.arrived_at < filters.arrived_to)
+        with self._session() as session:
+            total = session.scalar(
+                select(func.count()).select_from(WorklistStudy).where(*conditions)
+            )
+            rows = session.scalars(
+                select(WorklistStudy)
+                .where(*conditions)
+                .order_by(
+                    WorklistStudy.flagged.desc(),
+                    WorklistStudy.arrived_at.asc(),
+                    WorklistStudy.id.asc(),
+                )
+                .offset(offset)
+                .limit(min(limit, MAX_PAGE_SIZE))
+                .options(selectinload(WorklistStudy.reviews))
+            ).all()
+            return list(rows), int(total or 0)
+
+    def open(self, study_id: int) -> WorklistStudy | None:
+        """The entry with its reads; a ``new`` one becomes ``opened`` (once: a reviewed study
+        stays reviewed). None when there is no such entry."""
+        with self._session() as session:
+            session.execute(
+                update(WorklistStudy)
+                .where(
+                    WorklistStudy.id == study_id, WorklistStudy.status == WorklistStatus.new.value
+                )
+                .values(status=WorklistStatus.opened.value, opened_at=utcnow())
+            )
+            return self._get(session, study_id)
+
+    def get(self, study_id: int) -> WorklistStudy | None:
+        with self._session() as session:
+            return self._get(session, study_id)
+
+    @staticmethod
+    def _get(session: Session, study_id: int) -> WorklistStudy | None:
+        return session.scalars(
+            select(WorklistStudy)
+            .where(WorklistStudy.id == study_id)
+            .options(selectinload(WorklistStudy.reviews))
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+
+    def review(self, study_id: int, read: NewReview) -> WorklistStudy | None:
+        """Add ``read`` to the study's reads (earlier ones stay: history) and mark it
+        reviewed; the study with every read, or None when there is no such study."""
+        with self._session() as session:
+            updated = session.execute(
+                update(WorklistStudy)
+                .where(WorklistStudy.id == study_id)
+                .values(status=WorklistStatus.reviewed.value)
+            )
+            if getattr(updated, "rowcount", 0) == 0:
+                return None
+            session.add(
+                Review(
+                    study_id=study_id,
+                    fracture=read.fracture,
+                    levels=list(read.levels),
+                    note=read.note,
+                    reader=read.reader,
+                    reviewed_at=read.reviewed_at,
+                )
+            )
+            session.flush()
+            return self._get(session, study_id)
+
+    def reviewed(self) -> list[ReviewedStudy]:
+        """Every reviewed study with its latest read (the one that counts)."""
+        latest = select(func.max(Review.id).label("id")).group_by(Review.study_id).subquery()
+        with self._session() as session:
+            rows = session.execute(
+                select(WorklistStudy, Review.fracture)
+                .join(Review, Review.study_id == WorklistStudy.id)
+                .join(latest, latest.c.id == Review.id)
+                .order_by(WorklistStudy.id)
+            ).all()
+            return [
+                ReviewedStudy(
+                    flagged=study.flagged,
+                    verdict=study.verdict,
+                    fracture=bool(fracture),
+                    model_name=study.model_name,
+                    model_version=study.model_version,
+                    manufacturer=study.manufacturer,
+                    manufacturer_model=study.manufacturer_model,
+                    arrived_at=study.arrived_at,
+                )
+                for study, fracture in rows
+            ]
+
+
+def kept_identifiers(sent: dict[str, str] | None, allowed: Iterable[str]) -> dict[str, str] | None:
+    """Of the identifiers a caller sent, only those WORKLIST_IDENTIFIERS names."""
+    names = set(allowed)
+    kept = {key: value for key, value in (sent or {}).items() if key in names}
+    return kept or None

@@ -181,17 +181,17 @@ def run(
             started = time.monotonic()
             result.client.store_instances([ds for s in sources for ds in s] + broken)
 
-            # Worker A is killed while it holds a series (taken, no outcome yet).
-            def taken() -> str | None:
-                for line in first.log().splitlines():
-                    if ": taken (attempt" in line:
-                        return line.split("series ", 1)[1].split(":", 1)[0]
-                return None
+            # Worker A is killed while it holds a series (taken, no outcome yet): the last
+            # one it took, once that is one the API analyses (the refused one fails at once).
+            def last_taken() -> str | None:
+                lines = [line for line in first.log().splitlines() if ": taken (attempt" in line]
+                return lines[-1].split("series ", 1)[1].split(":", 1)[0] if lines else None
 
-            result.killed_series = wait_for("worker A to take a series", taken, timeout=120,
-                                            every=0.1)  # fmt: skip
+            wait_for("worker A to take a series", lambda: last_taken() not in (None, refused[1]),
+                     timeout=120, every=0.05)  # fmt: skip
             first.process.send_signal(signal.SIGKILL)
             first.process.wait(timeout=10)
+            result.killed_series = str(last_taken())
 
             # The broker is restarted while series are under way (a few SRs back first).
             def some_done() -> bool:

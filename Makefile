@@ -24,7 +24,9 @@ help:
 	@echo "make train-rsna RSNA=<folder> OUT=<bundle> [EPOCHS=n]  the RSNA 2022 study model"
 	@echo "make pacs       a local development Orthanc (PACS) on loopback"
 	@echo "make docker-up-scale  REPLICAS=N API containers behind nginx (Docker, profile scale)"
-	@echo "make pacs-worker  the PACS worker (PACS_URL=... API_URL=...)"
+	@echo "make pacs-worker  the PACS worker (PACS_URL=... API_URL=... [BROKER_URL=...])"
+	@echo "make broker     a local development RabbitMQ on loopback (prints BROKER_URL)"
+	@echo "make pacs-poller  queue stable PACS series on the broker (PACS_URL=... BROKER_URL=...)"
 
 # The development set (`make test`, lint, training, benchmarks): requirements-dev.txt, which
 # includes the training pins (TensorFlow) and the runtime ones.
@@ -113,12 +115,25 @@ PACS_HTTP_PORT ?= 8042
 PACS_DICOM_PORT ?= 4242
 PACS_STORAGE ?=
 
-.PHONY: pacs pacs-worker
+.PHONY: pacs pacs-worker broker pacs-poller
 pacs: venv-runtime
 	$(PY) -m pacs.orthanc --http-port $(PACS_HTTP_PORT) --dicom-port $(PACS_DICOM_PORT) $(if $(PACS_STORAGE),--storage $(PACS_STORAGE))
 
+# With BROKER_URL: one worker of many taking series from the broker (docs/pacs-broker.md);
+# without it: today's single process that polls and processes.
 pacs-worker: venv-runtime
-	PACS_URL=$(PACS_URL) API_URL=$(API_URL) $(PY) -m pacs
+	PACS_URL=$(PACS_URL) API_URL=$(API_URL) $(if $(BROKER_URL),BROKER_URL='$(BROKER_URL)') $(PY) -m pacs
+
+# ---- the PACS pipeline on a broker: a development RabbitMQ (Debian's rabbitmq-server) on
+# loopback, and the poller that queues stable series on it (docs/pacs-broker.md)
+BROKER_PORT ?= 5672
+BROKER_STORAGE ?=
+BROKER_URL ?=
+broker: venv-runtime
+	$(PY) -m pacs.rabbitmq --port $(BROKER_PORT) $(if $(BROKER_STORAGE),--storage $(BROKER_STORAGE))
+
+pacs-poller: venv-runtime
+	PACS_URL=$(PACS_URL) BROKER_URL='$(or $(BROKER_URL),amqp://guest:guest@127.0.0.1:$(BROKER_PORT)/%2F)' $(PY) -m pacs poller
 
 # Trains on $(DATA)/train only (leave-one-series-out inside), scores $(DATA)/val once at the end.
 default-model: venv

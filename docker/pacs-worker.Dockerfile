@@ -14,9 +14,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 # Only the worker's packages, at the versions pinned in requirements.txt (one place).
 COPY requirements.txt /tmp/requirements.txt
-RUN grep -E '^(numpy|pillow|pydicom|pydantic-settings|prometheus-client|dicomweb-client|highdicom|requests)==' \
+RUN grep -E '^(numpy|pillow|pydicom|pydantic-settings|prometheus-client|dicomweb-client|highdicom|requests|pika)==' \
         /tmp/requirements.txt > /tmp/requirements-pacs.txt \
-    && test "$(wc -l < /tmp/requirements-pacs.txt)" -eq 8 \
+    && test "$(wc -l < /tmp/requirements-pacs.txt)" -eq 9 \
     && /opt/venv/bin/pip install -r /tmp/requirements-pacs.txt
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -9,6 +9,10 @@ Operator commands on the same state file (``PACS_STATE_DB``), safe while the wor
     python -m pacs list [--status failed ...]        # series, status, failure class, reason
     python -m pacs requeue [--status failed ...] [SERIES_UID ...]
                             # failed/skipped/blocked series due again at the next poll
+
+On a broker (``PACS_BROKER_URL`` set; docs/pacs-broker.md): ``python -m pacs poller`` (one)
+queues the stable series and keeps the state file; ``python -m pacs`` (N, on any machine)
+takes them. ``list`` and ``requeue`` then run against the poller's state file.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from types import FrameType
 
 from prometheus_client import start_http_server
 
+from pacs.broker import BrokerWorker, Poller, stateless_worker
 from pacs.settings import WorkerSettings
 from pacs.state import STATUSES, StateDB
 from pacs.worker import Worker
@@ -38,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["failed", "skipped", "blocked"],
     )  # fmt: skip
     requeue.add_argument("series", nargs="*", help="only these SeriesInstanceUIDs")
+    commands.add_parser("poller", help="queue stable series on the broker (PACS_BROKER_URL)")
     args = parser.parse_args(argv)
     settings = WorkerSettings()
     if args.command == "list":
@@ -61,12 +67,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("dicomweb_client", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # pacs.broker logs what it sees
     log = logging.getLogger("pacs")
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-    state = StateDB(settings.state_db)
-    worker = Worker(settings, state)
+    if args.command == "poller" and not settings.broker_url:
+        parser.error("the poller needs PACS_BROKER_URL (or BROKER_URL)")
+    worker: Worker
+    runner: Worker | BrokerWorker
+    if args.command == "poller":  # the one writer of the state file; jobs under way stay so
+        state = StateDB(settings.state_db, resume=False)
+        worker = runner = Poller(settings, state)
+    elif settings.broker_url:  # a broker worker keeps no state file
+        worker = stateless_worker(settings)
+        state = worker.state
+        runner = BrokerWorker(settings, worker)
+    else:
+        state = StateDB(settings.state_db)
+        worker = runner = Worker(settings, state)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: finishing the series under way, then stopping", signum)
@@ -75,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        finished = worker.run()
+        finished = runner.run()
     except BaseException:
         state.close()
         raise

@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -155,20 +156,43 @@ def start_orthanc(
             [binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=storage
         )
     server = OrthancServer(process, storage, http_port, dicom_port, log_path)
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{server.url}/plugins/dicom-web", timeout=2):
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    try:
+        wait_until_ready(process, ready, timeout, "Orthanc", log_path, OrthancUnavailable)
+    except OrthancUnavailable:
+        server.stop(kill=True)
+        raise
+    return server
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    timeout: float,
+    name: str,
+    log_path: Path,
+    error: type[Exception],
+) -> None:
+    """Poll ``ready`` until true; ``error`` (with the log's tail) when the process exits
+    first or ``timeout`` passes. A development server's start-up (Orthanc, RabbitMQ)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise OrthancUnavailable(
-                f"Orthanc exited with {process.returncode}; see {log_path}:\n"
+            raise error(
+                f"{name} exited with {process.returncode}; see {log_path}:\n"
                 + log_path.read_text(errors="replace")[-2000:]
             )
-        try:
-            with urllib.request.urlopen(f"{server.url}/plugins/dicom-web", timeout=2):
-                return server
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
-    server.stop(kill=True)
-    raise OrthancUnavailable(f"Orthanc did not answer within {timeout:.0f}s; see {log_path}")
+        if ready():
+            return
+        time.sleep(0.3)
+    raise error(f"{name} did not answer within {timeout:.0f}s; see {log_path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,31 @@ class WorkerSettings(BaseSettings):
         description="On SIGTERM, how long to wait for the series under way; an attempt still "
         "running then (a long API call) is abandoned and tried again at the next start.",
     )
+    broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PACS_BROKER_URL", "BROKER_URL"),
+        description="AMQP URL of the RabbitMQ broker (e.g. amqp://guest:guest@127.0.0.1:5672/"
+        "%2F). Set: `python -m pacs poller` queues stable series and `python -m pacs` workers "
+        "take them (docs/pacs-broker.md); unset: one process polls and processes.",
+    )
+    broker_queue: str = Field(
+        default="pacs",
+        description="Prefix of the broker's queue and exchange names (<prefix>.series, "
+        "<prefix>.outcomes, <prefix>.dead).",
+    )
+    delivery_limit: int = Field(
+        default=5,
+        ge=1,
+        description="Deliveries of one queued series without an outcome (a worker dying on it "
+        "each time) before the broker dead-letters it.",
+    )
+    outcome_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Broker mode: a series queued this long ago with no outcome yet (its job "
+        "lost with the broker's data, or purged) is queued again; a duplicate files nothing "
+        "twice.",
+    )
     metrics_host: str = Field(default="127.0.0.1", description="Prometheus metrics address.")
     metrics_port: int = Field(
         default=9108, ge=0, le=65535, description="Prometheus metrics port; 0 turns it off."

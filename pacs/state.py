@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -72,6 +73,40 @@ class SeriesState:
     failure_class: str | None = None
     config: str | None = None
     superseded: str | None = None  # SR instance UIDs this series' current SR replaced
+    updated_at: float = 0.0  # time of the row's last change (e.g. when it was queued)
+
+
+class SeriesLog(Protocol):
+    """What one attempt at a series reads and records (``Worker._process``): the state file
+    itself, or (broker mode) a recorder whose one call the poller replays on its state file."""
+
+    def start(self, series_uid: str, study_uid: str, instance_count: int) -> int: ...
+
+    def get(self, series_uid: str) -> SeriesState | None: ...
+
+    def done(
+        self, series_uid: str, study_uid: str, *, instance_count: int, result: str,
+        sr_uid: str, sr_series_uid: str, sc_series_uid: str | None, reason: str | None = None,
+        superseded: str | None = None,
+    ) -> None: ...  # fmt: skip
+
+    def skip(
+        self, series_uid: str, study_uid: str, reason: str, *, own_output: bool = False,
+        instance_count: int | None = None,
+    ) -> None: ...  # fmt: skip
+
+    def retry(
+        self, series_uid: str, study_uid: str, reason: str, next_attempt: float,
+        failure_class: str = "transient",
+    ) -> None: ...  # fmt: skip
+
+    def block(
+        self, series_uid: str, study_uid: str, reason: str, config: str, next_attempt: float
+    ) -> None: ...
+
+    def fail(
+        self, series_uid: str, study_uid: str, reason: str, failure_class: str = "permanent"
+    ) -> None: ...
 
 
 class StateDB:
@@ -138,11 +173,16 @@ class StateDB:
                 (series_uid, study_uid, *values.values()),
             )
 
-    def start(self, series_uid: str, study_uid: str, instance_count: int) -> int:
-        """Mark an attempt as under way; returns its number (1 for the first)."""
+    def attempt_number(self, series_uid: str) -> int:
+        """The number the next attempt at the series gets: 1 for the first, and after a
+        ``retry`` or ``blocked`` one more than the attempts so far."""
         current = self.get(series_uid)
         again = current is not None and current.status in ("retry", "blocked")
-        attempts = (current.attempts if current and again else 0) + 1
+        return (current.attempts if current and again else 0) + 1
+
+    def start(self, series_uid: str, study_uid: str, instance_count: int) -> int:
+        """Mark an attempt as under way; returns its number (1 for the first)."""
+        attempts = self.attempt_number(series_uid)
         self._upsert(
             series_uid,
             study_uid,
@@ -291,4 +331,5 @@ def _row(row: sqlite3.Row) -> SeriesState:
         failure_class=row["failure_class"],
         config=row["config"],
         superseded=row["superseded"],
+        updated_at=row["updated_at"],
     )

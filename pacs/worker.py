@@ -47,7 +47,7 @@ from pacs.clients import (
 )
 from pacs.dicom_out import build_heatmaps, build_sr, derived_output_series, output_uids
 from pacs.settings import WorkerSettings
-from pacs.state import StateDB
+from pacs.state import SeriesLog, StateDB
 
 log = logging.getLogger("pacs.worker")
 
@@ -156,24 +156,31 @@ class Worker:
         PACS_UP.set(1)
         now = time.time()
         own = derived_output_series((ref.series_uid, ref.instance_count) for ref in series)
-        listed: dict[str, list[SeriesRef]] = {}
+        # One entry per (series, study): a paged listing read while the PACS takes series in
+        # can show one entry twice (the offsets shift). The same study under two patients is
+        # caught at retrieval (WADO-RS 404, then the QIDO look-up of its locations).
+        listed: dict[str, dict[str, SeriesRef]] = {}
         for ref in series:
-            listed.setdefault(ref.series_uid, []).append(ref)
-        for uid, refs in listed.items():
+            listed.setdefault(ref.series_uid, {})[ref.study_uid] = ref
+        for by_study in listed.values():
+            refs = list(by_study.values())
             if len(refs) > 1:
                 self._refuse_shared(refs)
                 continue
             ref = refs[0]
             if self._due(ref, now, own) and len(self._in_flight) < self.settings.concurrency:
-                self._in_flight[uid] = self._pool.submit(self._process, ref)
-                IN_FLIGHT.set(len(self._in_flight))
+                self._dispatch(ref)
         for status, count in self.state.counts().items():
             SERIES_STATUS.labels(status).set(count)
         return self.settings.poll_seconds
 
+    def _dispatch(self, ref: SeriesRef) -> None:
+        """Start on a due series: here, on the thread pool (a broker poller queues it)."""
+        self._in_flight[ref.series_uid] = self._pool.submit(self._process, ref)
+        IN_FLIGHT.set(len(self._in_flight))
+
     def _refuse_shared(self, refs: list[SeriesRef]) -> None:
-        """One series UID listed more than once (in two studies, or under two patients, which
-        Orthanc keeps apart): refused, never analysed."""
+        """One series UID listed under more than one study: refused, never analysed."""
         ref = refs[0]
         current = self.state.get(ref.series_uid)
         if ref.series_uid in self._in_flight or (
@@ -238,21 +245,24 @@ class Worker:
         return now - seen.since >= self.settings.stable_seconds
 
     # ---- one series ---------------------------------------------------------------------
-    def _process(self, ref: SeriesRef) -> None:
+    def _process(self, ref: SeriesRef, state: SeriesLog | None = None) -> None:
+        """One attempt at ``ref``; its outcome goes to ``state`` (the state file by default;
+        a broker worker passes a recorder whose calls the poller replays on its own)."""
+        state = state or self.state
         start = time.perf_counter()
-        attempt = self.state.start(ref.series_uid, ref.study_uid, ref.instance_count)
+        attempt = state.start(ref.series_uid, ref.study_uid, ref.instance_count)
         try:
-            result = self._process_series(ref)
+            result = self._process_series(ref, state)
         except PermanentError as exc:
             failure_class = "identity" if isinstance(exc, IdentityError) else "permanent"
             SERIES_FAILED.labels(failure_class).inc()
-            self.state.fail(ref.series_uid, ref.study_uid, str(exc)[:500], failure_class)
+            state.fail(ref.series_uid, ref.study_uid, str(exc)[:500], failure_class)
             log.error("series %s: failed (%s), %s", ref.series_uid, failure_class, exc)
             return
         except ConfigError as exc:
             SERIES_FAILED.labels("config").inc()
             delay = self.settings.backoff_max_seconds
-            self.state.block(
+            state.block(
                 ref.series_uid, ref.study_uid, str(exc)[:500], self.config, time.time() + delay
             )
             log.error(
@@ -269,7 +279,7 @@ class Worker:
             SERIES_FAILED.labels(failure_class).inc()
             reason = f"{type(exc).__name__}: {exc}"[:500]
             if not transient and attempt >= self.settings.max_attempts:
-                self.state.fail(ref.series_uid, ref.study_uid, reason, failure_class)
+                state.fail(ref.series_uid, ref.study_uid, reason, failure_class)
                 log.error(
                     "series %s: failed after %d attempts: %s", ref.series_uid, attempt, reason
                 )
@@ -280,9 +290,7 @@ class Worker:
             )
             if isinstance(exc, TransientError) and exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)  # the server said when
-            self.state.retry(
-                ref.series_uid, ref.study_uid, reason, time.time() + delay, failure_class
-            )
+            state.retry(ref.series_uid, ref.study_uid, reason, time.time() + delay, failure_class)
             log.warning(
                 "series %s: attempt %d failed (%s, %s); retry in %.0fs",
                 ref.series_uid,
@@ -296,7 +304,7 @@ class Worker:
             SERIES_PROCESSED.labels(result).inc()
             SERIES_LATENCY.observe(time.perf_counter() - start)
 
-    def _process_series(self, ref: SeriesRef) -> str | None:
+    def _process_series(self, ref: SeriesRef, state: SeriesLog) -> str | None:
         """Retrieve, ask the API, store the SR and heatmaps; returns the verdict stored."""
         try:
             datasets = self.pacs.retrieve_series(ref.study_uid, ref.series_uid)
@@ -308,7 +316,7 @@ class Worker:
                     f"{len(locations)} (PatientID, study) pairs {sorted(locations)}"
                 ) from None
             if not locations:
-                self.state.skip(ref.series_uid, ref.study_uid, "no longer in the PACS (404)")
+                state.skip(ref.series_uid, ref.study_uid, "no longer in the PACS (404)")
                 SERIES_SKIPPED.labels("gone").inc()
                 return None
             raise TransientError("WADO-RS 404 for a series QIDO-RS still lists") from None
@@ -325,7 +333,7 @@ class Worker:
         uids = output_uids(ref.series_uid, len(datasets))
         if self.pacs.series_exists(ref.study_uid, uids.sr_series):
             # Results stored by an earlier run whose state was lost: the PACS says done.
-            self.state.done(
+            state.done(
                 ref.series_uid,
                 ref.study_uid,
                 instance_count=ref.instance_count,
@@ -346,7 +354,7 @@ class Worker:
         verdict = str(study.get("result"))
         if verdict not in VERDICTS:
             raise PermanentError(f"the API answered an unknown result {verdict!r}")
-        earlier = self.state.get(ref.series_uid)
+        earlier = state.get(ref.series_uid)
         previous = None
         replaces = earlier is not None and earlier.sr_uid not in (None, uids.sr_instance)
         if earlier is not None and replaces and earlier.sr_uid and earlier.sr_series_uid:
@@ -367,7 +375,7 @@ class Worker:
         # Heatmaps first, the SR last: an SR in the PACS means everything is there.
         outputs: list[Dataset] = [*heatmaps, sr]
         self.pacs.store(outputs, ref.study_uid)
-        self.state.done(
+        state.done(
             ref.series_uid,
             ref.study_uid,
             instance_count=ref.instance_count,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pacs.orthanc import OrthancUnavailable, find_orthanc
+from pacs.rabbitmq import RabbitUnavailable, find_rabbitmq
 
 
 @pytest.fixture(scope="module")
@@ -13,4 +14,13 @@ def orthanc_installed() -> None:
     try:
         find_orthanc()
     except OrthancUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_installed() -> None:
+    """Skips, saying why, where Debian's rabbitmq-server is not installed."""
+    try:
+        find_rabbitmq()
+    except RabbitUnavailable as exc:
         pytest.skip(str(exc))

@@ -116,14 +116,14 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class WorkerProcess:
-    """``python -m pacs`` with its log in a file."""
+    """``python -m pacs [args]`` with its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.log_path = log_path
         self.metrics_url = f"http://127.0.0.1:{env['PACS_METRICS_PORT']}/metrics"
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pacs"], cwd=REPO, env=env, stdout=log,
+                [sys.executable, "-m", "pacs", *args], cwd=REPO, env=env, stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
 

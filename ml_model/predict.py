@@ -39,6 +39,10 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+# The columns of ``predict``'s rows (and its CSV).
+PREDICT_COLUMNS = ("file", "result", "probability", "ct_gate", "outside_reason")
+
+
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -155,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {path}: {message}", file=sys.stderr)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["file", "result", "probability", "ct_gate"])
+            writer = csv.DictWriter(handle, fieldnames=list(PREDICT_COLUMNS))
             writer.writeheader()
             writer.writerows(rows)
     else:
         for row in rows:
-            print(f"{row['file']}\t{row['result']}\t{row['probability']:.4f}")
+            why = f"\t{row['outside_reason']}" if row["outside_reason"] else ""
+            print(f"{row['file']}\t{row['result']}\t{row['probability']:.4f}{why}")
+        for reason in sorted({str(row["outside_reason"]) for row in rows} - {""}):
+            print(f"CT outside the model's range ({reason}): {OUTSIDE_REASONS[reason]}")
     print(
         f"{len(rows)} predicted, {len(errors)} skipped "
         f"(threshold {core.threshold(args.operating_point):.4f}, "

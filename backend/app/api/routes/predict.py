@@ -160,6 +160,7 @@ def predict(
 @router.post(
     "/predict/batch",
     response_model=BatchResponse,
+    response_model_exclude_unset=True,  # `outside_reason` only where it is set
     responses={
         413: error_response(
             "Too many files, or the request body is over the batch limit.",

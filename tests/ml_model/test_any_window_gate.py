@@ -129,3 +129,21 @@ def test_bone_window_renders_of_real_ct_are_never_not_ct(core: InferenceCore) ->
     for v in verdicts:
         if v.result == RESULT_OUTSIDE_RANGE:
             assert v.outside_reason == "window"
+
+
+def test_cli_rows_carry_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``predict`` on files: the CSV has an ``outside_reason`` column; the console names the
+    answer's reason and what to send instead."""
+    import csv
+
+    from ml_model import predict
+
+    source = tmp_path / "ct_small.dcm"
+    source.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    rows_csv = tmp_path / "rows.csv"
+    assert predict.main([str(source), "--csv", str(rows_csv)]) == 0
+    with rows_csv.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["result"], row["outside_reason"]) == (RESULT_OUTSIDE_RANGE, "region")
+    assert predict.main([str(source)]) == 0
+    assert OUTSIDE_REASONS["region"] in capsys.readouterr().out

@@ -100,7 +100,7 @@ def test_ct_dicom_of_another_region_is_outside_the_range_also_in_a_study(
     """pydicom's CT_small (a 128 x 128 slice, not a neck): CT, in the model's window (HU),
     not what the model knows: "CT outside the model's range", reason region; a study of it
     says the same, its slice left out of the score and counted with its reason."""
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    data = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
     verdict = core.verdict(data)
     assert (verdict.result, verdict.outside_reason) == (RESULT_OUTSIDE_RANGE, "region")
     study = core.study([SliceFile("CT_small.dcm", data)])
@@ -139,7 +139,7 @@ def test_cli_rows_carry_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture
     from ml_model import predict
 
     source = tmp_path / "ct_small.dcm"
-    source.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    source.write_bytes(Path(str(get_testdata_file("CT_small.dcm"))).read_bytes())
     rows_csv = tmp_path / "rows.csv"
     assert predict.main([str(source), "--csv", str(rows_csv)]) == 0
     with rows_csv.open() as handle:

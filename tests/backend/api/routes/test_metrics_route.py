@@ -96,7 +96,7 @@ def test_ct_outside_the_models_range_is_answered_and_counted(make_client: Any) -
     from pydicom.data import get_testdata_file
 
     client = make_client()
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    data = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
     body = client.post("/predict", files={"file": ("ct_small.dcm", data)}).json()
     assert (body["result"], body["outside_reason"]) == ("CT outside the model's range", "region")
     assert body["in_distribution"] is False

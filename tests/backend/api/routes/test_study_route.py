@@ -273,7 +273,7 @@ def test_ct_outside_the_models_range_as_a_study(client: TestClient) -> None:
     scored into the study (issue 26)."""
     from pydicom.data import get_testdata_file
 
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    data = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
     body = post_study(client, [("ct_small.dcm", data)]).json()
     assert (body["result"], body["outside_reason"]) == ("CT outside the model's range", "region")
     assert body["top_slices"] == [] and body["prediction"] == 0.0

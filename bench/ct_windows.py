@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml_model.config import DEFAULT_MODEL_DIR, RESULT_OUT_OF_DISTRIBUTION, SHARED_DATA_DIR
+from ml_model.config import (
+    DEFAULT_MODEL_DIR,
+    RESULT_NEGATIVE,
+    RESULT_OUT_OF_DISTRIBUTION,
+    RESULT_OUTSIDE_RANGE,
+    RESULT_POSITIVE,
+    SHARED_DATA_DIR,
+)
 from ml_model.imaging.dicom import DicomImage, read_dicom
 from ml_model.imaging.formats import decode
 from ml_model.imaging.window_estimate import bring_to_window, estimate_window
@@ -120,10 +127,12 @@ def _negatives(bundle_dir: Path, seeds: int) -> None:
 
     core = InferenceCore(bundle_dir)
     total, changed, refused = 0, Counter[str](), Counter[str]()
+    answers: Counter[str] = Counter()
     for seed in range(seeds):
         for negative in generate(per_kind=60, seed=seed):
             total += 1
             out, _ = bring_to_window(negative.gray, *core.bundle.window)
+            answers[core.classify(core.model_input(out))[0].result] += 1
             if out is negative.gray:
                 continue
             changed[negative.kind] += 1
@@ -131,7 +140,8 @@ def _negatives(bundle_dir: Path, seeds: int) -> None:
             refused[negative.kind] += verdict.result == RESULT_OUT_OF_DISTRIBUTION
     print(
         f"negatives: {total} images, {sum(changed.values())} re-windowed, of which "
-        f"{sum(refused.values())} still 'Not a CT slice'; per kind {dict(changed)}"
+        f"{sum(refused.values())} still 'Not a CT slice'; per kind {dict(changed)}; "
+        f"answers to all {total}: {dict(answers)}"
     )
 
 
@@ -173,10 +183,13 @@ def main() -> None:
         if core is not None:
             verdict = core.verdict(item.data).result
             row["ood"].append(verdict == RESULT_OUT_OF_DISTRIBUTION)
+            row["outside"].append(verdict == RESULT_OUTSIDE_RANGE)
             same = verdict == truth_verdict[item.source]
             row["agree_all"].append(same)
             if estimate.recoverable:
                 row["agree"].append(same)
+            if verdict in (RESULT_POSITIVE, RESULT_NEGATIVE):  # answered fracture / normal
+                row["answered_agree"].append(same)
     print(f"{len(dicoms)} CT frames x {len(windows)} windows x {len(ENCODINGS)} encodings")
     print(
         "| window | renders | estimated | level error HU (median / p90) | width error % "
@@ -194,6 +207,16 @@ def main() -> None:
             f" | {_pct(row['dw'], 50)} / {_pct(row['dw'], 90)} | {sum(row['rec'])}/{n} | {ood}"
             f" | {agree} | {agree_all} |"
         )
+    if core is not None:
+        print("\nThree answers per window (Not a CT slice / CT outside the model's range / "
+              "fracture or normal, and of those the DICOM's verdict):")  # fmt: skip
+        print("| window | renders | Not a CT slice | CT outside the model's range | answered "
+              "| answered = DICOM's |")  # fmt: skip
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for window, row in rows.items():
+            n, answered = len(row["n"]), row["answered_agree"]
+            print(f"| {window} | {n} | {sum(row['ood'])} | {sum(row['outside'])} | "
+                  f"{len(answered)} | {sum(answered)}/{len(answered)} |")  # fmt: skip
     print("\nWhy not recoverable (renders per reason):")
     for window, row in rows.items():
         print(f"- {window}: " + "; ".join(f"{k} ({v})" for k, v in Counter(row["why"]).items()))
@@ -201,7 +224,7 @@ def main() -> None:
         print("DICOM-path verdicts:", dict(Counter(truth_verdict.values())))
         other = sorted(OTHER_WINDOW.glob("*.png"))
         if other:
-            verdicts: Counter[str] = Counter()
+            verdicts: dict[str, Counter[str]] = defaultdict(Counter)
             reasons: Counter[str] = Counter()
             recoverable = 0
             for path in other:
@@ -210,7 +233,10 @@ def main() -> None:
                 estimate = estimate_window(gray)
                 recoverable += estimate.recoverable
                 reasons[_why(estimate.reason)] += 1
-                verdicts[core.verdict(path.read_bytes()).result] += 1
+                judged = core.verdict(path.read_bytes())
+                number = int(path.stem.split("(")[-1].rstrip(")"))
+                part = "neck (100-134)" if number >= 100 else "thorax (1, 10-15)"
+                verdicts[part][f"{judged.result} ({judged.outside_reason})"] += 1
             print(
                 f"ct-other-window: {len(other)} slices, {recoverable} recoverable, "
                 f"verdicts {dict(verdicts)}, estimates {dict(reasons)}"

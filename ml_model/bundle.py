@@ -11,6 +11,8 @@ SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILE = "model.tflite"
 CARD_FILE = "model_card.json"
 GATE_FILE = "gate.npz"
+# Optional: the "CT in any window" gate (issue 26), asked only about what gate.npz refuses.
+ANY_WINDOW_GATE_FILE = "ct_any_window.npz"
 # A study bundle (RSNA 2022): the study head's weights (``ml_model.inference.study_head``),
 # which turns the ordered slices' features into patient_overall and C1..C7 probabilities.
 STUDY_HEAD_FILE = "study_head.npz"

@@ -10,6 +10,8 @@ POSITIVE_CLASS = "fracture"
 RESULT_POSITIVE: Final = "Potentially Fracture"
 RESULT_NEGATIVE: Final = "Normal"
 RESULT_OUT_OF_DISTRIBUTION: Final = "Not a CT slice"
+# A CT slice the model cannot judge (another window, region or orientation; issue 26).
+RESULT_OUTSIDE_RANGE: Final = "CT outside the model's range"
 
 # The committed bundles take the whole slice at this size (cropped around the spine inside).
 DEFAULT_IMG_SIZE = 384

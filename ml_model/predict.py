@@ -20,6 +20,7 @@ from ml_model.inference.core import DEFAULT_OPERATING_POINT, OPERATING_POINTS, I
 from ml_model.inference.gate import GateFileError
 from ml_model.inference.runtimes import add_runtime_argument
 from ml_model.inference.study import SliceFile, StudyError
+from ml_model.inference.verdict import OUTSIDE_REASONS
 
 BATCH_SIZE = 32
 
@@ -36,6 +37,10 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+# The columns of ``predict``'s rows (and its CSV).
+PREDICT_COLUMNS = ("file", "result", "probability", "ct_gate", "outside_reason")
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -64,6 +69,8 @@ def predict_files(
                         "result": verdict.result,
                         "probability": round(verdict.probability, 6),
                         "ct_gate": "accepted" if verdict.in_distribution else "refused",
+                        # "CT outside the model's range": why (verdict.OUTSIDE_REASONS)
+                        "outside_reason": verdict.outside_reason or "",
                     }
                 )
             bar.update(len(batch))
@@ -86,9 +93,15 @@ def run_study(core: InferenceCore, folder: Path, operating_point: str, csv_path:
             "position": position,
             "probability": round(float(p), 6),
             "in_distribution": bool(inside),
+            "outside_reason": why,
         }
-        for name, position, p, inside in zip(
-            study.names, study.positions, study.probabilities, study.in_distribution, strict=True
+        for name, position, p, inside, why in zip(
+            study.names,
+            study.positions,
+            study.probabilities,
+            study.in_distribution,
+            study.outside_reasons or [""] * len(study.names),
+            strict=True,
         )
     ]
     if csv_path:
@@ -99,6 +112,8 @@ def run_study(core: InferenceCore, folder: Path, operating_point: str, csv_path:
     else:
         for row in rows:
             flag = "" if row["in_distribution"] else "  (not a CT slice)"
+            if row["outside_reason"]:
+                flag = f"  (CT outside the model's range: {row['outside_reason']})"
             print(f"{row['position']:>9.2f}  {row['probability']:.4f}  {row['file']}{flag}")
     for name, message in study.errors:
         print(f"skipped {name}: {message}", file=sys.stderr)
@@ -106,6 +121,11 @@ def run_study(core: InferenceCore, folder: Path, operating_point: str, csv_path:
         print(f"warning: {warning}", file=sys.stderr)
     if study.vertebrae is not None:  # a study bundle's head: P(fracture) per vertebra
         print("vertebrae: " + "  ".join(f"{name} {p:.3f}" for name, p in study.vertebrae.items()))
+    outside = sum(1 for row in rows if row["outside_reason"])
+    if outside:  # left out like refused slices, counted with their own reason
+        print(f"{outside} slice(s) are CT outside the model's range, left out of the score")
+    if study.outside_reason:
+        print(f"why: {OUTSIDE_REASONS[study.outside_reason]}")
     top = ", ".join(study.names[i] for i in study.top_indices)
     print(
         f"study: {study.result} (score {study.probability:.4f}, threshold {study.threshold:.4f}, "
@@ -139,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {path}: {message}", file=sys.stderr)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["file", "result", "probability", "ct_gate"])
+            writer = csv.DictWriter(handle, fieldnames=list(PREDICT_COLUMNS))
             writer.writeheader()
             writer.writerows(rows)
     else:
         for row in rows:
-            print(f"{row['file']}\t{row['result']}\t{row['probability']:.4f}")
+            why = f"\t{row['outside_reason']}" if row["outside_reason"] else ""
+            print(f"{row['file']}\t{row['result']}\t{row['probability']:.4f}{why}")
+        for reason in sorted({str(row["outside_reason"]) for row in rows} - {""}):
+            print(f"CT outside the model's range ({reason}): {OUTSIDE_REASONS[reason]}")
     print(
         f"{len(rows)} predicted, {len(errors)} skipped "
         f"(threshold {core.threshold(args.operating_point):.4f}, "

@@ -16,6 +16,6 @@ from __future__ import annotations
 MANUFACTURER = "cspine-triage"
 SERIES_DESCRIPTION_PREFIX = "CSPINE-TRIAGE"
 INTENDED_USE = "Decision support — not a diagnosis"
-VERDICTS = ("Potentially Fracture", "Normal", "Not a CT slice")
+VERDICTS = ("Potentially Fracture", "Normal", "Not a CT slice", "CT outside the model's range")
 
 __all__ = ["INTENDED_USE", "MANUFACTURER", "SERIES_DESCRIPTION_PREFIX", "VERDICTS"]

@@ -37,9 +37,26 @@ _MODEL_EXAMPLE: dict[str, JsonValue] = {"name": "custom-cnn", "version": "2026.0
 
 RESULT_DESCRIPTION = (
     "`Not a CT slice` when the CT gate refuses the input (`in_distribution` "
-    "false): no fracture call is made. Otherwise `Potentially Fracture` when "
-    "prediction >= threshold, else `Normal`."
+    "false) and it is not CT in any window either: no fracture call is made. `CT outside the "
+    "model's range` when the CT gate refuses it but it is CT (another window, region or "
+    "orientation, see `outside_reason`): no fracture call is made; send the DICOM. "
+    "Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`."
 )
+OUTSIDE_REASON_DESCRIPTION = (
+    "Only with `result` `CT outside the model's range`: why the model cannot judge this CT "
+    "slice. `window`: exported in a window whose greys cannot be brought back to the "
+    "model's (bone, brain, lung...): send the DICOM (HU). `region`: in the model's window but "
+    "not an axial cervical-spine slice (another region, a reformat, overlays)."
+)
+
+
+class OutsideReason(StrEnum):
+    """Why a CT slice is outside the model's range (``verdict.OUTSIDE_REASONS``)."""
+
+    window = "window"
+    region = "region"
+
+
 PREDICTION_DESCRIPTION = (
     "Probability of fracture (0-1). Reported for transparency even when `result` is "
     "`Not a CT slice`; it means nothing for such an input and must not be read as a call."
@@ -69,6 +86,9 @@ class PredictionBase(BaseModel):
     operating_point: OperatingPoint = Field(description="Operating point the threshold is from.")
     in_distribution: bool | None = Field(description=IN_DISTRIBUTION_DESCRIPTION)
     ct_gate_margin: float | None = Field(ge=0.0, description=CT_GATE_MARGIN_DESCRIPTION)
+    outside_reason: OutsideReason | None = Field(
+        default=None, description=OUTSIDE_REASON_DESCRIPTION
+    )
     ood_distance: float | None = Field(
         ge=0.0, deprecated=True, description=OOD_DISTANCE_DESCRIPTION
     )
@@ -244,6 +264,11 @@ class StudySlice(BaseModel):
     )
     prediction: float = Field(ge=0.0, le=1.0, description="This slice's probability of fracture.")
     in_distribution: bool | None = Field(description=IN_DISTRIBUTION_DESCRIPTION)
+    outside_reason: OutsideReason | None = Field(
+        default=None,
+        description="Set for a slice the CT gate refused that is CT nonetheless (left out of "
+        "the score like every refused slice, counted apart): see the top-level field.",
+    )
 
 
 class StudyTopSlice(BaseModel):
@@ -283,7 +308,11 @@ class StudyResponse(BaseModel):
     result: Result = Field(
         description="Study-level call at the study threshold: `Potentially Fracture` when "
         "prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the "
-        "CT gate."
+        "CT gate; `CT outside the model's range` when none passed it but some are CT (in "
+        "another window, region or orientation: `outside_reason`)."
+    )
+    outside_reason: OutsideReason | None = Field(
+        default=None, description=OUTSIDE_REASON_DESCRIPTION
     )
     prediction: float = Field(
         ge=0.0,

@@ -20,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ def evaluate(
         "model": f"{core.bundle.card.name} {core.bundle.card.version}",
         "distinct_slices": len(set(groups)),
         "excluded_training_files": excluded,
+        # Of "refused": CT slices outside the model's range, by reason (issue 26).
+        "outside_range": dict(Counter(v.outside_reason for v in verdicts if v.outside_reason)),
     }
     series = np.array([series_of(g) for g in groups])
     metrics["per_series"] = {

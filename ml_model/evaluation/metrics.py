@@ -239,12 +239,18 @@ def markdown_table(rows: dict[str, dict[str, Any]], keys: list[str]) -> str:
 
 def product_metrics(labels: np.ndarray, results: Sequence[str]) -> dict[str, Any]:
     """What the user gets, from the answer strings the product shows: a refused ("Not a CT
-    slice") fracture is a miss, a refused normal is no call (neither a true negative nor a
-    false alarm)."""
-    from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
+    slice" or "CT outside the model's range") fracture is a miss, a refused normal is no call
+    (neither a true negative nor a false alarm)."""
+    from ml_model.config import (
+        RESULT_NEGATIVE,
+        RESULT_OUT_OF_DISTRIBUTION,
+        RESULT_OUTSIDE_RANGE,
+        RESULT_POSITIVE,
+    )
 
     y = np.asarray(labels).astype(int)
-    r = np.asarray(results)
+    # "CT outside the model's range" is no call either: refused as "Not a CT slice" is.
+    r = np.where(np.asarray(results) == RESULT_OUTSIDE_RANGE, RESULT_OUT_OF_DISTRIBUTION, results)
     positives, negatives = y == 1, y == 0
     called_positive, called_negative = r == RESULT_POSITIVE, r == RESULT_NEGATIVE
     correct = (positives & called_positive) | (negatives & called_negative)

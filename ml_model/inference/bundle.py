@@ -45,6 +45,9 @@ class Bundle:
     card: ModelCard
     gate: CTGate
     study_head: StudyHead | None = None
+    # The "CT in any window" gate (``ct_any_window.npz``, optional): asked only about what
+    # ``gate`` refuses, CT there is "CT outside the model's range" (issue 26).
+    any_gate: CTGate | None = None
     threshold_override: float | None = None  # of the default (sensitive) operating point
     window_override: tuple[float, float] | None = None  # (level, width) in HU
 
@@ -63,7 +66,7 @@ class Bundle:
                 head = StudyHead.for_card(path, card.study.head)
             except StudyHeadError as exc:
                 raise CardError(str(exc)) from exc
-        return cls(path, card, gate, head)
+        return cls(path, card, gate, head, gate.any_window(path))
 
     def with_overrides(
         self,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ from ml_model.inference.study import (
     series_spacing_mm,
     threshold_for,
 )
-from ml_model.inference.verdict import Result, triage_result
+from ml_model.inference.verdict import Result, outside_reason_of, triage_result
 
 if TYPE_CHECKING:
     from ml_model.inference.study_head import StudyHead
@@ -89,6 +90,8 @@ class SliceVerdict:
     threshold: float  # of the operating point used
     in_distribution: bool  # the CT gate accepted the slice
     ct_gate_margin: float  # exp(gate threshold - gate logit): <= 1 is "a CT slice"
+    # "CT outside the model's range": why ("window" / "region", verdict.OUTSIDE_REASONS).
+    outside_reason: str | None = None
 
 
 @dataclass
@@ -113,6 +116,10 @@ class StudyVerdict:
     vertebrae: dict[str, float] | None = None
     # A 2.5D bundle: the neighbours of each slice in its model input, in slices (else None).
     context_offset: int | None = None
+    # Per slice: why a refused CT slice is outside the model's range ("" for the others).
+    outside_reasons: list[str] = field(default_factory=list)
+    # The study's: set when the result is "CT outside the model's range".
+    outside_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,11 +242,13 @@ class InferenceCore:
         with self._guarded(data):
             return decode_image(data, *self.bundle.window, frame=frame)
 
-    def decode_source(self, data: bytes) -> tuple[np.ndarray, DicomImage | None]:
+    def decode_source(
+        self, data: bytes, frame: int | None = None
+    ) -> tuple[np.ndarray, DicomImage | None]:
         """:meth:`decode`, and for DICOM the decoded image itself (HU, header facts) so a
         caller can show it in other windows without decoding it again."""
         with self._guarded(data):
-            return decode_source(data, *self.bundle.window)
+            return decode_source(data, *self.bundle.window, frame=frame)
 
     def model_input(self, gray: np.ndarray) -> np.ndarray:
         """A decoded slice -> uint8 (S, S, 3), the forward's input: the slice in all three
@@ -277,15 +286,40 @@ class InferenceCore:
 
     # ---- model input -> verdict -----------------------------------------------------
 
-    def scores(self, images: np.ndarray) -> ForwardOutput:
-        """The forward's two outputs for uint8 images (N, S, S, 3) (or one (S, S, 3))."""
+    def scores(self, images: np.ndarray, from_hu: Sequence[bool] | None = None) -> ForwardOutput:
+        """The forward's two outputs for uint8 images (N, S, S, 3) (or one (S, S, 3)), and
+        why a refused CT slice is outside the model's range (``from_hu``: per image, made
+        from HU through the bundle's window, i.e. a DICOM, whose window is never the
+        reason)."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[np.newaxis]
         expected = (self.bundle.img_size, self.bundle.img_size, 3)
         if images.shape[1:] != expected:
             raise ValueError(f"expected images of shape (N, {expected}), got {images.shape}")
-        return self.forward(images)
+        return self._outside_range(images, self.forward(images), from_hu)
+
+    def _outside_range(
+        self, images: np.ndarray, output: ForwardOutput, from_hu: Sequence[bool] | None
+    ) -> ForwardOutput:
+        """``output`` with, for each row the bundle's gate refused and its "CT in any
+        window" gate takes for CT, why the model cannot judge it (issue 26); unchanged for
+        a bundle without that gate."""
+        gate = self.bundle.any_gate
+        if gate is None:
+            return output
+        from ml_model.imaging.window_estimate import estimate_window
+
+        reasons = np.full(len(output), "", dtype=object)
+        refused = np.flatnonzero(~self.accepts(output))
+        if refused.size:
+            refused = refused[gate.logits(gate.features_np(images[refused])) >= gate.threshold]
+        for row in refused.tolist():  # CT all the same: why the model cannot judge it
+            in_window = bool(from_hu and from_hu[row]) or estimate_window(
+                images[row, ..., 1]
+            ).matches(*self.bundle.window)
+            reasons[row] = outside_reason_of(in_window)
+        return dataclasses.replace(output, outside_range=reasons)
 
     def accepts(self, output: ForwardOutput) -> np.ndarray:
         """Per row: the CT gate accepts it as a CT slice (bool (N,))."""
@@ -298,22 +332,27 @@ class InferenceCore:
         threshold = self.threshold(operating_point)
         inside = self.accepts(output)
         margin = ct_gate_margin(output.ct_logit, self.bundle.gate_threshold)
+        outside = _outside(output)
         return [
-            SliceVerdict(triage_result(p, threshold, ok), p, threshold, ok, m)
-            for p, ok, m in zip(
-                output.probability.tolist(), inside.tolist(), margin.tolist(), strict=True
+            SliceVerdict(triage_result(p, threshold, ok, why), p, threshold, ok, m, why or None)
+            for p, ok, m, why in zip(
+                output.probability.tolist(), inside.tolist(), margin.tolist(), outside, strict=True
             )
         ]
 
     def classify(
-        self, images: np.ndarray, operating_point: str = DEFAULT_OPERATING_POINT
+        self,
+        images: np.ndarray,
+        operating_point: str = DEFAULT_OPERATING_POINT,
+        from_hu: Sequence[bool] | None = None,
     ) -> list[SliceVerdict]:
-        """uint8 model inputs -> one verdict each."""
-        return self.judge(self.scores(images), operating_point)
+        """uint8 model inputs -> one verdict each (``from_hu``: see :meth:`scores`)."""
+        return self.judge(self.scores(images, from_hu), operating_point)
 
     def verdict(self, data: bytes, operating_point: str = DEFAULT_OPERATING_POINT) -> SliceVerdict:
         """Bytes -> verdict: the whole path for one file."""
-        return self.classify(self.model_input(self.decode(data)), operating_point)[0]
+        gray, dicom = self.decode_source(data)
+        return self.classify(self.model_input(gray), operating_point, [_from_hu(dicom)])[0]
 
     def judge_source(
         self,
@@ -330,7 +369,7 @@ class InferenceCore:
             if check is not None:
                 check(gray)
             image = self.model_input(gray)
-            verdict = self.classify(image, operating_point)[0]
+            verdict = self.classify(image, operating_point, [_from_hu(dicom)])[0]
         return SourceVerdict(gray, dicom, image, verdict)
 
     def judge_files(
@@ -348,14 +387,14 @@ class InferenceCore:
 
         failed: list[tuple[int, Exception]] = []
 
-        def inputs() -> Iterator[tuple[int, np.ndarray]]:
+        def inputs() -> Iterator[tuple[int, np.ndarray, bool]]:
             for index, read in enumerate(tqdm(sources, unit="img", disable=not progress)):
                 try:
-                    image = self.model_input(self.decode(read()))
+                    gray, dicom = self.decode_source(read())
                 except errors as exc:
                     failed.append((index, exc))
                     continue
-                yield index, image
+                yield index, self.model_input(gray), _from_hu(dicom)
 
         readable, kept, output = self._score_inputs(inputs(), keep=True)
         size = self.bundle.img_size
@@ -366,9 +405,9 @@ class InferenceCore:
         return FileVerdicts(readable, images, output, self.judge(output, operating_point), failed)
 
     def _score_inputs(
-        self, inputs: Iterable[tuple[Key, np.ndarray]], keep: bool = False
+        self, inputs: Iterable[tuple[Key, np.ndarray, bool]], keep: bool = False
     ) -> tuple[list[Key], list[np.ndarray], ForwardOutput | None]:
-        """The one loop of many slices: (key, model input) pairs as they are decoded ->
+        """The one loop of many slices: (key, model input, from HU) as they are decoded ->
         (keys, the inputs when ``keep``, one forward output in their order; None when there
         was none). Scored SCORE_BATCH at a time, so memory stays that of one batch however
         many slices come (plus what ``keep`` holds)."""
@@ -376,16 +415,18 @@ class InferenceCore:
         kept: list[np.ndarray] = []
         parts: list[ForwardOutput] = []
         batch: list[np.ndarray] = []
-        for key, image in inputs:
+        hu: list[bool] = []
+        for key, image, from_hu in inputs:
             keys.append(key)
             batch.append(image)
+            hu.append(from_hu)
             if keep:
                 kept.append(image)
             if len(batch) == SCORE_BATCH:
-                parts.append(self.scores(np.stack(batch)))
-                batch = []
+                parts.append(self.scores(np.stack(batch), hu))
+                batch, hu = [], []
         if batch:
-            parts.append(self.scores(np.stack(batch)))
+            parts.append(self.scores(np.stack(batch), hu))
         return keys, kept, ForwardOutput.concat(parts) if parts else None
 
     def study(
@@ -433,6 +474,11 @@ class InferenceCore:
             score = aggregate(probabilities[inside], top_k) if top else 0.0
             threshold = self.study_threshold(len(names), operating_point)
         refused = int(np.sum(~inside))
+        outside = _outside(output)
+        # No slice to judge, but CT slices the model cannot: the study is outside its range
+        # for their most common reason.
+        reasons = [why for why in outside if why]
+        study_reason = None if top or not reasons else max(set(reasons), key=reasons.count)
         if top and refused and self.study_head is not None:
             warnings.append(
                 f"the CT gate refused {refused} of {len(names)} slices: they are left out "
@@ -440,7 +486,7 @@ class InferenceCore:
                 "in training"
             )
         return StudyVerdict(
-            result=triage_result(score, threshold, bool(top)),
+            result=triage_result(score, threshold, bool(top), study_reason),
             probability=score,
             threshold=threshold,
             aggregation=self.bundle.aggregation,
@@ -455,6 +501,8 @@ class InferenceCore:
             sources=sources,
             vertebrae=vertebrae,
             context_offset=offset,
+            outside_reasons=outside,
+            outside_reason=study_reason,
         )
 
     def _study_inputs(
@@ -463,7 +511,7 @@ class InferenceCore:
         offset: int | None,
         errors: list[tuple[str, str]],
         advance: Callable[[int], object],
-    ) -> Iterator[tuple[OrderedSlice, np.ndarray]]:
+    ) -> Iterator[tuple[OrderedSlice, np.ndarray, bool]]:
         """Each decodable slice in order with its model input; undecodable ones go to
         ``errors``. A 2.5D bundle (``offset``): slice k's input stacks the decoded slices
         k - offset, k, k + offset (clamped at the ends), yielded once slice k + offset is
@@ -471,30 +519,34 @@ class InferenceCore:
         held: list[np.ndarray] = []  # resized decoded slices, from decoded index `base` on
         waiting: list[OrderedSlice] = []  # decoded, input not yet yielded
         base = count = 0
+        from_hu: dict[int, bool] = {}  # a waiting slice's: decoded from a DICOM's HU
         for item in slices:
             try:
-                gray = self.decode(item.data, item.frame)
+                gray, dicom = self.decode_source(item.data, item.frame)
             except ImageDecodeError as exc:
                 errors.append((item.name, str(exc)))
                 continue
             finally:
                 advance(1)
             if offset is None:
-                yield item, self.model_input(gray)
+                yield item, self.model_input(gray), _from_hu(dicom)
                 continue
             held.append(resize(gray, self.bundle.img_size))
             waiting.append(item)
+            from_hu[id(item)] = _from_hu(dicom)
             count += 1
             if len(waiting) > offset:  # the oldest waiting slice has its last neighbour
                 k = count - len(waiting)
-                yield waiting.pop(0), self._stacked(held, base, k, count, offset)
+                item = waiting.pop(0)
+                yield item, self._stacked(held, base, k, count, offset), from_hu.pop(id(item))
                 drop = max(0, k + 1 - offset - base)
                 del held[:drop]
                 base += drop
         while waiting:
             assert offset is not None  # only a 2.5D bundle's slices wait for neighbours
             k = count - len(waiting)
-            yield waiting.pop(0), self._stacked(held, base, k, count, offset)
+            item = waiting.pop(0)
+            yield item, self._stacked(held, base, k, count, offset), from_hu.pop(id(item))
 
     @staticmethod
     def _stacked(held: list[np.ndarray], base: int, k: int, count: int, offset: int) -> np.ndarray:
@@ -559,3 +611,16 @@ class InferenceCore:
 
     def close(self) -> None:
         self.forward.close()
+
+
+def _outside(output: ForwardOutput) -> list[str]:
+    """Per row: why a refused CT slice is outside the model's range ("" for the others)."""
+    if output.outside_range is None:
+        return [""] * len(output)
+    return [str(why) for why in output.outside_range]
+
+
+def _from_hu(dicom: DicomImage | None) -> bool:
+    """The slice was made from HU through the bundle's window (a CT DICOM): its window is
+    the model's, so never the reason it is outside the model's range."""
+    return dicom is not None and dicom.is_hu

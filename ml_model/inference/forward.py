@@ -63,23 +63,32 @@ class ForwardOutput:
     probability: np.ndarray
     ct_logit: np.ndarray
     features: np.ndarray | None = None
+    # Added by the inference core, not by a forward (issue 26): for each row the bundle's
+    # gate refused, whether the "CT in any window" gate takes it for CT, and why the model
+    # cannot judge it ("window" / "region"); "" for the other rows. None: not asked.
+    outside_range: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.probability)
 
     def rows(self, start: int, stop: int) -> ForwardOutput:
         features = None if self.features is None else self.features[start:stop]
-        return ForwardOutput(self.probability[start:stop], self.ct_logit[start:stop], features)
+        outside = None if self.outside_range is None else self.outside_range[start:stop]
+        return ForwardOutput(
+            self.probability[start:stop], self.ct_logit[start:stop], features, outside
+        )
 
     @staticmethod
     def concat(parts: list[ForwardOutput]) -> ForwardOutput:
         features = [p.features for p in parts if p.features is not None]
         if features and len(features) != len(parts):
             raise ValueError("cannot join outputs with and without slice features")
+        outside = [p.outside_range for p in parts if p.outside_range is not None]
         return ForwardOutput(
             np.concatenate([p.probability for p in parts]),
             np.concatenate([p.ct_logit for p in parts]),
             np.concatenate(features) if features else None,
+            np.concatenate(outside) if len(outside) == len(parts) else None,
         )
 
     def check(self, count: int) -> ForwardOutput:

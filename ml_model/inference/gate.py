@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ml_model.bundle import GATE_FILE
+from ml_model.bundle import ANY_WINDOW_GATE_FILE, GATE_FILE
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -165,6 +165,82 @@ def backbone_tf(view: tf.Tensor, weights: dict[str, np.ndarray]) -> tf.Tensor:
     return tf.concat(taps, axis=1)
 
 
+def _same_pad(x: np.ndarray, kernel: int, stride: int) -> tuple[np.ndarray, int, int]:
+    """``x`` (N, H, W, C) padded as TensorFlow's "SAME" pads it, and the output's H, W."""
+    out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+    pad_h = max((out_h - 1) * stride + kernel - x.shape[1], 0)
+    pad_w = max((out_w - 1) * stride + kernel - x.shape[2], 0)
+    padding = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    return np.pad(x, padding), out_h, out_w
+
+
+def _conv_np(x: np.ndarray, kernel: np.ndarray, stride: int, depthwise: bool) -> np.ndarray:
+    """A "SAME" convolution (or depthwise convolution) in numpy, float32."""
+    k = kernel.shape[0]
+    if k == 1 and stride == 1 and not depthwise:
+        return x @ kernel[0, 0]
+    padded, out_h, out_w = _same_pad(x, k, stride)
+    channels = kernel.shape[2] if depthwise else kernel.shape[3]
+    out = np.zeros((x.shape[0], out_h, out_w, channels), np.float32)
+    for i in range(k):
+        for j in range(k):
+            window = padded[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
+            out += window * kernel[i, j, :, 0] if depthwise else window @ kernel[i, j]
+    return out
+
+
+def features_numpy(images: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """The gate's features (:meth:`CTGate.features_tf`: backbone taps + 103 statistics) in
+    numpy alone, for float or uint8 images (N, S, S, C) in 0-255: what the core uses where
+    no TensorFlow is installed (the server's image serves with ONNX Runtime)."""
+    pixels = np.asarray(images, np.float32)
+    n, side = pixels.shape[0], pixels.shape[1]
+    gray = pixels[..., 0] / 255.0
+    grey = [(gray >= e).mean(axis=(1, 2)) for e in GREY_EDGES]
+    black = (gray <= 1.0 / 255.0).mean(axis=(1, 2))
+    saturated = (gray >= 254.0 / 255.0).mean(axis=(1, 2))
+    dy = gray[:, 1:, :-1] - gray[:, :-1, :-1]
+    dx = gray[:, :-1, 1:] - gray[:, :-1, :-1]
+    magnitude = np.sqrt(dx * dx + dy * dy)
+    edges = [(magnitude >= np.float32(e)).mean(axis=(1, 2)) for e in EDGE_STRENGTHS]
+    block = side // THUMBNAIL
+    thumb = gray[:, : block * THUMBNAIL, : block * THUMBNAIL].reshape(
+        n, THUMBNAIL, block, THUMBNAIL, block
+    )
+    statistics = np.concatenate(
+        [
+            np.stack([*grey, black, saturated, *edges], axis=1),
+            thumb.mean(axis=(2, 4)).reshape(n, -1),
+        ],
+        axis=1,
+    )
+    view = pixels[..., :1]
+    pool = max(1, side // GATE_SIDE)
+    if pool > 1:
+        cut = side // pool * pool
+        view = (
+            view[:, :cut, :cut]
+            .reshape(n, cut // pool, pool, cut // pool, pool, 1)
+            .mean(axis=(2, 4))
+        )
+    x = (view - PIXEL_MEAN) / PIXEL_STD
+    w = {key: value.astype(np.float32) for key, value in weights.items() if key != "spec"}
+    x = np.clip(_conv_np(x, w["stem_w"], 2, False) + w["stem_b"], 0.0, 6.0)
+    taps = []
+    for index, (kernel, stride, residual, tap) in enumerate(weights["spec"].astype(int)):
+        shortcut = x
+        if f"block{index}_expand_w" in w:
+            x = np.clip(x @ w[f"block{index}_expand_w"][0, 0] + w[f"block{index}_expand_b"], 0, 6)
+        x = _conv_np(x, w[f"block{index}_dw_w"], int(stride), True) + w[f"block{index}_dw_b"]
+        x = np.clip(x, 0.0, 6.0) @ w[f"block{index}_project_w"][0, 0] + w[f"block{index}_project_b"]
+        if residual:
+            x = x + shortcut
+        if tap:
+            taps.append(x.mean(axis=(1, 2)))
+        del kernel
+    return np.concatenate([*taps, statistics], axis=1).astype(np.float32)
+
+
 def _backbone_width(weights: dict[str, np.ndarray]) -> int:
     spec = weights["spec"].astype(int)
     return sum(int(weights[f"block{i}_project_b"].shape[0]) for i in range(len(spec)) if spec[i, 3])
@@ -206,6 +282,15 @@ class CTGate:
         """Numpy convenience over :meth:`features_tf`, in bounded batches (float32)."""
         return _in_batches(self._features_fn, images, batch, self.feature_count)
 
+    def features_np(self, images: np.ndarray, batch: int = 16) -> np.ndarray:
+        """:func:`features_numpy` (no TensorFlow) in bounded batches (float32)."""
+        images = np.asarray(images)
+        parts = [
+            features_numpy(images[i : i + batch], self.backbone)
+            for i in range(0, len(images), batch)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, self.feature_count), np.float32)
+
     def logits(self, features: np.ndarray) -> np.ndarray:
         """The logit of :meth:`features` rows, in float64 (the graph's reference)."""
         z = (np.asarray(features, np.float64) - self.mean) / self.scale
@@ -236,6 +321,42 @@ class CTGate:
             "details": np.array(json.dumps(self.details)),
         } | {f"backbone/{name}": value for name, value in self.backbone.items()}
         np.savez(Path(model_dir, GATE_FILE), **arrays)  # type: ignore[arg-type]  # numpy stub
+
+    def save_any_window(self, model_dir: str | Path) -> None:
+        """Write ``ct_any_window.npz``: the linear part and threshold of a gate that shares
+        the bundle gate's backbone (which is not stored again)."""
+        np.savez(
+            Path(model_dir, ANY_WINDOW_GATE_FILE),
+            mean=self.mean,
+            scale=self.scale,
+            coef=self.coef,
+            intercept=np.array(self.intercept),
+            threshold=np.array(self.threshold),
+            details=np.array(json.dumps(self.details)),
+        )
+
+    def any_window(self, model_dir: str | Path) -> CTGate | None:
+        """The bundle's "CT in any window" gate on this gate's backbone (None: the bundle has
+        none); ``GateFileError`` when the file is unreadable or does not fit the backbone."""
+        path = Path(model_dir, ANY_WINDOW_GATE_FILE)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                gate = CTGate(
+                    mean=stored["mean"].astype(np.float64),
+                    scale=stored["scale"].astype(np.float64),
+                    coef=stored["coef"].astype(np.float64),
+                    intercept=float(stored["intercept"]),
+                    threshold=float(stored["threshold"]),
+                    backbone=self.backbone,
+                    details=json.loads(str(stored["details"])),
+                )
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise GateFileError(f"{path}: unreadable any-window gate file ({exc})") from exc
+        if not gate.coef.shape == gate.mean.shape == gate.scale.shape == (self.feature_count,):
+            raise GateFileError(f"{path}: does not fit the bundle gate's features")
+        return gate
 
     @classmethod
     def load(cls, model_dir: str | Path, threshold: float) -> CTGate:

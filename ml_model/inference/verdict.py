@@ -4,17 +4,45 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ml_model.config import RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_POSITIVE
+from ml_model.config import (
+    RESULT_NEGATIVE,
+    RESULT_OUT_OF_DISTRIBUTION,
+    RESULT_OUTSIDE_RANGE,
+    RESULT_POSITIVE,
+)
 
-# The three answers the product gives (the API's `result`).
-Result = Literal["Potentially Fracture", "Normal", "Not a CT slice"]
+# The answers the product gives (the API's `result`).
+Result = Literal["Potentially Fracture", "Normal", "Not a CT slice", "CT outside the model's range"]
+# Why a CT slice is outside the model's range (the API's `outside_reason`).
+OutsideReason = Literal["window", "region"]
+# What each reason means and what to send instead: shown wherever the answer is.
+OUTSIDE_REASONS: dict[str, str] = {
+    "window": "a CT slice exported in a window the model cannot judge (e.g. a bone, brain or "
+    "lung window whose greys cannot be brought back to the model's window); send the DICOM "
+    "(Hounsfield units), which the product puts through the model's window itself",
+    "region": "a CT slice in the model's window but not an axial cervical-spine slice like "
+    "those it was trained on (another body region, a sagittal or coronal reformat, heavy "
+    "overlays); send the axial cervical-spine series as DICOM",
+}
 
 
 def triage_result(
-    probability: float, threshold: float, in_distribution: bool | None = True
+    probability: float,
+    threshold: float,
+    in_distribution: bool | None = True,
+    outside_reason: str | None = None,
 ) -> Result:
     """ "Potentially Fracture" if p >= threshold, "Normal" below it, and no fracture call at
-    all ("Not a CT slice") for an input the CT gate refused (``None``: no gate applied)."""
+    all for an input the CT gate refused (``None``: no gate applied): "CT outside the
+    model's range" when the "CT in any window" gate took it for CT (``outside_reason``
+    set), "Not a CT slice" otherwise."""
     if in_distribution is False:
-        return RESULT_OUT_OF_DISTRIBUTION
+        return RESULT_OUTSIDE_RANGE if outside_reason else RESULT_OUT_OF_DISTRIBUTION
     return RESULT_POSITIVE if probability >= threshold else RESULT_NEGATIVE
+
+
+def outside_reason_of(in_models_window: bool) -> OutsideReason:
+    """The reason a CT slice the bundle's gate refused is outside the model's range: in the
+    model's own window (a DICOM's HU through it, or greys the window estimate reads as it)
+    -> "region" (region, orientation or overlays); anything else -> "window"."""
+    return "region" if in_models_window else "window"

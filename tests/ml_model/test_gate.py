@@ -241,10 +241,16 @@ def test_card_records_out_of_fold_gate_margins(core: InferenceCore) -> None:
     ],
 )
 def test_ct_of_other_regions_is_refused(core: InferenceCore, name: str) -> None:
-    """What the README says the gate does with CT that is not a neck slice: it knows neck CT
-    as exported in the card's window, not CT in general, so other regions are refused."""
+    """The gate knows neck CT as exported in the card's window, not CT in general, so other
+    regions get no fracture call: "CT outside the model's range" (reason: region, these are
+    DICOMs in the model's window) where the any-window gate knows them for CT, else "Not a
+    CT slice" (issue 26)."""
     verdict = core.verdict(Path(get_testdata_file(name)).read_bytes())
-    assert verdict.result == "Not a CT slice", verdict
+    assert not verdict.in_distribution, verdict
+    if verdict.result == "CT outside the model's range":
+        assert verdict.outside_reason == "region", verdict
+    else:
+        assert verdict.result == "Not a CT slice" and verdict.outside_reason is None, verdict
 
 
 def _fresh_negatives() -> list[tuple[str, np.ndarray]]:

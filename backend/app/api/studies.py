@@ -18,6 +18,7 @@ from backend.app.core.config import Settings
 from backend.app.core.metrics import AppMetrics
 from backend.app.schemas import (
     OperatingPoint,
+    OutsideReason,
     StudyFileError,
     StudyResponse,
     StudySlice,
@@ -60,6 +61,7 @@ def analyse_study(
     study = core.study(collected.slices, operating_point.value)
     metrics.record_study(study.result, operating_point.value)
 
+    reasons = study.outside_reasons or [""] * len(study.names)
     slices = [
         StudySlice(
             name=name,
@@ -71,6 +73,9 @@ def analyse_study(
             study.names, study.positions, study.probabilities, study.in_distribution, strict=True
         )
     ]
+    for row, why in zip(slices, reasons, strict=True):  # set only where there is one
+        if why:
+            row.outside_reason = OutsideReason(why)
     top_slices = []
     for index in study.top_indices:
         extra = {}
@@ -112,6 +117,8 @@ def analyse_study(
         model=model_info(core),
         latency_ms=round((time.perf_counter() - start) * 1000.0, 2),
     )
+    if study.outside_reason:  # only with "CT outside the model's range" (exclude_unset)
+        response.outside_reason = OutsideReason(study.outside_reason)
     if worklist is not None:
         summary = StudySummary.model_validate(response.model_dump())
         entry = study_entry(summary, source="upload", identity=identity, settings=settings)

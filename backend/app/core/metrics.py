@@ -79,7 +79,8 @@ class AppMetrics:
         self.registry = registry
         self.predictions = Counter(
             "triage_predictions_total",
-            "Images classified, by result (`Potentially Fracture`, `Normal`, `Not a CT slice`) "
+            "Images classified, by result (`Potentially Fracture`, `Normal`, `Not a CT slice`, "
+            "`CT outside the model's range`) "
             "and operating point.",
             ["result", "operating_point"],
             registry=registry,

@@ -2,9 +2,10 @@
 with Wilson 95 % intervals, overall and by model version, scanner and ISO week.
 
 The product's call is ``flagged`` (``Potentially Fracture``); the truth is the study's latest
-read. Studies the CT gate refused (``Not a CT slice``: no call made) are counted apart
-(``no_call``), never as negatives. Pure functions over :class:`store.ReviewedStudy` rows:
-``GET /monitoring`` and the Prometheus gauges (``core/metrics.py``) read the same figures.
+read. Studies the CT gate refused (``Not a CT slice`` or ``CT outside the model's range``: no
+call made) are counted apart (``no_call``), never as negatives. Pure functions over
+:class:`store.ReviewedStudy` rows: ``GET /monitoring`` and the Prometheus gauges
+(``core/metrics.py``) read the same figures.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from backend.app.worklist.store import ReviewedStudy
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile
-NO_CALL_VERDICT = "Not a CT slice"
+NO_CALL_VERDICTS = ("Not a CT slice", "CT outside the model's range")
 UNKNOWN = "unknown"
 
 
@@ -67,7 +68,7 @@ def performance(rows: Iterable[ReviewedStudy]) -> Performance:
     tp = fp = tn = fn = reviewed = no_call = 0
     for row in rows:
         reviewed += 1
-        if row.verdict == NO_CALL_VERDICT:
+        if row.verdict in NO_CALL_VERDICTS:
             no_call += 1
         elif row.flagged and row.fracture:
             tp += 1

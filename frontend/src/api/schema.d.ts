@@ -302,10 +302,10 @@ export interface components {
         BatchItemPrediction: {
             /**
              * Result
-             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false) and it is not CT in any window either: no fracture call is made. `CT outside the model's range` when the CT gate refuses it but it is CT (another window, region or orientation, see `outside_reason`): no fracture call is made; send the DICOM. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
              * @enum {string}
              */
-            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice" | "CT outside the model's range";
             /**
              * Prediction
              * @description Probability of fracture (0-1). Reported for transparency even when `result` is `Not a CT slice`; it means nothing for such an input and must not be read as a call.
@@ -328,6 +328,8 @@ export interface components {
              * @description The CT gate's margin, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT (the larger, the further from a CT slice). The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran (never, see `in_distribution`).
              */
             ct_gate_margin: number | null;
+            /** @description Only with `result` `CT outside the model's range`: why the model cannot judge this CT slice. `window`: exported in a window whose greys cannot be brought back to the model's (bone, brain, lung...): send the DICOM (HU). `region`: in the model's window but not an axial cervical-spine slice (another region, a reformat, overlays). */
+            outside_reason?: components["schemas"]["OutsideReason"] | null;
             /**
              * Ood Distance
              * @deprecated
@@ -724,6 +726,12 @@ export interface components {
         } & {
             [key: string]: unknown;
         };
+        /**
+         * OutsideReason
+         * @description Why a CT slice is outside the model's range (``verdict.OUTSIDE_REASONS``).
+         * @enum {string}
+         */
+        OutsideReason: "window" | "region";
         /** PerformanceOut */
         PerformanceOut: {
             /**
@@ -798,10 +806,10 @@ export interface components {
         PredictionResponse: {
             /**
              * Result
-             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false) and it is not CT in any window either: no fracture call is made. `CT outside the model's range` when the CT gate refuses it but it is CT (another window, region or orientation, see `outside_reason`): no fracture call is made; send the DICOM. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
              * @enum {string}
              */
-            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice" | "CT outside the model's range";
             /**
              * Prediction
              * @description Probability of fracture (0-1). Reported for transparency even when `result` is `Not a CT slice`; it means nothing for such an input and must not be read as a call.
@@ -824,6 +832,8 @@ export interface components {
              * @description The CT gate's margin, exp(gate threshold - gate logit): <= 1 is accepted as a CT slice, > 1 is refused as not CT (the larger, the further from a CT slice). The gate is a logistic regression on its own features (an ImageNet EfficientNet-Lite0's first blocks and image statistics of the whole slice, nothing of the fracture network), trained against non-CT images (model card `gate`). Null when no gate ran (never, see `in_distribution`).
              */
             ct_gate_margin: number | null;
+            /** @description Only with `result` `CT outside the model's range`: why the model cannot judge this CT slice. `window`: exported in a window whose greys cannot be brought back to the model's (bone, brain, lung...): send the DICOM (HU). `region`: in the model's window but not an axial cervical-spine slice (another region, a reformat, overlays). */
+            outside_reason?: components["schemas"]["OutsideReason"] | null;
             /**
              * Ood Distance
              * @deprecated
@@ -1084,10 +1094,12 @@ export interface components {
         StudyResponse: {
             /**
              * Result
-             * @description Study-level call at the study threshold: `Potentially Fracture` when prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the CT gate.
+             * @description Study-level call at the study threshold: `Potentially Fracture` when prediction >= threshold, else `Normal`; `Not a CT slice` when no slice passed the CT gate; `CT outside the model's range` when none passed it but some are CT (in another window, region or orientation: `outside_reason`).
              * @enum {string}
              */
-            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice" | "CT outside the model's range";
+            /** @description Only with `result` `CT outside the model's range`: why the model cannot judge this CT slice. `window`: exported in a window whose greys cannot be brought back to the model's (bone, brain, lung...): send the DICOM (HU). `region`: in the model's window but not an axial cervical-spine slice (another region, a reformat, overlays). */
+            outside_reason?: components["schemas"]["OutsideReason"] | null;
             /**
              * Prediction
              * @description Study score: the aggregation (see `aggregation`) of the in-distribution slices' probabilities; 0 when no slice is in distribution. A study bundle: its study head's P(fracture anywhere in C1-C7) (RSNA 2022's `patient_overall`).
@@ -1195,6 +1207,8 @@ export interface components {
              * @description Whether the CT gate accepts the input as a CT slice (`ct_gate_margin` <= 1). Null only when no gate ran, which this server never does (every model bundle has a CT gate).
              */
             in_distribution: boolean | null;
+            /** @description Set for a slice the CT gate refused that is CT nonetheless (left out of the score like every refused slice, counted apart): see the top-level field. */
+            outside_reason?: components["schemas"]["OutsideReason"] | null;
         };
         /**
          * StudySummary
@@ -1204,10 +1218,10 @@ export interface components {
         StudySummary: {
             /**
              * Result
-             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false): no fracture call is made. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
+             * @description `Not a CT slice` when the CT gate refuses the input (`in_distribution` false) and it is not CT in any window either: no fracture call is made. `CT outside the model's range` when the CT gate refuses it but it is CT (another window, region or orientation, see `outside_reason`): no fracture call is made; send the DICOM. Otherwise `Potentially Fracture` when prediction >= threshold, else `Normal`.
              * @enum {string}
              */
-            result: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            result: "Potentially Fracture" | "Normal" | "Not a CT slice" | "CT outside the model's range";
             /**
              * Prediction
              * @description The study score.
@@ -1360,7 +1374,7 @@ export interface components {
              * Verdict
              * @enum {string}
              */
-            verdict: "Potentially Fracture" | "Normal" | "Not a CT slice";
+            verdict: "Potentially Fracture" | "Normal" | "Not a CT slice" | "CT outside the model's range";
             /**
              * Flagged
              * @description `verdict` is `Potentially Fracture`.
@@ -1904,7 +1918,7 @@ export interface operations {
                 /** @description Only these statuses (repeat the parameter). */
                 status?: components["schemas"]["WorklistStatus"][] | null;
                 /** @description Only these verdicts (repeat the parameter). */
-                verdict?: ("Potentially Fracture" | "Normal" | "Not a CT slice")[] | null;
+                verdict?: ("Potentially Fracture" | "Normal" | "Not a CT slice" | "CT outside the model's range")[] | null;
                 /** @description Arrived at or after (ISO 8601 with zone). */
                 arrived_from?: string | null;
                 /** @description Arrived before (ISO 8601 with zone). */

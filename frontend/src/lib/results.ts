@@ -27,6 +27,27 @@ export const REFUSAL_ADVICE =
 /** Shown where a refused slice's score would be: the score of an image the model cannot read means nothing. */
 export const NOT_SCORED = "not scored";
 
+/** The CT gate refused a slice that is CT all the same (issue 26): no fracture call was made. */
+export const RESULT_OUTSIDE_RANGE = "CT outside the model's range";
+
+/** What each `outside_reason` means and what to send instead (backend: verdict.OUTSIDE_REASONS). */
+export const OUTSIDE_REASON_TEXT: Record<string, string> = {
+  window:
+    "This looks like a CT slice exported in a window the model cannot judge (bone, brain or lung), so no " +
+    "fracture call was made. Send the DICOM: the model puts its Hounsfield units through its own window.",
+  region:
+    "This looks like a CT slice, but not an axial cervical-spine slice like those the model was trained on " +
+    "(another region, a reformat or overlays), so no fracture call was made. Send the axial neck series as DICOM.",
+};
+
+/** The one-line explanation of a refused answer: its reason where the API gives one. */
+export function refusalText(result: { result: string; outside_reason?: string | null }): string {
+  if (result.result === RESULT_OUTSIDE_RANGE) {
+    return OUTSIDE_REASON_TEXT[result.outside_reason ?? ""] ?? "This is a CT slice the model cannot judge, so no fracture call was made. Send the DICOM.";
+  }
+  return REFUSAL_TEXT;
+}
+
 /** The model card's limits, in card order (the same keys the model panel and the report read). */
 export function cardLimits(card: unknown): string[] {
   if (!card || typeof card !== "object") return [];

@@ -80,7 +80,7 @@ def verdict_fields(
 ) -> dict[str, Any]:
     """The response fields of one slice's verdict; counts the result."""
     metrics.record_prediction(verdict.result, operating_point.value)
-    return {
+    fields: dict[str, Any] = {
         "result": verdict.result,
         "prediction": verdict.probability,
         "threshold": verdict.threshold,
@@ -88,6 +88,9 @@ def verdict_fields(
         "in_distribution": verdict.in_distribution,
         "ct_gate_margin": verdict.ct_gate_margin,
     }
+    if verdict.outside_reason is not None:  # only with "CT outside the model's range"
+        fields["outside_reason"] = verdict.outside_reason
+    return fields
 
 
 @router.post(
@@ -157,6 +160,7 @@ def predict(
 @router.post(
     "/predict/batch",
     response_model=BatchResponse,
+    response_model_exclude_unset=True,  # `outside_reason` only where it is set
     responses={
         413: error_response(
             "Too many files, or the request body is over the batch limit.",

@@ -86,3 +86,26 @@ def test_out_of_distribution_results_are_counted(make_client: Any, images: Any) 
     metrics = samples(client.get("/metrics").text)
     refused = {"result": "Not a CT slice", "operating_point": "sensitive"}
     assert value(metrics, "triage_predictions_total", **refused) == 1
+
+
+def test_ct_outside_the_models_range_is_answered_and_counted(make_client: Any) -> None:
+    """A CT DICOM of another region (pydicom's CT_small): "CT outside the model's range"
+    with the reason `region` in the response, and its own label value in the counter."""
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    client = make_client()
+    data = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+    body = client.post("/predict", files={"file": ("ct_small.dcm", data)}).json()
+    assert (body["result"], body["outside_reason"]) == ("CT outside the model's range", "region")
+    assert body["in_distribution"] is False
+    metrics = samples(client.get("/metrics").text)
+    outside = {"result": "CT outside the model's range", "operating_point": "sensitive"}
+    assert value(metrics, "triage_predictions_total", **outside) == 1
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert (
+        "CT outside the model's range"
+        in schema["PredictionResponse"]["properties"]["result"]["enum"]
+    )
+    assert schema["OutsideReason"]["enum"] == ["window", "region"]

@@ -16,6 +16,7 @@ from ml_model.config import (
     EXPORT_WINDOW,
     RESULT_NEGATIVE,
     RESULT_OUT_OF_DISTRIBUTION,
+    RESULT_OUTSIDE_RANGE,
     RESULT_POSITIVE,
 )
 from ml_model.imaging.transforms import image_to_array, resize, to_model_channels
@@ -24,7 +25,7 @@ from ml_model.inference.core import InferenceCore
 from testing.dicom_writers import scanner_ct_dicom
 from tests.ml_model.test_dicom_corpus import CORPUS, corpus_path
 
-RESULTS = {RESULT_POSITIVE, RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION}
+RESULTS = {RESULT_POSITIVE, RESULT_NEGATIVE, RESULT_OUT_OF_DISTRIBUTION, RESULT_OUTSIDE_RANGE}
 
 
 def post_image(client: TestClient, data: bytes, filename: str = "slice.png", **params: Any) -> Any:
@@ -40,14 +41,17 @@ def expected_probability(predictor: InferenceCore, data: bytes) -> float:
 
 
 def expected_result(body: dict[str, Any]) -> str:
-    """The triage rule: no fracture call out of distribution, else the threshold decides."""
+    """The triage rule: no fracture call out of distribution (CT outside the model's range
+    when a reason is given, issue 26), else the threshold decides."""
     if body["in_distribution"] is False:
-        return RESULT_OUT_OF_DISTRIBUTION
+        return RESULT_OUTSIDE_RANGE if body.get("outside_reason") else RESULT_OUT_OF_DISTRIBUTION
     return RESULT_POSITIVE if body["prediction"] >= body["threshold"] else RESULT_NEGATIVE
 
 
 def check_prediction(body: dict[str, Any], service: Any, operating_point: str) -> None:
-    assert set(body) == {
+    # `outside_reason` only with "CT outside the model's range" (issue 26).
+    assert ("outside_reason" in body) == (body["result"] == RESULT_OUTSIDE_RANGE)
+    assert set(body) - {"outside_reason"} == {
         "result",
         "prediction",
         "threshold",

@@ -267,6 +267,20 @@ def test_photos_as_a_study_are_not_ct(client: TestClient, images: Any) -> None:
     assert not any(item["in_distribution"] for item in body["slices"])
 
 
+def test_ct_outside_the_models_range_as_a_study(client: TestClient) -> None:
+    """A series the model cannot judge but that is CT (pydicom's CT_small, another region):
+    the study and its slice say "CT outside the model's range" with the reason, no slice is
+    scored into the study (issue 26)."""
+    from pydicom.data import get_testdata_file
+
+    data = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+    body = post_study(client, [("ct_small.dcm", data)]).json()
+    assert (body["result"], body["outside_reason"]) == ("CT outside the model's range", "region")
+    assert body["top_slices"] == [] and body["prediction"] == 0.0
+    (row,) = body["slices"]
+    assert row["in_distribution"] is False and row["outside_reason"] == "region"
+
+
 # --- zips --------------------------------------------------------------------------------
 
 

@@ -71,6 +71,32 @@ describe("upload flow", () => {
     expect(within(b).getByTestId("result-label")).toHaveClass("badge--neutral");
   });
 
+  it("tells CT it cannot judge apart from non-CT: its own badge, the reason and what to send", async () => {
+    mockApi({
+      predict: () =>
+        json(
+          prediction(0.7, 0.3, {
+            result: "CT outside the model's range",
+            in_distribution: false,
+            outside_reason: "window",
+          }),
+        ),
+    });
+    const user = setup();
+    await renderReady();
+    await user.upload(screen.getByLabelText(/choose files/i), pngFile("bone-window.png"));
+    await user.click(screen.getByRole("button", { name: "Analyse" }));
+    const card = screen.getByRole("article", { name: "bone-window.png" });
+    const badge = await within(card).findByTestId("result-label");
+    expect(badge).toHaveTextContent("CT outside the model's range");
+    expect(badge).toHaveClass("badge--outside");
+    expect(badge.querySelector("svg")).toHaveAttribute("data-shape", "outside");
+    expect(within(card).getByTestId("refusal")).toHaveTextContent(/exported in a window the model cannot judge.*Send the DICOM/);
+    expect(within(card).queryByTestId("refusal-advice")).not.toBeInTheDocument();
+    expect(within(card).queryByRole("meter")).not.toBeInTheDocument();
+    expect(card).not.toHaveTextContent("70%");
+  });
+
   it("refuses a non-CT image in plain words, with what to do instead, and shows no score", async () => {
     mockApi({
       predict: () =>

@@ -318,7 +318,7 @@ describe("history", () => {
     const user = setup();
     await ready({ history: new HistoryStore(factory), analyseOnDrop: true });
     await user.upload(screen.getByLabelText(/choose files/i), file("c5.png", 9));
-    await screen.findByText("Potentially Fracture");
+    await within(await screen.findByRole("article", { name: "c5.png" })).findByText("Potentially Fracture");
     await waitFor(() => expect(screen.getAllByTestId("history-entry")).toHaveLength(1));
     // The same content again, under another name: still one entry.
     await user.upload(screen.getByLabelText(/choose files/i), file("c5 copy.png", 9));
@@ -361,7 +361,9 @@ describe("history", () => {
     const user = setup();
     const first = await ready({ history: new HistoryStore(factory) });
     await user.upload(screen.getByLabelText(/choose files/i), pngFile("c5.png"));
-    await screen.findByText("Potentially Fracture");
+    // the card's verdict (the history panel may list it too by now)
+    const answered = await screen.findByRole("article", { name: "c5.png" });
+    await within(answered).findByText("Potentially Fracture");
     await user.click(screen.getByRole("tab", { name: "Study (whole series)" }));
     await user.upload(
       screen.getByLabelText(/select files or a \.zip/i),

@@ -1,4 +1,4 @@
-import { resultTone, type Tone } from "../lib/results";
+import { RESULT_OUTSIDE_RANGE, resultTone, type Tone } from "../lib/results";
 
 interface Props {
   result: string;
@@ -12,7 +12,13 @@ interface Props {
  * triangle for a possible fracture, a tick for normal, a slashed circle for no call (not a CT
  * slice, unknown label), and a crossed square for an error (the file was not analysed).
  */
-export function ToneIcon({ tone, className = "badge__icon" }: { tone: Tone | "error"; className?: string }) {
+export function ToneIcon({
+  tone,
+  className = "badge__icon",
+}: {
+  tone: Tone | "error" | "outside";
+  className?: string;
+}) {
   return (
     <svg className={className} viewBox="0 0 20 20" aria-hidden="true" focusable="false" data-shape={tone}>
       {tone === "positive" && <path d="M10 2 1 18h18L10 2Zm-1 6h2v5H9V8Zm0 6h2v2H9v-2Z" fill="currentColor" />}
@@ -21,6 +27,13 @@ export function ToneIcon({ tone, className = "badge__icon" }: { tone: Tone | "er
         <>
           <circle cx="10" cy="10" r="7.25" fill="none" stroke="currentColor" strokeWidth="2" />
           <path d="m5 15 10-10" stroke="currentColor" strokeWidth="2" />
+        </>
+      )}
+      {tone === "outside" && (
+        <>
+          {/* a CT slice (a disc) outside the frame of what the model reads */}
+          <rect x="2" y="2" width="16" height="16" rx="2" fill="none" stroke="currentColor" strokeWidth="1.5" strokeDasharray="3 2" />
+          <circle cx="10" cy="10" r="4.5" fill="currentColor" />
         </>
       )}
       {tone === "error" && (
@@ -35,9 +48,14 @@ export function ToneIcon({ tone, className = "badge__icon" }: { tone: Tone | "er
 
 export function ResultBadge({ result, large, testId = "result-label" }: Props) {
   const tone = resultTone(result);
+  // CT the model cannot judge: no call, like a refusal, but its own colour and shape.
+  const outside = result === RESULT_OUTSIDE_RANGE;
   return (
-    <span className={`badge badge--${tone}${large ? " badge--large" : ""}`} data-testid={testId}>
-      <ToneIcon tone={tone} />
+    <span
+      className={`badge badge--${tone}${outside ? " badge--outside" : ""}${large ? " badge--large" : ""}`}
+      data-testid={testId}
+    >
+      <ToneIcon tone={outside ? "outside" : tone} />
       {result}
     </span>
   );

@@ -5,7 +5,7 @@ import { saveBlob } from "../lib/csv";
 import { closeDialog, openDialog } from "../lib/dialog";
 import { dicomFacts } from "../lib/dicom";
 import { formatBytes } from "../lib/files";
-import { REFUSAL_ADVICE, REFUSAL_TEXT, isRefused, resultTone } from "../lib/results";
+import { REFUSAL_ADVICE, RESULT_OUTSIDE_RANGE, isRefused, refusalText, resultTone } from "../lib/results";
 import type { SliceItem } from "../state";
 import { ErrorNotice } from "./ErrorNotice";
 import { ImageViewer } from "./ImageViewer";
@@ -223,10 +223,12 @@ export function SliceCard({ item, busy, onRemove, onToggleHeatmap, onWindow, cav
             {tone === "positive" && caveat && <LevelCaveat text={caveat} />}
             {refused && (
               <div className="refusal" data-testid="refusal">
-                <p>{REFUSAL_TEXT}</p>
-                <p className="refusal__advice" data-testid="refusal-advice">
-                  {REFUSAL_ADVICE}
-                </p>
+                <p>{refusalText(result)}</p>
+                {result.result !== RESULT_OUTSIDE_RANGE && (
+                  <p className="refusal__advice" data-testid="refusal-advice">
+                    {REFUSAL_ADVICE}
+                  </p>
+                )}
               </div>
             )}
             {!refused && typeof result.prediction === "number" && typeof result.threshold === "number" && (

@@ -1,5 +1,6 @@
 import { useEffect, useRef, type Ref } from "react";
 import { PREVIEW_WINDOWS, type StudySlice } from "../api/types";
+import { RESULT_OUTSIDE_RANGE, refusalText } from "../lib/results";
 import { formatPercent, type PreviewKind } from "../lib/files";
 import { formatPosition } from "../lib/study";
 import { wheelSteps } from "../lib/viewer";
@@ -177,7 +178,15 @@ export function StudySliceViewer({
               {windowCaption}
             </p>
           ) : null}
-          {ood ? (
+          {ood && slice.outside_reason ? (
+            <>
+              <span className="badge badge--neutral badge--outside badge--small">{RESULT_OUTSIDE_RANGE}</span>
+              <p className="sv__note">
+                {refusalText({ result: RESULT_OUTSIDE_RANGE, outside_reason: slice.outside_reason })} It was
+                left out of the study score.
+              </p>
+            </>
+          ) : ood ? (
             <>
               <span className="badge badge--neutral badge--small">Not a CT slice</span>
               <p className="sv__note">

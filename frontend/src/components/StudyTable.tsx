@@ -1,7 +1,7 @@
 import { useEffect, useRef } from "react";
 import type { StudySlice } from "../api/types";
 import { formatPercent } from "../lib/files";
-import { NOT_SCORED } from "../lib/results";
+import { NOT_SCORED, RESULT_OUTSIDE_RANGE } from "../lib/results";
 import { formatPosition } from "../lib/study";
 import { ToneIcon } from "./ResultBadge";
 
@@ -94,8 +94,8 @@ export function StudyTable({ slices, threshold, topRank, selected, onSelect, pos
                 <td>
                   {ood ? (
                     <span className="dot-label dot-label--neutral">
-                      <ToneIcon tone="neutral" className="dot-label__icon" />
-                      Not a CT slice
+                      <ToneIcon tone={s.outside_reason ? "outside" : "neutral"} className="dot-label__icon" />
+                      {s.outside_reason ? RESULT_OUTSIDE_RANGE : "Not a CT slice"}
                     </span>
                   ) : rank ? (
                     <span className="tag tag--top">Top {rank}</span>

@@ -20,8 +20,9 @@ keeps no state: it runs the single-process worker's attempt (``Worker._process``
 :class:`OutcomeRecorder`, which records the one state call the attempt makes (done, retry,
 block, fail, skip) and sends it to the poller, which replays it on its state file. Back-off,
 failure classes, bounded attempts and superseding are therefore the single-process rules.
-A job carries its attempt number and the series' earlier result (for the Predecessor
-Documents Sequence of a superseding SR).
+A job carries its attempt number, the series' earlier result (for the Predecessor
+Documents Sequence of a superseding SR) and when the poller saw the series arrive (the
+worklist's ``arrived_at``).
 
 Idempotence: output UIDs are derived from the source series (``pacs.dicom_out``), and an
 attempt first asks the PACS whether the SR series is already there, so a job delivered twice
@@ -182,6 +183,13 @@ def job_ref(job: dict[str, Any]) -> SeriesRef:
     )
 
 
+def job_arrived_at(job: dict[str, Any]) -> float | None:
+    """When the job's series arrived in the PACS, as the poller saw it (epoch seconds); None
+    when the job does not say (a job of an older poller: the API dates it on receipt)."""
+    value = job.get("arrived_at")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 class BrokerWorker:
     """Takes jobs from the series queue, runs each attempt on a thread pool
     (``PACS_CONCURRENCY`` at once: the prefetch), publishes its outcome, then acknowledges."""
@@ -271,7 +279,7 @@ class BrokerWorker:
 
     def _attempt(self, ref: SeriesRef, job: dict[str, Any]) -> dict[str, Any] | None:
         recorder = OutcomeRecorder(job)
-        self.worker._process(ref, recorder)
+        self.worker._process(ref, recorder, job_arrived_at(job))
         return recorder.outcome
 
     def _finish(
@@ -410,7 +418,7 @@ class Poller(Worker):
         dies in between queues it again: a job delivered twice files nothing twice."""
         earlier = self.state.get(ref.series_uid)
         attempt = self.state.attempt_number(ref.series_uid)
-        job = {**asdict(ref), "attempt": attempt,
+        job = {**asdict(ref), "attempt": attempt, "arrived_at": self.arrived_at(ref),
                "earlier": asdict(earlier) if earlier is not None else None}  # fmt: skip
         publish(self._open(), job, routing_key=self.topology.series)
         self.state.start(ref.series_uid, ref.study_uid, ref.instance_count)

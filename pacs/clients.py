@@ -313,7 +313,7 @@ def dataset_bytes(dataset: Dataset) -> bytes:
 
 
 class ApiClient:
-    """The product's API: ``/ready`` and ``/predict/study``."""
+    """The product's API: ``/predict/study`` and ``/worklist``, with the worker's token."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.base = settings.api_url.rstrip("/")
@@ -327,30 +327,43 @@ class ApiClient:
     def predict_study(self, files: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
         """The API's StudyResponse for one series, with heatmaps of the top slices."""
         multipart = [("files", (name, data, "application/dicom")) for name, data in files]
-        try:
-            response = self.session.post(
-                f"{self.base}/predict/study",
-                params={"explain": "true", "operating_point": self.operating_point},
-                files=multipart,
-                timeout=self.timeout,
-            )
-        except requests.RequestException as exc:
-            raise TransientError(f"API unreachable: {exc}") from exc
-        if response.status_code in (401, 403):
-            raise ConfigError(
-                f"API refused the worker's token ({response.status_code}): {_detail(response)}; "
-                "set PACS_API_TOKEN or PACS_API_TOKEN_FILE"
-            )
-        if response.status_code >= 500 or response.status_code in (408, 429):
-            raise TransientError(
-                f"API answered {response.status_code}: {_detail(response)}", retry_after(response)
-            )
-        if response.status_code != 200:
-            raise PermanentError(
-                f"API refused the series ({response.status_code}): {_detail(response)}"
-            )
+        response = self._post(
+            "/predict/study",
+            "the series",
+            params={"explain": "true", "operating_point": self.operating_point},
+            files=multipart,
+        )
         body: dict[str, Any] = response.json()
         return body
+
+    def add_to_worklist(self, entry: dict[str, Any]) -> bool:
+        """``POST /worklist``; True when the entry is new (201), False when the API updated
+        the entry of the same study and series (200: a retry or a re-analysis)."""
+        response = self._post("/worklist", "the worklist entry", json=entry)
+        return response.status_code == 201
+
+    def _post(self, path: str, what: str, **request: Any) -> requests.Response:
+        """A POST whose failures are classed: unreachable, 5xx, 408, 429 -> TransientError
+        (with ``Retry-After``); 401/403 -> ConfigError; 404/405 (an API without the route)
+        -> ConfigError; any other status but 200/201 -> PermanentError (``what`` refused)."""
+        try:
+            response = self.session.post(f"{self.base}{path}", timeout=self.timeout, **request)
+        except requests.RequestException as exc:
+            raise TransientError(f"API unreachable: {exc}") from exc
+        code = response.status_code
+        if code in (401, 403):
+            raise ConfigError(
+                f"API refused the worker's token ({code}): {_detail(response)}; "
+                "set PACS_API_TOKEN or PACS_API_TOKEN_FILE"
+            )
+        if code >= 500 or code in (408, 429):
+            raise TransientError(f"API answered {code}: {_detail(response)}", retry_after(response))
+        if code in (404, 405):
+            hint = "; upgrade the API or set PACS_WORKLIST=false" if path == "/worklist" else ""
+            raise ConfigError(f"API has no POST {path} ({code}){hint}")
+        if code not in (200, 201):
+            raise PermanentError(f"API refused {what} ({code}): {_detail(response)}")
+        return response
 
 
 def _detail(response: requests.Response) -> str:

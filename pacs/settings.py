@@ -51,6 +51,12 @@ class WorkerSettings(BaseSettings):
     operating_point: Literal["sensitive", "specific"] = Field(
         default="sensitive", description="Operating point asked of the API."
     )
+    worklist: bool = Field(
+        default=True,
+        description="Add each analysed series to the API's triage worklist (POST /worklist: "
+        "its UIDs, scanner, arrival time and the API's answer) before its SR is stored in the "
+        "PACS (PACS_WORKLIST); false: the SR and heatmaps only.",
+    )
     state_db: Path = Field(
         default=Path("pacs-worker.sqlite3"),
         description="SQLite file with each series' status (kept across restarts).",
@@ -86,7 +92,7 @@ class WorkerSettings(BaseSettings):
         "that drips its answer is cut off; the series is retried later).",
     )
     api_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="Timeout of one /predict/study call."
+        default=600.0, gt=0, description="Timeout of one API call (/predict/study, /worklist)."
     )
     stop_grace_seconds: float = Field(
         default=30.0,
@@ -138,11 +144,19 @@ class WorkerSettings(BaseSettings):
         return self.api_token.get_secret_value() if self.api_token else None
 
     def config_fingerprint(self) -> str:
-        """A digest of the settings a configuration failure (401/403) depends on: the API, the
-        token, the PACS credentials. Series blocked under another fingerprint are re-queued
-        when the worker starts with this one."""
+        """A digest of the settings a configuration failure (401/403, an API without
+        /worklist) depends on: the API, the token, the PACS credentials, PACS_WORKLIST. Series
+        blocked under another fingerprint are re-queued when the worker starts with this one."""
         password = self.password.get_secret_value() if self.password else ""
-        parts = (self.api_url, self.bearer_token() or "", self.url, self.user or "", password)
+        parts: tuple[str, ...] = (
+            self.api_url,
+            self.bearer_token() or "",
+            self.url,
+            self.user or "",
+            password,
+        )
+        if not self.worklist:  # appended only when off: on (the default) keeps older digests
+            parts += ("worklist off",)
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     @property

@@ -28,6 +28,8 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from pydicom.dataset import Dataset
@@ -73,6 +75,12 @@ SERIES_LATENCY = Histogram(
 POLLS = Counter("pacs_polls_total", "Polls of the PACS (QIDO-RS).", ["outcome"])
 PACS_UP = Gauge("pacs_up", "1 when the last poll of the PACS succeeded.")
 IN_FLIGHT = Gauge("pacs_series_in_flight", "Series being processed now.")
+TIME_TO_WORKLIST = Histogram(
+    "pacs_time_to_worklist_seconds",
+    "From a series' arrival in the PACS (arrived_at: when the poller saw its last instance "
+    "count) to the API's worklist answering 2xx for it.",
+    buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
 
 
 @dataclass
@@ -176,8 +184,16 @@ class Worker:
 
     def _dispatch(self, ref: SeriesRef) -> None:
         """Start on a due series: here, on the thread pool (a broker poller queues it)."""
-        self._in_flight[ref.series_uid] = self._pool.submit(self._process, ref)
+        future = self._pool.submit(self._process, ref, None, self.arrived_at(ref))
+        self._in_flight[ref.series_uid] = future
         IN_FLIGHT.set(len(self._in_flight))
+
+    def arrived_at(self, ref: SeriesRef) -> float | None:
+        """When the series' last instance reached the PACS as far as the worker knows: the
+        poll that first saw its current instance count (at most ``poll_seconds`` late; a
+        series already there when the worker started is dated by its first poll)."""
+        seen = self._seen.get(ref.series_uid)
+        return seen.since if seen is not None and seen.count == ref.instance_count else None
 
     def _refuse_shared(self, refs: list[SeriesRef]) -> None:
         """One series UID listed under more than one study: refused, never analysed."""
@@ -245,14 +261,18 @@ class Worker:
         return now - seen.since >= self.settings.stable_seconds
 
     # ---- one series ---------------------------------------------------------------------
-    def _process(self, ref: SeriesRef, state: SeriesLog | None = None) -> None:
+    def _process(
+        self, ref: SeriesRef, state: SeriesLog | None = None, arrived_at: float | None = None
+    ) -> None:
         """One attempt at ``ref``; its outcome goes to ``state`` (the state file by default;
-        a broker worker passes a recorder whose calls the poller replays on its own)."""
+        a broker worker passes a recorder whose calls the poller replays on its own).
+        ``arrived_at``: when the series arrived in the PACS (epoch seconds, the poller's
+        :meth:`arrived_at`), for the worklist; None: the API's time of the call."""
         state = state or self.state
         start = time.perf_counter()
         attempt = state.start(ref.series_uid, ref.study_uid, ref.instance_count)
         try:
-            result = self._process_series(ref, state)
+            result = self._process_series(ref, state, arrived_at)
         except PermanentError as exc:
             failure_class = "identity" if isinstance(exc, IdentityError) else "permanent"
             SERIES_FAILED.labels(failure_class).inc()
@@ -304,8 +324,11 @@ class Worker:
             SERIES_PROCESSED.labels(result).inc()
             SERIES_LATENCY.observe(time.perf_counter() - start)
 
-    def _process_series(self, ref: SeriesRef, state: SeriesLog) -> str | None:
-        """Retrieve, ask the API, store the SR and heatmaps; returns the verdict stored."""
+    def _process_series(
+        self, ref: SeriesRef, state: SeriesLog, arrived_at: float | None = None
+    ) -> str | None:
+        """Retrieve, ask the API, add the series to the worklist, store the SR and heatmaps;
+        returns the verdict stored."""
         try:
             datasets = self.pacs.retrieve_series(ref.study_uid, ref.series_uid)
         except SeriesNotFound:
@@ -372,6 +395,11 @@ class Worker:
             raise PermanentError(
                 f"the SR could not be written: {type(exc).__name__}: {exc}"
             ) from exc
+        # The worklist before the PACS: an SR in the PACS means the worklist has the series
+        # too, so a retry that finds the SR (above) owes the worklist nothing. A failed STOW
+        # retried posts the entry again, which the API takes as the same entry (200).
+        if self.settings.worklist:
+            self._add_to_worklist(ref, study, slices[0], arrived_at)
         # Heatmaps first, the SR last: an SR in the PACS means everything is there.
         outputs: list[Dataset] = [*heatmaps, sr]
         self.pacs.store(outputs, ref.study_uid)
@@ -405,6 +433,56 @@ class Worker:
             len(heatmaps),
         )
         return verdict
+
+    def _add_to_worklist(
+        self, ref: SeriesRef, study: dict[str, Any], first: Dataset, arrived_at: float | None
+    ) -> None:
+        """``POST /worklist`` for the analysed series; its failures are classed as the
+        API's (transient: the whole attempt is retried, never final)."""
+        entry = worklist_entry(ref, study, first, arrived_at)
+        created = self.api.add_to_worklist(entry)
+        if arrived_at is not None:
+            TIME_TO_WORKLIST.observe(max(time.time() - arrived_at, 0.0))
+        log.info(
+            "series %s: %s the worklist (arrived %s)",
+            ref.series_uid,
+            "added to" if created else "updated in",
+            entry.get("arrived_at", "unknown"),
+        )
+
+
+# DICOM LO (Manufacturer, ManufacturerModelName) holds 64 characters; the API takes no more.
+_LO_MAX = 64
+
+
+def _header_text(dataset: Dataset, keyword: str) -> str | None:
+    """A header's text as the worklist stores it: stripped, NUL-free, at most 64
+    characters; None when absent or empty."""
+    value = str(dataset.get(keyword, "") or "").replace("\0", "").strip()[:_LO_MAX]
+    return value or None
+
+
+def worklist_entry(
+    ref: SeriesRef, study: dict[str, Any], first: Dataset, arrived_at: float | None
+) -> dict[str, Any]:
+    """The ``POST /worklist`` body: the series' UIDs, its scanner (from ``first``, one of its
+    instances), when it arrived, and the ``/predict/study`` answer less its heatmap images
+    (the worklist keeps none; they are most of the answer's bytes)."""
+    answer = dict(study)
+    answer["top_slices"] = [
+        {key: value for key, value in top.items() if key != "heatmap_png_base64"}
+        for top in study.get("top_slices") or []
+    ]
+    entry: dict[str, Any] = {
+        "study_uid": ref.study_uid,
+        "series_uid": ref.series_uid,
+        "manufacturer": _header_text(first, "Manufacturer"),
+        "manufacturer_model": _header_text(first, "ManufacturerModelName"),
+        "study": answer,
+    }
+    if arrived_at is not None:
+        entry["arrived_at"] = datetime.fromtimestamp(arrived_at, UTC).isoformat()
+    return entry
 
 
 def identity_problem(datasets: list[Dataset], study_uid: str, series_uid: str) -> str | None:

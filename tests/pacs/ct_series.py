@@ -22,6 +22,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 WINDOW_LEVEL = -70.0
 WINDOW_WIDTH = 380.0
+# The scanner the synthetic series name (Manufacturer, ManufacturerModelName).
+SCANNER = "TestScanner"
+SCANNER_MODEL = "TestScanner CT 64"
 BASE_SLICE = re.compile(r"^(?P<series>[A-Za-z0-9]+) \((?P<number>\d+)\)\.png$")
 
 
@@ -109,7 +112,8 @@ def ct_series(
         ds.SeriesNumber = 2
         ds.SeriesDescription = description
         ds.Modality = "CT"
-        ds.Manufacturer = "TestScanner"
+        ds.Manufacturer = SCANNER
+        ds.ManufacturerModelName = SCANNER_MODEL
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
         ds.InstanceNumber = index

@@ -31,14 +31,17 @@ from pacs.orthanc import free_port, start_orthanc
 from pacs.rabbitmq import RabbitServer, start_rabbitmq
 from pacs.settings import WorkerSettings
 from pacs.state import SeriesLog, StateDB
-from tests.pacs.ct_series import base_slices, ct_series
+from tests.pacs.ct_series import SCANNER, base_slices, ct_series
 from tests.pacs.test_pacs_e2e import (
     WorkerProcess,
+    assert_worklist_order,
     running_api,
     series_of,
     state_rows,
     uid_of,
     wait_for,
+    when,
+    worklist_items,
 )
 
 SERIES = 20
@@ -115,6 +118,7 @@ class Run:
     state_db: Path
     topology: Topology
     srs_at_restart: int = 0  # SRs in the PACS when the broker was stopped
+    api_url: str = ""
 
     def logs(self) -> str:
         return "\n".join(proc.log() for proc in [self.poller, *self.workers])
@@ -176,7 +180,7 @@ def run(
         first, second = start("worker-a"), start("worker-b")
         result = Run(DICOMwebClient(pacs.dicomweb_url), broker, studies, refused, "", poller,
                      [first, second], tmp / "poller.sqlite3",
-                     Topology("pacs", 5))  # fmt: skip
+                     Topology("pacs", 5), api_url=api_url)  # fmt: skip
         try:
             started = time.monotonic()
             result.client.store_instances([ds for s in sources for ds in s] + broken)
@@ -253,6 +257,22 @@ def test_killed_worker_and_broker_restart_lose_nothing(run: Run) -> None:
     assert state_rows(run.state_db)[run.killed_series]["status"] == "done"
     assert "broker connection lost" in run.workers[1].log()
     assert "broker not reachable" in run.poller.log()
+
+
+def test_worklist_lists_every_analysed_series_once(run: Run) -> None:
+    """The broker workers add each analysed series to the API's worklist, once however often
+    its job was delivered (the killed worker's series too), with the arrival the poller saw
+    (carried in the job: before the analysis); none for the refused series; server order."""
+    items = worklist_items(run.api_url)
+    assert sorted(item["series_uid"] for item in items) == sorted(run.studies), items
+    for item in items:
+        assert item["study_uid"] == run.studies[item["series_uid"]], item
+        assert item["manufacturer"] == SCANNER and item["source"] == "pacs", item
+        assert (when(item["analysed_at"]) - when(item["arrived_at"])).total_seconds() >= 1.9
+    assert_worklist_order(items)
+    observed = sum(worker.metric("pacs_time_to_worklist_seconds_count")
+                   for worker in run.workers if worker.process.poll() is None)  # fmt: skip
+    assert observed >= 1  # the killed worker's own count went with it
 
 
 def test_refused_series_dead_lettered_with_reason(run: Run) -> None:

@@ -24,7 +24,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,14 @@ from pydicom.dataset import Dataset
 from pacs import VERDICTS
 from pacs.dicom_out import SC_SERIES_DESCRIPTION, sr_text_values
 from pacs.orthanc import OrthancServer, free_port, start_orthanc
-from tests.pacs.ct_series import WINDOW_LEVEL, WINDOW_WIDTH, base_slices, ct_series
+from tests.pacs.ct_series import (
+    SCANNER,
+    SCANNER_MODEL,
+    WINDOW_LEVEL,
+    WINDOW_WIDTH,
+    base_slices,
+    ct_series,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +52,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "ml_model" / "models" / "default"
 SLICES_PER_SERIES = 8
 DEADLINE_S = 150.0  # for both studies' results, from the first STOW
+STABLE_S = 2.0  # PACS_STABLE_SECONDS of the module's worker
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
@@ -75,8 +84,9 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_api(log_path: Path, **extra_env: str) -> Iterator[str]:
-    """The product's API as ``make serve`` runs it, on a free loopback port (``extra_env``:
-    more settings, e.g. ``AUTH_TOKEN_HASHES``); yields its URL once /ready."""
+    """The product's API as ``make serve`` runs it, on a free loopback port, its worklist in a
+    SQLite file beside ``log_path`` (``extra_env``: more settings, e.g.
+    ``AUTH_TOKEN_HASHES``); yields its URL once /ready."""
     port = free_port()
     # The window the training PNGs were exported with (see the data's README): with the
     # default bone window the bundled model's CT gate calls these DICOMs "Not a CT slice",
@@ -87,6 +97,7 @@ def running_api(log_path: Path, **extra_env: str) -> Iterator[str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "WINDOW_LEVEL": str(WINDOW_LEVEL),
         "WINDOW_WIDTH": str(WINDOW_WIDTH),
+        "WORKLIST_SQLITE_PATH": str(log_path.parent / "worklist.sqlite3"),
         **extra_env,
     }
     with log_path.open("wb") as log:
@@ -158,6 +169,30 @@ def state_rows(path: Path) -> dict[str, dict[str, Any]]:
         return {row["series_uid"]: dict(row) for row in db.execute("SELECT * FROM series")}
 
 
+def worklist_items(api_url: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every entry of the API's worklist (``GET /worklist``), in the server's order."""
+    response = requests.get(f"{api_url}/worklist", params={"limit": 200}, headers=headers,
+                            timeout=30)  # fmt: skip
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    assert page["total"] == len(page["items"]), page["total"]  # one page holds them all
+    items: list[dict[str, Any]] = page["items"]
+    return items
+
+
+def when(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def assert_worklist_order(items: list[dict[str, Any]]) -> None:
+    """The server's order rule: flagged (``Potentially Fracture``) first, then by arrival,
+    the longest waiting first; ``flagged`` is the verdict's."""
+    for item in items:
+        assert item["flagged"] == (item["verdict"] == "Potentially Fracture"), item
+    rule = sorted(items, key=lambda item: (not item["flagged"], when(item["arrived_at"])))
+    assert [item["id"] for item in items] == [item["id"] for item in rule]
+
+
 def reference_verdict(api_url: str, datasets: list[Dataset]) -> dict[str, Any]:
     """What ``/predict/study`` answers for these files, sent directly."""
     files = []
@@ -189,6 +224,7 @@ class Scenario:
     studies: dict[str, tuple[str, str]]  # label -> (study UID, source series UID)
     expected: dict[str, dict[str, Any]]  # label -> /predict/study for the same files
     other_series: str  # a non-CT series the worker must skip
+    stored_at: dict[str, float] = field(default_factory=dict)  # label -> time of its STOW
 
     def heatmaps_expected(self, label: str) -> int:
         tops = self.expected[label]["top_slices"]
@@ -239,7 +275,7 @@ def scenario(
         "API_URL": api_url,
         "PACS_STATE_DB": str(tmp / "state.sqlite3"),
         "PACS_POLL_SECONDS": "1",
-        "PACS_STABLE_SECONDS": "2",
+        "PACS_STABLE_SECONDS": str(STABLE_S),
         "PACS_BACKOFF_SECONDS": "1",
         "PACS_BACKOFF_MAX_SECONDS": "4",
         "PACS_METRICS_PORT": str(free_port()),
@@ -253,10 +289,12 @@ def scenario(
     )  # fmt: skip
     try:
         # The first series, then the PACS dies at once and comes back on the same storage.
+        run.stored_at["normal"] = time.time()
         run.client.store_instances(normal + other)
         pacs.stop(kill=True)
         time.sleep(3)  # the worker finds the PACS down meanwhile
         run.pacs = start_orthanc(storage, pacs.http_port, pacs.dicom_port)
+        run.stored_at["fracture"] = time.time()
         run.client.store_instances(fracture)
 
         def results_stored() -> bool:
@@ -355,6 +393,37 @@ def test_pacs_outage_loses_nothing_and_skips_non_ct(scenario: Scenario) -> None:
     assert skipped["status"] == "skipped" and "not CT" in skipped["reason"]
     assert scenario.worker.metric("pacs_series_processed_total") == 2
     assert scenario.worker.metric("pacs_series_latency_seconds_count") == 2
+
+
+def test_worklist_lists_both_series_flagged_first(scenario: Scenario, api_url: str) -> None:
+    """Each analysed series is in the API's worklist (``GET /worklist``): its study and series
+    UIDs, the scanner from its DICOM headers, the API's verdict and score, and its arrival as
+    the poller saw it (after its STOW began, at least PACS_STABLE_SECONDS before its
+    analysis: not the time of the call); flagged first, then the longest waiting; the
+    time-to-worklist histogram counted them."""
+    items = worklist_items(api_url)
+    by_series = {item["series_uid"]: item for item in items}
+    assert sorted(by_series) == sorted(uid for _, uid in scenario.studies.values()), items
+    for label, (study_uid, series_uid) in scenario.studies.items():
+        item, expected = by_series[series_uid], scenario.expected[label]
+        assert item["study_uid"] == study_uid and item["source"] == "pacs", item
+        assert (item["manufacturer"], item["manufacturer_model"]) == (SCANNER, SCANNER_MODEL)
+        assert item["verdict"] == expected["result"], (label, item["verdict"])
+        assert item["score"] == pytest.approx(expected["prediction"], abs=1e-4)
+        assert item["model"] == {key: expected["model"][key] for key in ("name", "version")}
+        assert item["status"] == "new"
+        arrived, analysed = when(item["arrived_at"]), when(item["analysed_at"])
+        assert arrived.timestamp() >= scenario.stored_at[label] - 0.5, (label, arrived)
+        assert (analysed - arrived).total_seconds() >= STABLE_S - 0.1, (label, item)
+    normal = by_series[scenario.studies["normal"][1]]
+    fracture = by_series[scenario.studies["fracture"][1]]
+    assert when(normal["arrived_at"]) <= when(fracture["arrived_at"])  # stored first
+    assert_worklist_order(items)
+    if fracture["flagged"] and not normal["flagged"]:  # what the data gives: shown first
+        assert items[0]["series_uid"] == fracture["series_uid"]
+    # One observation per answered POST /worklist (a retried STOW posts once more).
+    assert scenario.worker.metric("pacs_time_to_worklist_seconds_count") >= 2
+    assert scenario.worker.metric("pacs_time_to_worklist_seconds_sum") >= 2 * STABLE_S
 
 
 def test_restart_does_not_process_again(scenario: Scenario) -> None:

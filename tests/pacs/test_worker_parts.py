@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -12,10 +13,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pacs.clients import dataset_bytes, split_multipart
+from pacs.clients import SeriesRef, dataset_bytes, split_multipart
 from pacs.dicom_out import build_sr, derived_output_series, output_uids, sr_text_values
 from pacs.settings import WorkerSettings
 from pacs.state import StateDB
+from pacs.worker import worklist_entry
 
 
 def tiny_ct(study_uid: str, series_uid: str, number: int) -> Dataset:
@@ -201,6 +203,46 @@ ANSWER = {
     "result": "Normal", "prediction": 0.1, "threshold": 0.4, "operating_point": "sensitive",
     "top_slices": [], "model": {"name": "m", "version": "v1"},
 }  # fmt: skip
+
+
+def test_worklist_entry_from_the_answer_and_the_headers() -> None:
+    """The ``POST /worklist`` body: the UIDs, the scanner from the DICOM headers (stripped, at
+    most 64 characters, None when empty), ``arrived_at`` in UTC (left out when unknown) and
+    the API's answer less its heatmap images (the answer itself untouched)."""
+    ds = tiny_ct("1.2.3", "1.2.3.4", 1)
+    with warnings.catch_warnings():  # over LO's 64 characters, as some scanners write it
+        warnings.simplefilter("ignore")
+        ds.Manufacturer, ds.ManufacturerModelName = "  ACME Medical ", "M" * 80
+    ref = SeriesRef("1.2.3", "1.2.3.4", "CT", "axial", 1)
+    top = {"index": 0, "name": "a.dcm", "position": 1.0, "prediction": 0.2}
+    with_heatmap = {**top, "heatmap_png_base64": "iVBOR"}
+    answer = {**ANSWER, "top_slices": [with_heatmap], "slices": [top]}
+    entry = worklist_entry(ref, answer, ds, 1_700_000_000.5)
+    assert (entry["study_uid"], entry["series_uid"]) == ("1.2.3", "1.2.3.4")
+    assert entry["arrived_at"] == "2023-11-14T22:13:20.500000+00:00"
+    assert entry["manufacturer"] == "ACME Medical"
+    assert entry["manufacturer_model"] == "M" * 64
+    assert entry["study"] == {**answer, "top_slices": [top]}
+    assert answer["top_slices"] == [with_heatmap] and "heatmap_png_base64" in with_heatmap
+    del ds.Manufacturer
+    ds.ManufacturerModelName = " "
+    entry = worklist_entry(ref, ANSWER, ds, None)
+    assert "arrived_at" not in entry
+    assert entry["manufacturer"] is None and entry["manufacturer_model"] is None
+
+
+def test_worklist_switch_and_the_configuration_fingerprint() -> None:
+    """PACS_WORKLIST is on by default, and on keeps the fingerprint of a worker before it (no
+    blocked series re-queued by the upgrade); off is another configuration."""
+    on = WorkerSettings(
+        api_url="http://api:8000", url="http://pacs:8042", api_token=None, api_token_file=None,
+        user=None, password=None,
+    )  # fmt: skip
+    assert on.worklist is True
+    older = hashlib.sha256("\0".join(("http://api:8000", "", "http://pacs:8042", "", "")).encode())
+    assert on.config_fingerprint() == older.hexdigest()[:16]
+    off = on.model_copy(update={"worklist": False})
+    assert off.config_fingerprint() != on.config_fingerprint()
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from tests.pacs.test_pacs_e2e import (
     stop_process,
     uid_of,
     wait_for,
+    worklist_items,
 )
 from tests.pacs.test_worker_parts import tiny_ct
 
@@ -138,11 +139,13 @@ def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, s
 class ApiGate:
     """Passes ``/predict/study`` on to the real API (``mode`` "pass"), or answers for it:
     "503" (with ``Retry-After: retry_after``), "400", or "slow" (a 503 after a minute, as a
-    very busy API). Records each call's time and mode."""
+    very busy API); ``worklist_mode``, when set, is the mode of ``/worklist`` calls instead.
+    Records each call's time and mode."""
 
     def __init__(self, api_url: str, retry_after: int = 3) -> None:
         self.api_url = api_url
         self.mode = "pass"
+        self.worklist_mode: str | None = None
         self.retry_after = retry_after
         self.hits: list[tuple[float, str]] = []
         self.closing = threading.Event()
@@ -155,6 +158,8 @@ class ApiGate:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 mode = gate.mode
+                if gate.worklist_mode is not None and self.path.startswith("/worklist"):
+                    mode = gate.worklist_mode
                 gate.hits.append((time.monotonic(), mode))
                 if mode == "pass":
                     headers = {
@@ -285,6 +290,38 @@ def test_refusal_is_final_until_requeued_and_an_api_away_is_never_final(
     finally:
         worker.stop()
     assert [uid_of(item) for item in series_of(client, study_uid, "SR")] == [row["sr_series_uid"]]
+
+
+def test_worklist_away_is_retried_before_any_sr_and_lists_the_series_once(
+    orthanc: OrthancServer, gate: ApiGate, shared_data: Path, tmp_path: Path
+) -> None:
+    """``POST /worklist`` answering 503 while ``/predict/study`` answers: a transient failure,
+    retried (never final), and no SR in the PACS meanwhile (the worklist comes before the
+    STOW); once the worklist answers, one SR is filed and the worklist lists the series once."""
+    client = DICOMwebClient(orthanc.dicomweb_url)
+    series = normal_series(shared_data, "REL-WORKLIST")
+    study_uid, series_uid = str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID)
+    gate.worklist_mode = "503"
+    env = worker_env(tmp_path, orthanc.url, gate.url, PACS_API_TOKEN=TOKEN)
+    worker = running_worker(env, tmp_path, "worker")
+    try:
+        client.store_instances(series)
+        wait_for("two tries against the worklist's 503", lambda: len(gate.times("503")) >= 2,
+                 VISIBLE_S)  # fmt: skip
+        assert row_of(env, series_uid)["status"] in ("retry", "processing")
+        assert "(transient, TransientError: API answered 503" in worker.log()
+        assert series_of(client, study_uid, "SR") == []
+        gate.worklist_mode = None
+        row = wait_row(env, series_uid, "done", 120)
+    except BaseException:
+        print(worker.log()[-5000:])
+        raise
+    finally:
+        worker.stop()
+    assert [uid_of(item) for item in series_of(client, study_uid, "SR")] == [row["sr_series_uid"]]
+    listed = worklist_items(gate.api_url, {"Authorization": f"Bearer {TOKEN}"})
+    mine = [item for item in listed if item["series_uid"] == series_uid]
+    assert len(mine) == 1 and mine[0]["study_uid"] == study_uid, mine
 
 
 def test_sigterm_during_a_long_api_call_stops_the_worker_and_loses_nothing(

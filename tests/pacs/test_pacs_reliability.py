@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,29 @@ def running_worker(env: dict[str, str], tmp: Path, name: str) -> WorkerProcess:
     return WorkerProcess(env, tmp / f"{name}.log")
 
 
+def gated_worker(
+    orthanc: OrthancServer, gate: ApiGate, shared_data: Path, tmp_path: Path, patient_id: str
+) -> tuple[DICOMwebClient, list[Dataset], dict[str, str], WorkerProcess]:
+    """A client of ``orthanc``, a series of ``patient_id`` (not stored yet), and a worker with
+    the token calling the API through ``gate`` (its settings and process)."""
+    series = normal_series(shared_data, patient_id)
+    env = worker_env(tmp_path, orthanc.url, gate.url, PACS_API_TOKEN=TOKEN)
+    worker = running_worker(env, tmp_path, "worker")
+    return DICOMwebClient(orthanc.dicomweb_url), series, env, worker
+
+
+@contextmanager
+def logged(worker: WorkerProcess) -> Iterator[WorkerProcess]:
+    """Stops ``worker`` when the block ends; prints its log's tail when the block fails."""
+    try:
+        yield worker
+    except BaseException:
+        print(worker.log()[-5000:])
+        raise
+    finally:
+        worker.stop()
+
+
 # ---- failure classes ---------------------------------------------------------------------
 def test_token_refused_is_a_configuration_failure_requeued_when_the_token_is_set(
     orthanc: OrthancServer, token_api: str, shared_data: Path, tmp_path: Path
@@ -249,13 +273,10 @@ def test_refusal_is_final_until_requeued_and_an_api_away_is_never_final(
     by ``python -m pacs requeue`` while the API answers 503 with Retry-After 3: retried far
     beyond PACS_MAX_ATTEMPTS, each try at least 3 s after the last, and still ``retry``; once
     the API is back, the SR is filed."""
-    client = DICOMwebClient(orthanc.dicomweb_url)
-    series = normal_series(shared_data, "REL-AWAY")
-    study_uid, series_uid = str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID)
     gate.mode = "400"
-    env = worker_env(tmp_path, orthanc.url, gate.url, PACS_API_TOKEN=TOKEN)
-    worker = running_worker(env, tmp_path, "worker")
-    try:
+    client, series, env, worker = gated_worker(orthanc, gate, shared_data, tmp_path, "REL-AWAY")
+    study_uid, series_uid = str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID)
+    with logged(worker):
         client.store_instances(series)
         row = wait_row(env, series_uid, "failed", VISIBLE_S)
         assert row["failure_class"] == "permanent" and "(400)" in row["reason"]
@@ -284,11 +305,6 @@ def test_refusal_is_final_until_requeued_and_an_api_away_is_never_final(
 
         gate.mode = "pass"
         row = wait_row(env, series_uid, "done", 120)
-    except BaseException:
-        print(worker.log()[-5000:])
-        raise
-    finally:
-        worker.stop()
     assert [uid_of(item) for item in series_of(client, study_uid, "SR")] == [row["sr_series_uid"]]
 
 
@@ -298,13 +314,10 @@ def test_worklist_away_is_retried_before_any_sr_and_lists_the_series_once(
     """``POST /worklist`` answering 503 while ``/predict/study`` answers: a transient failure,
     retried (never final), and no SR in the PACS meanwhile (the worklist comes before the
     STOW); once the worklist answers, one SR is filed and the worklist lists the series once."""
-    client = DICOMwebClient(orthanc.dicomweb_url)
-    series = normal_series(shared_data, "REL-WORKLIST")
-    study_uid, series_uid = str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID)
     gate.worklist_mode = "503"
-    env = worker_env(tmp_path, orthanc.url, gate.url, PACS_API_TOKEN=TOKEN)
-    worker = running_worker(env, tmp_path, "worker")
-    try:
+    client, series, env, worker = gated_worker(orthanc, gate, shared_data, tmp_path, "REL-LIST")
+    study_uid, series_uid = str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID)
+    with logged(worker):
         client.store_instances(series)
         wait_for("two tries against the worklist's 503", lambda: len(gate.times("503")) >= 2,
                  VISIBLE_S)  # fmt: skip
@@ -313,11 +326,6 @@ def test_worklist_away_is_retried_before_any_sr_and_lists_the_series_once(
         assert series_of(client, study_uid, "SR") == []
         gate.worklist_mode = None
         row = wait_row(env, series_uid, "done", 120)
-    except BaseException:
-        print(worker.log()[-5000:])
-        raise
-    finally:
-        worker.stop()
     assert [uid_of(item) for item in series_of(client, study_uid, "SR")] == [row["sr_series_uid"]]
     listed = worklist_items(gate.api_url, {"Authorization": f"Bearer {TOKEN}"})
     mine = [item for item in listed if item["series_uid"] == series_uid]

@@ -1,0 +1,167 @@
+import { useCallback, useEffect, useState } from "react";
+import { ApiError, describeError, getMonitoring } from "../api/client";
+import type { Monitoring, Performance } from "../api/types";
+import { formatClock, formatProportion } from "../lib/worklist";
+import { ErrorNotice } from "./ErrorNotice";
+
+interface Props {
+  /** The tab is shown: fetched each time it is. */
+  active: boolean;
+}
+
+const MEASURES = [
+  ["sensitivity", "Sensitivity"],
+  ["specificity", "Specificity"],
+  ["ppv", "PPV"],
+  ["npv", "NPV"],
+] as const;
+
+function PerformanceTable({
+  title,
+  groupLabel,
+  rows,
+  testId,
+}: {
+  title: string;
+  groupLabel: string;
+  rows: [string, Performance][];
+  testId: string;
+}) {
+  const id = `${testId}-title`;
+  return (
+    <section className="monitoring__group" aria-labelledby={id}>
+      <h3 id={id}>{title}</h3>
+      {rows.length === 0 ? (
+        <p className="muted">No reviewed study yet.</p>
+      ) : (
+        <div className="table-wrap">
+          <table className="batch__table monitoring__table" data-testid={testId}>
+            <caption className="visually-hidden">
+              {title}: the product&apos;s calls against the latest read, with Wilson 95 % intervals.
+            </caption>
+            <thead>
+              <tr>
+                <th scope="col">{groupLabel}</th>
+                <th scope="col" className="num">
+                  Reviewed
+                </th>
+                <th scope="col" className="num">
+                  <abbr title="true positives: flagged, fracture read">TP</abbr>
+                </th>
+                <th scope="col" className="num">
+                  <abbr title="false positives: flagged, no fracture read">FP</abbr>
+                </th>
+                <th scope="col" className="num">
+                  <abbr title="true negatives: not flagged, no fracture read">TN</abbr>
+                </th>
+                <th scope="col" className="num">
+                  <abbr title="false negatives: not flagged, fracture read">FN</abbr>
+                </th>
+                <th scope="col" className="num">
+                  No call
+                </th>
+                {MEASURES.map(([key, label]) => (
+                  <th key={key} scope="col" className="num">
+                    {label} (95 % CI)
+                  </th>
+                ))}
+              </tr>
+            </thead>
+            <tbody>
+              {rows.map(([group, p]) => (
+                <tr key={group} data-testid="monitoring-row" data-group={group}>
+                  <th scope="row">{group}</th>
+                  <td className="num" data-testid="monitoring-reviewed">
+                    {p.reviewed}
+                  </td>
+                  <td className="num">{p.true_positive}</td>
+                  <td className="num">{p.false_positive}</td>
+                  <td className="num">{p.true_negative}</td>
+                  <td className="num">{p.false_negative}</td>
+                  <td className="num">{p.no_call}</td>
+                  {MEASURES.map(([key]) => (
+                    <td key={key} className="num nowrap" data-measure={key}>
+                      {formatProportion(p[key])}
+                    </td>
+                  ))}
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </section>
+  );
+}
+
+const sorted = (groups: Record<string, Performance>) =>
+  Object.entries(groups).sort(([a], [b]) => a.localeCompare(b));
+
+/**
+ * Live performance (GET /monitoring): the product's calls against the radiologists' reads,
+ * overall, per model version, per scanner and per ISO week of arrival.
+ */
+export function MonitoringView({ active }: Props) {
+  const [data, setData] = useState<Monitoring | null>(null);
+  const [error, setError] = useState<{ status: number; detail: string | null } | null>(null);
+  const [updatedAt, setUpdatedAt] = useState<number | null>(null);
+
+  const refresh = useCallback(() => {
+    getMonitoring()
+      .then((m) => {
+        setData(m);
+        setError(null);
+        setUpdatedAt(Date.now());
+      })
+      .catch((err: unknown) =>
+        setError(err instanceof ApiError ? { status: err.status, detail: err.detail } : { status: 0, detail: String(err) }),
+      );
+  }, []);
+
+  useEffect(() => {
+    if (active) refresh();
+  }, [active, refresh]);
+
+  return (
+    <section className="panel monitoring" aria-labelledby="monitoring-title" data-testid="monitoring">
+      <div className="panel__head panel__head--row">
+        <h2 id="monitoring-title">Monitoring</h2>
+        <button type="button" className="btn btn--ghost btn--small" onClick={refresh}>
+          Refresh
+        </button>
+      </div>
+      <p className="hint">
+        The product&apos;s calls (flagged or not) against the latest read of each reviewed study. &ldquo;Not a CT
+        slice&rdquo; made no call: counted under No call, never as a negative.{" "}
+        {updatedAt && <span data-testid="monitoring-updated">Updated {formatClock(updatedAt)}</span>}
+      </p>
+      {error && (
+        <ErrorNotice
+          {...describeError(error.status, error.detail)}
+          detail={error.detail}
+          status={error.status}
+          testId="monitoring-error"
+        />
+      )}
+      {data && data.overall.reviewed === 0 && (
+        <p className="empty-note" data-testid="monitoring-empty">
+          No study has been reviewed yet. Record reads in the Worklist; sensitivity, specificity, PPV and NPV appear here
+          as they come in.
+        </p>
+      )}
+      {data && data.overall.reviewed > 0 && (
+        <>
+          <PerformanceTable title="Overall" groupLabel="Group" rows={[["All studies", data.overall]]} testId="monitoring-overall" />
+          <PerformanceTable
+            title="By model version"
+            groupLabel="Model"
+            rows={sorted(data.by_model_version)}
+            testId="monitoring-model"
+          />
+          <PerformanceTable title="By scanner" groupLabel="Scanner" rows={sorted(data.by_scanner)} testId="monitoring-scanner" />
+          <PerformanceTable title="By week of arrival" groupLabel="Week" rows={sorted(data.by_week)} testId="monitoring-week" />
+        </>
+      )}
+    </section>
+  );
+}

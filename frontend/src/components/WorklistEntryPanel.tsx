@@ -67,14 +67,20 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
         if (cancelled) return;
         setEntry(e);
         onOpened(e);
-        heading.current?.focus();
-        heading.current?.scrollIntoView?.({ block: "nearest" });
       })
       .catch((err: unknown) => !cancelled && setLoadError(failure(err)));
     return () => {
       cancelled = true;
     };
   }, [id, onOpened]);
+
+  // Once the study is shown, the keyboard goes to it (its heading), in view.
+  const loaded = entry != null;
+  useEffect(() => {
+    if (!loaded) return;
+    heading.current?.focus();
+    heading.current?.scrollIntoView?.({ block: "nearest" });
+  }, [loaded]);
 
   const review = useCallback(
     (agree: boolean) => {

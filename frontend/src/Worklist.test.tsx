@@ -313,10 +313,10 @@ describe("monitoring view", () => {
     const row = within(overall).getByTestId("monitoring-row");
     expect(within(row).getByTestId("monitoring-reviewed")).toHaveTextContent("9");
     expect(row).toHaveTextContent("All studies9413011");
-    expect(row.querySelector('[data-measure="sensitivity"]')).toHaveTextContent("100 % (80–100 %)");
-    expect(row.querySelector('[data-measure="specificity"]')).toHaveTextContent("75 % (55–85 %)");
-    expect(row.querySelector('[data-measure="ppv"]')).toHaveTextContent("80 % (60–90 %)");
-    expect(row.querySelector('[data-measure="npv"]')).toHaveTextContent("100 % (80–100 %)");
+    expect(row.querySelector('[data-measure="sensitivity"]')).toHaveTextContent("100 %95 % interval 80–100 %");
+    expect(row.querySelector('[data-measure="specificity"]')).toHaveTextContent("75 %95 % interval 55–85 %");
+    expect(row.querySelector('[data-measure="ppv"]')).toHaveTextContent("80 %95 % interval 60–90 %");
+    expect(row.querySelector('[data-measure="npv"]')).toHaveTextContent("100 %95 % interval 80–100 %");
     expect(within(screen.getByTestId("monitoring-model")).getByRole("rowheader")).toHaveTextContent("custom-cnn 1.2.0");
     expect(
       within(screen.getByTestId("monitoring-scanner"))
@@ -324,7 +324,7 @@ describe("monitoring view", () => {
         .map((h) => h.textContent),
     ).toEqual(["GE / Revolution", "unknown"]);
     expect(within(screen.getByTestId("monitoring-week")).getByRole("rowheader")).toHaveTextContent("2026-W49");
-    expect(within(overall).getByRole("columnheader", { name: "Sensitivity (95 % CI)" })).toBeInTheDocument();
+    expect(within(overall).getByRole("columnheader", { name: "Sensitivity" })).toBeInTheDocument();
     const before = calls.length;
     await user.click(screen.getByRole("button", { name: "Refresh" }));
     await waitFor(() => expect(calls.length).toBe(before + 1));

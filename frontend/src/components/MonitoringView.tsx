@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useState } from "react";
 import { ApiError, describeError, getMonitoring } from "../api/client";
-import type { Monitoring, Performance } from "../api/types";
-import { formatClock, formatProportion } from "../lib/worklist";
+import type { Monitoring, Performance, Proportion } from "../api/types";
+import { formatClock, proportionParts } from "../lib/worklist";
 import { ErrorNotice } from "./ErrorNotice";
 
 interface Props {
@@ -34,10 +34,11 @@ function PerformanceTable({
       {rows.length === 0 ? (
         <p className="muted">No reviewed study yet.</p>
       ) : (
-        <div className="table-wrap">
+        // Focusable: a narrow window scrolls it sideways, by keyboard too.
+        <div className="table-wrap" role="region" aria-labelledby={id} tabIndex={0}>
           <table className="batch__table monitoring__table" data-testid={testId}>
             <caption className="visually-hidden">
-              {title}: the product&apos;s calls against the latest read, with Wilson 95 % intervals.
+              {title}: the product&apos;s calls against the latest read; under each figure its Wilson 95 % interval.
             </caption>
             <thead>
               <tr>
@@ -62,7 +63,7 @@ function PerformanceTable({
                 </th>
                 {MEASURES.map(([key, label]) => (
                   <th key={key} scope="col" className="num">
-                    {label} (95 % CI)
+                    {label}
                   </th>
                 ))}
               </tr>
@@ -80,8 +81,8 @@ function PerformanceTable({
                   <td className="num">{p.false_negative}</td>
                   <td className="num">{p.no_call}</td>
                   {MEASURES.map(([key]) => (
-                    <td key={key} className="num nowrap" data-measure={key}>
-                      {formatProportion(p[key])}
+                    <td key={key} className="num" data-measure={key}>
+                      <Measure p={p[key]} />
                     </td>
                   ))}
                 </tr>
@@ -91,6 +92,23 @@ function PerformanceTable({
         </div>
       )}
     </section>
+  );
+}
+
+/** The figure, and its interval below it in small print. */
+function Measure({ p }: { p: Proportion }) {
+  const parts = proportionParts(p);
+  if (!parts) return <span className="muted">—</span>;
+  return (
+    <>
+      <span className="measure__value">{parts.estimate}</span>
+      {parts.interval && (
+        <span className="measure__ci">
+          <span className="visually-hidden">95 % interval </span>
+          {parts.interval}
+        </span>
+      )}
+    </>
   );
 }
 
@@ -131,8 +149,9 @@ export function MonitoringView({ active }: Props) {
         </button>
       </div>
       <p className="hint">
-        The product&apos;s calls (flagged or not) against the latest read of each reviewed study. &ldquo;Not a CT
-        slice&rdquo; made no call: counted under No call, never as a negative.{" "}
+        The product&apos;s calls (flagged or not) against the latest read of each reviewed study, each figure with its
+        Wilson 95 % interval below it. &ldquo;Not a CT slice&rdquo; made no call: counted under No call, never as a
+        negative.{" "}
         {updatedAt && <span data-testid="monitoring-updated">Updated {formatClock(updatedAt)}</span>}
       </p>
       {error && (

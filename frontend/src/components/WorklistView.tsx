@@ -194,10 +194,10 @@ export function WorklistView({ active, pollMs = 10_000, pageSize = 25 }: Props) 
                         {STATUS_LABELS[entry.status]}
                       </span>
                     </td>
-                    <td>
+                    <td className="worklist__wrap">
                       {entry.model.name} {entry.model.version}
                     </td>
-                    <td>{scannerLabel(entry)}</td>
+                    <td className="worklist__wrap">{scannerLabel(entry)}</td>
                   </tr>
                 ))}
               </tbody>

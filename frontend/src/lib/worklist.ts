@@ -42,11 +42,18 @@ export const STATUS_LABELS: Record<WorklistStatus, string> = {
 
 const pct = (x: number) => `${(x * 100).toFixed(1).replace(/\.0$/, "")} %`;
 
-/** "87.5 % (52.9–97.8 %)", or "—" when no study counts towards it. */
+/** "87.5 %" and its Wilson 95 % interval "52.9–97.8 %"; null when no study counts towards it. */
+export function proportionParts(p: Proportion): { estimate: string; interval: string | null } | null {
+  if (p.estimate == null) return null;
+  const interval = p.lower != null && p.upper != null ? `${pct(p.lower).replace(" %", "")}–${pct(p.upper)}` : null;
+  return { estimate: pct(p.estimate), interval };
+}
+
+/** "87.5 % (52.9–97.8 %)", or "—". */
 export function formatProportion(p: Proportion): string {
-  if (p.estimate == null) return "—";
-  const interval = p.lower != null && p.upper != null ? ` (${pct(p.lower).replace(" %", "")}–${pct(p.upper)})` : "";
-  return `${pct(p.estimate)}${interval}`;
+  const parts = proportionParts(p);
+  if (!parts) return "—";
+  return parts.interval ? `${parts.estimate} (${parts.interval})` : parts.estimate;
 }
 
 /** The read that agreeing (or disagreeing) with the product's call records. */

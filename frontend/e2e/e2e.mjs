@@ -178,6 +178,20 @@ const asPayload = (file) =>
     ? { name: file.split("/").pop(), mimeType: /\.png$/i.test(file) ? "image/png" : "image/jpeg", buffer: readFileSync(file) }
     : file;
 
+/** The original (un-augmented) slices `SERIES (N).png` of the data set's largest series in `sub`, in order. */
+function largestSeries(sub) {
+  const path = join(CT_DIR, sub);
+  if (!existsSync(path)) return [];
+  const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
+  const groups = new Map();
+  for (const f of readdirSync(path).filter((f) => /^[A-Za-z0-9]+ \(\d+\)\.png$/.test(f))) {
+    const series = f.split(" (")[0];
+    groups.set(series, [...(groups.get(series) ?? []), f]);
+  }
+  const best = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
+  return best.sort((a, b) => number(a) - number(b)).map((f) => join(path, f));
+}
+
 /**
  * One series for study mode, as a folder under test-output: the original (un-augmented)
  * slices of the largest fracture series and of the largest normal series of the shared
@@ -189,18 +203,6 @@ function buildSeries(photo) {
   const dir = join(OUT, "series");
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
-  const largestSeries = (sub) => {
-    const path = join(CT_DIR, sub);
-    if (!existsSync(path)) return [];
-    const groups = new Map();
-    for (const f of readdirSync(path).filter((f) => /^[A-Za-z0-9]+ \(\d+\)\.png$/.test(f))) {
-      const series = f.split(" (")[0];
-      groups.set(series, [...(groups.get(series) ?? []), f]);
-    }
-    const best = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
-    return best.sort((a, b) => number(a) - number(b)).map((f) => join(path, f));
-  };
   const fracture = largestSeries("fracture");
   const normal = largestSeries("normal").slice(0, 12);
   let names = [];
@@ -970,7 +972,6 @@ async function docsScenario(browser, base) {
   }
 }
 
-// ---- a study bundle (RSNA 2022 format): C1-C7 beside the slice chart ----
 // ---- the worklist: saved studies, the radiologist's read, monitoring, a restart ----
 /**
  * Two small series for the worklist: original (un-augmented) slices from the middle of a fracture
@@ -979,18 +980,9 @@ async function docsScenario(browser, base) {
  */
 function worklistSeries() {
   const originals = (sub) => {
-    const dir = join(CT_DIR, sub);
-    if (!existsSync(dir)) return [];
-    const groups = new Map();
-    for (const f of readdirSync(dir).filter((f) => /^[A-Za-z0-9]+ \(\d+\)\.png$/.test(f))) {
-      const series = f.split(" (")[0];
-      groups.set(series, [...(groups.get(series) ?? []), f]);
-    }
-    const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
-    const best = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
-    const sorted = best.sort((a, b) => number(a) - number(b));
+    const sorted = largestSeries(sub);
     const middle = Math.max(0, Math.floor(sorted.length / 2) - 3);
-    return sorted.slice(middle, middle + 6).map((f) => asPayload(join(dir, f)));
+    return sorted.slice(middle, middle + 6).map(asPayload);
   };
   const fracture = originals("fracture");
   const normal = originals("normal");
@@ -1150,6 +1142,7 @@ async function worklistAfterRestart(page, base, reviewed) {
   ok(`worklist: after a backend restart on the same file, study ${reviewed.id} is reviewed with its read`);
 }
 
+// ---- a study bundle (RSNA 2022 format): C1-C7 beside the slice chart ----
 // A tiny study bundle written by the product's exporter (testing/study_bundle.py: a real 2.5D
 // Keras model and study head with random weights, not trained: this checks the page, not the
 // model) and one synthetic RSNA-layout series (testing/rsna_synth.py), served by a second backend.

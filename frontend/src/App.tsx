@@ -484,27 +484,26 @@ export default function App({
             />
           </div>
 
-          <div
-            role="tabpanel"
-            id="panel-worklist"
-            aria-labelledby="tab-worklist"
-            className="tabpanel"
-            hidden={mode !== "worklist"}
-          >
-            <WorklistView active={mode === "worklist"} pollMs={worklistPollMs} />
-          </div>
+          {(["worklist", "monitoring"] as const).map((id) => (
+            <div
+              key={id}
+              role="tabpanel"
+              id={`panel-${id}`}
+              aria-labelledby={`tab-${id}`}
+              className="tabpanel"
+              hidden={mode !== id}
+            >
+              {id === "worklist" ? (
+                <WorklistView active={mode === id} pollMs={worklistPollMs} />
+              ) : (
+                <MonitoringView active={mode === id} />
+              )}
+            </div>
+          ))}
 
-          <div
-            role="tabpanel"
-            id="panel-monitoring"
-            aria-labelledby="tab-monitoring"
-            className="tabpanel"
-            hidden={mode !== "monitoring"}
-          >
-            <MonitoringView active={mode === "monitoring"} />
-          </div>
-
-          {entries.length > 0 && (mode === "slices" || mode === "study") && <HistoryPanel entries={entries} onOpen={openEntry} onClear={clearHistory} />}
+          {entries.length > 0 && (mode === "slices" || mode === "study") && (
+            <HistoryPanel entries={entries} onOpen={openEntry} onClear={clearHistory} />
+          )}
         </main>
 
         <ModelPanel card={card} error={cardError} />

@@ -274,7 +274,9 @@ describe("worklist entry and the read", () => {
 
 function performance(tp: number, fp: number, tn: number, fn: number, noCall = 0): Performance {
   const prop = (s: number, t: number) =>
-    t ? { successes: s, total: t, estimate: s / t, lower: Math.max(0, s / t - 0.2), upper: Math.min(1, s / t + 0.1) } : { successes: 0, total: 0, estimate: null, lower: null, upper: null };
+    t
+      ? { successes: s, total: t, estimate: s / t, lower: Math.max(0, s / t - 0.2), upper: Math.min(1, s / t + 0.1) }
+      : { successes: 0, total: 0, estimate: null, lower: null, upper: null };
   return {
     reviewed: tp + fp + tn + fn + noCall,
     no_call: noCall,

@@ -33,6 +33,11 @@ export class ApiError extends Error {
   }
 }
 
+/** A failed call as the views keep it: the HTTP status (0: not reached) and the server's detail. */
+export type Failure = { status: number; detail: string | null };
+export const failureOf = (err: unknown): Failure =>
+  err instanceof ApiError ? { status: err.status, detail: err.detail } : { status: 0, detail: String(err) };
+
 export interface ErrorDescription {
   title: string;
   hint: string;

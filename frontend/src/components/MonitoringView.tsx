@@ -1,13 +1,20 @@
 import { useCallback, useEffect, useState } from "react";
-import { ApiError, describeError, getMonitoring } from "../api/client";
+import { failureOf, getMonitoring, type Failure } from "../api/client";
 import type { Monitoring, Performance, Proportion } from "../api/types";
 import { formatClock, proportionParts } from "../lib/worklist";
-import { ErrorNotice } from "./ErrorNotice";
+import { ApiErrorNotice } from "./ErrorNotice";
 
 interface Props {
   /** The tab is shown: fetched each time it is. */
   active: boolean;
 }
+
+const COUNTS = [
+  ["true_positive", "TP", "true positives: flagged, fracture read"],
+  ["false_positive", "FP", "false positives: flagged, no fracture read"],
+  ["true_negative", "TN", "true negatives: not flagged, no fracture read"],
+  ["false_negative", "FN", "false negatives: not flagged, fracture read"],
+] as const;
 
 const MEASURES = [
   ["sensitivity", "Sensitivity"],
@@ -29,7 +36,7 @@ function PerformanceTable({
 }) {
   const id = `${testId}-title`;
   return (
-    <section className="monitoring__group" aria-labelledby={id}>
+    <div className="monitoring__group">
       <h3 id={id}>{title}</h3>
       {rows.length === 0 ? (
         <p className="muted">No reviewed study yet.</p>
@@ -46,18 +53,11 @@ function PerformanceTable({
                 <th scope="col" className="num">
                   Reviewed
                 </th>
-                <th scope="col" className="num">
-                  <abbr title="true positives: flagged, fracture read">TP</abbr>
-                </th>
-                <th scope="col" className="num">
-                  <abbr title="false positives: flagged, no fracture read">FP</abbr>
-                </th>
-                <th scope="col" className="num">
-                  <abbr title="true negatives: not flagged, no fracture read">TN</abbr>
-                </th>
-                <th scope="col" className="num">
-                  <abbr title="false negatives: not flagged, fracture read">FN</abbr>
-                </th>
+                {COUNTS.map(([key, label, title]) => (
+                  <th key={key} scope="col" className="num">
+                    <abbr title={title}>{label}</abbr>
+                  </th>
+                ))}
                 <th scope="col" className="num">
                   No call
                 </th>
@@ -75,10 +75,11 @@ function PerformanceTable({
                   <td className="num" data-testid="monitoring-reviewed">
                     {p.reviewed}
                   </td>
-                  <td className="num">{p.true_positive}</td>
-                  <td className="num">{p.false_positive}</td>
-                  <td className="num">{p.true_negative}</td>
-                  <td className="num">{p.false_negative}</td>
+                  {COUNTS.map(([key]) => (
+                    <td key={key} className="num">
+                      {p[key]}
+                    </td>
+                  ))}
                   <td className="num">{p.no_call}</td>
                   {MEASURES.map(([key]) => (
                     <td key={key} className="num" data-measure={key}>
@@ -91,7 +92,7 @@ function PerformanceTable({
           </table>
         </div>
       )}
-    </section>
+    </div>
   );
 }
 
@@ -121,7 +122,7 @@ const sorted = (groups: Record<string, Performance>) =>
  */
 export function MonitoringView({ active }: Props) {
   const [data, setData] = useState<Monitoring | null>(null);
-  const [error, setError] = useState<{ status: number; detail: string | null } | null>(null);
+  const [error, setError] = useState<Failure | null>(null);
   const [updatedAt, setUpdatedAt] = useState<number | null>(null);
 
   const refresh = useCallback(() => {
@@ -131,9 +132,7 @@ export function MonitoringView({ active }: Props) {
         setError(null);
         setUpdatedAt(Date.now());
       })
-      .catch((err: unknown) =>
-        setError(err instanceof ApiError ? { status: err.status, detail: err.detail } : { status: 0, detail: String(err) }),
-      );
+      .catch((err: unknown) => setError(failureOf(err)));
   }, []);
 
   useEffect(() => {
@@ -154,14 +153,7 @@ export function MonitoringView({ active }: Props) {
         negative.{" "}
         {updatedAt && <span data-testid="monitoring-updated">Updated {formatClock(updatedAt)}</span>}
       </p>
-      {error && (
-        <ErrorNotice
-          {...describeError(error.status, error.detail)}
-          detail={error.detail}
-          status={error.status}
-          testId="monitoring-error"
-        />
-      )}
+      {error && <ApiErrorNotice failure={error} testId="monitoring-error" />}
       {data && data.overall.reviewed === 0 && (
         <p className="empty-note" data-testid="monitoring-empty">
           No study has been reviewed yet. Record reads in the Worklist; sensitivity, specificity, PPV and NPV appear here

@@ -1,11 +1,12 @@
 import { useCallback, useEffect, useRef, useState } from "react";
-import { ApiError, describeError, openWorklistEntry, reviewWorklistEntry } from "../api/client";
+import { failureOf, openWorklistEntry, reviewWorklistEntry, type Failure } from "../api/client";
 import { VERTEBRA_LEVELS, type ReviewEntry, type VertebraLevel, type WorklistEntry } from "../api/types";
 import { formatPercent } from "../lib/files";
 import { formatPosition } from "../lib/study";
 import { STATUS_LABELS, formatDateTime, readFracture, scannerLabel } from "../lib/worklist";
-import { ErrorNotice } from "./ErrorNotice";
+import { ApiErrorNotice, ErrorNotice } from "./ErrorNotice";
 import { ResultBadge } from "./ResultBadge";
+import { TableHead } from "./TableHead";
 import { requestToken } from "./TokenPrompt";
 
 interface Props {
@@ -17,10 +18,6 @@ interface Props {
   onClose(): void;
 }
 
-type Failure = { status: number; detail: string | null };
-const failure = (err: unknown): Failure =>
-  err instanceof ApiError ? { status: err.status, detail: err.detail } : { status: 0, detail: String(err) };
-
 const readLabel = (fracture: boolean) => (fracture ? "Fracture" : "No fracture");
 
 /** Typing in a field, or a dialog on top: a letter is text, not a shortcut. */
@@ -28,6 +25,24 @@ function isTyping(target: EventTarget | null): boolean {
   if (!(target instanceof HTMLElement)) return false;
   if (target.closest("[role=dialog]")) return true;
   return target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName);
+}
+
+/** The entry's facts, label and value (the UIDs only when the series had them). */
+function facts(entry: WorklistEntry): [string, string][] {
+  const rows: [string, string | null][] = [
+    ["Score", formatPercent(entry.score)],
+    ["Threshold", formatPercent(entry.threshold)],
+    ["Operating point", entry.operating_point],
+    ["Model", `${entry.model.name} ${entry.model.version}`],
+    ["Scanner", scannerLabel(entry)],
+    ["Source", entry.source === "pacs" ? "PACS" : "Upload"],
+    ["Arrived", formatDateTime(entry.arrived_at)],
+    ["Analysed", formatDateTime(entry.analysed_at)],
+    ["Opened", formatDateTime(entry.opened_at)],
+    ["Study UID", entry.study_uid],
+    ["Series UID", entry.series_uid],
+  ];
+  return rows.filter((r): r is [string, string] => r[1] != null);
 }
 
 function Read({ read, latest }: { read: ReviewEntry; latest: boolean }) {
@@ -68,7 +83,7 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
         setEntry(e);
         onOpened(e);
       })
-      .catch((err: unknown) => !cancelled && setLoadError(failure(err)));
+      .catch((err: unknown) => !cancelled && setLoadError(failureOf(err)));
     return () => {
       cancelled = true;
     };
@@ -96,7 +111,7 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
           setAnnouncement(`Read recorded for study ${e.id}: ${readLabel(fracture).toLowerCase()}.`);
           onReviewed(e);
         })
-        .catch((err: unknown) => setReviewError(failure(err)))
+        .catch((err: unknown) => setReviewError(failureOf(err)))
         .finally(() => setSending(false));
     },
     [entry, sending, levels, note, onReviewed],
@@ -122,12 +137,7 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
   if (loadError) {
     return (
       <section className="panel" aria-label={`Study ${id}`}>
-        <ErrorNotice
-          {...describeError(loadError.status, loadError.detail)}
-          detail={loadError.detail}
-          status={loadError.status}
-          testId="worklist-entry-error"
-        />
+        <ApiErrorNotice failure={loadError} testId="worklist-entry-error" />
       </section>
     );
   }
@@ -141,8 +151,6 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
     );
   }
 
-  const agreeMeans = readLabel(readFracture(entry.flagged, true)).toLowerCase();
-  const disagreeMeans = readLabel(readFracture(entry.flagged, false)).toLowerCase();
   const forbidden = reviewError?.status === 403;
 
   return (
@@ -162,56 +170,14 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
         </span>
       </div>
       <dl className="facts entry__facts">
-        <div>
-          <dt>Score</dt>
-          <dd data-testid="entry-score">{formatPercent(entry.score)}</dd>
-        </div>
-        <div>
-          <dt>Threshold</dt>
-          <dd>{formatPercent(entry.threshold)}</dd>
-        </div>
-        <div>
-          <dt>Operating point</dt>
-          <dd>{entry.operating_point}</dd>
-        </div>
-        <div>
-          <dt>Model</dt>
-          <dd>
-            {entry.model.name} {entry.model.version}
-          </dd>
-        </div>
-        <div>
-          <dt>Scanner</dt>
-          <dd>{scannerLabel(entry)}</dd>
-        </div>
-        <div>
-          <dt>Source</dt>
-          <dd>{entry.source === "pacs" ? "PACS" : "Upload"}</dd>
-        </div>
-        <div>
-          <dt>Arrived</dt>
-          <dd>{formatDateTime(entry.arrived_at)}</dd>
-        </div>
-        <div>
-          <dt>Analysed</dt>
-          <dd>{formatDateTime(entry.analysed_at)}</dd>
-        </div>
-        <div>
-          <dt>Opened</dt>
-          <dd>{formatDateTime(entry.opened_at)}</dd>
-        </div>
-        {entry.study_uid && (
-          <div>
-            <dt>Study UID</dt>
-            <dd className="mono">{entry.study_uid}</dd>
+        {facts(entry).map(([label, value]) => (
+          <div key={label}>
+            <dt>{label}</dt>
+            <dd className={label.endsWith("UID") ? "mono" : undefined} data-testid={`entry-${label.toLowerCase().replace(/ /g, "-")}`}>
+              {value}
+            </dd>
           </div>
-        )}
-        {entry.series_uid && (
-          <div>
-            <dt>Series UID</dt>
-            <dd className="mono">{entry.series_uid}</dd>
-          </div>
-        )}
+        ))}
       </dl>
 
       <h3>Top slices</h3>
@@ -219,20 +185,14 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
         <div className="table-wrap">
           <table className="batch__table" data-testid="entry-top-slices">
             <caption className="visually-hidden">The slices that drove the study's score, highest first.</caption>
-            <thead>
-              <tr>
-                <th scope="col" className="num">
-                  Index
-                </th>
-                <th scope="col">Slice</th>
-                <th scope="col" className="num">
-                  Position
-                </th>
-                <th scope="col" className="num">
-                  Score
-                </th>
-              </tr>
-            </thead>
+            <TableHead
+              columns={[
+                { label: "Index", num: true },
+                { label: "Slice" },
+                { label: "Position", num: true },
+                { label: "Score", num: true },
+              ]}
+            />
             <tbody>
               {entry.top_slices.map((s) => (
                 <tr key={s.index}>
@@ -285,26 +245,20 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
         <label htmlFor="review-note">Note (optional)</label>
         <textarea id="review-note" className="review__note" rows={2} value={note} onChange={(e) => setNote(e.target.value)} />
         <div className="actions">
-          <button
-            type="button"
-            className="btn btn--primary"
-            disabled={sending}
-            aria-keyshortcuts="A"
-            onClick={() => review(true)}
-            data-testid="review-agree"
-          >
-            Agree: {agreeMeans} <kbd className="key-hint">A</kbd>
-          </button>
-          <button
-            type="button"
-            className="btn btn--ghost"
-            disabled={sending}
-            aria-keyshortcuts="D"
-            onClick={() => review(false)}
-            data-testid="review-disagree"
-          >
-            Disagree: {disagreeMeans} <kbd className="key-hint">D</kbd>
-          </button>
+          {[true, false].map((agree) => (
+            <button
+              key={String(agree)}
+              type="button"
+              className={agree ? "btn btn--primary" : "btn btn--ghost"}
+              disabled={sending}
+              aria-keyshortcuts={agree ? "A" : "D"}
+              onClick={() => review(agree)}
+              data-testid={agree ? "review-agree" : "review-disagree"}
+            >
+              {agree ? "Agree" : "Disagree"}: {readLabel(readFracture(entry.flagged, agree)).toLowerCase()}{" "}
+              <kbd className="key-hint">{agree ? "A" : "D"}</kbd>
+            </button>
+          ))}
         </div>
         <p className="hint">
           The product called this study <strong>{entry.verdict}</strong>. A second read is added to the history; the
@@ -326,12 +280,7 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
             </button>
           </div>
         ) : (
-          <ErrorNotice
-            {...describeError(reviewError.status, reviewError.detail)}
-            detail={reviewError.detail}
-            status={reviewError.status}
-            testId="review-error"
-          />
+          <ApiErrorNotice failure={reviewError} testId="review-error" />
         ))}
       <p className="visually-hidden" aria-live="polite" data-testid="review-announcer">
         {announcement}

@@ -1,10 +1,11 @@
 import { useCallback, useEffect, useRef, useState } from "react";
-import { ApiError, describeError, getWorklist } from "../api/client";
+import { failureOf, getWorklist, type Failure } from "../api/client";
 import { WORKLIST_STATUSES, type WorklistEntry, type WorklistPage, type WorklistStatus } from "../api/types";
 import { formatPercent } from "../lib/files";
 import { STATUS_LABELS, formatAge, formatClock, scannerLabel } from "../lib/worklist";
-import { ErrorNotice } from "./ErrorNotice";
+import { ApiErrorNotice } from "./ErrorNotice";
 import { ResultBadge } from "./ResultBadge";
+import { TableHead } from "./TableHead";
 import { WorklistEntryPanel } from "./WorklistEntryPanel";
 
 interface Props {
@@ -14,10 +15,6 @@ interface Props {
   pollMs?: number;
   pageSize?: number;
 }
-
-type Failure = { status: number; detail: string | null };
-const failure = (err: unknown): Failure =>
-  err instanceof ApiError ? { status: err.status, detail: err.detail } : { status: 0, detail: String(err) };
 
 /**
  * The triage worklist: every saved study, flagged first as the server orders it, refreshed
@@ -50,7 +47,7 @@ export function WorklistView({ active, pollMs = 10_000, pageSize = 25 }: Props) 
         }
         seenFlagged.current = new Set([...(seenFlagged.current ?? []), ...flagged]);
       })
-      .catch((err: unknown) => call === latest.current && setError(failure(err)));
+      .catch((err: unknown) => call === latest.current && setError(failureOf(err)));
   }, [status, offset, pageSize]);
 
   // While shown: at once, every pollMs, and whenever the window regains focus.
@@ -121,14 +118,7 @@ export function WorklistView({ active, pollMs = 10_000, pageSize = 25 }: Props) 
         <p className="visually-hidden" aria-live="polite" data-testid="worklist-announcer">
           {announcement}
         </p>
-        {error && (
-          <ErrorNotice
-            {...describeError(error.status, error.detail)}
-            detail={error.detail}
-            status={error.status}
-            testId="worklist-error"
-          />
-        )}
+        {error && <ApiErrorNotice failure={error} testId="worklist-error" />}
         {page && page.items.length === 0 && (
           <p className="empty-note" data-testid="worklist-empty">
             {status
@@ -142,21 +132,17 @@ export function WorklistView({ active, pollMs = 10_000, pageSize = 25 }: Props) 
               <caption className="visually-hidden">
                 Worklist studies, flagged first. Open a study to see its analysis and record a read.
               </caption>
-              <thead>
-                <tr>
-                  <th scope="col">Study</th>
-                  <th scope="col">Verdict</th>
-                  <th scope="col" className="num">
-                    Score
-                  </th>
-                  <th scope="col" className="num">
-                    Waiting
-                  </th>
-                  <th scope="col">Status</th>
-                  <th scope="col">Model</th>
-                  <th scope="col">Scanner</th>
-                </tr>
-              </thead>
+              <TableHead
+                columns={[
+                  { label: "Study" },
+                  { label: "Verdict" },
+                  { label: "Score", num: true },
+                  { label: "Waiting", num: true },
+                  { label: "Status" },
+                  { label: "Model" },
+                  { label: "Scanner" },
+                ]}
+              />
               <tbody>
                 {page.items.map((entry) => (
                   <tr

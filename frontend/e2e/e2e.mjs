@@ -10,12 +10,27 @@
 // Also: the reading workflow (viewer, DICOM preview, study keys and wheel, PDF reports read with
 // the venv's pypdf, CSVs, the IndexedDB history across a reload) and /docs + /redoc with every
 // request to a host other than 127.0.0.1 aborted.
+// The worklist: two studies saved through POST /predict/study?save=true (one while the Worklist
+// view is open: it appears by polling), the flagged one first, a read recorded with the keyboard
+// (D), Monitoring counting it, and the entry and its read still there after a backend restart on
+// the same SQLite file (a fresh temporary WORKLIST_SQLITE_PATH; DATABASE_URL is never passed on).
 // Env: CHROMIUM_PATH (default /usr/bin/chromium), PYTHON (default <repo>/.venv/bin/python),
 //      E2E_READY_TIMEOUT_S (default 300), MODEL_DIR (passed through to the backend),
 //      E2E_CT_DIR (default ../shared/data/cervical-ct/train; a synthetic PNG is used when absent).
 import { spawn, spawnSync } from "node:child_process";
-import { copyFileSync, createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { deflateSync } from "node:zlib";
@@ -163,6 +178,20 @@ const asPayload = (file) =>
     ? { name: file.split("/").pop(), mimeType: /\.png$/i.test(file) ? "image/png" : "image/jpeg", buffer: readFileSync(file) }
     : file;
 
+/** The original (un-augmented) slices `SERIES (N).png` of the data set's largest series in `sub`, in order. */
+function largestSeries(sub) {
+  const path = join(CT_DIR, sub);
+  if (!existsSync(path)) return [];
+  const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
+  const groups = new Map();
+  for (const f of readdirSync(path).filter((f) => /^[A-Za-z0-9]+ \(\d+\)\.png$/.test(f))) {
+    const series = f.split(" (")[0];
+    groups.set(series, [...(groups.get(series) ?? []), f]);
+  }
+  const best = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
+  return best.sort((a, b) => number(a) - number(b)).map((f) => join(path, f));
+}
+
 /**
  * One series for study mode, as a folder under test-output: the original (un-augmented)
  * slices of the largest fracture series and of the largest normal series of the shared
@@ -174,18 +203,6 @@ function buildSeries(photo) {
   const dir = join(OUT, "series");
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
-  const largestSeries = (sub) => {
-    const path = join(CT_DIR, sub);
-    if (!existsSync(path)) return [];
-    const groups = new Map();
-    for (const f of readdirSync(path).filter((f) => /^[A-Za-z0-9]+ \(\d+\)\.png$/.test(f))) {
-      const series = f.split(" (")[0];
-      groups.set(series, [...(groups.get(series) ?? []), f]);
-    }
-    const best = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
-    return best.sort((a, b) => number(a) - number(b)).map((f) => join(path, f));
-  };
   const fracture = largestSeries("fracture");
   const normal = largestSeries("normal").slice(0, 12);
   let names = [];
@@ -253,10 +270,13 @@ async function apiPredict(base, file) {
 }
 
 // ---- the real backend ----
-async function startBackend(port, { modelDir, logName = "server.log" } = {}) {
+async function startBackend(port, { modelDir, logName = "server.log", worklistDb } = {}) {
   assert(existsSync(PYTHON), `no Python at ${PYTHON}: run \`make venv\``);
   const logFile = join(OUT, logName);
   const out = createWriteStream(logFile);
+  // Never the checkout's worklist.sqlite3 (nor a DATABASE_URL from the caller's environment).
+  const { DATABASE_URL: _unused, ...env } = process.env;
+  const db = worklistDb ?? join(mkdtempSync(join(tmpdir(), "e2e-worklist-")), "worklist.sqlite3");
   const proc = spawn(
     PYTHON,
     ["-m", "uvicorn", "backend.app.main:app", "--host", "127.0.0.1", "--port", String(port)],
@@ -264,7 +284,8 @@ async function startBackend(port, { modelDir, logName = "server.log" } = {}) {
       cwd: ROOT,
       detached: true, // own process group, so the whole tree can be stopped
       env: {
-        ...process.env,
+        ...env,
+        WORKLIST_SQLITE_PATH: db,
         ...(modelDir ? { MODEL_DIR: modelDir } : {}),
         FRONTEND_DIST: DIST,
         TF_CPP_MIN_LOG_LEVEL: "2",
@@ -306,7 +327,7 @@ async function startBackend(port, { modelDir, logName = "server.log" } = {}) {
     if (Date.now() > deadline) throw new Error(`backend not ready after ${READY_TIMEOUT_S}s; see ${logFile}`);
     await new Promise((r) => setTimeout(r, 500));
   }
-  return { proc, base, isAlive: () => !exited };
+  return { proc, base, worklistDb: db, isAlive: () => !exited };
 }
 
 async function stopBackend(server) {
@@ -951,6 +972,176 @@ async function docsScenario(browser, base) {
   }
 }
 
+// ---- the worklist: saved studies, the radiologist's read, monitoring, a restart ----
+/**
+ * Two small series for the worklist: original (un-augmented) slices from the middle of a fracture
+ * series and of a normal series of the shared data set; two synthetic numbered series (one with
+ * a "fracture line", one without) when it is absent.
+ */
+function worklistSeries() {
+  const originals = (sub) => {
+    const sorted = largestSeries(sub);
+    const middle = Math.max(0, Math.floor(sorted.length / 2) - 3);
+    return sorted.slice(middle, middle + 6).map(asPayload);
+  };
+  const fracture = originals("fracture");
+  const normal = originals("normal");
+  if (fracture.length && normal.length) return { real: true, fracture, normal };
+  const synthetic = (prefix, lineAt) =>
+    Array.from({ length: 6 }, (_, i) => ({
+      name: `${prefix} (${i + 1}).png`,
+      mimeType: "image/png",
+      buffer: syntheticSlicePng(224, lineAt),
+    }));
+  return { real: false, fracture: synthetic("SYNTHFRACTURE", 6), normal: synthetic("SYNTHNORMAL", 400) };
+}
+
+async function saveStudy(base, files) {
+  const form = new FormData();
+  for (const f of files) form.append("files", new Blob([f.buffer], { type: f.mimeType }), f.name);
+  const res = await fetch(`${base}/predict/study?save=true&explain=false`, { method: "POST", body: form });
+  assert(res.status === 200, `/predict/study?save=true answered ${res.status}`);
+  const answer = await res.json();
+  assert(Number.isInteger(answer.worklist_id), `a saved study has a worklist_id: ${JSON.stringify(answer.worklist_id)}`);
+  return answer;
+}
+
+async function apiGet(base, path) {
+  const res = await fetch(`${base}${path}`);
+  assert(res.ok, `GET ${path} answered ${res.status}`);
+  return res.json();
+}
+
+async function cspViolations(page) {
+  const violations = await page.evaluate(() => window.__cspViolations ?? []);
+  assert(violations.length === 0, `no CSP violations:\n  ${violations.join("\n  ")}`);
+}
+
+async function worklistScenario(page, base) {
+  const series = worklistSeries();
+  log(`worklist: ${series.real ? "real CT slices" : "synthetic slices"}, ${series.fracture.length} + ${series.normal.length}`);
+  await page.setViewportSize({ width: 1366, height: 900 });
+  await page.goto(base);
+  await page.getByText("Model ready").waitFor({ timeout: UI_TIMEOUT });
+
+  // The normal series arrives first; the worklist is opened; then the fracture series arrives.
+  const normal = await saveStudy(base, series.normal);
+  await page.getByRole("tab", { name: "Worklist" }).click();
+  const panel = page.getByRole("tabpanel", { name: "Worklist" });
+  const rows = panel.getByTestId("worklist-row");
+  await rows.first().waitFor({ timeout: UI_TIMEOUT });
+  assert((await rows.count()) === 1, `one study listed before the second is saved, got ${await rows.count()}`);
+  const firstUpdate = await panel.getByTestId("worklist-updated").textContent();
+  const fracture = await saveStudy(base, series.fracture);
+  log(`worklist: saved study ${normal.worklist_id} (${normal.result}) then ${fracture.worklist_id} (${fracture.result})`);
+  if (series.real) {
+    assert(fracture.result === "Potentially Fracture", `fracture slices flagged, got ${fracture.result}`);
+    assert(normal.result !== "Potentially Fracture", `normal slices not flagged, got ${normal.result}`);
+  }
+  // The server's order: flagged first, then the longest waiting.
+  const flagged = (a) => a.result === "Potentially Fracture";
+  const expected = flagged(fracture) && !flagged(normal) ? [fracture, normal] : [normal, fracture];
+  const order = () => rows.evaluateAll((els) => els.map((e) => Number(e.getAttribute("data-id"))));
+  // No reload: the view's polling (every 10 s) brings the second study in.
+  await page.waitForFunction(
+    () => document.querySelectorAll('[data-testid="worklist-row"]').length === 2,
+    undefined,
+    { timeout: 30_000 },
+  );
+  const shown = await order();
+  assert(
+    JSON.stringify(shown) === JSON.stringify(expected.map((a) => a.worklist_id)),
+    `worklist order ${shown} = flagged first ${expected.map((a) => a.worklist_id)}`,
+  );
+  const api = await apiGet(base, "/worklist");
+  assert(
+    JSON.stringify(api.items.map((e) => e.id)) === JSON.stringify(shown),
+    `the view's order is the server's: ${api.items.map((e) => e.id)}`,
+  );
+  const updated = (await panel.getByTestId("worklist-updated").textContent()).trim();
+  assert(/^Updated \d\d:\d\d:\d\d$/.test(updated) && updated !== firstUpdate, `"${updated}" after "${firstUpdate}"`);
+  for (const [i, a] of expected.entries()) {
+    const badge = rows.nth(i).getByTestId("worklist-verdict");
+    assert((await badge.textContent()).trim() === a.result, `row ${i} verdict = ${a.result}`);
+    assert((await rows.nth(i).getByTestId("worklist-status").textContent()).trim() === "New", `row ${i} is new`);
+  }
+  ok(`worklist: ${shown.length} studies, ${expected[0].result} first (${shown}), the second appeared by polling`);
+
+  // Open the first (Enter on its button), and disagree with the product's call (key D).
+  const top = expected[0];
+  await panel.getByRole("button", { name: `Open study ${top.worklist_id}, ${top.result}` }).press("Enter");
+  const entry = panel.getByTestId("worklist-entry");
+  await entry.getByRole("heading", { name: `Study ${top.worklist_id}` }).waitFor();
+  assert((await entry.getByTestId("entry-verdict").textContent()).trim() === top.result, "entry verdict");
+  const topRows = entry.getByTestId("entry-top-slices").locator("tbody tr");
+  assert((await topRows.count()) === top.top_slices.length, `top slices ${top.top_slices.length}`);
+  assert(
+    (await topRows.first().locator("th").textContent()).trim() === top.top_slices[0].name,
+    `first top slice ${top.top_slices[0].name}`,
+  );
+  await entry.getByTestId("entry-pacs-note").waitFor();
+  await rows.first().getByTestId("worklist-status").filter({ hasText: "Opened" }).waitFor();
+  await page.keyboard.press("d");
+  const read = entry.getByTestId("worklist-read");
+  await read.waitFor({ timeout: UI_TIMEOUT });
+  const fractureRead = !flagged(top);
+  assert(
+    (await read.locator(".dot-label").textContent()).trim() === (fractureRead ? "Fracture" : "No fracture"),
+    `the read shown is the disagreeing one (fracture ${fractureRead})`,
+  );
+  await rows.first().getByTestId("worklist-status").filter({ hasText: "Reviewed" }).waitFor();
+  const stored = await apiGet(base, `/worklist/${top.worklist_id}`);
+  assert(stored.status === "reviewed" && stored.reviews.length === 1, `stored: ${stored.status}, ${stored.reviews.length} read`);
+  assert(stored.reviews[0].fracture === fractureRead, `stored read fracture=${stored.reviews[0].fracture}`);
+  await page.screenshot({ path: join(OUT, "10-worklist.png"), fullPage: true });
+  await checkAccessibility(page, "worklist and entry");
+  ok(`worklist: study ${top.worklist_id} opened, D recorded "${fractureRead ? "fracture" : "no fracture"}"; screenshot 10-worklist.png`);
+
+  // Monitoring counts the one read.
+  await page.getByRole("tab", { name: "Monitoring" }).click();
+  const monitoring = page.getByRole("tabpanel", { name: "Monitoring" });
+  const overall = monitoring.getByTestId("monitoring-overall");
+  await overall.waitFor({ timeout: UI_TIMEOUT });
+  assert((await overall.getByTestId("monitoring-reviewed").textContent()).trim() === "1", "reviewed count 1");
+  assert((await apiGet(base, "/monitoring")).overall.reviewed === 1, "the API counts 1 reviewed");
+  await monitoring.getByTestId("monitoring-week").waitFor();
+  await page.screenshot({ path: join(OUT, "11-monitoring.png"), fullPage: true });
+  await checkAccessibility(page, "monitoring");
+  await cspViolations(page);
+  ok("monitoring: 1 reviewed study overall, by model, scanner and week; screenshot 11-monitoring.png");
+  // Leave the page before the server stops: its polling must not meet a closed port.
+  await page.goto("about:blank");
+  return { id: top.worklist_id, fractureRead, other: expected[1].worklist_id };
+}
+
+/** After a restart on the same worklist file: the entry, its status and its read are still there. */
+async function worklistAfterRestart(page, base, reviewed) {
+  await page.goto(base);
+  await page.getByText("Model ready").waitFor({ timeout: UI_TIMEOUT });
+  await page.getByRole("tab", { name: "Worklist" }).click();
+  const panel = page.getByRole("tabpanel", { name: "Worklist" });
+  const row = panel.locator(`[data-testid="worklist-row"][data-id="${reviewed.id}"]`);
+  await row.getByTestId("worklist-status").filter({ hasText: "Reviewed" }).waitFor({ timeout: UI_TIMEOUT });
+  assert((await panel.getByTestId("worklist-row").count()) === 2, "both studies listed after the restart");
+  await row.click();
+  const entry = panel.getByTestId("worklist-entry");
+  const read = entry.getByTestId("worklist-read");
+  await read.waitFor({ timeout: UI_TIMEOUT });
+  assert((await read.count()) === 1, "one read after the restart");
+  assert(
+    (await read.locator(".dot-label").textContent()).trim() === (reviewed.fractureRead ? "Fracture" : "No fracture"),
+    "the read survived the restart",
+  );
+  await page.getByRole("tab", { name: "Monitoring" }).click();
+  const overall = page.getByRole("tabpanel", { name: "Monitoring" }).getByTestId("monitoring-overall");
+  await overall.waitFor({ timeout: UI_TIMEOUT });
+  assert((await overall.getByTestId("monitoring-reviewed").textContent()).trim() === "1", "reviewed count 1 after the restart");
+  await page.screenshot({ path: join(OUT, "12-worklist-restarted.png"), fullPage: true });
+  await checkAccessibility(page, "monitoring after a restart");
+  await cspViolations(page);
+  ok(`worklist: after a backend restart on the same file, study ${reviewed.id} is reviewed with its read`);
+}
+
 // ---- a study bundle (RSNA 2022 format): C1-C7 beside the slice chart ----
 // A tiny study bundle written by the product's exporter (testing/study_bundle.py: a real 2.5D
 // Keras model and study head with random weights, not trained: this checks the page, not the
@@ -1049,8 +1240,12 @@ async function main() {
       const photoRefused = (await apiPredict(server.base, photo)).in_distribution === false;
       const study = await studyScenario(page, server.base, photo, photoRefused);
       await historyScenario(page, firstSlice, study);
-      const violations = await page.evaluate(() => window.__cspViolations ?? []);
-      assert(violations.length === 0, `no CSP violations:\n  ${violations.join("\n  ")}`);
+      await cspViolations(page);
+      const reviewed = await worklistScenario(page, server.base);
+      await stopBackend(server);
+      server = await startBackend(await freePort(), { worklistDb: server.worklistDb, logName: "server-restarted.log" });
+      ok("backend restarted on the same worklist file");
+      await worklistAfterRestart(page, server.base, reviewed);
       ok("no Content-Security-Policy violations");
     } catch (err) {
       await page.screenshot({ path: join(OUT, "failure.png"), fullPage: true }).catch(() => {});

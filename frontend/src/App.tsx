@@ -6,11 +6,13 @@ import { BatchTable } from "./components/BatchTable";
 import { DropZone } from "./components/DropZone";
 import { HistoryPanel } from "./components/HistoryPanel";
 import { ModelPanel } from "./components/ModelPanel";
+import { MonitoringView } from "./components/MonitoringView";
 import { OperatingPointSelector } from "./components/OperatingPointSelector";
 import { AnalyseOnDropSetting } from "./components/ReadingBits";
 import { ServerStatus } from "./components/ServerStatus";
 import { SliceCard } from "./components/SliceCard";
 import { StudyView, type ReopenedStudy } from "./components/StudyView";
+import { WorklistView } from "./components/WorklistView";
 import { csvBlob, saveBlob, slicesCsv } from "./lib/csv";
 import { contentId, openHistory, restoreFile, storeFile, type HistoryEntry, type HistoryStore } from "./lib/history";
 import { isRefused, levelCaveat, resultTone } from "./lib/results";
@@ -19,10 +21,12 @@ import { makeItem, reducer, restoredItem, type SliceItem } from "./state";
 
 const isRetryable = (status: number) => status <= 0 || status === 429 || status >= 500;
 
-export type Mode = "slices" | "study";
+export type Mode = "slices" | "study" | "worklist" | "monitoring";
 const MODES: { id: Mode; label: string }[] = [
   { id: "slices", label: "Single slices" },
   { id: "study", label: "Study (whole series)" },
+  { id: "worklist", label: "Worklist" },
+  { id: "monitoring", label: "Monitoring" },
 ];
 
 export interface AppProps {
@@ -33,6 +37,8 @@ export interface AppProps {
   analyseOnDrop?: boolean;
   /** The browser history store; null for none. Default: IndexedDB when the browser has it. */
   history?: HistoryStore | null;
+  /** Milliseconds between refreshes of the worklist while it is shown. */
+  worklistPollMs?: number;
 }
 
 export default function App({
@@ -40,9 +46,15 @@ export default function App({
   initialMode = "slices",
   analyseOnDrop: analyseOnDropDefault = true,
   history: historyStore,
+  worklistPollMs = 10_000,
 }: AppProps) {
   const [mode, setMode] = useState<Mode>(initialMode);
-  const tabs = useRef<Record<Mode, HTMLButtonElement | null>>({ slices: null, study: null });
+  const tabs = useRef<Record<Mode, HTMLButtonElement | null>>({
+    slices: null,
+    study: null,
+    worklist: null,
+    monitoring: null,
+  });
   const [items, dispatch] = useReducer(reducer, []);
   const [operatingPoint, setOperatingPoint] = useState<OperatingPoint>("sensitive");
   const [busy, setBusy] = useState(false);
@@ -472,7 +484,26 @@ export default function App({
             />
           </div>
 
-          {entries.length > 0 && <HistoryPanel entries={entries} onOpen={openEntry} onClear={clearHistory} />}
+          {(["worklist", "monitoring"] as const).map((id) => (
+            <div
+              key={id}
+              role="tabpanel"
+              id={`panel-${id}`}
+              aria-labelledby={`tab-${id}`}
+              className="tabpanel"
+              hidden={mode !== id}
+            >
+              {id === "worklist" ? (
+                <WorklistView active={mode === id} pollMs={worklistPollMs} />
+              ) : (
+                <MonitoringView active={mode === id} />
+              )}
+            </div>
+          ))}
+
+          {entries.length > 0 && (mode === "slices" || mode === "study") && (
+            <HistoryPanel entries={entries} onOpen={openEntry} onClear={clearHistory} />
+          )}
         </main>
 
         <ModelPanel card={card} error={cardError} />

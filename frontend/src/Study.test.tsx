@@ -51,7 +51,10 @@ describe("mode tabs", () => {
     expect(slices).toHaveAttribute("aria-selected", "true");
     expect(slices).toHaveFocus();
     await user.keyboard("{End}");
+    expect(screen.getByRole("tab", { name: "Monitoring" })).toHaveFocus();
+    await user.keyboard("{ArrowLeft}{ArrowLeft}");
     expect(study).toHaveFocus();
+    expect(study).toHaveAttribute("aria-selected", "true");
   });
 
   it("keeps each mode's work when switching back and forth", async () => {

@@ -6,10 +6,15 @@ import type {
   OperatingPoint,
   PredictQuery,
   PredictResponse,
+  Monitoring,
   PreviewWindow,
+  ReviewRequest,
   SliceResult,
   StudyQuery,
   StudyResponse,
+  WorklistEntry,
+  WorklistPage,
+  WorklistStatus,
 } from "./types";
 import { requestToken, storedToken, storeToken } from "../components/TokenPrompt";
 
@@ -27,6 +32,11 @@ export class ApiError extends Error {
     this.detail = detail;
   }
 }
+
+/** A failed call as the views keep it: the HTTP status (0: not reached) and the server's detail. */
+export type Failure = { status: number; detail: string | null };
+export const failureOf = (err: unknown): Failure =>
+  err instanceof ApiError ? { status: err.status, detail: err.detail } : { status: 0, detail: String(err) };
 
 export interface ErrorDescription {
   title: string;
@@ -50,6 +60,11 @@ export function describeError(status: number, detail: string | null = null): Err
       return {
         title: "Access token required",
         hint: "This server only answers authorised users. Enter the access token you were given and try again.",
+      };
+    case 403:
+      return {
+        title: "Not allowed with this token",
+        hint: "This needs a token with another role. Enter a token that has it and try again.",
       };
     case 413:
       return {
@@ -216,6 +231,30 @@ export async function getReport(files: File[], operatingPoint: OperatingPoint): 
 
 export function getModelCard(): Promise<ModelCard> {
   return request<ModelCard>("/model");
+}
+
+/** GET /worklist: flagged first, then the longest waiting; `status` filters (none: all). */
+export function getWorklist(query: { status?: WorklistStatus | null; offset?: number; limit?: number }): Promise<WorklistPage> {
+  return request<WorklistPage>(`/worklist?${toSearch(query)}`);
+}
+
+/** GET /worklist/{id}: the study with every read (a `new` study becomes `opened`). */
+export function openWorklistEntry(id: number): Promise<WorklistEntry> {
+  return request<WorklistEntry>(`/worklist/${id}`);
+}
+
+/** POST /worklist/{id}/review: a radiologist's read (403 without a reader token). */
+export function reviewWorklistEntry(id: number, read: ReviewRequest): Promise<WorklistEntry> {
+  return request<WorklistEntry>(`/worklist/${id}/review`, {
+    method: "POST",
+    headers: { Accept: "application/json", "Content-Type": "application/json" },
+    body: JSON.stringify(read),
+  });
+}
+
+/** GET /monitoring: sensitivity, specificity, PPV, NPV against the reads. */
+export function getMonitoring(): Promise<Monitoring> {
+  return request<Monitoring>("/monitoring");
 }
 
 export type ServerState = "ready" | "loading" | "unreachable";

@@ -78,3 +78,17 @@ export const PREVIEW_WINDOWS: { id: PreviewWindow; label: string; caption: strin
 ];
 /** The window a DICOM preview was asked in: the server's default (`model`) until another is chosen. */
 export const DEFAULT_PREVIEW_WINDOW: PreviewWindow = "model";
+
+/** The triage worklist (GET /worklist, GET /worklist/{id}, POST /worklist/{id}/review). */
+export type WorklistEntry = Schemas["WorklistEntry"];
+export type WorklistPage = Schemas["WorklistPage"];
+export type WorklistStatus = Schemas["WorklistStatus"];
+export const WORKLIST_STATUSES: WorklistStatus[] = ["new", "opened", "reviewed"];
+export type ReviewRequest = Schemas["ReviewRequest"];
+export type ReviewEntry = Schemas["ReviewEntry"];
+export type VertebraLevel = ReviewEntry["levels"][number];
+export const VERTEBRA_LEVELS: VertebraLevel[] = ["C1", "C2", "C3", "C4", "C5", "C6", "C7"];
+/** GET /monitoring: the product's calls against the latest read of each reviewed study. */
+export type Monitoring = Schemas["MonitoringResponse"];
+export type Performance = Schemas["PerformanceOut"];
+export type Proportion = Schemas["ProportionOut"];

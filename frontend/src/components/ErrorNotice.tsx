@@ -1,3 +1,4 @@
+import { describeError, type Failure } from "../api/client";
 import { ToneIcon } from "./ResultBadge";
 
 interface ErrorNoticeProps {
@@ -27,5 +28,17 @@ export function ErrorNotice({ title, hint, detail, status, className, testId }: 
         )}
       </div>
     </div>
+  );
+}
+
+/** A failed API call in the words of `describeError`, with the server's detail. */
+export function ApiErrorNotice({ failure, testId }: { failure: Failure; testId: string }) {
+  return (
+    <ErrorNotice
+      {...describeError(failure.status, failure.detail)}
+      detail={failure.detail}
+      status={failure.status}
+      testId={testId}
+    />
   );
 }

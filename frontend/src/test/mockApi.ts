@@ -67,6 +67,8 @@ export function mockApi(
     ready?: Handler;
     model?: Handler;
     report?: Handler;
+    /** Any other path (the worklist, monitoring...); 404 when absent. */
+    other?: Handler;
   } = {},
 ) {
   const fetchMock = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => {
@@ -77,6 +79,7 @@ export function mockApi(
     if (url.pathname === "/predict/study" && handlers.study) return handlers.study(url, init);
     if (url.pathname === "/predict" && handlers.predict) return handlers.predict(url, init);
     if (url.pathname === "/report" && handlers.report) return handlers.report(url, init);
+    if (handlers.other) return handlers.other(url, init);
     return json({ detail: "Not Found" }, 404);
   });
   vi.stubGlobal("fetch", fetchMock);

@@ -7,8 +7,10 @@ Grad-CAM heatmaps, the model's name and version, the intended use ("Decision sup
 diagnosis") and the model card's known limits.
 
 One slice is reported as a slice (its own score, no aggregation), a series as a study. A
-refused slice or series (not a CT slice) gets no score at all: the score of an input the model
-cannot read means nothing, and a "0 %" would read as a confident "normal".
+refused slice or series ("Not a CT slice", or "CT outside the model's range" with its reason in
+the words of :data:`ml_model.inference.verdict.OUTSIDE_REASONS` and what to send instead) gets
+no score at all: the score of an input the model cannot read means nothing, and a "0 %" would
+read as a confident "normal".
 
 What ties it to its exam: the study and series instance UIDs, accession number and study
 date (:class:`SeriesIdentity`, from the first slice's DICOM header) when there are any and
@@ -23,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +34,9 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from backend.app.schemas import StudyResponse
+from ml_model.config import RESULT_OUTSIDE_RANGE
 from ml_model.imaging.dicom import SeriesIdentity
+from ml_model.inference.verdict import OUTSIDE_REASONS
 
 INTENDED_USE = "Decision support — not a diagnosis"
 HEATMAP_NOTE = "Grad-CAM heatmap: where the model looked — not a fracture outline."
@@ -210,6 +215,64 @@ def _top_slices(pdf: _Report, study: StudyResponse, unit: str | None) -> None:
         pdf.set_xy(pdf.l_margin, y + 12 + image_h)
 
 
+NOT_JUDGED = "No score is given: the score of an image the model cannot judge means nothing."
+
+
+def refusal_text(study: StudyResponse, window: tuple[float, float] | None) -> str:
+    """Why no fracture call was made, in plain words, and what to send instead: the reason of
+    "CT outside the model's range" (:data:`OUTSIDE_REASONS`, as the web app says it; with
+    ``window`` for the reason ``window``, the model's own window as the other way to export),
+    else the "Not a CT slice" text."""
+    single = study.slice_count == 1
+    reason = study.outside_reason.value if study.outside_reason else None
+    if str(study.result) != RESULT_OUTSIDE_RANGE or reason not in OUTSIDE_REASONS:
+        return (
+            (
+                "This image does not look like an axial CT slice of the neck"
+                if single
+                else "No slice looked like an axial CT slice of the neck"
+            )
+            + ", so no fracture call was made and no score is given. Send the axial neck "
+            "slices themselves (DICOM from the scanner or PACS)."
+        )
+    words = OUTSIDE_REASONS[reason]
+    if not single:
+        words = f"None of the {study.slice_count} slices could be judged. {words}"
+    if reason == "window" and window is not None:
+        level, width = window
+        words += (
+            " Or export the slices in the model's own window: level "
+            f"{level:g} HU, width {width:g} HU."
+        )
+    return f"{words} {NOT_JUDGED}"
+
+
+def slice_counts(study: StudyResponse) -> str:
+    """The series' slices: scored, at or above the threshold, left out (by answer and reason),
+    files not read."""
+    outside = Counter(
+        s.outside_reason.value
+        for s in study.slices
+        if s.in_distribution is False and s.outside_reason
+    )
+    not_ct = sum(1 for s in study.slices if s.in_distribution is False and not s.outside_reason)
+    above = sum(
+        1
+        for s in study.slices
+        if s.in_distribution is not False and s.prediction >= study.threshold
+    )
+    left_out = f"{not_ct} not a CT slice"
+    if outside:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(outside.items()))
+        left_out = (
+            f"{sum(outside.values())} CT outside the model's range ({reasons}) and {left_out}"
+        )
+    return (
+        f"{study.slice_count} scored, {above} at or above the threshold, {left_out} (left "
+        f"out), {len(study.errors)} files not read"
+    )
+
+
 def exam_rows(exam: SeriesIdentity) -> list[tuple[str, str]]:
     """(label, value) of each identifier the exam has, in the order a PACS search uses."""
     rows = [
@@ -228,9 +291,12 @@ def render_report(
     position_unit: str | None = None,
     generated: datetime | None = None,
     exam: SeriesIdentity | None = None,
+    window: tuple[float, float] | None = None,
 ) -> bytes:
     """The PDF bytes of the report on ``study`` (the model card gives use and limits;
-    ``exam``, when given, the identifiers that tie it to its exam)."""
+    ``exam``, when given, the identifiers that tie it to its exam; ``window``, the model's
+    DICOM window (level, width) in HU, named as what to export instead of a CT slice in
+    another window)."""
     when = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     # `position_unit` ("mm" for DICOM geometry) is a newer StudyResponse field: read it when there.
     unit = position_unit or getattr(study, "position_unit", None)
@@ -270,15 +336,7 @@ def render_report(
     pdf.cell(0, 8, text(result), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     rows = vertebra_rows(study)
     if refused:
-        pdf.para(
-            (
-                "This image does not look like an axial CT slice of the neck"
-                if single
-                else "No slice looked like an axial CT slice of the neck"
-            )
-            + ", so no fracture call was made and no score is given. Send the axial neck "
-            "slices themselves (DICOM from the scanner or PACS)."
-        )
+        pdf.para(refusal_text(study, window))
     elif single and not rows:
         pdf.fact(
             "Slice score",
@@ -296,17 +354,7 @@ def render_report(
     if not single or rows:
         how = STUDY_HEAD_SCORE if rows else describe_aggregation(study.aggregation)
         pdf.fact("How the score is made", how)
-        not_ct = sum(1 for s in study.slices if s.in_distribution is False)
-        above = sum(
-            1
-            for s in study.slices
-            if s.in_distribution is not False and s.prediction >= study.threshold
-        )
-        pdf.fact(
-            "Slices",
-            f"{study.slice_count} scored, {above} at or above the threshold, {not_ct} not a "
-            f"CT slice (left out), {len(study.errors)} files not read",
-        )
+        pdf.fact("Slices", slice_counts(study))
     pdf.fact("Model", model)
 
     if rows:

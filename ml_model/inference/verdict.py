@@ -15,14 +15,16 @@ from ml_model.config import (
 Result = Literal["Potentially Fracture", "Normal", "Not a CT slice", "CT outside the model's range"]
 # Why a CT slice is outside the model's range (the API's `outside_reason`).
 OutsideReason = Literal["window", "region"]
-# What each reason means and what to send instead: shown wherever the answer is.
+# What each reason means and what to send instead, in plain words: the one table of these
+# texts on the server (CLI, PDF report); the web app says the same (frontend/src/lib/results.ts,
+# OUTSIDE_REASON_TEXT; tests/backend/api/routes/test_report_route.py checks they agree).
 OUTSIDE_REASONS: dict[str, str] = {
-    "window": "a CT slice exported in a window the model cannot judge (e.g. a bone, brain or "
-    "lung window whose greys cannot be brought back to the model's window); send the DICOM "
-    "(Hounsfield units), which the product puts through the model's window itself",
-    "region": "a CT slice in the model's window but not an axial cervical-spine slice like "
-    "those it was trained on (another body region, a sagittal or coronal reformat, heavy "
-    "overlays); send the axial cervical-spine series as DICOM",
+    "window": "This looks like a CT slice exported in a window the model cannot judge (bone, "
+    "brain or lung), so no fracture call was made. Send the DICOM: the model puts its "
+    "Hounsfield units through its own window.",
+    "region": "This looks like a CT slice, but not an axial cervical-spine slice like those the "
+    "model was trained on (another region, a reformat or overlays), so no fracture call was "
+    "made. Send the axial neck series as DICOM.",
 }
 
 

@@ -42,7 +42,7 @@ def test_triage_result_has_three_answers() -> None:
     # A reason never turns an accepted slice into no call.
     assert triage_result(0.9, 0.5, True, "window") == RESULT_POSITIVE
     assert set(OUTSIDE_REASONS) == {"window", "region"}
-    assert all("send" in text and "DICOM" in text for text in OUTSIDE_REASONS.values())
+    assert all("send" in text.lower() and "DICOM" in text for text in OUTSIDE_REASONS.values())
 
 
 def test_numpy_features_equal_the_graph_features(core: InferenceCore) -> None:

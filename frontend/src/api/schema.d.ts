@@ -1783,7 +1783,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The report: verdict and score (a refused slice or series: no score), operating point and threshold, the top slices with Grad-CAM heatmaps, model name and version, intended use and known limits; one slice is reported as a slice, a series as a study. The exam's study/series UID, accession number and study date when the DICOM holds them (REPORT_IDENTIFIERS=false: none). Never the patient's name, ID or birth date, never a file name. */
+            /** @description The report: verdict and score (a refused slice or series: no score; "CT outside the model's range" with its reason in plain words and what to send instead), operating point and threshold, the top slices with Grad-CAM heatmaps, model name and version, intended use and known limits; one slice is reported as a slice, a series as a study. The exam's study/series UID, accession number and study date when the DICOM holds them (REPORT_IDENTIFIERS=false: none). Never the patient's name, ID or birth date, never a file name. */
             200: {
                 headers: {
                     [name: string]: unknown;

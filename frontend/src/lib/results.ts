@@ -30,7 +30,7 @@ export const NOT_SCORED = "not scored";
 /** The CT gate refused a slice that is CT all the same (issue 26): no fracture call was made. */
 export const RESULT_OUTSIDE_RANGE = "CT outside the model's range";
 
-/** What each `outside_reason` means and what to send instead (backend: verdict.OUTSIDE_REASONS). */
+/** What each `outside_reason` means and what to send instead: the same texts as the server's verdict.OUTSIDE_REASONS (the PDF report; a backend test checks they agree). */
 export const OUTSIDE_REASON_TEXT: Record<string, string> = {
   window:
     "This looks like a CT slice exported in a window the model cannot judge (bone, brain or lung), so no " +

@@ -36,8 +36,10 @@ def _error(description: str) -> dict[str, Any]:
         200: {
             "content": {"application/pdf": {}},
             "description": "The report: verdict and score (a refused slice or series: no "
-            "score), operating point and threshold, the top slices with Grad-CAM heatmaps, model "
-            "name and version, intended use and known limits; one slice is reported as a slice, "
+            'score; "CT outside the model\'s range" with its reason in plain words and what '
+            "to send instead), operating point and threshold, the top slices with Grad-CAM "
+            "heatmaps, model name and version, intended use and known limits; one slice is "
+            "reported as a slice, "
             "a series as a study. The exam's study/series UID, accession number and study date "
             "when the DICOM holds them (REPORT_IDENTIFIERS=false: none). Never the patient's "
             "name, ID or birth date, never a file name.",
@@ -74,7 +76,7 @@ def report_route(
     # fpdf2 is imported on the first report, not at start-up (~0.5 s of the cold start).
     from backend.app.report_pdf import render_report
 
-    pdf = render_report(study, core.bundle.card.model_dump(), exam=exam)
+    pdf = render_report(study, core.bundle.card.model_dump(), exam=exam, window=core.bundle.window)
     return Response(
         content=pdf,
         media_type="application/pdf",

@@ -1,12 +1,14 @@
 """POST /report over the real model: a PDF with the verdict, "not a diagnosis", the
 operating point, the top slices' heatmaps, the model and its known limits; one slice worded
-as a slice, a series as a study; a refused input with no score; the exam's identifiers
+as a slice, a series as a study; a refused input with no score ("CT outside the model's
+range": its reason and what to send instead); the exam's identifiers
 (study/series UID, accession number, study date) unless turned off; and nothing that
 identifies a patient (no DICOM patient field, no file name)."""
 
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,14 @@ from typing import Any
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from pypdf import PdfReader
 
 from backend.app.report_pdf import known_limits, percent, text
+from ml_model.config import RESULT_OUTSIDE_RANGE
+from ml_model.imaging.dicom import DicomImage, read_dicom
+from ml_model.imaging.window import hu_window
+from ml_model.inference.verdict import OUTSIDE_REASONS
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 
@@ -83,7 +90,10 @@ def test_report_of_a_dicom_names_no_patient(client: TestClient, samples: Path) -
     assert response.status_code == 200, response.text
     words = pdf_text(response.content)
     assert "not a diagnosis" in words
-    assert any(result in words for result in ("Potentially Fracture", "Normal", "Not a CT slice"))
+    assert any(
+        result in words
+        for result in ("Potentially Fracture", "Normal", "Not a CT slice", RESULT_OUTSIDE_RANGE)
+    )
     for identifier in (str(ds.PatientName), str(ds.PatientID), "CompressedSamples", "1CT1"):
         assert identifier not in words
         assert identifier.encode() not in response.content  # not in the metadata either
@@ -101,17 +111,100 @@ def test_report_of_a_series_zip_and_of_many_files(client: TestClient, samples: P
     assert "3 scored" in words and "Result (study)" in words
 
 
-def test_a_refused_slice_is_reported_without_a_score(client: TestClient, samples: Path) -> None:
-    """pydicom's phantom slice is refused (not a neck CT slice): the report gives no score,
-    neither the network's raw one nor the study's 0."""
+def assert_no_score(words: str, answer: dict[str, Any]) -> None:
+    """No score of a refused input: neither the network's raw one nor the study's 0."""
+    for score in (percent(answer["prediction"]), "0%"):  # not the threshold's "60%"
+        assert not re.search(rf"(?<![\d.<>]){re.escape(score)}", words), score
+    assert "score 0" not in words.lower()
+    assert "Slice score" not in words and "Study score" not in words
+    assert "Top 1" not in words and "fracture probability" not in words
+
+
+def test_a_refused_slice_is_reported_without_a_score(client: TestClient) -> None:
+    """A photo is refused (not a CT slice): the report gives no score."""
+    from skimage import data as skimage_data
+
+    photo = io.BytesIO()
+    Image.fromarray(skimage_data.coffee()).save(photo, "JPEG")
+    answer = client.post("/predict", files={"file": ("a.jpg", photo.getvalue())}).json()
+    assert answer["result"] == "Not a CT slice"
+    words = pdf_text(post_report(client, [("a.jpg", photo.getvalue())]).content)
+    assert "Not a CT slice" in words
+    assert "no fracture call was made and no score is given" in words
+    assert "outside the model's range" not in words
+    assert_no_score(words, answer)
+
+
+def words_of(text_: str) -> str:
+    return " ".join(text(text_).split())
+
+
+def test_ct_of_another_region_is_reported_outside_the_range_with_its_reason(
+    client: TestClient, samples: Path
+) -> None:
+    """pydicom's CT_small (a CT DICOM, not a neck): "CT outside the model's range", reason
+    region, in the web app's words and what to send instead; no score, no model window (a
+    DICOM is already put through it)."""
     dicom = (samples / "CT_small.dcm").read_bytes()
     answer = client.post("/predict", files={"file": ("a.dcm", dicom)}).json()
-    assert answer["result"] == "Not a CT slice"
+    assert (answer["result"], answer["outside_reason"]) == (RESULT_OUTSIDE_RANGE, "region")
     words = pdf_text(post_report(client, [("a.dcm", dicom)]).content)
-    assert "no fracture call was made and no score is given" in words
-    assert percent(answer["prediction"]) not in words
-    assert "0%" not in words and "score 0" not in words.lower()
-    assert "Slice score" not in words and "Study score" not in words
+    assert "Result (one slice) CT outside the model's range" in words
+    assert words_of(OUTSIDE_REASONS["region"]) in words
+    assert "Send the axial neck series as DICOM" in words and "No score is given" in words
+    assert words_of(OUTSIDE_REASONS["window"]) not in words
+    assert "does not look like an axial CT slice" not in words
+    assert "model's own window" not in words
+    assert_no_score(words, answer)
+
+
+def brain_window_png(samples: Path) -> bytes:
+    """pydicom's CT slice exported in a brain window (L40 / W80): CT in a window the model
+    cannot judge."""
+    image = read_dicom((samples / "CT_small.dcm").read_bytes())
+    assert isinstance(image, DicomImage) and image.is_hu
+    buffer = io.BytesIO()
+    Image.fromarray(hu_window(image.values, 40.0, 80.0)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_ct_in_another_window_is_reported_outside_the_range_slice_and_study(
+    client: TestClient, samples: Path
+) -> None:
+    """A CT slice exported in a brain window: "CT outside the model's range", reason window;
+    the report says so, what to send instead (the DICOM, or the model's own window by its
+    numbers) and gives no score; a series of such slices likewise, its slices counted with
+    their reason."""
+    png = brain_window_png(samples)
+    answer = client.post("/predict", files={"file": ("a.png", png)}).json()
+    assert (answer["result"], answer["outside_reason"]) == (RESULT_OUTSIDE_RANGE, "window")
+    level, width = (client.get("/model").json()["input"]["window"][k] for k in ("level", "width"))
+    own_window = f"model's own window: level {level:g} HU, width {width:g} HU"
+
+    words = pdf_text(post_report(client, [("a.png", png)]).content)
+    assert "Result (one slice) CT outside the model's range" in words
+    assert words_of(OUTSIDE_REASONS["window"]) in words and "Send the DICOM" in words
+    assert own_window in words
+    assert_no_score(words, answer)
+
+    uploads = [(f"neck ({n}).png", png) for n in (1, 2, 3)]
+    study = client.post("/predict/study", files=[("files", u) for u in uploads]).json()
+    assert (study["result"], study["outside_reason"]) == (RESULT_OUTSIDE_RANGE, "window")
+    words = pdf_text(post_report(client, uploads).content)
+    assert "Result (study) CT outside the model's range" in words
+    assert "None of the 3 slices could be judged." in words
+    assert words_of(OUTSIDE_REASONS["window"]) in words and own_window in words
+    assert "3 CT outside the model's range (window 3) and 0 not a CT slice (left out)" in words
+    assert "None: no slice was scored." in words
+    assert_no_score(words, study)
+
+
+def test_the_reasons_read_as_the_web_app_says_them() -> None:
+    """The server's table of reasons (CLI, PDF) and the web app's own say the same."""
+    source = (REPO_ROOT / "frontend" / "src" / "lib" / "results.ts").read_text()
+    joined = re.sub(r'"\s*\+\s*"', "", source)  # "a " + "b" -> "a b"
+    for reason, words in OUTSIDE_REASONS.items():
+        assert re.search(rf'{reason}:\s*"{re.escape(words)}"', joined), reason
 
 
 def test_the_report_names_its_exam_unless_turned_off(

@@ -17,5 +17,16 @@ MANUFACTURER = "cspine-triage"
 SERIES_DESCRIPTION_PREFIX = "CSPINE-TRIAGE"
 INTENDED_USE = "Decision support — not a diagnosis"
 VERDICTS = ("Potentially Fracture", "Normal", "Not a CT slice", "CT outside the model's range")
+# The answers that make no fracture call (the API's refusals): no score goes with them.
+REFUSALS = ("Not a CT slice", "CT outside the model's range")
+# Why a study is "CT outside the model's range" (the API's `outside_reason`).
+OUTSIDE_REASONS = ("window", "region")
 
-__all__ = ["INTENDED_USE", "MANUFACTURER", "SERIES_DESCRIPTION_PREFIX", "VERDICTS"]
+__all__ = [
+    "INTENDED_USE",
+    "MANUFACTURER",
+    "OUTSIDE_REASONS",
+    "REFUSALS",
+    "SERIES_DESCRIPTION_PREFIX",
+    "VERDICTS",
+]

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from pacs import INTENDED_USE, MANUFACTURER, SERIES_DESCRIPTION_PREFIX
+from pacs import INTENDED_USE, MANUFACTURER, OUTSIDE_REASONS, REFUSALS, SERIES_DESCRIPTION_PREFIX
 
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
@@ -35,6 +35,8 @@ _LOCAL = "99CSPINE"  # private coding scheme for concepts DICOM has no code for
 REPORT = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report")
 FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 STUDY_SCORE = hd.sr.CodedConcept("study-score", _LOCAL, "Study fracture score")
+# Why the answer is "CT outside the model's range": the API's `outside_reason` as text.
+OUTSIDE_REASON = hd.sr.CodedConcept("outside-reason", _LOCAL, "Reason outside the model's range")
 THRESHOLD = hd.sr.CodedConcept("threshold", _LOCAL, "Decision threshold")
 OPERATING_POINT = hd.sr.CodedConcept("operating-point", _LOCAL, "Operating point")
 AGGREGATION = hd.sr.CodedConcept("aggregation", _LOCAL, "Slice score aggregation")
@@ -117,15 +119,13 @@ def build_sr(
     ``study`` is the API's StudyResponse JSON; top slices are matched to source instances
     by file name (the worker names each file ``<SOPInstanceUID>.dcm``). A study bundle's
     answer (``vertebrae``: C1..C7) adds one score per vertebra, each with its SNOMED CT
-    finding site (:data:`VERTEBRA_SITES`).
+    finding site (:data:`VERTEBRA_SITES`). A refusal ("Not a CT slice", "CT outside the
+    model's range" with its reason) has no scores (:func:`verdict_items`).
     """
     sources = [evidence_header(source) for source in sources]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
-    items: list[hd.sr.ContentItem] = [
-        hd.sr.TextContentItem(FINDING, str(study["result"]), relationship_type="CONTAINS"),
-        hd.sr.NumContentItem(
-            STUDY_SCORE, float(study["prediction"]), NO_UNITS, relationship_type="CONTAINS"
-        ),
+    items = verdict_items(study)
+    items += [
         hd.sr.NumContentItem(
             THRESHOLD, float(study["threshold"]), NO_UNITS, relationship_type="CONTAINS"
         ),
@@ -146,7 +146,8 @@ def build_sr(
                 AGGREGATION, str(study["aggregation"]), relationship_type="CONTAINS"
             )
         )
-    items += vertebra_items(study.get("vertebrae"))
+    if study["result"] not in REFUSALS:
+        items += vertebra_items(study.get("vertebrae"))
     for top in study.get("top_slices", []):
         source = by_uid.get(sop_uid_from_name(str(top["name"])))
         if source is None:
@@ -192,6 +193,30 @@ def build_sr(
     sr.ManufacturerModelName = str(study["model"]["name"])[:64]
     sr.SoftwareVersions = str(study["model"]["version"])[:64]
     return sr
+
+
+def verdict_items(study: dict[str, Any]) -> list[hd.sr.ContentItem]:
+    """The answer as *Finding* (the API's ``result``, as text), then: a fracture call's study
+    score; for "CT outside the model's range" its reason (:data:`OUTSIDE_REASON`, the API's
+    ``outside_reason`` as text: ``window`` or ``region``); for a refusal no score at all (the
+    score of slices the model cannot judge means nothing, and a 0 reads as a sure normal)."""
+    result = str(study["result"])
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.TextContentItem(FINDING, result, relationship_type="CONTAINS")
+    ]
+    if result not in REFUSALS:
+        items.append(
+            hd.sr.NumContentItem(
+                STUDY_SCORE, float(study["prediction"]), NO_UNITS, relationship_type="CONTAINS"
+            )
+        )
+    elif study.get("outside_reason") in OUTSIDE_REASONS:
+        items.append(
+            hd.sr.TextContentItem(
+                OUTSIDE_REASON, str(study["outside_reason"]), relationship_type="CONTAINS"
+            )
+        )
+    return items
 
 
 # Type 2 elements (present, possibly empty) that an SR copies from its evidence: de-identified

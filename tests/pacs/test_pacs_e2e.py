@@ -34,7 +34,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from pacs import VERDICTS
+from pacs import REFUSALS, VERDICTS
 from pacs.dicom_out import SC_SERIES_DESCRIPTION, sr_text_values
 from pacs.orthanc import OrthancServer, free_port, start_orthanc
 from tests.pacs.ct_series import (
@@ -329,9 +329,14 @@ def test_sr_holds_the_api_verdict(scenario: Scenario) -> None:
         values = sr_text_values(sr[0])
         assert values["Finding"] == [expected["result"]], (label, values, expected["result"])
         assert values["Finding"][0] in VERDICTS
-        assert float(values["Study fracture score"][0]) == pytest.approx(
-            expected["prediction"], abs=1e-4
-        )
+        if expected["result"] in REFUSALS:  # no call, no score (a reason if outside the range)
+            assert "Study fracture score" not in values
+            reason = expected.get("outside_reason")
+            assert values.get("Reason outside the model's range") == ([reason] if reason else None)
+        else:
+            assert float(values["Study fracture score"][0]) == pytest.approx(
+                expected["prediction"], abs=1e-4
+            )
         assert float(values["Decision threshold"][0]) == pytest.approx(
             expected["threshold"], abs=1e-6
         )

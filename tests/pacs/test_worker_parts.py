@@ -101,6 +101,65 @@ def test_sr_content_and_own_output_marks() -> None:
     assert str(slices[0].SeriesInstanceUID) not in own
 
 
+def refused_answer(slices: list[Dataset], **fields: object) -> dict[str, object]:
+    """An API answer that makes no fracture call (as /predict/study gives it: a study score
+    of 0, no top slices; a study bundle's head still answers C1..C7)."""
+    return {
+        "prediction": 0.0, "threshold": 0.5, "operating_point": "sensitive",
+        "aggregation": "study_head", "top_slices": [], "model": {"name": "m", "version": "v1"},
+        "vertebrae": dict.fromkeys(("C1", "C2", "C3", "C4", "C5", "C6", "C7"), 0.01),
+    } | fields  # fmt: skip
+
+
+@pytest.mark.parametrize("reason", ["window", "region"])
+def test_sr_codes_ct_outside_the_models_range_with_its_reason(reason: str) -> None:
+    """ "CT outside the model's range" is coded as the other answers are: the result as
+    *Finding* (TEXT), and its reason as a TEXT item of the worker's scheme (the API's
+    ``outside_reason``); no fracture or normal finding and no score of any kind."""
+    from pacs.dicom_out import OUTSIDE_REASON
+
+    slices = [tiny_ct("1.2.3", "1.2.3.4", number) for number in (1, 2)]
+    answer = refused_answer(slices, result="CT outside the model's range", outside_reason=reason)
+    read = dcmread(
+        io.BytesIO(dataset_bytes(build_sr(answer, slices, output_uids("1.2.3.4", 2), None)))
+    )
+    values = sr_text_values(read)
+    assert values["Finding"] == ["CT outside the model's range"]
+    assert values["Reason outside the model's range"] == [reason]
+    (item,) = [
+        item for item in read.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == OUTSIDE_REASON.meaning
+    ]  # fmt: skip
+    assert (item.ValueType, item.RelationshipType) == ("TEXT", "CONTAINS")
+    code = item.ConceptNameCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator) == ("outside-reason", "99CSPINE")
+    assert not {"Study fracture score", "Vertebra fracture score", "Most suspicious slice"} & set(
+        values
+    )
+    assert values["Decision threshold"] == ["0.5"] and values["Intended use"]
+
+
+def test_sr_of_a_refusal_and_of_a_call() -> None:
+    """ "Not a CT slice" is coded the same way, without a reason; a fracture call keeps its
+    study score and no reason (even if an answer carried one)."""
+    slices = [tiny_ct("1.2.3", "1.2.3.4", number) for number in (1, 2)]
+    uids = output_uids("1.2.3.4", 2)
+    not_ct = refused_answer(slices, result="Not a CT slice")
+    values = sr_text_values(
+        dcmread(io.BytesIO(dataset_bytes(build_sr(not_ct, slices, uids, None))))
+    )
+    assert values["Finding"] == ["Not a CT slice"]
+    assert "Reason outside the model's range" not in values
+    assert "Study fracture score" not in values and "Vertebra fracture score" not in values
+    called = refused_answer(slices, result="Normal", prediction=0.2, outside_reason="region")
+    values = sr_text_values(
+        dcmread(io.BytesIO(dataset_bytes(build_sr(called, slices, uids, None))))
+    )
+    assert values["Finding"] == ["Normal"] and values["Study fracture score"] == ["0.2"]
+    assert len(values["Vertebra fracture score"]) == 7
+    assert "Reason outside the model's range" not in values
+
+
 def test_sr_codes_a_finding_site_per_vertebra_for_a_study_bundle() -> None:
     """A study bundle's answer (``vertebrae``): one score per vertebra, each with the
     vertebra's SNOMED CT code as its Finding Site; a slice bundle's answer: none."""

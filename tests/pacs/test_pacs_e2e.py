@@ -469,3 +469,56 @@ def test_restart_does_not_process_again(scenario: Scenario) -> None:
         outputs += 1 + heatmap_series
     fresh = state_rows(fresh_db)
     assert sum(1 for row in fresh.values() if row["own_output"]) == outputs, fresh
+
+
+def test_ct_outside_the_models_range_gets_its_sr(
+    orthanc_installed: None, api_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real CT series the model cannot judge (pydicom's CT_small: a CT slice, not a neck):
+    the API answers "CT outside the model's range" (reason region), and the SR the worker
+    stores says so with its reason, no fracture or normal finding, no score, no heatmaps."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    source = dcmread(str(get_testdata_file("CT_small.dcm")))
+    expected = reference_verdict(api_url, [source])
+    assert (expected["result"], expected["outside_reason"]) == (
+        "CT outside the model's range",
+        "region",
+    )
+    tmp = tmp_path_factory.mktemp("pacs-outside")
+    pacs = start_orthanc(tmp / "orthanc")
+    env = {
+        **os.environ, "PACS_URL": pacs.url, "API_URL": api_url,
+        "PACS_STATE_DB": str(tmp / "state.sqlite3"), "PACS_POLL_SECONDS": "1",
+        "PACS_STABLE_SECONDS": str(STABLE_S), "PACS_METRICS_PORT": str(free_port()),
+        "PACS_LOG_LEVEL": "INFO",
+    }  # fmt: skip
+    worker = WorkerProcess(env, tmp / "worker.log")
+    client = DICOMwebClient(pacs.dicomweb_url)
+    study_uid = str(source.StudyInstanceUID)
+    try:
+        client.store_instances([source])
+        srs = wait_for(
+            "the SR of the CT_small study",
+            lambda: series_of(client, study_uid, "SR"),
+            timeout=DEADLINE_S,
+        )
+        assert len(srs) == 1
+        (sr,) = client.retrieve_series(study_uid, uid_of(srs[0]))
+        values = sr_text_values(sr)
+        assert values["Finding"] == ["CT outside the model's range"]
+        assert values["Reason outside the model's range"] == ["region"]
+        assert "Study fracture score" not in values and "Most suspicious slice" not in values
+        assert values["Decision threshold"] and values["Intended use"]
+        assert series_of(client, study_uid, "OT") == []  # no top slice, no heatmap
+        assert (
+            worker.metric("pacs_series_processed_total", 'result="CT outside the model\'s range"')
+            == 1
+        )
+    except BaseException:
+        print("---- worker log ----\n" + worker.log()[-6000:])
+        raise
+    finally:
+        worker.stop()
+        pacs.stop()

@@ -103,7 +103,8 @@ def test_sr_content_and_own_output_marks() -> None:
 
 def refused_answer(slices: list[Dataset], **fields: object) -> dict[str, object]:
     """An API answer that makes no fracture call (as /predict/study gives it: a study score
-    of 0, no top slices; a study bundle's head still answers C1..C7)."""
+    of 0, no top slices), here with C1..C7 scores too, which the API leaves out of a refusal
+    but the SR must not carry even if given."""
     return {
         "prediction": 0.0, "threshold": 0.5, "operating_point": "sensitive",
         "aggregation": "study_head", "top_slices": [], "model": {"name": "m", "version": "v1"},

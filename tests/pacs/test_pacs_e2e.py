@@ -6,7 +6,8 @@ Orthanc by STOW-RS; Orthanc is killed right after the first and started again on
 storage. Within a bounded time each study must hold exactly one SR whose verdict is the one
 ``/predict/study`` gives for the same files, and a heatmap Secondary Capture series. A
 restarted worker (same state file) and a worker with an empty state file (the PACS alone
-says what is done) must not process anything again.
+says what is done) must not process anything again. A CT series the model cannot judge
+(pydicom's CT_small) gets an SR saying "CT outside the model's range" with its reason.
 
 Skipped, saying why, where the shared data or Orthanc (``apt-get install orthanc
 orthanc-dicomweb``, which ``.ci/run`` does) is absent.

@@ -9,7 +9,7 @@ no CT images, or one of its own outputs) and ``failed`` (a deterministic failure
 again gives the same answer; ``failure_class`` and ``reason`` say which and why).
 ``skipped`` and ``failed`` stay so until an operator re-queues them (``python -m pacs
 requeue``). ``failure_class``: ``transient``, ``config``, ``permanent``, ``identity`` or
-``error`` (unexpected; ``failed`` after ``max_attempts``).
+``error`` (unexpected; ``failed`` after ``error_max_attempts``).
 """
 
 from __future__ import annotations
@@ -181,16 +181,18 @@ class StateDB:
         return (current.attempts if current and again else 0) + 1
 
     def start(self, series_uid: str, study_uid: str, instance_count: int) -> int:
-        """Mark an attempt as under way; returns its number (1 for the first)."""
+        """Mark an attempt as under way; returns its number (1 for the first). A retried
+        attempt keeps the last failure's ``reason`` and ``failure_class`` until it ends, so
+        the row says why the series is being tried again."""
         attempts = self.attempt_number(series_uid)
+        last_failure = {} if attempts > 1 else {"reason": None, "failure_class": None}
         self._upsert(
             series_uid,
             study_uid,
             status="processing",
             attempts=attempts,
             instance_count=instance_count,
-            reason=None,
-            failure_class=None,
+            **last_failure,
         )
         return attempts
 

@@ -11,7 +11,7 @@ Queues (quorum queues: replicated, durable, persistent messages, publisher confi
 - ``<prefix>.outcomes``: each attempt's outcome, consumed by the poller.
 - ``<prefix>.dead`` (a fanout exchange and a queue of the same name, also bound to the
   outcomes queue): failures that will not change on retry (``permanent``, ``identity``,
-  ``error`` after ``PACS_MAX_ATTEMPTS``), with the reason in the headers, and jobs the broker
+  ``error`` after ``PACS_ERROR_MAX_ATTEMPTS``), with the reason in the headers, and jobs the broker
   dead-lettered. They stay in the dead queue for the operator.
 
 One state, one writer: the poller owns the state file (``PACS_STATE_DB``, SQLite, as in the

@@ -34,13 +34,14 @@ from pacs.worker import Worker
 
 
 def list_columns(row: SeriesState) -> tuple[str, ...]:
-    """One series as ``list`` prints it: UID, status, failure class, attempts, next attempt
-    (UTC, for ``retry`` and ``blocked``), result, reason (the last failure's while a retried
-    attempt is under way)."""
+    """One series as ``list`` prints it: UID, status, failure class, attempts (and how many
+    ended in an unexpected error), next attempt (UTC, for ``retry`` and ``blocked``), result,
+    reason (the last failure's while a retried attempt is under way)."""
     due = row.status in ("retry", "blocked") and row.next_attempt > 0
     when = datetime.fromtimestamp(row.next_attempt, UTC).strftime("%H:%M:%SZ") if due else "-"
-    return (row.series_uid, row.status, row.failure_class or "-", f"attempts {row.attempts}",
-            f"next {when}", row.result or "-", row.reason or "")  # fmt: skip
+    attempts = f"attempts {row.attempts}" + (f", errors {row.errors}" if row.errors else "")
+    return (row.series_uid, row.status, row.failure_class or "-", attempts, f"next {when}",
+            row.result or "-", row.reason or "")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

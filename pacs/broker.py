@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,10 @@ class OutcomeRecorder:
 
     def get(self, series_uid: str) -> SeriesState | None:
         earlier = self.job.get("earlier")
-        return SeriesState(**earlier) if earlier else None
+        if not earlier:
+            return None
+        known = {field.name for field in fields(SeriesState)}  # a newer poller's: its extras
+        return SeriesState(**{key: value for key, value in earlier.items() if key in known})
 
     def done(
         self, series_uid: str, study_uid: str, *, instance_count: int, result: str,

@@ -300,8 +300,12 @@ class Worker:
             transient = failure_class == "transient"
             SERIES_FAILED.labels(failure_class).inc()
             reason = f"{type(exc).__name__}: {exc}"[:500]
-            if not transient and attempt >= self.settings.error_max_attempts:
-                reason = f"{reason[:470]} (after {attempt} attempts)"
+            # An error is final after error_max_attempts of them (transient failures before
+            # do not use them up); the row (a broker job: the poller's row) counts the earlier.
+            earlier = state.get(ref.series_uid)
+            errors = (earlier.errors if earlier is not None else 0) + (0 if transient else 1)
+            if not transient and errors >= self.settings.error_max_attempts:
+                reason = f"{reason[:460]} (after {attempt} attempts, {errors} errors)"
                 state.fail(ref.series_uid, ref.study_uid, reason, failure_class)
                 log.error(
                     "series %s: failed after %d attempts (error): %s",
@@ -318,7 +322,7 @@ class Worker:
             if isinstance(exc, TransientError) and exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)  # the server said when
             state.retry(ref.series_uid, ref.study_uid, reason, time.time() + delay, failure_class)
-            limit = "" if transient else f" of {self.settings.error_max_attempts}"
+            limit = "" if transient else f", error {errors} of {self.settings.error_max_attempts}"
             log.warning(
                 "series %s: attempt %d%s failed (%s, %s); retry in %.0fs",
                 ref.series_uid,

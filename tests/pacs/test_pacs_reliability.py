@@ -399,13 +399,14 @@ def test_an_unexpected_error_is_failed_with_its_reason_within_a_minute(
         print(f"time to failed (error, 3 attempts, default back-off): {took:.1f}s")
         assert took < VISIBLE_S
         assert row["failure_class"] == "error" and row["attempts"] == 3, row
-        assert "BytesLengthException" in row["reason"] and "after 3 attempts" in row["reason"]
+        assert "BytesLengthException" in row["reason"] and row["errors"] == 3
+        assert "(after 3 attempts, 3 errors)" in row["reason"]
         listed = subprocess.run(
             [sys.executable, "-m", "pacs", "list", "--status", "failed"], cwd=REPO, env=env,
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         line = next(line for line in listed.stdout.splitlines() if series_uid in line)
-        assert "\terror\tattempts 3\t" in line and "BytesLengthException" in line, line
+        assert "\terror\tattempts 3, errors 3\t" in line and "BytesLengthException" in line, line
         assert worker.metric("pacs_series_failures_total", 'failure_class="error"') == 3
         time.sleep(3)
         assert row_of(env, series_uid)["status"] == "failed"  # final: not tried again

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import io
 import socket
+import sqlite3
 import struct
 import time
 import warnings
@@ -504,24 +505,60 @@ def test_error_attempts_setting_and_its_older_name(monkeypatch: pytest.MonkeyPat
 def test_a_retried_attempt_keeps_the_last_failure_and_list_shows_attempts(
     tmp_path: Path,
 ) -> None:
+    """The row counts attempts and, apart, those ended by an unexpected error (what
+    PACS_ERROR_MAX_ATTEMPTS bounds: transient failures do not use them up); a retried
+    attempt keeps the last failure's class and reason; a re-queue starts afresh."""
     from pacs.__main__ import list_columns
 
     state = StateDB(tmp_path / "state.sqlite3")
-    assert state.start("s1", "st", 4) == 1
+    for attempt in (1, 2):  # the API away twice
+        assert state.start("s1", "st", 4) == attempt
+        state.retry("s1", "st", "TransientError: API answered 503", time.time() + 2)
+    assert state.start("s1", "st", 4) == 3
     state.retry("s1", "st", "KeyError: 'prediction'", time.time() + 2, "error")
     row = state.get("s1")
-    assert row is not None
+    assert row is not None and (row.attempts, row.errors) == (3, 1)
     _uid, status, klass, attempts, due, _result, reason = list_columns(row)
-    assert (status, klass, attempts, reason) == ("retry", "error", "attempts 1", row.reason)
+    assert (status, klass, attempts, reason) == ("retry", "error", "attempts 3, errors 1",
+                                                  "KeyError: 'prediction'")  # fmt: skip
     assert due.startswith("next ") and due.endswith("Z")
-    assert state.start("s1", "st", 4) == 2  # under way again: why it is tried again is kept
+    assert state.start("s1", "st", 4) == 4  # under way again: why it is tried again is kept
     row = state.get("s1")
-    assert row is not None and row.status == "processing"
+    assert row is not None and row.status == "processing" and row.errors == 1
     assert (row.failure_class, row.reason) == ("error", "KeyError: 'prediction'")
-    assert list_columns(row)[3:5] == ("attempts 2", "next -")
-    state.fail("s1", "st", "KeyError: 'prediction' (after 3 attempts)", "error")
-    state.requeue(("failed",))
+    assert list_columns(row)[3:5] == ("attempts 4, errors 1", "next -")
+    state.fail("s1", "st", "KeyError: 'prediction' (after 4 attempts, 2 errors)", "error")
+    row = state.get("s1")
+    assert row is not None and (row.attempts, row.errors) == (4, 2)
+    assert state.requeue(("failed",)) == 1
     assert state.start("s1", "st", 4) == 1  # re-queued: a fresh start, no old reason
     row = state.get("s1")
-    assert row is not None and (row.failure_class, row.reason) == (None, None)
+    assert row is not None and (row.failure_class, row.reason, row.errors) == (None, None, 0)
     state.close()
+
+
+def test_an_older_state_file_gets_the_errors_column(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    state = StateDB(path)
+    state.start("s1", "st", 4)
+    state.retry("s1", "st", "KeyError", time.time(), "error")
+    state.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE series DROP COLUMN errors")  # as a worker before it wrote
+    state = StateDB(path)
+    row = state.get("s1")
+    assert row is not None and row.status == "retry" and row.errors == 0
+    state.close()
+
+
+def test_a_broker_job_of_a_newer_poller_is_read() -> None:
+    """A job's ``earlier`` row with a field this worker does not know is read without it."""
+    from dataclasses import asdict
+
+    from pacs.broker import OutcomeRecorder
+    from pacs.state import SeriesState
+
+    earlier = SeriesState("s1", "st", "retry", 2, 0.0, 4, "KeyError", None, None, None, None,
+                          False, "error", errors=1)  # fmt: skip
+    job = {"attempt": 3, "earlier": {**asdict(earlier), "a_later_field": 1}}
+    assert OutcomeRecorder(job).get("s1") == earlier

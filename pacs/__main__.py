@@ -6,7 +6,7 @@ Settings come from the environment (see ``pacs.settings.WorkerSettings``), e.g.
 
 Operator commands on the same state file (``PACS_STATE_DB``), safe while the worker runs:
 
-    python -m pacs list [--status failed ...]        # series, status, failure class, reason
+    python -m pacs list [--status failed ...]        # series, status, class, attempts, reason
     python -m pacs requeue [--status failed ...] [SERIES_UID ...]
                             # failed/skipped/blocked series due again at the next poll
 
@@ -22,14 +22,26 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from types import FrameType
 
 from prometheus_client import start_http_server
 
 from pacs.broker import BrokerWorker, Poller, stateless_worker
 from pacs.settings import WorkerSettings
-from pacs.state import STATUSES, StateDB
+from pacs.state import STATUSES, SeriesState, StateDB
 from pacs.worker import Worker
+
+
+def list_columns(row: SeriesState) -> tuple[str, ...]:
+    """One series as ``list`` prints it: UID, status, failure class, attempts (and how many
+    ended in an unexpected error), next attempt (UTC, for ``retry`` and ``blocked``), result,
+    reason (the last failure's while a retried attempt is under way)."""
+    due = row.status in ("retry", "blocked") and row.next_attempt > 0
+    when = datetime.fromtimestamp(row.next_attempt, UTC).strftime("%H:%M:%SZ") if due else "-"
+    attempts = f"attempts {row.attempts}" + (f", errors {row.errors}" if row.errors else "")
+    return (row.series_uid, row.status, row.failure_class or "-", attempts, f"next {when}",
+            row.result or "-", row.reason or "")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         state = StateDB(settings.state_db, resume=False)
         for row in state.all():
             if row.status in args.status:
-                print("\t".join((row.series_uid, row.status, row.failure_class or "-",
-                                 row.result or "-", row.reason or "")))  # fmt: skip
+                print("\t".join(list_columns(row)))
         state.close()
         return 0
     if args.command == "requeue":

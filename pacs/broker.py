@@ -11,7 +11,7 @@ Queues (quorum queues: replicated, durable, persistent messages, publisher confi
 - ``<prefix>.outcomes``: each attempt's outcome, consumed by the poller.
 - ``<prefix>.dead`` (a fanout exchange and a queue of the same name, also bound to the
   outcomes queue): failures that will not change on retry (``permanent``, ``identity``,
-  ``error`` after ``PACS_MAX_ATTEMPTS``), with the reason in the headers, and jobs the broker
+  ``error`` after ``PACS_ERROR_MAX_ATTEMPTS``), with the reason in the headers, and jobs the broker
   dead-lettered. They stay in the dead queue for the operator.
 
 One state, one writer: the poller owns the state file (``PACS_STATE_DB``, SQLite, as in the
@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,10 @@ class OutcomeRecorder:
 
     def get(self, series_uid: str) -> SeriesState | None:
         earlier = self.job.get("earlier")
-        return SeriesState(**earlier) if earlier else None
+        if not earlier:
+            return None
+        known = {field.name for field in fields(SeriesState)}  # a newer poller's: its extras
+        return SeriesState(**{key: value for key, value in earlier.items() if key in known})
 
     def done(
         self, series_uid: str, study_uid: str, *, instance_count: int, result: str,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import http.client
 import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -14,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+import urllib3
 from dicomweb_client.api import DICOMwebClient
 from prometheus_client import Counter
 from pydicom import dcmread
@@ -119,12 +123,47 @@ def _config_refused(exc: Exception) -> bool:
     return response is not None and response.status_code in (401, 403)
 
 
-def _transient(exc: Exception) -> bool:
-    """Connection problems, timeouts, 5xx, 408 and 429 are worth retrying."""
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        code = exc.response.status_code
+# Socket errors that say the network or the server is away, not that the data is wrong (a
+# plain OSError is also what pydicom raises for a value it cannot write: not transient).
+_NETWORK_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+    errno.ENETUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.EHOSTUNREACH, errno.EHOSTDOWN,
+})  # fmt: skip
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the PACS or the API is away, busy or slow (worth retrying, never
+    final): our TransientError; an HTTP 5xx, 408 or 429; any other ``requests`` failure to
+    get an answer (connection refused or reset, DNS, TLS, timeouts, a body cut short) but a
+    body that is not JSON; the same from ``urllib3`` or ``http.client`` (a streamed WADO-RS
+    download reads them directly); socket errors (connection errors, timeouts, unreachable
+    networks, name resolution)."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, requests.HTTPError):
+        code = exc.response.status_code if exc.response is not None else 0
         return code >= 500 or code in (408, 429)
-    return isinstance(exc, requests.RequestException | OSError)
+    if isinstance(exc, requests.exceptions.InvalidJSONError):
+        return False  # an answer came: its body is wrong, every time
+    network = (requests.RequestException, urllib3.exceptions.HTTPError,
+               http.client.HTTPException, ConnectionError, TimeoutError, socket.gaierror,
+               socket.herror)  # fmt: skip
+    if isinstance(exc, network):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
+
+
+def failure_class(exc: BaseException) -> str:
+    """The failure class of an attempt that raised ``exc``: ``identity``, ``permanent``,
+    ``config``, ``transient`` (:func:`is_transient`), or ``error`` for anything else (a bug,
+    or data the worker did not expect: bounded attempts, then ``failed``)."""
+    if isinstance(exc, IdentityError):
+        return "identity"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, ConfigError):
+        return "config"
+    return "transient" if is_transient(exc) else "error"
 
 
 class PacsClient:
@@ -161,7 +200,7 @@ class PacsClient:
         except requests.RequestException as exc:
             if _config_refused(exc):
                 raise ConfigError(f"PACS {what}: credentials refused ({exc})") from exc
-            if _transient(exc):
+            if is_transient(exc):
                 raise TransientError(
                     f"PACS {what}: {exc}", retry_after(getattr(exc, "response", None))
                 ) from exc
@@ -256,7 +295,7 @@ class PacsClient:
         except Exception as exc:
             if _config_refused(exc):
                 raise ConfigError(f"PACS store: credentials refused ({exc})") from exc
-            if _transient(exc):
+            if is_transient(exc):
                 raise TransientError(f"PACS store: {exc}") from exc
             raise
         failed = response.get("FailedSOPSequence") if response is not None else None
@@ -286,7 +325,8 @@ def series_ref(item: dict[str, Any]) -> SeriesRef | None:
 
 
 def split_multipart(body: bytes, content_type: str) -> list[bytes]:
-    """The parts of a ``multipart/related`` body (WADO-RS), without their headers."""
+    """The parts of a ``multipart/related`` body (WADO-RS), without their headers; a body
+    without its close delimiter is a truncated download (TransientError)."""
     header = Message()
     header["Content-Type"] = content_type
     boundary = header.get_param("boundary")
@@ -297,12 +337,17 @@ def split_multipart(body: bytes, content_type: str) -> list[bytes]:
     parts: list[bytes] = []
     for chunk in body.split(b"--" + boundary.encode("latin-1"))[1:]:
         if chunk.startswith(b"--"):
-            break  # the close delimiter
+            return parts  # the close delimiter
         _headers, found, content = chunk.partition(b"\r\n\r\n")
         if not found:
             continue
         parts.append(content[:-2] if content.endswith(b"\r\n") else content)
-    return parts
+    # No close delimiter: the answer was cut short (a server that closed the connection
+    # early without a length to say so); its last part would be a truncated instance.
+    raise TransientError(
+        f"PACS retrieve: the answer ended before its closing boundary ({len(body)} bytes, "
+        f"{len(parts)} part(s)): a truncated download"
+    )
 
 
 def dataset_bytes(dataset: Dataset) -> bytes:

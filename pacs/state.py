@@ -9,7 +9,7 @@ no CT images, or one of its own outputs) and ``failed`` (a deterministic failure
 again gives the same answer; ``failure_class`` and ``reason`` say which and why).
 ``skipped`` and ``failed`` stay so until an operator re-queues them (``python -m pacs
 requeue``). ``failure_class``: ``transient``, ``config``, ``permanent``, ``identity`` or
-``error`` (unexpected; ``failed`` after ``max_attempts``).
+``error`` (unexpected; ``failed`` after ``error_max_attempts``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ CREATE TABLE IF NOT EXISTS series (
 );
 """
 # Columns added later, with their types (added to an older state file when it is opened).
-ADDED_COLUMNS = {"failure_class": "TEXT", "config": "TEXT", "superseded": "TEXT"}
+ADDED_COLUMNS = {
+    "failure_class": "TEXT",
+    "config": "TEXT",
+    "superseded": "TEXT",
+    "errors": "INTEGER NOT NULL DEFAULT 0",
+}
 
 # An older worker made ``failed`` final after its last attempt whatever the cause (mostly an
 # API or PACS away), and ``skipped`` a series for good on the API's 401/403: both come back.
@@ -74,6 +79,7 @@ class SeriesState:
     config: str | None = None
     superseded: str | None = None  # SR instance UIDs this series' current SR replaced
     updated_at: float = 0.0  # time of the row's last change (e.g. when it was queued)
+    errors: int = 0  # attempts ended by an unexpected error since the series was (re-)queued
 
 
 class SeriesLog(Protocol):
@@ -181,16 +187,19 @@ class StateDB:
         return (current.attempts if current and again else 0) + 1
 
     def start(self, series_uid: str, study_uid: str, instance_count: int) -> int:
-        """Mark an attempt as under way; returns its number (1 for the first)."""
+        """Mark an attempt as under way; returns its number (1 for the first). A retried
+        attempt keeps the last failure's ``reason`` and ``failure_class`` until it ends, so
+        the row says why the series is being tried again."""
         attempts = self.attempt_number(series_uid)
+        fresh = {"reason": None, "failure_class": None, "errors": 0}
+        last_failure = {} if attempts > 1 else fresh
         self._upsert(
             series_uid,
             study_uid,
             status="processing",
             attempts=attempts,
             instance_count=instance_count,
-            reason=None,
-            failure_class=None,
+            **last_failure,
         )
         return attempts
 
@@ -255,7 +264,7 @@ class StateDB:
     ) -> None:
         self._upsert(
             series_uid, study_uid, status="retry", reason=reason, next_attempt=next_attempt,
-            failure_class=failure_class,
+            failure_class=failure_class, errors=self._errors(series_uid, failure_class),
         )  # fmt: skip
 
     def block(
@@ -271,8 +280,15 @@ class StateDB:
         self, series_uid: str, study_uid: str, reason: str, failure_class: str = "permanent"
     ) -> None:
         self._upsert(
-            series_uid, study_uid, status="failed", reason=reason, failure_class=failure_class
-        )
+            series_uid, study_uid, status="failed", reason=reason, failure_class=failure_class,
+            errors=self._errors(series_uid, failure_class),
+        )  # fmt: skip
+
+    def _errors(self, series_uid: str, failure_class: str) -> int:
+        """The row's ``errors`` once an attempt of ``failure_class`` is recorded."""
+        current = self.get(series_uid)
+        errors = current.errors if current is not None else 0
+        return errors + 1 if failure_class == "error" else errors
 
     def requeue(
         self, statuses: tuple[str, ...] = ("failed", "skipped", "blocked"),
@@ -287,7 +303,7 @@ class StateDB:
             params += list(series_uids)
         with self._lock:
             cursor = self._db.execute(
-                "UPDATE series SET status='retry', attempts=0, next_attempt=0, "
+                "UPDATE series SET status='retry', attempts=0, errors=0, next_attempt=0, "
                 f"reason='re-queued: ' || COALESCE(reason, ''), updated_at=? WHERE {where}",
                 (time.time(), *params),
             )
@@ -297,7 +313,7 @@ class StateDB:
         """Re-queue series blocked under another configuration than ``fingerprint``."""
         with self._lock:
             cursor = self._db.execute(
-                "UPDATE series SET status='retry', attempts=0, next_attempt=0, "
+                "UPDATE series SET status='retry', attempts=0, errors=0, next_attempt=0, "
                 "reason='re-queued (configuration changed): ' || COALESCE(reason, ''), "
                 "updated_at=? WHERE status='blocked' AND COALESCE(config, '') != ?",
                 (time.time(), fingerprint),
@@ -332,4 +348,5 @@ def _row(row: sqlite3.Row) -> SeriesState:
         config=row["config"],
         superseded=row["superseded"],
         updated_at=row["updated_at"],
+        errors=row["errors"],
     )

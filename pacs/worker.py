@@ -12,9 +12,10 @@ for, and never final), ``config`` (401/403: ``blocked``, retried after the longe
 and at once under a changed configuration), ``permanent`` (the API refuses the series, the
 SR cannot be written: ``failed`` at once, with the reason), ``identity`` (the instances
 disagree on patient, study or series, or with the study written into: ``failed``, never
-analysed) and ``error`` (anything unexpected: retried up to ``max_attempts``, then
-``failed``). An operator re-queues ``failed``/``skipped`` series with ``python -m pacs
-requeue``.
+analysed) and ``error`` (anything unexpected, a bug: retried up to
+``error_max_attempts``, 3 by default, then ``failed``, so it shows within a minute;
+:func:`pacs.clients.failure_class` says which class an exception is). An operator re-queues
+``failed``/``skipped`` series with ``python -m pacs requeue``.
 
 A series re-analysed because it grew gets a new SR whose Predecessor Documents Sequence
 names the earlier SR (superseded); the state row keeps one current result. The worker only
@@ -47,6 +48,7 @@ from pacs.clients import (
     TransientError,
     dataset_bytes,
 )
+from pacs.clients import failure_class as classify
 from pacs.dicom_out import build_heatmaps, build_sr, derived_output_series, output_uids
 from pacs.settings import WorkerSettings
 from pacs.state import SeriesLog, StateDB
@@ -294,14 +296,23 @@ class Worker:
             )
             return
         except Exception as exc:
-            transient = isinstance(exc, TransientError)
-            failure_class = "transient" if transient else "error"
+            failure_class = classify(exc)  # transient (never final) or error (a bug)
+            transient = failure_class == "transient"
             SERIES_FAILED.labels(failure_class).inc()
             reason = f"{type(exc).__name__}: {exc}"[:500]
-            if not transient and attempt >= self.settings.max_attempts:
+            # An error is final after error_max_attempts of them (transient failures before
+            # do not use them up); the row (a broker job: the poller's row) counts the earlier.
+            earlier = state.get(ref.series_uid)
+            errors = (earlier.errors if earlier is not None else 0) + (0 if transient else 1)
+            if not transient and errors >= self.settings.error_max_attempts:
+                reason = f"{reason[:460]} (after {attempt} attempts, {errors} errors)"
                 state.fail(ref.series_uid, ref.study_uid, reason, failure_class)
                 log.error(
-                    "series %s: failed after %d attempts: %s", ref.series_uid, attempt, reason
+                    "series %s: failed after %d attempts (error): %s",
+                    ref.series_uid,
+                    attempt,
+                    reason,
+                    exc_info=exc,  # a bug: its traceback for the report
                 )
                 return
             delay = min(
@@ -311,10 +322,12 @@ class Worker:
             if isinstance(exc, TransientError) and exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)  # the server said when
             state.retry(ref.series_uid, ref.study_uid, reason, time.time() + delay, failure_class)
+            limit = "" if transient else f", error {errors} of {self.settings.error_max_attempts}"
             log.warning(
-                "series %s: attempt %d failed (%s, %s); retry in %.0fs",
+                "series %s: attempt %d%s failed (%s, %s); retry in %.0fs",
                 ref.series_uid,
                 attempt,
+                limit,
                 failure_class,
                 reason,
                 delay,

@@ -144,15 +144,20 @@ def is_deflated_dicom(data: bytes) -> bool:
     return meta is not None and meta[0] == DEFLATED_TRANSFER_SYNTAX
 
 
-def _inflated_size(data: bytes, start: int, limit: int) -> int:
-    """Bytes a raw-deflate stream inflates to, counted in chunks and stopped past ``limit``."""
+def _inflated_size(data: bytes, start: int, limit: int, walk: _HeaderWalk | None = None) -> int:
+    """Bytes a raw-deflate stream inflates to, counted in chunks and stopped past ``limit``;
+    with ``walk``, each chunk's elements and items are counted as it comes (nothing kept),
+    and inflating stops too once ``walk`` has counted past its own limit."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
     for offset in range(start, len(data), _INFLATE_CHUNK):
         pending = data[offset : offset + _INFLATE_CHUNK]
         while pending and not inflater.eof:  # after the end: padding, never inflated
-            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
-            if total > limit:
+            chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+            total += len(chunk)
+            if walk is not None:
+                walk.feed(chunk)
+            if total > limit or (walk is not None and walk.over):
                 return total
             pending = inflater.unconsumed_tail
         if inflater.eof:
@@ -185,8 +190,7 @@ def dicom_cost(data: bytes, inflate_limit: int) -> DecodeCost | None:
     elements = _header_elements(data, meta, inflate_limit // BYTES_PER_ELEMENT)
     structure = elements * BYTES_PER_ELEMENT
     if structure > inflate_limit:  # pydicom would build them all to read the header
-        what = f"header of over {elements - 1:,} elements and sequence items"
-        return DecodeCost("DICOM", 0, 0, 0, extra_bytes=structure, what=what)
+        return _header_cost("DICOM", elements)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         rows = _integer(dataset, "Rows", 0)
@@ -217,6 +221,13 @@ def dicom_cost(data: bytes, inflate_limit: int) -> DecodeCost | None:
     )
 
 
+def _header_cost(fmt: str, elements: int) -> DecodeCost:
+    """The cost of a header of more ``elements`` than the limit allows: pydicom would build
+    them all to read it, so that is all that is known (and enough to refuse it)."""
+    what = f"header of over {elements - 1:,} elements and sequence items"
+    return DecodeCost(fmt, 0, 0, 0, extra_bytes=elements * BYTES_PER_ELEMENT, what=what)
+
+
 def _header_elements(data: bytes, meta: tuple[str, int] | None, stop_after: int) -> int:
     """The elements and sequence items of a DICOM dataset, counted by walking their headers
     (values skipped, nothing built), sequences and items descended into; the count stops just
@@ -228,35 +239,63 @@ def _header_elements(data: bytes, meta: tuple[str, int] | None, stop_after: int)
         position = 0
         explicit = len(data) >= 6 and data[4:6].isalpha() and data[4:6].isupper()
         syntax = "" if explicit else IMPLICIT_VR_LITTLE
-    implicit = syntax == IMPLICIT_VR_LITTLE
-    order = ">" if syntax == EXPLICIT_VR_BIG else "<"
-    tag_format, long_format, short_format = order + "HH", order + "I", order + "H"
-    count, end = 0, len(data)
-    try:
-        while position + 8 <= end and count <= stop_after:
-            group, element = struct.unpack_from(tag_format, data, position)
-            count += 1
-            if group == 0xFFFE:  # an item or a delimiter: its content, if any, follows
-                position += 8
-                continue
-            if implicit:
-                (length,) = struct.unpack_from(long_format, data, position + 4)
-                position += 8
-                sequence = _dictionary_vr(group, element) == "SQ"
+    walk = _HeaderWalk(syntax, stop_after)
+    walk.feed(memoryview(data)[position:])
+    return walk.count
+
+
+class _HeaderWalk:
+    """Counts a dataset's elements and sequence items from its bytes, fed in pieces of any
+    size (a file's dataset at once, a deflated one as it is inflated): each header is read,
+    its value skipped (across pieces if need be), sequences and items descended into;
+    nothing is kept but a header cut by the end of a piece. Counting stops just past
+    ``stop_after`` (``over``); a truncated dataset ends the count (the decoder says so)."""
+
+    def __init__(self, syntax: str, stop_after: int) -> None:
+        self.implicit = syntax == IMPLICIT_VR_LITTLE
+        order = ">" if syntax == EXPLICIT_VR_BIG else "<"
+        self.tag_format, self.long_format = order + "HH", order + "I"
+        self.short_format = order + "H"
+        self.stop_after = stop_after
+        self.count = 0
+        self._skip = 0  # value bytes still to skip, carried over from the last piece
+        self._head = b""  # the start of a header cut by the end of the last piece
+
+    @property
+    def over(self) -> bool:
+        return self.count > self.stop_after
+
+    def feed(self, piece: bytes | memoryview) -> None:
+        if self.over:
+            return
+        if self._skip >= len(piece):
+            self._skip -= len(piece)
+            return
+        data = self._head + bytes(piece) if self._head else piece
+        position, end = self._skip, len(data)
+        while self.count <= self.stop_after and position + 8 <= end:
+            group, element = struct.unpack_from(self.tag_format, data, position)
+            vr = bytes(data[position + 4 : position + 6])
+            if self.implicit or group == 0xFFFE:  # an item or a delimiter has no VR
+                size, length_at, length_format = 8, 4, self.long_format
+            elif vr in _LONG_VRS:
+                size, length_at, length_format = 12, 8, self.long_format
             else:
-                vr = data[position + 4 : position + 6]
-                if vr in _LONG_VRS:
-                    (length,) = struct.unpack_from(long_format, data, position + 8)
-                    position += 12
-                else:
-                    (length,) = struct.unpack_from(short_format, data, position + 6)
-                    position += 8
-                sequence = vr == b"SQ"
+                size, length_at, length_format = 8, 6, self.short_format
+            if position + size > end:
+                break
+            (length,) = struct.unpack_from(length_format, data, position + length_at)
+            self.count += 1
+            position += size
+            if group == 0xFFFE:  # an item's content, if any, follows
+                continue
+            sequence = _dictionary_vr(group, element) == "SQ" if self.implicit else vr == b"SQ"
             if length != 0xFFFFFFFF and not sequence:
                 position += length  # a value: skipped
-    except struct.error:  # truncated: the decoder says so
-        pass
-    return count
+        if self.over:
+            return
+        self._skip = max(position - end, 0)
+        self._head = bytes(data[position:]) if position < end else b""
 
 
 def _dictionary_vr(group: int, element: int) -> str:
@@ -282,12 +321,18 @@ _US_TAGS = {name: struct.pack("<HH", 0x0028, element) + b"US\x02\x00"
 def _deflated_cost(data: bytes, start: int, limit: int) -> DecodeCost | None:
     """A deflated dataset: pydicom inflates all of it before reading even the header, so its
     size is learnt in bounded chunks first (a 389 KiB file inflated to 800 MB), and the
-    image size is read from the start of the inflated stream without parsing it."""
+    image size is read from the start of the inflated stream without parsing it. Its
+    elements and sequence items are counted as it inflates, as an uncompressed file's are
+    (a 20 KiB file may hold millions of empty items)."""
+    walk = _HeaderWalk(DEFLATED_TRANSFER_SYNTAX, limit // BYTES_PER_ELEMENT)
     try:
-        inflated = _inflated_size(data, start, limit // 2)  # twice that is over the limit
+        inflated = _inflated_size(data, start, limit // 2, walk)  # twice that is over the limit
         head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start:], 256 * 1024)
     except zlib.error:
         return None  # damaged: the decoder says so
+    structure = walk.count * BYTES_PER_ELEMENT
+    if walk.over:
+        return _header_cost("deflated DICOM", walk.count)
     found = {}
     for name, tag in _US_TAGS.items():
         at = head.find(tag)
@@ -297,12 +342,16 @@ def _deflated_cost(data: bytes, start: int, limit: int) -> DecodeCost | None:
     if not rows or not columns:
         # Image size beyond the first 256 KiB: the pixels are at most the inflated bytes,
         # and decoding them takes at most 8 x their size (16-bit: 16 bytes per pixel).
-        return DecodeCost("deflated DICOM", 0, 0, 0, extra_bytes=10 * inflated)
+        return DecodeCost("deflated DICOM", 0, 0, 0, extra_bytes=10 * inflated + structure)
     if rows * columns > MAX_IMAGE_PIXELS:
         return None  # the decoder refuses it, saying why
     raw = max(found.get("samples", 1), 1) * math.ceil(max(found.get("bits", 16), 1) / 8)
     return DecodeCost(  # the inflated buffer and the dataset parsed from it, then the pixels
-        "deflated DICOM", columns, rows, _dicom_bytes_per_pixel(raw), extra_bytes=2 * inflated
+        "deflated DICOM",
+        columns,
+        rows,
+        _dicom_bytes_per_pixel(raw),
+        extra_bytes=2 * inflated + structure,
     )
 
 

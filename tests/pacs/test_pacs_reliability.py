@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pacs.clients import PacsClient, dataset_bytes
 from pacs.orthanc import OrthancServer, free_port, start_orthanc
 from pacs.settings import WorkerSettings
+from testing.dicom_writers import patch_element
 from tests.pacs.ct_series import base_slices, ct_series
 from tests.pacs.test_pacs_e2e import (
     REPO,
@@ -87,7 +88,7 @@ def worker_env(tmp: Path, pacs_url: str, api_url: str, **more: str) -> dict[str,
         "PACS_STABLE_SECONDS": "1",
         "PACS_BACKOFF_SECONDS": "0.5",
         "PACS_BACKOFF_MAX_SECONDS": "1",
-        "PACS_MAX_ATTEMPTS": "2",
+        "PACS_ERROR_MAX_ATTEMPTS": "2",
         "PACS_METRICS_PORT": str(free_port()),
         "PACS_LOG_LEVEL": "INFO",
         **more,
@@ -271,7 +272,7 @@ def test_refusal_is_final_until_requeued_and_an_api_away_is_never_final(
 ) -> None:
     """A 400 from the API: ``failed`` (permanent) with the reason, within a minute. Re-queued
     by ``python -m pacs requeue`` while the API answers 503 with Retry-After 3: retried far
-    beyond PACS_MAX_ATTEMPTS, each try at least 3 s after the last, and still ``retry``; once
+    beyond PACS_ERROR_MAX_ATTEMPTS, each try at least 3 s after the last, and still ``retry``; once
     the API is back, the SR is filed."""
     gate.mode = "400"
     client, series, env, worker = gated_worker(orthanc, gate, shared_data, tmp_path, "REL-AWAY")
@@ -363,6 +364,55 @@ def test_sigterm_during_a_long_api_call_stops_the_worker_and_loses_nothing(
     finally:
         worker.stop()
     assert [uid_of(item) for item in series_of(client, study_uid, "SR")] == [row["sr_series_uid"]]
+
+
+def test_an_unexpected_error_is_failed_with_its_reason_within_a_minute(
+    orthanc: OrthancServer, token_api: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """A deterministic bug: one slice of a series carries an FD element (Single Collimation
+    Width) 6 bytes long, as a careless writer might; Orthanc stores and serves it, the API
+    answers for the series, and the worker's SR writer meets an exception nobody planned for
+    (pydicom's BytesLengthException). With the default back-off (2 s, doubling) and the
+    default PACS_ERROR_MAX_ATTEMPTS (3), the series is ``failed``, class ``error``, with the
+    reason, well within a minute of its arrival; while it is retried its row says why and
+    how many attempts were made."""
+    series = normal_series(shared_data, "REL-ERROR")
+    study_uid, series_uid = str(series[0].StudyInstanceUID), str(series[0].SeriesInstanceUID)
+    series[0].SingleCollimationWidth = 0.625
+    files = [dataset_bytes(ds) for ds in series]
+    files[0] = patch_element(files[0], "SingleCollimationWidth", bytes(6))  # 6: not 8 per FD
+    env = worker_env(
+        tmp_path, orthanc.url, token_api, PACS_API_TOKEN=TOKEN,
+        PACS_BACKOFF_SECONDS="2", PACS_BACKOFF_MAX_SECONDS="300",
+    )  # fmt: skip
+    del env["PACS_ERROR_MAX_ATTEMPTS"]  # the default
+    worker = running_worker(env, tmp_path, "worker")
+    with logged(worker):
+        for data in files:  # Orthanc's REST upload: a file exactly as written, no re-encoding
+            requests.post(f"{orthanc.url}/instances", data=data, timeout=30).raise_for_status()
+        arrived = time.monotonic()
+        retrying = wait_row(env, series_uid, "retry", VISIBLE_S)
+        assert retrying["failure_class"] == "error", retrying
+        assert "BytesLengthException" in retrying["reason"] and retrying["attempts"] == 1
+        row = wait_row(env, series_uid, "failed", VISIBLE_S)
+        took = time.monotonic() - arrived
+        print(f"time to failed (error, 3 attempts, default back-off): {took:.1f}s")
+        assert took < VISIBLE_S
+        assert row["failure_class"] == "error" and row["attempts"] == 3, row
+        assert "BytesLengthException" in row["reason"] and row["errors"] == 3
+        assert "(after 3 attempts, 3 errors)" in row["reason"]
+        listed = subprocess.run(
+            [sys.executable, "-m", "pacs", "list", "--status", "failed"], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        line = next(line for line in listed.stdout.splitlines() if series_uid in line)
+        assert "\terror\tattempts 3, errors 3\t" in line and "BytesLengthException" in line, line
+        assert worker.metric("pacs_series_failures_total", 'failure_class="error"') == 3
+        time.sleep(3)
+        assert row_of(env, series_uid)["status"] == "failed"  # final: not tried again
+        assert "Traceback" in worker.log()  # a bug: its traceback is logged once, at the end
+    client = DICOMwebClient(orthanc.dicomweb_url)
+    assert series_of(client, study_uid, "SR") == []
 
 
 # ---- identity ----------------------------------------------------------------------------

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import io
+import socket
+import sqlite3
+import struct
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
+import urllib3
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import BytesLengthException
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pacs.clients import SeriesRef, dataset_bytes, split_multipart
+from pacs.clients import (
+    ConfigError,
+    IdentityError,
+    PermanentError,
+    SeriesRef,
+    TransientError,
+    dataset_bytes,
+    failure_class,
+    is_transient,
+    split_multipart,
+)
 from pacs.dicom_out import build_sr, derived_output_series, output_uids, sr_text_values
 from pacs.settings import WorkerSettings
 from pacs.state import StateDB
@@ -462,3 +481,144 @@ def test_sr_and_heatmaps_without_type2_patient_elements(keyword: str, empty: boo
     for written in (*heatmaps, sr):
         read = dcmread(io.BytesIO(dataset_bytes(written)))
         assert keyword in read and str(read.get(keyword)) == ""
+
+
+def _http_error(status: int) -> requests.HTTPError:
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} answered", response=response)
+
+
+# What an attempt may raise, and its class: the network's troubles (however they reach the
+# worker: through requests, from urllib3 or http.client while a WADO-RS download streams, or
+# straight from a socket) are transient, never final; an answer that came and is wrong, and
+# what the worker did not expect of the data, are ``error`` (bounded attempts, then failed).
+CLASSIFICATION = [
+    ("our TransientError", TransientError("PACS retrieve: not finished within 3s"), "transient"),
+    ("connection refused", requests.ConnectionError("[Errno 111] refused"), "transient"),
+    ("connect timeout", requests.ConnectTimeout("timed out"), "transient"),
+    ("read timeout", requests.ReadTimeout("read timed out"), "transient"),
+    ("chunked body cut", requests.exceptions.ChunkedEncodingError("broken"), "transient"),
+    ("TLS", requests.exceptions.SSLError("EOF in violation of protocol"), "transient"),
+    ("HTTP 500", _http_error(500), "transient"),
+    ("HTTP 502", _http_error(502), "transient"),
+    ("HTTP 503", _http_error(503), "transient"),
+    ("HTTP 408", _http_error(408), "transient"),
+    ("HTTP 429", _http_error(429), "transient"),
+    ("urllib3 body cut", urllib3.exceptions.ProtocolError("IncompleteRead(10 bytes)"),
+     "transient"),
+    ("urllib3 read timeout", urllib3.exceptions.ReadTimeoutError(None, "/x", "timed out"),  # type: ignore[arg-type]
+     "transient"),
+    ("http.client body cut", http.client.IncompleteRead(b"partial", 100), "transient"),
+    ("server hung up", http.client.RemoteDisconnected("closed"), "transient"),
+    ("socket reset", ConnectionResetError(errno.ECONNRESET, "reset by peer"), "transient"),
+    ("broken pipe", BrokenPipeError(errno.EPIPE, "broken pipe"), "transient"),
+    ("socket timeout", TimeoutError("timed out"), "transient"),
+    ("DNS", socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "transient"),
+    ("no route", OSError(errno.EHOSTUNREACH, "No route to host"), "transient"),
+    ("network down", OSError(errno.ENETUNREACH, "Network is unreachable"), "transient"),
+    ("HTTP 400 from the PACS", _http_error(400), "error"),
+    ("HTTP 404 from the PACS", _http_error(404), "error"),
+    ("a 200 that is not JSON", requests.exceptions.JSONDecodeError("Expecting value", "<", 0),
+     "error"),
+    ("pydicom cannot write a value", OSError("ushort format requires 0 <= number <= 65535"),
+     "error"),
+    ("unwritable file", PermissionError(errno.EACCES, "Permission denied"), "error"),
+    ("bad element length", BytesLengthException("Expected total bytes to be a multiple"),
+     "error"),
+    ("a bug", KeyError("prediction"), "error"),
+    ("struct", struct.error("unpack requires a buffer of 8 bytes"), "error"),
+    ("refused by the API", PermanentError("API refused the series (422)"), "permanent"),
+    ("two patients", IdentityError("identity: 2 PatientID values"), "identity"),
+    ("token refused", ConfigError("API refused the worker's token (401)"), "config"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"), [case[1:] for case in CLASSIFICATION], ids=[c[0] for c in CLASSIFICATION]
+)
+def test_failure_classification_table(exc: BaseException, expected: str) -> None:
+    assert failure_class(exc) == expected
+    assert is_transient(exc) == (expected == "transient")
+
+
+def test_a_multipart_answer_cut_short_is_a_truncated_download() -> None:
+    """No close delimiter: the last part is a truncated instance, and the download is
+    retried (transient), not read as a damaged instance."""
+    part = dataset_bytes(tiny_ct("1.2.3", "1.2.3.4", 1))
+    head = b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+    whole = head + part + b"\r\n--b--\r\n"
+    content_type = 'multipart/related; type="application/dicom"; boundary=b'
+    assert split_multipart(whole, content_type) == [part]
+    with pytest.raises(TransientError, match="truncated download"):
+        split_multipart(whole[: len(head) + len(part) // 2], content_type)
+
+
+def test_error_attempts_setting_and_its_older_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WorkerSettings().error_max_attempts == 3
+    monkeypatch.setenv("PACS_MAX_ATTEMPTS", "8")  # the older name still bounds errors
+    assert WorkerSettings().error_max_attempts == 8
+    monkeypatch.setenv("PACS_ERROR_MAX_ATTEMPTS", "2")
+    assert WorkerSettings().error_max_attempts == 2
+
+
+def test_a_retried_attempt_keeps_the_last_failure_and_list_shows_attempts(
+    tmp_path: Path,
+) -> None:
+    """The row counts attempts and, apart, those ended by an unexpected error (what
+    PACS_ERROR_MAX_ATTEMPTS bounds: transient failures do not use them up); a retried
+    attempt keeps the last failure's class and reason; a re-queue starts afresh."""
+    from pacs.__main__ import list_columns
+
+    state = StateDB(tmp_path / "state.sqlite3")
+    for attempt in (1, 2):  # the API away twice
+        assert state.start("s1", "st", 4) == attempt
+        state.retry("s1", "st", "TransientError: API answered 503", time.time() + 2)
+    assert state.start("s1", "st", 4) == 3
+    state.retry("s1", "st", "KeyError: 'prediction'", time.time() + 2, "error")
+    row = state.get("s1")
+    assert row is not None and (row.attempts, row.errors) == (3, 1)
+    _uid, status, klass, attempts, due, _result, reason = list_columns(row)
+    assert (status, klass, attempts, reason) == ("retry", "error", "attempts 3, errors 1",
+                                                  "KeyError: 'prediction'")  # fmt: skip
+    assert due.startswith("next ") and due.endswith("Z")
+    assert state.start("s1", "st", 4) == 4  # under way again: why it is tried again is kept
+    row = state.get("s1")
+    assert row is not None and row.status == "processing" and row.errors == 1
+    assert (row.failure_class, row.reason) == ("error", "KeyError: 'prediction'")
+    assert list_columns(row)[3:5] == ("attempts 4, errors 1", "next -")
+    state.fail("s1", "st", "KeyError: 'prediction' (after 4 attempts, 2 errors)", "error")
+    row = state.get("s1")
+    assert row is not None and (row.attempts, row.errors) == (4, 2)
+    assert state.requeue(("failed",)) == 1
+    assert state.start("s1", "st", 4) == 1  # re-queued: a fresh start, no old reason
+    row = state.get("s1")
+    assert row is not None and (row.failure_class, row.reason, row.errors) == (None, None, 0)
+    state.close()
+
+
+def test_an_older_state_file_gets_the_errors_column(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    state = StateDB(path)
+    state.start("s1", "st", 4)
+    state.retry("s1", "st", "KeyError", time.time(), "error")
+    state.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE series DROP COLUMN errors")  # as a worker before it wrote
+    state = StateDB(path)
+    row = state.get("s1")
+    assert row is not None and row.status == "retry" and row.errors == 0
+    state.close()
+
+
+def test_a_broker_job_of_a_newer_poller_is_read() -> None:
+    """A job's ``earlier`` row with a field this worker does not know is read without it."""
+    from dataclasses import asdict
+
+    from pacs.broker import OutcomeRecorder
+    from pacs.state import SeriesState
+
+    earlier = SeriesState("s1", "st", "retry", 2, 0.0, 4, "KeyError", None, None, None, None,
+                          False, "error", errors=1)  # fmt: skip
+    job = {"attempt": 3, "earlier": {**asdict(earlier), "a_later_field": 1}}
+    assert OutcomeRecorder(job).get("s1") == earlier

@@ -13,6 +13,7 @@ import hashlib
 import io
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -386,40 +387,62 @@ def test_zip_errors_of_every_kind_are_4xx(client: TestClient, images: Any) -> No
     assert response.status_code in (200, 400), response.text
 
 
-def _with_empty_items(count: int) -> bytes:
+_EMPTY_ITEM = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"  # an item tag, length 0
+
+
+def _empty_items_sequence(count: int) -> bytes:
+    """ReferencedImageSequence (0008,1140), explicit VR, of ``count`` empty items."""
+    return b"\x08\x00\x40\x11SQ\x00\x00" + struct.pack("<I", 8 * count) + _EMPTY_ITEM * count
+
+
+def _with_empty_items(count: int, deflated: bool = False) -> bytes:
     """A CT slice whose dataset also holds a sequence of ``count`` empty items (8 bytes each
-    in the file, ~1.4 KB each once pydicom builds them)."""
+    in the dataset, ~1.4 KB each once pydicom builds them), the dataset deflated (transfer
+    syntax 1.2.840.10008.1.2.1.99: 2,000,000 items are then a file of 24 KiB) or not. Written
+    by pydicom with one item, the others spliced in: the bytes pydicom writes for ``count``."""
     import pydicom
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     from testing.dicom_writers import ct_dicom_bytes
 
     good = ct_dicom_bytes(np.full((32, 32), 1100, np.uint16), 1.0, -1024.0, z=0.0, instance=1)
     dataset = pydicom.dcmread(io.BytesIO(good))
-    dataset.ReferencedImageSequence = Sequence([Dataset() for _ in range(count)])
+    dataset.ReferencedImageSequence = Sequence([Dataset()])
+    if deflated:
+        dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    data, one, many = buffer.getvalue(), _empty_items_sequence(1), _empty_items_sequence(count)
+    if not deflated:
+        return data.replace(one, many, 1)
+    (meta_length,) = struct.unpack_from("<I", data, 140)  # FileMetaInformationGroupLength
+    start = 144 + meta_length  # the dataset, after the file meta
+    inflated = zlib.decompress(data[start:], -zlib.MAX_WBITS).replace(one, many, 1)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return data[:start] + deflater.compress(inflated) + deflater.flush()
 
 
+@pytest.mark.parametrize("deflated", [False, True], ids=["explicit", "deflated"])
 def test_a_sequence_of_many_empty_items_is_counted_before_it_is_read(
-    client: TestClient,
+    client: TestClient, deflated: bool
 ) -> None:
     """A 15 MiB DICOM (under the upload limit) of 2,000,000 empty sequence items would build
     gigabytes in pydicom: the header walk counts them first and the file is refused (413)
-    at once, alone or inside a study; a few thousand items are admitted, their cost counted."""
+    at once, alone or inside a study; a few thousand items are admitted, their cost counted.
+    Deflated, the same 2,000,000 items are a 24 KiB file: they are counted as it inflates."""
     import time
 
     from ml_model.imaging.budget import BYTES_PER_ELEMENT
 
-    small = _with_empty_items(5_000)
+    small = _with_empty_items(5_000, deflated)
     cost = estimate_decode_cost(small)
     assert cost is not None and cost.extra_bytes >= 5_000 * BYTES_PER_ELEMENT
     assert client.post("/predict", files={"file": ("s.dcm", small)}).status_code == 200
 
-    data = _with_empty_items(2_000_000)
-    assert len(data) < 16 * MIB
+    data = _with_empty_items(2_000_000, deflated)
+    assert len(data) < (MIB if deflated else 16 * MIB)
     started = time.monotonic()
     detail = check_refused(
         client.post("/predict", files={"file": ("x.dcm", data)}), 413, "elements and sequence"

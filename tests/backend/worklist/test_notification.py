@@ -277,7 +277,8 @@ def test_a_restart_resumes_the_pending_delivery(
     receiver.fail_always = True
     with serve(webhook_backoff_base_s=0.3, webhook_backoff_max_s=0.3) as api:
         entry = api.post("/worklist", json=submission(1, FRACTURE)).json()
-        wait_for(lambda: len(receiver.all()) >= 1, "the first (failing) call")
+        store: WorklistStore = api.app.state.worklist  # type: ignore[attr-defined]
+        wait_for(lambda: store.notifications()[0].last_error is not None, "a failed attempt")
     # Stopped with the notification pending; the receiver is fixed; nothing is posted again.
     receiver.fail_always = False
     with serve() as api:

@@ -7,7 +7,9 @@ opens), then builds the model from it in the background (a worker thread) while 
 already open: ``/health`` answers 200 and ``/ready`` 503 with the stage until one warm-up
 inference has run. A model that fails to load stops the process.
 ``LOAD_MODEL_IN_BACKGROUND=false`` (tests) waits instead. Before either, the lifespan opens
-the worklist's database and upgrades its schema to head (``services/worklist.py``).
+the worklist's database and upgrades its schema to head (``services/worklist.py``), and with
+WEBHOOK_URL runs the notifier of flagged studies beside the server
+(``services/notification.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from backend.app.core.policy import RoutePolicies, Upload
 from backend.app.core.security import SecurityHeadersMiddleware
 from backend.app.services.admission import decode_guard
 from backend.app.services.inference import configure, create_core, load_bundle, warm_up
+from backend.app.services.notification import notifier
 from backend.app.services.worklist import monitoring_samples, open_worklist
 from ml_model.imaging.errors import short_message
 from ml_model.inference.bundle import Bundle
@@ -139,8 +142,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if owns_worklist:
         app.state.worklist = await anyio.to_thread.run_sync(open_worklist, settings)
     try:
-        async with _serving(app, settings):
-            yield
+        async with anyio.create_task_group() as tasks:
+            # The webhook's deliveries (WEBHOOK_URL), by whoever opened the store.
+            sender = notifier(app.state.worklist, settings, app.state.metrics)
+            if owns_worklist and sender is not None:
+                tasks.start_soon(sender.run)
+            async with _serving(app, settings):
+                yield
+            tasks.cancel_scope.cancel()
     finally:
         if owns_worklist and app.state.worklist is not None:
             app.state.worklist.close()

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ml_model.config import DEFAULT_MODEL_DIR
@@ -208,6 +208,48 @@ class Settings(BaseSettings):
         "when a caller sends them (`identifiers` of POST /worklist), comma-separated, e.g. "
         "`accession_number`. Empty: none is stored (the others are dropped).",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        description="Where a notification of each flagged study (`Potentially Fracture`) is "
+        "POSTed as signed JSON (docs/worklist.md, Notification). Unset: no notification. "
+        "Needs WEBHOOK_SECRET or WEBHOOK_SECRET_FILE (the server refuses to start without one).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The key of the notifications' HMAC-SHA256 signature "
+        "(`X-Triage-Signature`). Or WEBHOOK_SECRET_FILE; not both.",
+    )
+    webhook_secret_file: Path | None = Field(
+        default=None,
+        description="A file holding the signature's key (a mounted secret; one trailing "
+        "newline is dropped), instead of WEBHOOK_SECRET.",
+    )
+    webhook_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Most attempts to deliver one notification (the first included); after "
+        "the last failed one it is dead-lettered (a table row and an ERROR log line).",
+    )
+    webhook_backoff_base_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="The wait before the first retry, in seconds; it doubles after each "
+        "failed attempt, up to WEBHOOK_BACKOFF_MAX_S.",
+    )
+    webhook_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="Longest wait between two attempts, in seconds."
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Timeout of one webhook call, in seconds (no 2xx within it: a failed attempt).",
+    )
+    webhook_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the API looks for notifications that are due, in seconds.",
+    )
     report_identifiers: bool = Field(
         default=True,
         description="Print the exam's study and series instance UIDs, accession number and "
@@ -251,6 +293,12 @@ class Settings(BaseSettings):
             entries.append(f"{digest}:{'+'.join(sorted(roles))}" if roles else digest)
         return entries
 
+    @field_validator("webhook_url", "webhook_secret", "webhook_secret_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``WEBHOOK_URL=`` (as compose passes an unset variable) means off."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("worklist_identifiers", mode="before")
     @classmethod
     def _split_identifiers(cls, value: Any) -> Any:
@@ -264,6 +312,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MEMORY_BUDGET_MB ({self.memory_budget_mb:g}) must be at least "
                 f"MAX_REQUEST_MEMORY_MB ({self.max_request_memory_mb:g})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_is_signed(self) -> Settings:
+        """A webhook needs exactly one key: unsigned notifications are never sent."""
+        if self.webhook_secret is not None and self.webhook_secret_file is not None:
+            raise ValueError("set WEBHOOK_SECRET or WEBHOOK_SECRET_FILE, not both")
+        if self.webhook_url and not self.webhook_key:
+            raise ValueError(
+                "WEBHOOK_URL is set without a signing key: set WEBHOOK_SECRET or "
+                "WEBHOOK_SECRET_FILE (notifications are always signed)"
             )
         return self
 
@@ -298,6 +358,17 @@ class Settings(BaseSettings):
     def worklist_database_url(self) -> str:
         """DATABASE_URL, else the SQLite file WORKLIST_SQLITE_PATH."""
         return self.database_url or f"sqlite:///{self.worklist_sqlite_path}"
+
+    @property
+    def webhook_key(self) -> bytes:
+        """The HMAC key: WEBHOOK_SECRET, or WEBHOOK_SECRET_FILE's content (read here, so a
+        missing file stops the start); empty when neither is set."""
+        if self.webhook_secret_file is not None:
+            text = self.webhook_secret_file.read_text(encoding="utf-8")
+            return text.removesuffix("\n").removesuffix("\r").encode()
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value().encode()
+        return b""
 
     @property
     def max_upload_bytes(self) -> int:

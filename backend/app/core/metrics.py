@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -20,6 +20,9 @@ from backend.app.core.auth import note_result
 
 # Inference takes ~5 ms to a few seconds (batch, Grad-CAM, cold start).
 REFUSAL_REASONS = frozenset({"request_memory", "process_memory", "studies", "body_timeout"})
+# From a series' arrival in the PACS to the webhook's 2xx: seconds to hours (retries).
+NOTIFICATION_BUCKETS = (5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+WEBHOOK_OUTCOMES = frozenset({"delivered", "failed", "dead_letter"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -116,6 +119,28 @@ class AppMetrics:
         self.studies_in_flight = Gauge(
             "triage_studies_in_flight", "Studies being analysed.", registry=registry
         )
+
+        self.webhook_deliveries = Counter(
+            "triage_webhook_deliveries_total",
+            "Webhook calls for flagged studies, by outcome: `delivered` (2xx), `failed` (to be "
+            "retried), `dead_letter` (the last attempt failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.time_to_notification = Histogram(
+            "triage_time_to_notification_seconds",
+            "From a flagged series' arrival in the PACS (the worklist's arrived_at: the last "
+            "instance stored) to the webhook answering 2xx for it.",
+            buckets=NOTIFICATION_BUCKETS,
+            registry=registry,
+        )
+
+    def record_webhook(self, outcome: str, waited_s: float | None = None) -> None:
+        """One webhook attempt's outcome; ``waited_s`` (arrival -> 2xx) when delivered."""
+        if outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome=outcome).inc()
+        if waited_s is not None:
+            self.time_to_notification.observe(max(0.0, waited_s))
 
     def record_prediction(self, result: str, operating_point: str) -> None:
         self.predictions.labels(result=result, operating_point=operating_point).inc()

@@ -15,8 +15,9 @@ logger = logging.getLogger(LOGGER_NAME)
 
 
 def open_worklist(settings: Settings) -> WorklistStore:
-    """The store of ``settings``' database, its schema upgraded to head (start-up)."""
-    store = WorklistStore(settings.worklist_database_url)
+    """The store of ``settings``' database, its schema upgraded to head (start-up); it
+    writes a notification for each flagged entry when WEBHOOK_URL is set."""
+    store = WorklistStore(settings.worklist_database_url, notify=settings.webhook_url is not None)
     try:
         store.migrate()
     except Exception:

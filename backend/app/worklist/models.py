@@ -121,3 +121,57 @@ class Review(Base):
     reviewed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     study: Mapped[WorklistStudy] = relationship(back_populates="reviews")
+
+
+class NotificationState(StrEnum):
+    """Where a notification stands: `pending` (due at ``next_attempt_at``) -> `delivered`
+    (the receiver answered 2xx) or `dead` (every attempt failed: a dead letter)."""
+
+    pending = "pending"
+    delivered = "delivered"
+    dead = "dead"
+
+
+class Notification(Base):
+    """The outbox: one webhook notification per flagged entry, written in the transaction
+    that flags it, delivered by ``services/notification.py`` (never twice for one entry)."""
+
+    __tablename__ = "worklist_notifications"
+    __table_args__ = (
+        # What the deliverer asks for: pending rows whose time has come.
+        Index("ix_worklist_notifications_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # One notification per entry, ever: a re-posted or re-flagged entry adds none.
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("worklist_studies.id", ondelete="CASCADE"), unique=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(36), unique=True)  # X-Triage-Delivery
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)  # what is sent (and signed)
+    state: Mapped[str] = mapped_column(String(16), default=NotificationState.pending.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Pending: when it is due (a claimed one: when its claim lapses). Else None.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """A notification that was never accepted: its body, the attempts and the last error,
+    for an operator to look into (and send by hand)."""
+
+    __tablename__ = "worklist_dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(
+        ForeignKey("worklist_notifications.id", ondelete="CASCADE"), unique=True
+    )
+    study_id: Mapped[int] = mapped_column(Integer, index=True)
+    delivery_id: Mapped[str] = mapped_column(String(36))
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime())

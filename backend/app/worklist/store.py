@@ -10,6 +10,15 @@ advisory lock, so replicas starting together upgrade one after the other (the ot
 the schema at head). ``python -m backend.app.worklist upgrade`` runs the same upgrade
 by hand (before a rollout, say).
 
+Notifications (the webhook's outbox): with ``notify``, the transaction that lists a flagged
+entry, or turns an entry flagged, also writes its one :class:`Notification` row (unique per
+entry, so a re-posted or re-flagged entry adds none); ``services/notification.py`` claims
+due rows (:meth:`WorklistStore.claim_notifications`), delivers them and records the outcome.
+A claim moves the row's ``next_attempt_at`` a lease ahead in the claiming transaction; on
+PostgreSQL the due rows are read ``FOR UPDATE SKIP LOCKED``, so two replicas claiming at
+once never get the same row (each skips the rows the other has locked, and finds them not
+due once it commits). SQLite's one writer at a time (``BEGIN IMMEDIATE``) does the same.
+
 SQLite: every transaction starts ``BEGIN IMMEDIATE`` (the write lock up front, waiting up
 to ``SQLITE_BUSY_TIMEOUT_S`` for it) in WAL mode, so two concurrent writers (two readers
 reviewing one study) queue instead of failing with "database is locked".
@@ -17,10 +26,11 @@ reviewing one study) queue instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +41,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from backend.app.worklist.models import Review, WorklistStatus, WorklistStudy
+from backend.app.worklist.models import (
+    DeadLetter,
+    Notification,
+    NotificationState,
+    Review,
+    WorklistStatus,
+    WorklistStudy,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -123,6 +140,41 @@ class Filters:
 
 
 @dataclass(frozen=True)
+class PendingNotification:
+    """A claimed notification: what to send, and how many attempts (this one included)."""
+
+    id: int
+    study_id: int
+    delivery_id: str
+    body: dict[str, Any]
+    attempts: int
+    arrived_at: datetime
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def notification_body(study: WorklistStudy, delivery_id: str) -> dict[str, Any]:
+    """What the webhook receives about a flagged entry (JSON; docs/worklist.md)."""
+    return {
+        "event": "study.flagged",
+        "delivery_id": delivery_id,
+        "worklist_id": study.id,
+        "study_uid": study.study_uid,
+        "series_uid": study.series_uid,
+        "verdict": study.verdict,
+        "score": study.score,
+        "threshold": study.threshold,
+        "operating_point": study.operating_point,
+        "model": {"name": study.model_name, "version": study.model_version},
+        "arrived_at": _iso(study.arrived_at),
+        "analysed_at": _iso(study.analysed_at),
+        "link": f"/worklist/{study.id}",
+    }
+
+
+@dataclass(frozen=True)
 class ReviewedStudy:
     """What monitoring needs of a reviewed study: the product's call and the latest read."""
 
@@ -139,8 +191,9 @@ class ReviewedStudy:
 class WorklistStore:
     """The repository over one database (see the module's docstring)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, notify: bool = False) -> None:
         self.url = url
+        self.notify = notify  # write a notification for each entry that becomes flagged
         self.engine = create_store_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -203,15 +256,142 @@ class WorklistStore:
                     .options(selectinload(WorklistStudy.reviews))
                 ).one_or_none()
             if known is not None:
+                was_flagged = known.flagged
                 values.pop("arrived_at")  # the first arrival stays the study's age
                 for name, value in values.items():
                     setattr(known, name, value)
+                if known.flagged and not was_flagged:
+                    self._enqueue(session, known)
                 return known, False
             study = WorklistStudy(**values, status=WorklistStatus.new.value)
             study.reviews = []
             session.add(study)
             session.flush()
+            if study.flagged:
+                self._enqueue(session, study)
             return study, True
+
+    def _enqueue(self, session: Session, study: WorklistStudy) -> None:
+        """The entry's notification, in the caller's transaction (the outbox), unless
+        notifications are off or the entry already has one."""
+        if not self.notify:
+            return
+        exists = session.scalar(select(Notification.id).where(Notification.study_id == study.id))
+        if exists is not None:
+            return
+        now = utcnow()
+        delivery_id = str(uuid.uuid4())
+        session.add(
+            Notification(
+                study_id=study.id,
+                delivery_id=delivery_id,
+                body=notification_body(study, delivery_id),
+                state=NotificationState.pending.value,
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+            )
+        )
+        session.flush()
+
+    def claim_notifications(self, limit: int, lease_s: float) -> list[PendingNotification]:
+        """Up to ``limit`` due notifications, each claimed for ``lease_s`` seconds (due
+        again then, should this process die before recording the outcome) and its attempt
+        counted. PostgreSQL: ``FOR UPDATE SKIP LOCKED`` (see the module's docstring)."""
+        now = utcnow()
+        with self._session() as session:
+            rows = session.execute(
+                select(Notification, WorklistStudy.arrived_at)
+                .join(WorklistStudy, WorklistStudy.id == Notification.study_id)
+                .where(
+                    Notification.state == NotificationState.pending.value,
+                    Notification.next_attempt_at <= now,
+                )
+                .order_by(Notification.next_attempt_at, Notification.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=Notification)
+            ).all()
+            claimed = []
+            for row, arrived_at in rows:
+                row.attempts += 1
+                row.next_attempt_at = now + timedelta(seconds=lease_s)
+                claimed.append(
+                    PendingNotification(
+                        id=row.id,
+                        study_id=row.study_id,
+                        delivery_id=row.delivery_id,
+                        body=dict(row.body),
+                        attempts=row.attempts,
+                        arrived_at=arrived_at,
+                    )
+                )
+            return claimed
+
+    def notification_delivered(self, notification_id: int) -> None:
+        """The receiver answered 2xx: done."""
+        self._settle(
+            notification_id,
+            state=NotificationState.delivered.value,
+            delivered_at=utcnow(),
+            next_attempt_at=None,
+            last_error=None,
+        )
+
+    def notification_failed(self, notification_id: int, error: str, retry_at: datetime) -> None:
+        """An attempt failed: due again at ``retry_at``."""
+        self._settle(notification_id, next_attempt_at=retry_at, last_error=error)
+
+    def notification_dead(self, claimed: PendingNotification, url: str, error: str) -> None:
+        """The last attempt failed: the notification is dead, and a dead letter records it."""
+        now = utcnow()
+        with self._session() as session:
+            settled = self._settle_in(
+                session,
+                claimed.id,
+                state=NotificationState.dead.value,
+                next_attempt_at=None,
+                last_error=error,
+            )
+            if settled:
+                session.add(
+                    DeadLetter(
+                        notification_id=claimed.id,
+                        study_id=claimed.study_id,
+                        delivery_id=claimed.delivery_id,
+                        url=url,
+                        body=claimed.body,
+                        attempts=claimed.attempts,
+                        last_error=error,
+                        failed_at=now,
+                    )
+                )
+
+    def _settle(self, notification_id: int, **values: Any) -> None:
+        with self._session() as session:
+            self._settle_in(session, notification_id, **values)
+
+    @staticmethod
+    def _settle_in(session: Session, notification_id: int, **values: Any) -> bool:
+        """Record an outcome on a still pending notification (whether there was one)."""
+        updated = session.execute(
+            update(Notification)
+            .where(
+                Notification.id == notification_id,
+                Notification.state == NotificationState.pending.value,
+            )
+            .values(**values)
+        )
+        return bool(getattr(updated, "rowcount", 0))
+
+    def notifications(self) -> list[Notification]:
+        """Every notification, oldest first (operators, tests)."""
+        with self._session() as session:
+            return list(session.scalars(select(Notification).order_by(Notification.id)).all())
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first."""
+        with self._session() as session:
+            return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)).all())
 
     def page(self, filters: Filters, offset: int, limit: int) -> tuple[list[WorklistStudy], int]:
         """One page of the worklist (flagged first, then the longest waiting) and the total

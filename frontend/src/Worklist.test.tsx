@@ -291,9 +291,22 @@ function performance(tp: number, fp: number, tn: number, fn: number, noCall = 0)
   };
 }
 
+// GET /monitoring's drift for a card without an out-of-fold score distribution.
+const noDrift: Monitoring["drift"] = {
+  model: "custom-cnn 1.2.0",
+  reference: null,
+  psi_unavailable: "the card has no out-of-fold score distribution",
+  psi_warn: 0.2,
+  refusal_warn: 0.2,
+  recent_days: 28,
+  recent: null,
+  psi_by_week: {},
+  refusals_by_week: {},
+};
+
 describe("monitoring view", () => {
   it("shows an empty state when nothing is reviewed yet", async () => {
-    const empty: Monitoring = { overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {} };
+    const empty: Monitoring = { overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {}, drift: noDrift };
     await openTab("Monitoring", (url) => (url.pathname === "/monitoring" ? json(empty) : json({}, 404)));
     expect(await screen.findByTestId("monitoring-empty")).toHaveTextContent("No study has been reviewed yet");
     expect(screen.queryByTestId("monitoring-overall")).not.toBeInTheDocument();
@@ -305,6 +318,7 @@ describe("monitoring view", () => {
       by_model_version: { "custom-cnn 1.2.0": performance(4, 1, 3, 0, 1) },
       by_scanner: { "GE / Revolution": performance(3, 1, 1, 0), "unknown": performance(1, 0, 2, 0, 1) },
       by_week: { "2026-W49": performance(4, 1, 3, 0, 1) },
+      drift: noDrift,
     };
     const calls: URL[] = [];
     const user = await openTab("Monitoring", (url) => {

@@ -3,6 +3,7 @@ import { failureOf, getMonitoring, type Failure } from "../api/client";
 import type { Drift, Monitoring, Performance, Proportion, ScoreDrift } from "../api/types";
 import { formatClock, proportionParts } from "../lib/worklist";
 import { ApiErrorNotice } from "./ErrorNotice";
+import { TableHead } from "./TableHead";
 
 interface Props {
   /** The tab is shown: fetched each time it is. */
@@ -166,18 +167,9 @@ function DriftTables({ drift }: { drift: Drift }) {
         <p className="muted">Score drift: no analysed study of {drift.model} yet.</p>
       ) : (
         <DriftTable title={`Score drift (PSI) of ${drift.model}`} testId="monitoring-psi">
-          <thead>
-            <tr>
-              <th scope="col">Window</th>
-              <th scope="col" className="num">
-                Studies
-              </th>
-              <th scope="col" className="num">
-                PSI
-              </th>
-              <th scope="col">Flag</th>
-            </tr>
-          </thead>
+          <TableHead
+            columns={[{ label: "Window" }, { label: "Studies", num: true }, { label: "PSI", num: true }, { label: "Flag" }]}
+          />
           <tbody>
             {windows.map(([window, figure]) => (
               <tr key={window} data-testid="monitoring-psi-row">
@@ -194,20 +186,14 @@ function DriftTables({ drift }: { drift: Drift }) {
       )}
       {refusals.length > 0 && (
         <DriftTable title="Refusals by week of arrival" testId="monitoring-refusals">
-          <thead>
-            <tr>
-              <th scope="col">Week</th>
-              <th scope="col" className="num">
-                Analysed
-              </th>
-              <th scope="col" className="num">
-                {NOT_CT}
-              </th>
-              <th scope="col" className="num">
-                {OUTSIDE}
-              </th>
-            </tr>
-          </thead>
+          <TableHead
+            columns={[
+              { label: "Week" },
+              { label: "Analysed", num: true },
+              { label: NOT_CT, num: true },
+              { label: OUTSIDE, num: true },
+            ]}
+          />
           <tbody>
             {refusals.map(([week, answers]) => (
               <tr key={week} data-testid="monitoring-refusal-row">

@@ -13,6 +13,7 @@ from the API's OpenAPI schema, so all three read one definition.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,6 +110,59 @@ def top_k_mean(top_k: int) -> str:
     return f"top{top_k}_mean"
 
 
+# The out-of-fold study-score histogram a card keeps for drift monitoring: this many bins,
+# their edges at the reference's quantiles (so each holds about the same share).
+SCORE_HISTOGRAM_BINS = 10
+
+
+class ScoreHistogram(_Open):
+    """The distribution of out-of-fold study scores (what ``GET /monitoring`` compares the
+    live scores with, as a population stability index): ``fractions[i]`` of the scores lay
+    in [``edges[i]``, ``edges[i + 1]``) (the last bin includes 1)."""
+
+    edges: list[float] = Field(min_length=2, description="Bin edges, from 0 to 1, increasing.")
+    fractions: list[float] = Field(min_length=1, description="Share of the scores per bin.")
+    n: int = Field(ge=1, description="Out-of-fold studies the shares were counted on.")
+    source: str = Field(description="Which scores: e.g. out-of-fold studies of patient folds.")
+
+    @model_validator(mode="after")
+    def _a_distribution(self) -> ScoreHistogram:
+        edges, fractions = self.edges, self.fractions
+        if len(edges) != len(fractions) + 1:
+            raise ValueError("edges must be one more than fractions")
+        if edges[0] != 0.0 or edges[-1] != 1.0 or any(b <= a for a, b in pairwise(edges)):
+            raise ValueError("edges must increase from 0 to 1")
+        if any(f < 0.0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ValueError("fractions must be >= 0 and sum to 1")
+        return self
+
+
+def score_histogram(
+    scores: Any, source: str, bins: int = SCORE_HISTOGRAM_BINS
+) -> ScoreHistogram | None:
+    """The :class:`ScoreHistogram` of ``scores`` in [0, 1] (training writes it from the
+    out-of-fold study scores): edges at the scores' quantiles, equal quantiles merged;
+    None without scores."""
+    values = np.clip(np.asarray(scores, dtype=np.float64).ravel(), 0.0, 1.0)
+    if values.size == 0:
+        return None
+    inner = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    edges = np.unique(np.concatenate([[0.0], inner[(inner > 0.0) & (inner < 1.0)], [1.0]]))
+    counts = np.bincount(bin_index(values, edges), minlength=len(edges) - 1)
+    return ScoreHistogram(
+        edges=[float(e) for e in edges],
+        fractions=[float(c) for c in counts / values.size],
+        n=int(values.size),
+        source=source,
+    )
+
+
+def bin_index(values: Any, edges: list[float] | np.ndarray) -> np.ndarray:
+    """The bin of each value: [edges[i], edges[i + 1]), the last bin closed at 1."""
+    inner = np.asarray(edges, dtype=np.float64)[1:-1]
+    return np.searchsorted(inner, np.asarray(values, dtype=np.float64), side="right")
+
+
 class StudySettings(_Open):
     aggregation: str = Field(
         description="How slice scores become a study score: `study_head` (the head's "
@@ -121,6 +175,11 @@ class StudySettings(_Open):
     head: StudyHeadSpec | None = Field(
         default=None,
         description="A learned study head (patient_overall, C1..C7); absent: top-k mean.",
+    )
+    score_histogram: ScoreHistogram | None = Field(
+        default=None,
+        description="The out-of-fold study scores' distribution (drift monitoring's "
+        "reference); absent: the bundle's training kept none.",
     )
 
     @model_validator(mode="after")

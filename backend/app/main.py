@@ -29,6 +29,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
 import ml_model
+from backend.app.api.deps import loaded_card
 from backend.app.api.errors import register_error_handlers
 from backend.app.api.main import TAGS, api_router
 from backend.app.core.admission import MemoryBudget, StudySlots
@@ -280,7 +281,9 @@ def _add_middleware(app: FastAPI, settings: Settings, policies: RoutePolicies) -
     )
     app.state.metrics = instrument(app)
     app.state.metrics.watch_admission(app.state.budget, app.state.study_slots)
-    app.state.metrics.watch_monitoring(lambda: monitoring_samples(app.state.worklist))
+    app.state.metrics.watch_monitoring(
+        lambda: monitoring_samples(app.state.worklist, loaded_card(app), settings)
+    )
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestGuardMiddleware)
     if settings.cors_origins:

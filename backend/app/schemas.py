@@ -608,8 +608,55 @@ class PerformanceOut(BaseModel):
     npv: ProportionOut
 
 
+class ScoreDriftOut(BaseModel):
+    n: int = Field(description="Analysed studies with a call by the card's model here.")
+    counts: list[int] = Field(description="Of them, per bin of `reference.edges`.")
+    psi: float | None = Field(description="PSI against `reference.fractions`; null when n is 0.")
+    warning: bool = Field(description="psi > MONITORING_PSI_WARN.")
+
+
+class RefusalShareOut(ProportionOut):
+    warning: bool = Field(description="estimate > MONITORING_NOT_CT_WARN.")
+
+
+class ScoreHistogramOut(BaseModel):
+    edges: list[float]
+    fractions: list[float]
+    n: int
+    source: str
+
+
+class DriftOut(BaseModel):
+    """What the product sees, reviewed or not: the study scores' population stability index
+    (PSI) against the card's out-of-fold score distribution, and the weekly share of the
+    CT gate's refusals."""
+
+    model: str | None = Field(
+        description="`name version` of the loaded card; PSI takes only this model's scores."
+    )
+    reference: ScoreHistogramOut | None = Field(
+        description="The card's `study.score_histogram`: the bins and out-of-fold shares."
+    )
+    psi_unavailable: str | None = Field(
+        description="Why there is no PSI (e.g. the card has no out-of-fold score "
+        "distribution); null when there is."
+    )
+    psi_warn: float = Field(description="MONITORING_PSI_WARN.")
+    refusal_warn: float = Field(description="MONITORING_NOT_CT_WARN.")
+    recent_days: int = Field(description="MONITORING_DRIFT_DAYS: the window of `recent`.")
+    recent: ScoreDriftOut | None = Field(
+        description="PSI of the studies that arrived in the last `recent_days` days."
+    )
+    psi_by_week: dict[str, ScoreDriftOut] = Field(description="Key: ISO week of arrival.")
+    refusals_by_week: dict[str, dict[str, RefusalShareOut]] = Field(
+        description="ISO week of arrival -> answer (`Not a CT slice`, `CT outside the "
+        "model's range`) -> its share of every analysed study that week, Wilson 95 %."
+    )
+
+
 class MonitoringResponse(BaseModel):
-    """The product's calls (flagged or not) against the latest read of each reviewed study."""
+    """The product's calls (flagged or not) against the latest read of each reviewed study,
+    and the drift of every analysed study's score and refusals (`drift`)."""
 
     overall: PerformanceOut
     by_model_version: dict[str, PerformanceOut] = Field(description="Key: `name version`.")
@@ -617,3 +664,4 @@ class MonitoringResponse(BaseModel):
     by_week: dict[str, PerformanceOut] = Field(
         description="Key: the ISO week of arrival, e.g. `2026-W49`."
     )
+    drift: DriftOut

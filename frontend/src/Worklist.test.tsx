@@ -291,12 +291,71 @@ function performance(tp: number, fp: number, tn: number, fn: number, noCall = 0)
   };
 }
 
+// GET /monitoring's drift for a card without an out-of-fold score distribution.
+const noDrift: Monitoring["drift"] = {
+  model: "custom-cnn 1.2.0",
+  reference: null,
+  psi_unavailable: "the card has no out-of-fold score distribution",
+  psi_warn: 0.2,
+  refusal_warn: 0.2,
+  recent_days: 28,
+  recent: null,
+  psi_by_week: {},
+  refusals_by_week: {},
+};
+
 describe("monitoring view", () => {
   it("shows an empty state when nothing is reviewed yet", async () => {
-    const empty: Monitoring = { overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {} };
+    const empty: Monitoring = { overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {}, drift: noDrift };
     await openTab("Monitoring", (url) => (url.pathname === "/monitoring" ? json(empty) : json({}, 404)));
     expect(await screen.findByTestId("monitoring-empty")).toHaveTextContent("No study has been reviewed yet");
     expect(screen.queryByTestId("monitoring-overall")).not.toBeInTheDocument();
+  });
+
+  it("shows the drift without reads: why there is no PSI, and the weekly refusal shares", async () => {
+    const share = (k: number, n: number, warning: boolean) => ({
+      successes: k, total: n, estimate: k / n, lower: 0.05, upper: 0.7, warning,
+    });
+    const empty: Monitoring = {
+      overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {},
+      drift: {
+        ...noDrift,
+        refusals_by_week: {
+          "2026-W49": { "Not a CT slice": share(1, 4, true), "CT outside the model's range": share(0, 4, false) },
+        },
+      },
+    };
+    await openTab("Monitoring", (url) => (url.pathname === "/monitoring" ? json(empty) : json({}, 404)));
+    expect(await screen.findByTestId("monitoring-psi-unavailable")).toHaveTextContent(
+      "not available (the card has no out-of-fold score distribution)",
+    );
+    expect(screen.queryByTestId("monitoring-psi")).not.toBeInTheDocument();
+    const row = within(screen.getByTestId("monitoring-refusals")).getByTestId("monitoring-refusal-row");
+    expect(within(row).getByRole("rowheader")).toHaveTextContent("2026-W49");
+    expect(row.querySelector('[data-answer="Not a CT slice"]')).toHaveTextContent("25 %95 % interval 5–70 % High");
+    expect(row.querySelector(`[data-answer="CT outside the model's range"]`)).not.toHaveTextContent("High");
+  });
+
+  it("tables the PSI per window against the card's reference, flagging a shift", async () => {
+    const figure = (n: number, psi: number, warning: boolean) => ({ n, counts: [n], psi, warning });
+    const data: Monitoring = {
+      overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {},
+      drift: {
+        ...noDrift,
+        psi_unavailable: null,
+        reference: { edges: [0, 1], fractions: [1], n: 400, source: "out-of-fold" },
+        recent: figure(600, 0.31, true),
+        psi_by_week: { "2026-W50": figure(300, 0.52, true), "2026-W49": figure(300, 0.01, false) },
+      },
+    };
+    await openTab("Monitoring", (url) => (url.pathname === "/monitoring" ? json(data) : json({}, 404)));
+    const table = await screen.findByTestId("monitoring-psi");
+    expect(within(table).getAllByTestId("monitoring-psi-row").map((r) => r.textContent)).toEqual([
+      "Last 28 days6000.31Shift",
+      "2026-W493000.01",
+      "2026-W503000.52Shift",
+    ]);
+    expect(screen.getByText("Score drift (PSI) of custom-cnn 1.2.0")).toBeInTheDocument();
   });
 
   it("tables overall, by model version, scanner and week, with counts and intervals", async () => {
@@ -305,6 +364,7 @@ describe("monitoring view", () => {
       by_model_version: { "custom-cnn 1.2.0": performance(4, 1, 3, 0, 1) },
       by_scanner: { "GE / Revolution": performance(3, 1, 1, 0), "unknown": performance(1, 0, 2, 0, 1) },
       by_week: { "2026-W49": performance(4, 1, 3, 0, 1) },
+      drift: noDrift,
     };
     const calls: URL[] = [];
     const user = await openTab("Monitoring", (url) => {

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_model.card import top_k_mean
+from ml_model.card import score_histogram, top_k_mean
 from ml_model.evaluation.metrics import choose_operating_points
 from ml_model.inference.study import DEFAULT_TOP_K, aggregate
 
@@ -26,7 +26,9 @@ def calibrate_study_threshold(
 
     A normal study samples ``slices_per_study`` normal slices; a fracture study swaps
     ``fracture_slices`` of them for copies of one fracture slice (a fracture spans a
-    few neighbouring slices). Returns both operating points and the recipe.
+    few neighbouring slices). Returns both operating points, the recipe, and the synthetic
+    study scores' histogram (``score_histogram``: drift monitoring's reference; half of the
+    synthetic studies are fractures, so it is the score distribution at that prevalence).
     """
     rng = np.random.default_rng(seed)
     probs = np.asarray(probabilities, dtype=np.float64)
@@ -48,6 +50,10 @@ def calibrate_study_threshold(
         "aggregation": top_k_mean(top_k),
         "top_k": top_k,
         "operating_points": points,
+        "score_histogram": score_histogram(
+            scores,
+            f"{studies} synthetic studies (half with a fracture) of out-of-fold slice scores",
+        ),
         "calibration": {
             "synthetic_studies": studies,
             "slices_per_study": slices_per_study,

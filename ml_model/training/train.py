@@ -590,6 +590,8 @@ def model_card(
     }
     study = calibrate_study_threshold(cal_p, cal_y, cal_groups, seed=config.seed)
     study["calibration"]["source"] = cal_source
+    if not have_oof:  # drift monitoring's reference must be out-of-fold scores
+        study.pop("score_histogram")
     series_table = None
     if have_oof:
         series_table = series_report(labels, oof, fitted.oof, groups, folds, config.seed)

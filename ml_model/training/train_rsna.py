@@ -97,6 +97,7 @@ from ml_model.card import (
     VERTEBRAE,
     ModelCard,
     read_card,
+    score_histogram,
     top_k_mean,
 )
 from ml_model.config import BONE_WINDOW_LEVEL, BONE_WINDOW_WIDTH
@@ -1179,7 +1180,15 @@ def train_rsna(config: RsnaConfig, argv: list[str] | None = None) -> dict[str, A
     }
     split = {"held_out": len(test), "development": len(dev), "folds": folds_k if folds else 0}
     data = provenance(config, uids, indexes, cache)
-    chosen = {"aggregation": aggregation, "top_k": top_k, "candidates": aggregation_aucs}
+    chosen = {
+        "aggregation": aggregation,
+        "top_k": top_k,
+        "candidates": aggregation_aucs,
+        "score_histogram": score_histogram(
+            [outputs[0] for outputs in oof.study_probs],
+            "out-of-fold study scores (patient_overall) of the development patients",
+        ),
+    }
     card = build_card(config, argv, points, metrics, head, chosen, data, gate_section, run, split)
     _write_reports(work, metrics, oof, held_out)
     parity = {
@@ -1309,6 +1318,7 @@ def build_card(
                 "feature_dim": head.feature_dim,
                 "outputs": list(STUDY_OUTPUTS),
             },
+            "score_histogram": chosen["score_histogram"],
             "output_operating_points": {
                 name: _card_points(study_points[name]) for name in STUDY_OUTPUTS
             },

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_model.card import STUDY_OUTPUTS, VERTEBRAE, load_card
+from ml_model.card import STUDY_OUTPUTS, VERTEBRAE, load_card, score_histogram
 from ml_model.inference.study_head import StudyHead
 from tests.ml_model.test_rsna_distributed import tiny_studies
 
@@ -54,6 +54,10 @@ def test_train_rsna_on_synthetic_studies_writes_a_study_bundle(tmp_path):
     for name in VERTEBRAE:
         assert {"auc", "sensitivity", "specificity", "ci_95"} <= set(outputs[name])
     assert "level_matched" in metrics["out_of_fold"]["sensitive"]
+    # Drift monitoring's reference: the out-of-fold studies' patient_overall scores.
+    histogram = card.study.score_histogram
+    oof = np.load(out / "report" / "out_of_fold.npz")["study_probability"][:, 0]
+    assert histogram is not None and histogram == score_histogram(oof, histogram.source)
     assert written["data"]["cache"]["read_errors"] == 0
     assert "3rd place" in written["rsna"]["approach"]["follows"]
     assert written["training"]["stage1_slices_per_second"] > 0
@@ -244,4 +248,3 @@ def test_the_study_score_is_the_candidate_with_the_best_out_of_fold_auc(
     np.testing.assert_array_equal(outputs[1:], heads[2][1:])  # C1..C7: the head's
     expected = head[2] if chosen == "study_head" else max(slices[2])
     assert outputs[0] == pytest.approx(expected)
-

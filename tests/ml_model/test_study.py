@@ -233,6 +233,11 @@ def test_calibration_separates_synthetic_studies() -> None:
     sensitive = study["operating_points"]["sensitive"]
     assert sensitive["recall"] == 1.0 and sensitive["specificity"] == 1.0
     assert 0.1 < sensitive["threshold"] < 0.9
+    # Drift monitoring's reference: the synthetic study scores, half of them fractures.
+    histogram = study["score_histogram"]
+    assert histogram.n == 50
+    above = [f for f, e in zip(histogram.fractions, histogram.edges, strict=False) if e >= 0.5]
+    assert sum(above) == pytest.approx(0.5)
 
 
 def real_series(shared_data: Path, fracture_slices: int) -> list[SliceFile]:

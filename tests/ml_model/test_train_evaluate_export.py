@@ -81,6 +81,10 @@ def test_training_writes_bundle_and_reports(trained_bundle: tuple[Path, Path]) -
     # Calibrated on out-of-fold scores; a report per held-out series, with intervals.
     assert card["calibration"]["source"].startswith("leave-one-series-out")
     assert set(card["leave_one_series_out"]) == {"SER0", "SER1"}
+    # Drift monitoring's reference: the synthetic studies of out-of-fold slice scores.
+    histogram = card["study"]["score_histogram"]
+    assert histogram["n"] == 400 and sum(histogram["fractions"]) == pytest.approx(1.0)
+    assert histogram["edges"][0] == 0.0 and histogram["edges"][-1] == 1.0
     for row in card["leave_one_series_out"].values():
         assert set(row["intervals_95"]) == {"auc", "recall", "specificity"}
         assert {"recall", "specificity", "accuracy"} <= set(row["product"])

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from starlette.applications import Starlette
 
 from backend.app.core.auth import verified_token_id
 from backend.app.core.config import Settings
 from backend.app.core.metrics import AppMetrics
 from backend.app.worklist.store import WorklistStore
+from ml_model.card import ModelCard
 from ml_model.inference.core import InferenceCore
 
 NOT_READY_DETAIL = "the model is not loaded yet; retry when GET /ready answers 200"
@@ -42,6 +44,16 @@ async def get_core(request: Request) -> InferenceCore:
     return core
 
 
+def loaded_card(app: Starlette) -> ModelCard | None:
+    """The loaded, warmed-up bundle's card; None while the model loads."""
+    core: InferenceCore | None = app.state.inference
+    return core.bundle.card if core is not None and app.state.ready else None
+
+
+async def get_loaded_card(request: Request) -> ModelCard | None:
+    return loaded_card(request.app)
+
+
 async def get_metrics(request: Request) -> AppMetrics:
     metrics: AppMetrics = request.app.state.metrics
     return metrics
@@ -64,4 +76,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 CoreDep = Annotated[InferenceCore, Depends(get_core)]
 MetricsDep = Annotated[AppMetrics, Depends(get_metrics)]
 WorklistDep = Annotated[WorklistStore, Depends(get_worklist)]
+LoadedCardDep = Annotated[ModelCard | None, Depends(get_loaded_card)]
 TokenIdDep = Annotated[str | None, Depends(get_token_id)]

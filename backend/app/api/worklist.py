@@ -4,18 +4,24 @@ upload's ``save=true`` (``api/studies.py``)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 
 from backend.app.core.config import Settings
 from backend.app.schemas import (
+    DriftOut,
     ModelInfo,
     MonitoringResponse,
     PerformanceOut,
+    RefusalShareOut,
     ReviewEntry,
+    ScoreDriftOut,
+    ScoreHistogramOut,
     StudySummary,
     WorklistEntry,
     WorklistTopSlice,
 )
+from backend.app.worklist.drift import Drift
 from backend.app.worklist.models import WorklistStudy
 from backend.app.worklist.monitoring import Monitoring, Performance
 from backend.app.worklist.store import NewStudy, kept_identifiers, utcnow
@@ -98,7 +104,36 @@ def _performance_out(figures: Performance) -> PerformanceOut:
     return PerformanceOut.model_validate(figures, from_attributes=True)
 
 
-def monitoring_out(report: Monitoring) -> MonitoringResponse:
+def _drift_out(report: Drift) -> DriftOut:
+    return DriftOut(
+        model=report.model,
+        reference=ScoreHistogramOut.model_validate(report.reference, from_attributes=True)
+        if report.reference is not None
+        else None,
+        psi_unavailable=report.unavailable,
+        psi_warn=report.psi_bound,
+        refusal_warn=report.refusal_bound,
+        recent_days=report.recent_days,
+        recent=ScoreDriftOut.model_validate(report.recent, from_attributes=True)
+        if report.recent is not None
+        else None,
+        psi_by_week={
+            week: ScoreDriftOut.model_validate(figure, from_attributes=True)
+            for week, figure in report.by_week.items()
+        },
+        refusals_by_week={
+            week: {
+                answer: RefusalShareOut.model_validate(
+                    {**asdict(refusal.share), "warning": refusal.warning}
+                )
+                for answer, refusal in answers.items()
+            }
+            for week, answers in report.refusals_by_week.items()
+        },
+    )
+
+
+def monitoring_out(report: Monitoring, drift: Drift) -> MonitoringResponse:
     groups = {
         name: {group: _performance_out(figures) for group, figures in members.items()}
         for name, members in report.groups.items()
@@ -108,4 +143,5 @@ def monitoring_out(report: Monitoring) -> MonitoringResponse:
         by_model_version=groups["model_version"],
         by_scanner=groups["scanner"],
         by_week=groups["week"],
+        drift=_drift_out(drift),
     )

@@ -250,6 +250,26 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the API looks for notifications that are due, in seconds.",
     )
+    monitoring_psi_warn: float = Field(
+        default=0.2,
+        gt=0.0,
+        description="GET /monitoring's drift: a PSI of the study scores against the card's "
+        "out-of-fold distribution above this is flagged (`warning`). Common reading: under "
+        "0.1 stable, 0.1-0.2 worth a look, over 0.2 a shift.",
+    )
+    monitoring_not_ct_warn: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="GET /monitoring's drift: a week whose share of `Not a CT slice` (or of "
+        "`CT outside the model's range`) answers is above this is flagged (`warning`).",
+    )
+    monitoring_drift_days: int = Field(
+        default=28,
+        ge=1,
+        description="GET /monitoring's drift: the PSI over the studies that arrived in the "
+        "last this many days (besides the one per ISO week).",
+    )
     report_identifiers: bool = Field(
         default=True,
         description="Print the exam's study and series instance UIDs, accession number and "

@@ -7,7 +7,8 @@ Each app gets its own ``CollectorRegistry``, so several apps (tests) never colli
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,51 +29,75 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 # Labelled samples of a gauge computed at scrape time: (labels, value).
 Samples = list[tuple[dict[str, str], float]]
-MONITORING_LABELS = ("grouping", "group", "measure", "bound")
-MONITORING_COUNT_LABELS = ("grouping", "group")
+
+
+@dataclass(frozen=True)
+class GaugeSpec:
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+
+# The worklist's gauges, in the order ``MonitoringCollector``'s figures return their samples.
+MONITORING_GAUGES = (
+    GaugeSpec(
+        "triage_monitoring_ratio",
+        "Sensitivity, specificity, PPV and NPV against the radiologists' reads (`measure`), "
+        "with Wilson 95 % bounds (`bound`: estimate, lower, upper), `grouping` overall / "
+        "model_version / scanner / week.",
+        ("grouping", "group", "measure", "bound"),
+    ),
+    GaugeSpec(
+        "triage_monitoring_reviewed_studies",
+        "Reviewed studies behind triage_monitoring_ratio, by grouping and group.",
+        ("grouping", "group"),
+    ),
+    GaugeSpec(
+        "triage_monitoring_psi",
+        "Population stability index of the analysed studies' scores against the model "
+        "card's out-of-fold score distribution, by `window` (last_<N>d or an ISO week).",
+        ("window",),
+    ),
+    GaugeSpec(
+        "triage_monitoring_refusal_share",
+        "Share of the analysed studies answered `Not a CT slice` or `CT outside the model's "
+        "range` (`answer`) per ISO `week`, with Wilson 95 % bounds (`bound`).",
+        ("week", "answer", "bound"),
+    ),
+)
 
 
 class MonitoringCollector(Collector):
-    """The worklist's live performance (``worklist/monitoring.py``), computed from the
-    reviewed studies at each scrape, so the gauges survive a restart and never go stale.
-    ``figures`` returns (ratio samples, reviewed-count samples); a failing read is logged
-    and leaves the two gauges empty for that scrape instead of failing ``/metrics``."""
+    """The worklist's live performance and drift (``worklist/monitoring.py``, ``drift.py``),
+    computed from the database at each scrape, so the gauges survive a restart and never go
+    stale. ``figures`` returns one list of samples per gauge of :data:`MONITORING_GAUGES`; a
+    failing read is logged and leaves the gauges empty for that scrape instead of failing
+    ``/metrics``."""
 
-    def __init__(self, figures: Callable[[], tuple[Samples, Samples]]) -> None:
+    def __init__(self, figures: Callable[[], Sequence[Samples]]) -> None:
         self.figures = figures
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        return (
-            GaugeMetricFamily(
-                "triage_monitoring_ratio",
-                "Sensitivity, specificity, PPV and NPV against the radiologists' reads "
-                "(`measure`), with Wilson 95 % bounds (`bound`: estimate, lower, upper), "
-                "`grouping` overall / model_version / scanner / week.",
-                labels=MONITORING_LABELS,
-            ),
-            GaugeMetricFamily(
-                "triage_monitoring_reviewed_studies",
-                "Reviewed studies behind triage_monitoring_ratio, by grouping and group.",
-                labels=MONITORING_COUNT_LABELS,
-            ),
-        )
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(spec.name, spec.documentation, labels=spec.labels)
+            for spec in MONITORING_GAUGES
+        ]
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()  # without a read: registration never touches the store
 
     def collect(self) -> Iterator[Metric]:
-        ratios, counts = self._families()
+        families = self._families()
         try:
-            ratio_samples, count_samples = self.figures()
+            samples = list(self.figures())
         except Exception:
             logging.getLogger(__name__).exception("monitoring figures could not be read")
-            ratio_samples, count_samples = [], []
-        for labels, value in ratio_samples:
-            ratios.add_metric([labels[name] for name in MONITORING_LABELS], value)
-        for labels, value in count_samples:
-            counts.add_metric([labels[name] for name in MONITORING_COUNT_LABELS], value)
-        yield ratios
-        yield counts
+            samples = [[] for _ in MONITORING_GAUGES]
+        for spec, family, gauge_samples in zip(MONITORING_GAUGES, families, samples, strict=True):
+            for labels, value in gauge_samples:
+                family.add_metric([labels[name] for name in spec.labels], value)
+        yield from families
 
 
 class AppMetrics:
@@ -158,7 +183,7 @@ class AppMetrics:
         self.memory_in_flight.set_function(lambda: budget.used)
         self.studies_in_flight.set_function(lambda: slots.busy)
 
-    def watch_monitoring(self, figures: Callable[[], tuple[Samples, Samples]]) -> None:
+    def watch_monitoring(self, figures: Callable[[], Sequence[Samples]]) -> None:
         """Export the worklist's live performance (see :class:`MonitoringCollector`)."""
         self.registry.register(MonitoringCollector(figures))
 

@@ -1,5 +1,5 @@
-"""The worklist's work outside the routes: opening the store at start-up, and the
-monitoring figures for ``/metrics``."""
+"""The worklist's work outside the routes: opening the store at start-up, the drift figures
+against the loaded card, and the monitoring figures for ``/metrics``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import logging
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME
 from backend.app.core.metrics import Samples
+from backend.app.worklist.drift import Drift, drift, drift_samples
 from backend.app.worklist.monitoring import gauge_samples, monitoring
-from backend.app.worklist.store import WorklistStore
+from backend.app.worklist.store import WorklistStore, utcnow
+from ml_model.card import ModelCard
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -27,8 +29,27 @@ def open_worklist(settings: Settings) -> WorklistStore:
     return store
 
 
-def monitoring_samples(store: WorklistStore | None) -> tuple[Samples, Samples]:
-    """The live performance as Prometheus samples (none while no store is open)."""
+def drift_report(store: WorklistStore, card: ModelCard | None, settings: Settings) -> Drift:
+    """Every analysed entry's drift figures against ``card`` (the loaded bundle's; None
+    while it loads: refusal shares only), with the Settings' bounds and window."""
+    return drift(
+        store.analysed(),
+        (card.name, card.version) if card is not None else None,
+        card.study.score_histogram if card is not None else None,
+        now=utcnow(),
+        recent_days=settings.monitoring_drift_days,
+        psi_bound=settings.monitoring_psi_warn,
+        refusal_bound=settings.monitoring_not_ct_warn,
+    )
+
+
+def monitoring_samples(
+    store: WorklistStore | None, card: ModelCard | None, settings: Settings
+) -> list[Samples]:
+    """The live performance and drift as Prometheus samples, one list per gauge of
+    ``core.metrics.MONITORING_GAUGES`` (none while no store is open)."""
     if store is None:
-        return [], []
-    return gauge_samples(monitoring(store.reviewed()))
+        return [[], [], [], []]
+    ratios, counts = gauge_samples(monitoring(store.reviewed()))
+    psis, shares = drift_samples(drift_report(store, card, settings))
+    return [ratios, counts, psis, shares]

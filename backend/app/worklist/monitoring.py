@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from backend.app.worklist.store import ReviewedStudy
+from backend.app.worklist.store import AnalysedStudy, ReviewedStudy
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 NO_CALL_VERDICTS = ("Not a CT slice", "CT outside the model's range")
@@ -92,7 +92,7 @@ def performance(rows: Iterable[ReviewedStudy]) -> Performance:
     )
 
 
-def iso_week(row: ReviewedStudy) -> str:
+def iso_week(row: ReviewedStudy | AnalysedStudy) -> str:
     """The ISO week of the study's arrival, e.g. ``2026-W49``."""
     year, week, _ = row.arrived_at.isocalendar()
     return f"{year}-W{week:02d}"

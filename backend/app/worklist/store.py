@@ -188,6 +188,17 @@ class ReviewedStudy:
     arrived_at: datetime
 
 
+@dataclass(frozen=True)
+class AnalysedStudy:
+    """What drift monitoring needs of any entry: its answer and score, model and arrival."""
+
+    verdict: str
+    score: float
+    model_name: str
+    model_version: str
+    arrived_at: datetime
+
+
 class WorklistStore:
     """The repository over one database (see the module's docstring)."""
 
@@ -475,27 +486,52 @@ class WorklistStore:
 
     def reviewed(self) -> list[ReviewedStudy]:
         """Every reviewed study with its latest read (the one that counts)."""
+        return [
+            ReviewedStudy(
+                flagged=study.flagged,
+                verdict=study.verdict,
+                fracture=read.fracture,
+                model_name=study.model_name,
+                model_version=study.model_version,
+                manufacturer=study.manufacturer,
+                manufacturer_model=study.manufacturer_model,
+                arrived_at=study.arrived_at,
+            )
+            for study, read in self.latest_reads()
+        ]
+
+    def latest_reads(
+        self, read_since: datetime | None = None
+    ) -> list[tuple[WorklistStudy, Review]]:
+        """Every reviewed entry with its latest read, by entry id (detached rows); with
+        ``read_since``, only those whose latest read is at or after it."""
         latest = select(func.max(Review.id).label("id")).group_by(Review.study_id).subquery()
+        query = (
+            select(WorklistStudy, Review)
+            .join(Review, Review.study_id == WorklistStudy.id)
+            .join(latest, latest.c.id == Review.id)
+            .order_by(WorklistStudy.id)
+        )
+        if read_since is not None:
+            query = query.where(Review.reviewed_at >= read_since)
+        with self._session() as session:
+            rows = session.execute(query).all()
+            session.expunge_all()
+            return [(study, read) for study, read in rows]
+
+    def analysed(self) -> list[AnalysedStudy]:
+        """Every entry's answer (reviewed or not), by arrival: what drift monitoring reads."""
         with self._session() as session:
             rows = session.execute(
-                select(WorklistStudy, Review.fracture)
-                .join(Review, Review.study_id == WorklistStudy.id)
-                .join(latest, latest.c.id == Review.id)
-                .order_by(WorklistStudy.id)
+                select(
+                    WorklistStudy.verdict,
+                    WorklistStudy.score,
+                    WorklistStudy.model_name,
+                    WorklistStudy.model_version,
+                    WorklistStudy.arrived_at,
+                ).order_by(WorklistStudy.arrived_at, WorklistStudy.id)
             ).all()
-            return [
-                ReviewedStudy(
-                    flagged=study.flagged,
-                    verdict=study.verdict,
-                    fracture=bool(fracture),
-                    model_name=study.model_name,
-                    model_version=study.model_version,
-                    manufacturer=study.manufacturer,
-                    manufacturer_model=study.manufacturer_model,
-                    arrived_at=study.arrived_at,
-                )
-                for study, fracture in rows
-            ]
+            return [AnalysedStudy(*row) for row in rows]
 
 
 def kept_identifiers(sent: dict[str, str] | None, allowed: Iterable[str]) -> dict[str, str] | None:

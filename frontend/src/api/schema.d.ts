@@ -87,11 +87,18 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Sensitivity, specificity, PPV, NPV against the reads
+         * Sensitivity, specificity, PPV, NPV against the reads; score and refusal drift
          * @description Over the reviewed studies (each one's latest read is the truth; `Potentially
          *     Fracture` is a positive call): sensitivity, specificity, PPV and NPV with Wilson 95 %
          *     intervals, overall, by model version, by scanner (manufacturer / model) and by ISO week
          *     of arrival. `Not a CT slice` studies made no call: counted in `no_call` only.
+         *
+         *     `drift`, over every analysed study (reviewed or not): the population stability index
+         *     (PSI) of the loaded model's study scores against its card's out-of-fold score
+         *     distribution (`study.score_histogram`; null with the reason when the card has none),
+         *     per ISO week and over the last MONITORING_DRIFT_DAYS days, flagged above
+         *     MONITORING_PSI_WARN; and per week the share of `Not a CT slice` and `CT outside the
+         *     model's range` answers with Wilson 95 % intervals, flagged above MONITORING_NOT_CT_WARN.
          */
         get: operations["monitoring_route_monitoring_get"];
         put?: never;
@@ -521,6 +528,59 @@ export interface components {
              */
             transfer_syntax?: string | null;
         };
+        /**
+         * DriftOut
+         * @description What the product sees, reviewed or not: the study scores' population stability index
+         *     (PSI) against the card's out-of-fold score distribution, and the weekly share of the
+         *     CT gate's refusals.
+         */
+        DriftOut: {
+            /**
+             * Model
+             * @description `name version` of the loaded card; PSI takes only this model's scores.
+             */
+            model: string | null;
+            /** @description The card's `study.score_histogram`: the bins and out-of-fold shares. */
+            reference: components["schemas"]["ScoreHistogramOut"] | null;
+            /**
+             * Psi Unavailable
+             * @description Why there is no PSI (e.g. the card has no out-of-fold score distribution); null when there is.
+             */
+            psi_unavailable: string | null;
+            /**
+             * Psi Warn
+             * @description MONITORING_PSI_WARN.
+             */
+            psi_warn: number;
+            /**
+             * Refusal Warn
+             * @description MONITORING_NOT_CT_WARN.
+             */
+            refusal_warn: number;
+            /**
+             * Recent Days
+             * @description MONITORING_DRIFT_DAYS: the window of `recent`.
+             */
+            recent_days: number;
+            /** @description PSI of the studies that arrived in the last `recent_days` days. */
+            recent: components["schemas"]["ScoreDriftOut"] | null;
+            /**
+             * Psi By Week
+             * @description Key: ISO week of arrival.
+             */
+            psi_by_week: {
+                [key: string]: components["schemas"]["ScoreDriftOut"];
+            };
+            /**
+             * Refusals By Week
+             * @description ISO week of arrival -> answer (`Not a CT slice`, `CT outside the model's range`) -> its share of every analysed study that week, Wilson 95 %.
+             */
+            refusals_by_week: {
+                [key: string]: {
+                    [key: string]: components["schemas"]["RefusalShareOut"];
+                };
+            };
+        };
         /** ErrorResponse */
         ErrorResponse: {
             /**
@@ -674,7 +734,8 @@ export interface components {
         };
         /**
          * MonitoringResponse
-         * @description The product's calls (flagged or not) against the latest read of each reviewed study.
+         * @description The product's calls (flagged or not) against the latest read of each reviewed study,
+         *     and the drift of every analysed study's score and refusals (`drift`).
          */
         MonitoringResponse: {
             overall: components["schemas"]["PerformanceOut"];
@@ -699,6 +760,7 @@ export interface components {
             by_week: {
                 [key: string]: components["schemas"]["PerformanceOut"];
             };
+            drift: components["schemas"]["DriftOut"];
         };
         /**
          * OperatingPoint
@@ -898,6 +960,33 @@ export interface components {
             status: "ready";
             model: components["schemas"]["ModelInfo"];
         };
+        /** RefusalShareOut */
+        RefusalShareOut: {
+            /** Successes */
+            successes: number;
+            /** Total */
+            total: number;
+            /**
+             * Estimate
+             * @description successes / total; null when total is 0.
+             */
+            estimate: number | null;
+            /**
+             * Lower
+             * @description Wilson 95 % interval, lower bound.
+             */
+            lower: number | null;
+            /**
+             * Upper
+             * @description Wilson 95 % interval, upper bound.
+             */
+            upper: number | null;
+            /**
+             * Warning
+             * @description estimate > MONITORING_NOT_CT_WARN.
+             */
+            warning: boolean;
+        };
         /** ReviewEntry */
         ReviewEntry: {
             /** Id */
@@ -939,6 +1028,70 @@ export interface components {
              * @description Free text (optional).
              */
             note?: string | null;
+        };
+        /** ScoreDriftOut */
+        ScoreDriftOut: {
+            /**
+             * N
+             * @description Analysed studies with a call by the card's model here.
+             */
+            n: number;
+            /**
+             * Counts
+             * @description Of them, per bin of `reference.edges`.
+             */
+            counts: number[];
+            /**
+             * Psi
+             * @description PSI against `reference.fractions`; null when n is 0.
+             */
+            psi: number | null;
+            /**
+             * Warning
+             * @description psi > MONITORING_PSI_WARN.
+             */
+            warning: boolean;
+        };
+        /**
+         * ScoreHistogram
+         * @description The distribution of out-of-fold study scores (what ``GET /monitoring`` compares the
+         *     live scores with, as a population stability index): ``fractions[i]`` of the scores lay
+         *     in [``edges[i]``, ``edges[i + 1]``) (the last bin includes 1).
+         */
+        ScoreHistogram: {
+            /**
+             * Edges
+             * @description Bin edges, from 0 to 1, increasing.
+             */
+            edges: number[];
+            /**
+             * Fractions
+             * @description Share of the scores per bin.
+             */
+            fractions: number[];
+            /**
+             * N
+             * @description Out-of-fold studies the shares were counted on.
+             */
+            n: number;
+            /**
+             * Source
+             * @description Which scores: e.g. out-of-fold studies of patient folds.
+             */
+            source: string;
+        } & {
+            [key: string]: unknown;
+        };
+        /** ScoreHistogramOut */
+        ScoreHistogramOut: {
+            /** Edges */
+            edges: number[];
+            /** Fractions */
+            fractions: number[];
+            /** N */
+            n: number;
+            /** Source */
+            source: string;
         };
         /** StudyFileError */
         StudyFileError: {
@@ -1182,6 +1335,8 @@ export interface components {
             };
             /** @description A learned study head (patient_overall, C1..C7); absent: top-k mean. */
             head?: components["schemas"]["StudyHeadSpec"] | null;
+            /** @description The out-of-fold study scores' distribution (drift monitoring's reference); absent: the bundle's training kept none. */
+            score_histogram?: components["schemas"]["ScoreHistogram"] | null;
         } & {
             [key: string]: unknown;
         };

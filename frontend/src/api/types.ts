@@ -92,3 +92,5 @@ export const VERTEBRA_LEVELS: VertebraLevel[] = ["C1", "C2", "C3", "C4", "C5", "
 export type Monitoring = Schemas["MonitoringResponse"];
 export type Performance = Schemas["PerformanceOut"];
 export type Proportion = Schemas["ProportionOut"];
+export type Drift = Schemas["DriftOut"];
+export type ScoreDrift = Schemas["ScoreDriftOut"];

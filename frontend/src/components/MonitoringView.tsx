@@ -1,8 +1,9 @@
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useState, type ReactNode } from "react";
 import { failureOf, getMonitoring, type Failure } from "../api/client";
-import type { Monitoring, Performance, Proportion } from "../api/types";
+import type { Drift, Monitoring, Performance, Proportion, ScoreDrift } from "../api/types";
 import { formatClock, proportionParts } from "../lib/worklist";
 import { ApiErrorNotice } from "./ErrorNotice";
+import { TableHead } from "./TableHead";
 
 interface Props {
   /** The tab is shown: fetched each time it is. */
@@ -113,8 +114,107 @@ function Measure({ p }: { p: Proportion }) {
   );
 }
 
-const sorted = (groups: Record<string, Performance>) =>
+const sorted = <T,>(groups: Record<string, T>): [string, T][] =>
   Object.entries(groups).sort(([a], [b]) => a.localeCompare(b));
+
+const NOT_CT = "Not a CT slice";
+const OUTSIDE = "CT outside the model's range";
+
+/** "Shift" past the bound, else nothing: the warning is the exception. */
+function Warning({ on, label }: { on: boolean; label: string }) {
+  return on ? <span className="badge badge--small badge--positive">{label}</span> : null;
+}
+
+/** A table in the monitoring layout: a scrollable, labelled region. */
+function DriftTable({ title, testId, children }: { title: string; testId: string; children: ReactNode }) {
+  const id = `${testId}-title`;
+  return (
+    <div className="monitoring__group">
+      <h4 id={id}>{title}</h4>
+      <div className="table-wrap" role="region" aria-labelledby={id} tabIndex={0}>
+        <table className="batch__table monitoring__table" data-testid={testId}>
+          {children}
+        </table>
+      </div>
+    </div>
+  );
+}
+
+/**
+ * What the product sees, reviewed or not (GET /monitoring's drift): the PSI of the study scores
+ * against the model card's out-of-fold distribution, and the weekly share of the CT gate's refusals.
+ */
+function DriftTables({ drift }: { drift: Drift }) {
+  const windows: [string, ScoreDrift][] = [
+    ...(drift.recent ? ([[`Last ${drift.recent_days} days`, drift.recent]] as [string, ScoreDrift][]) : []),
+    ...sorted(drift.psi_by_week),
+  ];
+  const refusals = sorted(drift.refusals_by_week);
+  return (
+    <div className="monitoring__drift" data-testid="monitoring-drift">
+      <h3>Drift</h3>
+      <p className="hint">
+        Every analysed study counts, reviewed or not. Score drift: the population stability index (PSI) of the study
+        scores against the model card&apos;s out-of-fold scores, flagged above {drift.psi_warn}. Refusals: each
+        week&apos;s share of &ldquo;{NOT_CT}&rdquo; and &ldquo;{OUTSIDE}&rdquo; answers, flagged above{" "}
+        {Math.round(drift.refusal_warn * 100)} %.
+      </p>
+      {drift.psi_unavailable ? (
+        <p className="muted" data-testid="monitoring-psi-unavailable">
+          Score drift: not available ({drift.psi_unavailable}).
+        </p>
+      ) : windows.length === 0 ? (
+        <p className="muted">Score drift: no analysed study of {drift.model} yet.</p>
+      ) : (
+        <DriftTable title={`Score drift (PSI) of ${drift.model}`} testId="monitoring-psi">
+          <TableHead
+            columns={[{ label: "Window" }, { label: "Studies", num: true }, { label: "PSI", num: true }, { label: "Flag" }]}
+          />
+          <tbody>
+            {windows.map(([window, figure]) => (
+              <tr key={window} data-testid="monitoring-psi-row">
+                <th scope="row">{window}</th>
+                <td className="num">{figure.n}</td>
+                <td className="num">{figure.psi == null ? "—" : figure.psi.toFixed(2)}</td>
+                <td>
+                  <Warning on={figure.warning} label="Shift" />
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </DriftTable>
+      )}
+      {refusals.length > 0 && (
+        <DriftTable title="Refusals by week of arrival" testId="monitoring-refusals">
+          <TableHead
+            columns={[
+              { label: "Week" },
+              { label: "Analysed", num: true },
+              { label: NOT_CT, num: true },
+              { label: OUTSIDE, num: true },
+            ]}
+          />
+          <tbody>
+            {refusals.map(([week, answers]) => (
+              <tr key={week} data-testid="monitoring-refusal-row">
+                <th scope="row">{week}</th>
+                <td className="num">{answers[NOT_CT]?.total ?? 0}</td>
+                {[NOT_CT, OUTSIDE].map((answer) => {
+                  const share = answers[answer];
+                  return (
+                    <td key={answer} className="num" data-answer={answer}>
+                      {share ? <Measure p={share} /> : "—"} <Warning on={!!share?.warning} label="High" />
+                    </td>
+                  );
+                })}
+              </tr>
+            ))}
+          </tbody>
+        </DriftTable>
+      )}
+    </div>
+  );
+}
 
 /**
  * Live performance (GET /monitoring): the product's calls against the radiologists' reads,
@@ -173,6 +273,7 @@ export function MonitoringView({ active }: Props) {
           <PerformanceTable title="By week of arrival" groupLabel="Week" rows={sorted(data.by_week)} testId="monitoring-week" />
         </>
       )}
+      {data && <DriftTables drift={data.drift} />}
     </section>
   );
 }

@@ -9,6 +9,8 @@ import io
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from backend.app.core.config import Settings
 from backend.app.main import create_app
+from ml_model.card import ModelCard, score_histogram
 from ml_model.inference.core import InferenceCore
 from tests.conftest import make_dicom
 
@@ -403,3 +406,75 @@ def test_a_bad_token_entry_stops_the_settings(
     monkeypatch.setenv("AUTH_TOKEN_HASHES", configured)
     with pytest.raises(ValueError, match="AUTH_TOKEN_HASHES"):
         Settings()
+
+
+def submission_by(
+    n: int, card: ModelCard, result: str, score: float, arrived: datetime
+) -> dict[str, Any]:
+    """A submission of the loaded model (``card``) with its score, arrived at ``arrived``."""
+    body = submission(n, result, arrived=arrived.isoformat())
+    body["study"] = study_answer(result, score) | {
+        "model": {"name": card.name, "version": card.version}
+    }
+    return body
+
+
+def test_drift_without_a_reference_histogram(api: TestClient, service: InferenceCore) -> None:
+    """The shipped card keeps no out-of-fold score distribution: PSI is left out with the
+    reason; the refusal shares (every analysed study, reviewed or not) are there."""
+    assert service.bundle.card.study.score_histogram is None
+    now = datetime.now(UTC)
+    for n, result in enumerate([NORMAL, NORMAL, FRACTURE, NOT_CT]):
+        api.post("/worklist", json=submission_by(n, service.bundle.card, result, 0.3, now))
+    drift = api.get("/monitoring").json()["drift"]
+    assert drift["psi_unavailable"] == "the card has no out-of-fold score distribution"
+    assert drift["reference"] is None and drift["recent"] is None and drift["psi_by_week"] == {}
+    (week,) = drift["refusals_by_week"].values()
+    assert week[NOT_CT]["successes"] == 1 and week[NOT_CT]["total"] == 4
+    assert week[NOT_CT]["warning"] is True  # 0.25 > MONITORING_NOT_CT_WARN's 0.2
+    assert week["CT outside the model's range"]["estimate"] == 0.0
+    metrics = api.get("/metrics").text
+    assert "triage_monitoring_psi{" not in metrics
+    assert 'triage_monitoring_refusal_share{answer="Not a CT slice",bound="estimate"' in metrics
+
+
+def test_drift_against_the_cards_histogram(
+    app_settings: dict[str, Any], service: InferenceCore
+) -> None:
+    """The loaded model with a card that holds a reference (deciles of beta(2, 5) scores):
+    live scores from it give a small PSI, scores shifted up give one past the bound."""
+    card = service.bundle.card
+    rng = np.random.default_rng(3)
+    histogram = score_histogram(rng.beta(2, 5, 4000), "test: beta(2, 5)")
+    study = card.study.model_copy(update={"score_histogram": histogram})
+    bundle = replace(service.bundle, card=card.model_copy(update={"study": study}))
+    settings = Settings(**app_settings, monitoring_psi_warn=0.25)
+    now = datetime.now(UTC)
+    last_week, this_week = now - timedelta(days=7), now
+    with TestClient(create_app(settings, inference=service.with_bundle(bundle))) as client:
+        same = rng.beta(2, 5, 300)
+        shifted = np.clip(rng.beta(2, 5, 300) + 0.3, 0, 1)
+        for n, (score, arrived) in enumerate(
+            [(s, last_week) for s in same] + [(s, this_week) for s in shifted]
+        ):
+            result = FRACTURE if score >= 0.5 else NORMAL
+            body = submission_by(n, card, result, score, arrived)
+            assert post_json(client, "/worklist", body) == 201
+        client.post("/worklist", json=submission(999, NOT_CT))  # a refusal: no PSI
+        drift = client.get("/monitoring").json()["drift"]
+        assert drift["psi_unavailable"] is None and drift["psi_warn"] == 0.25
+        assert drift["reference"]["fractions"] == pytest.approx([0.1] * 10)
+        weeks = drift["psi_by_week"]
+        old, new = weeks[iso_week(last_week)], weeks[iso_week(this_week)]
+        assert (old["n"], new["n"]) == (300, 300) and sum(new["counts"]) == 300
+        assert old["psi"] < 0.1 and old["warning"] is False
+        assert new["psi"] > 0.25 and new["warning"] is True
+        assert drift["recent"]["n"] == 600 and drift["recent_days"] == 28
+        metrics = client.get("/metrics").text
+    assert f'triage_monitoring_psi{{window="{iso_week(this_week)}"}} {new["psi"]}' in metrics
+    assert 'triage_monitoring_psi{window="last_28d"}' in metrics
+
+
+def iso_week(moment: datetime) -> str:
+    year, week, _ = moment.isocalendar()
+    return f"{year}-W{week:02d}"

@@ -151,6 +151,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             async with _serving(app, settings):
                 yield
             tasks.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The task group wraps what stops start-up (a bundle refused): raise it as it is.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         if owns_worklist and app.state.worklist is not None:
             app.state.worklist.close()

@@ -329,8 +329,9 @@ describe("history", () => {
     });
     // Three files analysed together: one group of three.
     await user.upload(screen.getByLabelText(/choose files/i), [1, 2, 3].map((n) => file(`${n}.dcm`, n)));
+    // Entries are saved as each file's hash is ready: the group grows to three.
     const group = await screen.findByTestId("history-group");
-    expect(group).toHaveTextContent("3 slices analysed together");
+    await waitFor(() => expect(group).toHaveTextContent("3 slices analysed together"));
     expect(within(group).getAllByTestId("history-entry")).toHaveLength(3);
     await act(async () => {
       expect(await new HistoryStore(factory).list()).toHaveLength(4);

@@ -178,11 +178,13 @@ const asPayload = (file) =>
     ? { name: file.split("/").pop(), mimeType: /\.png$/i.test(file) ? "image/png" : "image/jpeg", buffer: readFileSync(file) }
     : file;
 
+/** The number in a Kaggle file name, "… (12).png" → 12. */
+const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
+
 /** The original (un-augmented) slices `SERIES (N).png` of the data set's largest series in `sub`, in order. */
 function largestSeries(sub) {
   const path = join(CT_DIR, sub);
   if (!existsSync(path)) return [];
-  const number = (f) => Number(/\((\d+)\)/.exec(f)[1]);
   const groups = new Map();
   for (const f of readdirSync(path).filter((f) => /^[A-Za-z0-9]+ \(\d+\)\.png$/.test(f))) {
     const series = f.split(" (")[0];

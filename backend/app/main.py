@@ -143,19 +143,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if owns_worklist:
         app.state.worklist = await anyio.to_thread.run_sync(open_worklist, settings)
     try:
-        async with anyio.create_task_group() as tasks:
+        # The model first: a refused bundle stops the start as itself, before any task runs.
+        async with _serving(app, settings), anyio.create_task_group() as tasks:
             # The webhook's deliveries (WEBHOOK_URL), by whoever opened the store.
             sender = notifier(app.state.worklist, settings, app.state.metrics)
             if owns_worklist and sender is not None:
                 tasks.start_soon(sender.run)
-            async with _serving(app, settings):
-                yield
+            yield
             tasks.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The task group wraps what stops start-up (a bundle refused): raise it as it is.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
     finally:
         if owns_worklist and app.state.worklist is not None:
             app.state.worklist.close()

@@ -115,6 +115,13 @@ class SeriesLog(Protocol):
     ) -> None: ...
 
 
+def errors_after(earlier: SeriesState | None, failure_class: str) -> int:
+    """A series' ``errors`` once an attempt that ended in ``failure_class`` is counted: only
+    ``error`` (unexpected) attempts count towards ``error_max_attempts``."""
+    errors = earlier.errors if earlier is not None else 0
+    return errors + 1 if failure_class == "error" else errors
+
+
 class StateDB:
     """Thread-safe access to the state file (one connection, one lock, WAL journal)."""
 
@@ -286,9 +293,7 @@ class StateDB:
 
     def _errors(self, series_uid: str, failure_class: str) -> int:
         """The row's ``errors`` once an attempt of ``failure_class`` is recorded."""
-        current = self.get(series_uid)
-        errors = current.errors if current is not None else 0
-        return errors + 1 if failure_class == "error" else errors
+        return errors_after(self.get(series_uid), failure_class)
 
     def requeue(
         self, statuses: tuple[str, ...] = ("failed", "skipped", "blocked"),

@@ -51,7 +51,7 @@ from pacs.clients import (
 from pacs.clients import failure_class as classify
 from pacs.dicom_out import build_heatmaps, build_sr, derived_output_series, output_uids
 from pacs.settings import WorkerSettings
-from pacs.state import SeriesLog, StateDB
+from pacs.state import SeriesLog, StateDB, errors_after
 
 log = logging.getLogger("pacs.worker")
 
@@ -276,7 +276,7 @@ class Worker:
         try:
             result = self._process_series(ref, state, arrived_at)
         except PermanentError as exc:
-            failure_class = "identity" if isinstance(exc, IdentityError) else "permanent"
+            failure_class = classify(exc)  # identity or permanent
             SERIES_FAILED.labels(failure_class).inc()
             state.fail(ref.series_uid, ref.study_uid, str(exc)[:500], failure_class)
             log.error("series %s: failed (%s), %s", ref.series_uid, failure_class, exc)
@@ -302,8 +302,7 @@ class Worker:
             reason = f"{type(exc).__name__}: {exc}"[:500]
             # An error is final after error_max_attempts of them (transient failures before
             # do not use them up); the row (a broker job: the poller's row) counts the earlier.
-            earlier = state.get(ref.series_uid)
-            errors = (earlier.errors if earlier is not None else 0) + (0 if transient else 1)
+            errors = errors_after(state.get(ref.series_uid), failure_class)
             if not transient and errors >= self.settings.error_max_attempts:
                 reason = f"{reason[:460]} (after {attempt} attempts, {errors} errors)"
                 state.fail(ref.series_uid, ref.study_uid, reason, failure_class)

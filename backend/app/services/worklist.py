@@ -7,7 +7,7 @@ import logging
 
 from backend.app.core.config import Settings
 from backend.app.core.logging import LOGGER_NAME
-from backend.app.core.metrics import Samples
+from backend.app.core.metrics import MONITORING_GAUGES, Samples
 from backend.app.worklist.drift import Drift, drift, drift_samples
 from backend.app.worklist.monitoring import gauge_samples, monitoring
 from backend.app.worklist.store import WorklistStore, utcnow
@@ -49,7 +49,7 @@ def monitoring_samples(
     """The live performance and drift as Prometheus samples, one list per gauge of
     ``core.metrics.MONITORING_GAUGES`` (none while no store is open)."""
     if store is None:
-        return [[], [], [], []]
+        return [[] for _ in MONITORING_GAUGES]
     ratios, counts = gauge_samples(monitoring(store.reviewed()))
     psis, shares = drift_samples(drift_report(store, card, settings))
     return [ratios, counts, psis, shares]

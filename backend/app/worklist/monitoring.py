@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from backend.app.worklist.store import AnalysedStudy, ReviewedStudy
+from ml_model.config import RESULT_OUT_OF_DISTRIBUTION, RESULT_OUTSIDE_RANGE
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile
-NO_CALL_VERDICTS = ("Not a CT slice", "CT outside the model's range")
+NO_CALL_VERDICTS = (RESULT_OUT_OF_DISTRIBUTION, RESULT_OUTSIDE_RANGE)  # no fracture call
 UNKNOWN = "unknown"
 
 

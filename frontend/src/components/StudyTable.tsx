@@ -4,6 +4,7 @@ import { formatPercent } from "../lib/files";
 import { NOT_SCORED, RESULT_OUTSIDE_RANGE } from "../lib/results";
 import { formatPosition } from "../lib/study";
 import { ToneIcon } from "./ResultBadge";
+import { RowHeaderButton } from "./RowHeaderButton";
 
 interface Props {
   slices: StudySlice[];
@@ -67,20 +68,9 @@ export function StudyTable({ slices, threshold, topRank, selected, onSelect, pos
                 onClick={() => onSelect(i)}
               >
                 <td className="num muted">{i + 1}</td>
-                <th scope="row">
-                  <button
-                    type="button"
-                    className="linklike"
-                    onClick={(e) => {
-                      e.stopPropagation();
-                      onSelect(i);
-                    }}
-                    aria-pressed={isSelected}
-                    title={s.name}
-                  >
-                    {s.name}
-                  </button>
-                </th>
+                <RowHeaderButton onSelect={() => onSelect(i)} aria-pressed={isSelected} title={s.name}>
+                  {s.name}
+                </RowHeaderButton>
                 <td className="num">{formatPosition(s.position)}</td>
                 <td className={ood ? "num unused" : "num"}>
                   {ood ? (

@@ -5,6 +5,7 @@ import { formatPercent } from "../lib/files";
 import { STATUS_LABELS, formatAge, formatClock, scannerLabel } from "../lib/worklist";
 import { ApiErrorNotice } from "./ErrorNotice";
 import { ResultBadge } from "./ResultBadge";
+import { RowHeaderButton } from "./RowHeaderButton";
 import { TableHead } from "./TableHead";
 import { WorklistEntryPanel } from "./WorklistEntryPanel";
 
@@ -153,19 +154,12 @@ export function WorklistView({ active, pollMs = 10_000, pageSize = 25 }: Props) 
                     data-testid="worklist-row"
                     data-id={entry.id}
                   >
-                    <th scope="row">
-                      <button
-                        type="button"
-                        className="linklike"
-                        onClick={(e) => {
-                          e.stopPropagation();
-                          setOpenId(entry.id);
-                        }}
-                        aria-label={`Open study ${entry.id}, ${entry.verdict}`}
-                      >
-                        Study {entry.id}
-                      </button>
-                    </th>
+                    <RowHeaderButton
+                      onSelect={() => setOpenId(entry.id)}
+                      aria-label={`Open study ${entry.id}, ${entry.verdict}`}
+                    >
+                      Study {entry.id}
+                    </RowHeaderButton>
                     <td>
                       <ResultBadge result={entry.verdict} testId="worklist-verdict" />
                     </td>

@@ -37,6 +37,13 @@ QIDO_MALFORMED = Counter(
     "QIDO-RS series entries skipped because they could not be read (e.g. a non-numeric "
     "instance count).",
 )
+QIDO_CAPPED = Counter(
+    "pacs_qido_capped_total",
+    "Series listings the PACS cut short whatever the offset (outcome=read_by_range: found "
+    "and read range by range; unsplittable: a single StudyDate and StudyTime second still at "
+    "the cap, so series may be missed).",
+    ["outcome"],
+)
 
 _PATIENT_ID = "00100020"
 _STUDY_UID = "0020000D"
@@ -44,8 +51,12 @@ _SERIES_UID = "0020000E"
 _MODALITY = "00080060"
 _SERIES_DESCRIPTION = "0008103E"
 _INSTANCE_COUNT = "00201209"
+_STUDY_DATE = "00080020"
+_STUDY_TIME = "00080030"
 _QIDO_FIELDS = [
     "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
     "Modality",
     "SeriesDescription",
     "NumberOfSeriesRelatedInstances",
@@ -99,6 +110,95 @@ def retry_after(response: requests.Response | None) -> float | None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
+
+
+_LAST_SECOND = 24 * 3600 - 1
+StudyKey = tuple[date, int | None]  # a series' StudyDate, and StudyTime in seconds if given
+
+
+@dataclass(frozen=True)
+class StudySpan:
+    """A StudyDate range (days ``first``..``last``), and within one day a StudyTime range
+    (seconds ``start``..``end``): what a capped listing is split along."""
+
+    first: date
+    last: date
+    start: int = 0
+    end: int = _LAST_SECOND
+
+    def query(self) -> dict[str, str]:
+        """The QIDO-RS matching keys of the span (DICOM range matching)."""
+        keys = {"StudyDate": f"{self.first:%Y%m%d}-{self.last:%Y%m%d}"}
+        if self.first == self.last and (self.start, self.end) != (0, _LAST_SECOND):
+            keys["StudyTime"] = f"{_hhmmss(self.start)}-{_hhmmss(self.end)}"
+        return keys
+
+    def split(self, seen: Sequence[StudyKey]) -> list[StudySpan]:
+        """Pieces of the span cut between the series already seen in it, so that no piece
+        holds all of them where their dates (or, within one day, times) differ; where they
+        all share one, the pieces before, at and after it. Empty: nothing to cut by (no
+        dated series seen, or one second)."""
+        if self.first < self.last:
+            days = sorted(day for day, _ in seen if self.first <= day <= self.last)
+            if not days:
+                return []
+            cut = days[(len(days) - 1) // 2]
+            if days[0] < cut == days[-1]:
+                cut = max(day for day in days if day < cut)
+            if cut < days[-1]:
+                return [StudySpan(self.first, cut), StudySpan(cut + timedelta(days=1), self.last)]
+            pieces = [
+                StudySpan(self.first, cut - timedelta(days=1)),
+                StudySpan(cut, cut),
+                StudySpan(cut + timedelta(days=1), self.last),
+            ]
+        else:
+            times = sorted(
+                second
+                for day, second in seen
+                if day == self.first and second is not None and self.start <= second <= self.end
+            )
+            if not times or self.start == self.end:
+                return []
+            mid = times[(len(times) - 1) // 2]
+            if times[0] < mid == times[-1]:
+                mid = max(second for second in times if second < mid)
+            if mid < times[-1]:
+                return [self._seconds(self.start, mid), self._seconds(mid + 1, self.end)]
+            pieces = [
+                self._seconds(self.start, mid - 1),
+                self._seconds(mid, mid),
+                self._seconds(mid + 1, self.end),
+            ]
+        return [
+            piece
+            for piece in pieces
+            if piece.first <= piece.last and piece.start <= piece.end and piece != self
+        ]
+
+    def _seconds(self, start: int, end: int) -> StudySpan:
+        return StudySpan(self.first, self.last, start, end)
+
+
+def _hhmmss(seconds: int) -> str:
+    return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
+
+
+def _study_key(item: dict[str, Any]) -> StudyKey | None:
+    """A QIDO-RS entry's StudyDate and StudyTime (seconds; None when absent); None when it
+    has no readable date."""
+    try:
+        day = datetime.strptime(str(_first(item, _STUDY_DATE)), "%Y%m%d").date()
+    except (AttributeError, TypeError, ValueError):
+        return None
+    try:
+        text = str(_first(item, _STUDY_TIME) or "").split(".")[0].ljust(6, "0")
+        second: int | None = int(text[:2]) * 3600 + int(text[2:4]) * 60 + int(text[4:6])
+    except (AttributeError, TypeError, ValueError):
+        second = None
+    if second is not None and not 0 <= second <= _LAST_SECOND:
+        second = None
+    return day, second
 
 
 @dataclass(frozen=True)
@@ -215,28 +315,87 @@ class PacsClient:
         return found
 
     def list_series(self) -> list[SeriesRef]:
-        """Every series (QIDO-RS, paged), within ``lookback_days`` when set."""
+        """Every series (QIDO-RS, paged), within ``lookback_days`` when set; read range by
+        range where the PACS caps its answers (``cap_check``, :meth:`_uncapped`)."""
+        span = StudySpan(date(1900, 1, 1), date(9998, 12, 31))  # room for a day after
         params: dict[str, Any] = {"includefield": _QIDO_FIELDS}
         if self.settings.lookback_days is not None:
             since = date.today() - timedelta(days=self.settings.lookback_days)
             params["StudyDate"] = since.strftime("%Y%m%d") + "-"
-        found: list[SeriesRef] = []
-        offset = 0
+            span = StudySpan(since, span.last)
+        entries = self._paged(params)
+        if self.settings.cap_check and entries:
+            entries = self._uncapped(params, span, entries, cap=None)
+        return [ref for ref in map(series_ref, entries) if ref is not None]
+
+    def _paged(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One series search, page by page until an empty page: a PACS may cap an answer
+        below the page size asked for, so a short page is not the last one."""
+        found: list[dict[str, Any]] = []
         previous: list[dict[str, Any]] | None = None
-        # Pages until an empty one: a PACS may cap an answer below the page size asked for
-        # (Orthanc's LimitFindResults), so a short page is not the last one.
         while True:
             page = self._search(
-                "/series", {**params, "limit": self.settings.page_size, "offset": offset}
+                "/series", {**params, "limit": self.settings.page_size, "offset": len(found)}
             )
             if not page or page == previous:  # the end, or a PACS that ignores offset
                 return found
-            for item in page:
-                ref = series_ref(item)
-                if ref is not None:
-                    found.append(ref)
+            found.extend(page)
             previous = page
-            offset += len(page)
+
+    def _uncapped(
+        self,
+        params: dict[str, Any],
+        span: StudySpan,
+        entries: list[dict[str, Any]],
+        cap: int | None,
+    ) -> list[dict[str, Any]]:
+        """``entries`` (the PACS's answer for ``span``) made whole where the PACS capped it.
+
+        Some PACS cut every answer at a fixed count whatever the offset (Orthanc 1.10's
+        ``LimitFindResults`` applies its cap before the offset), so paging cannot see past
+        it and nothing says so. The span is asked again in pieces cut between the series
+        seen (:meth:`StudySpan.split`): a piece holding fewer of them than the whole would
+        show any series the cap hid, so if the pieces hold series the whole did not, the
+        whole was capped at ``len(entries)``, and every answer that reaches that count is
+        cut again, down to one StudyTime second (past which the cap cannot be worked round:
+        logged and counted ``unsplittable``). A series hidden behind others of the same
+        second, or without a StudyDate, cannot be found this way.
+        """
+        if cap is not None and len(entries) < cap:
+            return entries  # under the cap: the whole answer
+        pieces = span.split([key for key in map(_study_key, entries) if key is not None])
+        if not pieces:
+            if cap is not None:
+                QIDO_CAPPED.labels("unsplittable").inc()
+                log.error(
+                    "The PACS caps QIDO-RS answers at %d series and %s holds that many: "
+                    "series there may be missed. Raise the PACS's find limit (Orthanc: "
+                    "LimitFindResults).", cap, span.query(),
+                )  # fmt: skip
+            return entries
+        answers = [self._paged({**params, **piece.query()}) for piece in pieces]
+        if cap is None:
+            if len(_by_series_uid(entries, *answers)) == len(entries):
+                # Nothing new: not capped, unless one piece holds every series seen (they
+                # share a day or a second) and so cannot tell; that piece is looked into.
+                crowded = [
+                    self._uncapped(params, piece, answer, None)
+                    for piece, answer in zip(pieces, answers, strict=True)
+                    if len(answer) == len(entries)
+                ]
+                return _by_series_uid(entries, *crowded)
+            cap = len(entries)
+            QIDO_CAPPED.labels("read_by_range").inc()
+            log.warning(
+                "The PACS cut a series listing at %d whatever the offset (a find limit such "
+                "as Orthanc's LimitFindResults): reading it StudyDate range by range.",
+                cap,
+            )
+        wholes = [
+            self._uncapped(params, piece, answer, cap)
+            for piece, answer in zip(pieces, answers, strict=True)
+        ]
+        return _by_series_uid(entries, *wholes)
 
     def series_locations(self, series_uid: str) -> set[tuple[str, str]]:
         """The (PatientID, StudyInstanceUID) pairs of a series UID's instances (QIDO-RS, all
@@ -302,6 +461,20 @@ class PacsClient:
         if failed:
             reasons = [str(item.get("FailureReason", "?")) for item in failed]
             raise TransientError(f"PACS store: {len(failed)} instance(s) refused {reasons}")
+
+
+def _by_series_uid(*answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """QIDO-RS series entries of several answers, each series once (the first entry kept;
+    entries without a readable series UID kept as they are, for ``series_ref`` to count)."""
+    seen: dict[object, dict[str, Any]] = {}
+    for answer in answers:
+        for item in answer:
+            try:
+                uid = _first(item, _SERIES_UID)
+            except (AttributeError, TypeError, ValueError):
+                uid = None
+            seen.setdefault(id(item) if uid is None else str(uid), item)
+    return list(seen.values())
 
 
 def series_ref(item: dict[str, Any]) -> SeriesRef | None:

@@ -75,6 +75,13 @@ class WorkerSettings(BaseSettings):
         "studies when unset. Set it on a hospital PACS.",
     )
     page_size: int = Field(default=200, ge=1, description="QIDO-RS page size.")
+    cap_check: bool = Field(
+        default=True,
+        description="Check each poll's series listing against a PACS that caps answers "
+        "whatever the offset (Orthanc's LimitFindResults): the StudyDate range is asked in two "
+        "halves, and where they hold more than the whole the listing is read range by range "
+        "(PACS_CAP_CHECK; two more QIDO-RS searches per poll).",
+    )
     concurrency: int = Field(default=2, ge=1, description="Series processed at once.")
     error_max_attempts: int = Field(
         default=3,

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from prometheus_client import REGISTRY
 from pydicom.dataset import Dataset
 
 from pacs.clients import PacsClient, dataset_bytes
@@ -462,6 +463,93 @@ def test_qido_paging_against_orthanc_reads_every_page(
         expected.add(str(ds.SeriesInstanceUID))
     settings = WorkerSettings(url=orthanc.url, page_size=2)
     assert {ref.series_uid for ref in PacsClient(settings).list_series()} == expected
+
+
+def _capped_value(outcome: str) -> float:
+    return REGISTRY.get_sample_value("pacs_qido_capped_total", {"outcome": outcome}) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("studies", "found", "outcome"),
+    [
+        # (StudyDate, StudyTime) of each series; how many list_series sees; the count raised
+        pytest.param(
+            [
+                ("20240105", "090000"),
+                ("20240105", "170000"),
+                ("20250310", "120000"),
+                ("20250311", "120000"),
+                ("20251201", "080000"),
+                ("20260101", "235959"),
+                ("19991231", "000001"),
+            ],
+            7,
+            "read_by_range",
+            id="dates-and-times-apart",
+        ),
+        pytest.param(
+            [("20250310", "120000")] * 4 + [("20250101", "120000"), ("20251111", "")],
+            5,
+            "unsplittable",
+            id="four-in-one-second",
+        ),
+    ],
+)
+def test_a_pacs_capping_answers_whatever_the_offset_is_read_range_by_range(
+    orthanc_installed: None,
+    tmp_path: Path,
+    studies: list[tuple[str, str]],
+    found: int,
+    outcome: str,
+) -> None:
+    """A real Orthanc 1.10 with ``LimitFindResults`` 2 answers every series search with 3
+    entries whatever the offset (the cap applies before it): paging alone sees 3 series and
+    nothing says so. The worker's listing finds the cap by asking the StudyDate halves and
+    reads it range by range (down to StudyTime within a day): all the series, counted
+    ``read_by_range``. Four series of one study second cannot be split: the other two series
+    found, 3 of those 4, and ``unsplittable`` counted (an error logged), so the loss shows."""
+    server = start_orthanc(tmp_path / "orthanc", extra_config={"LimitFindResults": 2})
+    try:
+        client = DICOMwebClient(server.dicomweb_url)
+        stored = set()
+        for number, (study_date, study_time) in enumerate(studies):
+            ds = tiny_ct(f"1.2.826.0.1.2727.{number}", f"1.2.826.0.1.2727.{number}.1", 1)
+            ds.StudyDate, ds.StudyTime = study_date, study_time
+            client.store_instances([ds])
+            stored.add(str(ds.SeriesInstanceUID))
+        plain = PacsClient(WorkerSettings(url=server.url, page_size=2, cap_check=False))
+        assert len(plain.list_series()) == 3  # what paging alone sees: the cap
+        before = _capped_value(outcome)
+        listed = PacsClient(WorkerSettings(url=server.url, page_size=2)).list_series()
+        uids = [ref.series_uid for ref in listed]
+        assert len(uids) == len(set(uids)) == found and set(uids) <= stored
+        assert _capped_value(outcome) == before + 1
+    finally:
+        server.stop()
+
+
+def test_cap_check_asks_no_more_than_the_halves_of_an_uncapped_pacs(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """Without a cap the check costs two searches (cut between the dates seen) and changes
+    nothing."""
+    client = DICOMwebClient(orthanc.dicomweb_url)
+    for number in range(3):
+        ds = tiny_ct(f"1.2.826.0.1.2728.{number}", f"1.2.826.0.1.2728.{number}.1", 1)
+        ds.StudyDate = f"2025010{number + 1}"
+        client.store_instances([ds])
+    searches: list[dict[str, Any]] = []
+
+    class Counted(PacsClient):
+        def _search(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+            searches.append(params)
+            return super()._search(path, params)
+
+    before = _capped_value("read_by_range")
+    assert len(Counted(WorkerSettings(url=orthanc.url, page_size=2)).list_series()) == 3
+    assert _capped_value("read_by_range") == before
+    dated = [params["StudyDate"] for params in searches if "StudyDate" in params]
+    assert sorted(set(dated)) == ["19000101-20250102", "20250103-99981231"]
 
 
 # ---- a misbehaving PACS ------------------------------------------------------------------

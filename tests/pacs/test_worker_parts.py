@@ -11,6 +11,7 @@ import sqlite3
 import struct
 import time
 import warnings
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from pacs.clients import (
     IdentityError,
     PermanentError,
     SeriesRef,
+    StudySpan,
     TransientError,
     dataset_bytes,
     failure_class,
@@ -622,3 +624,37 @@ def test_a_broker_job_of_a_newer_poller_is_read() -> None:
                           False, "error", errors=1)  # fmt: skip
     job = {"attempt": 3, "earlier": {**asdict(earlier), "a_later_field": 1}}
     assert OutcomeRecorder(job).get("s1") == earlier
+
+
+D = date  # the span table below reads better short
+_WHOLE = StudySpan(D(1900, 1, 1), D(9998, 12, 31))
+
+
+@pytest.mark.parametrize(
+    ("span", "seen", "pieces"),
+    [
+        # dates apart: cut after the median date seen, so no piece holds every series seen
+        (_WHOLE, [(D(2025, 1, 1), None), (D(2025, 1, 2), 0), (D(2025, 1, 3), 0)],
+         ["19000101-20250102", "20250103-99981231"]),
+        # the median is the last date: cut before it
+        (_WHOLE, [(D(2025, 1, 1), None), (D(2025, 1, 3), 0), (D(2025, 1, 3), 5)],
+         ["19000101-20250101", "20250102-99981231"]),
+        # one date: the days before, the day, the days after
+        (_WHOLE, [(D(2025, 1, 3), 10)] * 3,
+         ["19000101-20250102", "20250103-20250103", "20250104-99981231"]),
+        # within one day: by StudyTime
+        (StudySpan(D(2025, 1, 3), D(2025, 1, 3)), [(D(2025, 1, 3), 3600), (D(2025, 1, 3), 7200)],
+         ["20250103-20250103 000000-010000", "20250103-20250103 010001-235959"]),
+        (StudySpan(D(2025, 1, 3), D(2025, 1, 3)), [(D(2025, 1, 3), 0)] * 2,
+         ["20250103-20250103 000000-000000", "20250103-20250103 000001-235959"]),
+        # nothing to cut by: no time within the day, or one second
+        (StudySpan(D(2025, 1, 3), D(2025, 1, 3)), [(D(2025, 1, 3), None)], []),
+        (StudySpan(D(2025, 1, 3), D(2025, 1, 3), 60, 60), [(D(2025, 1, 3), 60)] * 4, []),
+        (_WHOLE, [], []),
+    ],
+)  # fmt: skip
+def test_a_capped_span_is_cut_between_the_series_seen(
+    span: StudySpan, seen: list[tuple[date, int | None]], pieces: list[str]
+) -> None:
+    found = [" ".join(piece.query().values()) for piece in span.split(seen)]
+    assert found == pieces

@@ -576,6 +576,26 @@ class WorklistEntry(BaseModel):
     reviews: list[ReviewEntry] = Field(description="Every read, oldest first (the last counts).")
 
 
+class DeadLetterOut(BaseModel):
+    """A webhook notification that every attempt failed to deliver."""
+
+    id: int
+    study_id: int = Field(description="The worklist entry it was about.")
+    delivery_id: str = Field(description="Its `X-Triage-Delivery` (kept by a replay).")
+    url: str = Field(description="Where it was sent.")
+    body: dict[str, Any] = Field(description="What was sent (and signed).")
+    attempts: int
+    last_error: str
+    failed_at: datetime
+
+
+class ReplayedOut(BaseModel):
+    """A dead letter sent again: its notification is pending, due now."""
+
+    study_id: int
+    delivery_id: str
+
+
 class WorklistPage(BaseModel):
     items: list[WorklistEntry] = Field(
         description="Flagged studies first, then by arrival (the longest waiting first)."

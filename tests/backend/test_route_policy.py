@@ -133,9 +133,13 @@ def test_what_the_routes_declare() -> None:
         "/worklist/{study_id}",
         "/worklist/{study_id}/review",
         "/monitoring",
+        "/notifications/dead-letters",
+        "/notifications/dead-letters/{letter_id}/replay",
     }
     assert {path: p.role for path, p in policies.items() if p.role} == {
-        "/worklist/{study_id}/review": "reader"
+        "/worklist/{study_id}/review": "reader",
+        "/notifications/dead-letters": "operator",
+        "/notifications/dead-letters/{letter_id}/replay": "operator",
     }
     larger = {path: p.upload for path, p in policies.items() if p.upload is not Upload.one_file}
     assert larger == {

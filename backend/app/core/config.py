@@ -20,7 +20,8 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # The roles a token may carry (AUTH_TOKEN_HASHES' `DIGEST:role` suffix).
 READER_ROLE = "reader"
-TOKEN_ROLES = frozenset({READER_ROLE})
+OPERATOR_ROLE = "operator"
+TOKEN_ROLES = frozenset({READER_ROLE, OPERATOR_ROLE})
 
 
 class Settings(BaseSettings):
@@ -189,7 +190,8 @@ class Settings(BaseSettings):
         "`Authorization: Bearer <token>` (else 401); /health, /ready, the docs and the web "
         "app stay open. Empty: no authentication. A digest may carry roles after a colon "
         "(several joined by `+`), `DIGEST:reader`: a radiologist's read "
-        "(`POST /worklist/{id}/review`) needs a token with the `reader` role (else 403).",
+        "(`POST /worklist/{id}/review`) needs a token with the `reader` role, the webhook's "
+        "dead letters (`/notifications/dead-letters`) one with the `operator` role (else 403).",
     )
     database_url: str | None = Field(
         default=None,

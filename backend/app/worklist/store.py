@@ -404,6 +404,28 @@ class WorklistStore:
         with self._session() as session:
             return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)).all())
 
+    def replay_dead_letter(self, letter_id: int) -> DeadLetter | None:
+        """Send a dead letter's notification again: pending now, its attempts counted from
+        zero, under the same delivery id (``X-Triage-Delivery``: a receiver that did take it
+        can tell); the dead letter is removed (a new one is written should every attempt fail
+        again). None: no dead letter with this id."""
+        with self._session() as session:
+            letter = session.get(DeadLetter, letter_id)
+            if letter is None:
+                return None
+            session.execute(
+                update(Notification)
+                .where(Notification.id == letter.notification_id)
+                .values(
+                    state=NotificationState.pending.value,
+                    attempts=0,
+                    next_attempt_at=utcnow(),
+                    last_error=None,
+                )
+            )
+            session.delete(letter)
+            return letter
+
     def page(self, filters: Filters, offset: int, limit: int) -> tuple[list[WorklistStudy], int]:
         """One page of the worklist (flagged first, then the longest waiting) and the total
         number of entries that pass ``filters``."""

@@ -109,6 +109,49 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/notifications/dead-letters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Webhook notifications never delivered
+         * @description Every dead letter, oldest first: what was sent, where, how often, and the last
+         *     error.
+         */
+        get: operations["dead_letters_notifications_dead_letters_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/notifications/dead-letters/{letter_id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a dead letter again
+         * @description The notification is due again now, its attempts counted from zero, under the same
+         *     delivery id; the dead letter is gone (a new one appears should every attempt fail
+         *     again).
+         */
+        post: operations["replay_dead_letter_notifications_dead_letters__letter_id__replay_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/predict": {
         parameters: {
             query?: never;
@@ -480,6 +523,45 @@ export interface components {
             layer: string;
         } & {
             [key: string]: unknown;
+        };
+        /**
+         * DeadLetterOut
+         * @description A webhook notification that every attempt failed to deliver.
+         */
+        DeadLetterOut: {
+            /** Id */
+            id: number;
+            /**
+             * Study Id
+             * @description The worklist entry it was about.
+             */
+            study_id: number;
+            /**
+             * Delivery Id
+             * @description Its `X-Triage-Delivery` (kept by a replay).
+             */
+            delivery_id: string;
+            /**
+             * Url
+             * @description Where it was sent.
+             */
+            url: string;
+            /**
+             * Body
+             * @description What was sent (and signed).
+             */
+            body: {
+                [key: string]: unknown;
+            };
+            /** Attempts */
+            attempts: number;
+            /** Last Error */
+            last_error: string;
+            /**
+             * Failed At
+             * Format: date-time
+             */
+            failed_at: string;
         };
         /**
          * DicomInfo
@@ -986,6 +1068,16 @@ export interface components {
              * @description estimate > MONITORING_NOT_CT_WARN.
              */
             warning: boolean;
+        };
+        /**
+         * ReplayedOut
+         * @description A dead letter sent again: its notification is pending, due now.
+         */
+        ReplayedOut: {
+            /** Study Id */
+            study_id: number;
+            /** Delivery Id */
+            delivery_id: string;
         };
         /** ReviewEntry */
         ReviewEntry: {
@@ -1758,6 +1850,100 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MonitoringResponse"];
+                };
+            };
+        };
+    };
+    dead_letters_notifications_dead_letters_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeadLetterOut"][];
+                };
+            };
+            /** @description Tokens are configured and this one lacks the `operator` role. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this needs a token with the operator role"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    replay_dead_letter_notifications_dead_letters__letter_id__replay_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The dead letter's id. */
+                letter_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReplayedOut"];
+                };
+            };
+            /** @description Tokens are configured and this one lacks the `operator` role. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "this needs a token with the operator role"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description No dead letter has this id. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "no dead letter 7"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

@@ -271,6 +271,49 @@ def test_the_last_failed_attempt_is_dead_lettered(
         assert metric(api, "triage_time_to_notification_seconds_count") == 0
 
 
+OPERATOR_TOKEN = "operator-token-for-tests"
+
+
+def test_an_operator_replays_a_dead_letter_once_delivered(
+    serve: Callable[..., TestClient], receiver: Receiver
+) -> None:
+    """Dead letters through the API: listed to an ``operator`` token only (403 to a token
+    without the role), replayed once the receiver is back: one more signed call under the same
+    delivery id, accepted; the dead letter gone, the notification delivered."""
+    receiver.fail_always = True
+    operator = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
+    other = hashlib.sha256(b"no-role-token").hexdigest()
+    with serve(webhook_max_attempts=2, auth_token_hashes=f"{operator}:operator,{other}") as api:
+        as_operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        no_role = {"Authorization": "Bearer no-role-token"}
+        entry = api.post("/worklist", json=submission(1, FRACTURE), headers=no_role).json()
+        store: WorklistStore = api.app.state.worklist  # type: ignore[attr-defined]
+        wait_for(lambda: bool(store.dead_letters()), "a dead letter")
+        assert api.get("/notifications/dead-letters", headers=no_role).status_code == 403
+        assert api.get("/notifications/dead-letters").status_code == 401
+        [letter] = api.get("/notifications/dead-letters", headers=as_operator).json()
+        assert (letter["study_id"], letter["attempts"]) == (entry["id"], 2)
+        assert letter["last_error"].startswith("HTTP 500") and letter["url"] == receiver.url
+        first = receiver.all()[0].delivery
+        assert letter["delivery_id"] == first
+
+        receiver.fail_always = False
+        replay = f"/notifications/dead-letters/{letter['id']}/replay"
+        assert api.post(replay, headers=no_role).status_code == 403
+        answer = api.post(replay, headers=as_operator)
+        assert answer.status_code == 202, answer.text
+        assert answer.json() == {"study_id": entry["id"], "delivery_id": first}
+        wait_for(lambda: bool(receiver.accepted()), "the replayed delivery")
+        settle()
+        assert [(c.delivery, c.signed, c.status) for c in receiver.all()] == [
+            (first, True, 500), (first, True, 500), (first, True, 204)
+        ]  # fmt: skip
+        assert api.get("/notifications/dead-letters", headers=as_operator).json() == []
+        assert api.post(replay, headers=as_operator).status_code == 404
+        [row] = store.notifications()
+        assert row.state == NotificationState.delivered.value and row.attempts == 1
+
+
 def test_a_restart_resumes_the_pending_delivery(
     serve: Callable[..., TestClient], receiver: Receiver
 ) -> None:

@@ -46,6 +46,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
+from prometheus_client import Gauge
 
 from pacs.clients import SeriesRef
 from pacs.settings import WorkerSettings
@@ -57,6 +58,18 @@ log = logging.getLogger("pacs.broker")
 # The state calls an outcome may carry (replayed by the poller on its state file).
 OUTCOME_CALLS = frozenset({"done", "skip", "retry", "block", "fail"})
 PERSISTENT = 2  # AMQP delivery mode: written to disk by the broker
+
+# The broker's queues as the poller sees them at each poll (a passive queue_declare: AMQP's
+# Queue.DeclareOk carries the ready count and the consumers, not the unacknowledged count).
+QUEUE_DEPTH = Gauge(
+    "pacs_queue_depth",
+    "Messages ready in the broker's queue (waiting for a consumer; taken but unacknowledged "
+    "ones are not counted), read by the poller at each poll.",
+    ["queue"],
+)
+QUEUE_CONSUMERS = Gauge(
+    "pacs_queue_consumers", "Consumers of the broker's queue (read by the poller).", ["queue"]
+)
 
 
 class Topology:
@@ -85,6 +98,18 @@ class Topology:
                 "x-dead-letter-exchange": self.dead,
             },
         )
+
+    def measure(self, channel: BlockingChannel) -> dict[str, int]:
+        """Set ``pacs_queue_depth`` and ``pacs_queue_consumers`` of each queue from a passive
+        queue_declare (declares nothing; the queues exist once ``declare`` ran); returns the
+        depths."""
+        depths = {}
+        for queue in (self.series, self.outcomes, self.dead):
+            declared = channel.queue_declare(queue, passive=True).method
+            QUEUE_DEPTH.labels(queue).set(declared.message_count)
+            QUEUE_CONSUMERS.labels(queue).set(declared.consumer_count)
+            depths[queue] = declared.message_count
+        return depths
 
 
 def connect(url: str) -> pika.BlockingConnection:
@@ -358,14 +383,19 @@ class Poller(Worker):
             self.close()
 
     def poll_once(self) -> float:
-        """Outcomes first (so a finished series is not queued again), then the PACS."""
+        """Outcomes first (so a finished series is not queued again), then the PACS, then
+        the queues' depths (with what this poll queued)."""
         try:
             self._drain_outcomes()
-            return super().poll_once()
+            delay = super().poll_once()
+            self.topology.measure(self._open())
+            return delay
         except AMQPError as exc:  # nothing is lost: what was not queued is due next poll
             log.warning("broker not reachable (%r); next try in %.0fs", exc,
                         self.settings.poll_seconds)  # fmt: skip
             self.close()
+            QUEUE_DEPTH.clear()  # unknown now: no sample rather than a stale one
+            QUEUE_CONSUMERS.clear()
             return self.settings.poll_seconds
 
     def _drain_outcomes(self) -> None:

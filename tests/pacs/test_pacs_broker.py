@@ -24,6 +24,7 @@ from typing import Any
 import pika
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from prometheus_client import REGISTRY, generate_latest
 from pydicom.dataset import Dataset
 
 from pacs.broker import OutcomeRecorder, Poller, Topology, job_ref, publish
@@ -282,6 +283,10 @@ def test_refused_series_dead_lettered_with_reason(run: Run) -> None:
     row = state_rows(run.state_db)[series_uid]
     assert row["status"] == "failed" and row["failure_class"] == "permanent", row
     assert "API refused the series" in row["reason"]
+    # The poller's gauges (read at each poll): nothing waiting, the one dead message kept.
+    wait_for("the poller's queue depths", lambda: run.poller.metric(
+        "pacs_queue_depth", f'queue="{run.topology.dead}"') == 1, timeout=10)  # fmt: skip
+    assert run.poller.metric("pacs_queue_depth", f'queue="{run.topology.series}"') == 0
     connection = pika.BlockingConnection(pika.URLParameters(run.broker.url))
     try:
         channel = connection.channel()
@@ -351,4 +356,64 @@ def test_job_no_worker_survives_is_dead_lettered_after_the_delivery_limit(
         assert method is not None and json.loads(body)["series_uid"] == job["series_uid"]
         assert properties.headers["x-death"][0]["reason"] == "delivery_limit"
     finally:
+        broker.stop()
+
+
+def test_poller_exports_the_queue_depths(rabbitmq_installed: None, tmp_path: Path) -> None:
+    """``pacs_queue_depth{queue}`` on the poller's metrics, read at each poll from the real
+    broker: N jobs published, the series queue reads N; jobs taken (acknowledged, or held
+    unacknowledged by a consumer) are no longer counted, and the consumer shows in
+    ``pacs_queue_consumers``; a dead-lettered outcome counts in the dead queue. While the
+    broker is away there is no sample rather than a stale one."""
+    broker = start_rabbitmq(tmp_path / "rabbitmq")
+    settings = WorkerSettings(
+        broker_url=broker.url, broker_queue="depth", url="http://127.0.0.1:1",  # no PACS
+        state_db=tmp_path / "poller.sqlite3", metrics_port=0,
+    )  # fmt: skip
+    state = StateDB(settings.state_db, resume=False)
+    poller = Poller(settings, state)
+    topology = poller.topology
+
+    def sample(queue: str, name: str = "pacs_queue_depth") -> float | None:
+        poller.poll_once()  # outcomes, the PACS (refused here), then the queues
+        return REGISTRY.get_sample_value(name, {"queue": queue})
+
+    jobs = 5
+    try:
+        assert sample(topology.series) == 0
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for i in range(jobs):
+            publish(channel, {"series_uid": f"1.2.826.0.1.30.9.{i}", "study_uid": "1.2.826.0.1.30",
+                              "instance_count": 3}, routing_key=topology.series)  # fmt: skip
+        assert sample(topology.series) == jobs
+        assert f'pacs_queue_depth{{queue="{topology.series}"}} {jobs}.0' in (
+            generate_latest(REGISTRY).decode()  # what the metrics port serves
+        )
+        for _ in range(2):  # taken and acknowledged
+            method, _, _ = channel.basic_get(topology.series, auto_ack=True)
+            assert method is not None
+        assert sample(topology.series) == jobs - 2
+        channel.basic_qos(prefetch_count=1)  # a worker holding one job, unacknowledged
+        held: list[int] = []
+        channel.basic_consume(topology.series, lambda ch, m, p, b: held.append(m.delivery_tag))
+        connection.process_data_events(time_limit=1)
+        assert len(held) == 1
+        assert sample(topology.series) == jobs - 3
+        assert sample(topology.series, "pacs_queue_consumers") == 1
+        assert sample(topology.dead) == 0
+        publish(channel, {"call": "fail", "series_uid": "1.2.826.0.1.30.9.0",
+                          "study_uid": "1.2.826.0.1.30", "kwargs": {"reason": "test"}},
+                exchange=topology.dead)  # fmt: skip
+        assert sample(topology.dead) == 1  # kept for the operator
+        assert sample(topology.outcomes) == 0  # its copy to the poller, replayed at the poll
+        connection.close()  # the held job goes back to the queue
+        assert sample(topology.series) == jobs - 2
+        assert sample(topology.series, "pacs_queue_consumers") == 0
+        broker.stop()
+        assert sample(topology.series) is None
+        assert sample(topology.dead) is None
+    finally:
+        poller.close()
         broker.stop()

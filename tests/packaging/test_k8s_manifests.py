@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import kubernetes_validate
 import pytest
 import yaml
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -367,3 +368,26 @@ def test_kustomization_builds(directory: Path) -> None:
     assert len(kinds) == len(DOCUMENTS)
     assert all(doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cspine-triage"
                for doc in yaml.safe_load_all(rendered.stdout) if doc)  # fmt: skip
+
+
+# The Kubernetes versions the manifests are checked against (the oldest still served by the
+# big clouds, and a current one); strict: a misspelt or unknown field is an error.
+K8S_VERSIONS = ["1.30.0", "1.33.0"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_manifest_is_valid_against_the_kubernetes_schema(doc: dict[str, Any], version: str) -> None:
+    """Each object against the API schema of that Kubernetes version (``kubernetes-validate``,
+    which bundles the schemas: no cluster, no network)."""
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_a_wrong_field_is_refused_by_the_schema_check(version: str) -> None:
+    """The check above can fail: a misspelt field and a wrong type are refused."""
+    deployment = next(doc for doc in DOCUMENTS if doc["kind"] == "Deployment")
+    spec = deployment["spec"]
+    for broken in ({**spec, "replica": 2}, {**spec, "replicas": "two"}):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate({**deployment, "spec": broken}, version, strict=True)

@@ -461,7 +461,7 @@ MAX_ID = 2**31 - 1
 
 
 class TopSliceLayer(StrEnum):
-    """What `GET /worklist/{id}/top-slices/{rank}/{layer}` shows of a top slice: the CT
+    """What `GET /worklist/{id}/top-slices/{rank}?layer=...` shows of a top slice: the CT
     `slice` (in the model's window) or the `heatmap` the PACS worker stored for it."""
 
     slice = "slice"

@@ -43,7 +43,7 @@ function worklistServer(initial: WorklistEntry[], { reviewStatus = 201, imageSta
   const state = { entries: initial.map((e) => ({ ...e })), requests: [] as URL[], reads: [] as ReviewRequest[] };
   const handler: Handler = async (url, init) => {
     state.requests.push(url);
-    if (/^\/worklist\/\d+\/top-slices\/\d+\/(slice|heatmap)$/.test(url.pathname)) {
+    if (/^\/worklist\/\d+\/top-slices\/\d+$/.test(url.pathname)) {
       if (imageStatus !== 200) return json({ detail: "no PACS is configured for the worklist's images (WORKLIST_PACS_URL)" }, imageStatus);
       return new Response(Uint8Array.from(atob(PNG_B64), (c) => c.charCodeAt(0)), { headers: { "Content-Type": "image/png" } });
     }
@@ -221,11 +221,11 @@ describe("worklist entry and the read", () => {
     expect(await within(images).findByTestId("entry-slice-image")).toHaveAttribute("src", expect.stringMatching(/^blob:/));
     expect(await within(images).findByTestId("entry-heatmap-image")).toHaveAttribute("alt", "Heatmap of slice 42");
     expect(within(images).getByTestId("entry-images-shown")).toHaveTextContent("Top 1: slice 42 (IM-0042.dcm), score 95%");
-    const asked = () => state.requests.map((u) => u.pathname).filter((p) => p.includes("/top-slices/"));
-    expect(asked()).toEqual(["/worklist/7/top-slices/1/slice", "/worklist/7/top-slices/1/heatmap"]);
+    const asked = () => state.requests.filter((u) => u.pathname.includes("/top-slices/")).map((u) => `${u.pathname}${u.search}`);
+    expect(asked()).toEqual(["/worklist/7/top-slices/1?layer=slice", "/worklist/7/top-slices/1?layer=heatmap"]);
     await user.click(within(images).getByRole("button", { name: "Top 2 · slice 41" }));
     expect(within(images).getByRole("button", { name: "Top 2 · slice 41" })).toHaveAttribute("aria-pressed", "true");
-    await waitFor(() => expect(asked()).toContain("/worklist/7/top-slices/2/heatmap"));
+    await waitFor(() => expect(asked()).toContain("/worklist/7/top-slices/2?layer=heatmap"));
     expect(within(images).getByTestId("entry-images-shown")).toHaveTextContent("Top 2: slice 41");
     expect(screen.queryByTestId("entry-pacs-note")).toBeNull();
   });

@@ -212,7 +212,7 @@ class Settings(BaseSettings):
         default=None,
         description="The PACS's DICOMweb root, e.g. `http://orthanc:8042/dicom-web`: the "
         "worklist's viewer shows a PACS study's top slices and their heatmaps from it "
-        "(WADO-RS, through `GET /worklist/{id}/top-slices/{rank}/{layer}`). Unset: the viewer "
+        "(WADO-RS, through `GET /worklist/{id}/top-slices/{rank}?layer=...`). Unset: the viewer "
         "shows the analysis only.",
     )
     worklist_pacs_user: str | None = Field(

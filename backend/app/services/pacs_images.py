@@ -68,7 +68,7 @@ def _part10(dataset: Dataset) -> bytes:
 def _referenced_instances(metadata: dict[str, Any]) -> set[str]:
     """The instances a WADO-RS metadata item's Source Image Sequence references."""
     items = metadata.get(SOURCE_IMAGE_SEQUENCE, {}).get("Value") or []
-    found = set()
+    found: set[str] = set()
     for item in items:
         values = item.get(REFERENCED_SOP_INSTANCE_UID, {}).get("Value") or []
         found.update(str(value) for value in values)
@@ -98,7 +98,11 @@ class PacsImages:
                 password.get_secret_value() if password else "",
             )
         url = settings.worklist_pacs_url.rstrip("/")
-        return cls(DICOMwebClient(url, session=session, timeout=settings.worklist_pacs_timeout_s))
+        client = DICOMwebClient(url, session=session, timeout=settings.worklist_pacs_timeout_s)
+        # One try: a reader waits for the answer (the client's default retries a refused
+        # connection for 30 s).
+        client.set_http_retry_params(retry=False)
+        return cls(client)
 
     def _ask(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         """One DICOMweb call; the PACS's failures as 404 (not there) or 502 (no answer)."""

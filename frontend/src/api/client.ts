@@ -250,12 +250,12 @@ export function openWorklistEntry(id: number): Promise<WorklistEntry> {
 }
 
 /**
- * GET /worklist/{id}/top-slices/{rank}/{layer}: a PACS study's top slice (`slice`) or its
+ * GET /worklist/{id}/top-slices/{rank}?layer=...: a PACS study's top slice (`slice`) or its
  * heatmap (`heatmap`), read by the server from the PACS, as a PNG blob (404 when the server
  * has no PACS configured or the PACS holds no such image).
  */
 export function getTopSliceImage(id: number, rank: number, layer: TopSliceLayer): Promise<Blob> {
-  return fetchBlob(`/worklist/${id}/top-slices/${rank}/${layer}`, { headers: { Accept: "image/png, application/json" } });
+  return fetchBlob(`/worklist/${id}/top-slices/${rank}?layer=${layer}`, { headers: { Accept: "image/png, application/json" } });
 }
 
 /** POST /worklist/{id}/review: a radiologist's read (403 without a reader token). */

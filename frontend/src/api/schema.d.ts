@@ -261,7 +261,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/worklist/{study_id}/top-slices/{rank}/{layer}": {
+    "/worklist/{study_id}/top-slices/{rank}": {
         parameters: {
             query?: never;
             header?: never;
@@ -275,7 +275,7 @@ export interface paths {
          *     window (WADO-RS), or `heatmap`, the Secondary Capture heatmap the PACS worker stored for
          *     it. The worklist keeps no image; the entry is not marked opened.
          */
-        get: operations["top_slice_image_worklist__study_id__top_slices__rank___layer__get"];
+        get: operations["top_slice_image_worklist__study_id__top_slices__rank__get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1446,7 +1446,7 @@ export interface components {
         };
         /**
          * TopSliceLayer
-         * @description What `GET /worklist/{id}/top-slices/{rank}/{layer}` shows of a top slice: the CT
+         * @description What `GET /worklist/{id}/top-slices/{rank}?layer=...` shows of a top slice: the CT
          *     `slice` (in the model's window) or the `heatmap` the PACS worker stored for it.
          * @enum {string}
          */
@@ -2225,16 +2225,18 @@ export interface operations {
             };
         };
     };
-    top_slice_image_worklist__study_id__top_slices__rank___layer__get: {
+    top_slice_image_worklist__study_id__top_slices__rank__get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `slice` (the default) or its `heatmap`. */
+                layer?: components["schemas"]["TopSliceLayer"];
+            };
             header?: never;
             path: {
                 /** @description The worklist entry's id. */
                 study_id: number;
                 /** @description The top slice's rank (1: highest). */
                 rank: number;
-                layer: components["schemas"]["TopSliceLayer"];
             };
             cookie?: never;
         };

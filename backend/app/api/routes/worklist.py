@@ -1,6 +1,6 @@
 """The triage worklist: ``POST /worklist`` (the PACS worker, after each analysed series),
 ``GET /worklist`` (flagged first, then by arrival), ``GET /worklist/{id}`` (marks it opened),
-``GET /worklist/{id}/top-slices/{rank}/{layer}`` (a PACS study's top slice or its heatmap,
+``GET /worklist/{id}/top-slices/{rank}`` (a PACS study's top slice or its heatmap,
 from the PACS) and ``POST /worklist/{id}/review`` (a radiologist's read; a ``reader`` token
 when tokens are configured). The store is ``backend/app/worklist``; the shaping
 ``api/worklist.py``; the PACS's images ``services/pacs_images.py``."""
@@ -135,7 +135,7 @@ def open_study(study_id: StudyId, store: WorklistDep) -> WorklistEntry:
 
 
 @router.get(
-    "/worklist/{study_id}/top-slices/{rank}/{layer}",
+    "/worklist/{study_id}/top-slices/{rank}",
     response_class=Response,
     responses={
         200: {"content": {"image/png": {}}, "description": "The image, as PNG."},
@@ -155,10 +155,12 @@ def open_study(study_id: StudyId, store: WorklistDep) -> WorklistEntry:
 def top_slice_image(
     study_id: StudyId,
     rank: Annotated[int, Path(ge=1, le=64, description="The top slice's rank (1: highest).")],
-    layer: TopSliceLayer,
     store: WorklistDep,
     pacs: PacsImagesDep,
     core: CoreDep,
+    layer: Annotated[
+        TopSliceLayer, Query(description="`slice` (the default) or its `heatmap`.")
+    ] = TopSliceLayer.slice,
 ) -> Response:
     """The entry's `rank`-th top slice as the viewer shows it, read from the PACS the worker
     analysed it in (DICOMweb, WORKLIST_PACS_URL): `slice`, the CT slice through the model's

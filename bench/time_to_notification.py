@@ -13,7 +13,9 @@ instance is in the PACS).
 Printed: the STOW's own time, stored -> listed (flagged, ``GET /worklist``) and stored ->
 webhook in seconds, and both less the worker's stable age (``PACS_STABLE_SECONDS``: a series
 is taken once its instance count has not changed for that long); the issue's target is the
-stable age + at most 15 s. Not part of ``make bench``.
+stable age + at most 15 s. Then, on the same servers, where the worker's time goes: the
+series' WADO-RS download and the ``/predict/study`` call (explain, as the worker asks), each
+timed once with the worker's own clients (``pacs.clients``). Not part of ``make bench``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from dicomweb_client.api import DICOMwebClient
 from bench.common import api_server_command, free_port, server_process, table
 from bench.pacs_broker import make_series, wait_logged, worker_process
 from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
+from pacs.clients import ApiClient, PacsClient, dataset_bytes
 from pacs.orthanc import start_orthanc
+from pacs.settings import WorkerSettings
 from testing.webhook_receiver import running_receiver
 
 SECRET = "bench-webhook-secret"
@@ -71,10 +75,12 @@ def run(slices: int, stable_seconds: float) -> dict[str, Any]:
                 worker = worker_process([], env, tmp / "worker.log")
                 try:
                     wait_logged(tmp / "worker.log", "watching")
-                    return measure(base, pacs.dicomweb_url, series, series_uid, receiver)
+                    row = measure(base, pacs.dicomweb_url, series, series_uid, receiver)
                 finally:
                     worker.terminate()
                     worker.wait(timeout=60)
+                return {**row, **worker_steps(pacs.url, base, str(series[0].StudyInstanceUID),
+                                              series_uid)}  # fmt: skip
     finally:
         pacs.stop()
 
@@ -113,6 +119,21 @@ def measure(
         "verdict": entry.get("verdict", call.body.get("verdict")),
         "signed": call.signed,
         "api_histogram_sum_s": _metric(histogram, "triage_time_to_notification_seconds_sum"),
+    }
+
+
+def worker_steps(pacs_url: str, api_url: str, study_uid: str, series_uid: str) -> dict[str, float]:
+    """The worker's two long steps for the same series, timed once each (the worker stopped)."""
+    settings = WorkerSettings(url=pacs_url, api_url=api_url)
+    started = time.time()
+    datasets = PacsClient(settings).retrieve_series(study_uid, series_uid)
+    downloaded = time.time()
+    ApiClient(settings).predict_study(
+        [(f"{ds.SOPInstanceUID}.dcm", dataset_bytes(ds)) for ds in datasets]
+    )
+    return {
+        "wado_download_s": round(downloaded - started, 1),
+        "predict_study_s": round(time.time() - downloaded, 1),
     }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +84,7 @@ def run(slices: int, stable_seconds: float) -> dict[str, Any]:
                                               series_uid)}  # fmt: skip
     finally:
         pacs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def measure(

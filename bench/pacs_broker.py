@@ -67,7 +67,7 @@ def make_series(count: int, slices: int, tag: str) -> list[list[Dataset]]:
     return studies
 
 
-def _process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def worker_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "pacs", *args], cwd=REPO_ROOT, env=env, stdout=out,
@@ -75,7 +75,7 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         )  # fmt: skip
 
 
-def _wait_logged(log: Path, text: str, timeout: float = 120) -> None:
+def wait_logged(log: Path, text: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while text not in log.read_text(errors="replace"):
         if time.monotonic() > deadline:
@@ -94,13 +94,14 @@ def one_round(
            "PACS_STATE_DB": str(tmp / f"{tag}.sqlite3"),
            "PACS_CONCURRENCY": str(concurrency)}  # fmt: skip
     studies = make_series(series, slices, tag)
-    procs = [_process(["poller"], {**env, "PACS_METRICS_PORT": "0"}, tmp / f"{tag}-poller.log")]
+    poller_log = tmp / f"{tag}-poller.log"
+    procs = [worker_process(["poller"], {**env, "PACS_METRICS_PORT": "0"}, poller_log)]
     logs = [tmp / f"{tag}-worker{n}.log" for n in range(workers)]
-    procs += [_process([], {**env, "PACS_METRICS_PORT": "0"}, log) for log in logs]
+    procs += [worker_process([], {**env, "PACS_METRICS_PORT": "0"}, log) for log in logs]
     try:
-        _wait_logged(tmp / f"{tag}-poller.log", "queueing series on")
+        wait_logged(poller_log, "queueing series on")
         for log in logs:
-            _wait_logged(log, "taking series from")
+            wait_logged(log, "taking series from")
         started = time.monotonic()
         client.store_instances([ds for study in studies for ds in study])
         stored = time.monotonic() - started

@@ -50,6 +50,7 @@ from backend.app.core.security import SecurityHeadersMiddleware
 from backend.app.services.admission import decode_guard
 from backend.app.services.inference import configure, create_core, load_bundle, warm_up
 from backend.app.services.notification import notifier
+from backend.app.services.pacs_images import PacsImages
 from backend.app.services.worklist import monitoring_samples, open_worklist
 from ml_model.imaging.errors import short_message
 from ml_model.inference.bundle import Bundle
@@ -217,6 +218,7 @@ def create_app(settings: Settings | None = None, inference: InferenceCore | None
     app.state.budget = MemoryBudget(settings.memory_budget_bytes)
     app.state.study_slots = StudySlots(settings.max_concurrent_studies)
     app.state.worklist = None  # opened by the lifespan
+    app.state.pacs_images = PacsImages.from_settings(settings)
 
     _add_routes(app, settings)
     # Every route's declared policy (core/policy.py), by path, for the middleware below.

@@ -460,6 +460,14 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 MAX_ID = 2**31 - 1
 
 
+class TopSliceLayer(StrEnum):
+    """What `GET /worklist/{id}/top-slices/{rank}?layer=...` shows of a top slice: the CT
+    `slice` (in the model's window) or the `heatmap` the PACS worker stored for it."""
+
+    slice = "slice"
+    heatmap = "heatmap"
+
+
 class WorklistTopSlice(BaseModel):
     index: int = Field(ge=0, le=MAX_ID, description="Index of the slice in the analysed series.")
     name: StoredText = Field(max_length=256)

@@ -34,10 +34,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { deflateSync } from "node:zlib";
-import { createRequire } from "node:module";
-import { chromium } from "playwright-core";
-
-const require = createRequire(import.meta.url);
+import { assert, checkAccessibility, CHROMIUM, cspViolations, launchChromium, log, ok, UI_TIMEOUT, watchPage } from "./browser.mjs";
 
 const FRONTEND = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = resolve(FRONTEND, "..");
@@ -46,17 +43,9 @@ const OUT = join(ROOT, "test-output", "frontend-e2e");
 // The README's picture, taken here from the running product (only with real CT slices).
 const README_SCREENSHOT = join(ROOT, "docs", "screenshot.png");
 const CT_DIR = process.env.E2E_CT_DIR ?? join(ROOT, "..", "shared", "data", "cervical-ct", "train");
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const PYTHON = process.env.PYTHON ?? join(ROOT, ".venv", "bin", "python");
 const READY_TIMEOUT_S = Number(process.env.E2E_READY_TIMEOUT_S ?? 300);
-const UI_TIMEOUT = 60_000;
 
-const log = (msg) => console.log(`[e2e] ${msg}`);
-const ok = (msg) => console.log(`[e2e] \u2713 ${msg}`);
-
-function assert(condition, message) {
-  if (!condition) throw new Error(`assertion failed: ${message}`);
-}
 
 function freePort() {
   return new Promise((res, rej) => {
@@ -352,27 +341,6 @@ async function stopBackend(server) {
 }
 
 // ---- accessibility: axe-core over the page with results, errors and the model card on it ----
-const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf-8");
-
-async function checkAccessibility(page, where) {
-  // Evaluated over the DevTools protocol: a <script> tag (addScriptTag) is inline script,
-  // which the app's CSP rightly refuses.
-  if (!(await page.evaluate(() => typeof window.axe === "object"))) await page.evaluate(AXE_SOURCE);
-  const violations = await page.evaluate(async () => {
-    const res = await window.axe.run(document, { resultTypes: ["violations"] });
-    return res.violations.map((v) => ({
-      id: v.id,
-      impact: v.impact,
-      help: v.help,
-      nodes: v.nodes.slice(0, 3).map((n) => n.target.join(" ")),
-    }));
-  });
-  const serious = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  for (const v of violations) log(`axe ${v.impact}: ${v.id} (${v.help}) at ${v.nodes.join(", ")}`);
-  assert(serious.length === 0, `no serious accessibility violations, got ${serious.map((v) => v.id).join(", ")}`);
-  ok(`axe-core (${where}): no serious or critical accessibility violations (${violations.length} minor)`);
-}
-
 // ---- the scenario ----
 async function scenario(page, base, photo) {
   const slices = pickSlices();
@@ -1014,11 +982,6 @@ async function apiGet(base, path) {
   return res.json();
 }
 
-async function cspViolations(page) {
-  const violations = await page.evaluate(() => window.__cspViolations ?? []);
-  assert(violations.length === 0, `no CSP violations:\n  ${violations.join("\n  ")}`);
-}
-
 async function worklistScenario(page, base) {
   const series = worklistSeries();
   log(`worklist: ${series.real ? "real CT slices" : "synthetic slices"}, ${series.fracture.length} + ${series.normal.length}`);
@@ -1204,38 +1167,14 @@ async function main() {
   assert(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
   let server;
   let browser;
-  const problems = [];
+  let problems = [];
   try {
     server = await startBackend(await freePort());
     ok("backend ready");
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-      ],
-    });
+    browser = await launchChromium();
     const page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
     page.setDefaultTimeout(20_000);
-    // CSP violations, reported by the page itself (the init script runs outside the page's CSP).
-    await page.addInitScript(() => {
-      window.__cspViolations = [];
-      document.addEventListener("securitypolicyviolation", (e) =>
-        window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`),
-      );
-    });
-    page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-    page.on("console", (msg) => {
-      // The browser logs every HTTP error response; those for the deliberate bad uploads are expected.
-      if (msg.type() === "error" && !/status of (400|413|415)/.test(msg.text())) {
-        problems.push(`console error: ${msg.text()}`);
-      }
-    });
+    problems = await watchPage(page);
     try {
       const photo = naturalPhoto();
       const firstSlice = await scenario(page, server.base, photo);

@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import App from "./App";
 import type { Monitoring, Performance, ReviewRequest, WorklistEntry } from "./api/types";
 import { formatAge, formatProportion, readFracture } from "./lib/worklist";
-import { json, mockApi, type Handler } from "./test/mockApi";
+import { json, mockApi, PNG_B64, type Handler } from "./test/mockApi";
 
 const MINUTE = 60_000;
 const ago = (minutes: number) => new Date(Date.now() - minutes * MINUTE).toISOString();
@@ -39,10 +39,14 @@ function entry(id: number, extra: Partial<WorklistEntry> = {}): WorklistEntry {
 }
 
 /** A worklist server in memory: GET /worklist (server order given), GET /worklist/{id}, review. */
-function worklistServer(initial: WorklistEntry[], { reviewStatus = 201 } = {}) {
+function worklistServer(initial: WorklistEntry[], { reviewStatus = 201, imageStatus = 200 } = {}) {
   const state = { entries: initial.map((e) => ({ ...e })), requests: [] as URL[], reads: [] as ReviewRequest[] };
   const handler: Handler = async (url, init) => {
     state.requests.push(url);
+    if (/^\/worklist\/\d+\/top-slices\/\d+$/.test(url.pathname)) {
+      if (imageStatus !== 200) return json({ detail: "no PACS is configured for the worklist's images (WORKLIST_PACS_URL)" }, imageStatus);
+      return new Response(Uint8Array.from(atob(PNG_B64), (c) => c.charCodeAt(0)), { headers: { "Content-Type": "image/png" } });
+    }
     if (url.pathname === "/worklist") {
       const statuses = url.searchParams.getAll("status");
       const offset = Number(url.searchParams.get("offset") ?? 0);
@@ -183,7 +187,7 @@ describe("worklist view", () => {
 });
 
 describe("worklist entry and the read", () => {
-  it("opens a study with Enter: its call, top slices, times and reads; no images kept", async () => {
+  it("opens a study with Enter: its call, top slices, times and reads", async () => {
     const read = { id: 1, fracture: true, levels: ["C2" as const], note: "dens", reader: "0f0f0f0f", reviewed_at: ago(3) };
     const { handler } = worklistServer([entry(7, { status: "reviewed", reviews: [read] })]);
     const user = await openTab("Worklist", handler);
@@ -202,12 +206,41 @@ describe("worklist entry and the read", () => {
     const rows = within(tops).getAllByRole("row").slice(1);
     expect(rows[0]).toHaveTextContent("42IM-0042.dcm-120.595%");
     expect(rows[1]).toHaveTextContent("41IM-0041.dcm-11887%");
-    expect(within(panel).getByTestId("entry-pacs-note")).toHaveTextContent("read the slices in the PACS viewer");
     const reads = within(panel).getAllByTestId("worklist-read");
     expect(reads).toHaveLength(1);
     expect(reads[0]).toHaveTextContent("Fracture · C2");
     expect(reads[0]).toHaveTextContent("reader 0f0f0f0f");
     expect(reads[0]).toHaveTextContent("dens");
+  });
+
+  it("shows a PACS study's top slice and its heatmap from the server, one top slice at a time", async () => {
+    const { state, handler } = worklistServer([entry(7)]);
+    const user = await openTab("Worklist", handler);
+    await user.click(await screen.findByRole("button", { name: "Open study 7, Potentially Fracture" }));
+    const images = await screen.findByTestId("entry-images");
+    expect(await within(images).findByTestId("entry-slice-image")).toHaveAttribute("src", expect.stringMatching(/^blob:/));
+    expect(await within(images).findByTestId("entry-heatmap-image")).toHaveAttribute("alt", "Heatmap of slice 42");
+    expect(within(images).getByTestId("entry-images-shown")).toHaveTextContent("Top 1: slice 42 (IM-0042.dcm), score 95%");
+    const asked = () => state.requests.filter((u) => u.pathname.includes("/top-slices/")).map((u) => `${u.pathname}${u.search}`);
+    expect(asked()).toEqual(["/worklist/7/top-slices/1?layer=slice", "/worklist/7/top-slices/1?layer=heatmap"]);
+    await user.click(within(images).getByRole("button", { name: "Top 2 · slice 41" }));
+    expect(within(images).getByRole("button", { name: "Top 2 · slice 41" })).toHaveAttribute("aria-pressed", "true");
+    await waitFor(() => expect(asked()).toContain("/worklist/7/top-slices/2?layer=heatmap"));
+    expect(within(images).getByTestId("entry-images-shown")).toHaveTextContent("Top 2: slice 41");
+    expect(screen.queryByTestId("entry-pacs-note")).toBeNull();
+  });
+
+  it("says why when the server has no PACS to read the images from; an upload asks for none", async () => {
+    const { state, handler } = worklistServer([entry(7), entry(8, { source: "upload" })], { imageStatus: 404 });
+    const user = await openTab("Worklist", handler);
+    await user.click(await screen.findByRole("button", { name: "Open study 7, Potentially Fracture" }));
+    expect(await screen.findByTestId("entry-slice-image-error")).toHaveTextContent("no PACS is configured");
+    expect(await screen.findByTestId("entry-heatmap-image-error")).toHaveTextContent("WORKLIST_PACS_URL");
+    await user.click(screen.getByRole("button", { name: "Close" }));
+    const before = state.requests.length;
+    await user.click(await screen.findByRole("button", { name: "Open study 8, Normal" }));
+    expect(await screen.findByTestId("entry-pacs-note")).toHaveTextContent("read the slices in the PACS viewer");
+    expect(state.requests.slice(before).some((u) => u.pathname.includes("/top-slices/"))).toBe(false);
   });
 
   it("D disagrees with a flagged study: no fracture, the read shows and the list says reviewed", async () => {

@@ -131,6 +131,7 @@ def test_what_the_routes_declare() -> None:
         "/metrics",
         "/worklist",
         "/worklist/{study_id}",
+        "/worklist/{study_id}/top-slices/{rank}",
         "/worklist/{study_id}/review",
         "/monitoring",
         "/notifications/dead-letters",

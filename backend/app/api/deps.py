@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from backend.app.core.auth import verified_token_id
 from backend.app.core.config import Settings
 from backend.app.core.metrics import AppMetrics
+from backend.app.services.pacs_images import PacsImages
 from backend.app.worklist.store import WorklistStore
 from ml_model.card import ModelCard
 from ml_model.inference.core import InferenceCore
@@ -67,6 +68,12 @@ async def get_worklist(request: Request) -> WorklistStore:
     return store
 
 
+async def get_pacs_images(request: Request) -> PacsImages | None:
+    """The worklist viewer's DICOMweb reader (None: WORKLIST_PACS_URL is unset)."""
+    images: PacsImages | None = getattr(request.app.state, "pacs_images", None)
+    return images
+
+
 async def get_token_id(request: Request) -> str | None:
     """Who asks: the accepted bearer token's id (None when the server runs without tokens)."""
     return verified_token_id(request)
@@ -78,3 +85,4 @@ MetricsDep = Annotated[AppMetrics, Depends(get_metrics)]
 WorklistDep = Annotated[WorklistStore, Depends(get_worklist)]
 LoadedCardDep = Annotated[ModelCard | None, Depends(get_loaded_card)]
 TokenIdDep = Annotated[str | None, Depends(get_token_id)]
+PacsImagesDep = Annotated[PacsImages | None, Depends(get_pacs_images)]

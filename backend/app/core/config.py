@@ -210,6 +210,22 @@ class Settings(BaseSettings):
         "when a caller sends them (`identifiers` of POST /worklist), comma-separated, e.g. "
         "`accession_number`. Empty: none is stored (the others are dropped).",
     )
+    worklist_pacs_url: str | None = Field(
+        default=None,
+        description="The PACS's DICOMweb root, e.g. `http://orthanc:8042/dicom-web`: the "
+        "worklist's viewer shows a PACS study's top slices and their heatmaps from it "
+        "(WADO-RS, through `GET /worklist/{id}/top-slices/{rank}?layer=...`). Unset: the viewer "
+        "shows the analysis only.",
+    )
+    worklist_pacs_user: str | None = Field(
+        default=None, description="HTTP basic-auth user for WORKLIST_PACS_URL."
+    )
+    worklist_pacs_password: SecretStr | None = Field(
+        default=None, description="HTTP basic-auth password for WORKLIST_PACS_URL."
+    )
+    worklist_pacs_timeout_s: float = Field(
+        default=20.0, gt=0, description="Timeout of one DICOMweb call to WORKLIST_PACS_URL."
+    )
     webhook_url: str | None = Field(
         default=None,
         description="Where a notification of each flagged study (`Potentially Fracture`) is "
@@ -315,10 +331,13 @@ class Settings(BaseSettings):
             entries.append(f"{digest}:{'+'.join(sorted(roles))}" if roles else digest)
         return entries
 
-    @field_validator("webhook_url", "webhook_secret", "webhook_secret_file", mode="before")
+    @field_validator(
+        "webhook_url", "webhook_secret", "webhook_secret_file", "worklist_pacs_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        """``WEBHOOK_URL=`` (as compose passes an unset variable) means off."""
+        """``WEBHOOK_URL=`` (as compose passes an unset variable) means off (the same for
+        WORKLIST_PACS_URL)."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("worklist_identifiers", mode="before")

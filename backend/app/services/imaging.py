@@ -52,10 +52,10 @@ def heatmap_base64(gray: np.ndarray, cam: np.ndarray, max_side: int = HEATMAP_MA
         return base64.b64encode(overlay_png(gray, cam)).decode("ascii")
 
 
-def preview_base64(gray: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> str:
-    """A windowed slice as a greyscale base64 PNG, its longest side at most ``max_side``
-    (aspect ratio kept; never enlarged)."""
-    image = Image.fromarray(np.asarray(gray, dtype=np.uint8))  # 2-D uint8: mode L
+def preview_png(gray: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """A windowed slice as a greyscale PNG (an RGB image as a colour one), its longest side
+    at most ``max_side`` (aspect ratio kept; never enlarged)."""
+    image = Image.fromarray(np.asarray(gray, dtype=np.uint8))  # 2-D: mode L; H x W x 3: RGB
     longest = max(image.size)
     if longest > max_side:
         scale = max_side / longest
@@ -63,4 +63,9 @@ def preview_base64(gray: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> str:
         image = image.resize(size, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def preview_base64(gray: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> str:
+    """:func:`preview_png` as base64 (the JSON answers' ``preview_png_base64``)."""
+    return base64.b64encode(preview_png(gray, max_side)).decode("ascii")

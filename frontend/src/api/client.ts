@@ -14,6 +14,7 @@ import type {
   StudyResponse,
   WorklistEntry,
   WorklistPage,
+  TopSliceLayer,
   WorklistStatus,
 } from "./types";
 import { requestToken, storedToken, storeToken } from "../components/TokenPrompt";
@@ -204,16 +205,21 @@ export function predictStudy(files: File[], operatingPoint: OperatingPoint, expl
  * POST /report: the same upload as /predict/study (or one slice) as a PDF report. Resolves to
  * the PDF; rejects with an ApiError in words (400 not one series, 413 too large, ...).
  */
-export async function getReport(files: File[], operatingPoint: OperatingPoint): Promise<Blob> {
+export function getReport(files: File[], operatingPoint: OperatingPoint): Promise<Blob> {
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
+  return fetchBlob(`/report?${toSearch({ operating_point: operatingPoint })}`, {
+    method: "POST",
+    body: form,
+    headers: { Accept: "application/pdf, application/json" },
+  });
+}
+
+/** A binary answer (a PDF, an image) as a Blob; an error answer as an ApiError in words. */
+async function fetchBlob(input: string, init: RequestInit): Promise<Blob> {
   let response: Response;
   try {
-    response = await authorisedFetch(`/report?${toSearch({ operating_point: operatingPoint })}`, {
-      method: "POST",
-      body: form,
-      headers: { Accept: "application/pdf, application/json" },
-    });
+    response = await authorisedFetch(input, init);
   } catch {
     throw new ApiError(0, null);
   }
@@ -241,6 +247,15 @@ export function getWorklist(query: { status?: WorklistStatus | null; offset?: nu
 /** GET /worklist/{id}: the study with every read (a `new` study becomes `opened`). */
 export function openWorklistEntry(id: number): Promise<WorklistEntry> {
   return request<WorklistEntry>(`/worklist/${id}`);
+}
+
+/**
+ * GET /worklist/{id}/top-slices/{rank}?layer=...: a PACS study's top slice (`slice`) or its
+ * heatmap (`heatmap`), read by the server from the PACS, as a PNG blob (404 when the server
+ * has no PACS configured or the PACS holds no such image).
+ */
+export function getTopSliceImage(id: number, rank: number, layer: TopSliceLayer): Promise<Blob> {
+  return fetchBlob(`/worklist/${id}/top-slices/${rank}?layer=${layer}`, { headers: { Accept: "image/png, application/json" } });
 }
 
 /** POST /worklist/{id}/review: a radiologist's read (403 without a reader token). */

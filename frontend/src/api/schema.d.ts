@@ -304,6 +304,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/worklist/{study_id}/top-slices/{rank}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A PACS study's top slice, or its heatmap, from the PACS
+         * @description The entry's `rank`-th top slice as the viewer shows it, read from the PACS the worker
+         *     analysed it in (DICOMweb, WORKLIST_PACS_URL): `slice`, the CT slice through the model's
+         *     window (WADO-RS), or `heatmap`, the Secondary Capture heatmap the PACS worker stored for
+         *     it. The worklist keeps no image; the entry is not marked opened.
+         */
+        get: operations["top_slice_image_worklist__study_id__top_slices__rank__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/worklist/{study_id}/review": {
         parameters: {
             query?: never;
@@ -1513,6 +1536,13 @@ export interface components {
              */
             version: string;
         };
+        /**
+         * TopSliceLayer
+         * @description What `GET /worklist/{id}/top-slices/{rank}?layer=...` shows of a top slice: the CT
+         *     `slice` (in the model's window) or the `heatmap` the PACS worker stored for it.
+         * @enum {string}
+         */
+        TopSliceLayer: "slice" | "heatmap";
         /** ValidationError */
         ValidationError: {
             /** Location */
@@ -2377,6 +2407,71 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    top_slice_image_worklist__study_id__top_slices__rank__get: {
+        parameters: {
+            query?: {
+                /** @description `slice` (the default) or its `heatmap`. */
+                layer?: components["schemas"]["TopSliceLayer"];
+            };
+            header?: never;
+            path: {
+                /** @description The worklist entry's id. */
+                study_id: number;
+                /** @description The top slice's rank (1: highest). */
+                rank: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The image, as PNG. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": unknown;
+                };
+            };
+            /** @description No such entry or top slice; the entry did not come from the PACS; no PACS is configured (WORKLIST_PACS_URL); or the PACS holds no such image. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "no PACS is configured for the worklist's images (WORKLIST_PACS_URL)"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description The PACS did not answer, or answered with an error or an unreadable image. */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "detail": "the PACS did not answer for slice 1.2.3"
+                     *     }
+                     */
+                    "application/json": components["schemas"]["ErrorResponse"];
                 };
             };
         };

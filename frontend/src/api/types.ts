@@ -83,6 +83,7 @@ export const DEFAULT_PREVIEW_WINDOW: PreviewWindow = "model";
 export type WorklistEntry = Schemas["WorklistEntry"];
 export type WorklistPage = Schemas["WorklistPage"];
 export type WorklistStatus = Schemas["WorklistStatus"];
+export type TopSliceLayer = Schemas["TopSliceLayer"];
 export const WORKLIST_STATUSES: WorklistStatus[] = ["new", "opened", "reviewed"];
 export type ReviewRequest = Schemas["ReviewRequest"];
 export type ReviewEntry = Schemas["ReviewEntry"];

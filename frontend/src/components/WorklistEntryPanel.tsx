@@ -5,6 +5,7 @@ import { formatPercent } from "../lib/files";
 import { formatPosition } from "../lib/study";
 import { STATUS_LABELS, formatDateTime, readFracture, scannerLabel } from "../lib/worklist";
 import { ApiErrorNotice, ErrorNotice } from "./ErrorNotice";
+import { PacsTopSlices } from "./PacsTopSlices";
 import { ResultBadge } from "./ResultBadge";
 import { TableHead } from "./TableHead";
 import { requestToken } from "./TokenPrompt";
@@ -210,9 +211,13 @@ export function WorklistEntryPanel({ id, active, onOpened, onReviewed, onClose }
       ) : (
         <p className="muted">No slice was scored.</p>
       )}
-      <p className="notice notice--info" data-testid="entry-pacs-note">
-        The worklist keeps the analysis, not the images: read the slices in the PACS viewer.
-      </p>
+      {entry.source === "pacs" && entry.top_slices.length > 0 ? (
+        <PacsTopSlices entry={entry} />
+      ) : (
+        <p className="notice notice--info" data-testid="entry-pacs-note">
+          The worklist keeps the analysis, not the images: read the slices in the PACS viewer.
+        </p>
+      )}
 
       <h3>Reads</h3>
       {entry.reviews.length ? (

@@ -11,8 +11,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from backend.app.services.notification import backoff_s, body_bytes, signature
 from backend.app.worklist.models import NotificationState
 from backend.app.worklist.store import WorklistStore
 from ml_model.inference.core import InferenceCore
+from testing.webhook_receiver import Receiver, running_receiver
 from tests.backend.worklist.test_worklist_api import FRACTURE, NORMAL, submission
 
 SECRET = "webhook-secret-for-tests"
@@ -35,72 +34,10 @@ WAIT_S = 20.0  # the longest a test waits for a delivery (they take well under a
 QUIET_S = 0.5  # how long nothing more must arrive once the expected calls have
 
 
-@dataclass
-class Call:
-    delivery: str
-    body: dict[str, Any]
-    signed: bool  # the signature matched the raw body
-    status: int
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver: verifies each call's signature (as docs/worklist.md shows) and
-    answers 500 to the first ``fail_first`` calls of each delivery id (all of them with
-    ``fail_always``), else 204."""
-
-    fail_first: int = 0
-    fail_always: bool = False
-    calls: list[Call] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    url: str = ""
-
-    def answer(self, headers: Any, raw: bytes) -> int:
-        expected = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
-        signed = hmac.compare_digest(expected, headers.get("X-Triage-Signature", ""))
-        delivery = headers.get("X-Triage-Delivery", "")
-        with self.lock:
-            earlier = sum(1 for call in self.calls if call.delivery == delivery)
-            if not signed:
-                status = 401
-            elif self.fail_always or earlier < self.fail_first:
-                status = 500
-            else:
-                status = 204
-            self.calls.append(Call(delivery, json.loads(raw), signed, status))
-        return status
-
-    def accepted(self) -> list[Call]:
-        with self.lock:
-            return [call for call in self.calls if call.status == 204]
-
-    def all(self) -> list[Call]:
-        with self.lock:
-            return list(self.calls)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(state.answer(self.headers, raw))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/triage"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with running_receiver(SECRET) as state:
+        yield state
 
 
 def webhook_settings(

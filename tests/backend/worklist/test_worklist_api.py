@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -23,6 +24,7 @@ from backend.app.core.config import Settings
 from backend.app.main import create_app
 from ml_model.card import ModelCard, score_histogram
 from ml_model.inference.core import InferenceCore
+from pacs.orthanc import free_port
 from tests.conftest import make_dicom
 
 READER_TOKEN, WORKER_TOKEN = "reader-token-for-tests", "worker-token-for-tests"
@@ -478,3 +480,35 @@ def test_drift_against_the_cards_histogram(
 def iso_week(moment: datetime) -> str:
     year, week, _ = moment.isocalendar()
     return f"{year}-W{week:02d}"
+
+
+def test_top_slice_images_say_why_they_cannot_be_shown(
+    app_settings: dict[str, Any], service: InferenceCore
+) -> None:
+    """GET /worklist/{id}/top-slices/{rank}?layer=... without a PACS (404, naming the setting),
+    with a PACS that does not answer (502), for an upload (404: not from the PACS), a rank past
+    the entry's top slices (404) and an unknown layer (422). The images themselves, from a real
+    Orthanc, are checked in tests/pacs/test_worklist_browser.py."""
+    with TestClient(create_app(Settings(**app_settings), inference=service)) as client:
+        pacs_id = client.post("/worklist", json=submission(1, FRACTURE)).json()["id"]
+        answer = client.get(f"/worklist/{pacs_id}/top-slices/1")
+        assert answer.status_code == 404 and "WORKLIST_PACS_URL" in answer.json()["detail"]
+    closed = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    settings = Settings(**app_settings, worklist_pacs_url=closed, worklist_pacs_timeout_s=5)
+    with TestClient(create_app(settings, inference=service)) as client:
+        upload = client.post("/predict/study?save=true", files=_series_with_identity())
+        upload_id = upload.json()["worklist_id"]
+        for layer in ("slice", "heatmap"):
+            started = time.monotonic()
+            answer = client.get(f"/worklist/{pacs_id}/top-slices/1?layer={layer}")
+            assert time.monotonic() - started < 5  # one try, no back-off
+            assert answer.status_code == 502, answer.text
+            assert "the PACS did not answer" in answer.json()["detail"]
+        answer = client.get(f"/worklist/{upload_id}/top-slices/1")
+        assert answer.status_code == 404 and "did not come from the PACS" in answer.json()["detail"]
+        answer = client.get(f"/worklist/{pacs_id}/top-slices/2")
+        assert answer.status_code == 404 and "has 1 top slice" in answer.json()["detail"]
+        assert client.get(f"/worklist/{pacs_id}/top-slices/1?layer=overlay").status_code == 422
+        assert client.get(f"/worklist/{pacs_id + 99}/top-slices/1").status_code == 404
+        listed = client.get("/worklist").json()["items"]
+        assert [item["status"] for item in listed if item["id"] == pacs_id] == ["new"]

@@ -1,7 +1,9 @@
 """The triage worklist: ``POST /worklist`` (the PACS worker, after each analysed series),
-``GET /worklist`` (flagged first, then by arrival), ``GET /worklist/{id}`` (marks it opened)
-and ``POST /worklist/{id}/review`` (a radiologist's read; a ``reader`` token when tokens are
-configured). The store is ``backend/app/worklist``; the shaping ``api/worklist.py``."""
+``GET /worklist`` (flagged first, then by arrival), ``GET /worklist/{id}`` (marks it opened),
+``GET /worklist/{id}/top-slices/{rank}`` (a PACS study's top slice or its heatmap,
+from the PACS) and ``POST /worklist/{id}/review`` (a radiologist's read; a ``reader`` token
+when tokens are configured). The store is ``backend/app/worklist``; the shaping
+``api/worklist.py``; the PACS's images ``services/pacs_images.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
-from backend.app.api.deps import SettingsDep, TokenIdDep, WorklistDep
+from backend.app.api.deps import CoreDep, PacsImagesDep, SettingsDep, TokenIdDep, WorklistDep
 from backend.app.api.responses import error_response
 from backend.app.api.worklist import entry_out, study_entry
 from backend.app.core.config import READER_ROLE
@@ -17,12 +19,14 @@ from backend.app.core.policy import RoutePolicy, declare
 from backend.app.schemas import (
     MAX_ID,
     ReviewRequest,
+    TopSliceLayer,
     UtcDatetime,
     WorklistEntry,
     WorklistPage,
     WorklistStatus,
     WorklistSubmission,
 )
+from backend.app.services.pacs_images import PacsImageError, instance_uid_of
 from backend.app.worklist.store import MAX_PAGE_SIZE, Filters, NewReview
 from ml_model.imaging.dicom import SeriesIdentity
 from ml_model.inference.verdict import Result
@@ -128,6 +132,66 @@ def open_study(study_id: StudyId, store: WorklistDep) -> WorklistEntry:
     if row is None:
         raise _not_found(study_id)
     return entry_out(row)
+
+
+@router.get(
+    "/worklist/{study_id}/top-slices/{rank}",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The image, as PNG."},
+        404: error_response(
+            "No such entry or top slice; the entry did not come from the PACS; no PACS is "
+            "configured (WORKLIST_PACS_URL); or the PACS holds no such image.",
+            "no PACS is configured for the worklist's images (WORKLIST_PACS_URL)",
+        ),
+        502: error_response(
+            "The PACS did not answer, or answered with an error or an unreadable image.",
+            "the PACS did not answer for slice 1.2.3",
+        ),
+    },
+    summary="A PACS study's top slice, or its heatmap, from the PACS",
+)
+@declare(RoutePolicy(auth=True))
+def top_slice_image(
+    study_id: StudyId,
+    rank: Annotated[int, Path(ge=1, le=64, description="The top slice's rank (1: highest).")],
+    store: WorklistDep,
+    pacs: PacsImagesDep,
+    core: CoreDep,
+    layer: Annotated[
+        TopSliceLayer, Query(description="`slice` (the default) or its `heatmap`.")
+    ] = TopSliceLayer.slice,
+) -> Response:
+    """The entry's `rank`-th top slice as the viewer shows it, read from the PACS the worker
+    analysed it in (DICOMweb, WORKLIST_PACS_URL): `slice`, the CT slice through the model's
+    window (WADO-RS), or `heatmap`, the Secondary Capture heatmap the PACS worker stored for
+    it. The worklist keeps no image; the entry is not marked opened."""
+    row = store.get(study_id)
+    if row is None:
+        raise _not_found(study_id)
+    if pacs is None:
+        raise HTTPException(
+            status_code=404,
+            detail="no PACS is configured for the worklist's images (WORKLIST_PACS_URL)",
+        )
+    if row.source != "pacs" or not row.study_uid or not row.series_uid:
+        raise HTTPException(
+            status_code=404, detail=f"worklist entry {study_id} did not come from the PACS"
+        )
+    if rank > len(row.top_slices):
+        raise HTTPException(
+            status_code=404,
+            detail=f"worklist entry {study_id} has {len(row.top_slices)} top slice(s)",
+        )
+    try:
+        instance_uid = instance_uid_of(str(row.top_slices[rank - 1]["name"]))
+        if layer == TopSliceLayer.slice:
+            image = pacs.slice_png(row.study_uid, row.series_uid, instance_uid, core.bundle.window)
+        else:
+            image = pacs.heatmap_png(row.study_uid, instance_uid)
+    except PacsImageError as exc:
+        raise HTTPException(status_code=exc.status_code, detail=exc.detail) from exc
+    return Response(content=image, media_type="image/png")
 
 
 @router.post(

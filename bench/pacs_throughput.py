@@ -212,7 +212,7 @@ def one_round(
         "concurrency": concurrency,
         "series": series,
         "slices": len(studies[0]),
-        "store_s": round(stored_at[max(stored_at, key=stored_at.__getitem__)] - started, 1),
+        "store_s": round(max(stored_at.values()) - started, 1),
         "total_s": round(wall, 1),
         "series_per_min": round(series / wall * 60, 1),
         "drain_series_per_min": round(drain, 1) if drain else None,

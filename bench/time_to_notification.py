@@ -4,8 +4,9 @@ webhook's signed call received (issue 29; docs/worklist.md, Notification).
 Everything real and on loopback: a development Orthanc (``pacs.orthanc``), the API as ``make
 serve`` runs it with a webhook configured, the PACS worker as its own process, and a webhook
 receiver (``testing/webhook_receiver.py``) that checks the signature. The series is
-``bench.pacs_broker.make_series``' (the shared data set's slices as 16-bit CT DICOM, fresh
-UIDs), stored with one STOW-RS request; the clock starts when that request returns (the last
+``testing.ct_series``' scanner-like HU DICOMs of 30 real fracture slices of the shared data set
+(``bench.pacs_throughput.slice_sources``), repeated to its length with fresh UIDs, stored with
+one STOW-RS request; the clock starts when that request returns (the last
 instance is in the PACS).
 
     python -m bench.time_to_notification [--slices 300] [--stable-seconds 10]
@@ -33,16 +34,19 @@ import httpx
 from dicomweb_client.api import DICOMwebClient
 
 from bench.common import api_server_command, free_port, server_process, table
-from bench.pacs_broker import make_series, wait_logged, worker_process
+from bench.pacs_throughput import slice_sources
 from ml_model.config import EXPORT_WINDOW_LEVEL, EXPORT_WINDOW_WIDTH
 from pacs.clients import ApiClient, PacsClient, dataset_bytes
 from pacs.orthanc import start_orthanc
 from pacs.settings import WorkerSettings
+from testing.ct_series import ct_series
+from testing.pacs_stack import WorkerProcess, wait_for
 from testing.webhook_receiver import running_receiver
 
 SECRET = "bench-webhook-secret"
 POLL_SECONDS = 1
 TIMEOUT_S = 900
+SOURCE_SLICES = 30  # real slices, repeated to the series' length
 
 
 def run(slices: int, stable_seconds: float) -> dict[str, Any]:
@@ -50,7 +54,12 @@ def run(slices: int, stable_seconds: float) -> dict[str, Any]:
     pacs = start_orthanc(tmp / "orthanc")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    (series,) = make_series(1, slices, "ttn")
+    sources = slice_sources(SOURCE_SLICES, tmp)[0][-1]  # the fracture series: it is flagged
+    series = ct_series(
+        [sources[index % len(sources)] for index in range(slices)],
+        patient_id="BENCH-TTN",
+        description="CT C-spine axial",
+    )
     series_uid = str(series[0].SeriesInstanceUID)
     try:
         with running_receiver(SECRET) as receiver:
@@ -73,13 +82,12 @@ def run(slices: int, stable_seconds: float) -> dict[str, Any]:
                     "PACS_METRICS_PORT": "0",
                     "PACS_LOG_LEVEL": "INFO",
                 }
-                worker = worker_process([], env, tmp / "worker.log")
+                worker = WorkerProcess(env, tmp / "worker.log")
                 try:
-                    wait_logged(tmp / "worker.log", "watching")
+                    wait_for("the worker watching", lambda: "watching" in worker.log(), 120)
                     row = measure(base, pacs.dicomweb_url, series, series_uid, receiver)
                 finally:
-                    worker.terminate()
-                    worker.wait(timeout=60)
+                    worker.stop()
                 return {**row, **worker_steps(pacs.url, base, str(series[0].StudyInstanceUID),
                                               series_uid)}  # fmt: skip
     finally:

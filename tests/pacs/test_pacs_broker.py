@@ -32,15 +32,13 @@ from pacs.orthanc import free_port, start_orthanc
 from pacs.rabbitmq import RabbitServer, start_rabbitmq
 from pacs.settings import WorkerSettings
 from pacs.state import SeriesLog, StateDB
-from tests.pacs.ct_series import SCANNER, base_slices, ct_series
+from testing.ct_series import SCANNER, base_slices, ct_series
+from testing.pacs_stack import WorkerProcess, running_api, wait_for
 from tests.pacs.test_pacs_e2e import (
-    WorkerProcess,
     assert_worklist_order,
-    running_api,
     series_of,
     state_rows,
     uid_of,
-    wait_for,
     when,
     worklist_items,
 )

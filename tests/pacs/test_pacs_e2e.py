@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import io
 import os
-import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,86 +33,19 @@ from pydicom.dataset import Dataset
 from pacs import REFUSALS, VERDICTS
 from pacs.dicom_out import SC_SERIES_DESCRIPTION, sr_text_values
 from pacs.orthanc import OrthancServer, free_port, start_orthanc
-from tests.pacs.ct_series import (
+from testing.ct_series import (
     SCANNER,
     SCANNER_MODEL,
-    WINDOW_LEVEL,
-    WINDOW_WIDTH,
     base_slices,
     ct_series,
 )
+from testing.pacs_stack import WorkerProcess, running_api, wait_for
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-MODEL_DIR = REPO / "ml_model" / "models" / "default"
 SLICES_PER_SERIES = 8
 DEADLINE_S = 150.0  # for both studies' results, from the first STOW
 STABLE_S = 2.0  # PACS_STABLE_SECONDS of the module's worker
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except AssertionError:
-            raise
-        except Exception as exc:  # the server may be coming up or restarting
-            last = exc
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@contextmanager
-def running_api(log_path: Path, **extra_env: str) -> Iterator[str]:
-    """The product's API as ``make serve`` runs it, on a free loopback port, its worklist in a
-    SQLite file beside ``log_path`` (``extra_env``: more settings, e.g.
-    ``AUTH_TOKEN_HASHES``); yields its URL once /ready."""
-    port = free_port()
-    # The window the training PNGs were exported with (see the data's README): with the
-    # default bone window the bundled model's CT gate calls these DICOMs "Not a CT slice",
-    # which gives no top slices and so no heatmaps to write.
-    env = {
-        **os.environ,
-        "MODEL_DIR": str(MODEL_DIR),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "WINDOW_LEVEL": str(WINDOW_LEVEL),
-        "WINDOW_WIDTH": str(WINDOW_WIDTH),
-        "WORKLIST_SQLITE_PATH": str(log_path.parent / "worklist.sqlite3"),
-        **extra_env,
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend.app.main:app", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            assert process.poll() is None, "API exited:\n" + log_path.read_text()[-3000:]
-            return requests.get(f"{url}/ready", timeout=2).status_code == 200
-
-        wait_for("the API's /ready", ready, timeout=240, every=1.0)
-        yield url
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -125,32 +53,6 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The product's API, without authentication."""
     with running_api(tmp_path_factory.mktemp("api") / "api.log") as url:
         yield url
-
-
-class WorkerProcess:
-    """``python -m pacs [args]`` with its log in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.log_path = log_path
-        self.metrics_url = f"http://127.0.0.1:{env['PACS_METRICS_PORT']}/metrics"
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pacs", *args], cwd=REPO, env=env, stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def metric(self, name: str, labels: str | None = None) -> float:
-        """Sum of the samples of ``name`` (with exactly ``labels``, when given) on /metrics."""
-        text = requests.get(self.metrics_url, timeout=2).text
-        label_part = re.escape("{" + labels + "}") if labels else r"(?:\{[^}]*\})?"
-        pattern = re.compile(rf"^{re.escape(name)}{label_part} ([0-9.e+-]+)$", re.MULTILINE)
-        return sum(float(value) for value in pattern.findall(text))
-
-    def stop(self) -> None:
-        stop_process(self.process)
 
 
 def series_of(client: DICOMwebClient, study_uid: str, modality: str) -> list[dict[str, Any]]:

@@ -37,19 +37,10 @@ from pydicom.dataset import Dataset
 from pacs.clients import PacsClient, dataset_bytes
 from pacs.orthanc import OrthancServer, free_port, start_orthanc
 from pacs.settings import WorkerSettings
+from testing.ct_series import base_slices, ct_series
 from testing.dicom_writers import patch_element
-from tests.pacs.ct_series import base_slices, ct_series
-from tests.pacs.test_pacs_e2e import (
-    REPO,
-    WorkerProcess,
-    running_api,
-    series_of,
-    state_rows,
-    stop_process,
-    uid_of,
-    wait_for,
-    worklist_items,
-)
+from testing.pacs_stack import REPO, WorkerProcess, running_api, stop_process, wait_for
+from tests.pacs.test_pacs_e2e import series_of, state_rows, uid_of, worklist_items
 from tests.pacs.test_worker_parts import tiny_ct
 
 pytestmark = pytest.mark.slow

@@ -28,16 +28,10 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from pacs.orthanc import free_port, start_orthanc
+from testing.ct_series import base_slices, ct_series
+from testing.pacs_stack import WorkerProcess, running_api, wait_for
 from testing.postgres import PostgresServer
-from tests.pacs.ct_series import base_slices, ct_series
-from tests.pacs.test_pacs_e2e import (
-    STABLE_S,
-    WorkerProcess,
-    running_api,
-    series_of,
-    wait_for,
-    worklist_items,
-)
+from tests.pacs.test_pacs_e2e import STABLE_S, series_of, worklist_items
 
 pytestmark = pytest.mark.slow
 

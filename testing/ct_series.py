@@ -1,4 +1,4 @@
-"""Scanner-like CT series built from the shared PNG slices, for the PACS tests only.
+"""Scanner-like CT series built from the shared PNG slices, for the PACS tests and benchmarks.
 
 The PNGs were exported with a narrow window (level -70 HU, width 380 HU), so grey ``g``
 goes back to ``HU = -260 + g * 380 / 255``; pixels are stored as ``HU + 1024`` in uint16

@@ -5,7 +5,9 @@ rendered to PNG and JPEG (quality 75 and 95) in the usual viewer windows; each r
 decoded as the product decodes an upload and ``imaging/window_estimate.estimate_window`` is
 compared with the window it was rendered with. With ``--verdicts`` the default bundle
 judges every render and its DICOM, and the unlabelled slices of ``ct-other-window`` (never
-used to choose a constant: those come from physics and from these renders); with
+used to choose a constant: those come from physics and from these renders); the tables are
+printed for all frames and again for the frames held out of the estimate's development
+(:data:`DEV_PATIENTS`); with
 ``--kaggle N`` every N-th slice of the Kaggle archive checks that images already in the
 bundle's window pass through untouched; with ``--negatives N`` the product's non-CT
 negatives (N seeds) check that those it re-windows are still refused.
@@ -20,6 +22,7 @@ import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -37,6 +40,9 @@ from ml_model.imaging.formats import decode
 from ml_model.imaging.window_estimate import bring_to_window, estimate_window
 from ml_model.inference.bundle import Bundle
 
+if TYPE_CHECKING:
+    from ml_model.inference.core import InferenceCore
+
 DATA = SHARED_DATA_DIR.parent
 RSNA_SAMPLE = DATA / "rsna-cspine-sample" / "train_images"
 OTHER_WINDOW = DATA / "ct-other-window"
@@ -52,6 +58,10 @@ VIEWER_WINDOWS: dict[str, tuple[float, float]] = {
     "lung L-600/W1500": (-600.0, 1500.0),
 }
 ENCODINGS = ("png", "jpeg95", "jpeg75")
+# The RSNA patients the bone-window reading's constants were checked on while it was built
+# (window_estimate: its other constants are physics); the tables are also printed for the
+# other frames alone (held out: RSNA 1476, 21326, 5482 and pydicom-data's frames).
+DEV_PATIENTS = ("13203", "14267")
 
 
 @dataclass(frozen=True)
@@ -167,12 +177,14 @@ def main() -> None:
             name: core.classify(core.model_input(image.window(*bundle.window)))[0].result
             for name, image in dicoms.items()
         }
-    rows: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    every: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    held_out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for item in items:
+        # The same lists fill both tables (appended once per row they belong to).
+        row = _Row(every[item.window], held_out[item.window], _is_held_out(item.source))
         gray = decode(item.data, None)
         assert isinstance(gray, np.ndarray)
         estimate = estimate_window(gray)
-        row = rows[item.window]
         row["n"].append(1)
         if estimate.level is not None and estimate.width is not None:
             row["dl"].append(abs(estimate.level - item.truth[0]))
@@ -191,6 +203,41 @@ def main() -> None:
             if verdict in (RESULT_POSITIVE, RESULT_NEGATIVE):  # answered fracture / normal
                 row["answered_agree"].append(same)
     print(f"{len(dicoms)} CT frames x {len(windows)} windows x {len(ENCODINGS)} encodings")
+    _tables(every, core is not None)
+    print(f"\nHeld out (not {', '.join(DEV_PATIENTS)}): the same tables")
+    _tables(held_out, core is not None)
+    if core is not None:
+        _other_window(core, truth_verdict)
+    if args.negatives:
+        _negatives(args.bundle, args.negatives)
+    if args.kaggle:
+        _kaggle(args.kaggle, bundle.window)
+
+
+class _Row:
+    """Appends to the row of every frame and, for a held-out frame, to its own row."""
+
+    def __init__(self, every: dict[str, list], held: dict[str, list], held_out: bool) -> None:
+        self.rows = (every, held) if held_out else (every,)
+
+    def __getitem__(self, key: str) -> _Appender:
+        return _Appender([row[key] for row in self.rows])
+
+
+@dataclass(frozen=True)
+class _Appender:
+    lists: list[list]
+
+    def append(self, value: object) -> None:
+        for values in self.lists:
+            values.append(value)
+
+
+def _is_held_out(source: str) -> bool:
+    return not any(f"/{patient}/" in source or f".{patient}/" in source for patient in DEV_PATIENTS)
+
+
+def _tables(rows: dict[str, dict[str, list]], verdicts: bool) -> None:
     print(
         "| window | renders | estimated | level error HU (median / p90) | width error % "
         "(median / p90) | recoverable | Not a CT slice | verdict = DICOM's: recoverable "
@@ -199,15 +246,15 @@ def main() -> None:
     print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for window, row in rows.items():
         n = len(row["n"])
-        ood = f"{sum(row['ood'])}/{n}" if core else "-"
-        agree = f"{sum(row['agree'])}/{len(row['agree'])}" if core and row["agree"] else "-"
-        agree_all = f"{sum(row['agree_all'])}/{n}" if core else "-"
+        ood = f"{sum(row['ood'])}/{n}" if verdicts else "-"
+        agree = f"{sum(row['agree'])}/{len(row['agree'])}" if verdicts and row["agree"] else "-"
+        agree_all = f"{sum(row['agree_all'])}/{n}" if verdicts else "-"
         print(
             f"| {window} | {n} | {len(row['dl'])} | {_pct(row['dl'], 50)} / {_pct(row['dl'], 90)}"
             f" | {_pct(row['dw'], 50)} / {_pct(row['dw'], 90)} | {sum(row['rec'])}/{n} | {ood}"
             f" | {agree} | {agree_all} |"
         )
-    if core is not None:
+    if verdicts:
         print("\nThree answers per window (Not a CT slice / CT outside the model's range / "
               "fracture or normal, and of those the DICOM's verdict):")  # fmt: skip
         print("| window | renders | Not a CT slice | CT outside the model's range | answered "
@@ -220,43 +267,43 @@ def main() -> None:
     print("\nWhy not recoverable (renders per reason):")
     for window, row in rows.items():
         print(f"- {window}: " + "; ".join(f"{k} ({v})" for k, v in Counter(row["why"]).items()))
-    if core is not None:
-        print("DICOM-path verdicts:", dict(Counter(truth_verdict.values())))
-        other = sorted(OTHER_WINDOW.glob("*.png"))
-        if other:
-            verdicts: dict[str, Counter[str]] = defaultdict(Counter)
-            reasons: Counter[str] = Counter()
-            recoverable = 0
-            for path in other:
-                gray = decode(path.read_bytes(), None)
-                assert isinstance(gray, np.ndarray)
-                estimate = estimate_window(gray)
-                recoverable += estimate.recoverable
-                reasons[_why(estimate.reason)] += 1
-                judged = core.verdict(path.read_bytes())
-                number = int(path.stem.split("(")[-1].rstrip(")"))
-                part = "neck (100-134)" if number >= 100 else "thorax (1, 10-15)"
-                verdicts[part][f"{judged.result} ({judged.outside_reason})"] += 1
-            print(
-                f"ct-other-window: {len(other)} slices, {recoverable} recoverable, "
-                f"verdicts {dict(verdicts)}, estimates {dict(reasons)}"
-            )
-    if args.negatives:
-        _negatives(args.bundle, args.negatives)
-    if args.kaggle:
-        files = sorted(SHARED_DATA_DIR.rglob("*.png"))[:: args.kaggle]
-        changed, worst = 0, 0
-        for path in files:
-            gray = decode(path.read_bytes(), None)
-            assert isinstance(gray, np.ndarray)
-            out, _ = bring_to_window(gray, *bundle.window)
-            diff = int(np.abs(out.astype(int) - gray.astype(int)).max())
-            changed += diff > 1
-            worst = max(worst, diff)
+
+
+def _other_window(core: InferenceCore, truth_verdict: dict[str, str]) -> None:
+    """The unlabelled slices of ``ct-other-window`` (never used to choose anything)."""
+    print("DICOM-path verdicts:", dict(Counter(truth_verdict.values())))
+    verdicts: dict[str, Counter[str]] = defaultdict(Counter)
+    reasons: dict[str, Counter[str]] = defaultdict(Counter)
+    for path in sorted(OTHER_WINDOW.glob("*.png")):
+        gray = decode(path.read_bytes(), None)
+        assert isinstance(gray, np.ndarray)
+        number = int(path.stem.split("(")[-1].rstrip(")"))
+        part = "neck (100-134)" if number >= 100 else "thorax (1, 10-15)"
+        reasons[part][_why(estimate_window(gray).reason)] += 1
+        judged = core.verdict(path.read_bytes())
+        verdicts[part][f"{judged.result} ({judged.outside_reason})"] += 1
+    for part in sorted(verdicts):
         print(
-            f"Kaggle archive: {len(files)} slices, {changed} changed by more than 1 grey "
-            f"level (largest change {worst})"
+            f"ct-other-window {part}: {sum(verdicts[part].values())} slices, verdicts "
+            f"{dict(verdicts[part])}, estimates {dict(reasons[part])}"
         )
+
+
+def _kaggle(step: int, window: tuple[float, float]) -> None:
+    """Every ``step``-th slice of the Kaggle archive: how many the decode path changes."""
+    files = sorted(SHARED_DATA_DIR.rglob("*.png"))[::step]
+    changed, worst = 0, 0
+    for path in files:
+        gray = decode(path.read_bytes(), None)
+        assert isinstance(gray, np.ndarray)
+        out, _ = bring_to_window(gray, *window)
+        diff = int(np.abs(out.astype(int) - gray.astype(int)).max())
+        changed += diff > 1
+        worst = max(worst, diff)
+    print(
+        f"Kaggle archive: {len(files)} slices, {changed} changed by more than 1 grey "
+        f"level (largest change {worst})"
+    )
 
 
 if __name__ == "__main__":

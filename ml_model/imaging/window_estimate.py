@@ -11,6 +11,17 @@ inside 0..255, the histogram must have air there; where it puts air below 0, the
 have black (saturated) pixels. Saturation at 0 and 255 (air, the field-of-view disc outside
 the reconstruction circle, dense bone) carries no HU and is never used as a landmark.
 
+**Bone windows** (W 1,500-2,500, how most viewers export a C-spine slice) merge fat and
+soft tissue into one peak (they lie 14-20 grey levels apart), so no tissue pair gives the
+width. Where no pair reading is recoverable, the histogram is tested for a bone window's
+shape: the largest peak (soft tissue) low in the greys, air black, bone mostly unsaturated
+(its tail above +300 HU holds more pixels than white, and fewer than soft tissue), and the
+greys between black and -200 HU sparse (only the air-tissue partial volume lies there; a
+soft-tissue window read as a bone window would put fat there). Then the width is *assumed*
+(:data:`BONE_WINDOW_WIDTH`) and the level put where soft tissue is: the soft-tissue peak is
+measured, the width is not, so a bone window of W 1,800 or 2,500 is read 11 % too wide or
+20 % too narrow, which re-windowing shows as contrast about soft tissue.
+
 A window is *recoverable* into a target window when fat and soft tissue are both rendered
 unsaturated (so HU can be read back over the range the target window shows) and the
 source's grey step is fine enough (:data:`MAX_HU_PER_GREY`). A brain window (L40/W80)
@@ -18,10 +29,10 @@ saturates fat to black and bone to white: nothing brings them back. Re-windowing
 saturated pixel saturated (black stays black: air; white stays white: bone).
 
 Every constant here is physics (tissue HU) or was chosen on renders of real CT DICOMs whose
-window is known (``bench/ct_windows.py``; the identity tolerance also on the Kaggle
-archive, the bundle's own training images), never on unlabelled images. What it does and
-misses is measured in ``docs/ct-windows.md``: it needs a separate fat peak, which slices
-with little fat (the skull base) and wide bone windows do not show.
+window is known (``bench/ct_windows.py``; the bone-window reading's checks on two RSNA
+patients, ``bench.ct_windows.DEV_PATIENTS``, and the Kaggle training split; the identity
+tolerance also on the Kaggle archive, the bundle's own training images), never on
+unlabelled images. What it does and misses is measured in ``docs/ct-windows.md``.
 Pure numpy: no model, no TensorFlow.
 """
 
@@ -59,6 +70,25 @@ MIN_CONFIDENCE = 0.5
 # A window that shows fat and soft tissue leaves the body unsaturated: past this share of
 # black and white pixels together the window is narrower than fat..soft tissue.
 MAX_SATURATED_SHARE = 0.65
+# A bone window (issue 26): fat and soft tissue merge into one peak (7-10 HU per grey), so
+# no tissue pair gives the width. Where the histogram is a bone window's (air black, soft
+# tissue in the lower greys, bone mostly unsaturated up to cortical bone) the width is
+# assumed: the middle of the usual bone windows (W 1,500-2,500); the level then puts the
+# soft-tissue peak at SOFT_TISSUE_HU. A wrong width scales HU about soft tissue (x 0.8-1.25
+# for W 1,600-2,500), which the target window (380 HU about soft tissue) shows as contrast.
+BONE_WINDOW_WIDTH = 2000.0
+# A bone window shows cortical bone (about +1,000 HU) unsaturated ...
+CORTICAL_BONE_HU = 1000.0
+# ... and puts its low end well below fat (its black is air and the lung's partial volume).
+BONE_WINDOW_MAX_LOW_HU = -300.0
+# Bone is counted from here (above soft tissue and its spread, below cancellous bone).
+BONE_TAIL_FROM_HU = 300.0
+# Below this HU a body holds only the air-tissue partial volume: in a bone window its greys
+# (above black, below fat) are sparse, an order of magnitude below the soft-tissue peak.
+PARTIAL_VOLUME_TO_HU = -200.0
+MAX_PARTIAL_VOLUME_DENSITY = 0.1
+# The width is assumed, not read: the reading is just sure enough to be used.
+BONE_WINDOW_CONFIDENCE = 0.6
 # "Already in the target window": level within this share of the target's width, width
 # within this ratio. Inside it the slice is passed through untouched (identity). The
 # archive's sharpened copies read as W 280-300 at the right level: hence 1.5, not less.
@@ -178,9 +208,40 @@ def _recoverable(level: float, width: float) -> tuple[bool, str]:
     return True, "recoverable: fat and soft tissue visible"
 
 
+def _bone_window(hist: np.ndarray, tissue: _Peak) -> tuple[float, float] | None:
+    """The bone-window reading (level, width) when the histogram is one: soft tissue in the
+    lower part of the greys, air black, and bone mostly unsaturated (its tail between soft
+    tissue and white holds more pixels than white itself); None otherwise. The width is
+    :data:`BONE_WINDOW_WIDTH` (assumed, not measured), the level puts soft tissue at its HU."""
+    width = BONE_WINDOW_WIDTH
+    level = SOFT_TISSUE_HU - (tissue.grey / 255.0 - 0.5) * width
+    low, high = level - width / 2.0, level + width / 2.0
+    if not (AIR_HU < low <= BONE_WINDOW_MAX_LOW_HU and high >= CORTICAL_BONE_HU):
+        return None  # soft tissue too high or too low in the greys for a bone window
+    total = float(hist.sum())
+    black = float(hist[: SATURATION_MARGIN + 1].sum()) / total
+    white = float(hist[255 - SATURATION_MARGIN :].sum()) / total
+    tail_from = math.ceil(_grey(BONE_TAIL_FROM_HU, level, width))
+    tail = float(hist[tail_from : 255 - SATURATION_MARGIN].sum()) / total
+    if black < MIN_PEAK_SHARE or tail < MIN_PEAK_SHARE or white > tail:
+        return None  # no black air, no bone, or bone saturated: not a bone window
+    # Between black and fat a bone window shows only the air-tissue partial volume: sparse.
+    # (Read as a bone window, a soft-tissue window would put its fat here: dense.)
+    gap_to = math.floor(_grey(PARTIAL_VOLUME_TO_HU, level, width))
+    soft = float(hist[gap_to:tail_from].sum()) / total
+    if tail > soft:
+        return None  # more "bone" than soft tissue: the peak is not soft tissue
+    gap = hist[SATURATION_MARGIN + 1 : gap_to]
+    peak = float(_smooth(hist, 2.0)[round(tissue.grey)])
+    if gap.size == 0 or float(gap.mean()) > MAX_PARTIAL_VOLUME_DENSITY * peak:
+        return None
+    return level, width
+
+
 def estimate_window(gray: np.ndarray) -> WindowEstimate:
     """The window (level, width) an 8-bit slice was most likely rendered with, from its fat
-    and soft-tissue peaks, checked against air; see the module docstring."""
+    and soft-tissue peaks, checked against air, or else read as a bone window; see the
+    module docstring."""
     gray = np.asarray(gray)
     if gray.dtype != np.uint8 or gray.ndim != 2:
         raise ValueError(f"expected a 2-D uint8 slice, got {gray.dtype} {gray.shape}")
@@ -215,17 +276,29 @@ def estimate_window(gray: np.ndarray) -> WindowEstimate:
             score = min(1.0, depth / 0.5) * mass
             if best is None or score > best[0]:
                 best = (score, level, width, fat, tissue)
-    if best is None:
-        reason = (
-            "no landmarks: no separate fat and soft-tissue peaks (one is saturated, or the "
-            "slice shows too little fat to read the window from)"
-        )
-        return WindowEstimate(None, None, 0.0, False, reason)
-    score, level, width, fat, tissue = best
-    ok, why = _recoverable(level, width)
-    if score < MIN_CONFIDENCE:
-        ok, why = False, f"unclear: the landmarks are faint (confidence {score:.2f})"
-    return WindowEstimate(level, width, score, ok, why, fat.grey, tissue.grey)
+    paired: WindowEstimate | None = None
+    if best is not None:
+        score, level, width, fat, tissue = best
+        ok, why = _recoverable(level, width)
+        if score < MIN_CONFIDENCE:
+            ok, why = False, f"unclear: the landmarks are faint (confidence {score:.2f})"
+        paired = WindowEstimate(level, width, score, ok, why, fat.grey, tissue.grey)
+        if ok:
+            return paired
+    bone = None if tissue is None else _bone_window(hist, tissue)
+    if bone is not None and tissue is not None:
+        level, width = bone
+        ok, why = _recoverable(level, width)
+        if ok:
+            why = f"recoverable: a bone window (soft tissue at grey {tissue.grey:.0f}, W assumed)"
+        return WindowEstimate(level, width, BONE_WINDOW_CONFIDENCE, ok, why, None, tissue.grey)
+    if paired is not None:
+        return paired
+    reason = (
+        "no landmarks: no separate fat and soft-tissue peaks (one is saturated, or the "
+        "slice shows too little fat to read the window from), and not a bone window"
+    )
+    return WindowEstimate(None, None, 0.0, False, reason)
 
 
 def rewindow(gray: np.ndarray, estimate: WindowEstimate, level: float, width: float) -> np.ndarray:

@@ -18,7 +18,7 @@ if "WORKLIST_SQLITE_PATH" not in os.environ:
     atexit.register(shutil.rmtree, _WORKLIST_DIR, True)
     os.environ["WORKLIST_SQLITE_PATH"] = os.path.join(_WORKLIST_DIR, "worklist.sqlite3")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from PIL import Image
 
 from ml_model.config import SHARED_DATA_DIR
 from testing.dicom_writers import ct_dicom_bytes, gray_to_export_window_dicom  # noqa: F401
+from testing.postgres import PostgresServer, postgres_server, why_not_available
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA_DIR / "train").is_dir():
         pytest.skip(f"real CT data not found at {SHARED_DATA_DIR} (see its README)")
     return SHARED_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (``testing/postgres.py``: started once per session on
+    127.0.0.1, a fresh database per test with ``new_database``); skipped, with the reason,
+    where the server's binaries are absent."""
+    reason = why_not_available()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres_server() as server:
+        yield server
 
 
 def synthetic_slice(label: int, seed: int, size: int = 64) -> np.ndarray:

@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,14 @@ def replay_calls(state: SeriesLog) -> None:
     state.skip("e", "st", "no longer in the PACS (404)")
 
 
-def test_outcomes_replayed_on_the_poller_state_equal_direct_calls(tmp_path: Path) -> None:
-    """What a broker worker records and the poller replays leaves the state file exactly as
-    the single-process worker's direct calls do (no broker needed)."""
-    direct = StateDB(tmp_path / "direct.sqlite3")
+def test_outcomes_replayed_on_the_poller_state_equal_direct_calls(
+    new_state: Callable[[], Path | str],
+) -> None:
+    """What a broker worker records and the poller replays leaves the state (a SQLite file,
+    PostgreSQL) exactly as the single-process worker's direct calls do (no broker needed)."""
+    direct = StateDB(new_state())
     replay_calls(direct)
-    replayed = StateDB(tmp_path / "replayed.sqlite3")
+    replayed = StateDB(new_state())
     outcomes: list[dict[str, Any]] = []
 
     class Capture(OutcomeRecorder):
@@ -375,7 +377,7 @@ def test_poller_exports_the_queue_depths(rabbitmq_installed: None, tmp_path: Pat
     topology = poller.topology
 
     def sample(queue: str, name: str = "pacs_queue_depth") -> float | None:
-        poller.poll_once()  # outcomes, the PACS (refused here), then the queues
+        poller._poll()  # outcomes, the PACS (refused here), then the queues
         return REGISTRY.get_sample_value(name, {"queue": queue})
 
     jobs = 5

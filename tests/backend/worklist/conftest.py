@@ -1,6 +1,5 @@
 """The worklist's databases for its tests: a SQLite file, and a real PostgreSQL server
-(``testing/postgres.py``: started once per session on 127.0.0.1, a fresh database per test;
-skipped, with the reason, where the server's binaries are absent)."""
+(the session's ``postgres`` fixture, tests/conftest.py: a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -10,18 +9,9 @@ from pathlib import Path
 import pytest
 
 from backend.app.worklist.store import WorklistStore
-from testing.postgres import PostgresServer, postgres_server, why_not_available
+from testing.postgres import PostgresServer
 
 BACKENDS = ("sqlite", "postgresql")
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    reason = why_not_available()
-    if reason is not None:
-        pytest.skip(reason)
-    with postgres_server() as server:
-        yield server
 
 
 @pytest.fixture(params=BACKENDS)

@@ -13,7 +13,6 @@ Skipped, saying why, where rabbitmq-server, Orthanc, PostgreSQL or the shared da
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import time
@@ -21,11 +20,11 @@ from pathlib import Path
 
 from dicomweb_client.api import DICOMwebClient
 
-from pacs.orthanc import free_port, start_orthanc
+from pacs.orthanc import start_orthanc
 from pacs.rabbitmq import start_rabbitmq
 from pacs.state import StateDB
 from testing.postgres import PostgresServer
-from tests.pacs.ct_series import base_slices, ct_series
+from tests.pacs.test_pacs_broker import Pipeline, ct_sources, pipeline_env
 from tests.pacs.test_pacs_e2e import (
     WorkerProcess,
     running_api,
@@ -53,39 +52,19 @@ def test_second_poller_takes_over_from_a_killed_leader(
     postgres: PostgresServer,
     tmp_path: Path,
 ) -> None:
-    sources = [
-        ct_series(
-            base_slices(shared_data, "fracture" if i % 2 else "normal", SLICES),
-            patient_id=f"POLLERS-{i:02d}",
-            description=f"CT C-spine axial {i}",
-        )
-        for i in range(SERIES)
-    ]
+    sources = ct_sources(shared_data, SERIES, SLICES, "POLLERS")
     studies = {str(s[0].SeriesInstanceUID): str(s[0].StudyInstanceUID) for s in sources}
     state_url = postgres.new_database()
     broker = start_rabbitmq(tmp_path / "rabbitmq")
     pacs = start_orthanc(tmp_path / "orthanc")
-    processes: list[WorkerProcess] = []
+    pipeline: Pipeline | None = None
     try:
         with running_api(tmp_path / "api.log") as api_url:
-            base = {
-                **os.environ,
-                "PACS_URL": pacs.url,
-                "API_URL": api_url,
-                "PACS_BROKER_URL": broker.url,
-                "PACS_STATE_URL": state_url,
-                "PACS_LEASE_SECONDS": str(LEASE_S),
-                "PACS_POLL_SECONDS": "1",
-                "PACS_STABLE_SECONDS": "2",
-                "PACS_CONCURRENCY": "1",
-                "PACS_LOG_LEVEL": "INFO",
-            }
-
-            def start(name: str, *args: str) -> WorkerProcess:
-                env = {**base, "PACS_METRICS_PORT": str(free_port())}
-                process = WorkerProcess(env, tmp_path / f"{name}.log", *args)
-                processes.append(process)
-                return process
+            pipeline = Pipeline(tmp_path, pipeline_env(
+                pacs.url, api_url, broker.url, PACS_STATE_URL=state_url,
+                PACS_LEASE_SECONDS=str(LEASE_S),
+            ))  # fmt: skip
+            start = pipeline.start
 
             def leading(poller: WorkerProcess) -> bool:
                 return poller.metric("pacs_poller_leader") == 1
@@ -135,7 +114,7 @@ def test_second_poller_takes_over_from_a_killed_leader(
                 print(f"pollers: B took the lease {takeover_s:.1f}s after A was killed; "
                       f"{SERIES} series done {done_s:.0f}s after the store")  # fmt: skip
             except BaseException:
-                print("\n".join(p.log()[-6000:] for p in processes))
+                print(pipeline.logs())
                 raise
             # Within the lease and the period B waits between tries (with a second of slack).
             assert takeover_s <= LEASE_S + LEASE_S / 3 + 1.0, takeover_s
@@ -163,7 +142,7 @@ def test_second_poller_takes_over_from_a_killed_leader(
             items = worklist_items(api_url)
             assert sorted(item["series_uid"] for item in items) == sorted(studies), items
     finally:
-        for process in processes:
-            process.stop()
+        if pipeline is not None:
+            pipeline.stop()
         broker.stop()
         pacs.stop()

@@ -10,9 +10,10 @@ Operator commands on the same state file (``PACS_STATE_DB``), safe while the wor
     python -m pacs requeue [--status failed ...] [SERIES_UID ...]
                             # failed/skipped/blocked series due again at the next poll
 
-On a broker (``PACS_BROKER_URL`` set; docs/pacs-broker.md): ``python -m pacs poller`` (one)
-queues the stable series and keeps the state file; ``python -m pacs`` (N, on any machine)
-takes them. ``list`` and ``requeue`` then run against the poller's state file.
+On a broker (``PACS_BROKER_URL`` set; docs/pacs-broker.md): ``python -m pacs poller`` queues
+the stable series and keeps the state (one poller on the state file; with ``PACS_STATE_URL``,
+several on any machines, one of them holding the lease); ``python -m pacs`` (N, on any
+machine) takes them. ``list`` and ``requeue`` then run against the pollers' state.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = WorkerSettings()
     if args.command == "list":
-        state = StateDB(settings.state_db, resume=False)
+        state = StateDB(settings.state_location, resume=False)
         for row in state.all():
             if row.status in args.status:
                 print("\t".join(list_columns(row)))
         state.close()
         return 0
     if args.command == "requeue":
-        state = StateDB(settings.state_db, resume=False)
+        state = StateDB(settings.state_location, resume=False)
         count = state.requeue(tuple(args.status), tuple(args.series))
         state.close()
         print(f"{count} series re-queued")
@@ -85,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     if args.command == "poller" and not settings.broker_url:
         parser.error("the poller needs PACS_BROKER_URL (or BROKER_URL)")
+    if args.command is None and settings.state_url and not settings.broker_url:
+        parser.error("PACS_STATE_URL is the broker pollers' shared state: the single-process "
+                     "worker keeps its state in PACS_STATE_DB")  # fmt: skip
     worker: Worker
     runner: Worker | BrokerWorker
-    if args.command == "poller":  # the one writer of the state file; jobs under way stay so
-        state = StateDB(settings.state_db, resume=False)
+    if args.command == "poller":  # the lease holder writes the state; jobs under way stay so
+        state = StateDB(settings.state_location, resume=False)
         worker = runner = Poller(settings, state)
     elif settings.broker_url:  # a broker worker keeps no state file
         worker = stateless_worker(settings)

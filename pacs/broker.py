@@ -14,8 +14,12 @@ Queues (quorum queues: replicated, durable, persistent messages, publisher confi
   ``error`` after ``PACS_ERROR_MAX_ATTEMPTS``), with the reason in the headers, and jobs the broker
   dead-lettered. They stay in the dead queue for the operator.
 
-One state, one writer: the poller owns the state file (``PACS_STATE_DB``, SQLite, as in the
-single-process mode, so ``python -m pacs list|requeue`` work unchanged against it). A worker
+One state, one writer: the poller owns the state (``PACS_STATE_DB``, SQLite, as in the
+single-process mode, so ``python -m pacs list|requeue`` work unchanged against it; or, with
+``PACS_STATE_URL``, PostgreSQL shared by several pollers). Pollers hold a lease on the state
+(:meth:`pacs.state.StateDB.hold_lease`): the one holding it polls, queues and records
+outcomes, renewing it at every poll and state write (fenced: a write under a lost lease is
+refused); the others wait and take over once it expires (``PACS_LEASE_SECONDS``). A worker
 keeps no state: it runs the single-process worker's attempt (``Worker._process``) against an
 :class:`OutcomeRecorder`, which records the one state call the attempt makes (done, retry,
 block, fail, skip) and sends it to the poller, which replays it on its state file. Back-off,
@@ -35,7 +39,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, fields
 from functools import partial
@@ -47,10 +54,11 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 from prometheus_client import Gauge
+from sqlalchemy.exc import SQLAlchemyError
 
 from pacs.clients import SeriesRef
 from pacs.settings import WorkerSettings
-from pacs.state import SeriesState, StateDB
+from pacs.state import LeaseLost, SeriesState, StateDB
 from pacs.worker import Worker
 
 log = logging.getLogger("pacs.broker")
@@ -69,6 +77,10 @@ QUEUE_DEPTH = Gauge(
 )
 QUEUE_CONSUMERS = Gauge(
     "pacs_queue_consumers", "Consumers of the broker's queue (read by the poller).", ["queue"]
+)
+POLLER_LEADER = Gauge(
+    "pacs_poller_leader",
+    "1 while this poller holds the lease on the state and polls; 0 while it waits.",
 )
 
 
@@ -357,6 +369,11 @@ class Poller(Worker):
         self.topology = Topology(settings.broker_queue, settings.delivery_limit)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.term: int | None = None  # the lease's term while this poller holds it
+        self._next_poll = 0.0  # time.monotonic() of the next poll while holding the lease
+        self._waiting = False  # "waiting for the lease" logged
+        POLLER_LEADER.set(0)
 
     def _open(self) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
@@ -381,8 +398,55 @@ class Poller(Worker):
             return super().run()
         finally:
             self.close()
+            if self.term is not None:  # stopping: a waiting poller may take over at once
+                with contextlib.suppress(SQLAlchemyError):
+                    self.state.release_lease(self.holder)
+                POLLER_LEADER.set(0)
 
     def poll_once(self) -> float:
+        """Hold the lease (take it, or renew it), then, while held and when a poll is due,
+        poll; returns the seconds until the next call: at most a third of the lease, so the
+        holder renews it in time and a waiting poller tries as often."""
+        renew = self.settings.lease_seconds / 3
+        try:
+            term = self.state.hold_lease(self.holder, self.settings.lease_seconds)
+        except SQLAlchemyError as exc:  # the state's database away: nobody can write it
+            log.warning("state database not reachable (%s); next try in %.0fs", exc, renew)
+            self._wait_for_lease()
+            return renew
+        if term is None:
+            self._wait_for_lease()
+            return renew
+        if term != self.term:
+            log.info("lease taken (term %d, %s): polling", term, self.holder)
+            self.term, self._next_poll, self._waiting = term, 0.0, False
+        POLLER_LEADER.set(1)
+        wait = self._next_poll - time.monotonic()
+        if wait > 0:
+            return min(wait, renew)
+        try:
+            delay = self._poll()
+        except (LeaseLost, SQLAlchemyError) as exc:  # what this poll did not record is
+            log.warning("lease lost mid-poll (%s)", exc)  # due again for the next holder
+            self._wait_for_lease()
+            return renew
+        self._next_poll = time.monotonic() + delay
+        return min(delay, renew)
+
+    def _wait_for_lease(self) -> None:
+        """Not (or no longer) the holder: no broker connection (outcomes taken and not yet
+        acknowledged go back to the queue for the holder), no memory of what was seen."""
+        if self.term is not None:
+            log.warning("lease lost (term %d): waiting to take it again", self.term)
+            self.term = None
+            self.close()
+            self._seen.clear()  # the next term watches the series settle afresh
+        if not self._waiting:
+            log.info("waiting for the lease (%s)", self.holder)
+            self._waiting = True
+        POLLER_LEADER.set(0)
+
+    def _poll(self) -> float:
         """Outcomes first (so a finished series is not queued again), then the PACS, then
         the queues' depths (with what this poll queued)."""
         try:

@@ -61,6 +61,21 @@ class WorkerSettings(BaseSettings):
         default=Path("pacs-worker.sqlite3"),
         description="SQLite file with each series' status (kept across restarts).",
     )
+    state_url: str | None = Field(
+        default=None,
+        description="Broker mode: the pollers' state in a database shared by all of them "
+        "instead of PACS_STATE_DB (PACS_STATE_URL), an SQLAlchemy URL, e.g. "
+        "postgresql+psycopg://user:password@host:5432/db. Several pollers may then run on "
+        "several machines: one holds the lease and polls (docs/pacs-broker.md). Not for the "
+        "single-process worker.",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Broker mode: the poller's lease (PACS_LEASE_SECONDS), renewed at every poll "
+        "and state write; a poller that stops renewing it (dead, hung, cut off) is replaced by "
+        "a waiting one within about this long. Longer than the longest QIDO-RS listing.",
+    )
     poll_seconds: float = Field(default=10.0, gt=0, description="QIDO-RS polling interval.")
     stable_seconds: float = Field(
         default=30.0,
@@ -173,6 +188,11 @@ class WorkerSettings(BaseSettings):
         if not self.worklist:  # appended only when off: on (the default) keeps older digests
             parts += ("worklist off",)
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+    @property
+    def state_location(self) -> Path | str:
+        """Where the state is kept: PACS_STATE_URL when set, else the PACS_STATE_DB file."""
+        return self.state_url or self.state_db
 
     @property
     def dicomweb_url(self) -> str:

@@ -1,4 +1,5 @@
-"""The worker's memory: one SQLite row per series it has seen, kept across restarts.
+"""The worker's memory: one row per series it has seen, kept across restarts, in a SQLite
+file (``PACS_STATE_DB``) or, for the broker's pollers, PostgreSQL (``PACS_STATE_URL``).
 
 Statuses: ``processing`` (an attempt is under way; after a crash it is simply tried again),
 ``retry`` (a failure that may clear; ``next_attempt`` says when: never final),
@@ -10,24 +11,43 @@ again gives the same answer; ``failure_class`` and ``reason`` say which and why)
 ``skipped`` and ``failed`` stay so until an operator re-queues them (``python -m pacs
 requeue``). ``failure_class``: ``transient``, ``config``, ``permanent``, ``identity`` or
 ``error`` (unexpected; ``failed`` after ``error_max_attempts``).
+
+One implementation for both databases: SQLAlchemy Core over the same SQL (``ON CONFLICT``
+upserts, ``COALESCE``, ``||``), the one difference being how the database tells the time
+(:data:`DB_NOW`). The schema is created and upgraded when a process opens the state, on
+PostgreSQL under a transaction-scoped advisory lock, so pollers starting together do it one
+after the other.
+
+The poller's lease (broker mode, docs/pacs-broker.md): one row in ``poller_lease`` names the
+poller that polls, until ``expires_at`` (the database's clock, so the pollers' clocks do not
+matter). :meth:`StateDB.hold_lease` takes it (absent or expired: its ``term`` goes up by one)
+or renews it; while held, every state write renews it **in the write's own transaction** and
+fails with :class:`LeaseLost`, writing nothing, when it is no longer this holder's: a poller
+that hung past its lease and wakes cannot overwrite what the new holder recorded (fencing).
+On PostgreSQL the renewal's row lock also makes a taker wait for the holder's transaction.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-SCHEMA = """
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+# DOUBLE PRECISION: epoch seconds (PostgreSQL's REAL is 4 bytes; SQLite reads it as REAL).
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS series (
     series_uid     TEXT PRIMARY KEY,
     study_uid      TEXT NOT NULL,
     status         TEXT NOT NULL,
     attempts       INTEGER NOT NULL DEFAULT 0,
-    next_attempt   REAL NOT NULL DEFAULT 0,
+    next_attempt   DOUBLE PRECISION NOT NULL DEFAULT 0,
     instance_count INTEGER,
     reason         TEXT,
     result         TEXT,
@@ -35,9 +55,16 @@ CREATE TABLE IF NOT EXISTS series (
     sr_series_uid  TEXT,
     sc_series_uid  TEXT,
     own_output     INTEGER NOT NULL DEFAULT 0,
-    updated_at     REAL NOT NULL
-);
-"""
+    updated_at     DOUBLE PRECISION NOT NULL
+)""",
+    """
+CREATE TABLE IF NOT EXISTS poller_lease (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    term       INTEGER NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+)""",
+)
 # Columns added later, with their types (added to an older state file when it is opened).
 ADDED_COLUMNS = {
     "failure_class": "TEXT",
@@ -54,6 +81,16 @@ UPDATE series SET status='retry', attempts=0, next_attempt=0,
 WHERE own_output=0 AND (status='failed' OR (status='skipped' AND (
     reason LIKE 'API refused the series (401)%' OR reason LIKE 'API refused the series (403)%')))
 """
+
+# pg_advisory_xact_lock's key for creating/upgrading the schema ("pacsst" in ASCII).
+SCHEMA_LOCK_KEY = 0x706163737374
+LEASE = "poller"  # the one lease's name (its row's primary key)
+# The database's clock in epoch seconds, per dialect: every lease comparison uses it.
+DB_NOW = {
+    "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+SQLITE_BUSY_TIMEOUT_S = 30.0
 
 FINAL = frozenset({"done", "skipped", "failed"})
 STATUSES = ("processing", "retry", "blocked", "done", "skipped", "failed")
@@ -122,69 +159,191 @@ def errors_after(earlier: SeriesState | None, failure_class: str) -> int:
     return errors + 1 if failure_class == "error" else errors
 
 
-class StateDB:
-    """Thread-safe access to the state file (one connection, one lock, WAL journal)."""
+class LeaseLost(RuntimeError):
+    """A fenced state write by a poller whose lease expired or passed to another poller: the
+    write was rolled back."""
 
-    def __init__(self, path: Path, resume: bool = True) -> None:
-        """``resume``: the worker's own start (attempts left under way are due again); an
-        operator command opens the file with False, leaving a running worker's rows alone."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+
+def state_engine(location: Path | str) -> Engine:
+    """The engine of the state: ``location`` a SQLite file (or ``:memory:``) or an SQLAlchemy
+    URL (``postgresql+psycopg://…``, ``sqlite:///…``). SQLite: WAL, synchronous writes, and
+    transactions that start ``BEGIN IMMEDIATE`` (the write lock up front, waiting up to
+    ``SQLITE_BUSY_TIMEOUT_S`` for it), so a fenced write is one atomic transaction."""
+    if isinstance(location, str) and "://" in location:
+        url = make_url(location)
+        if url.get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        database = url.database or ":memory:"
+    else:
+        database = str(location)
+    memory = database == ":memory:"
+    if not memory:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        f"sqlite:///{database}",
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        **({"poolclass": StaticPool} if memory else {}),  # one in-memory database
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # BEGIN is ours (below), not pysqlite's
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class StateDB:
+    """Thread-safe access to the state (one lock; each call its own transaction)."""
+
+    def __init__(self, location: Path | str, resume: bool = True) -> None:
+        """``location``: a SQLite file or a database URL (:func:`state_engine`). ``resume``:
+        the single-process worker's own start (attempts left under way are due again); a
+        poller or an operator command opens it with False, leaving rows under way alone."""
+        self.location = location
+        self.engine = state_engine(location)
+        self.now = DB_NOW[self.engine.dialect.name]
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            have = {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
+        # (holder, term or None when not held, seconds) once ``hold_lease`` was called
+        self._fence: tuple[str, int | None, float] | None = None
+        with self._lock, self.engine.begin() as db:
+            if db.dialect.name == "postgresql":  # pollers starting together: one at a time
+                db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            for statement in SCHEMA:
+                db.execute(text(statement))
+            have = {column["name"] for column in inspect(db).get_columns("series")}
             for name, kind in ADDED_COLUMNS.items():
                 if name not in have:
-                    self._db.execute(f"ALTER TABLE series ADD COLUMN {name} {kind}")
+                    db.execute(text(f"ALTER TABLE series ADD COLUMN {name} {kind}"))
             if "failure_class" not in have:  # a state file of a worker before failure classes
-                self._db.execute(UPGRADE_REQUEUE)
+                db.execute(text(UPGRADE_REQUEUE))
             if resume:  # an attempt under way when the worker stopped is due again now
-                self._db.execute(
-                    "UPDATE series SET status='retry', next_attempt=0 WHERE status='processing'"
+                db.execute(
+                    text(
+                        "UPDATE series SET status='retry', next_attempt=0 WHERE status='processing'"
+                    )
                 )
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self.engine.dispose()
 
+    def _read(self, sql: str, **params: object) -> list[Any]:
+        with self._lock, self.engine.connect() as db:
+            return list(db.execute(text(sql), params))
+
+    def _write(self, sql: str, **params: object) -> int:
+        """One write in its own transaction, fenced by the lease while one is held; returns
+        the rows it changed."""
+        with self._lock, self.engine.begin() as db:
+            if self._fence is not None:  # a poller's state: written only under its lease
+                holder, term, seconds = self._fence
+                renewed = (
+                    term is not None
+                    and db.execute(
+                        text(
+                            f"UPDATE poller_lease SET expires_at = {self.now} + :seconds "
+                            f"WHERE name = :name AND holder = :holder AND term = :term "
+                            f"AND expires_at > {self.now}"
+                        ),
+                        {"seconds": seconds, "name": LEASE, "holder": holder, "term": term},
+                    ).rowcount
+                    == 1
+                )
+                if not renewed:
+                    self._fence = (holder, None, seconds)  # until hold_lease takes it again
+                    raise LeaseLost(f"{holder} does not hold the lease (term {term})")
+            return int(db.execute(text(sql), params).rowcount)
+
+    # ---- the poller's lease -------------------------------------------------------------
+    def hold_lease(self, holder: str, seconds: float) -> int | None:
+        """Renew ``holder``'s lease, or take it when nobody holds it or it expired; then
+        ``seconds`` more from the database's clock. Returns the lease's term (one more at
+        each change of holder: a fencing token) while ``holder`` holds it, else None. From
+        then on every write of this state is fenced: done only while held (renewing it),
+        else refused with :class:`LeaseLost`."""
+        params = {"name": LEASE, "holder": holder, "seconds": seconds}
+        with self._lock, self.engine.begin() as db:
+            db.execute(
+                text(
+                    "INSERT INTO poller_lease (name, holder, term, expires_at) "
+                    f"VALUES (:name, :holder, 1, {self.now} + :seconds) "
+                    "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
+                    "expires_at = excluded.expires_at, term = CASE WHEN poller_lease.holder = "
+                    "excluded.holder AND poller_lease.expires_at > "
+                    f"{self.now} THEN poller_lease.term ELSE poller_lease.term + 1 END "
+                    "WHERE poller_lease.holder = excluded.holder OR poller_lease.expires_at <= "
+                    f"{self.now}"
+                ),
+                params,
+            )
+            row = db.execute(
+                text(f"SELECT holder, term, expires_at > {self.now} FROM poller_lease "
+                     "WHERE name = :name"),
+                params,
+            ).one()  # fmt: skip
+        term = int(row[1]) if row[0] == holder and bool(row[2]) else None
+        self._fence = (holder, term, seconds)
+        return term
+
+    def lease_holder(self) -> tuple[str, int, float] | None:
+        """Who holds the lease: (holder, term, seconds left by the database's clock); None
+        when nobody ever did."""
+        rows = self._read(
+            f"SELECT holder, term, expires_at - {self.now} FROM poller_lease WHERE name = :name",
+            name=LEASE,
+        )
+        return (str(rows[0][0]), int(rows[0][1]), float(rows[0][2])) if rows else None
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up at once (a poller stopping): another takes it at its next try;
+        this state's writes are no longer fenced."""
+        self._fence = None
+        with self._lock, self.engine.begin() as db:
+            db.execute(
+                text(f"UPDATE poller_lease SET expires_at = {self.now} "
+                     "WHERE name = :name AND holder = :holder"),
+                {"name": LEASE, "holder": holder},
+            )  # fmt: skip
+
+    # ---- the series ---------------------------------------------------------------------
     def get(self, series_uid: str) -> SeriesState | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM series WHERE series_uid=?", (series_uid,)
-            ).fetchone()
-        return _row(row) if row else None
+        rows = self._read("SELECT * FROM series WHERE series_uid = :uid", uid=series_uid)
+        return _row(rows[0]) if rows else None
 
     def all(self) -> list[SeriesState]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM series ORDER BY updated_at").fetchall()
-        return [_row(row) for row in rows]
+        return [_row(row) for row in self._read("SELECT * FROM series ORDER BY updated_at")]
 
     def is_own_output(self, series_uid: str) -> bool:
         """Whether ``series_uid`` is a series this worker wrote (an SR or heatmap series)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM series WHERE series_uid=? AND own_output=1 "
-                "UNION SELECT 1 FROM series WHERE sr_series_uid=? OR sc_series_uid=?",
-                (series_uid, series_uid, series_uid),
-            ).fetchone()
-        return row is not None
+        return bool(
+            self._read(
+                "SELECT 1 FROM series WHERE series_uid = :uid AND own_output = 1 "
+                "UNION SELECT 1 FROM series WHERE sr_series_uid = :uid OR sc_series_uid = :uid",
+                uid=series_uid,
+            )
+        )
 
     def _upsert(self, series_uid: str, study_uid: str, **values: object) -> None:
         values["updated_at"] = time.time()
         columns = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        updates = ", ".join(f"{name}=excluded.{name}" for name in values)
-        with self._lock:
-            self._db.execute(
-                f"INSERT INTO series (series_uid, study_uid, {columns}) VALUES (?, ?, {marks}) "
-                f"ON CONFLICT(series_uid) DO UPDATE SET {updates}",
-                (series_uid, study_uid, *values.values()),
-            )
+        marks = ", ".join(f":{name}" for name in values)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in values)
+        self._write(
+            f"INSERT INTO series (series_uid, study_uid, {columns}) "
+            f"VALUES (:series_uid, :study_uid, {marks}) "
+            f"ON CONFLICT(series_uid) DO UPDATE SET {updates}",
+            series_uid=series_uid,
+            study_uid=study_uid,
+            **values,
+        )
 
     def attempt_number(self, series_uid: str) -> int:
         """The number the next attempt at the series gets: 1 for the first, and after a
@@ -301,47 +460,44 @@ class StateDB:
     ) -> int:  # fmt: skip
         """Due again at once with fresh attempts: rows in ``statuses`` (only ``series_uids``
         when given); the worker's own outputs stay skipped. Returns how many."""
-        where = f"status IN ({', '.join('?' for _ in statuses)}) AND own_output=0"
-        params: list[object] = list(statuses)
+        params: dict[str, object] = {f"s{i}": status for i, status in enumerate(statuses)}
+        where = f"status IN ({', '.join(f':s{i}' for i in range(len(statuses)))}) AND own_output=0"
         if series_uids:
-            where += f" AND series_uid IN ({', '.join('?' for _ in series_uids)})"
-            params += list(series_uids)
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE series SET status='retry', attempts=0, errors=0, next_attempt=0, "
-                f"reason='re-queued: ' || COALESCE(reason, ''), updated_at=? WHERE {where}",
-                (time.time(), *params),
-            )
-        return int(cursor.rowcount)
+            uids = {f"u{i}": uid for i, uid in enumerate(series_uids)}
+            where += f" AND series_uid IN ({', '.join(f':{name}' for name in uids)})"
+            params.update(uids)
+        return self._write(
+            "UPDATE series SET status='retry', attempts=0, errors=0, next_attempt=0, "
+            f"reason='re-queued: ' || COALESCE(reason, ''), updated_at=:now WHERE {where}",
+            now=time.time(),
+            **params,
+        )
 
     def requeue_config(self, fingerprint: str) -> int:
         """Re-queue series blocked under another configuration than ``fingerprint``."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE series SET status='retry', attempts=0, errors=0, next_attempt=0, "
-                "reason='re-queued (configuration changed): ' || COALESCE(reason, ''), "
-                "updated_at=? WHERE status='blocked' AND COALESCE(config, '') != ?",
-                (time.time(), fingerprint),
-            )
-        return int(cursor.rowcount)
+        return self._write(
+            "UPDATE series SET status='retry', attempts=0, errors=0, next_attempt=0, "
+            "reason='re-queued (configuration changed): ' || COALESCE(reason, ''), "
+            "updated_at=:now WHERE status='blocked' AND COALESCE(config, '') != :fingerprint",
+            now=time.time(),
+            fingerprint=fingerprint,
+        )
 
     def counts(self) -> dict[str, int]:
         """Series per status (every status, 0 when none)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT status, COUNT(*) FROM series GROUP BY status"
-            ).fetchall()
+        rows = self._read("SELECT status, COUNT(*) FROM series GROUP BY status")
         found = {str(row[0]): int(row[1]) for row in rows}
         return {status: found.get(status, 0) for status in STATUSES}
 
 
-def _row(row: sqlite3.Row) -> SeriesState:
+def _row(found: Any) -> SeriesState:
+    row = found._mapping
     return SeriesState(
         series_uid=row["series_uid"],
         study_uid=row["study_uid"],
         status=row["status"],
         attempts=row["attempts"],
-        next_attempt=row["next_attempt"],
+        next_attempt=float(row["next_attempt"]),
         instance_count=row["instance_count"],
         reason=row["reason"],
         result=row["result"],
@@ -352,6 +508,6 @@ def _row(row: sqlite3.Row) -> SeriesState:
         failure_class=row["failure_class"],
         config=row["config"],
         superseded=row["superseded"],
-        updated_at=row["updated_at"],
+        updated_at=float(row["updated_at"]),
         errors=row["errors"],
     )

@@ -40,8 +40,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """A real PostgreSQL server for the session (``testing/postgres.py``); skips, saying why,
-    where its binaries are absent."""
+    """A real PostgreSQL server (``testing/postgres.py``: started once per session on
+    127.0.0.1, a fresh database per test with ``new_database``); skipped, with the reason,
+    where the server's binaries are absent."""
     reason = why_not_available()
     if reason is not None:
         pytest.skip(reason)

@@ -16,8 +16,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,14 @@ def replay_calls(state: SeriesLog) -> None:
     state.skip("e", "st", "no longer in the PACS (404)")
 
 
-def test_outcomes_replayed_on_the_poller_state_equal_direct_calls(tmp_path: Path) -> None:
-    """What a broker worker records and the poller replays leaves the state file exactly as
-    the single-process worker's direct calls do (no broker needed)."""
-    direct = StateDB(tmp_path / "direct.sqlite3")
+def test_outcomes_replayed_on_the_poller_state_equal_direct_calls(
+    new_state: Callable[[], Path | str],
+) -> None:
+    """What a broker worker records and the poller replays leaves the state (a SQLite file,
+    PostgreSQL) exactly as the single-process worker's direct calls do (no broker needed)."""
+    direct = StateDB(new_state())
     replay_calls(direct)
-    replayed = StateDB(tmp_path / "replayed.sqlite3")
+    replayed = StateDB(new_state())
     outcomes: list[dict[str, Any]] = []
 
     class Capture(OutcomeRecorder):
@@ -105,6 +107,45 @@ def test_poller_queues_again_a_series_without_outcome_past_the_timeout(tmp_path:
     assert poller._due(ref, now + 610)
 
 
+def pipeline_env(pacs_url: str, api_url: str, broker_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a test's pipeline processes: the PACS, the API and the broker,
+    polls every second, a series stable after 2 s, one series per worker at once."""
+    return {
+        **os.environ,
+        "PACS_URL": pacs_url,
+        "API_URL": api_url,
+        "PACS_BROKER_URL": broker_url,
+        "PACS_POLL_SECONDS": "1",
+        "PACS_STABLE_SECONDS": "2",
+        "PACS_CONCURRENCY": "1",
+        "PACS_LOG_LEVEL": "INFO",
+        **settings,
+    }
+
+
+@dataclass
+class Pipeline:
+    """A test's ``python -m pacs …`` processes, each with its own metrics port and its log in
+    ``folder``, all with ``env``."""
+
+    folder: Path
+    env: dict[str, str]
+    processes: list[WorkerProcess] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> WorkerProcess:
+        env = {**self.env, "PACS_METRICS_PORT": str(free_port())}
+        process = WorkerProcess(env, self.folder / f"{name}.log", *args)
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(process.log()[-6000:] for process in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+
 @dataclass
 class Run:
     client: DICOMwebClient
@@ -121,6 +162,19 @@ class Run:
 
     def logs(self) -> str:
         return "\n".join(proc.log() for proc in [self.poller, *self.workers])
+
+
+def ct_sources(shared_data: Path, count: int, slices: int, patient: str) -> list[list[Dataset]]:
+    """``count`` CT series of ``slices`` slices each, fracture and normal in turn, each its own
+    patient (``<patient>-<n>``) and study."""
+    return [
+        ct_series(
+            base_slices(shared_data, "fracture" if i % 2 else "normal", slices),
+            patient_id=f"{patient}-{i:02d}",
+            description=f"CT C-spine axial {i}",
+        )
+        for i in range(count)
+    ]
 
 
 def broken_series(shared_data: Path) -> list[Dataset]:
@@ -140,41 +194,18 @@ def run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("broker")
-    sources = [
-        ct_series(
-            base_slices(shared_data, "fracture" if i % 2 else "normal", SLICES),
-            patient_id=f"BROKER-{i:02d}",
-            description=f"CT C-spine axial {i}",
-        )
-        for i in range(SERIES)
-    ]
+    sources = ct_sources(shared_data, SERIES, SLICES, "BROKER")
     broken = broken_series(shared_data)
     studies = {str(s[0].SeriesInstanceUID): str(s[0].StudyInstanceUID) for s in sources}
     refused = (str(broken[0].StudyInstanceUID), str(broken[0].SeriesInstanceUID))
     broker = start_rabbitmq(tmp / "rabbitmq")
     pacs = start_orthanc(tmp / "orthanc")
-    processes: list[WorkerProcess] = []
     with running_api(tmp / "api.log") as api_url:
-        base = {
-            **os.environ,
-            "PACS_URL": pacs.url,
-            "API_URL": api_url,
-            "PACS_BROKER_URL": broker.url,
-            "PACS_STATE_DB": str(tmp / "poller.sqlite3"),
-            "PACS_POLL_SECONDS": "1",
-            "PACS_STABLE_SECONDS": "2",
-            "PACS_BACKOFF_SECONDS": "1",
-            "PACS_BACKOFF_MAX_SECONDS": "4",
-            "PACS_CONCURRENCY": "1",
-            "PACS_LOG_LEVEL": "INFO",
-        }
-
-        def start(name: str, *args: str) -> WorkerProcess:
-            env = {**base, "PACS_METRICS_PORT": str(free_port())}
-            process = WorkerProcess(env, tmp / f"{name}.log", *args)
-            processes.append(process)
-            return process
-
+        pipeline = Pipeline(tmp, pipeline_env(
+            pacs.url, api_url, broker.url, PACS_STATE_DB=str(tmp / "poller.sqlite3"),
+            PACS_BACKOFF_SECONDS="1", PACS_BACKOFF_MAX_SECONDS="4",
+        ))  # fmt: skip
+        start = pipeline.start
         poller = start("poller", "poller")
         first, second = start("worker-a"), start("worker-b")
         result = Run(DICOMwebClient(pacs.dicomweb_url), broker, studies, refused, "", poller,
@@ -223,8 +254,7 @@ def run(
             print(result.logs()[-12000:])
             raise
         finally:
-            for process in processes:
-                process.stop()
+            pipeline.stop()
             result.broker.stop()
             pacs.stop()
 
@@ -373,7 +403,7 @@ def test_poller_exports_the_queue_depths(rabbitmq_installed: None, tmp_path: Pat
     topology = poller.topology
 
     def sample(queue: str, name: str = "pacs_queue_depth") -> float | None:
-        poller.poll_once()  # outcomes, the PACS (refused here), then the queues
+        poller._poll()  # outcomes, the PACS (refused here), then the queues
         return REGISTRY.get_sample_value(name, {"queue": queue})
 
     jobs = 5

@@ -11,6 +11,7 @@ import sqlite3
 import struct
 import time
 import warnings
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -249,8 +250,10 @@ def test_sr_from_de_identified_sources_without_type2_elements_or_sop_class() -> 
     assert all("SOPClassUID" not in ds and "PatientBirthDate" not in ds for ds in slices)
 
 
-def test_state_survives_a_restart_and_resumes_interrupted_work(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
+def test_state_survives_a_restart_and_resumes_interrupted_work(
+    new_state: Callable[[], Path | str],
+) -> None:
+    path = new_state()
     state = StateDB(path)
     state.start("s1", "st", 8)
     state.done("s2", "st", instance_count=8, result="Normal", sr_uid="2.25.1",
@@ -371,10 +374,10 @@ def test_identity_problem_names_what_disagrees() -> None:
     assert "SeriesInstanceUID" in str(identity_problem(slices, "1.2.3", "1.2.3.4"))
 
 
-def test_state_requeue_and_configuration_change(tmp_path: Path) -> None:
+def test_state_requeue_and_configuration_change(new_state: Callable[[], Path | str]) -> None:
     """Failed/skipped/blocked rows come back on request; blocked ones by themselves when the
     configuration fingerprint changes; own outputs never."""
-    state = StateDB(tmp_path / "state.sqlite3")
+    state = StateDB(new_state())
     state.fail("f", "st", "API refused the series (400)", "permanent")
     state.skip("k", "st", "modality MR, not CT")
     state.skip("o", "st", "own output", own_output=True)
@@ -565,14 +568,14 @@ def test_error_attempts_setting_and_its_older_name(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_retried_attempt_keeps_the_last_failure_and_list_shows_attempts(
-    tmp_path: Path,
+    new_state: Callable[[], Path | str],
 ) -> None:
     """The row counts attempts and, apart, those ended by an unexpected error (what
     PACS_ERROR_MAX_ATTEMPTS bounds: transient failures do not use them up); a retried
     attempt keeps the last failure's class and reason; a re-queue starts afresh."""
     from pacs.__main__ import list_columns
 
-    state = StateDB(tmp_path / "state.sqlite3")
+    state = StateDB(new_state())
     for attempt in (1, 2):  # the API away twice
         assert state.start("s1", "st", 4) == attempt
         state.retry("s1", "st", "TransientError: API answered 503", time.time() + 2)

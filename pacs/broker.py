@@ -487,7 +487,7 @@ class Poller(Worker):
                 f"{self.settings.delivery_limit} times without an outcome (a worker died on it "
                 "each time)"
             )
-            self.state.fail(series_uid, study_uid, reason, "error")
+            self._give_up(self.state, series_uid, study_uid, reason, "error")
             log.error("series %s: %s", series_uid, reason)
             return
         if call not in OUTCOME_CALLS:

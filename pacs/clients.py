@@ -37,6 +37,12 @@ QIDO_MALFORMED = Counter(
     "QIDO-RS series entries skipped because they could not be read (e.g. a non-numeric "
     "instance count).",
 )
+FAILURE_REPORTS = Counter(
+    "pacs_failure_reports_total",
+    "Series given up on reported to the API (POST /pipeline/failures), by outcome (sent, "
+    "failed: the API did not take it; the state keeps it).",
+    ["outcome"],
+)
 QIDO_CAPPED = Counter(
     "pacs_qido_capped_total",
     "Series listings the PACS cut short whatever the offset (outcome=read_by_range: found "
@@ -559,6 +565,28 @@ class ApiClient:
         the entry of the same study and series (200: a retry or a re-analysis)."""
         response = self._post("/worklist", "the worklist entry", json=entry)
         return response.status_code == 201
+
+    def report_failure(
+        self, study_uid: str, series_uid: str, failure_class: str, reason: str
+    ) -> bool:
+        """``POST /pipeline/failures``: a series given up on shows beside the worklist (issue
+        30). Best effort: False (logged and counted) when the API did not take it; the state
+        keeps the failure either way (``python -m pacs list``)."""
+        body = {
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "failure_class": failure_class,
+            "reason": reason[:2000],
+            "failed_at": datetime.now(UTC).isoformat(),
+        }
+        try:
+            self._post("/pipeline/failures", "the failure report", json=body)
+        except Exception as exc:  # never let the report stop the worker
+            FAILURE_REPORTS.labels("failed").inc()
+            log.warning("series %s: failure not reported to the API (%s)", series_uid, exc)
+            return False
+        FAILURE_REPORTS.labels("sent").inc()
+        return True
 
     def _post(self, path: str, what: str, **request: Any) -> requests.Response:
         """A POST whose failures are classed: unreachable, 5xx, 408, 429 -> TransientError

@@ -210,7 +210,7 @@ class Worker:
             f"identity: the PACS lists series UID {ref.series_uid} {len(refs)} times "
             f"(studies {', '.join(studies)}): shared by studies or patients"
         )
-        self.state.fail(ref.series_uid, ref.study_uid, reason, "identity")
+        self._give_up(self.state, ref.series_uid, ref.study_uid, reason, "identity")
         SERIES_FAILED.labels("identity").inc()
         log.error("series %s: refused, %s", ref.series_uid, reason)
 
@@ -262,6 +262,14 @@ class Worker:
             return self.settings.stable_seconds == 0
         return now - seen.since >= self.settings.stable_seconds
 
+    def _give_up(
+        self, state: SeriesLog, series_uid: str, study_uid: str, reason: str, failure_class: str
+    ) -> None:
+        """The series failed for good: recorded in ``state``, and reported to the API so that
+        it shows beside the worklist (``POST /pipeline/failures``; best effort)."""
+        state.fail(series_uid, study_uid, reason, failure_class)
+        self.api.report_failure(study_uid, series_uid, failure_class, reason)
+
     # ---- one series ---------------------------------------------------------------------
     def _process(
         self, ref: SeriesRef, state: SeriesLog | None = None, arrived_at: float | None = None
@@ -278,7 +286,7 @@ class Worker:
         except PermanentError as exc:
             failure_class = classify(exc)  # identity or permanent
             SERIES_FAILED.labels(failure_class).inc()
-            state.fail(ref.series_uid, ref.study_uid, str(exc)[:500], failure_class)
+            self._give_up(state, ref.series_uid, ref.study_uid, str(exc)[:500], failure_class)
             log.error("series %s: failed (%s), %s", ref.series_uid, failure_class, exc)
             return
         except ConfigError as exc:
@@ -305,7 +313,7 @@ class Worker:
             errors = errors_after(state.get(ref.series_uid), failure_class)
             if not transient and errors >= self.settings.error_max_attempts:
                 reason = f"{reason[:460]} (after {attempt} attempts, {errors} errors)"
-                state.fail(ref.series_uid, ref.study_uid, reason, failure_class)
+                self._give_up(state, ref.series_uid, ref.study_uid, reason, failure_class)
                 log.error(
                     "series %s: failed after %d attempts (error): %s",
                     ref.series_uid,

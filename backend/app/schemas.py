@@ -584,6 +584,26 @@ class WorklistEntry(BaseModel):
     reviews: list[ReviewEntry] = Field(description="Every read, oldest first (the last counts).")
 
 
+FinalFailureClass = Literal["identity", "permanent", "error"]
+
+
+class PipelineFailureIn(BaseModel):
+    """A series the PACS pipeline gave up on for good (the worker's or the poller's report)."""
+
+    study_uid: str = Field(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")
+    series_uid: str = Field(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")
+    failure_class: FinalFailureClass = Field(
+        description="`identity`: patients or studies disagree within the series; `permanent`: "
+        "the API refused its data; `error`: it failed every attempt (docs/pacs.md)."
+    )
+    reason: str = Field(min_length=1, max_length=2000)
+    failed_at: UtcDatetime
+
+
+class PipelineFailureOut(PipelineFailureIn):
+    id: int
+
+
 class DeadLetterOut(BaseModel):
     """A webhook notification that every attempt failed to deliver."""
 
@@ -693,3 +713,7 @@ class MonitoringResponse(BaseModel):
         description="Key: the ISO week of arrival, e.g. `2026-W49`."
     )
     drift: DriftOut
+    pipeline_failures: dict[str, int] = Field(
+        description="Series the PACS pipeline gave up on and has not analysed since, by "
+        "failure class (`identity`, `permanent`, `error`); the list: `GET /pipeline/failures`."
+    )

@@ -339,7 +339,7 @@ const noDrift: Monitoring["drift"] = {
 
 describe("monitoring view", () => {
   it("shows an empty state when nothing is reviewed yet", async () => {
-    const empty: Monitoring = { overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {}, drift: noDrift };
+    const empty: Monitoring = { overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {}, pipeline_failures: {}, drift: noDrift };
     await openTab("Monitoring", (url) => (url.pathname === "/monitoring" ? json(empty) : json({}, 404)));
     expect(await screen.findByTestId("monitoring-empty")).toHaveTextContent("No study has been reviewed yet");
     expect(screen.queryByTestId("monitoring-overall")).not.toBeInTheDocument();
@@ -350,7 +350,7 @@ describe("monitoring view", () => {
       successes: k, total: n, estimate: k / n, lower: 0.05, upper: 0.7, warning,
     });
     const empty: Monitoring = {
-      overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {},
+      overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {}, pipeline_failures: {},
       drift: {
         ...noDrift,
         refusals_by_week: {
@@ -372,7 +372,7 @@ describe("monitoring view", () => {
   it("tables the PSI per window against the card's reference, flagging a shift", async () => {
     const figure = (n: number, psi: number, warning: boolean) => ({ n, counts: [n], psi, warning });
     const data: Monitoring = {
-      overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {},
+      overall: performance(0, 0, 0, 0), by_model_version: {}, by_scanner: {}, by_week: {}, pipeline_failures: {},
       drift: {
         ...noDrift,
         psi_unavailable: null,
@@ -398,6 +398,7 @@ describe("monitoring view", () => {
       by_scanner: { "GE / Revolution": performance(3, 1, 1, 0), "unknown": performance(1, 0, 2, 0, 1) },
       by_week: { "2026-W49": performance(4, 1, 3, 0, 1) },
       drift: noDrift,
+      pipeline_failures: { identity: 1, error: 2 },
     };
     const calls: URL[] = [];
     const user = await openTab("Monitoring", (url) => {
@@ -413,6 +414,9 @@ describe("monitoring view", () => {
     expect(row.querySelector('[data-measure="ppv"]')).toHaveTextContent("80 %95 % interval 60–90 %");
     expect(row.querySelector('[data-measure="npv"]')).toHaveTextContent("100 %95 % interval 80–100 %");
     expect(within(screen.getByTestId("monitoring-model")).getByRole("rowheader")).toHaveTextContent("custom-cnn 1.2.0");
+    expect(screen.getByTestId("monitoring-pipeline-failures")).toHaveTextContent(
+      "3 series the PACS pipeline gave up on and has not analysed since (error 2, identity 1)",
+    );
     expect(
       within(screen.getByTestId("monitoring-scanner"))
         .getAllByRole("rowheader")

@@ -136,6 +136,7 @@ def test_what_the_routes_declare() -> None:
         "/monitoring",
         "/notifications/dead-letters",
         "/notifications/dead-letters/{letter_id}/replay",
+        "/pipeline/failures",
     }
     assert {path: p.role for path, p in policies.items() if p.role} == {
         "/worklist/{study_id}/review": "reader",

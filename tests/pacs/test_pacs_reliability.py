@@ -134,7 +134,8 @@ class ApiGate:
     """Passes ``/predict/study`` on to the real API (``mode`` "pass"), or answers for it:
     "503" (with ``Retry-After: retry_after``), "400", or "slow" (a 503 after a minute, as a
     very busy API); ``worklist_mode``, when set, is the mode of ``/worklist`` calls instead.
-    Records each call's time and mode."""
+    Records each call's time and mode; failure reports (``/pipeline/failures``) always pass,
+    unrecorded."""
 
     def __init__(self, api_url: str, retry_after: int = 3) -> None:
         self.api_url = api_url
@@ -154,7 +155,10 @@ class ApiGate:
                 mode = gate.mode
                 if gate.worklist_mode is not None and self.path.startswith("/worklist"):
                     mode = gate.worklist_mode
-                gate.hits.append((time.monotonic(), mode))
+                if self.path.startswith("/pipeline/"):
+                    mode = "pass"  # failure reports: always through, not counted as hits
+                else:
+                    gate.hits.append((time.monotonic(), mode))
                 if mode == "pass":
                     headers = {
                         name: value for name, value in self.headers.items()
@@ -432,9 +436,16 @@ def test_series_with_two_patients_or_two_studies_is_refused_never_analysed(
             assert "identity" in row["reason"]
         time.sleep(3)
         assert worker.metric("pacs_series_failures_total", 'failure_class="identity"') >= 2
+        assert worker.metric("pacs_failure_reports_total", 'outcome="sent"') >= 2
     finally:
         worker.stop()
     assert gate.hits == []
+    # Shown beside the worklist (issue 30): the API lists both, class identity.
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    listed = requests.get(f"{gate.api_url}/pipeline/failures", headers=auth, timeout=10).json()
+    shown = {f["series_uid"]: f["failure_class"] for f in listed}
+    for series in (mixed, first):
+        assert shown.get(str(series[0].SeriesInstanceUID)) == "identity", listed
     for series in (mixed, first, second):
         assert series_of(client, str(series[0].StudyInstanceUID), "SR") == []
 

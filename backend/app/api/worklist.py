@@ -133,7 +133,9 @@ def _drift_out(report: Drift) -> DriftOut:
     )
 
 
-def monitoring_out(report: Monitoring, drift: Drift) -> MonitoringResponse:
+def monitoring_out(
+    report: Monitoring, drift: Drift, failures: dict[str, int]
+) -> MonitoringResponse:
     groups = {
         name: {group: _performance_out(figures) for group, figures in members.items()}
         for name, members in report.groups.items()
@@ -144,4 +146,5 @@ def monitoring_out(report: Monitoring, drift: Drift) -> MonitoringResponse:
         by_scanner=groups["scanner"],
         by_week=groups["week"],
         drift=_drift_out(drift),
+        pipeline_failures=failures,
     )

@@ -64,6 +64,12 @@ MONITORING_GAUGES = (
         "range` (`answer`) per ISO `week`, with Wilson 95 % bounds (`bound`).",
         ("week", "answer", "bound"),
     ),
+    GaugeSpec(
+        "triage_pipeline_failures",
+        "Series the PACS pipeline gave up on and has not analysed since, by `failure_class` "
+        "(identity, permanent, error; GET /pipeline/failures).",
+        ("failure_class",),
+    ),
 )
 
 

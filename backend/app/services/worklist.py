@@ -52,4 +52,7 @@ def monitoring_samples(
         return [[] for _ in MONITORING_GAUGES]
     ratios, counts = gauge_samples(monitoring(store.reviewed()))
     psis, shares = drift_samples(drift_report(store, card, settings))
-    return [ratios, counts, psis, shares]
+    failures: Samples = [
+        ({"failure_class": name}, float(count)) for name, count in store.failure_counts().items()
+    ]
+    return [ratios, counts, psis, shares, failures]

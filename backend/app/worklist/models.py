@@ -175,3 +175,18 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(Text)
     failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PipelineFailure(Base):
+    """A series the PACS pipeline gave up on for good (failure classes ``identity``,
+    ``permanent``, ``error``: issue 27), as the worker or the broker's poller reported it:
+    shown next to the worklist until an analysis of the same series succeeds."""
+
+    __tablename__ = "worklist_pipeline_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    series_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    failure_class: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -36,7 +36,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -45,6 +45,7 @@ from backend.app.worklist.models import (
     DeadLetter,
     Notification,
     NotificationState,
+    PipelineFailure,
     Review,
     WorklistStatus,
     WorklistStudy,
@@ -258,6 +259,10 @@ class WorklistStore:
             "manufacturer_model": entry.manufacturer_model,
         }
         with self._session() as session:
+            if entry.series_uid is not None:  # analysed after all: no longer a failure
+                session.execute(
+                    delete(PipelineFailure).where(PipelineFailure.series_uid == entry.series_uid)
+                )
             known = None
             if entry.study_uid is not None and entry.series_uid is not None:
                 known = session.scalars(
@@ -403,6 +408,43 @@ class WorklistStore:
         """Every dead letter, oldest first."""
         with self._session() as session:
             return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)).all())
+
+    def record_failure(
+        self, study_uid: str, series_uid: str, failure_class: str, reason: str, failed_at: datetime
+    ) -> PipelineFailure:
+        """A series the PACS pipeline gave up on; the same series again replaces it."""
+        with self._session() as session:
+            row = session.scalars(
+                select(PipelineFailure).where(PipelineFailure.series_uid == series_uid)
+            ).one_or_none()
+            if row is None:
+                row = PipelineFailure(series_uid=series_uid)
+                session.add(row)
+            row.study_uid, row.failure_class = study_uid, failure_class
+            row.reason, row.failed_at = reason, failed_at
+            session.flush()
+            return row
+
+    def failures(self) -> list[PipelineFailure]:
+        """The series the pipeline gave up on (and not analysed since), the latest first."""
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(PipelineFailure).order_by(
+                        PipelineFailure.failed_at.desc(), PipelineFailure.id.desc()
+                    )
+                ).all()
+            )
+
+    def failure_counts(self) -> dict[str, int]:
+        """How many series the pipeline gave up on, by failure class."""
+        with self._session() as session:
+            rows = session.execute(
+                select(PipelineFailure.failure_class, func.count()).group_by(
+                    PipelineFailure.failure_class
+                )
+            ).all()
+        return {str(name): int(count) for name, count in rows}
 
     def replay_dead_letter(self, letter_id: int) -> DeadLetter | None:
         """Send a dead letter's notification again: pending now, its attempts counted from

@@ -99,6 +99,9 @@ export interface paths {
          *     per ISO week and over the last MONITORING_DRIFT_DAYS days, flagged above
          *     MONITORING_PSI_WARN; and per week the share of `Not a CT slice` and `CT outside the
          *     model's range` answers with Wilson 95 % intervals, flagged above MONITORING_NOT_CT_WARN.
+         *
+         *     `pipeline_failures`: the series the PACS pipeline gave up on (and has not analysed
+         *     since), by failure class.
          */
         get: operations["monitoring_route_monitoring_get"];
         put?: never;
@@ -146,6 +149,31 @@ export interface paths {
          *     again).
          */
         post: operations["replay_dead_letter_notifications_dead_letters__letter_id__replay_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/pipeline/failures": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Series the PACS pipeline gave up on, the latest first
+         * @description Each with its failure class and reason; an operator requeues them with `python -m
+         *     pacs requeue` (docs/pacs.md) once the cause is mended.
+         */
+        get: operations["list_failures_pipeline_failures_get"];
+        put?: never;
+        /**
+         * Report a series the PACS pipeline gave up on
+         * @description The same series again replaces its earlier report.
+         */
+        post: operations["report_failure_pipeline_failures_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -866,6 +894,13 @@ export interface components {
                 [key: string]: components["schemas"]["PerformanceOut"];
             };
             drift: components["schemas"]["DriftOut"];
+            /**
+             * Pipeline Failures
+             * @description Series the PACS pipeline gave up on and has not analysed since, by failure class (`identity`, `permanent`, `error`); the list: `GET /pipeline/failures`.
+             */
+            pipeline_failures: {
+                [key: string]: number;
+            };
         };
         /**
          * OperatingPoint
@@ -923,6 +958,51 @@ export interface components {
             specificity: components["schemas"]["ProportionOut"];
             ppv: components["schemas"]["ProportionOut"];
             npv: components["schemas"]["ProportionOut"];
+        };
+        /**
+         * PipelineFailureIn
+         * @description A series the PACS pipeline gave up on for good (the worker's or the poller's report).
+         */
+        PipelineFailureIn: {
+            /** Study Uid */
+            study_uid: string;
+            /** Series Uid */
+            series_uid: string;
+            /**
+             * Failure Class
+             * @description `identity`: patients or studies disagree within the series; `permanent`: the API refused its data; `error`: it failed every attempt (docs/pacs.md).
+             * @enum {string}
+             */
+            failure_class: "identity" | "permanent" | "error";
+            /** Reason */
+            reason: string;
+            /**
+             * Failed At
+             * Format: date-time
+             */
+            failed_at: string;
+        };
+        /** PipelineFailureOut */
+        PipelineFailureOut: {
+            /** Study Uid */
+            study_uid: string;
+            /** Series Uid */
+            series_uid: string;
+            /**
+             * Failure Class
+             * @description `identity`: patients or studies disagree within the series; `permanent`: the API refused its data; `error`: it failed every attempt (docs/pacs.md).
+             * @enum {string}
+             */
+            failure_class: "identity" | "permanent" | "error";
+            /** Reason */
+            reason: string;
+            /**
+             * Failed At
+             * Format: date-time
+             */
+            failed_at: string;
+            /** Id */
+            id: number;
         };
         /**
          * PredictionResponse
@@ -1965,6 +2045,59 @@ export interface operations {
                      *     }
                      */
                     "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_failures_pipeline_failures_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PipelineFailureOut"][];
+                };
+            };
+        };
+    };
+    report_failure_pipeline_failures_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PipelineFailureIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PipelineFailureOut"];
                 };
             };
             /** @description Validation Error */

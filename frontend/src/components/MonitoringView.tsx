@@ -140,6 +140,20 @@ function DriftTable({ title, testId, children }: { title: string; testId: string
   );
 }
 
+/** Series the PACS pipeline gave up on (identity, permanent, error): never in the worklist, so named here. */
+function PipelineFailures({ counts }: { counts: Record<string, number> }) {
+  const classes = sorted(counts).filter(([, count]) => count > 0);
+  const total = classes.reduce((sum, [, count]) => sum + count, 0);
+  if (total === 0) return null;
+  return (
+    <p className="notice notice--warn" role="status" data-testid="monitoring-pipeline-failures">
+      {total} series the PACS pipeline gave up on and has not analysed since (
+      {classes.map(([name, count]) => `${name} ${count}`).join(", ")}): listed by <code>GET /pipeline/failures</code>;
+      once the cause is mended, <code>python -m pacs requeue</code> tries them again.
+    </p>
+  );
+}
+
 /**
  * What the product sees, reviewed or not (GET /monitoring's drift): the PSI of the study scores
  * against the model card's out-of-fold distribution, and the weekly share of the CT gate's refusals.
@@ -273,6 +287,7 @@ export function MonitoringView({ active }: Props) {
           <PerformanceTable title="By week of arrival" groupLabel="Week" rows={sorted(data.by_week)} testId="monitoring-week" />
         </>
       )}
+      {data && <PipelineFailures counts={data.pipeline_failures} />}
       {data && <DriftTables drift={data.drift} />}
     </section>
   );

@@ -359,6 +359,50 @@ def _series_with_identity(count: int = 4) -> list[tuple[str, tuple[str, bytes]]]
     return files
 
 
+def failure(n: int, failure_class: str, reason: str = "identity: two PatientIDs") -> dict[str, Any]:
+    """A series the PACS pipeline gave up on (the worker's report), of ``submission(n)``."""
+    uids = submission(n, NORMAL)
+    return {
+        "study_uid": uids["study_uid"],
+        "series_uid": uids["series_uid"],
+        "failure_class": failure_class,
+        "reason": reason,
+        "failed_at": "2026-12-05T08:00:00Z",
+    }
+
+
+def test_series_the_pipeline_gave_up_on_show_until_analysed(api: TestClient) -> None:
+    """Reported failures are listed (the latest first; one per series, replaced when
+    reported again), counted in /monitoring and on /metrics, and gone once the series is
+    analysed after all (its POST /worklist)."""
+    assert api.post("/pipeline/failures", json=failure(1, "identity")).status_code == 201
+    assert api.post("/pipeline/failures", json=failure(2, "error", "boom")).status_code == 201
+    later = {**failure(2, "permanent", "API refused it"), "failed_at": "2026-12-05T09:00:00Z"}
+    assert api.post("/pipeline/failures", json=later).status_code == 201
+    listed = api.get("/pipeline/failures").json()
+    assert [(f["series_uid"], f["failure_class"], f["reason"]) for f in listed] == [
+        (later["series_uid"], "permanent", "API refused it"),
+        (failure(1, "identity")["series_uid"], "identity", "identity: two PatientIDs"),
+    ]
+    assert api.get("/monitoring").json()["pipeline_failures"] == {"identity": 1, "permanent": 1}
+    metrics = api.get("/metrics").text
+    assert 'triage_pipeline_failures{failure_class="permanent"} 1.0' in metrics
+
+    assert api.post("/worklist", json=submission(2, NORMAL)).status_code == 201
+    assert [f["failure_class"] for f in api.get("/pipeline/failures").json()] == ["identity"]
+    assert api.get("/monitoring").json()["pipeline_failures"] == {"identity": 1}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"failure_class": "transient"}, {"series_uid": "1.2.x"}, {"reason": ""},
+     {"failed_at": "2026-12-05T08:00:00"}],
+    ids=["not-final", "bad-uid", "no-reason", "no-zone"],
+)  # fmt: skip
+def test_bad_failure_reports_are_422(api: TestClient, change: dict[str, Any]) -> None:
+    assert api.post("/pipeline/failures", json={**failure(1, "error"), **change}).status_code == 422
+
+
 def test_a_study_upload_can_be_saved(api: TestClient) -> None:
     plain = api.post("/predict/study", files=_series_with_identity())
     assert plain.status_code == 200 and "worklist_id" not in plain.json()

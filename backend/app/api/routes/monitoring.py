@@ -35,5 +35,10 @@ def monitoring_route(
     distribution (`study.score_histogram`; null with the reason when the card has none),
     per ISO week and over the last MONITORING_DRIFT_DAYS days, flagged above
     MONITORING_PSI_WARN; and per week the share of `Not a CT slice` and `CT outside the
-    model's range` answers with Wilson 95 % intervals, flagged above MONITORING_NOT_CT_WARN."""
-    return monitoring_out(monitoring(store.reviewed()), drift_report(store, card, settings))
+    model's range` answers with Wilson 95 % intervals, flagged above MONITORING_NOT_CT_WARN.
+
+    `pipeline_failures`: the series the PACS pipeline gave up on (and has not analysed
+    since), by failure class."""
+    return monitoring_out(
+        monitoring(store.reviewed()), drift_report(store, card, settings), store.failure_counts()
+    )

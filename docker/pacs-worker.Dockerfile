@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The PACS worker (pacs/): follows a DICOMweb PACS, asks the API for study verdicts, stores
 # an SR and heatmap Secondary Captures back. No TensorFlow: it talks HTTP to the API.
 #

@@ -434,3 +434,37 @@ def test_broker_and_db_entrypoints_take_their_settings():
     for path in (DOCKER_DIR / "broker" / "entrypoint.sh", DOCKER_DIR / "db" / "entrypoint.sh"):
         result = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
+
+
+PROFILE_SETS = [
+    (), ("scale",), ("pacs",), ("pipeline",), ("scale", "pipeline"), ("pacs", "pipeline"),
+    ("tfserving", "train", "train-gpu", "scale", "pacs", "pipeline"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("host_network", [False, True], ids=["bridge", "host-network"])
+@pytest.mark.parametrize("profiles", PROFILE_SETS, ids=lambda p: "+".join(p) or "default")
+def test_docker_compose_renders_every_profile(profiles, host_network):
+    """`docker compose config` (the real parser: merge keys, `!reset`, nested defaults,
+    depends_on across profiles) accepts every profile combination; skipped without Compose."""
+    try:
+        subprocess.run(["docker", "compose", "version"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("Docker Compose v2 is not installed (docker/install-tools.sh)")
+    files = ["-f", str(COMPOSE_FILE)]
+    if host_network:
+        files += ["-f", str(COMPOSE_DIR / "docker" / "compose.host-network.yml")]
+    command = ["docker", "compose", *files]
+    for profile in profiles:
+        command += ["--profile", profile]
+    result = subprocess.run(
+        [*command, "config", "--services"], capture_output=True, text=True, cwd=COMPOSE_DIR
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = set(result.stdout.split())
+    assert "backend" in rendered
+    if "pipeline" in profiles:
+        assert {"broker", "db", "orthanc", "pacs-poller", "pacs-broker-worker"} <= rendered
+        assert {"replica", "proxy"} <= rendered
+    else:
+        assert not {"broker", "db", "pacs-poller", "pacs-broker-worker"} & rendered

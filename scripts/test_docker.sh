@@ -194,6 +194,36 @@ found=$(docker run --rm --network none --entrypoint sh "$IMAGE" -c \
 [ -z "$found" ] || fail "the runtime image holds build tools or caches: $found"
 say "image: user $USER_, health check on /ready, no compilers, no pip cache"
 
+# free_ports NAME[:COUNT[:FIRST_TRY]] ...: `export NAME=PORT` lines, each PORT the first of
+# COUNT (1) consecutive free loopback ports, FIRST_TRY if those are free, else random ones in
+# 20000-39999; no two names share a port. For `eval`.
+free_ports() {
+  python3 - "$@" <<'PY'
+import random, socket, sys
+taken = set()
+def free(base, count):
+    if taken & set(range(base, base + count)):
+        return False
+    for port in range(base, base + count):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+for spec in sys.argv[1:]:
+    name, *numbers = spec.split(":")
+    count = int(numbers[0]) if numbers else 1
+    base = int(numbers[1]) if len(numbers) > 1 else 0
+    while not (base and free(base, count)):
+        base = random.randrange(20000, 40000 - count)
+    taken.update(range(base, base + count))
+    print(f"export {name}={base}")
+PY
+}
+
 # --- scale-out (profile `scale`): REPLICAS=2 API replicas behind the nginx proxy ----------
 # Defined here, run after phase 7 (or alone: TEST_DOCKER_ONLY=scale). Under host networking
 # the replicas take the first free ports of REPLICA_PORT_BASE.. (docker/replica_entry.py)
@@ -236,26 +266,8 @@ print(n)'
 scale_phase() {
   local t0 cids ready_s stopped alive before_alive before_stopped after_alive after_stopped
   local a b status big
-  SCALE_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   # Eight consecutive free ports for the replicas (host networking): 8101-8108 if free.
-  REPLICA_PORT_BASE=$(python3 - <<'PY'
-import random, socket
-def free(base):
-    for port in range(base, base + 8):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-base = 8101
-while not free(base):
-    base = random.randrange(20000, 30000)
-print(base)
-PY
-)
+  eval "$(free_ports REPLICA_PORT_BASE:8:8101 SCALE_PORT)"
   export SCALE_PORT REPLICA_PORT_BASE REPLICA_PORT_COUNT=8 REPLICAS=2
   SCALE_URL=http://127.0.0.1:$SCALE_PORT
   say "scale profile: 2 replicas + nginx proxy on $SCALE_URL (networking $NETWORK;" \
@@ -374,34 +386,9 @@ pipeline_phase() {
   local t0 t_up up_s build_s cids uid user rows check_py=$REPO/.venv/bin/python
   [ -x "$check_py" ] || fail "the pipeline phase needs the host's venv ($check_py: make venv)"
   # Free loopback ports (host networking shares them with everything on this machine; under
-  # a bridge they are the published ones): two ranges of 8, then single ports.
-  eval "$(python3 - <<'PY'
-import random, socket
-def free(base, count=1):
-    for port in range(base, base + count):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-taken = set()
-def pick(count):
-    while True:
-        base = random.randrange(20000, 40000)
-        span = set(range(base, base + count))
-        if not span & taken and free(base, count):
-            taken.update(span)
-            return base
-for name in ("REPLICA_PORT_BASE", "PACS_WORKER_METRICS_PORT_BASE"):
-    print(f"export {name}={pick(8)}")
-for name in ("SCALE_PORT", "PACS_HTTP_PORT", "BROKER_PORT", "BROKER_DIST_PORT",
-             "BROKER_EPMD_PORT", "DB_PORT", "PACS_POLLER_METRICS_PORT"):
-    print(f"export {name}={pick(1)}")
-PY
-)"
+  # a bridge they are the published ones).
+  eval "$(free_ports REPLICA_PORT_BASE:8 PACS_WORKER_METRICS_PORT_BASE:8 SCALE_PORT \
+    PACS_HTTP_PORT BROKER_PORT BROKER_DIST_PORT BROKER_EPMD_PORT DB_PORT PACS_POLLER_METRICS_PORT)"
   export REPLICAS=2 WORKERS=2 REPLICA_PORT_COUNT=8 PACS_WORKER_METRICS_PORT_COUNT=8
   export PACS_POLL_SECONDS=1 PACS_STABLE_SECONDS=2
   local db_host=db:5432 pacs_url=http://127.0.0.1:$PACS_HTTP_PORT

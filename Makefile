@@ -23,7 +23,8 @@ help:
 	@echo "make samples    samples/ for the README curl examples (pydicom's CT_small.dcm) + samples/local/ (real neck slices, with ../shared/data)"
 	@echo "make train-rsna RSNA=<folder> OUT=<bundle> [EPOCHS=n]  the RSNA 2022 study model"
 	@echo "make pacs       a local development Orthanc (PACS) on loopback"
-	@echo "make docker-up-scale  REPLICAS=N API containers behind nginx (Docker, profile scale)"
+	@echo "make docker-up-scale  REPLICAS=M API containers behind nginx (Docker, profile scale)"
+	@echo "                      [WORKERS=N]: + RabbitMQ, PostgreSQL, Orthanc, poller, N PACS workers"
 	@echo "make pacs-worker  the PACS worker (PACS_URL=... API_URL=... [BROKER_URL=...])"
 	@echo "make broker     a local development RabbitMQ on loopback (prints BROKER_URL)"
 	@echo "make pacs-poller  queue stable PACS series on the broker (PACS_URL=... BROKER_URL=...)"
@@ -187,15 +188,27 @@ docker-down-local:
 
 # Profile `scale`: REPLICAS API replicas behind nginx on http://$(HOST):$(SCALE_PORT) (host
 # network: replicas on the first free ports from REPLICA_PORT_BASE, default 8101).
+# With WORKERS=N also profile `pipeline` (docs/pacs-broker.md): RabbitMQ on BROKER_PORT,
+# PostgreSQL on DB_PORT holding the replicas' worklist (DATABASE_URL, from POSTGRES_USER /
+# POSTGRES_PASSWORD / POSTGRES_DB or the compose file's development defaults), Orthanc on
+# PACS_HTTP_PORT, one poller and N workers asking the API through the proxy.
 REPLICAS ?= 2
 SCALE_PORT ?= 8080
+WORKERS ?=
+DB_PORT ?= 5432
+PIPELINE_SERVICES := broker db orthanc pacs-poller pacs-broker-worker
+PIPELINE_DATABASE_URL = postgresql+psycopg://$${POSTGRES_USER:-cspine}:$${POSTGRES_PASSWORD:-change-me}@$(HOST):$(DB_PORT)/$${POSTGRES_DB:-cspine}
+DOCKER_SCALE_PROFILES = --profile scale $(if $(WORKERS),--profile pipeline)
 docker-up-scale: docker-build-local
-	nice -n 10 env $(DOCKER_COMPOSE_LOCAL) --profile scale build proxy
+	nice -n 10 env $(DOCKER_COMPOSE_LOCAL) $(DOCKER_SCALE_PROFILES) build proxy \
+		$(if $(WORKERS),orthanc broker db pacs-poller)
 	HOST=$(HOST) SCALE_PORT=$(SCALE_PORT) REPLICAS=$(REPLICAS) \
-		$(DOCKER_COMPOSE_LOCAL) --profile scale up -d --no-build replica proxy
+		$(if $(WORKERS),WORKERS=$(WORKERS) DB_PORT=$(DB_PORT) DATABASE_URL="$(or $(DATABASE_URL),$(PIPELINE_DATABASE_URL))") \
+		$(DOCKER_COMPOSE_LOCAL) $(DOCKER_SCALE_PROFILES) up -d --no-build replica proxy \
+		$(if $(WORKERS),$(PIPELINE_SERVICES))
 
 docker-down-scale:
-	$(DOCKER_COMPOSE_LOCAL) --profile scale down
+	$(DOCKER_COMPOSE_LOCAL) --profile scale --profile pipeline down
 
 # Build the images, compose up, wait for healthy, real requests with curl, compose down.
 test-docker:

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The PACS worker (pacs/): follows a DICOMweb PACS, asks the API for study verdicts, stores
 # an SR and heatmap Secondary Captures back. No TensorFlow: it talks HTTP to the API.
 #
@@ -14,9 +13,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 # Only the worker's packages, at the versions pinned in requirements.txt (one place).
 COPY requirements.txt /tmp/requirements.txt
-RUN grep -E '^(numpy|pillow|pydicom|pydantic-settings|prometheus-client|dicomweb-client|highdicom|requests|pika)==' \
+# (sqlalchemy and psycopg: the state on a SQLite file or, with PACS_STATE_URL, PostgreSQL.)
+RUN grep -E '^(numpy|pillow|pydicom|pydantic-settings|prometheus-client|dicomweb-client|highdicom|requests|pika|sqlalchemy|psycopg\[binary\])==' \
         /tmp/requirements.txt > /tmp/requirements-pacs.txt \
-    && test "$(wc -l < /tmp/requirements-pacs.txt)" -eq 9 \
+    && test "$(wc -l < /tmp/requirements-pacs.txt)" -eq 11 \
     && /opt/venv/bin/pip install -r /tmp/requirements-pacs.txt
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -2,8 +2,8 @@
 # `make test-docker`: build the compose images for real, start `docker compose up -d`, wait
 # for the health check, send a CT slice and a DICOM file with curl, load the web app, check
 # the container's hardening, `docker compose down`; then the TF Serving profile (stand-in),
-# the scale profile (two replicas behind nginx) and the training image. Prints image sizes
-# and timings.
+# the scale profile (two replicas behind nginx), the PACS pipeline profile (broker, database,
+# Orthanc, poller, workers, replicas) and the training image. Prints image sizes and timings.
 #
 # Exit 0 with a "SKIP:" line when no Docker engine can be had here (no docker/dockerd, not
 # root to start one, no Compose v2); set DOCKER_TEST_REQUIRED=1 (CI does) to make that a
@@ -20,9 +20,14 @@
 #   DATA                           CT slices (default ../shared/data/cervical-ct)
 #   DOCKERD_ARGS                   how dockerd is started when none runs (default: vfs, no
 #                                  iptables, no bridge), logging to $DOCKER_STATE/dockerd.log
-#   TEST_DOCKER_TFSERVING=0, TEST_DOCKER_SCALE=0, TEST_DOCKER_TRAIN=0  leave that phase out
+#   TEST_DOCKER_TFSERVING=0, TEST_DOCKER_SCALE=0, TEST_DOCKER_PIPELINE=0, TEST_DOCKER_TRAIN=0
+#                                  leave that phase out
 #   TEST_DOCKER_ONLY=scale         build, then only the scale-out phase (profile `scale`: two
 #                                  replicas behind the nginx proxy, one stopped half-way)
+#   TEST_DOCKER_ONLY=pipeline      build, then only the PACS pipeline phase (profile
+#                                  `pipeline`: RabbitMQ, PostgreSQL, Orthanc, a poller, two
+#                                  workers (one killed), two replicas behind the proxy; needs
+#                                  the host's .venv for scripts/docker_pipeline_check.py)
 #   DOCKER_MIN_FREE_GB             free space the engine's disk must have after housekeeping
 #                                  (default 15); DOCKER_CACHE_KEEP_GB: build cache kept (12)
 set -uo pipefail
@@ -102,7 +107,7 @@ say "engine $ENGINE (storage driver $DRIVER), $("${COMPOSE_CMD[@]}" version | he
 DOCKER_ROOT=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)
 free_gb() { df -P -BG "$DOCKER_ROOT" | awk 'NR == 2 { sub("G", "", $4); print $4 }'; }
 before_gb=$(free_gb)
-for role in backend train proxy pacs-worker; do
+for role in backend train proxy pacs-worker orthanc broker db; do
   docker image prune -f --filter "label=org.opencontainers.image.title=cervical-fracture-triage-$role" >/dev/null 2>&1
 done
 docker builder prune -f --keep-storage "${DOCKER_CACHE_KEEP_GB:-12}GB" >/dev/null 2>&1
@@ -160,7 +165,7 @@ compose() { "${COMPOSE_CMD[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
 # phases and down.
 compose_all() {
   compose -f docker/compose.tfserving-standin.yml --profile tfserving --profile train \
-    --profile scale "$@"
+    --profile scale --profile pipeline "$@"
 }
 say "networking: $NETWORK; backend on $URL"
 
@@ -188,6 +193,36 @@ found=$(docker run --rm --network none --entrypoint sh "$IMAGE" -c \
   'for t in gcc cc g++ c++ clang make; do command -v $t; done; ls -d /root/.cache/pip /home/app/.cache/pip /tmp/* 2>/dev/null; true')
 [ -z "$found" ] || fail "the runtime image holds build tools or caches: $found"
 say "image: user $USER_, health check on /ready, no compilers, no pip cache"
+
+# free_ports NAME[:COUNT[:FIRST_TRY]] ...: `export NAME=PORT` lines, each PORT the first of
+# COUNT (1) consecutive free loopback ports, FIRST_TRY if those are free, else random ones in
+# 20000-39999; no two names share a port. For `eval`.
+free_ports() {
+  python3 - "$@" <<'PY'
+import random, socket, sys
+taken = set()
+def free(base, count):
+    if taken & set(range(base, base + count)):
+        return False
+    for port in range(base, base + count):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+for spec in sys.argv[1:]:
+    name, *numbers = spec.split(":")
+    count = int(numbers[0]) if numbers else 1
+    base = int(numbers[1]) if len(numbers) > 1 else 0
+    while not (base and free(base, count)):
+        base = random.randrange(20000, 40000 - count)
+    taken.update(range(base, base + count))
+    print(f"export {name}={base}")
+PY
+}
 
 # --- scale-out (profile `scale`): REPLICAS=2 API replicas behind the nginx proxy ----------
 # Defined here, run after phase 7 (or alone: TEST_DOCKER_ONLY=scale). Under host networking
@@ -231,26 +266,8 @@ print(n)'
 scale_phase() {
   local t0 cids ready_s stopped alive before_alive before_stopped after_alive after_stopped
   local a b status big
-  SCALE_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   # Eight consecutive free ports for the replicas (host networking): 8101-8108 if free.
-  REPLICA_PORT_BASE=$(python3 - <<'PY'
-import random, socket
-def free(base):
-    for port in range(base, base + 8):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        finally:
-            s.close()
-    return True
-base = 8101
-while not free(base):
-    base = random.randrange(20000, 30000)
-print(base)
-PY
-)
+  eval "$(free_ports REPLICA_PORT_BASE:8:8101 SCALE_PORT)"
   export SCALE_PORT REPLICA_PORT_BASE REPLICA_PORT_COUNT=8 REPLICAS=2
   SCALE_URL=http://127.0.0.1:$SCALE_PORT
   say "scale profile: 2 replicas + nginx proxy on $SCALE_URL (networking $NETWORK;" \
@@ -351,13 +368,97 @@ PY
   say "scale profile: down, no containers left"
 }
 
+# --- PACS pipeline (profile `pipeline`): broker, PostgreSQL, Orthanc, a poller, WORKERS=2
+# broker workers, REPLICAS=2 API replicas behind the proxy, the worklist in PostgreSQL.
+# Defined here, run after the scale phase (or alone: TEST_DOCKER_ONLY=pipeline). Two CT
+# series stored into Orthanc over STOW-RS (scripts/docker_pipeline_check.py, the host's
+# .venv), the worker that takes the first one killed: each study gets exactly one SR, each
+# series one GET /worklist entry through the proxy, and that row is in PostgreSQL.
+PIPELINE_SUMMARY="pipeline profile not tested (TEST_DOCKER_PIPELINE=0)"
+PIPELINE_SERVICES=(broker db orthanc replica proxy pacs-poller pacs-broker-worker)
+pipeline() { compose --profile pipeline "$@"; }
+pipeline_fail() {
+  say "--- pipeline logs (last 25 lines each) ---"
+  pipeline logs --no-color --tail 25 "${PIPELINE_SERVICES[@]}" 2>&1 | sed 's/^/    /'
+  fail "$@"
+}
+pipeline_phase() {
+  local t0 t_up up_s build_s cids uid user rows check_py=$REPO/.venv/bin/python
+  [ -x "$check_py" ] || fail "the pipeline phase needs the host's venv ($check_py: make venv)"
+  # Free loopback ports (host networking shares them with everything on this machine; under
+  # a bridge they are the published ones).
+  eval "$(free_ports REPLICA_PORT_BASE:8 PACS_WORKER_METRICS_PORT_BASE:8 SCALE_PORT \
+    PACS_HTTP_PORT BROKER_PORT BROKER_DIST_PORT BROKER_EPMD_PORT DB_PORT PACS_POLLER_METRICS_PORT)"
+  export REPLICAS=2 WORKERS=2 REPLICA_PORT_COUNT=8 PACS_WORKER_METRICS_PORT_COUNT=8
+  export PACS_POLL_SECONDS=1 PACS_STABLE_SECONDS=2
+  local db_host=db:5432 pacs_url=http://127.0.0.1:$PACS_HTTP_PORT
+  [ "$NETWORK" = host ] && db_host=127.0.0.1:$DB_PORT
+  export DATABASE_URL="postgresql+psycopg://${POSTGRES_USER:-cspine}:${POSTGRES_PASSWORD:-change-me}@$db_host/${POSTGRES_DB:-cspine}"
+  SCALE_URL=http://127.0.0.1:$SCALE_PORT
+  say "pipeline profile: broker, db, Orthanc ($pacs_url), poller, 2 workers, 2 replicas" \
+    "behind the proxy ($SCALE_URL); networking $NETWORK"
+  t0=$(date +%s)
+  pipeline build orthanc broker db pacs-poller proxy >"$DOCKER_STATE/build-pipeline.log" 2>&1 \
+    || { tail -n 40 "$DOCKER_STATE/build-pipeline.log" | sed 's/^/    /'
+         fail "docker compose --profile pipeline build failed (log: $DOCKER_STATE/build-pipeline.log)"; }
+  build_s=$(( $(date +%s) - t0 ))
+  say "pipeline images built (or cached) in ${build_s} s"
+
+  pipeline down --remove-orphans --volumes >/dev/null 2>&1 || true  # fresh queues and database
+  COMPOSE_UP=1
+  t_up=$(date +%s)
+  pipeline up -d --no-build "${PIPELINE_SERVICES[@]}" >"$WORK/up.log" 2>&1 \
+    || { cat "$WORK/up.log"; pipeline_fail "docker compose --profile pipeline up failed"; }
+  up_s=$(( $(date +%s) - t_up ))
+  mapfile -t cids < <(pipeline ps -q pacs-broker-worker)
+  [ "${#cids[@]}" = 2 ] || pipeline_fail "${#cids[@]} workers, not 2"
+  [ "$(pipeline ps -q replica | wc -l)" = 2 ] || pipeline_fail "not 2 replicas"
+  for service in broker db orthanc pacs-poller pacs-broker-worker; do
+    uid=$(docker exec "$(pipeline ps -q "$service" | head -n1)" id -u) \
+      || pipeline_fail "docker exec into $service failed"
+    [ "$uid" != 0 ] || pipeline_fail "$service runs as root"
+  done
+  say "pipeline up in ${up_s} s (ordered by health: db, broker, Orthanc -> replicas, proxy ->" \
+    "poller, workers); none runs as root"
+
+  "$check_py" scripts/docker_pipeline_check.py --pacs "$pacs_url" --api "$SCALE_URL" \
+    --user "${PACS_USER:-worker}" --password "${PACS_PASSWORD:-change-me}" --data "$DATA" \
+    --series 2 --kill-worker "${cids[@]}" --timeout 240 --out "$WORK/pipeline-series.txt" \
+    || pipeline_fail "the pipeline did not deliver exactly one SR and worklist entry per series"
+
+  # The worklist rows are in PostgreSQL (not the replicas' SQLite fallback).
+  local quoted
+  quoted=$(sed "s/.*/'&'/" "$WORK/pipeline-series.txt" | paste -sd, -)
+  rows=$(docker exec "$(pipeline ps -q db)" psql -U "${POSTGRES_USER:-cspine}" \
+    -d "${POSTGRES_DB:-cspine}" -tAc "SELECT count(*) FROM worklist_studies WHERE series_uid IN ($quoted)") \
+    || pipeline_fail "psql in the db container failed"
+  [ "$rows" = 2 ] || pipeline_fail "$rows worklist rows in PostgreSQL for the 2 series, not 2"
+  # ... and so is the poller's state (PACS_STATE_URL): both series done, one lease holder.
+  rows=$(docker exec "$(pipeline ps -q db)" psql -U "${POSTGRES_USER:-cspine}" \
+    -d "${POSTGRES_DB:-cspine}" -tAc "SELECT count(*) FROM series WHERE status = 'done' AND series_uid IN ($quoted)") \
+    || pipeline_fail "psql in the db container failed (the poller's state)"
+  [ "$rows" = 2 ] || pipeline_fail "$rows series 'done' in the poller's PostgreSQL state, not 2"
+  say "pipeline: the 2 worklist rows and the poller's 2 'done' states are in PostgreSQL (psql in the db container)"
+
+  pipeline down --remove-orphans --volumes --timeout 20 >"$WORK/down.log" 2>&1 \
+    || { cat "$WORK/down.log"; fail "docker compose --profile pipeline down failed"; }
+  COMPOSE_UP=0
+  [ -z "$(pipeline ps -aq)" ] || fail "containers left after down"
+  PIPELINE_SUMMARY="pipeline: images ${build_s} s, up ${up_s} s, 2 series -> 1 SR each with a worker killed, $(( $(date +%s) - t0 )) s in all"
+  say "pipeline profile: down, no containers left ($(( $(date +%s) - t0 )) s in all)"
+}
+
 if [ -n "${TEST_DOCKER_ONLY:-}" ]; then
-  [ "$TEST_DOCKER_ONLY" = scale ] || fail "TEST_DOCKER_ONLY may only be 'scale'"
-  compose_all down --remove-orphans >/dev/null 2>&1 || true
-  scale_phase
+  case "$TEST_DOCKER_ONLY" in
+    scale) compose_all down --remove-orphans >/dev/null 2>&1 || true; scale_phase
+           summary=$SCALE_SUMMARY ;;
+    pipeline) compose_all down --remove-orphans >/dev/null 2>&1 || true; pipeline_phase
+              summary=$PIPELINE_SUMMARY ;;
+    *) fail "TEST_DOCKER_ONLY may only be 'scale' or 'pipeline'" ;;
+  esac
   say "summary: base $BASE; backend image $(( SIZE / 1000000 )) MB, build ${BUILD_S} s;" \
-    "$SCALE_SUMMARY; total $(( $(date +%s) - START_ALL )) s"
-  say "PASS (TEST_DOCKER_ONLY=scale: phases 4-7 and the training image left out)"
+    "$summary; total $(( $(date +%s) - START_ALL )) s"
+  say "PASS (TEST_DOCKER_ONLY=$TEST_DOCKER_ONLY: the other phases and the training image left out)"
   exit 0
 fi
 
@@ -511,6 +612,9 @@ say "docker compose down: no containers left"
 if [ "${TEST_DOCKER_SCALE:-1}" = 1 ]; then
   scale_phase
 fi
+if [ "${TEST_DOCKER_PIPELINE:-1}" = 1 ]; then
+  pipeline_phase
+fi
 
 # --- 8. the training image ---------------------------------------------------------------
 # Built with tensorflow-cpu (TRAIN_TENSORFLOW_PACKAGE, above), then one short training run on
@@ -556,6 +660,7 @@ fi
 
 TOTAL_S=$(( $(date +%s) - START_ALL ))
 say "summary: base $BASE; backend image $(( SIZE / 1000000 )) MB, build ${BUILD_S} s;" \
-  "up -> /ready ${READY_S:-?} s, -> healthy ${HEALTHY_S} s; $SCALE_SUMMARY; $TRAIN_SUMMARY;" \
+  "up -> /ready ${READY_S:-?} s, -> healthy ${HEALTHY_S} s; $SCALE_SUMMARY; $PIPELINE_SUMMARY;" \
+  "$TRAIN_SUMMARY;" \
   "total ${TOTAL_S} s; disk ${after_gb} -> $(free_gb) GB free"
 say "PASS"

@@ -234,14 +234,17 @@ class DockerIgnore:
 _INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 
 
+# The innermost `${...}` (a default without braces): nested defaults resolve inside out.
+_INNERMOST = re.compile(r"\$\{(\w+)(?:(:?[-?])([^{}]*))?\}|\$(\w+)")
+
+
 def interpolate(value: str, env: dict[str, str] | None = None) -> str:
     """Compose variable interpolation (``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
-    ``$$``) against ``env`` (defaults only when empty)."""
+    nested defaults such as ``${A:-x${B:-y}}``, ``$$``) against ``env`` (defaults only when
+    empty)."""
     env = env or {}
 
     def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
         name = match.group(1) or match.group(4)
         operator, default = match.group(2), match.group(3)
         if operator == ":-":
@@ -253,7 +256,12 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
             raise KeyError(f"required variable {name} is not set: {default}")
         return env.get(name, "")
 
-    return _INTERPOLATION.sub(replace, value)
+    text = value.replace("$$", "\0")  # a literal $, never a variable
+    while True:
+        replaced = _INNERMOST.sub(replace, text)
+        if replaced == text:
+            return text.replace("\0", "$")
+        text = replaced
 
 
 def compose_variables(value: str) -> set[str]:

@@ -199,19 +199,22 @@ PROXY_DIR = COMPOSE_DIR / "docker" / "proxy"
 
 def test_scale_replicas_are_the_backend_without_published_ports(services):
     backend, replica = services["backend"], services["replica"]
-    assert replica["profiles"] == ["scale"]
+    assert replica["profiles"] == ["scale", "pipeline"]
     assert "ports" not in replica, "no published ports: the proxy is the only way in"
     assert replica["deploy"]["replicas"] == "${REPLICAS:-2}"
     assert interpolate(replica["deploy"]["replicas"]) == "2"
     # The same image, settings, mounts, health check and hardening (one YAML anchor).
     for key in set(backend) - {"ports"}:
         assert replica[key] == backend[key], key
-    assert set(replica) - set(backend) == {"profiles", "deploy"}
+    assert set(replica) - set(backend) == {"profiles", "deploy", "depends_on"}
+    # Profile `pipeline`: the worklist's PostgreSQL first; absent (profile `scale`) it is no
+    # dependency at all.
+    assert replica["depends_on"] == {"db": {"condition": "service_healthy", "required": False}}
 
 
 def test_scale_proxy_service(services):
     proxy, backend = services["proxy"], services["backend"]
-    assert proxy["profiles"] == ["scale"]
+    assert proxy["profiles"] == ["scale", "pipeline"]
     assert proxy["build"]["dockerfile"] == "docker/proxy.Dockerfile"
     assert proxy["build"]["args"]["PYTHON_IMAGE"] == backend["build"]["args"]["PYTHON_IMAGE"]
     assert proxy["ports"] == ["${SCALE_PORT:-8080}:8080"]
@@ -292,3 +295,176 @@ def test_proxy_body_limits_are_the_apis(env: dict[str, str]) -> None:
         settings.max_batch_bytes,
         settings.max_study_bytes,
     ]
+
+
+# --- profile `pipeline`: broker, PostgreSQL, Orthanc, poller, workers, replicas + proxy ----
+
+DOCKER_DIR = COMPOSE_DIR / "docker"
+PIPELINE_ONLY = ("broker", "db", "pacs-poller", "pacs-broker-worker")
+PACS_CONTAINERS = ("pacs-worker", "pacs-poller", "pacs-broker-worker")
+# The development defaults the file allows for credentials (and nothing else literal).
+DEV_SECRET = "change-me"
+
+
+def _published(service: dict[str, Any]) -> list[str]:
+    return [str(p) for p in service.get("ports", [])]
+
+
+def test_pipeline_profile_holds_the_topology(services):
+    for name in PIPELINE_ONLY:
+        assert services[name]["profiles"] == ["pipeline"], name
+    assert services["orthanc"]["profiles"] == ["pacs", "pipeline"]
+    for name in ("replica", "proxy"):
+        assert services[name]["profiles"] == ["scale", "pipeline"], name
+    assert services["pacs-broker-worker"]["deploy"]["replicas"] == "${WORKERS:-2}"
+    assert services["pacs-poller"]["command"] == ["python", "-m", "pacs", "poller"]
+    assert "deploy" not in services["pacs-poller"], "one poller (its state file)"
+    # The three PACS containers are one image with one hardening (the YAML anchor).
+    first = services[PACS_CONTAINERS[0]]
+    for name in PACS_CONTAINERS:
+        service = services[name]
+        for key in ("build", "image", "read_only", "tmpfs", "cap_drop", "security_opt",
+                    "stop_grace_period", "restart"):  # fmt: skip
+            assert service[key] == first[key], (name, key)
+        assert service["build"]["dockerfile"] == "docker/pacs-worker.Dockerfile"
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize(
+    ("name", "dockerfile", "user"),
+    [
+        ("broker", "broker.Dockerfile", "rabbitmq"),
+        ("db", "db.Dockerfile", "postgres"),
+        ("orthanc", "orthanc.Dockerfile", "orthanc"),
+        ("pacs-poller", "pacs-worker.Dockerfile", "10001:10001"),
+    ],
+)
+def test_pipeline_images_are_debian_packages_non_root_with_health_checks(
+    services, name, dockerfile, user
+):
+    service = services[name]
+    assert service["build"]["dockerfile"] == f"docker/{dockerfile}"
+    parsed = parse_dockerfile(DOCKER_DIR / dockerfile)
+    final = parsed.final
+    last_user = final.last("USER")
+    assert last_user is not None and last_user.args == user
+    assert user.split(":")[0] not in {"root", "0"}
+    assert healthcheck_command(final), f"{dockerfile}: no HEALTHCHECK"
+    assert not re.search(r"^#\s*syntax\s*=", (DOCKER_DIR / dockerfile).read_text(), re.M), (
+        "a # syntax= line makes BuildKit pull a frontend from Docker Hub"
+    )
+    # The same base as every other image (the local Debian stand-in where Docker Hub is out).
+    base_arg = "PYTHON_IMAGE" if name == "pacs-poller" else "BASE_IMAGE"
+    assert service["build"]["args"][base_arg] == "${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
+    assert interpolate(parsed.global_args[base_arg]) == "python:3.11-slim-bookworm"
+    if name in ("broker", "db"):
+        runs = "\n".join(i.args for i in final.all("RUN"))
+        package = "rabbitmq-server" if name == "broker" else "postgresql-15"
+        assert f"apt-get install -y --no-install-recommends {package}" in runs
+        assert "rm -rf /var/lib/apt/lists/*" in runs
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+        assert any(str(t).split(":")[0] == "/tmp" for t in service["tmpfs"])
+        entrypoint = final.last("ENTRYPOINT")
+        assert entrypoint is not None
+        (script,) = entrypoint.exec_form() or []
+        copy = next(c for c in final.all("COPY") if c.args.split()[-1] == script)
+        assert os.access(COMPOSE_DIR / copy.args.split()[0], os.X_OK), "the script is executable"
+
+
+def test_pipeline_ports_are_loopback_only(services):
+    for name in (*PIPELINE_ONLY, "orthanc", "pacs-worker"):
+        for port in _published(services[name]):
+            assert port.startswith("127.0.0.1:"), (name, port)
+    assert "ports" not in services["pacs-broker-worker"], "no published ports: it scales"
+    assert _published(services["broker"]) == ["127.0.0.1:${BROKER_PORT:-5672}:5672"]
+    assert _published(services["db"]) == ["127.0.0.1:${DB_PORT:-5432}:5432"]
+    # The poller's and the single-process worker's metrics do not collide on the host.
+    assert interpolate(_published(services["pacs-poller"])[0]) != interpolate(
+        _published(services["pacs-worker"])[0]
+    )
+
+
+def test_pipeline_credentials_come_from_the_environment(services):
+    """Every credential is a `${VAR:-change-me}` (the development default the file already
+    allows for PACS_PASSWORD) or passed through; none is a literal."""
+    secret_keys = re.compile(r"PASSWORD|PASS$|SECRET|TOKEN")
+    for name in (*PIPELINE_ONLY, "orthanc", "pacs-worker"):
+        for key, value in _env(services[name]).items():
+            if not secret_keys.search(key) or value is None:
+                continue
+            variable = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", value)
+            assert variable and variable.group(2) == DEV_SECRET, (name, key, value)
+            assert interpolate(value, {variable.group(1): "s3cret"}) == "s3cret"
+    for name in ("pacs-poller", "pacs-broker-worker"):
+        url = _env(services[name])["PACS_BROKER_URL"] or ""
+        env = {"BROKER_USER": "u", "BROKER_PASSWORD": "s3cret"}
+        assert interpolate(url, env) == "amqp://u:s3cret@broker:5672/%2F"
+        assert interpolate(url, {**env, "PACS_BROKER_URL": "amqps://x"}) == "amqps://x"
+    broker, db = _env(services["broker"]), _env(services["db"])
+    assert broker["BROKER_USER"] == "${BROKER_USER:-cspine}"
+    assert db["POSTGRES_USER"] == "${POSTGRES_USER:-cspine}"
+    assert db["POSTGRES_DB"] == "${POSTGRES_DB:-cspine}"
+
+
+def test_pipeline_is_ordered_by_health(services):
+    healthy = {"condition": "service_healthy"}
+    worker, poller = services["pacs-broker-worker"], services["pacs-poller"]
+    assert worker["depends_on"]["broker"] == healthy
+    assert worker["depends_on"]["proxy"] == healthy, "the API is up before the first job"
+    assert poller["depends_on"]["broker"] == healthy
+    for service in (worker, poller):
+        assert service["depends_on"]["orthanc"] == {**healthy, "required": False}
+    # Workers: the API through the proxy (its container port), no state volume; the poller
+    # keeps its state file on its own volume.
+    api = urlparse(_env(worker)["API_URL"] or "")
+    assert (api.hostname, str(api.port)) == ("proxy", _env(services["proxy"])["PROXY_LISTEN"])
+    assert "volumes" not in worker
+    assert poller["volumes"] == ["pacs-poller-state:/state"]
+    assert services["broker"]["volumes"] == ["broker-data:/var/lib/rabbitmq"]
+    assert services["db"]["volumes"] == ["db-data:/var/lib/postgresql/data"]
+
+
+def test_broker_and_db_entrypoints_take_their_settings():
+    broker = (DOCKER_DIR / "broker" / "entrypoint.sh").read_text()
+    assert '"${BROKER_USER:?' in broker and '"${BROKER_PASSWORD:?' in broker
+    assert "default_user = $BROKER_USER" in broker and "guest" not in broker.split("set -eu")[1]
+    db = (DOCKER_DIR / "db" / "entrypoint.sh").read_text()
+    assert "--auth-host=scram-sha-256" in db and "--pwfile=" in db
+    assert "exec postgres" in db
+    for path in (DOCKER_DIR / "broker" / "entrypoint.sh", DOCKER_DIR / "db" / "entrypoint.sh"):
+        result = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+PROFILE_SETS = [
+    (), ("scale",), ("pacs",), ("pipeline",), ("scale", "pipeline"), ("pacs", "pipeline"),
+    ("tfserving", "train", "train-gpu", "scale", "pacs", "pipeline"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("host_network", [False, True], ids=["bridge", "host-network"])
+@pytest.mark.parametrize("profiles", PROFILE_SETS, ids=lambda p: "+".join(p) or "default")
+def test_docker_compose_renders_every_profile(profiles, host_network):
+    """`docker compose config` (the real parser: merge keys, `!reset`, nested defaults,
+    depends_on across profiles) accepts every profile combination; skipped without Compose."""
+    try:
+        subprocess.run(["docker", "compose", "version"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("Docker Compose v2 is not installed (docker/install-tools.sh)")
+    files = ["-f", str(COMPOSE_FILE)]
+    if host_network:
+        files += ["-f", str(COMPOSE_DIR / "docker" / "compose.host-network.yml")]
+    command = ["docker", "compose", *files]
+    for profile in profiles:
+        command += ["--profile", profile]
+    result = subprocess.run(
+        [*command, "config", "--services"], capture_output=True, text=True, cwd=COMPOSE_DIR
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = set(result.stdout.split())
+    assert "backend" in rendered
+    if "pipeline" in profiles:
+        assert {"broker", "db", "orthanc", "pacs-poller", "pacs-broker-worker"} <= rendered
+        assert {"replica", "proxy"} <= rendered
+    else:
+        assert not {"broker", "db", "pacs-poller", "pacs-broker-worker"} & rendered

@@ -282,4 +282,114 @@ def test_test_docker_exercises_the_scale_profile():
     assert "docker stop" in script, "one replica is stopped half-way"
     makefile = (REPO_ROOT / "Makefile").read_text()
     target = re.search(r"^docker-up-scale:.*\n((?:\t.*\n)+)", makefile, re.M)
-    assert target and "--profile scale up" in target.group(1)
+    assert target and "$(DOCKER_SCALE_PROFILES) up -d --no-build replica proxy" in target.group(1)
+    assert "DOCKER_SCALE_PROFILES = --profile scale $(if $(WORKERS),--profile pipeline)" in makefile
+
+
+def test_test_docker_exercises_the_pipeline_profile():
+    script = TEST_SCRIPT.read_text()
+    assert 'pipeline up -d --no-build "${PIPELINE_SERVICES[@]}"' in script
+    services = re.search(r"^PIPELINE_SERVICES=\((.*)\)$", script, re.M)
+    assert services and set(services.group(1).split()) == {
+        "broker", "db", "orthanc", "replica", "proxy", "pacs-poller", "pacs-broker-worker"
+    }  # fmt: skip
+    assert "--kill-worker" in script and "SELECT count(*) FROM worklist_studies" in script
+    assert '"${TEST_DOCKER_PIPELINE:-1}" = 1' in script
+    assert (REPO_ROOT / "scripts" / "docker_pipeline_check.py").is_file()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    target = re.search(r"^docker-up-scale:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert target and "$(if $(WORKERS),$(PIPELINE_SERVICES))" in target.group(1)
+    pipeline = re.search(r"^PIPELINE_SERVICES := (.*)$", makefile, re.M)
+    assert pipeline and set(pipeline.group(1).split()) == set(services.group(1).split()) - {
+        "replica", "proxy"
+    }  # fmt: skip
+    down = re.search(r"^docker-down-scale:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert down and "--profile scale --profile pipeline down" in down.group(1)
+
+
+PACS_WORKER_ENTRY = DOCKER_DIR / "pacs_worker_entry.py"
+
+
+def test_host_network_pipeline_profile(compose, host_network):
+    """Everything on the host's network at its own loopback port; the workers through
+    docker/pacs_worker_entry.py (a metrics port each), the API at the proxy's HOST:SCALE_PORT."""
+    services = host_network["services"]
+    for name in ("orthanc", "broker", "db", "pacs-poller", "pacs-broker-worker"):
+        assert services[name]["network_mode"] == "host", name
+        assert services[name]["build"]["network"] == "host", name
+        reset = "expose" if name == "pacs-broker-worker" else "ports"
+        assert reset in services[name] and services[name][reset] is None, name  # `!reset`
+    env = {name: service.get("environment", {}) for name, service in services.items()}
+    assert env["orthanc"]["ORTHANC_REMOTE_ACCESS"] == "false"
+    assert env["orthanc"]["ORTHANC_DICOM_SERVER"] == "false"
+    orthanc = (DOCKER_DIR / "orthanc.json").read_text()
+    for key in ("ORTHANC_HTTP_PORT", "ORTHANC_REMOTE_ACCESS", "ORTHANC_DICOM_SERVER"):
+        assert "${" + key + ":-" in orthanc, key
+    assert env["broker"]["RABBITMQ_NODE_IP_ADDRESS"] == "${HOST:-127.0.0.1}"
+    assert env["db"]["DB_LISTEN_ADDRESSES"] == "${HOST:-127.0.0.1}"
+    worker, poller = env["pacs-broker-worker"], env["pacs-poller"]
+    assert worker["API_URL"] == "http://${HOST:-127.0.0.1}:${SCALE_PORT:-8080}"
+    assert (
+        interpolate(worker["PACS_BROKER_URL"], {"BROKER_PORT": "5999"})
+        == interpolate(poller["PACS_BROKER_URL"], {"BROKER_PORT": "5999"})
+        == "amqp://cspine:change-me@127.0.0.1:5999/%2F"
+    )
+    assert interpolate(worker["PACS_URL"], {"PACS_HTTP_PORT": "8999"}) == "http://127.0.0.1:8999"
+    # The poller's port is outside the workers' range, which holds the default WORKERS.
+    first = int(interpolate(worker["PACS_METRICS_PORT"]))
+    count = int(interpolate(worker["PACS_METRICS_PORT_COUNT"]))
+    workers = compose["services"]["pacs-broker-worker"]["deploy"]["replicas"]
+    assert count >= int(interpolate(workers))
+    assert int(interpolate(poller["PACS_METRICS_PORT"])) not in range(first, first + count)
+    command = services["pacs-broker-worker"]["command"]
+    assert command == ["python", "/scale/pacs_worker_entry.py"]
+    (mount,) = services["pacs-broker-worker"]["volumes"]
+    assert mount["target"] == "/scale/pacs_worker_entry.py" and mount["read_only"] is True
+    assert (REPO_ROOT / mount["source"]).resolve() == PACS_WORKER_ENTRY
+    assert "/tmp/metrics-port" in services["pacs-broker-worker"]["healthcheck"]["test"][-1]
+
+
+def _entry(tmp_path, base: int, count: int) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ, "PACS_METRICS_PORT_FILE": str(tmp_path / "metrics-port"),
+        "PACS_METRICS_HOST": "127.0.0.1", "PACS_METRICS_PORT": str(base),
+        "PACS_METRICS_PORT_COUNT": str(count), "PACS_STATE_DB": str(tmp_path / "state.db"),
+    }  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(PACS_WORKER_ENTRY), "list"], capture_output=True, text=True,
+        env=env, timeout=60, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+def test_pacs_worker_entry_takes_the_first_free_metrics_port(tmp_path):
+    """With the first port taken, the worker's /metrics goes to the next one, and the real
+    `python -m pacs` command runs after it (here `list`, on an empty state file)."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    base = taken.getsockname()[1]
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", base + 1))
+        except OSError:
+            taken.close()
+            pytest.skip(f"port {base + 1} is in use")
+    try:
+        result = _entry(tmp_path, base, 3)
+    finally:
+        taken.close()
+    assert result.returncode == 0, result.stderr
+    assert f"metrics on 127.0.0.1:{base + 1}" in result.stdout
+    assert (tmp_path / "metrics-port").read_text().strip() == f"http://127.0.0.1:{base + 1}"
+    assert (tmp_path / "state.db").exists(), "python -m pacs list ran"
+
+
+def test_pacs_worker_entry_fails_when_the_range_is_full(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        result = _entry(tmp_path, taken.getsockname()[1], 1)
+    finally:
+        taken.close()
+    assert result.returncode != 0 and "no free port" in result.stderr

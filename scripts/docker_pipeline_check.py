@@ -6,7 +6,7 @@ PACS (QIDO-RS) and its series one entry in GET /worklist through the proxy.
     .venv/bin/python scripts/docker_pipeline_check.py --pacs URL --api URL --out uids.txt \
         [--series 2] [--kill-worker CONTAINER_ID ...] [--timeout 240]
 
-The series: 4 scanner-like CT slices each from the shared data (tests/pacs/ct_series.py;
+The series: 4 scanner-like CT slices each from the shared data (testing/ct_series.py;
 built in memory, never kept) when DATA has them, else pydicom's CT_small.dcm under new UIDs
 (one slice: the API answers "CT outside the model's range", an SR all the same). Prints one
 line per step with its time since the store; exits non-zero with the reason. Writes the
@@ -34,7 +34,7 @@ from pydicom.uid import generate_uid
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.pacs.ct_series import base_slices, ct_series  # noqa: E402
+from testing.ct_series import base_slices, ct_series  # noqa: E402
 
 SLICES = 4
 

@@ -89,6 +89,7 @@ from ml_model.training.distribute import STRATEGIES, is_chief, make_strategy
 from ml_model.training.export import export_bundle
 from ml_model.training.gate_fit import GateFit, fit_gate
 from ml_model.training.study_threshold import calibrate_study_threshold
+from ml_model.training.window_roundtrip import roundtrip_copies
 
 DATA_CAVEATS = [
     "Augmented copies: each distinct slice appears about 20 times (rotated/sharpened); "
@@ -165,6 +166,11 @@ class TrainConfig:
     gate_negatives: int = option(120, "synthetic/photo negatives per kind for the CT gate")
     test_data: str | None = option(
         None, "held-back split scored once at the end, never used for any choice"
+    )
+    window_roundtrip: float = option(
+        0.0,
+        "experiment (docs/ct-windows.md part 4): per fit slice, the probability of one extra "
+        "copy exported in a bone/soft-tissue window and brought back (0 = off)",
     )
 
 
@@ -331,13 +337,20 @@ def fit_on(
 ) -> tuple[keras.Model, dict[str, list[float]], np.ndarray]:
     """Fit one model on arrays; a split by base slice (``config.split``) picks the epoch.
 
-    Returns the model, its history and the index of the epoch-choosing slices."""
+    ``config.window_roundtrip`` > 0 adds round-tripped copies of fit slices (never of the
+    epoch-choosing ones; ``window_roundtrip``). Returns the model, its history and the index
+    of the epoch-choosing slices."""
     records = [ImageRecord(Path(""), int(y), str(g)) for y, g in zip(labels, groups, strict=True)]
     splitter = grouped_split if config.split == "grouped" else naive_split
     fit_idx, val_idx = splitter(records, config.val_fraction, config.seed)
+    fit_images, fit_labels = images[fit_idx], labels[fit_idx]
+    if config.window_roundtrip > 0:
+        chosen, copies = roundtrip_copies(fit_images, config.window_roundtrip, config.seed)
+        fit_images = np.concatenate([fit_images, copies])
+        fit_labels = np.concatenate([fit_labels, fit_labels[chosen]])
     datasets = (
-        array_dataset(images[fit_idx], labels[fit_idx], config.batch_size, True, config.seed),
-        array_dataset(images[fit_idx], labels[fit_idx], config.batch_size, False),
+        array_dataset(fit_images, fit_labels, config.batch_size, True, config.seed),
+        array_dataset(fit_images, fit_labels, config.batch_size, False),
         array_dataset(images[val_idx], labels[val_idx], config.batch_size, False),
     )
     model, history = fit_model(config, datasets, img_size, report_dir, verbose, strategy)

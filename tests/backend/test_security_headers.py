@@ -254,9 +254,10 @@ def _fields(openapi: dict[str, Any], schema: dict[str, Any], name: str = "") -> 
     return found
 
 
-# The worklist's records (issue 29) are JSON with text the server stores and shows, never
-# interprets (no path, URL or query is built from it): each such text is bounded.
-STORED_TEXT_PATHS = re.compile(r"^/worklist(/|$)")
+# The worklist's records (issue 29) and the PACS pipeline's failure reports beside it (issue
+# 30) are JSON with text the server stores and shows, never interprets (no path, URL or query is
+# built from it): each such text is bounded.
+STORED_TEXT_PATHS = re.compile(r"^/(worklist(/|$)|pipeline/failures$)")
 
 
 def test_no_operation_takes_a_path_or_url(client: TestClient) -> None:

@@ -590,8 +590,8 @@ FinalFailureClass = Literal["identity", "permanent", "error"]
 class PipelineFailureIn(BaseModel):
     """A series the PACS pipeline gave up on for good (the worker's or the poller's report)."""
 
-    study_uid: str = Field(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")
-    series_uid: str = Field(min_length=1, max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")
+    study_uid: str = Field(max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID.")
+    series_uid: str = Field(max_length=64, pattern=UID_PATTERN, description="SeriesInstanceUID.")
     failure_class: FinalFailureClass = Field(
         description="`identity`: patients or studies disagree within the series; `permanent`: "
         "the API refused its data; `error`: it failed every attempt (docs/pacs.md)."

@@ -964,9 +964,15 @@ export interface components {
          * @description A series the PACS pipeline gave up on for good (the worker's or the poller's report).
          */
         PipelineFailureIn: {
-            /** Study Uid */
+            /**
+             * Study Uid
+             * @description StudyInstanceUID.
+             */
             study_uid: string;
-            /** Series Uid */
+            /**
+             * Series Uid
+             * @description SeriesInstanceUID.
+             */
             series_uid: string;
             /**
              * Failure Class
@@ -984,9 +990,15 @@ export interface components {
         };
         /** PipelineFailureOut */
         PipelineFailureOut: {
-            /** Study Uid */
+            /**
+             * Study Uid
+             * @description StudyInstanceUID.
+             */
             study_uid: string;
-            /** Series Uid */
+            /**
+             * Series Uid
+             * @description SeriesInstanceUID.
+             */
             series_uid: string;
             /**
              * Failure Class

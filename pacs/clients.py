@@ -145,45 +145,29 @@ class StudySpan:
         all share one, the pieces before, at and after it. Empty: nothing to cut by (no
         dated series seen, or one second)."""
         if self.first < self.last:
-            days = sorted(day for day, _ in seen if self.first <= day <= self.last)
-            if not days:
-                return []
-            cut = days[(len(days) - 1) // 2]
-            if days[0] < cut == days[-1]:
-                cut = max(day for day in days if day < cut)
-            if cut < days[-1]:
-                return [StudySpan(self.first, cut), StudySpan(cut + timedelta(days=1), self.last)]
-            pieces = [
-                StudySpan(self.first, cut - timedelta(days=1)),
-                StudySpan(cut, cut),
-                StudySpan(cut + timedelta(days=1), self.last),
-            ]
-        else:
-            times = sorted(
-                second
-                for day, second in seen
-                if day == self.first and second is not None and self.start <= second <= self.end
-            )
-            if not times or self.start == self.end:
-                return []
-            mid = times[(len(times) - 1) // 2]
-            if times[0] < mid == times[-1]:
-                mid = max(second for second in times if second < mid)
-            if mid < times[-1]:
-                return [self._seconds(self.start, mid), self._seconds(mid + 1, self.end)]
-            pieces = [
-                self._seconds(self.start, mid - 1),
-                self._seconds(mid, mid),
-                self._seconds(mid + 1, self.end),
-            ]
+            days = [day.toordinal() for day, _ in seen]
+            cuts = _cuts(days, self.first.toordinal(), self.last.toordinal())
+            return [StudySpan(date.fromordinal(a), date.fromordinal(b)) for a, b in cuts]
+        times = [second for day, second in seen if day == self.first and second is not None]
         return [
-            piece
-            for piece in pieces
-            if piece.first <= piece.last and piece.start <= piece.end and piece != self
+            StudySpan(self.first, self.last, a, b) for a, b in _cuts(times, self.start, self.end)
         ]
 
-    def _seconds(self, start: int, end: int) -> StudySpan:
-        return StudySpan(self.first, self.last, start, end)
+
+def _cuts(seen: Sequence[int], first: int, last: int) -> list[tuple[int, int]]:
+    """``first..last`` cut after the median of the values ``seen`` in it (before the last
+    value when the median is the last), or, where they are all one value, into before, at and
+    after it; empty where nothing is seen or the range is one value."""
+    values = sorted(value for value in seen if first <= value <= last)
+    if not values or first == last:
+        return []
+    cut = values[(len(values) - 1) // 2]
+    if values[0] < cut == values[-1]:
+        cut = max(value for value in values if value < cut)
+    if cut < values[-1]:
+        return [(first, cut), (cut + 1, last)]
+    pieces = [(first, cut - 1), (cut, cut), (cut + 1, last)]
+    return [(a, b) for a, b in pieces if a <= b and (a, b) != (first, last)]
 
 
 def _hhmmss(seconds: int) -> str:

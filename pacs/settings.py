@@ -93,8 +93,9 @@ class WorkerSettings(BaseSettings):
     cap_check: bool = Field(
         default=True,
         description="Check each poll's series listing against a PACS that caps answers "
-        "whatever the offset (Orthanc's LimitFindResults): the StudyDate range is asked in two "
-        "halves, and where they hold more than the whole the listing is read range by range "
+        "whatever the offset (Orthanc's LimitFindResults): the listing is asked again in "
+        "pieces cut between the StudyDates seen, and where they hold more than the whole it is "
+        "read range by range "
         "(PACS_CAP_CHECK; two more QIDO-RS searches per poll).",
     )
     concurrency: int = Field(default=2, ge=1, description="Series processed at once.")

@@ -301,15 +301,27 @@ def estimate_window(gray: np.ndarray) -> WindowEstimate:
     return WindowEstimate(None, None, 0.0, False, reason)
 
 
+def window_table(
+    source: tuple[float, float], target: tuple[float, float], contrast: float = 1.0
+) -> np.ndarray:
+    """The 256-entry lookup table: greys of the ``source`` window (level, width) -> HU
+    (scaled by ``contrast`` about soft tissue when not 1) -> greys of the ``target`` window.
+    A saturated grey stays saturated (0: air or below, 255: bone or above)."""
+    (source_level, source_width), greys = source, np.arange(256, dtype=np.float64)
+    hu = source_level - source_width / 2.0 + greys * source_width / 255.0
+    if contrast != 1.0:
+        hu = SOFT_TISSUE_HU + (hu - SOFT_TISSUE_HU) * contrast
+    table = hu_window(hu, *target)
+    table[0], table[255] = 0, 255
+    return table
+
+
 def rewindow(gray: np.ndarray, estimate: WindowEstimate, level: float, width: float) -> np.ndarray:
-    """Greys of the estimated window -> HU -> greys of the window (level, width). A saturated
-    grey stays saturated (0: air or below, 255: bone or above): a lookup table of 256."""
+    """Greys of the estimated window -> HU -> greys of the window (level, width)
+    (:func:`window_table`)."""
     if estimate.level is None or estimate.width is None:
         raise ValueError("no window estimated: nothing to re-window from")
-    greys = np.arange(256, dtype=np.float64)
-    hu = estimate.level - estimate.width / 2.0 + greys * estimate.width / 255.0
-    table = hu_window(hu, level, width)
-    table[0], table[255] = 0, 255
+    table = window_table((estimate.level, estimate.width), (level, width))
     return table[np.asarray(gray, dtype=np.uint8)]
 
 

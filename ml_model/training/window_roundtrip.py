@@ -26,8 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ml_model.config import EXPORT_WINDOW
-from ml_model.imaging.window import hu_window
-from ml_model.imaging.window_estimate import SOFT_TISSUE_HU, bring_to_window
+from ml_model.imaging.window_estimate import bring_to_window, window_table
 from ml_model.training.any_window_gate import WINDOW_FAMILIES, rewindow_export
 
 ROUNDTRIP_FAMILIES = ("bone", "soft")
@@ -38,11 +37,7 @@ CONTRAST_SCALE = (0.8, 1.25)
 def _inverse_with_scale(gray: np.ndarray, level: float, width: float, scale: float) -> np.ndarray:
     """Greys of (level, width) -> HU, scaled by ``scale`` about soft tissue -> the export
     window's greys; saturated greys stay saturated."""
-    greys = np.arange(256, dtype=np.float64)
-    hu = level - width / 2.0 + greys * width / 255.0
-    table = hu_window(SOFT_TISSUE_HU + (hu - SOFT_TISSUE_HU) * scale, *EXPORT_WINDOW)
-    table[0], table[255] = 0, 255
-    return table[gray]
+    return window_table((level, width), EXPORT_WINDOW, contrast=scale)[gray]
 
 
 def roundtrip_in(

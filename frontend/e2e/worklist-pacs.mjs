@@ -43,8 +43,13 @@ async function shownImages(entry) {
   await images.waitFor({ timeout: UI_TIMEOUT });
   const slice = images.getByTestId("entry-slice-image");
   const heatmap = images.getByTestId("entry-heatmap-image");
-  await slice.waitFor({ state: "visible", timeout: UI_TIMEOUT });
-  await heatmap.waitFor({ state: "visible", timeout: UI_TIMEOUT });
+  for (const [what, image] of [["slice", slice], ["heatmap", heatmap]]) {
+    // A failure says what the panel showed instead (the API's answer, or still loading).
+    await image.waitFor({ state: "visible", timeout: UI_TIMEOUT }).catch(async (err) => {
+      const shown = (await images.textContent().catch(() => "?")).replace(/\s+/g, " ");
+      throw new Error(`the ${what} image was not shown; the panel read: "${shown}" (${err.message.split("\n")[0]})`);
+    });
+  }
   await entry.page().waitForFunction(
     () => [...document.querySelectorAll('[data-testid="entry-images"] img')].every((i) => i.complete && i.naturalWidth > 0),
     undefined,

@@ -31,7 +31,7 @@ from pacs.orthanc import free_port, start_orthanc
 from testing.ct_series import base_slices, ct_series
 from testing.pacs_stack import WorkerProcess, running_api, wait_for
 from testing.postgres import PostgresServer
-from tests.pacs.test_pacs_e2e import STABLE_S, series_of, worklist_items
+from tests.pacs.test_pacs_e2e import STABLE_S, series_of, state_rows, worklist_items
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +102,19 @@ def entry(api_url: str, study_id: int) -> dict[str, Any]:
     return body
 
 
+def analysed_whole(state_db: Path, series: dict[str, list[Dataset]]) -> bool:
+    """Whether the worker's state holds every series done with all its instances."""
+    if not state_db.is_file():
+        return False
+    rows = state_rows(state_db)
+    return all(
+        (row := rows.get(str(datasets[0].SeriesInstanceUID))) is not None
+        and row["status"] == "done"
+        and row["instance_count"] == len(datasets)
+        for datasets in series.values()
+    )
+
+
 def reviewed_count(api_url: str) -> int:
     response = requests.get(f"{api_url}/monitoring", timeout=30)
     assert response.status_code == 200, response.text
@@ -128,6 +141,7 @@ def test_pacs_studies_read_in_the_browser_survive_a_restart(
     api_log = tmp_path / "api" / "api.log"
     api_log.parent.mkdir()
     worker: WorkerProcess | None = None
+    state_db = tmp_path / "state.sqlite3"
     try:
         with running_api(api_log, **api_env) as api_url:
             worker = WorkerProcess(
@@ -135,7 +149,7 @@ def test_pacs_studies_read_in_the_browser_survive_a_restart(
                     **os.environ,
                     "PACS_URL": pacs.url,
                     "API_URL": api_url,
-                    "PACS_STATE_DB": str(tmp_path / "state.sqlite3"),
+                    "PACS_STATE_DB": str(state_db),
                     "PACS_POLL_SECONDS": "1",
                     "PACS_STABLE_SECONDS": str(STABLE_S),
                     "PACS_METRICS_PORT": str(free_port()),
@@ -146,11 +160,14 @@ def test_pacs_studies_read_in_the_browser_survive_a_restart(
             client.store_instances(two_series["normal"])  # the normal one arrives first
             client.store_instances(two_series["fracture"])
             studies = {key: str(series[0].StudyInstanceUID) for key, series in two_series.items()}
+            # Done with every instance: a series analysed while still arriving is analysed
+            # again when it grows, and its first SR would end the wait before the second.
             wait_for(
-                "both series analysed and their results stored in the PACS",
+                "both series analysed whole and their results stored in the PACS",
                 lambda: (
                     len(worklist_items(api_url)) == 2
                     and all(series_of(client, uid, "SR") for uid in studies.values())
+                    and analysed_whole(state_db, two_series)
                 ),
                 timeout=120,
             )

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from backend.app.core.config import Settings
 from backend.app.main import create_app
-from ml_model.card import ModelCard, score_histogram
+from ml_model.card import ModelCard, ScoreHistogram, score_histogram
 from ml_model.inference.core import InferenceCore
 from pacs.orthanc import free_port
 from tests.conftest import make_dicom
@@ -465,23 +465,52 @@ def submission_by(
     return body
 
 
-def test_drift_without_a_reference_histogram(api: TestClient, service: InferenceCore) -> None:
-    """The shipped card keeps no out-of-fold score distribution: PSI is left out with the
-    reason; the refusal shares (every analysed study, reviewed or not) are there."""
-    assert service.bundle.card.study.score_histogram is None
+def with_reference(service: InferenceCore, histogram: ScoreHistogram | None) -> InferenceCore:
+    """The loaded model with its card's drift reference replaced by ``histogram``."""
+    card = service.bundle.card
+    study = card.study.model_copy(update={"score_histogram": histogram})
+    return service.with_bundle(
+        replace(service.bundle, card=card.model_copy(update={"study": study}))
+    )
+
+
+def test_drift_without_a_reference_histogram(
+    app_settings: dict[str, Any], service: InferenceCore
+) -> None:
+    """A card that keeps no out-of-fold score distribution (trained with ``--cv none``):
+    PSI is left out with the reason; the refusal shares (every analysed study, reviewed or
+    not) are there."""
+    core = with_reference(service, None)
     now = datetime.now(UTC)
-    for n, result in enumerate([NORMAL, NORMAL, FRACTURE, NOT_CT]):
-        api.post("/worklist", json=submission_by(n, service.bundle.card, result, 0.3, now))
-    drift = api.get("/monitoring").json()["drift"]
+    with TestClient(create_app(Settings(**app_settings), inference=core)) as api:
+        for n, result in enumerate([NORMAL, NORMAL, FRACTURE, NOT_CT]):
+            api.post("/worklist", json=submission_by(n, core.bundle.card, result, 0.3, now))
+        drift = api.get("/monitoring").json()["drift"]
+        metrics = api.get("/metrics").text
     assert drift["psi_unavailable"] == "the card has no out-of-fold score distribution"
     assert drift["reference"] is None and drift["recent"] is None and drift["psi_by_week"] == {}
     (week,) = drift["refusals_by_week"].values()
     assert week[NOT_CT]["successes"] == 1 and week[NOT_CT]["total"] == 4
     assert week[NOT_CT]["warning"] is True  # 0.25 > MONITORING_NOT_CT_WARN's 0.2
     assert week["CT outside the model's range"]["estimate"] == 0.0
-    metrics = api.get("/metrics").text
     assert "triage_monitoring_psi{" not in metrics
     assert 'triage_monitoring_refusal_share{answer="Not a CT slice",bound="estimate"' in metrics
+
+
+def test_the_shipped_card_is_a_drift_reference(api: TestClient, service: InferenceCore) -> None:
+    """The default bundle's card holds the out-of-fold study-score distribution of its re-run
+    folds (``ml_model.training.score_reference``): live scores are compared with it."""
+    reference = service.bundle.card.study.score_histogram
+    assert reference is not None and reference.n == 400
+    assert "re-run" in reference.source and "score_reference" in reference.source
+    now = datetime.now(UTC)
+    for n, score in enumerate([0.2, 0.4, 0.7, 0.9]):
+        result = FRACTURE if score >= 0.5 else NORMAL
+        api.post("/worklist", json=submission_by(n, service.bundle.card, result, score, now))
+    drift = api.get("/monitoring").json()["drift"]
+    assert drift["psi_unavailable"] is None
+    assert drift["reference"]["edges"] == reference.edges
+    assert drift["recent"]["n"] == 4 and drift["recent"]["psi"] > 0
 
 
 def test_drift_against_the_cards_histogram(
@@ -491,13 +520,11 @@ def test_drift_against_the_cards_histogram(
     live scores from it give a small PSI, scores shifted up give one past the bound."""
     card = service.bundle.card
     rng = np.random.default_rng(3)
-    histogram = score_histogram(rng.beta(2, 5, 4000), "test: beta(2, 5)")
-    study = card.study.model_copy(update={"score_histogram": histogram})
-    bundle = replace(service.bundle, card=card.model_copy(update={"study": study}))
+    core = with_reference(service, score_histogram(rng.beta(2, 5, 4000), "test: beta(2, 5)"))
     settings = Settings(**app_settings, monitoring_psi_warn=0.25)
     now = datetime.now(UTC)
     last_week, this_week = now - timedelta(days=7), now
-    with TestClient(create_app(settings, inference=service.with_bundle(bundle))) as client:
+    with TestClient(create_app(settings, inference=core)) as client:
         same = rng.beta(2, 5, 300)
         shifted = np.clip(rng.beta(2, 5, 300) + 0.3, 0, 1)
         for n, (score, arrived) in enumerate(

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email.message import Message
 from email.utils import parsedate_to_datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import requests
 import urllib3
@@ -22,6 +23,8 @@ from dicomweb_client.api import DICOMwebClient
 from prometheus_client import Counter
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from pacs.settings import WorkerSettings
 
@@ -221,6 +224,41 @@ _NETWORK_ERRNOS = frozenset({
 })  # fmt: skip
 
 
+class DroppedConnectionRetry(Retry):
+    """One more try of a GET whose kept-alive connection the server closed just as the
+    request went out ("Remote end closed connection without response": a PACS closes idle
+    connections when it sees fit, and a poll every few seconds meets that now and then;
+    the broker poller logged it every few minutes against an idle Orthanc). Only that: a timeout, a refused connection or an error status is not retried
+    here (the worker's back-off and the series' attempts handle those)."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise error  # as urllib3 does when read retries are off: requests' ReadTimeout
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def http_session() -> requests.Session:
+    """A ``requests`` session whose GETs survive a kept-alive connection closed under them
+    (:class:`DroppedConnectionRetry`); everything else as ``requests.Session()``."""
+    session = requests.Session()
+    retry = DroppedConnectionRetry(
+        total=1, connect=0, read=1, redirect=0, status=0, other=0,
+        allowed_methods=frozenset({"GET"}), raise_on_status=False,
+    )  # fmt: skip
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says the PACS or the API is away, busy or slow (worth retrying, never
     final): our TransientError; an HTTP 5xx, 408 or 429; any other ``requests`` failure to
@@ -270,7 +308,7 @@ class PacsClient:
         self.stop = stop or threading.Event()  # set: downloads under way give up at once
         self.base = settings.dicomweb_url
         self.timeout = settings.http_timeout_seconds
-        self.session = requests.Session()
+        self.session = http_session()
         if settings.user:
             password = settings.password.get_secret_value() if settings.password else ""
             self.session.auth = (settings.user, password)
@@ -527,7 +565,7 @@ class ApiClient:
         self.base = settings.api_url.rstrip("/")
         self.timeout = settings.api_timeout_seconds
         self.operating_point = settings.operating_point
-        self.session = requests.Session()
+        self.session = http_session()
         token = settings.bearer_token()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"

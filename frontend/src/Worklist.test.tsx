@@ -39,12 +39,13 @@ function entry(id: number, extra: Partial<WorklistEntry> = {}): WorklistEntry {
 }
 
 /** A worklist server in memory: GET /worklist (server order given), GET /worklist/{id}, review. */
-function worklistServer(initial: WorklistEntry[], { reviewStatus = 201, imageStatus = 200 } = {}) {
-  const state = { entries: initial.map((e) => ({ ...e })), requests: [] as URL[], reads: [] as ReviewRequest[] };
+function worklistServer(initial: WorklistEntry[], { reviewStatus = 201, imageStatus = 200, imageFailures = 0 } = {}) {
+  const state = { entries: initial.map((e) => ({ ...e })), requests: [] as URL[], reads: [] as ReviewRequest[], imageFailures };
   const handler: Handler = async (url, init) => {
     state.requests.push(url);
     if (/^\/worklist\/\d+\/top-slices\/\d+$/.test(url.pathname)) {
       if (imageStatus !== 200) return json({ detail: "no PACS is configured for the worklist's images (WORKLIST_PACS_URL)" }, imageStatus);
+      if (state.imageFailures-- > 0) return json({ detail: "the PACS did not answer for slice 1.2.3" }, 502);
       return new Response(Uint8Array.from(atob(PNG_B64), (c) => c.charCodeAt(0)), { headers: { "Content-Type": "image/png" } });
     }
     if (url.pathname === "/worklist") {
@@ -228,6 +229,21 @@ describe("worklist entry and the read", () => {
     await waitFor(() => expect(asked()).toContain("/worklist/7/top-slices/2?layer=heatmap"));
     expect(within(images).getByTestId("entry-images-shown")).toHaveTextContent("Top 2: slice 41");
     expect(screen.queryByTestId("entry-pacs-note")).toBeNull();
+  });
+
+  it("says why an image did not come from the PACS, and asks again on Try again", async () => {
+    const { state, handler } = worklistServer([entry(7)], { imageFailures: 2 });
+    const user = await openTab("Worklist", handler);
+    await user.click(await screen.findByRole("button", { name: "Open study 7, Potentially Fracture" }));
+    const failed = await screen.findByTestId("entry-heatmap-image-error");
+    expect(failed).toHaveTextContent("the PACS did not answer for slice 1.2.3");
+    expect(await screen.findByTestId("entry-slice-image-error")).toHaveTextContent("did not answer");
+    const heatmaps = () => state.requests.filter((u) => u.search === "?layer=heatmap").length;
+    expect(heatmaps()).toBe(1);
+    await user.click(within(failed).getByRole("button", { name: "Try again: Heatmap of slice 42" }));
+    expect(await screen.findByTestId("entry-heatmap-image")).toHaveAttribute("src", expect.stringMatching(/^blob:/));
+    expect(heatmaps()).toBe(2);
+    expect(screen.getByTestId("entry-slice-image-error")).toBeInTheDocument(); // asked again only when told
   });
 
   it("says why when the server has no PACS to read the images from; an upload asks for none", async () => {

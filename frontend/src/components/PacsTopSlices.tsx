@@ -5,9 +5,11 @@ import { formatPercent } from "../lib/files";
 
 type Loaded = { url: string } | { failure: Failure } | null;
 
-/** One image of a top slice from the server (an object URL, revoked when it changes). */
-function useTopSliceImage(id: number, rank: number, layer: TopSliceLayer): Loaded {
+/** One image of a top slice from the server (an object URL, revoked when it changes), and
+ * a way to ask again after a failure (the PACS may have been busy, or still storing it). */
+function useTopSliceImage(id: number, rank: number, layer: TopSliceLayer): [Loaded, () => void] {
   const [state, setState] = useState<Loaded>(null);
+  const [attempt, setAttempt] = useState(0);
   useEffect(() => {
     let cancelled = false;
     let url: string | null = null;
@@ -23,11 +25,23 @@ function useTopSliceImage(id: number, rank: number, layer: TopSliceLayer): Loade
       cancelled = true;
       if (url) URL.revokeObjectURL(url);
     };
-  }, [id, rank, layer]);
-  return state;
+  }, [id, rank, layer, attempt]);
+  return [state, () => setAttempt((n) => n + 1)];
 }
 
-function Figure({ state, alt, caption, testId }: { state: Loaded; alt: string; caption: string; testId: string }) {
+function Figure({
+  state,
+  retry,
+  alt,
+  caption,
+  testId,
+}: {
+  state: Loaded;
+  retry: () => void;
+  alt: string;
+  caption: string;
+  testId: string;
+}) {
   let body;
   if (state == null) {
     body = (
@@ -37,9 +51,12 @@ function Figure({ state, alt, caption, testId }: { state: Loaded; alt: string; c
     );
   } else if ("failure" in state) {
     body = (
-      <p className="muted" data-testid={`${testId}-error`}>
-        {state.failure.detail ?? describeError(state.failure.status).title}
-      </p>
+      <div data-testid={`${testId}-error`}>
+        <p className="muted">{state.failure.detail ?? describeError(state.failure.status).title}</p>
+        <button type="button" className="btn btn--ghost btn--small" aria-label={`Try again: ${alt}`} onClick={retry}>
+          Try again
+        </button>
+      </div>
     );
   } else {
     body = <img className="pacs-slices__img" src={state.url} alt={alt} data-testid={testId} />;
@@ -58,8 +75,8 @@ function Figure({ state, alt, caption, testId }: { state: Loaded; alt: string; c
  */
 export function PacsTopSlices({ entry }: { entry: WorklistEntry }) {
   const [rank, setRank] = useState(1);
-  const slice = useTopSliceImage(entry.id, rank, "slice");
-  const heatmap = useTopSliceImage(entry.id, rank, "heatmap");
+  const [slice, retrySlice] = useTopSliceImage(entry.id, rank, "slice");
+  const [heatmap, retryHeatmap] = useTopSliceImage(entry.id, rank, "heatmap");
   const top = entry.top_slices[rank - 1];
   if (!top) return null;
   return (
@@ -84,9 +101,16 @@ export function PacsTopSlices({ entry }: { entry: WorklistEntry }) {
         Top {rank}: slice {top.index + 1} ({top.name}), score {formatPercent(top.prediction)}
       </p>
       <div className="pacs-slices__pair">
-        <Figure state={slice} alt={`Slice ${top.index + 1}`} caption="Slice (the model's window)" testId="entry-slice-image" />
+        <Figure
+          state={slice}
+          retry={retrySlice}
+          alt={`Slice ${top.index + 1}`}
+          caption="Slice (the model's window)"
+          testId="entry-slice-image"
+        />
         <Figure
           state={heatmap}
+          retry={retryHeatmap}
           alt={`Heatmap of slice ${top.index + 1}`}
           caption="Heatmap (not for diagnosis)"
           testId="entry-heatmap-image"

@@ -228,8 +228,9 @@ class DroppedConnectionRetry(Retry):
     """One more try of a GET whose kept-alive connection the server closed just as the
     request went out ("Remote end closed connection without response": a PACS closes idle
     connections when it sees fit, and a poll every few seconds meets that now and then;
-    the broker poller logged it every few minutes against an idle Orthanc). Only that: a timeout, a refused connection or an error status is not retried
-    here (the worker's back-off and the series' attempts handle those)."""
+    the broker poller logged it every few minutes against an idle Orthanc). Only that: a
+    timeout, a refused connection or an error status is not retried here (the worker's
+    back-off and the series' attempts handle those)."""
 
     def increment(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from pydicom.dataset import Dataset
 
 from backend.app.core.config import Settings
 from backend.app.services.imaging import HEATMAP_MAX_SIDE, preview_png
-from ml_model.imaging.dicom import MAX_IMAGE_PIXELS, read_dicom
+from ml_model.imaging.dicom import MAX_IMAGE_PIXELS
 from ml_model.imaging.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
 # A DICOM UID: digits and dots, at most 64 characters (it goes into a WADO-RS path).
@@ -117,9 +118,14 @@ class PacsImages:
             raise PacsImageError(502, f"the PACS did not answer for {what}: {exc}") from exc
 
     def slice_png(
-        self, study_uid: str, series_uid: str, instance_uid: str, window: tuple[float, float]
+        self,
+        study_uid: str,
+        series_uid: str,
+        instance_uid: str,
+        decode: Callable[[bytes], np.ndarray],
     ) -> bytes:
-        """The CT slice through ``window`` (level, width in HU), as a greyscale PNG."""
+        """The CT slice as ``decode`` reads it (the inference core's one decode: the model's
+        window, under the server's memory budget), as a greyscale PNG."""
         dataset = self._ask(
             f"slice {instance_uid}",
             self.client.retrieve_instance,
@@ -128,10 +134,10 @@ class PacsImages:
             instance_uid,
         )
         try:
-            image = read_dicom(_part10(dataset), require_ct=True)
+            gray = decode(_part10(dataset))
         except (ImageDecodeError, UnsupportedImageError, ImageTooLargeError) as exc:
             raise PacsImageError(502, f"the PACS's slice {instance_uid}: {exc}") from exc
-        return preview_png(image.window(*window))
+        return preview_png(gray)
 
     def heatmap_png(self, study_uid: str, instance_uid: str) -> bytes:
         """The worker's heatmap of slice ``instance_uid`` (an RGB Secondary Capture image

@@ -186,7 +186,7 @@ def top_slice_image(
     try:
         instance_uid = instance_uid_of(str(row.top_slices[rank - 1]["name"]))
         if layer == TopSliceLayer.slice:
-            image = pacs.slice_png(row.study_uid, row.series_uid, instance_uid, core.bundle.window)
+            image = pacs.slice_png(row.study_uid, row.series_uid, instance_uid, core.decode)
         else:
             image = pacs.heatmap_png(row.study_uid, instance_uid)
     except PacsImageError as exc:

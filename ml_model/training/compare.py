@@ -26,7 +26,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 
-from ml_model.architectures.registry import DEFAULT_IMG_SIZES
 from ml_model.config import EXPORT_WINDOW
 from ml_model.data.dataset import (
     TRAINING_SPLITS,
@@ -97,7 +96,7 @@ def run_fold(
 ) -> dict[str, Any]:
     """Train on one fold's training part and score its held-out part."""
     keras.utils.set_random_seed(config.seed)
-    img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
+    img_size = config.network_size
     inner = grouped_split if split == "grouped" else naive_split
     fit_idx, val_idx = inner(train_records, config.val_fraction, config.seed)
     fit_records = [train_records[i] for i in fit_idx]
@@ -178,7 +177,7 @@ def compare_series(
         if epochs is not None:
             recipe["epochs"] = epochs
         config = dataclasses.replace(TrainConfig(arch=arch, data=data, seed=seed), **recipe)
-        img_size = config.img_size or DEFAULT_IMG_SIZES.get(arch, 224)
+        img_size = config.network_size
         input_size = config.input_size or img_size
         images, labels = load_arrays(records, input_size, EXPORT_WINDOW)
         if input_size not in gates:

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from ml_model.architectures.registry import DEFAULT_IMG_SIZES
 from ml_model.card import read_card, write_card
 from ml_model.config import DEFAULT_MODEL_DIR
 from ml_model.data.dataset import series_of
@@ -126,10 +125,9 @@ def rerun_out_of_fold(card: dict[str, Any], data: str | None) -> tuple[np.ndarra
     if config.cv != "series":
         raise SystemExit(f"error: the card's training used cv={config.cv!r}: no folds to re-run")
     strategy = make_strategy(config.strategy)
-    img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
     training = load_training_data(config, int(card["input"]["size"]))
     oof, _folds = cross_validate_series(
-        config, training.records, training.images, training.labels, img_size, strategy
+        config, training.records, training.images, training.labels, config.network_size, strategy
     )
     return oof, training
 

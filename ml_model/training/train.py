@@ -173,6 +173,11 @@ class TrainConfig:
         "copy exported in a bone/soft-tissue window and brought back (0 = off)",
     )
 
+    @property
+    def network_size(self) -> int:
+        """The network's input side: ``img_size``, else the architecture's native size."""
+        return self.img_size or DEFAULT_IMG_SIZES.get(self.arch, 224)
+
 
 def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
     if name not in OPTIMIZERS:
@@ -400,7 +405,7 @@ def train(config: TrainConfig, argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(config.out) if is_chief() else Path(tempfile.mkdtemp(prefix="worker-bundle-"))
     report_dir = Path(config.report_dir) if config.report_dir else out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    img_size = config.img_size or DEFAULT_IMG_SIZES.get(config.arch, 224)
+    img_size = config.network_size
     input_size = config.input_size or img_size
     data = load_training_data(config, input_size)
     fit = fit_models(config, data, img_size, strategy, report_dir)

@@ -55,6 +55,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -90,6 +91,11 @@ ARRAYS = {
     "study_labels": np.float32,
 }
 _TMP_SUFFIX = ".tmp"  # <uid>.npz.tmp while being written
+# NumPy reads every .npy header with ast.literal_eval, and CPython 3.11 keeps the AST builder's
+# recursion counter per interpreter, not per call: two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; seen in CI
+# with tf.data's parallel readers). The cache's reads take turns.
+_CACHE_READ_LOCK = threading.Lock()
 
 
 class RsnaDataError(ValueError):
@@ -459,24 +465,31 @@ def write_study(cache_dir: str | Path, study: CachedStudy) -> Path:
     return path
 
 
-def load_study(cache_dir: str | Path, uid: str) -> CachedStudy:
-    """One cached study."""
+def read_cached(cache_dir: str | Path, uid: str, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """Some arrays of one cached study (the others are not decompressed); safe from any
+    thread."""
     path = Path(cache_dir) / f"{uid}.npz"
-    with np.load(path, allow_pickle=False) as data:
-        missing = [name for name in ARRAYS if name not in data.files]
+    with _CACHE_READ_LOCK, np.load(path, allow_pickle=False) as data:
+        missing = [name for name in names if name not in data.files]
         if missing:
             raise RsnaDataError(f"{path}: missing array(s) {', '.join(missing)}")
-        return CachedStudy(
-            uid=uid,
-            pixels=data["pixels"],
-            positions_mm=data["positions_mm"],
-            slice_numbers=data["slice_numbers"],
-            slice_label=data["slice_label"],
-            levels=data["levels"],
-            levels_known=bool(data["levels_known"]),
-            spacing_mm=float(data["spacing_mm"]),
-            study_labels=data["study_labels"],
-        )
+        return {name: data[name] for name in names}
+
+
+def load_study(cache_dir: str | Path, uid: str) -> CachedStudy:
+    """One cached study."""
+    data = read_cached(cache_dir, uid, ARRAYS)
+    return CachedStudy(
+        uid=uid,
+        pixels=data["pixels"],
+        positions_mm=data["positions_mm"],
+        slice_numbers=data["slice_numbers"],
+        slice_label=data["slice_label"],
+        levels=data["levels"],
+        levels_known=bool(data["levels_known"]),
+        spacing_mm=float(data["spacing_mm"]),
+        study_labels=data["study_labels"],
+    )
 
 
 def cached_uids(cache_dir: str | Path) -> list[str]:

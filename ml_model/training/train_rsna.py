@@ -109,8 +109,8 @@ from ml_model.data.rsna import (
     build_cache,
     cached_uids,
     find_studies,
-    load_study,
     patient_folds,
+    read_cached,
     read_labels,
 )
 from ml_model.evaluation.rsna_metrics import (
@@ -264,6 +264,9 @@ class StudySource(Protocol):
     def pixels(self, uid: str) -> np.ndarray: ...
 
 
+INDEX_ARRAYS = ("slice_label", "levels", "levels_known", "spacing_mm", "study_labels")
+
+
 class CacheSource:
     """Studies of an ``ml_model.data.rsna`` cache, read one at a time."""
 
@@ -271,19 +274,18 @@ class CacheSource:
         self.cache_dir = Path(cache_dir)
 
     def index(self, uid: str) -> StudyIndex:
-        # The npz members are read lazily: the labels without decompressing the pixels.
-        with np.load(self.cache_dir / f"{uid}.npz", allow_pickle=False) as data:
-            return StudyIndex(
-                uid,
-                data["slice_label"].astype(np.int8),
-                data["levels"].astype(np.uint8),
-                bool(data["levels_known"]),
-                float(data["spacing_mm"]),
-                data["study_labels"].astype(np.float32),
-            )
+        data = read_cached(self.cache_dir, uid, INDEX_ARRAYS)  # the pixels stay compressed
+        return StudyIndex(
+            uid,
+            data["slice_label"].astype(np.int8),
+            data["levels"].astype(np.uint8),
+            bool(data["levels_known"]),
+            float(data["spacing_mm"]),
+            data["study_labels"].astype(np.float32),
+        )
 
     def pixels(self, uid: str) -> np.ndarray:
-        return load_study(self.cache_dir, uid).pixels
+        return read_cached(self.cache_dir, uid, ["pixels"])["pixels"]
 
 
 @dataclass

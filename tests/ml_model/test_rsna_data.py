@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from ml_model.data.rsna import (
     find_studies,
     load_study,
     patient_folds,
+    read_cached,
     read_labels,
     slice_labels,
 )
@@ -151,6 +155,44 @@ def test_a_cache_made_otherwise_is_refused(synth: SynthSet, cache: Path) -> None
     with pytest.raises(CacheMismatchError):
         build_cache(synth.root, cache, SIZE, (-70.0, 380.0), progress=False)
     assert json.loads((cache / "cache.json").read_text())["size"] == SIZE
+
+
+def test_cache_reads_from_many_threads(cache: Path) -> None:
+    """tf.data's parallel readers read the cache from several threads at once. A garbage
+    collection that lets another thread run (TensorFlow's finalizers do) used to make two
+    NumPy header parses collide in CPython 3.11's shared AST state: "SystemError: AST
+    constructor recursion depth mismatch" (a CI failure). Without the cache's read lock this
+    fails within a second here."""
+
+    def let_others_run(*_: object) -> None:
+        time.sleep(0)
+
+    gc.callbacks.append(let_others_run)  # the list the collector calls, not a copy
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50)
+    uid = cached_uids(cache)[0]
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 3.0
+
+    def reader(depth: int) -> None:  # each at its own stack depth, as in tf.data
+        if depth:
+            return reader(depth - 1)
+        while time.monotonic() < stop and not errors:
+            try:
+                read_cached(cache, uid, ["slice_label", "levels", "spacing_mm"])
+            except Exception as error:  # any failure is the finding
+                errors.append(error)
+
+    threads = [threading.Thread(target=reader, args=(depth,)) for depth in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        gc.callbacks.remove(let_others_run)
+        gc.set_threshold(*thresholds)
+    assert errors == []
 
 
 def test_subset_and_bad_files(synth: SynthSet, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ On PostgreSQL the renewal's row lock also makes a taker wait for the holder's tr
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -189,7 +190,16 @@ def state_engine(location: Path | str) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # BEGIN is ours (below), not pysqlite's
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # Connections opening a new file together race to switch it to WAL; the loser gets
+        # "database is locked" at once (SQLite's deadlock rule skips the busy timeout).
+        for wait in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if wait is None or "locked" not in str(exc):
+                    raise
+                time.sleep(wait)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 

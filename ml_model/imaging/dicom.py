@@ -552,6 +552,28 @@ def _rescale(dataset: Any, frame: int) -> tuple[float | None, float | None]:
     return slope, intercept
 
 
+def _declared_not_hu(dataset: Any, frame: int) -> str | None:
+    """Why a CT frame's values are not Hounsfield units by its own header (None: they are):
+    a Rescale Type other than HU on a DERIVED frame (an enhanced CT perfusion map declares
+    US, unspecified: its values are blood flow in ml/100ml/s). On an ORIGINAL frame a stray
+    Rescale Type is not trusted over Modality CT."""
+    kind = _text(dataset, "RescaleType", 16)
+    if kind is None:
+        item = _frame_item(dataset, frame, "PixelValueTransformationSequence")
+        kind = _text(item, "RescaleType", 16) if item is not None else None
+    if kind is None or kind.upper() == "HU":
+        return None
+    item = _frame_item(dataset, frame, "CTImageFrameTypeSequence")
+    types = _lenient(_raw, item, "FrameType") if item is not None else None
+    if types is None:
+        types = _lenient(_raw, dataset, "ImageType")
+    values = [str(v).strip().upper() for v in ([types] if isinstance(types, str) else types or [])]
+    if not values or values[0] != "DERIVED":
+        return None
+    frame_type = "\\".join(values)[:64]
+    return f"values not in HU ({frame_type}, Rescale Type {kind})"
+
+
 def _padding_mask(dataset: Any, stored: np.ndarray, signed: bool, bits: int) -> np.ndarray | None:
     """Pixels equal to PixelPaddingValue (or within it and PixelPaddingRangeLimit)."""
     try:
@@ -673,6 +695,9 @@ def _read_dicom(data: bytes, require_ct: bool, frame: int | None) -> DicomImage:
         )
     photometric = (_text(dataset, "PhotometricInterpretation", 16) or "").upper()
     signed = (_integer(dataset, "PixelRepresentation") or 0) == 1
+    not_hu = _declared_not_hu(dataset, index) if is_hu else None
+    if not_hu is not None:
+        is_hu = False  # a derived map's values (blood flow, …) through an HU window mean nothing
     slope, intercept = _rescale(dataset, index) if is_hu else (None, None)
     if slope is not None and not (math.isfinite(slope) and slope > 0):
         raise ImageDecodeError(f"the DICOM RescaleSlope must be a positive number, not {slope}")
@@ -698,7 +723,7 @@ def _read_dicom(data: bytes, require_ct: bool, frame: int | None) -> DicomImage:
             gray = np.asarray(255 - gray, dtype=np.uint8)
         if pad is not None:
             gray = np.where(pad, np.uint8(0), gray).astype(np.uint8)
-        return DicomImage(gray, False, False, facts, ())
+        return DicomImage(gray, False, False, facts, () if not_hu is None else (not_hu,))
     if slope is None and intercept is None:
         intercept, note = _guess_intercept(stored, None if pad is None else ~pad)
         notes.append(note)

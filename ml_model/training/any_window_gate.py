@@ -210,8 +210,8 @@ def fit_any_window_gate(
 
 
 def _hu_frames(rsna: Path | None) -> list[tuple[str, np.ndarray]]:
-    """(group, HU) of every real CT frame here: the RSNA sample (group: the study) and
-    pydicom-data's CT files (group: the file)."""
+    """(group, HU) of every real CT frame here in HU: the RSNA sample (group: the study) and
+    pydicom-data's CT files (group: the file; its perfusion map, not HU, is left out)."""
     from ml_model.imaging.dicom import DicomImage, read_dicom
 
     frames: list[tuple[str, np.ndarray]] = []

@@ -339,7 +339,12 @@ def test_enhanced_ct_reads_frame_by_frame_with_per_frame_positions() -> None:
     assert geometry.positions[0] != geometry.positions[1]
     for frame in range(2):
         image = read_dicom(data, frame=frame)
-        assert image.is_hu and image.values.shape == (512, 512)
+        # A perfusion map (Frame Type DERIVED\PRIMARY\PERFUSION\RCBF, Rescale Type US: blood
+        # flow in ml/100ml/s), so its values are shown as they are, never windowed as HU.
+        assert not image.is_hu and image.values.shape == (512, 512)
+        assert image.notes == (
+            r"values not in HU (DERIVED\PRIMARY\PERFUSION\RCBF, Rescale Type US)",
+        )
         assert image.facts.pixel_spacing_mm == pytest.approx((0.388672, 0.388672))
         assert image.facts.slice_thickness_mm == 10.0
 

@@ -189,6 +189,39 @@ def test_missing_modality_is_decided_by_sop_class_and_rescale() -> None:
         decode_image(mr, *EXPORT_WINDOW)
 
 
+@pytest.mark.parametrize(
+    ("image_type", "rescale_type", "is_hu"),
+    [
+        (None, None, True),  # the common CT: Modality CT says HU
+        (r"ORIGINAL\PRIMARY\AXIAL", "HU", True),
+        (r"DERIVED\SECONDARY\REFORMATTED", "HU", True),  # a derived image still in HU
+        (r"ORIGINAL\PRIMARY\AXIAL", "US", True),  # a stray Rescale Type on a scan: HU
+        (r"DERIVED\PRIMARY\PERFUSION\RCBF", "US", False),  # a map of blood flow, not HU
+    ],
+)
+def test_a_derived_map_that_says_its_values_are_not_hu(
+    image_type: str | None, rescale_type: str | None, is_hu: bool
+) -> None:
+    """A derived CT frame whose Rescale Type is not HU (an enhanced CT perfusion map in
+    pydicom-data says US) is not windowed as HU: its values are shown as they are."""
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(scanner_ct_dicom(HU)))
+    if image_type is not None:
+        dataset.ImageType = image_type.split("\\")
+    if rescale_type is not None:
+        dataset.RescaleType = rescale_type
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    image = read_dicom(buffer.getvalue())
+    assert image.is_hu is is_hu
+    if not is_hu:
+        assert image.values.dtype == np.uint8
+        assert image.notes == (
+            r"values not in HU (DERIVED\PRIMARY\PERFUSION\RCBF, Rescale Type US)",
+        )
+
+
 def test_non_image_dicom_is_refused_with_a_reason() -> None:
     import pydicom
     from pydicom.data import get_testdata_file

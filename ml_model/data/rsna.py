@@ -93,8 +93,8 @@ ARRAYS = {
 _TMP_SUFFIX = ".tmp"  # <uid>.npz.tmp while being written
 # NumPy reads every .npy header with ast.literal_eval, and CPython 3.11 keeps the AST builder's
 # recursion counter per interpreter, not per call: two threads parsing at once can fail with
-# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; seen in CI
-# with tf.data's parallel readers). The cache's reads take turns.
+# "SystemError: AST constructor recursion depth mismatch" (the error of python/cpython#106905's
+# reports; seen in CI with tf.data's parallel readers). The cache's reads take turns.
 _CACHE_READ_LOCK = threading.Lock()
 
 
@@ -469,11 +469,12 @@ def read_cached(cache_dir: str | Path, uid: str, names: Iterable[str]) -> dict[s
     """Some arrays of one cached study (the others are not decompressed); safe from any
     thread."""
     path = Path(cache_dir) / f"{uid}.npz"
+    wanted = list(names)
     with _CACHE_READ_LOCK, np.load(path, allow_pickle=False) as data:
-        missing = [name for name in names if name not in data.files]
+        missing = [name for name in wanted if name not in data.files]
         if missing:
             raise RsnaDataError(f"{path}: missing array(s) {', '.join(missing)}")
-        return {name: data[name] for name in names}
+        return {name: data[name] for name in wanted}
 
 
 def load_study(cache_dir: str | Path, uid: str) -> CachedStudy:

@@ -109,6 +109,7 @@ from ml_model.data.rsna import (
     build_cache,
     cached_uids,
     find_studies,
+    load_study,
     patient_folds,
     read_cached,
     read_labels,
@@ -285,7 +286,7 @@ class CacheSource:
         )
 
     def pixels(self, uid: str) -> np.ndarray:
-        return read_cached(self.cache_dir, uid, ["pixels"])["pixels"]
+        return load_study(self.cache_dir, uid).pixels
 
 
 @dataclass
